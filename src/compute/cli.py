@@ -1,0 +1,278 @@
+"""Command lines: compute-migrate, compute-server, compute-worker.
+
+Environment is read here, once, into Settings; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from compute.config import Settings, load_settings
+from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
+
+log = logging.getLogger("compute")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # gmqtt and amqtt narrate every packet at INFO.
+    for noisy in ("gmqtt", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _add_broker_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt-broker", help="MQTT broker host (MQTT_BROKER)")
+    parser.add_argument("--mqtt-port", type=int, help="MQTT broker port (MQTT_PORT, default 1883)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING ... (LOG_LEVEL, default INFO)")
+
+
+# -- compute-migrate ----------------------------------------------------------------------
+
+
+def migrate_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="compute-migrate",
+        description="Create CL_SERVER_DIR and bring the database to the latest schema.")
+    parser.parse_args(argv)
+    from compute.db.migrate import upgrade_head
+
+    settings = load_settings()
+    settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade_head(settings.database_url)
+    except Exception as exc:
+        return _fail(f"migration failed for {settings.database_url}: {exc}")
+    print(f"database ready: {settings.database_url}")
+    return 0
+
+
+# -- compute-server -----------------------------------------------------------------------
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compute-server", description="Run the Compute HTTP server.")
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8002, help="HTTP port (default 8002)")
+    parser.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    parser.add_argument("--no-auth", action="store_true", help="disable JWT checks (AUTH_DISABLED)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="also start N compute-worker processes (default 0)")
+    _add_broker_flags(parser)
+    args = parser.parse_args(argv)
+
+    if args.no_auth:
+        os.environ["AUTH_DISABLED"] = "true"
+    for flag, var in ((args.mqtt_broker, "MQTT_BROKER"), (args.mqtt_port, "MQTT_PORT"),
+                      (args.log_level, "LOG_LEVEL")):
+        if flag is not None:
+            os.environ[var] = str(flag)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    _setup_logging(settings.log_level)
+    settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
+
+    from compute.db.session import check_migrated, make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        check_migrated(engine)
+    except NotMigrated as exc:
+        return _fail(str(exc))
+    finally:
+        engine.dispose()
+
+    import uvicorn
+
+    workers = _spawn_workers_when_ready(args.workers, args.port) if args.workers else None
+    try:
+        if args.reload:
+            uvicorn.run("compute.cli:app_from_env", factory=True, host=args.host, port=args.port,
+                        reload=True, log_level=settings.log_level.lower())
+        else:
+            from compute.server.app import create_app
+
+            try:
+                app = create_app(settings)
+            except ComputeError as exc:
+                return _fail(str(exc))
+            uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                        loop="uvloop", http="httptools", access_log=False)
+    finally:
+        if workers is not None:
+            workers.stop()
+    return 0
+
+
+def app_from_env():  # type: ignore[no-untyped-def]
+    """uvicorn --reload factory: the app built from the environment."""
+    from compute.server.app import create_app
+
+    return create_app(load_settings())
+
+
+class _WorkerProcesses:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _spawn_workers_when_ready(count: int, port: int) -> _WorkerProcesses:
+    group = _WorkerProcesses()
+
+    def spawn() -> None:
+        url = f"http://127.0.0.1:{port}/"
+        while not group.stopped.is_set() and not _server_answers(url):
+            time.sleep(0.2)
+        host = socket.gethostname()
+        for i in range(count):
+            if group.stopped.is_set():
+                return
+            cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port),
+                   "--worker-id", f"worker-{host}-{os.getpid()}-{i + 1}"]
+            group.procs.append(subprocess.Popen(cmd))
+
+    threading.Thread(target=spawn, name="spawn-workers", daemon=True).start()
+    return group
+
+
+# -- compute-worker -----------------------------------------------------------------------
+
+
+def _server_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compute-worker",
+                                     description="Run a Compute worker (claims and runs jobs).")
+    parser.add_argument("--worker-id", help="unique worker id (WORKER_ID; default worker-<host>-<pid>)")
+    parser.add_argument("--tasks", help="comma-separated task types (WORKER_SUPPORTED_TASKS)")
+    parser.add_argument("--port", type=int, help="port of the local compute server (default 8002)")
+    parser.add_argument("--server-url", help="URL of the compute server (COMPUTE_SERVER_URL)")
+    _add_broker_flags(parser)
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    if args.port is not None:
+        env["COMPUTE_PORT"] = str(args.port)
+    for flag, var in ((args.mqtt_broker, "MQTT_BROKER"), (args.mqtt_port, "MQTT_PORT"),
+                      (args.log_level, "LOG_LEVEL"), (args.server_url, "COMPUTE_SERVER_URL"),
+                      (args.worker_id, "WORKER_ID"), (args.tasks, "WORKER_SUPPORTED_TASKS")):
+        if flag is not None:
+            env[var] = str(flag)
+    if "WORKER_ID" not in env:
+        env["WORKER_ID"] = f"worker-{socket.gethostname()}-{os.getpid()}"
+    try:
+        settings = load_settings(env)
+        _check_worker_prerequisites(settings)
+    except (ComputeError, ValueError) as exc:
+        return _fail(str(exc))
+    _setup_logging(settings.log_level)
+    return asyncio.run(_run_worker(settings))
+
+
+def _check_worker_prerequisites(settings: Settings) -> None:
+    from compute.topics import check_segment
+
+    check_segment(settings.worker_id, "worker id")
+    if not settings.cl_server_dir.is_dir():
+        raise ConfigError(
+            f"CL_SERVER_DIR {settings.cl_server_dir} does not exist: start compute-server "
+            "(and run compute-migrate) first, or set CL_SERVER_DIR")
+    if not _server_answers(settings.server_url + "/"):
+        raise ServerUnavailable(
+            f"compute server does not answer at {settings.server_url}: start compute-server "
+            "first, or pass --port / --server-url")
+
+
+async def _run_worker(settings: Settings) -> int:
+    from compute.bus.mqtt import MqttBus
+    from compute.db.repository import JobRepository
+    from compute.db.session import check_migrated, make_engine
+    from compute.plugins import UnknownTasks, load_tasks
+    from compute.topics import OFFLINE, Topics
+    from compute.worker.loop import Worker
+
+    try:
+        tasks = load_tasks(settings.worker_tasks)
+    except UnknownTasks as exc:
+        return _fail(str(exc))
+    engine = make_engine(settings.database_url)
+    try:
+        check_migrated(engine)
+    except NotMigrated as exc:
+        return _fail(str(exc))
+    topics = Topics.for_settings(settings)
+    bus = MqttBus(settings, client_id=f"compute-worker-{settings.worker_id}",
+                  will=(topics.worker_status(settings.worker_id), OFFLINE, True), name="worker-bus")
+    worker = Worker(settings, JobRepository(engine), bus, topics, tasks)
+
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("stopping after the current job (signal again to exit at once)")
+            worker.stop()
+        else:
+            os._exit(1)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await bus.start()
+    log.info("worker %s ready for %s", settings.worker_id, ", ".join(tasks))
+    try:
+        await worker.run()
+    finally:
+        worker.announcer.publish_offline()
+        await asyncio.sleep(0)  # let the transport flush the goodbye before disconnecting
+        await bus.close()
+        engine.dispose()
+    return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    commands = {"migrate": migrate_main, "server": server_main, "worker": worker_main}
+    if not argv or argv[0] not in commands:
+        return _fail("usage: python -m compute.cli {migrate|server|worker} [options]")
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(_dispatch(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""Settings read from the environment, with the CL Server variable names."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from compute.errors import ConfigError
+
+DEFAULT_TASKS = ("image_resize", "image_conversion")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server and the worker need, validated once at start."""
+
+    cl_server_dir: Path
+    database_url: str
+    storage_dir: Path
+    #: None means "embedded": use the broker on localhost:mqtt_port, or start amqtt there.
+    mqtt_broker: str | None = None
+    mqtt_port: int = 1883
+    #: Address the embedded broker binds to (only used when mqtt_broker is None).
+    mqtt_embedded_bind: str = "127.0.0.1"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls: bool = False
+    mqtt_keepalive: int = 60  # seconds
+    #: 4 = MQTT 3.1.1 (works on every broker, amqtt included); 5 = MQTT 5.
+    mqtt_version: int = 4
+    #: Root of the compute topic tree (jobs/available, workers, queues ...).
+    mqtt_topic_root: str = "compute"
+    #: CL Server job event topic, kept for existing clients.
+    mqtt_topic: str = "inference/events"
+    capability_topic_prefix: str = "inference/workers"
+    heartbeat_interval: float = 30.0  # seconds between worker info refreshes
+    sweep_interval: float = 30.0  # seconds between fallback claim passes
+    #: 0 turns job-available wake-ups off: workers poll every sweep_interval (the old design).
+    wake_events: bool = True
+    auth_disabled: bool = False
+    public_key_path: Path | None = None
+    max_upload_bytes: int = 100 * 1024 * 1024
+    worker_id: str = "worker-default"
+    worker_tasks: tuple[str, ...] = field(default=DEFAULT_TASKS)
+    server_url: str = "http://127.0.0.1:8002"
+    log_level: str = "INFO"
+
+    @property
+    def broker_host(self) -> str:
+        return self.mqtt_broker or "127.0.0.1"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def parse_tasks(raw: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in raw.split(",") if t.strip())
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from environment variables (os.environ by default)."""
+    env = os.environ if env is None else env
+    default_dir = Path.home() / ".cl_server"
+    cl_server_dir = Path(env.get("CL_SERVER_DIR") or default_dir).expanduser()
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{cl_server_dir / 'compute.db'}"
+    storage_dir = Path(env.get("COMPUTE_STORAGE_DIR") or cl_server_dir / "compute").expanduser()
+    public_key = env.get("PUBLIC_KEY_PATH") or str(cl_server_dir / "public_key.pem")
+    port = _int(env, "COMPUTE_PORT", 8002)
+    return Settings(
+        cl_server_dir=cl_server_dir,
+        database_url=database_url,
+        storage_dir=storage_dir,
+        mqtt_broker=env.get("MQTT_BROKER") or None,
+        mqtt_port=_int(env, "MQTT_PORT", 1883),
+        mqtt_embedded_bind=env.get("MQTT_EMBEDDED_BIND") or "127.0.0.1",
+        mqtt_username=env.get("MQTT_USERNAME") or None,
+        mqtt_password=env.get("MQTT_PASSWORD") or None,
+        mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
+        mqtt_keepalive=_int(env, "MQTT_KEEPALIVE", 60),
+        mqtt_version=_int(env, "MQTT_VERSION", 4),
+        mqtt_topic_root=(env.get("MQTT_TOPIC_ROOT") or "compute").strip("/"),
+        mqtt_topic=env.get("MQTT_TOPIC") or "inference/events",
+        capability_topic_prefix=(env.get("CAPABILITY_TOPIC_PREFIX") or "inference/workers").strip("/"),
+        heartbeat_interval=_float(env, "MQTT_HEARTBEAT_INTERVAL", 30.0),
+        sweep_interval=_float(env, "WORKER_SWEEP_INTERVAL", 30.0),
+        wake_events=_bool(env.get("WORKER_WAKE_EVENTS", "true")),
+        auth_disabled=_bool(env.get("AUTH_DISABLED", "false")),
+        public_key_path=Path(public_key).expanduser(),
+        max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
+        worker_id=env.get("WORKER_ID") or "worker-default",
+        worker_tasks=parse_tasks(env.get("WORKER_SUPPORTED_TASKS") or ",".join(DEFAULT_TASKS)),
+        server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
+        log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+    )

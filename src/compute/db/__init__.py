@@ -1,0 +1,1 @@
+"""Persistence: the SQL database is the source of truth."""

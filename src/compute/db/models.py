@@ -1,0 +1,66 @@
+"""Tables `jobs` and `queue_entries`, with the CL Server column names.
+
+Columns beyond CL Server's (priority, worker_id, updated_at) are additions only, so a
+CL Server database stays readable.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String, unique=True, nullable=False, index=True)
+    task_type: Mapped[str] = mapped_column(String, nullable=False)
+    #: JSON text, as in CL Server.
+    params: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    status: Mapped[str] = mapped_column(String, nullable=False, index=True)
+    progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: Milliseconds since the epoch.
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    task_output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    retry_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    created_by: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    # Additions to the CL Server schema:
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
+    worker_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    updated_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (
+        # Serves the claim: the queued rows only, already in claim order.
+        Index(
+            "ix_jobs_claim_order",
+            text("priority DESC"),
+            "created_at",
+            "id",
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
+    )
+
+
+class QueueEntryRow(Base):
+    """CL Server's priority record of a submitted job; written with the job, removed with it."""
+
+    __tablename__ = "queue_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String, unique=True, nullable=False, index=True)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5)
+    enqueued_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+
+
+jobs_table = JobRow.__table__
+queue_entries_table = QueueEntryRow.__table__

@@ -1,0 +1,55 @@
+"""Job states and the rules that keep them moving forward only."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """Values of `jobs.status`.
+
+    A failed job is `failed`, not cl_ml_tools' `error`: the CL Server SDK waits for
+    `completed` or `failed` and would wait forever on `error`.
+    """
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: A job in one of these states never changes again.
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+#: States an event may still move a job out of.
+OPEN = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
+
+
+class EventType(StrEnum):
+    """What a worker reports about a job it runs."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds, the unit of every stored and published timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A state change a worker reports; applied by `JobRepository.apply_events`."""
+
+    job_id: str
+    worker_id: str
+    event: EventType
+    progress: int = 0
+    task_output: dict[str, Any] | None = None
+    error: str | None = None
+    timestamp: int = 0

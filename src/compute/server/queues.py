@@ -1,0 +1,61 @@
+"""Keeps the retained per-task queue summary (`<root>/queues/<task>`) current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from compute.bus.base import Bus
+from compute.db.repository import JobRepository
+from compute.jobs import now_ms
+from compute.topics import QueueState, Topics, encode
+
+log = logging.getLogger(__name__)
+
+MIN_INTERVAL = 0.5  # seconds between recomputations, however busy
+AGE_REFRESH = 5.0  # seconds: refresh "oldest waiting age" while jobs wait
+
+
+class QueueReporter:
+    def __init__(self, repo: JobRepository, bus: Bus, topics: Topics) -> None:
+        self.repo = repo
+        self.bus = bus
+        self.topics = topics
+        self._dirty = asyncio.Event()
+        self._last: dict[str, tuple[int, int]] = {}
+        self._waiting = False
+        bus.on_connect(self.mark_dirty)
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                # Idle and empty: sleep until something changes (no statements while idle).
+                timeout = AGE_REFRESH if self._waiting else None
+                await asyncio.wait_for(self._dirty.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+            try:
+                self.publish_now()
+            except Exception:
+                log.exception("queue summary failed")
+            await asyncio.sleep(MIN_INTERVAL)
+
+    def publish_now(self) -> None:
+        now = now_ms()
+        current = {s.task_type: s for s in self.repo.queue_summary()}
+        self._waiting = any(s.queued for s in current.values())
+        for task_type in set(current) | set(self._last):
+            s = current.get(task_type)
+            queued, running = (s.queued, s.running) if s else (0, 0)
+            oldest = s.oldest_queued_at if s else None
+            if (queued, running) == self._last.get(task_type) and not queued:
+                continue
+            state = QueueState(task_type=task_type, queued=queued, running=running,
+                               oldest_queued_age_ms=None if oldest is None else max(0, now - oldest),
+                               timestamp=now)
+            if self.bus.publish(self.topics.queue(task_type), encode(state), qos=1, retain=True):
+                self._last[task_type] = (queued, running)

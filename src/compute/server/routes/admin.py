@@ -1,0 +1,32 @@
+"""Admin routes: storage size and cleanup of old finished jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from compute.jobs import now_ms
+from compute.server.auth import AdminUser
+from compute.server.deps import RepoDep, StorageDep
+from compute.server.schemas import CleanupResult, StorageSize
+
+router = APIRouter(prefix="/admin/jobs", tags=["admin"])
+DAY_MS = 24 * 3600 * 1000
+
+
+@router.get("/storage/size", response_model=StorageSize)
+def storage_size(storage: StorageDep, _admin: AdminUser) -> StorageSize:
+    """Bytes used by job folders, and how many there are."""
+    count = sum(1 for p in storage.jobs_root.iterdir() if p.is_dir()) if storage.jobs_root.exists() else 0
+    return StorageSize(total_size=storage.size_bytes(), job_count=count)
+
+
+@router.delete("/cleanup", response_model=CleanupResult)
+def cleanup(repo: RepoDep, storage: StorageDep, _admin: AdminUser,
+            days: int = Query(7, ge=0, description="delete finished jobs older than this")) -> CleanupResult:
+    """Delete jobs that finished more than `days` days ago, with their files."""
+    job_ids = repo.finished_before(now_ms() - days * DAY_MS)
+    before = storage.size_bytes()
+    repo.delete_many(job_ids)
+    for job_id in job_ids:
+        storage.cleanup_job(job_id)
+    return CleanupResult(deleted_count=len(job_ids), freed_space=max(0, before - storage.size_bytes()))

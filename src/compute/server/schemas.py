@@ -1,0 +1,65 @@
+"""Response models of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from compute.db.repository import JobRecord
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    task_type: str
+    status: str
+    progress: int
+    priority: int
+    params: dict[str, Any]
+    task_output: dict[str, Any] | None
+    error_message: str | None
+    created_by: str | None
+    worker_id: str | None
+    #: Milliseconds since the epoch.
+    created_at: int
+    updated_at: int | None
+    started_at: int | None
+    completed_at: int | None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobPublic:
+        return cls(
+            job_id=job.job_id, task_type=job.task_type, status=job.status, progress=job.progress,
+            priority=job.priority, params=job.params, task_output=job.task_output,
+            error_message=job.error_message, created_by=job.created_by, worker_id=job.worker_id,
+            created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
+            completed_at=job.completed_at,
+        )
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: str
+    task_type: str
+
+
+class Capabilities(BaseModel):
+    num_workers: int
+    capabilities: dict[str, int]
+
+
+class StorageSize(BaseModel):
+    total_size: int
+    job_count: int
+
+
+class CleanupResult(BaseModel):
+    deleted_count: int
+    freed_space: int
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+    version: str
+    mqtt_connected: bool

@@ -1,0 +1,232 @@
+"""Every MQTT topic and payload, built and parsed in one place: the code twin of topics.md."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from compute.jobs import EventType, JobEvent
+
+if TYPE_CHECKING:
+    from compute.config import Settings
+
+#: Largest payload accepted from the bus; anything bigger is dropped unread.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+ONLINE, OFFLINE = "online", "offline"
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+
+
+class MalformedMessage(ValueError):
+    """A payload or topic that does not follow topics.md."""
+
+
+class JobAvailable(TypedDict):
+    job_id: str
+    task_type: str
+    priority: int
+    timestamp: int
+
+
+class WorkerInfo(TypedDict):
+    worker_id: str
+    session: str
+    tasks: list[str]
+    idle: bool
+    hostname: str
+    pid: int
+    started_at: int
+    timestamp: int
+
+
+class LegacyCapability(TypedDict):
+    """CL Server's `inference/workers/<id>` message, read by its SDK and apps."""
+
+    worker_id: str
+    id: str
+    capabilities: list[str]
+    idle_count: int
+    timestamp: int
+
+
+class LegacyJobEvent(TypedDict):
+    """CL Server's `inference/events` message."""
+
+    job_id: str
+    event_type: str
+    progress: int
+    timestamp: int
+
+
+class QueueState(TypedDict):
+    task_type: str
+    queued: int
+    running: int
+    oldest_queued_age_ms: int | None
+    timestamp: int
+
+
+class Confirmation(TypedDict):
+    job_id: str
+    status: str
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one deployment (root and CL Server prefixes come from Settings)."""
+
+    root: str = "compute"
+    legacy_events: str = "inference/events"
+    legacy_workers: str = "inference/workers"
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Topics:
+        return cls(settings.mqtt_topic_root, settings.mqtt_topic, settings.capability_topic_prefix)
+
+    def job_available(self, task_type: str) -> str:
+        return f"{self.root}/jobs/available/{task_type}"
+
+    def job_event(self, task_type: str, job_id: str) -> str:
+        return f"{self.root}/events/{task_type}/{job_id}"
+
+    @property
+    def all_job_events(self) -> str:
+        return f"{self.root}/events/+/+"
+
+    def worker_status(self, worker_id: str) -> str:
+        return f"{self.root}/workers/{worker_id}/status"
+
+    def worker_info(self, worker_id: str) -> str:
+        return f"{self.root}/workers/{worker_id}/info"
+
+    def worker_confirm(self, worker_id: str) -> str:
+        return f"{self.root}/workers/{worker_id}/confirm"
+
+    @property
+    def all_worker_status(self) -> str:
+        return f"{self.root}/workers/+/status"
+
+    @property
+    def all_worker_info(self) -> str:
+        return f"{self.root}/workers/+/info"
+
+    def queue(self, task_type: str) -> str:
+        return f"{self.root}/queues/{task_type}"
+
+    @property
+    def server_status(self) -> str:
+        return f"{self.root}/server/status"
+
+    def legacy_worker(self, worker_id: str) -> str:
+        return f"{self.legacy_workers}/{worker_id}"
+
+    def worker_of(self, topic: str) -> str | None:
+        """The worker id in `<root>/workers/<id>/<leaf>`, or None for another topic."""
+        parts = topic.split("/")
+        root_parts = self.root.split("/")
+        if len(parts) != len(root_parts) + 3 or parts[: len(root_parts)] != root_parts:
+            return None
+        if parts[len(root_parts)] != "workers":
+            return None
+        return parts[len(root_parts) + 1]
+
+
+def check_segment(value: str, what: str) -> str:
+    """Refuse ids that would break a topic (/, +, #, spaces, empty)."""
+    if not _SEGMENT.match(value):
+        raise ValueError(f"{what} {value!r} may only use letters, digits and _ . : @ - (1-128)")
+    return value
+
+
+def encode(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise MalformedMessage(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedMessage(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage("payload is not a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise MalformedMessage(f"field {name!r} missing or not {kind}")
+    return value
+
+
+def parse_job_event(raw: bytes) -> JobEvent:
+    """A worker's job event (topics.md, `<root>/events/<task>/<job_id>`)."""
+    data = decode_object(raw)
+    try:
+        event = EventType(_field(data, "event", str))
+    except ValueError:
+        raise MalformedMessage(f"unknown event {data.get('event')!r}") from None
+    progress = data.get("progress", 0)
+    if not isinstance(progress, int) or isinstance(progress, bool) or not 0 <= progress <= 100:
+        raise MalformedMessage("field 'progress' must be an integer 0-100")
+    output = data.get("task_output")
+    if output is not None and not isinstance(output, dict):
+        raise MalformedMessage("field 'task_output' must be an object")
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):
+        raise MalformedMessage("field 'error' must be a string")
+    return JobEvent(
+        job_id=_field(data, "job_id", str),
+        worker_id=_field(data, "worker_id", str),
+        event=event,
+        progress=progress,
+        task_output=output,
+        error=error,
+        timestamp=_field(data, "timestamp", int),
+    )
+
+
+def job_event_payload(ev: JobEvent, task_type: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "job_id": ev.job_id,
+        "task_type": task_type,
+        "worker_id": ev.worker_id,
+        "event": ev.event.value,
+        "progress": ev.progress,
+        "timestamp": ev.timestamp,
+    }
+    if ev.task_output is not None:
+        payload["task_output"] = ev.task_output
+    if ev.error is not None:
+        payload["error"] = ev.error
+    return payload
+
+
+def parse_worker_info(raw: bytes) -> WorkerInfo:
+    data = decode_object(raw)
+    tasks = _field(data, "tasks", list)
+    if not all(isinstance(t, str) for t in tasks):
+        raise MalformedMessage("field 'tasks' must be a list of strings")
+    return WorkerInfo(
+        worker_id=_field(data, "worker_id", str),
+        session=_field(data, "session", str),
+        tasks=tasks,
+        idle=_field(data, "idle", bool),
+        hostname=str(data.get("hostname", "")),
+        pid=data.get("pid") if isinstance(data.get("pid"), int) else 0,
+        started_at=data.get("started_at") if isinstance(data.get("started_at"), int) else 0,
+        timestamp=_field(data, "timestamp", int),
+    )
+
+
+def parse_confirmation(raw: bytes) -> Confirmation:
+    data = decode_object(raw)
+    return Confirmation(
+        job_id=_field(data, "job_id", str),
+        status=_field(data, "status", str),
+        timestamp=_field(data, "timestamp", int),
+    )

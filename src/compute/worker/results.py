@@ -1,0 +1,97 @@
+"""Finished jobs' results, kept until the server confirms it has committed them.
+
+A result goes out over MQTT (QoS 1) and stays here. Each reconnect, and each RESEND
+interval, sends the unconfirmed ones again; after CONFIRM_TIMEOUT, or at once when the
+broker is unreachable, the worker writes the result to the database itself under the same
+guarded update the server uses, so a result is never lost and never applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from compute.bus.base import Bus
+from compute.db.repository import JobRepository
+from compute.jobs import JobEvent
+from compute.topics import (
+    MalformedMessage,
+    Topics,
+    encode,
+    job_event_payload,
+    parse_confirmation,
+)
+
+log = logging.getLogger(__name__)
+
+RESEND_INTERVAL = 2.0  # seconds
+CONFIRM_TIMEOUT = 10.0  # seconds before the worker writes the result itself
+
+
+@dataclass
+class _Pending:
+    event: JobEvent
+    task_type: str
+    first_sent: float
+
+
+class ResultOutbox:
+    def __init__(self, bus: Bus, topics: Topics, repo: JobRepository, worker_id: str) -> None:
+        self.bus = bus
+        self.topics = topics
+        self.repo = repo
+        self.pending: dict[str, _Pending] = {}
+        self.written_directly = 0
+        bus.subscribe(topics.worker_confirm(worker_id), self._on_confirm, qos=1)
+        bus.on_connect(self.resend_all)
+
+    def send(self, event: JobEvent, task_type: str) -> None:
+        if self._publish(event, task_type):
+            self.pending[event.job_id] = _Pending(event, task_type, time.monotonic())
+        else:
+            self._write_directly(event)
+
+    def _publish(self, event: JobEvent, task_type: str) -> bool:
+        topic = self.topics.job_event(task_type, event.job_id)
+        return self.bus.publish(topic, encode(job_event_payload(event, task_type)), qos=1)
+
+    def _on_confirm(self, _topic: str, payload: bytes, _retained: bool) -> None:
+        try:
+            confirmation = parse_confirmation(payload)
+        except MalformedMessage as exc:
+            log.warning("dropped malformed confirmation: %s", exc)
+            return
+        self.pending.pop(confirmation["job_id"], None)
+
+    def resend_all(self) -> None:
+        for p in list(self.pending.values()):
+            self._publish(p.event, p.task_type)
+
+    def _write_directly(self, event: JobEvent) -> None:
+        self.pending.pop(event.job_id, None)
+        self.repo.apply_events([event])
+        self.written_directly += 1
+        log.info("job %s: result written to the database by the worker (no confirmation)",
+                 event.job_id)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for p in list(self.pending.values()):
+            if now - p.first_sent >= CONFIRM_TIMEOUT or not self.bus.connected:
+                self._write_directly(p.event)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(RESEND_INTERVAL)
+            try:
+                self.resend_all()
+                self.check()
+            except Exception:
+                log.exception("result outbox pass failed")
+
+    def flush(self) -> None:
+        """At shutdown: write every unconfirmed result to the database."""
+        for p in list(self.pending.values()):
+            self._write_directly(p.event)
