@@ -17,9 +17,9 @@ class UnknownTasks(ValueError):
 
 def load_tasks(wanted: Iterable[str] | None = None) -> dict[str, ComputeModule]:
     """Installed tasks, limited to `wanted` when given; unknown names are an error."""
-    registry = get_task_registry()
+    registry: dict[str, ComputeModule] = get_task_registry()
     if wanted is None:
-        return registry
+        return dict(registry)
     wanted = list(wanted)
     unknown = [t for t in wanted if t not in registry]
     if unknown:

@@ -158,9 +158,14 @@ def decode_object(raw: bytes) -> dict[str, Any]:
 
 def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = data.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise MalformedMessage(f"field {name!r} missing or not {kind}")
     return value
+
+
+def _optional_int(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def parse_job_event(raw: bytes) -> JobEvent:
@@ -217,8 +222,8 @@ def parse_worker_info(raw: bytes) -> WorkerInfo:
         tasks=tasks,
         idle=_field(data, "idle", bool),
         hostname=str(data.get("hostname", "")),
-        pid=data.get("pid") if isinstance(data.get("pid"), int) else 0,
-        started_at=data.get("started_at") if isinstance(data.get("started_at"), int) else 0,
+        pid=_optional_int(data, "pid"),
+        started_at=_optional_int(data, "started_at"),
         timestamp=_field(data, "timestamp", int),
     )
 

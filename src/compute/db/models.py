@@ -6,7 +6,9 @@ CL Server database stays readable.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text, text
+from typing import cast
+
+from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -62,5 +64,5 @@ class QueueEntryRow(Base):
     enqueued_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
 
 
-jobs_table = JobRow.__table__
-queue_entries_table = QueueEntryRow.__table__
+jobs_table = cast(Table, JobRow.__table__)
+queue_entries_table = cast(Table, QueueEntryRow.__table__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ class JobRecord:
     worker_id: str | None
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> JobRecord:
+    def from_row(cls, row: RowMapping | Mapping[str, Any]) -> JobRecord:
         return cls(
             job_id=row["job_id"],
             task_type=row["task_type"],
@@ -140,7 +140,7 @@ class JobRepository:
                                          "task_output": None, "error_message": None,
                                          "worker_id": None})
             self.on_job_added(record)
-        return job.job_id
+        return str(job.job_id)
 
     def get_job(self, job_id: str) -> Job | None:
         record = self.get(job_id)
@@ -159,7 +159,7 @@ class JobRepository:
         fields["updated_at"] = now_ms()
         with self._write() as conn, conn.begin():
             result = conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**fields))
-        return result.rowcount > 0
+        return bool(result.rowcount > 0)
 
     def fetch_next_job(self, task_types: list[str]) -> Job | None:
         record = self.claim_next(task_types, worker_id=None)
@@ -169,7 +169,7 @@ class JobRepository:
         with self._write() as conn, conn.begin():
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id == job_id))
             result = conn.execute(delete(jobs).where(jobs.c.job_id == job_id))
-        return result.rowcount > 0
+        return bool(result.rowcount > 0)
 
     # -- claim -------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class JobRepository:
             stmt = update(jobs).where(owned, jobs.c.status == JobStatus.PROCESSING.value).values(
                 updated_at=ts
             )
-        return conn.execute(stmt).rowcount > 0
+        return bool(conn.execute(stmt).rowcount > 0)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -287,4 +287,4 @@ class JobRepository:
             return 0
         with self._write() as conn, conn.begin():
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id.in_(job_ids)))
-            return conn.execute(delete(jobs).where(jobs.c.job_id.in_(job_ids))).rowcount
+            return int(conn.execute(delete(jobs).where(jobs.c.job_id.in_(job_ids))).rowcount)

@@ -44,7 +44,11 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
     ingest = EventIngest(repo, bus, topics, queues.mark_dirty)
     registry = WorkerRegistry(bus, topics)
-    bus.on_connect(lambda: bus.publish(topics.server_status, ONLINE, qos=1, retain=True) and None)
+
+    def announce_online() -> None:
+        bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
+
+    bus.on_connect(announce_online)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -51,7 +51,7 @@ class EventIngest:
     def _on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
         try:
             event = parse_job_event(payload)
-            _, _, task_type, job_id = topic.rsplit("/", 3)
+            job_id = topic.rsplit("/", 1)[-1]
             if job_id != event.job_id:
                 raise MalformedMessage(f"topic names job {job_id}, payload {event.job_id}")
         except (MalformedMessage, ValueError) as exc:

@@ -51,7 +51,7 @@ def plugin_router(repo: JobRepository, storage: JobStorage, enabled: Iterable[st
             continue
         known.append(task_type)
         router.add_api_route(
-            route.path, _adding_task_type(route.endpoint, task_type), methods=list(route.methods),
+            route.path, _adding_task_type(route.endpoint, task_type), methods=sorted(route.methods or ()),
             response_model=JobCreated, tags=["plugins"], name=route.name,
             summary=route.summary, description=route.description,
         )
