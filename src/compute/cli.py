@@ -225,6 +225,7 @@ async def _run_worker(settings: Settings) -> int:
     from compute.db.session import check_migrated, make_engine
     from compute.plugins import UnknownTasks, load_tasks
     from compute.topics import OFFLINE, Topics
+    from compute.worker.announce import new_session, offline_will
     from compute.worker.loop import Worker
 
     try:
@@ -237,9 +238,15 @@ async def _run_worker(settings: Settings) -> int:
     except NotMigrated as exc:
         return _fail(str(exc))
     topics = Topics.for_settings(settings)
+    session = new_session()
     bus = MqttBus(settings, client_id=f"compute-worker-{settings.worker_id}",
-                  will=(topics.worker_status(settings.worker_id), OFFLINE, True), name="worker-bus")
-    worker = Worker(settings, JobRepository(engine), bus, topics, tasks)
+                  will=(topics.worker_info(settings.worker_id), offline_will(settings.worker_id, session),
+                        True), name="worker-bus")
+    presence = MqttBus(settings, client_id=f"compute-worker-{settings.worker_id}-presence",
+                       will=(topics.worker_status(settings.worker_id), OFFLINE, True),
+                       name="worker-presence")
+    worker = Worker(settings, JobRepository(engine, policies=settings.task_policies), bus, topics, tasks,
+                    presence=presence, session=session)
 
     loop = asyncio.get_running_loop()
     signals = 0
@@ -255,6 +262,7 @@ async def _run_worker(settings: Settings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    await presence.start()
     await bus.start()
     log.info("worker %s ready for %s", settings.worker_id, ", ".join(tasks))
     try:
@@ -263,6 +271,7 @@ async def _run_worker(settings: Settings) -> int:
         worker.announcer.publish_offline()
         await asyncio.sleep(0)  # let the transport flush the goodbye before disconnecting
         await bus.close()
+        await presence.close()
         engine.dispose()
     return 0
 

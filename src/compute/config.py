@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from compute.errors import ConfigError
+from compute.policies import Policies, TaskPolicy
 
 DEFAULT_TASKS = ("image_resize", "image_conversion")
 
@@ -27,6 +28,10 @@ class Settings:
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls: bool = False
+    #: CA bundle for the broker's certificate (default: the system store).
+    mqtt_tls_ca_file: str | None = None
+    #: The server's MQTT client id; fixed so the broker keeps its session while it restarts.
+    mqtt_client_id: str | None = None
     mqtt_keepalive: int = 60  # seconds
     #: 4 = MQTT 3.1.1 (works on every broker, amqtt included); 5 = MQTT 5.
     mqtt_version: int = 4
@@ -39,6 +44,9 @@ class Settings:
     sweep_interval: float = 30.0  # seconds between fallback claim passes
     #: 0 turns job-available wake-ups off: workers poll every sweep_interval (the old design).
     wake_events: bool = True
+    #: How long a claim holds without a heartbeat before the server rescues the job.
+    lease_seconds: float = 60.0
+    task_policies: Policies = field(default_factory=lambda: Policies(TaskPolicy()))
     auth_disabled: bool = False
     public_key_path: Path | None = None
     max_upload_bytes: int = 100 * 1024 * 1024
@@ -50,6 +58,14 @@ class Settings:
     @property
     def broker_host(self) -> str:
         return self.mqtt_broker or "127.0.0.1"
+
+    @property
+    def server_client_id(self) -> str:
+        return self.mqtt_client_id or f"compute-server-{self.mqtt_topic_root.replace('/', '-')}"
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_seconds * 1000)
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced (None values are ignored)."""
@@ -103,6 +119,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mqtt_username=env.get("MQTT_USERNAME") or None,
         mqtt_password=env.get("MQTT_PASSWORD") or None,
         mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
+        mqtt_tls_ca_file=env.get("MQTT_TLS_CA_FILE") or None,
+        mqtt_client_id=env.get("MQTT_CLIENT_ID") or None,
         mqtt_keepalive=_int(env, "MQTT_KEEPALIVE", 60),
         mqtt_version=_int(env, "MQTT_VERSION", 4),
         mqtt_topic_root=(env.get("MQTT_TOPIC_ROOT") or "compute").strip("/"),
@@ -111,6 +129,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         heartbeat_interval=_float(env, "MQTT_HEARTBEAT_INTERVAL", 30.0),
         sweep_interval=_float(env, "WORKER_SWEEP_INTERVAL", 30.0),
         wake_events=_bool(env.get("WORKER_WAKE_EVENTS", "true")),
+        lease_seconds=_float(env, "JOB_LEASE_SECONDS", 60.0),
+        task_policies=Policies.parse(
+            TaskPolicy(
+                max_retries=_int(env, "JOB_MAX_RETRIES", 3),
+                timeout=_float(env, "JOB_TIMEOUT", 600.0),
+                backoff_base=_float(env, "RETRY_BACKOFF_BASE", 1.0),
+                backoff_max=_float(env, "RETRY_BACKOFF_MAX", 60.0),
+                retry_plugin_errors=_bool(env.get("RETRY_PLUGIN_ERRORS", "false")),
+            ),
+            env.get("TASK_POLICIES"),
+        ),
         auth_disabled=_bool(env.get("AUTH_DISABLED", "false")),
         public_key_path=Path(public_key).expanduser(),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024),

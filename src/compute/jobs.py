@@ -44,7 +44,12 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """A state change a worker reports; applied by `JobRepository.apply_events`."""
+    """A state change a worker reports; applied by `JobRepository.apply_events`.
+
+    `attempt` and `seq` bind the event to one claim and order it within that claim; `sig` is
+    an HMAC keyed by the claim's lease token (see signing.py). `retryable` marks a failure
+    that was not the plugin's own verdict (exception, crash, timeout).
+    """
 
     job_id: str
     worker_id: str
@@ -53,3 +58,7 @@ class JobEvent:
     task_output: dict[str, Any] | None = None
     error: str | None = None
     timestamp: int = 0
+    attempt: int = 0
+    seq: int = 0
+    retryable: bool = False
+    sig: str = ""

@@ -32,6 +32,8 @@ class JobAvailable(TypedDict):
 class WorkerInfo(TypedDict):
     worker_id: str
     session: str
+    #: "online", or "offline" in the Last Will (which carries only worker_id, session, state, timestamp).
+    state: str
     tasks: list[str]
     idle: bool
     hostname: str
@@ -73,6 +75,11 @@ class Confirmation(TypedDict):
     timestamp: int
 
 
+class CancelRequest(TypedDict):
+    job_id: str
+    timestamp: int
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topic names for one deployment (root and CL Server prefixes come from Settings)."""
@@ -103,6 +110,9 @@ class Topics:
 
     def worker_confirm(self, worker_id: str) -> str:
         return f"{self.root}/workers/{worker_id}/confirm"
+
+    def worker_cancel(self, worker_id: str) -> str:
+        return f"{self.root}/workers/{worker_id}/cancel"
 
     @property
     def all_worker_status(self) -> str:
@@ -184,6 +194,9 @@ def parse_job_event(raw: bytes) -> JobEvent:
     error = data.get("error")
     if error is not None and not isinstance(error, str):
         raise MalformedMessage("field 'error' must be a string")
+    retryable = data.get("retryable", False)
+    if not isinstance(retryable, bool):
+        raise MalformedMessage("field 'retryable' must be a boolean")
     return JobEvent(
         job_id=_field(data, "job_id", str),
         worker_id=_field(data, "worker_id", str),
@@ -192,6 +205,10 @@ def parse_job_event(raw: bytes) -> JobEvent:
         task_output=output,
         error=error,
         timestamp=_field(data, "timestamp", int),
+        attempt=_field(data, "attempt", int),
+        seq=_field(data, "seq", int),
+        retryable=retryable,
+        sig=_field(data, "sig", str),
     )
 
 
@@ -203,7 +220,12 @@ def job_event_payload(ev: JobEvent, task_type: str) -> dict[str, Any]:
         "event": ev.event.value,
         "progress": ev.progress,
         "timestamp": ev.timestamp,
+        "attempt": ev.attempt,
+        "seq": ev.seq,
+        "sig": ev.sig,
     }
+    if ev.retryable:
+        payload["retryable"] = True
     if ev.task_output is not None:
         payload["task_output"] = ev.task_output
     if ev.error is not None:
@@ -213,19 +235,28 @@ def job_event_payload(ev: JobEvent, task_type: str) -> dict[str, Any]:
 
 def parse_worker_info(raw: bytes) -> WorkerInfo:
     data = decode_object(raw)
-    tasks = _field(data, "tasks", list)
-    if not all(isinstance(t, str) for t in tasks):
+    state = data.get("state", ONLINE)
+    if state not in (ONLINE, OFFLINE):
+        raise MalformedMessage("field 'state' must be 'online' or 'offline'")
+    tasks = _field(data, "tasks", list) if state == ONLINE else data.get("tasks", [])
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise MalformedMessage("field 'tasks' must be a list of strings")
     return WorkerInfo(
         worker_id=_field(data, "worker_id", str),
         session=_field(data, "session", str),
+        state=state,
         tasks=tasks,
-        idle=_field(data, "idle", bool),
+        idle=_field(data, "idle", bool) if state == ONLINE else False,
         hostname=str(data.get("hostname", "")),
         pid=_optional_int(data, "pid"),
         started_at=_optional_int(data, "started_at"),
         timestamp=_field(data, "timestamp", int),
     )
+
+
+def parse_cancel(raw: bytes) -> CancelRequest:
+    data = decode_object(raw)
+    return CancelRequest(job_id=_field(data, "job_id", str), timestamp=_field(data, "timestamp", int))
 
 
 def parse_confirmation(raw: bytes) -> Confirmation:

@@ -129,7 +129,9 @@ class MqttBus:
     async def _connect_once(self, lost: asyncio.Event) -> _Client:
         s = self._settings
         client = self._new_client(lost)
-        tls: bool | ssl.SSLContext = ssl.create_default_context() if s.mqtt_tls else False
+        tls: bool | ssl.SSLContext = False
+        if s.mqtt_tls:
+            tls = ssl.create_default_context(cafile=s.mqtt_tls_ca_file)
         await asyncio.wait_for(
             client.connect(s.broker_host, s.mqtt_port, ssl=tls, keepalive=s.mqtt_keepalive,
                            version=MQTTv50 if s.mqtt_version == 5 else MQTTv311),

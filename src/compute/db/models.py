@@ -1,6 +1,7 @@
 """Tables `jobs` and `queue_entries`, with the CL Server column names.
 
-Columns beyond CL Server's (priority, worker_id, updated_at) are additions only, so a
+Columns beyond CL Server's (priority, worker_id, updated_at and the claim's lease fields) are
+additions only, so a
 CL Server database stays readable.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, text
+from sqlalchemy import BigInteger, Float, Index, Integer, String, Table, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -39,6 +40,19 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
     worker_id: Mapped[str | None] = mapped_column(String, nullable=True)
     updated_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: The current claim: attempt number, its worker session, lease token and expiry (ms).
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    worker_session: Mapped[str | None] = mapped_column(String, nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String, nullable=True)
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: Highest event sequence number accepted for the current attempt.
+    event_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    #: Execution limit in seconds (None: no limit).
+    timeout_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: A requeued job waits until then (ms) before it can be claimed again.
+    next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: JSON list of {"attempt", "error", "at"}, one per failed attempt.
+    attempt_errors: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         # Serves the claim: the queued rows only, already in claim order.
@@ -49,6 +63,13 @@ class JobRow(Base):
             "id",
             sqlite_where=text("status = 'queued'"),
             postgresql_where=text("status = 'queued'"),
+        ),
+        # Serves the lease sweep and the rescue of a lost worker's jobs.
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            sqlite_where=text("status = 'processing'"),
+            postgresql_where=text("status = 'processing'"),
         ),
     )
 

@@ -6,20 +6,23 @@ under a millisecond, cheaper than a hop to a thread pool (see INTERNALS.md, Perf
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cl_ml_tools import Job
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
 
 from compute.db.models import jobs_table as jobs
 from compute.db.models import queue_entries_table as queue_entries
 from compute.db.session import IMMEDIATE
-from compute.jobs import OPEN, TERMINAL, EventType, JobEvent, JobStatus, now_ms
+from compute.jobs import OPEN, TERMINAL, JobStatus, now_ms
+from compute.policies import Policies, TaskPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,12 @@ class JobRecord:
     max_retries: int
     created_by: str | None
     worker_id: str | None
+    attempt: int = 0
+    lease_token: str | None = None
+    lease_expires_at: int | None = None
+    worker_session: str | None = None
+    timeout_seconds: float | None = None
+    attempt_errors: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: RowMapping | Mapping[str, Any]) -> JobRecord:
@@ -64,6 +73,12 @@ class JobRecord:
             max_retries=row["max_retries"],
             created_by=row["created_by"],
             worker_id=row["worker_id"],
+            attempt=row.get("attempt") or 0,
+            lease_token=row.get("lease_token"),
+            lease_expires_at=row.get("lease_expires_at"),
+            worker_session=row.get("worker_session"),
+            timeout_seconds=row.get("timeout_seconds"),
+            attempt_errors=tuple(_loads(row.get("attempt_errors")) or ()),
         )
 
     def to_job(self) -> Job:
@@ -95,6 +110,10 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+#: Per-request execution timeout (seconds) for the next add_job, set by the plugin route wrapper.
+job_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_timeout", default=None)
+
+
 class JobRepository:
     """Jobs in SQL. `on_job_added` runs after a new job's row has committed."""
 
@@ -102,14 +121,14 @@ class JobRepository:
         self,
         engine: Engine,
         on_job_added: Callable[[JobRecord], None] | None = None,
-        default_max_retries: int = 3,
+        policies: Policies | None = None,
     ) -> None:
         self.engine = engine
         self.on_job_added = on_job_added
-        self.default_max_retries = default_max_retries
+        self.policies = policies or Policies(TaskPolicy())
 
-    def _write(self) -> Any:
-        """A write transaction; on SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE)."""
+    def write(self) -> Any:
+        """A connection for one write transaction; on SQLite it locks at BEGIN (BEGIN IMMEDIATE)."""
         return self.engine.connect().execution_options(**{IMMEDIATE: True})
 
     # -- cl_ml_tools JobRepository protocol ---------------------------------------------
@@ -117,6 +136,8 @@ class JobRepository:
     def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
         now = now_ms()
         prio = 5 if priority is None else priority
+        policy = self.policies.for_task(job.task_type)
+        timeout = job_timeout.get()
         values = {
             "job_id": job.job_id,
             "task_type": job.task_type,
@@ -128,18 +149,18 @@ class JobRepository:
             "priority": prio,
             "created_by": created_by,
             "retry_count": 0,
-            "max_retries": self.default_max_retries,
+            "max_retries": policy.max_retries,
+            "attempt": 0,
+            "event_seq": 0,
+            "timeout_seconds": timeout if timeout is not None else (policy.timeout or None),
         }
-        with self._write() as conn, conn.begin():
+        with self.write() as conn, conn.begin():
             conn.execute(insert(jobs), values)
             conn.execute(
                 insert(queue_entries), {"job_id": job.job_id, "priority": prio, "enqueued_at": now}
             )
         if self.on_job_added is not None:
-            record = JobRecord.from_row({**values, "started_at": None, "completed_at": None,
-                                         "task_output": None, "error_message": None,
-                                         "worker_id": None})
-            self.on_job_added(record)
+            self.on_job_added(JobRecord.from_row(_with_defaults(values)))
         return str(job.job_id)
 
     def get_job(self, job_id: str) -> Job | None:
@@ -157,35 +178,41 @@ class JobRepository:
         if "task_output" in fields:
             fields["task_output"] = _dumps(fields["task_output"])
         fields["updated_at"] = now_ms()
-        with self._write() as conn, conn.begin():
+        with self.write() as conn, conn.begin():
             result = conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**fields))
         return bool(result.rowcount > 0)
 
     def fetch_next_job(self, task_types: list[str]) -> Job | None:
-        record = self.claim_next(task_types, worker_id=None)
+        record = self.claim_next(task_types, worker_id="cl_ml_tools", lease_ms=3_600_000)
         return None if record is None else record.to_job()
 
     def delete_job(self, job_id: str) -> bool:
-        with self._write() as conn, conn.begin():
+        with self.write() as conn, conn.begin():
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id == job_id))
             result = conn.execute(delete(jobs).where(jobs.c.job_id == job_id))
         return bool(result.rowcount > 0)
 
-    # -- claim -------------------------------------------------------------------------
+    # -- claims and leases -------------------------------------------------------------------
 
-    def claim_next(self, task_types: Sequence[str], worker_id: str | None) -> JobRecord | None:
-        """Atomically move the most urgent queued job of these types to `processing`.
+    def claim_next(self, task_types: Sequence[str], worker_id: str, session: str = "",
+                   lease_ms: int = 60_000) -> JobRecord | None:
+        """Atomically move the most urgent ready job of these types to `processing`.
 
         One statement: UPDATE ... WHERE id = (SELECT ... LIMIT 1 [FOR UPDATE SKIP LOCKED])
         RETURNING *. SQLite serialises it under BEGIN IMMEDIATE; PostgreSQL skips rows
-        another worker has locked, so two workers never get the same job.
+        another worker has locked, so two workers never get the same job. The claim gets a
+        new attempt number and a random lease token (the key of the worker's event signatures).
         """
         if not task_types:
             return None
         now = now_ms()
         candidate = (
             select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.task_type.in_(task_types))
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                jobs.c.task_type.in_(task_types),
+                or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now),
+            )
             .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -195,53 +222,30 @@ class JobRepository:
             update(jobs)
             .where(jobs.c.id == candidate, jobs.c.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.PROCESSING.value, started_at=now, updated_at=now,
-                    worker_id=worker_id)
+                    worker_id=worker_id, worker_session=session, attempt=jobs.c.attempt + 1,
+                    retry_count=jobs.c.attempt, lease_token=secrets.token_hex(16),
+                    lease_expires_at=now + lease_ms, event_seq=0, next_attempt_at=None)
             .returning(*jobs.c)
         )
-        with self._write() as conn, conn.begin():
+        with self.write() as conn, conn.begin():
             row = conn.execute(statement).mappings().first()
         return None if row is None else JobRecord.from_row(row)
 
-    # -- events from workers -----------------------------------------------------------
-
-    def apply_events(self, events: Iterable[JobEvent]) -> list[tuple[JobEvent, bool]]:
-        """Persist a batch of worker events in one transaction.
-
-        Each event is a guarded UPDATE, so the rules hold whatever order events arrive in:
-        progress only rises, a terminal state is final, and only the worker holding the
-        claim can move the job. Returns each event with whether it changed the row.
-        """
-        results: list[tuple[JobEvent, bool]] = []
-        with self._write() as conn, conn.begin():
-            for ev in events:
-                results.append((ev, self._apply(conn, ev)))
-        return results
-
-    @staticmethod
-    def _apply(conn: Connection, ev: JobEvent) -> bool:
-        ts = ev.timestamp or now_ms()
-        owned = and_(jobs.c.job_id == ev.job_id, jobs.c.worker_id == ev.worker_id)
-        if ev.event is EventType.PROGRESS:
-            stmt = update(jobs).where(
-                owned,
-                jobs.c.status == JobStatus.PROCESSING.value,
-                jobs.c.progress < ev.progress,
-            ).values(progress=ev.progress, updated_at=ts)
-        elif ev.event is EventType.COMPLETED:
-            stmt = update(jobs).where(owned, jobs.c.status.in_(OPEN)).values(
-                status=JobStatus.COMPLETED.value, progress=100, completed_at=ts, updated_at=ts,
-                task_output=_dumps(ev.task_output), error_message=None,
-            )
-        elif ev.event is EventType.FAILED:
-            stmt = update(jobs).where(owned, jobs.c.status.in_(OPEN)).values(
-                status=JobStatus.FAILED.value, completed_at=ts, updated_at=ts,
-                error_message=ev.error or "unknown error",
-            )
-        else:  # STARTED: the claim already recorded it; this only checks the claim holds.
-            stmt = update(jobs).where(owned, jobs.c.status == JobStatus.PROCESSING.value).values(
-                updated_at=ts
-            )
-        return bool(conn.execute(stmt).rowcount > 0)
+    def extend_leases(self, leases: Sequence[tuple[str, str]], lease_ms: int) -> int:
+        """Push the expiry of these (job_id, lease_token) claims; returns how many still hold."""
+        if not leases:
+            return 0
+        expires = now_ms() + lease_ms
+        held = 0
+        with self.write() as conn, conn.begin():
+            for job_id, token in leases:
+                held += conn.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id == job_id, jobs.c.lease_token == token,
+                           jobs.c.status == JobStatus.PROCESSING.value)
+                    .values(lease_expires_at=expires)
+                ).rowcount
+        return held
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -285,6 +289,11 @@ class JobRepository:
     def delete_many(self, job_ids: Sequence[str]) -> int:
         if not job_ids:
             return 0
-        with self._write() as conn, conn.begin():
+        with self.write() as conn, conn.begin():
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id.in_(job_ids)))
             return int(conn.execute(delete(jobs).where(jobs.c.job_id.in_(job_ids))).rowcount)
+
+
+def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    return {"started_at": None, "completed_at": None, "task_output": None, "error_message": None,
+            "worker_id": None, **values}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,11 +17,14 @@ from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine
+from compute.db.transitions import JobTransitions
 from compute.server.auth import TokenVerifier
+from compute.server.cancel import Canceller
 from compute.server.dispatch import Dispatcher
 from compute.server.ingest import EventIngest
 from compute.server.plugin_routes import plugin_router
 from compute.server.queues import QueueReporter
+from compute.server.rescue import Rescuer
 from compute.server.routes import admin, health, jobs
 from compute.server.workers import WorkerRegistry
 from compute.storage import JobStorage, PathOutsideJob, UploadTooLarge
@@ -30,20 +32,27 @@ from compute.topics import OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
 
+UPLOAD_SLACK = 64 * 1024  # multipart framing and form fields around the file
+
 
 def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     """Build the app; nothing connects until the lifespan starts."""
     engine = make_engine(settings.database_url)
     topics = Topics.for_settings(settings)
-    bus = MqttBus(settings, client_id=f"compute-server-{socket.gethostname()}-{os.getpid()}",
+    # A fixed client id and a persistent session: the broker keeps worker events for the
+    # server while it restarts.
+    bus = MqttBus(settings, client_id=settings.server_client_id, clean_session=False,
                   will=(topics.server_status, OFFLINE, True), name="server-bus")
-    queues = QueueReporter(JobRepository(engine), bus, topics)
+    queues = QueueReporter(bus, topics)
     dispatcher = Dispatcher(bus, topics, queues.mark_dirty)
-    repo = JobRepository(engine, on_job_added=dispatcher.job_added)
+    repo = JobRepository(engine, on_job_added=dispatcher.job_added, policies=settings.task_policies)
     queues.repo = repo
+    transitions = JobTransitions(engine, settings.task_policies)
+    rescuer = Rescuer(transitions, dispatcher, settings.lease_seconds, queues.mark_dirty)
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
-    ingest = EventIngest(repo, bus, topics, queues.mark_dirty)
-    registry = WorkerRegistry(bus, topics)
+    ingest = EventIngest(transitions, bus, topics, queues.mark_dirty, dispatcher.hint_at)
+    registry = WorkerRegistry(bus, topics, on_worker_lost=rescuer.worker_lost)
+    canceller = Canceller(transitions, bus, topics, queues.mark_dirty)
 
     def announce_online() -> None:
         bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
@@ -60,7 +69,8 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
                                                     settings.mqtt_embedded_bind)
         await bus.start()
         tasks = [asyncio.create_task(ingest.run(), name="ingest"),
-                 asyncio.create_task(queues.run(), name="queue-summary")]
+                 asyncio.create_task(queues.run(), name="queue-summary"),
+                 asyncio.create_task(rescuer.run(), name="lease-sweep")]
         try:
             yield
         finally:
@@ -82,6 +92,19 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.state.registry = registry
     app.state.ingest = ingest
     app.state.dispatcher = dispatcher
+    app.state.transitions = transitions
+    app.state.rescuer = rescuer
+    app.state.canceller = canceller
+    app.state.topics = topics
+
+    @app.middleware("http")
+    async def _refuse_large_uploads(request: Request, call_next: Any) -> Any:
+        # Refuse before reading the body; the streaming check in JobStorage catches liars.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + UPLOAD_SLACK:
+            return JSONResponse({"detail": f"upload exceeds the limit of {settings.max_upload_bytes}"
+                                           " bytes"}, status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(UploadTooLarge)
     async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:

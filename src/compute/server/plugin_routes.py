@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cl_ml_tools.master import create_master_router
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.routing import APIRoute
 
-from compute.db.repository import JobRepository
+from compute.db.repository import JobRepository, job_timeout
 from compute.server.auth import JobUser, require_jobs
 from compute.server.schemas import JobCreated
 from compute.storage import JobStorage
@@ -28,6 +28,16 @@ def _adding_task_type(endpoint: Callable[..., Any], task_type: str) -> Callable[
         return {**reply, "task_type": task_type}
 
     return endpoint_with_task_type
+
+
+async def _timeout_param(
+    timeout: float | None = Query(None, gt=0, description="execution limit for this job, seconds"),
+) -> None:
+    """`?timeout=` on a plugin route: handed to JobRepository.add_job through a context variable.
+
+    Async, so it runs in the request's own context (a sync dependency would run in a thread).
+    """
+    job_timeout.set(timeout)
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
@@ -53,6 +63,7 @@ def plugin_router(repo: JobRepository, storage: JobStorage, enabled: Iterable[st
         router.add_api_route(
             route.path, _adding_task_type(route.endpoint, task_type), methods=sorted(route.methods or ()),
             response_model=JobCreated, tags=["plugins"], name=route.name,
+            dependencies=[Depends(_timeout_param)],
             summary=route.summary, description=route.description,
         )
 

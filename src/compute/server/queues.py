@@ -17,8 +17,8 @@ AGE_REFRESH = 5.0  # seconds: refresh "oldest waiting age" while jobs wait
 
 
 class QueueReporter:
-    def __init__(self, repo: JobRepository, bus: Bus, topics: Topics) -> None:
-        self.repo = repo
+    def __init__(self, bus: Bus, topics: Topics, repo: JobRepository | None = None) -> None:
+        self.repo: JobRepository | None = repo
         self.bus = bus
         self.topics = topics
         self._dirty = asyncio.Event()
@@ -45,6 +45,8 @@ class QueueReporter:
             await asyncio.sleep(MIN_INTERVAL)
 
     def publish_now(self) -> None:
+        if self.repo is None:
+            return
         now = now_ms()
         current = {s.task_type: s for s in self.repo.queue_summary()}
         self._waiting = any(s.queued for s in current.values())

@@ -9,9 +9,10 @@ from cl_ml_tools import ComputeModule
 
 from compute.bus.base import Bus
 from compute.config import Settings
-from compute.db.repository import JobRepository
-from compute.topics import Topics
-from compute.worker.announce import Announcer
+from compute.db.repository import JobRecord, JobRepository
+from compute.db.transitions import JobTransitions
+from compute.topics import MalformedMessage, Topics, parse_cancel
+from compute.worker.announce import Announcer, new_session
 from compute.worker.results import ResultOutbox
 from compute.worker.runner import JobRunner
 
@@ -20,32 +21,41 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, settings: Settings, repo: JobRepository, bus: Bus, topics: Topics,
-                 tasks: dict[str, ComputeModule]) -> None:
+                 tasks: dict[str, ComputeModule], *, presence: Bus | None = None,
+                 session: str | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.bus = bus
         self.worker_id = settings.worker_id
+        self.session = session or new_session()
         self.task_types = list(tasks)
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.announcer = Announcer(bus, topics, self.worker_id, self.task_types)
-        self.outbox = ResultOutbox(bus, topics, repo, self.worker_id)
+        self.announcer = Announcer(bus, presence, topics, self.worker_id, self.task_types, self.session)
+        transitions = JobTransitions(repo.engine, settings.task_policies)
+        self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
         self.runner = JobRunner(self.worker_id, tasks, bus, topics, self.outbox)
-        #: Claim attempts that found nothing (other workers took the job first).
+        self.current: JobRecord | None = None
+        #: Claim attempts that found nothing (another worker took the job first).
         self.empty_claims = 0
         self.jobs_run = 0
         if settings.wake_events:
             for task_type in self.task_types:
                 bus.subscribe(topics.job_available(task_type), self._on_hint, qos=1)
-        bus.on_connect(self._on_connect)
+        bus.subscribe(topics.worker_cancel(self.worker_id), self._on_cancel, qos=1)
+        bus.on_connect(self.wake.set)  # jobs may have arrived while we were away
 
     def _on_hint(self, _topic: str, _payload: bytes, _retained: bool) -> None:
         # A hint carries no work: the database says what to run.
         self.wake.set()
 
-    def _on_connect(self) -> None:
-        self.announcer.publish_online()
-        self.wake.set()  # jobs may have arrived while we were away
+    def _on_cancel(self, _topic: str, payload: bytes, _retained: bool) -> None:
+        try:
+            request = parse_cancel(payload)
+        except MalformedMessage as exc:
+            log.warning("dropped malformed cancel request: %s", exc)
+            return
+        self.runner.cancel(request["job_id"])
 
     def stop(self) -> None:
         """Finish the current job, then leave. Safe to call more than once."""
@@ -55,7 +65,8 @@ class Worker:
     async def run(self) -> None:
         side = [asyncio.create_task(self.outbox.run(), name="outbox"),
                 asyncio.create_task(self.announcer.heartbeat(self.settings.heartbeat_interval),
-                                    name="heartbeat")]
+                                    name="heartbeat"),
+                asyncio.create_task(self._extend_leases(), name="leases")]
         try:
             while not self.stopping.is_set():
                 self.wake.clear()
@@ -78,18 +89,38 @@ class Worker:
         ran = 0
         try:
             while not self.stopping.is_set():
-                job = self.repo.claim_next(self.task_types, self.worker_id)
+                job = self.repo.claim_next(self.task_types, self.worker_id, self.session,
+                                           self.settings.lease_ms)
                 if job is None:
                     if ran == 0:
                         self.empty_claims += 1
                     break
                 if ran == 0:  # announce idle/busy on transitions only, not per job
                     self.announcer.set_idle(False)
-                # Shielded: a shutdown waits for the job and its result instead of cutting it.
-                await asyncio.shield(self.runner.run(job))
+                self.current = job
+                try:
+                    # Shielded: a shutdown waits for the job and its result instead of cutting it.
+                    await asyncio.shield(self.runner.run(job))
+                finally:
+                    self.current = None
                 ran += 1
                 self.jobs_run += 1
         finally:
             if ran:
                 self.announcer.set_idle(True)
         return ran
+
+    async def _extend_leases(self) -> None:
+        """While a job runs, keep its lease alive (a statement every third of the lease)."""
+        interval = max(0.2, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            job = self.current
+            if job is None or job.lease_token is None:
+                continue
+            try:
+                if not self.repo.extend_leases([(job.job_id, job.lease_token)], self.settings.lease_ms):
+                    log.warning("job %s: lease lost (rescued or cancelled); stopping it", job.job_id)
+                    self.runner.cancel(job.job_id)
+            except Exception:
+                log.exception("could not extend the lease of job %s", job.job_id)

@@ -2,8 +2,9 @@
 
 A result goes out over MQTT (QoS 1) and stays here. Each reconnect, and each RESEND
 interval, sends the unconfirmed ones again; after CONFIRM_TIMEOUT, or at once when the
-broker is unreachable, the worker writes the result to the database itself under the same
-guarded update the server uses, so a result is never lost and never applied twice.
+broker is unreachable, the worker applies the result to the database itself through the same
+verified transition the server uses (the event is signed with the claim's lease token), so a
+result is never lost and never applied twice.
 """
 
 from __future__ import annotations
@@ -14,15 +15,9 @@ import time
 from dataclasses import dataclass
 
 from compute.bus.base import Bus
-from compute.db.repository import JobRepository
+from compute.db.transitions import JobTransitions
 from compute.jobs import JobEvent
-from compute.topics import (
-    MalformedMessage,
-    Topics,
-    encode,
-    job_event_payload,
-    parse_confirmation,
-)
+from compute.topics import MalformedMessage, Topics, encode, job_event_payload, parse_confirmation
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +33,12 @@ class _Pending:
 
 
 class ResultOutbox:
-    def __init__(self, bus: Bus, topics: Topics, repo: JobRepository, worker_id: str) -> None:
+    def __init__(self, bus: Bus, topics: Topics, transitions: JobTransitions, worker_id: str,
+                 confirm_timeout: float = CONFIRM_TIMEOUT) -> None:
         self.bus = bus
         self.topics = topics
-        self.repo = repo
+        self.transitions = transitions
+        self.confirm_timeout = confirm_timeout
         self.pending: dict[str, _Pending] = {}
         self.written_directly = 0
         bus.subscribe(topics.worker_confirm(worker_id), self._on_confirm, qos=1)
@@ -70,16 +67,20 @@ class ResultOutbox:
             self._publish(p.event, p.task_type)
 
     def _write_directly(self, event: JobEvent) -> None:
+        try:
+            [outcome] = self.transitions.apply_events([event])
+        except Exception:
+            log.exception("job %s: could not write the result; it stays pending", event.job_id)
+            return
         self.pending.pop(event.job_id, None)
-        self.repo.apply_events([event])
         self.written_directly += 1
-        log.info("job %s: result written to the database by the worker (no confirmation)",
-                 event.job_id)
+        log.info("job %s: result written to the database by the worker (%s%s)", event.job_id,
+                 outcome.verdict.value, f": {outcome.reason}" if outcome.reason else "")
 
     def check(self) -> None:
         now = time.monotonic()
         for p in list(self.pending.values()):
-            if now - p.first_sent >= CONFIRM_TIMEOUT or not self.bus.connected:
+            if now - p.first_sent >= self.confirm_timeout or not self.bus.connected:
                 self._write_directly(p.event)
 
     async def run(self) -> None:

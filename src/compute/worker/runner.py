@@ -1,12 +1,15 @@
 """Run one claimed job through its plugin and report what happens.
 
 Plugins run on a separate thread with its own event loop: a plugin that computes without
-awaiting (Pillow, models) then cannot starve the worker's MQTT keepalive and hints.
+awaiting (Pillow, models) then cannot starve the worker's MQTT keepalive, hints, cancel
+requests or lease heartbeats. A plugin that overruns its timeout or is cancelled and does not
+stop is left behind on its thread, and the next job gets a fresh thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
@@ -17,10 +20,13 @@ from cl_ml_tools import ComputeModule
 from compute.bus.base import Bus
 from compute.db.repository import JobRecord
 from compute.jobs import EventType, JobEvent, now_ms
+from compute.signing import signature
 from compute.topics import Topics, encode, job_event_payload
 from compute.worker.results import ResultOutbox
 
 log = logging.getLogger(__name__)
+
+STOP_GRACE = 1.0  # seconds a cancelled plugin gets to stop before its thread is abandoned
 
 
 class PluginThread:
@@ -31,12 +37,15 @@ class PluginThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="plugins", daemon=True)
         self._thread.start()
 
-    async def run(self, coro: Any) -> Any:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran."""
 
 
 class JobRunner:
@@ -48,10 +57,20 @@ class JobRunner:
         self.topics = topics
         self.outbox = outbox
         self.plugins = PluginThread()
+        self._current: tuple[str, concurrent.futures.Future[Any]] | None = None
+        self._cancelled: set[str] = set()
+        self._seq: dict[str, int] = {}
+
+    # -- events ----------------------------------------------------------------------------
 
     def _event(self, job: JobRecord, kind: EventType, **fields: Any) -> JobEvent:
-        return JobEvent(job_id=job.job_id, worker_id=self.worker_id, event=kind,
-                        timestamp=now_ms(), **fields)
+        """A signed event for `job`'s current claim, with the next sequence number."""
+        seq = self._seq.get(job.job_id, 0) + 1
+        self._seq[job.job_id] = seq
+        unsigned = JobEvent(job_id=job.job_id, worker_id=self.worker_id, event=kind,
+                            timestamp=now_ms(), attempt=job.attempt, seq=seq, **fields)
+        sig = signature(job.lease_token or "", unsigned)
+        return JobEvent(**{**unsigned.__dict__, "sig": sig})
 
     def _publish(self, job: JobRecord, event: JobEvent) -> None:
         topic = self.topics.job_event(job.task_type, job.job_id)
@@ -62,41 +81,82 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         last = -1
 
+        def publish(value: int) -> None:
+            self._publish(job, self._event(job, EventType.PROGRESS, progress=value))
+
         def report(percent: int) -> None:
             nonlocal last
             value = max(0, min(99, int(percent)))
-            if value <= last:
-                return
-            last = value
-            loop.call_soon_threadsafe(self._publish, job, self._event(job, EventType.PROGRESS,
-                                                                      progress=value))
+            if value > last:
+                last = value
+                loop.call_soon_threadsafe(publish, value)
 
         return report
 
-    async def run(self, job: JobRecord) -> JobEvent:
-        """Execute `job`; the terminal event goes to the outbox. Never raises for plugin faults."""
-        self._publish(job, self._event(job, EventType.STARTED))
-        outcome = await self._execute(job)
-        self.outbox.send(outcome, job.task_type)
-        return outcome
+    # -- running -------------------------------------------------------------------------------
 
-    async def _execute(self, job: JobRecord) -> JobEvent:
+    def cancel(self, job_id: str) -> bool:
+        """Stop the running job `job_id`; True if it was running here."""
+        if self._current is None or self._current[0] != job_id:
+            return False
+        self._cancelled.add(job_id)
+        self._current[1].cancel()
+        return True
+
+    async def run(self, job: JobRecord) -> JobEvent | None:
+        """Execute `job`; the terminal event goes to the outbox. None when it was cancelled."""
+        self._seq[job.job_id] = 0
+        try:
+            self._publish(job, self._event(job, EventType.STARTED))
+            outcome = await self._execute(job)
+            if outcome is not None:
+                self.outbox.send(outcome, job.task_type)
+            return outcome
+        finally:
+            self._seq.pop(job.job_id, None)
+            self._cancelled.discard(job.job_id)
+
+    async def _execute(self, job: JobRecord) -> JobEvent | None:
         plugin = self.tasks.get(job.task_type)
         if plugin is None:
             return self._event(job, EventType.FAILED, error=f"no plugin for task {job.task_type}")
         try:
             params = plugin.get_schema()(**job.params)
-            result = await self.plugins.run(
-                plugin.execute(job.to_job(), params, self._progress_reporter(job))
-            )
-        except asyncio.CancelledError:
-            raise
+        except Exception as exc:  # bad params are the job's fault: retrying cannot help
+            return self._event(job, EventType.FAILED, error=f"invalid params: {exc}")
+        future = self.plugins.submit(plugin.execute(job.to_job(), params, self._progress_reporter(job)))
+        self._current = (job.job_id, future)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                            job.timeout_seconds or None)
+        except TimeoutError:
+            await self._abandon(future)
+            return self._event(job, EventType.FAILED, retryable=True,
+                               error=f"timed out after {job.timeout_seconds:g} s")
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+            if job.job_id in self._cancelled:
+                await self._abandon(future)
+                log.info("job %s cancelled", job.job_id)
+                return None
+            return self._event(job, EventType.FAILED, retryable=True, error="plugin task cancelled")
         except Exception as exc:
             log.exception("job %s: plugin %s raised", job.job_id, job.task_type)
-            return self._event(job, EventType.FAILED, error=f"{type(exc).__name__}: {exc}")
+            return self._event(job, EventType.FAILED, retryable=True,
+                               error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._current = None
         if isinstance(result, dict) and result.get("status") == "ok":
             output = result.get("task_output")
             return self._event(job, EventType.COMPLETED, progress=100,
                                task_output=output if isinstance(output, dict) else {"result": output})
         error = result.get("error") if isinstance(result, dict) else None
         return self._event(job, EventType.FAILED, error=str(error or f"plugin returned {result!r}"))
+
+    async def _abandon(self, future: concurrent.futures.Future[Any]) -> None:
+        """Cancel a plugin run; if it does not stop in time, give later jobs a fresh thread."""
+        future.cancel()
+        done, _ = await asyncio.wait([asyncio.wrap_future(future)], timeout=STOP_GRACE)
+        if not done:
+            log.warning("plugin did not stop; leaving its thread behind and starting a new one")
+            self.plugins.stop()
+            self.plugins = PluginThread()

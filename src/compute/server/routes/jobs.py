@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse
 
 from compute.server.auth import JobUser
-from compute.server.deps import RepoDep, StorageDep
+from compute.server.deps import CancellerDep, RepoDep, StorageDep
 from compute.server.schemas import JobPublic
 from compute.storage import PathOutsideJob
 
@@ -22,10 +22,22 @@ def get_job(job_id: str, repo: RepoDep, _user: JobUser) -> JobPublic:
     return JobPublic.of(job)
 
 
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+async def cancel_job(job_id: str, repo: RepoDep, canceller: CancellerDep, _user: JobUser) -> JobPublic:
+    """Cancel a queued or running job (a running job's worker is told to stop it)."""
+    if canceller.cancel(job_id) is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    job = repo.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return JobPublic.of(job)
+
+
 @router.delete("/{job_id}", status_code=204)
-def delete_job(job_id: str, repo: RepoDep, storage: StorageDep, _user: JobUser) -> Response:
-    """Delete a job and its files."""
-    if not repo.delete_job(job_id):
+async def delete_job(job_id: str, repo: RepoDep, storage: StorageDep, canceller: CancellerDep,
+               _user: JobUser) -> Response:
+    """Delete a job and its files; a running job is cancelled first."""
+    if canceller.cancel(job_id) is None or not repo.delete_job(job_id):
         raise HTTPException(404, f"job {job_id} not found")
     storage.cleanup_job(job_id)
     return Response(status_code=204)

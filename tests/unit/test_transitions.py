@@ -1,0 +1,219 @@
+"""Claims, signed events, retries, rescue and cancellation on a real SQLite database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cl_ml_tools import Job
+
+from compute.db.migrate import upgrade_head
+from compute.db.repository import JobRecord, JobRepository
+from compute.db.session import make_engine
+from compute.db.transitions import JobTransitions, Verdict
+from compute.jobs import EventType, JobEvent, JobStatus, now_ms
+from compute.policies import Policies, TaskPolicy
+from compute.signing import signature
+
+POLICY = TaskPolicy(max_retries=1, timeout=0, backoff_base=0.0, backoff_max=0.0)
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[JobRepository, JobTransitions]]:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade_head(url)
+    engine = make_engine(url)
+    policies = Policies(POLICY)
+    yield JobRepository(engine, policies=policies), JobTransitions(engine, policies)
+    engine.dispose()
+
+
+def submit(repo: JobRepository, job_id: str = "job-1") -> str:
+    return repo.add_job(Job(job_id=job_id, task_type="noop", params={}))
+
+
+def claim(repo: JobRepository, worker: str = "w1", session: str = "s1") -> JobRecord:
+    job = repo.claim_next(["noop"], worker, session, lease_ms=60_000)
+    assert job is not None
+    return job
+
+
+def event(job: JobRecord, kind: EventType, seq: int, *, token: str | None = None,
+          worker: str | None = None, **fields: object) -> JobEvent:
+    unsigned = JobEvent(job_id=job.job_id, worker_id=worker or job.worker_id or "", event=kind,
+                        timestamp=now_ms(), attempt=job.attempt, seq=seq, **fields)  # type: ignore[arg-type]
+    return replace(unsigned, sig=signature(token or job.lease_token or "", unsigned))
+
+
+def test_claim_records_attempt_session_and_a_fresh_lease(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, _ = stores
+    submit(repo)
+    job = claim(repo)
+    assert (job.attempt, job.worker_session, job.status) == (1, "s1", JobStatus.PROCESSING.value)
+    assert job.lease_token and len(job.lease_token) == 32
+    assert job.lease_expires_at is not None and job.lease_expires_at > now_ms()
+
+
+def test_signed_events_apply_in_order(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    outcomes = transitions.apply_events([
+        event(job, EventType.STARTED, 1),
+        event(job, EventType.PROGRESS, 2, progress=40),
+        event(job, EventType.COMPLETED, 3, progress=100, task_output={"ok": 1}),
+    ])
+    assert [o.verdict for o in outcomes] == [Verdict.APPLIED] * 3
+    stored = repo.get(job.job_id)
+    assert stored is not None
+    assert (stored.status, stored.progress, stored.task_output) == ("completed", 100, {"ok": 1})
+
+
+@pytest.mark.parametrize("tamper", ["forged", "wrong_key", "other_worker", "old_attempt", "edited"])
+def test_forged_or_stale_events_change_nothing(stores: tuple[JobRepository, JobTransitions],
+                                               tamper: str) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    if tamper == "forged":
+        bad = replace(event(job, EventType.COMPLETED, 1, progress=100), sig="0" * 64)
+    elif tamper == "wrong_key":
+        bad = event(job, EventType.COMPLETED, 1, progress=100, token="f" * 32)
+    elif tamper == "other_worker":
+        bad = event(job, EventType.COMPLETED, 1, progress=100, worker="intruder")
+    elif tamper == "old_attempt":
+        bad = event(replace(job, attempt=job.attempt + 1), EventType.COMPLETED, 1, progress=100)
+    else:  # a valid signature over different content
+        bad = replace(event(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}),
+                      task_output={"a": 2})
+    [outcome] = transitions.apply_events([bad])
+    assert outcome.verdict is Verdict.REJECTED
+    assert repo.get(job.job_id) == job
+
+
+def test_replayed_and_reordered_events_are_dropped(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    p2 = event(job, EventType.PROGRESS, 2, progress=20)
+    p3 = event(job, EventType.PROGRESS, 3, progress=30)
+    assert [o.verdict for o in transitions.apply_events([p3, p2, p3])] == [
+        Verdict.APPLIED, Verdict.REJECTED, Verdict.REJECTED]
+    stored = repo.get(job.job_id)
+    assert stored is not None and stored.progress == 30
+
+
+def test_resent_result_is_confirmed_but_changes_nothing(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    done = event(job, EventType.COMPLETED, 1, progress=100, task_output={"n": 1})
+    transitions.apply_events([done])
+    before = repo.get(job.job_id)
+    [again] = transitions.apply_events([done])
+    assert (again.verdict, again.status) == (Verdict.DUPLICATE, "completed")
+    assert repo.get(job.job_id) == before
+
+
+def test_retryable_failure_requeues_then_fails_when_attempts_run_out(
+    stores: tuple[JobRepository, JobTransitions],
+) -> None:
+    repo, transitions = stores
+    submit(repo)
+    first = claim(repo)
+    [o1] = transitions.apply_events([event(first, EventType.FAILED, 1, error="boom", retryable=True)])
+    assert (o1.verdict, o1.status) == (Verdict.APPLIED, "queued")
+    second = claim(repo, worker="w2")
+    assert second.attempt == 2 and second.lease_token != first.lease_token
+    # The first attempt's late events no longer count.
+    [late] = transitions.apply_events([event(first, EventType.COMPLETED, 2, progress=100)])
+    assert late.verdict is Verdict.REJECTED
+    [o2] = transitions.apply_events([event(second, EventType.FAILED, 1, error="boom2", retryable=True)])
+    assert o2.status == "failed"  # max_retries=1: two attempts in all
+    stored = repo.get(first.job_id)
+    assert stored is not None
+    assert [e["error"] for e in stored.attempt_errors] == ["boom", "boom2"]
+    assert "attempt 2 of 2" in (stored.error_message or "")
+
+
+def test_plugin_reported_error_fails_at_once(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    [o] = transitions.apply_events([event(job, EventType.FAILED, 1, error="bad image")])
+    assert o.status == "failed"
+
+
+def test_backoff_delays_the_next_claim(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade_head(url)
+    engine = make_engine(url)
+    policies = Policies(TaskPolicy(max_retries=3, backoff_base=30.0, backoff_max=60.0))
+    repo, transitions = JobRepository(engine, policies=policies), JobTransitions(engine, policies)
+    submit(repo)
+    job = claim(repo)
+    [o] = transitions.apply_events([event(job, EventType.FAILED, 1, error="x", retryable=True)])
+    assert o.retry_at is not None and o.retry_at >= now_ms() + 14_000
+    assert repo.claim_next(["noop"], "w1", "s1") is None
+    engine.dispose()
+
+
+def test_rescue_only_touches_the_lost_session(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo, "old")
+    old = claim(repo, session="s1")
+    submit(repo, "new")
+    new = claim(repo, session="s2")
+    rescued = transitions.rescue_worker("w1", "s1")
+    assert [(r.job_id, r.status) for r in rescued] == [("old", "queued")]
+    assert repo.get(new.job_id) == new
+    stored = repo.get(old.job_id)
+    assert stored is not None and "went offline" in stored.attempt_errors[0]["error"]
+
+
+def test_expired_lease_is_rescued_and_heartbeat_prevents_it(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo, "beating")
+    beating = repo.claim_next(["noop"], "w1", "s1", lease_ms=-1)
+    submit(repo, "silent")
+    silent = repo.claim_next(["noop"], "w1", "s1", lease_ms=-1)
+    assert beating is not None and silent is not None
+    assert repo.extend_leases([(beating.job_id, beating.lease_token or "")], 60_000) == 1
+    assert [r.job_id for r in transitions.rescue_expired()] == ["silent"]
+
+
+def test_rescue_past_the_last_attempt_fails_with_a_reason(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo)
+    claim(repo)
+    transitions.rescue_worker("w1", "s1")
+    claim(repo)
+    [r] = transitions.rescue_worker("w1", "s1")
+    assert r.status == "failed"
+    stored = repo.get(r.job_id)
+    assert stored is not None and "went offline" in (stored.error_message or "")
+
+
+def test_cancel_running_job_refuses_its_later_result(stores: tuple[JobRepository, JobTransitions]) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    assert transitions.cancel(job.job_id) == ("processing", "w1")
+    [o] = transitions.apply_events([event(job, EventType.COMPLETED, 1, progress=100)])
+    assert (o.verdict, o.status) == (Verdict.DUPLICATE, "cancelled")
+    stored = repo.get(job.job_id)
+    assert stored is not None and stored.status == "cancelled"
+    assert transitions.cancel("missing") is None
+
+
+def test_policies_parse_per_task_overrides() -> None:
+    policies = Policies.parse(TaskPolicy(), json.dumps({"slow": {"timeout": 5, "max_retries": 0}}))
+    assert policies.for_task("slow").timeout == 5.0
+    assert policies.for_task("slow").max_retries == 0
+    assert policies.for_task("other") == TaskPolicy()
+    base = TaskPolicy(backoff_base=1.0, backoff_max=4.0)
+    assert all(500 <= base.backoff_ms(1) <= 1000 for _ in range(50))
+    assert all(2000 <= base.backoff_ms(9) <= 4000 for _ in range(50))
