@@ -1,0 +1,174 @@
+"""The real command lines as subprocesses: compute-migrate, compute-server, compute-worker."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+#: Variables of the developer's shell that would point the processes elsewhere.
+_SCRUB = ("MQTT_", "DATABASE_URL", "CL_SERVER_DIR", "WORKER_", "COMPUTE_", "AUTH_DISABLED",
+          "PUBLIC_KEY_PATH", "CAPABILITY_TOPIC_PREFIX", "MAX_UPLOAD_BYTES")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+    return {**clean, "CL_SERVER_DIR": str(tmp_path / "cl_server"), "LOG_LEVEL": "INFO"}
+
+
+class Processes:
+    """Started subprocesses, with their output in files; all are ended at teardown."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.tmp_path = tmp_path
+        self.env = env
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        out = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=self.env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        out.close()  # the child has its own copy
+        self.procs.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                print(f"{name} had to be killed; its log:\n{self.log(name)}")
+
+
+@pytest.fixture
+def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Processes]:
+    p = Processes(tmp_path, env)
+    yield p
+    p.close()
+
+
+def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str, str]) -> None:
+    migrated = run(env, "compute-migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "database ready" in migrated.stdout
+
+    http_port, mqtt_port = free_port(), free_port()
+    server = procs.start("server", "compute-server", "--no-auth", "--host", "127.0.0.1",
+                         "--port", str(http_port), "--mqtt-port", str(mqtt_port))
+    base = f"http://127.0.0.1:{http_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+        async def healthy() -> bool:
+            assert server.poll() is None, procs.log("server")
+            try:
+                return bool((await client.get("/")).json()["mqtt_connected"])
+            except httpx.HTTPError:
+                return False
+
+        await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
+
+        async def submit() -> str:
+            files = {"file": ("photo.png", png_bytes((48, 32)), "image/png")}
+            response = await client.post("/jobs/image_conversion", data={"format": "webp"}, files=files)
+            assert response.status_code == 200, response.text
+            assert response.json()["task_type"] == "image_conversion"
+            return str(response.json()["job_id"])
+
+        async def status(job_id: str) -> str:
+            return str((await client.get(f"/jobs/{job_id}")).json()["status"])
+
+        async with MqttProbe("127.0.0.1", mqtt_port) as probe:
+            await probe.subscribe("inference/#")
+            waiting = await submit()  # queued before any worker exists
+
+            worker = procs.start("worker", "compute-worker", "--port", str(http_port),
+                                 "--mqtt-port", str(mqtt_port), "--worker-id", "e2e-1")
+
+            async def done(job_id: str) -> bool:
+                assert worker.poll() is None, procs.log("worker")
+                return await status(job_id) == "completed"
+
+            await wait_for(lambda: done(waiting), timeout=60, interval=0.1, what="the waiting job")
+            # Its events went through the bus, so CL Server clients heard about it.
+            await probe.expect(lambda m: m.topic == "inference/events" and m.json()["job_id"] == waiting
+                               and m.json()["event_type"] == "completed", what="legacy completed")
+            capability = await probe.expect(
+                lambda m: m.topic == "inference/workers/e2e-1" and bool(m.payload), what="capability")
+            assert capability.json()["id"] == "e2e-1"
+            assert sorted(capability.json()["capabilities"]) == ["image_conversion", "image_resize"]
+            caps = (await client.get("/capabilities")).json()
+            assert caps["num_workers"] == 1 and caps["capabilities"]["image_conversion"] == 1
+
+            job_id = await submit()
+            await wait_for(lambda: done(job_id), timeout=30, interval=0.05, what="the second job")
+            job = (await client.get(f"/jobs/{job_id}")).json()
+            assert job["progress"] == 100 and job["worker_id"] == "e2e-1"
+            output = await client.get(f"/jobs/{job_id}/files/output/converted_photo.webp")
+            assert output.status_code == 200
+            image = Image.open(io.BytesIO(output.content))
+            assert (image.format, image.size) == ("WEBP", (48, 32))
+
+            worker.send_signal(signal.SIGTERM)
+            assert await wait_for(lambda: worker.poll() is not None, timeout=20,
+                                  what="the worker to exit on SIGTERM")
+            assert worker.returncode == 0, procs.log("worker")
+            await probe.expect(lambda m: m.topic == "inference/workers/e2e-1" and m.payload == b"",
+                               what="the retained capability to be cleared")
+
+        async def no_workers() -> bool:
+            return (await client.get("/capabilities")).json()["num_workers"] == 0
+
+        await wait_for(no_workers, timeout=10, what="/capabilities without workers")
+
+        # Nothing retained is left for a client that subscribes now.
+        async with MqttProbe("127.0.0.1", mqtt_port) as late:
+            await late.subscribe("inference/workers/e2e-1")
+            await late.subscribe("inference/workers/_sync")
+            await late.sync("inference/workers/_sync")
+            assert [m for m in late.messages if m.topic == "inference/workers/e2e-1"] == []
+
+    server.send_signal(signal.SIGTERM)
+    assert await wait_for(lambda: server.poll() is not None, timeout=20, what="the server to exit")
+
+
+def test_server_refuses_an_unmigrated_database(env: dict[str, str]) -> None:
+    result = run(env, "compute-server", "--no-auth", "--port", str(free_port()),
+                 "--mqtt-port", str(free_port()))
+    assert result.returncode != 0
+    assert "compute-migrate" in result.stderr
+
+
+def test_worker_without_a_server_exits_with_a_clear_message(env: dict[str, str]) -> None:
+    Path(env["CL_SERVER_DIR"]).mkdir()
+    port = free_port()
+    result = run(env, "compute-worker", "--port", str(port), "--mqtt-port", str(free_port()),
+                 "--worker-id", "e2e-lonely")
+    assert result.returncode != 0
+    assert f"compute server does not answer at http://127.0.0.1:{port}" in result.stderr

@@ -1,0 +1,121 @@
+"""What clients see of workers and queues: retained topics and GET /capabilities."""
+
+from __future__ import annotations
+
+import json
+
+from compute.config import Settings
+from compute.topics import Topics
+from tests.conftest import BrokerInfo, Server, WorkerFactory
+from tests.helpers import MqttProbe, wait_for
+
+
+def _json(payload: bytes) -> dict[str, object]:
+    return json.loads(payload) if payload else {}
+
+
+async def test_legacy_worker_capability_is_retained_then_cleared(
+    server: Server, start_worker: WorkerFactory, broker: BrokerInfo
+) -> None:
+    running = await start_worker()
+    worker_id = running.settings.worker_id
+    topic = Topics.for_settings(running.settings).legacy_worker(worker_id)
+
+    # A client that subscribes later gets it as a retained message.
+    async with MqttProbe(broker.host, broker.port) as late:
+        await late.subscribe(topic)
+        message = await late.expect(lambda m: m.topic == topic and bool(m.payload), what="capability")
+        assert message.retained
+        cap = message.json()
+        assert set(cap) == {"worker_id", "id", "capabilities", "idle_count", "timestamp"}
+        assert cap["worker_id"] == cap["id"] == worker_id
+        assert sorted(cap["capabilities"]) == ["image_conversion", "image_resize"]
+        assert cap["idle_count"] == 1 and cap["timestamp"] > 1_600_000_000_000
+
+        await running.shutdown()
+        await late.expect(lambda m: m.topic == topic and m.payload == b"", what="capability cleared")
+
+
+async def test_a_stopping_worker_clears_its_retained_topics_itself(
+    settings: Settings, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
+    """No server here: the worker's own goodbye must leave nothing stale behind."""
+    running = await start_worker()
+    topics = Topics.for_settings(settings)
+    worker_id = running.settings.worker_id
+    legacy, info, status = (topics.legacy_worker(worker_id), topics.worker_info(worker_id),
+                            topics.worker_status(worker_id))
+    for topic in (legacy, info, status):
+        await probe.subscribe(topic)
+    await probe.expect(lambda m: m.topic == status and m.payload == b"online", what="online")
+    assert (await probe.expect(lambda m: m.topic == info and bool(m.payload))).json()["tasks"] == [
+        "image_conversion", "image_resize"]
+    await probe.expect(lambda m: m.topic == legacy and bool(m.payload), what="capability")
+
+    await running.shutdown()
+    await probe.expect(lambda m: m.topic == legacy and m.payload == b"", what="capability cleared")
+    await probe.expect(lambda m: m.topic == info and m.payload == b"", what="info cleared")
+    await probe.expect(lambda m: m.topic == status and m.payload == b"offline", what="offline")
+
+
+async def test_capabilities_follow_the_running_workers(server: Server, start_worker: WorkerFactory) -> None:
+    async def capabilities() -> dict[str, object]:
+        return (await server.client.get("/capabilities")).json()  # type: ignore[no-any-return]
+
+    assert await capabilities() == {"num_workers": 0, "capabilities": {}}
+    first = await start_worker()
+    await start_worker(tasks=("image_resize",))
+
+    async def both_listed() -> bool:
+        return await capabilities() == {"num_workers": 2,
+                                        "capabilities": {"image_conversion": 1, "image_resize": 2}}
+
+    await wait_for(both_listed, what="two workers in /capabilities")
+    await first.shutdown()
+
+    async def one_left() -> bool:
+        return await capabilities() == {"num_workers": 1, "capabilities": {"image_resize": 1}}
+
+    await wait_for(one_left, what="the stopped worker to leave /capabilities")
+
+
+async def test_a_crashed_worker_leaves_through_its_last_will(
+    server: Server, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
+    running = await start_worker()
+    topics = Topics.for_settings(running.settings)
+    worker_id = running.settings.worker_id
+    await probe.subscribe(topics.legacy_worker(worker_id))
+    await wait_for(lambda: server.app.state.registry.capabilities()["num_workers"] == 1,
+                   what="worker registered")
+
+    # Kill the link without a DISCONNECT (what a crash looks like to the broker).
+    running.bus._closing = True
+    running.bus._task.cancel()  # type: ignore[union-attr]
+    running.bus._client._connection._transport.abort()  # type: ignore[union-attr]
+
+    await wait_for(lambda: server.app.state.registry.capabilities()["num_workers"] == 0,
+                   what="the Will to remove the worker")
+    # The server clears the CL Server capability the Will could not.
+    await probe.expect(lambda m: m.payload == b"", what="capability cleared by the server")
+
+
+async def test_retained_queue_summary_counts_queued_jobs(
+    server: Server, start_worker: WorkerFactory, broker: BrokerInfo, probe: MqttProbe
+) -> None:
+    topic = server.topics.queue("image_conversion")
+    await probe.subscribe(topic)
+    for _ in range(2):
+        await server.submit()
+    await probe.expect(lambda m: _json(m.payload).get("queued") == 2, what="queued == 2")
+
+    async with MqttProbe(broker.host, broker.port) as late:
+        await late.subscribe(topic)
+        retained = await late.expect(lambda m: m.topic == topic, what="retained queue summary")
+        state = retained.json()
+        assert retained.retained and state["task_type"] == "image_conversion"
+        assert (state["queued"], state["running"]) == (2, 0) and state["oldest_queued_age_ms"] >= 0
+
+    await start_worker(wait_idle=False)
+    await probe.expect(lambda m: (_json(m.payload).get("queued"), _json(m.payload).get("running")) == (0, 0),
+                       what="queue drained")

@@ -1,0 +1,137 @@
+"""Bad input on the bus, graceful stop, and a broker that comes and goes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cl_ml_tools.plugins.image_conversion import ImageConversionTask
+
+from compute.jobs import now_ms
+from tests.conftest import (
+    AmqttBroker,
+    AmqttProcess,
+    BrokerInfo,
+    Server,
+    WorkerFactory,
+    make_settings,
+    running_server,
+)
+from tests.helpers import MqttProbe, free_port, wait_for
+
+
+async def test_malformed_and_foreign_events_are_dropped(
+    server: Server, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
+    ingest = server.app.state.ingest
+    waiting = (await server.submit())["job_id"]
+    root = server.settings.mqtt_topic_root
+    foreign = {"job_id": waiting, "worker_id": "intruder", "event": "completed", "progress": 100,
+               "timestamp": now_ms(), "task_output": {"forged": True}}
+    probe.publish(f"{root}/events/x/y", b"\x00not json at all")
+    probe.publish(f"{root}/events/x/y", json.dumps({"hello": "world"}))
+    probe.publish(f"{root}/events/x/y", json.dumps({**foreign, "job_id": "not-y"}))  # topic says y
+    probe.publish(f"{root}/events/image_conversion/{waiting}", json.dumps(foreign))  # no claim
+    await wait_for(lambda: ingest.dropped == 3 and ingest.applied == 1, what="3 dropped, 1 refused")
+
+    assert (await server.client.get("/")).status_code == 200
+    job = await server.job(waiting)
+    assert job["status"] == "queued" and job["task_output"] is None
+
+    await start_worker(wait_idle=False)
+    await server.wait_status(waiting, "completed")
+    done = await server.wait_status((await server.submit())["job_id"], "completed")
+    assert done["task_output"]["format"] == "jpg"
+
+
+class GatedConversion(ImageConversionTask):
+    """The real conversion, held at its start until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    async def execute(self, job: Any, params: Any, progress_callback: Any = None) -> dict[str, Any]:
+        self.entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
+        return await super().execute(job, params, progress_callback)
+
+
+async def test_graceful_stop_finishes_the_current_job(server: Server, start_worker: WorkerFactory) -> None:
+    plugin = GatedConversion()
+    running = await start_worker(tasks=("image_conversion",), plugins={"image_conversion": plugin})
+    current = (await server.submit())["job_id"]
+    await wait_for(plugin.entered.is_set, what="the job to start")
+    following = (await server.submit())["job_id"]
+
+    running.worker.stop()
+    done, _ = await asyncio.wait({running.task}, timeout=0.2)
+    assert not done, "the worker left while its job was still running"
+    assert (await server.job(current))["status"] == "processing"
+
+    plugin.gate.set()
+    await asyncio.wait_for(running.task, 15)
+    job = await server.wait_status(current, "completed")
+    assert job["progress"] == 100
+    assert (await server.job(following))["status"] == "queued"  # nothing new after stop()
+    assert running.worker.jobs_run == 1
+
+
+@pytest.mark.parametrize("broker", ["amqtt"], indirect=True)  # the test runs its own broker
+async def test_server_starts_without_broker_and_connects_when_it_appears(
+    tmp_path: Path, db_url: str, prefix: str, start_worker: WorkerFactory, broker: BrokerInfo
+) -> None:
+    port = free_port()
+    settings = make_settings(tmp_path, db_url, BrokerInfo("amqtt", "127.0.0.1", port), prefix)
+    late_broker = AmqttBroker(port)
+    try:
+        async with running_server(settings, wait_connected=False) as server:
+            health = (await server.client.get("/")).json()
+            assert health["status"] == "healthy" and health["mqtt_connected"] is False
+            job_id = (await server.submit())["job_id"]
+            assert server.app.state.dispatcher.unsent == 1  # the hint could not be sent
+
+            await late_broker.start()
+            bus = server.app.state.bus
+            await wait_for(lambda: bus.connected, timeout=15, what="server bus to connect")
+            assert (await server.client.get("/")).json()["mqtt_connected"] is True
+
+            # The worker's first pass (on connect) finds the job whose hint was lost.
+            running = await start_worker(mqtt_port=port, wait_idle=False)
+            await server.wait_status(job_id, "completed")
+            await running.shutdown()
+    finally:
+        await late_broker.stop()
+
+
+@pytest.mark.parametrize("broker", ["amqtt"], indirect=True)  # the test runs its own broker
+async def test_both_sides_reconnect_and_resubscribe_after_a_broker_restart(
+    tmp_path: Path, db_url: str, prefix: str, start_worker: WorkerFactory, broker: BrokerInfo
+) -> None:
+    port = free_port()
+    settings = make_settings(tmp_path, db_url, BrokerInfo("amqtt", "127.0.0.1", port), prefix)
+    broker_process = await AmqttProcess(port).start()
+    try:
+        async with running_server(settings) as server:
+            bus = server.app.state.bus
+            running = await start_worker(mqtt_port=port)
+            await server.wait_status((await server.submit())["job_id"], "completed")
+
+            await broker_process.stop()
+            await wait_for(lambda: not bus.connected and not running.bus.connected, what="link lost")
+            await broker_process.start()
+            await wait_for(lambda: bus.connected and running.bus.connected, timeout=15, what="reconnect")
+            assert bus.connects == 2 and running.bus.connects == 2
+
+            # The sweep is 30 s: finishing now needs the hint subscription restored, and the
+            # server's event subscription too (or the result waits for the outbox timeout).
+            job_id = (await server.submit())["job_id"]
+            await server.wait_status(job_id, "completed", timeout=8)
+            assert running.worker.outbox.written_directly == 0
+            await running.shutdown()
+    finally:
+        await broker_process.stop()

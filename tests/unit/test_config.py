@@ -1,0 +1,77 @@
+"""load_settings: CL Server variable names, defaults, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compute.config import DEFAULT_TASKS, load_settings, parse_tasks
+from compute.errors import ConfigError
+
+
+def test_defaults_live_under_cl_server_dir(tmp_path: Path) -> None:
+    s = load_settings({"CL_SERVER_DIR": str(tmp_path)})
+    assert s.cl_server_dir == tmp_path
+    assert s.database_url == f"sqlite:///{tmp_path / 'compute.db'}"
+    assert s.storage_dir == tmp_path / "compute"
+    assert s.public_key_path == tmp_path / "public_key.pem"
+    assert s.mqtt_broker is None and s.mqtt_port == 1883
+    assert s.mqtt_topic == "inference/events"
+    assert s.capability_topic_prefix == "inference/workers"
+    assert s.mqtt_topic_root == "compute"
+    assert s.worker_tasks == DEFAULT_TASKS
+    assert s.server_url == "http://127.0.0.1:8002"
+    assert s.wake_events is True and s.auth_disabled is False
+
+
+def test_values_from_env(tmp_path: Path) -> None:
+    s = load_settings({
+        "CL_SERVER_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql+psycopg://u@h/db",
+        "MQTT_BROKER": "broker.local",
+        "MQTT_PORT": "1999",
+        "MQTT_TOPIC_ROOT": "/site/compute/",
+        "CAPABILITY_TOPIC_PREFIX": "x/workers/",
+        "WORKER_SWEEP_INTERVAL": "0.5",
+        "WORKER_WAKE_EVENTS": "false",
+        "AUTH_DISABLED": "yes",
+        "WORKER_SUPPORTED_TASKS": " image_resize , ,image_conversion",
+        "COMPUTE_PORT": "9000",
+        "LOG_LEVEL": "debug",
+        "MAX_UPLOAD_BYTES": "10",
+    })
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+    assert (s.mqtt_broker, s.mqtt_port, s.broker_host) == ("broker.local", 1999, "broker.local")
+    assert s.mqtt_topic_root == "site/compute"
+    assert s.capability_topic_prefix == "x/workers"
+    assert s.sweep_interval == 0.5 and s.wake_events is False and s.auth_disabled is True
+    assert s.worker_tasks == ("image_resize", "image_conversion")
+    assert s.server_url == "http://127.0.0.1:9000"
+    assert s.log_level == "DEBUG" and s.max_upload_bytes == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("MQTT_PORT", "abc"), ("COMPUTE_PORT", "80.5"), ("MAX_UPLOAD_BYTES", "1MB"),
+     ("MQTT_KEEPALIVE", "x"), ("WORKER_SWEEP_INTERVAL", "soon")],
+)
+def test_bad_numbers_raise_config_error_naming_the_variable(name: str, value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"CL_SERVER_DIR": str(tmp_path), name: value})
+
+
+def test_empty_values_fall_back_to_defaults(tmp_path: Path) -> None:
+    s = load_settings({"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "", "MQTT_BROKER": ""})
+    assert s.mqtt_port == 1883 and s.mqtt_broker is None and s.broker_host == "127.0.0.1"
+
+
+def test_with_overrides_ignores_none(tmp_path: Path) -> None:
+    s = load_settings({"CL_SERVER_DIR": str(tmp_path)})
+    t = s.with_overrides(mqtt_port=1234, mqtt_broker=None)
+    assert t.mqtt_port == 1234 and t.mqtt_broker is None and s.mqtt_port == 1883
+
+
+def test_parse_tasks() -> None:
+    assert parse_tasks("a, b,,c ") == ("a", "b", "c")
+    assert parse_tasks("") == ()

@@ -1,0 +1,216 @@
+"""JobRepository on a migrated database (SQLite, and PostgreSQL when it answers)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from cl_ml_tools import Job
+from sqlalchemy import func, select
+
+from compute.db.models import queue_entries_table
+from compute.db.repository import JobRecord, JobRepository
+from compute.jobs import EventType, JobEvent
+
+
+def add(repo: JobRepository, job_id: str, task: str = "image_resize", priority: int = 5) -> str:
+    return repo.add_job(Job(job_id=job_id, task_type=task, params={"n": job_id}), priority=priority)
+
+
+def ev(job_id: str, kind: EventType, worker: str = "w1", **fields: Any) -> JobEvent:
+    return JobEvent(job_id=job_id, worker_id=worker, event=kind, timestamp=fields.pop("ts", 0), **fields)
+
+
+def queue_rows(repo: JobRepository) -> int:
+    with repo.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(queue_entries_table)).scalar_one())
+
+
+def test_add_and_get(repo: JobRepository) -> None:
+    seen: list[JobRecord] = []
+
+    def on_added(record: JobRecord) -> None:
+        # Called after the commit: a fresh connection already sees the row.
+        assert repo.get(record.job_id) is not None
+        seen.append(record)
+
+    repo.on_job_added = on_added
+    repo.add_job(Job(job_id="a", task_type="image_resize", params={"w": 1}), created_by="u1", priority=7)
+    job = repo.get("a")
+    assert job is not None
+    assert (job.status, job.progress, job.priority, job.params, job.created_by) == (
+        "queued", 0, 7, {"w": 1}, "u1")
+    assert job.created_at > 1_600_000_000_000  # milliseconds
+    assert [r.job_id for r in seen] == ["a"]
+    assert repo.get("missing") is None and repo.get_job("missing") is None
+    assert repo.get_job("a").params == {"w": 1}  # type: ignore[union-attr]
+    assert queue_rows(repo) == 1
+
+
+def test_claim_order_priority_then_age(repo: JobRepository) -> None:
+    add(repo, "old-normal", priority=5)
+    add(repo, "urgent", priority=9)
+    add(repo, "new-normal", priority=5)
+    add(repo, "low", priority=0)
+    add(repo, "other-task", task="image_conversion", priority=10)
+    claimed = [repo.claim_next(["image_resize"], "w1") for _ in range(5)]
+    assert [c.job_id if c else None for c in claimed] == ["urgent", "old-normal", "new-normal", "low", None]
+    first = claimed[0]
+    assert first is not None and first.status == "processing" and first.worker_id == "w1"
+    assert first.started_at is not None
+    assert repo.get("other-task").status == "queued"  # type: ignore[union-attr]
+
+
+def test_claim_with_no_task_types_claims_nothing(repo: JobRepository) -> None:
+    add(repo, "a")
+    assert repo.claim_next([], "w1") is None
+    assert repo.get("a").status == "queued"  # type: ignore[union-attr]
+
+
+def test_claim_never_returns_the_same_job_twice(repo: JobRepository) -> None:
+    for i in range(5):
+        add(repo, f"j{i}")
+    ids = [r.job_id for r in iter(lambda: repo.claim_next(["image_resize"], "w1"), None)]
+    assert sorted(ids) == [f"j{i}" for i in range(5)]
+    assert repo.fetch_next_job(["image_resize"]) is None
+
+
+def test_threaded_claim_race_gives_each_job_to_one_claimer(repo: JobRepository) -> None:
+    total, claimers = 300, 6
+    for i in range(total):
+        add(repo, f"r{i:03d}", priority=i % 3)
+    claimed: dict[str, list[str]] = {f"w{n}": [] for n in range(claimers)}
+    errors: list[BaseException] = []
+    start = threading.Barrier(claimers)
+
+    def claimer(worker_id: str) -> None:
+        try:
+            start.wait()
+            while True:
+                record = repo.claim_next(["image_resize"], worker_id)
+                if record is not None:
+                    claimed[worker_id].append(record.job_id)
+                elif not any(s.queued for s in repo.queue_summary()):
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(w,)) for w in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    everything = [job_id for ids in claimed.values() for job_id in ids]
+    duplicates = [job_id for job_id, n in Counter(everything).items() if n > 1]
+    assert duplicates == []
+    assert len(everything) == total
+    # Each row records the claimer that got it.
+    for worker_id, ids in claimed.items():
+        for job_id in ids[:5]:
+            assert repo.get(job_id).worker_id == worker_id  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def claimed(repo: JobRepository) -> str:
+    add(repo, "c1")
+    record = repo.claim_next(["image_resize"], "w1")
+    assert record is not None
+    return record.job_id
+
+
+def test_progress_only_rises(repo: JobRepository, claimed: str) -> None:
+    results = repo.apply_events([
+        ev(claimed, EventType.PROGRESS, progress=50),
+        ev(claimed, EventType.PROGRESS, progress=30),
+        ev(claimed, EventType.PROGRESS, progress=50),
+    ])
+    assert [applied for _, applied in results] == [True, False, False]
+    assert repo.get(claimed).progress == 50  # type: ignore[union-attr]
+
+
+def test_terminal_state_is_final(repo: JobRepository, claimed: str) -> None:
+    [(_, done)] = repo.apply_events([ev(claimed, EventType.COMPLETED, task_output={"ok": 1}, ts=1234)])
+    assert done
+    late = repo.apply_events([
+        ev(claimed, EventType.FAILED, error="late"),
+        ev(claimed, EventType.PROGRESS, progress=99),
+        ev(claimed, EventType.STARTED),
+        ev(claimed, EventType.COMPLETED, task_output={"ok": 2}),
+    ])
+    assert [applied for _, applied in late] == [False, False, False, False]
+    job = repo.get(claimed)
+    assert job is not None
+    assert (job.status, job.progress, job.task_output, job.error_message, job.completed_at) == (
+        "completed", 100, {"ok": 1}, None, 1234)
+
+
+def test_failed_records_the_error(repo: JobRepository, claimed: str) -> None:
+    assert repo.apply_events([ev(claimed, EventType.FAILED, error="boom")])[0][1]
+    job = repo.get(claimed)
+    assert job is not None and job.status == "failed" and job.error_message == "boom"
+
+
+def test_events_from_a_worker_without_the_claim_change_nothing(repo: JobRepository, claimed: str) -> None:
+    before = repo.get(claimed)
+    results = repo.apply_events([
+        ev(claimed, EventType.STARTED, worker="intruder"),
+        ev(claimed, EventType.PROGRESS, worker="intruder", progress=80),
+        ev(claimed, EventType.COMPLETED, worker="intruder", task_output={}),
+        ev(claimed, EventType.FAILED, worker="intruder", error="x"),
+    ])
+    assert not any(applied for _, applied in results)
+    assert repo.get(claimed) == before
+
+
+def test_events_for_an_unclaimed_or_unknown_job_change_nothing(repo: JobRepository) -> None:
+    add(repo, "q1")
+    before = repo.get("q1")
+    results = repo.apply_events([
+        ev("q1", EventType.COMPLETED, task_output={}),
+        ev("q1", EventType.PROGRESS, progress=5),
+        ev("nope", EventType.COMPLETED),
+    ])
+    assert not any(applied for _, applied in results)
+    assert repo.get("q1") == before
+
+
+def test_update_and_delete(repo: JobRepository) -> None:
+    add(repo, "u1")
+    assert repo.update_job("u1", status="error", error_message="x") is True
+    assert repo.get("u1").status == "failed"  # type: ignore[union-attr]
+    assert repo.update_job("missing", progress=3) is False
+    with pytest.raises(ValueError):
+        repo.update_job("u1", task_type="other")
+    assert repo.delete_job("u1") is True
+    assert repo.delete_job("u1") is False
+    assert repo.get("u1") is None and queue_rows(repo) == 0
+
+
+def test_queue_summary(repo: JobRepository) -> None:
+    add(repo, "a")
+    add(repo, "b")
+    add(repo, "c", task="image_conversion")
+    repo.claim_next(["image_resize"], "w1")
+    summary = {s.task_type: s for s in repo.queue_summary()}
+    assert (summary["image_resize"].queued, summary["image_resize"].running) == (1, 1)
+    assert (summary["image_conversion"].queued, summary["image_conversion"].running) == (1, 0)
+    assert summary["image_conversion"].oldest_queued_at == repo.get("c").created_at  # type: ignore[union-attr]
+
+
+def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
+    for job_id in ("done", "failed", "running", "waiting"):
+        add(repo, job_id)
+    for _ in range(3):
+        repo.claim_next(["image_resize"], "w1")  # done, failed, running (by age)
+    repo.apply_events([ev("done", EventType.COMPLETED, ts=1000),
+                       ev("failed", EventType.FAILED, error="x", ts=2000)])
+    assert sorted(repo.finished_before(1500)) == ["done"]
+    assert sorted(repo.finished_before(10**15)) == ["done", "failed"]
+    assert repo.delete_many(repo.finished_before(10**15)) == 2
+    assert repo.delete_many([]) == 0
+    assert repo.get("done") is None and repo.get("failed") is None
+    assert repo.get("running") is not None and repo.get("waiting") is not None
+    assert queue_rows(repo) == 2

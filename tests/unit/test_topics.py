@@ -1,0 +1,152 @@
+"""Topic names and payload parsing: everything off the bus is checked before use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compute.bus.base import topic_matches
+from compute.jobs import TERMINAL, EventType, JobEvent, JobStatus, now_ms
+from compute.topics import (
+    MAX_PAYLOAD_BYTES,
+    MalformedMessage,
+    Topics,
+    check_segment,
+    encode,
+    job_event_payload,
+    parse_confirmation,
+    parse_job_event,
+    parse_worker_info,
+)
+
+GOOD_EVENT = {"job_id": "j1", "worker_id": "w1", "event": "progress", "progress": 40, "timestamp": 1}
+GOOD_INFO = {"worker_id": "w1", "session": "s", "tasks": ["image_resize"], "idle": True, "timestamp": 5}
+
+
+def test_default_topic_names_match_cl_server() -> None:
+    t = Topics()
+    assert t.job_available("image_resize") == "compute/jobs/available/image_resize"
+    assert t.job_event("image_resize", "j1") == "compute/events/image_resize/j1"
+    assert t.all_job_events == "compute/events/+/+"
+    assert t.worker_status("w1") == "compute/workers/w1/status"
+    assert t.worker_info("w1") == "compute/workers/w1/info"
+    assert t.worker_confirm("w1") == "compute/workers/w1/confirm"
+    assert t.queue("image_resize") == "compute/queues/image_resize"
+    assert t.legacy_events == "inference/events"
+    assert t.legacy_worker("w1") == "inference/workers/w1"
+
+
+def test_job_states() -> None:
+    # CL Server's SDK waits for completed/failed: a failed job must never read "error".
+    assert {s.value for s in JobStatus} >= {"queued", "processing", "completed", "failed"}
+    assert JobStatus.QUEUED not in TERMINAL and JobStatus.PROCESSING not in TERMINAL
+    assert {JobStatus.COMPLETED, JobStatus.FAILED} <= TERMINAL
+    assert 1_600_000_000_000 < now_ms() < 10_000_000_000_000  # milliseconds, not seconds
+
+
+def test_worker_of_reads_only_worker_topics_under_the_root() -> None:
+    t = Topics(root="a/compute")
+    assert t.worker_of("a/compute/workers/w-1/status") == "w-1"
+    assert t.worker_of("a/compute/workers/w-1/info") == "w-1"
+    assert t.worker_of("b/compute/workers/w-1/status") is None
+    assert t.worker_of("a/compute/queues/w-1/status") is None
+    assert t.worker_of("a/compute/workers/w-1") is None
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "a+b", "a#", "has space", "x" * 129])
+def test_check_segment_refuses_topic_breaking_ids(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_segment(bad, "worker id")
+
+
+def test_check_segment_accepts_normal_ids() -> None:
+    assert check_segment("worker-host_1.a:b@c", "worker id") == "worker-host_1.a:b@c"
+
+
+def test_job_event_round_trips() -> None:
+    ev = JobEvent("j1", "w1", EventType.COMPLETED, 100, {"files": ["x"]}, None, 123)
+    assert parse_job_event(encode(job_event_payload(ev, "image_resize"))) == ev
+
+
+def test_parse_job_event_reads_fields() -> None:
+    ev = parse_job_event(json.dumps(GOOD_EVENT).encode())
+    assert (ev.job_id, ev.worker_id, ev.event, ev.progress, ev.timestamp) == (
+        "j1", "w1", EventType.PROGRESS, 40, 1)
+
+
+def _with(**changes: object) -> bytes:
+    data = {**GOOD_EVENT, **changes}
+    return json.dumps({k: v for k, v in data.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"text"',
+        b"null",
+        _with(event="exploded"),
+        _with(event=...),
+        _with(progress=101),
+        _with(progress=-1),
+        _with(progress=True),
+        _with(progress="50"),
+        _with(job_id=...),
+        _with(job_id=7),
+        _with(worker_id=None),
+        _with(timestamp=...),
+        _with(timestamp=True),
+        _with(timestamp="1"),
+        _with(task_output=[1]),
+        _with(error=3),
+        b"{" + b" " * MAX_PAYLOAD_BYTES + b"}",
+    ],
+    ids=lambda raw: raw[:40].decode("utf-8", "replace"),
+)
+def test_malformed_job_events_raise(raw: bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        parse_job_event(raw)
+
+
+def test_parse_worker_info() -> None:
+    info = parse_worker_info(json.dumps(GOOD_INFO).encode())
+    assert info["tasks"] == ["image_resize"] and info["idle"] is True and info["pid"] == 0
+
+
+@pytest.mark.parametrize(
+    "changes", [{"tasks": "image_resize"}, {"tasks": [1]}, {"idle": "yes"}, {"worker_id": None},
+                {"timestamp": 1.5}],
+)
+def test_malformed_worker_info_raises(changes: dict[str, object]) -> None:
+    with pytest.raises(MalformedMessage):
+        parse_worker_info(json.dumps({**GOOD_INFO, **changes}).encode())
+
+
+def test_parse_confirmation() -> None:
+    raw = encode({"job_id": "j", "status": "completed", "timestamp": 3})
+    assert parse_confirmation(raw) == {"job_id": "j", "status": "completed", "timestamp": 3}
+    with pytest.raises(MalformedMessage):
+        parse_confirmation(b'{"job_id": "j"}')
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "expected"),
+    [
+        ("a/b/c", "a/b/c", True),
+        ("a/b/c", "a/b/d", False),
+        ("a/+/c", "a/x/c", True),
+        ("a/+/c", "a/x/y/c", False),
+        ("a/+/+", "a/x/y", True),
+        ("a/+/+", "a/x", False),
+        ("a/#", "a/x/y/z", True),
+        ("a/#", "b/x", False),
+        ("#", "anything/at/all", True),
+        ("a/b", "a/b/c", False),
+        ("a/b/c", "a/b", False),
+    ],
+)
+def test_topic_matches(topic_filter: str, topic: str, expected: bool) -> None:
+    assert topic_matches(topic_filter, topic) is expected
