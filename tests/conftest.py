@@ -31,8 +31,9 @@ from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute.plugins import load_tasks
 from compute.server.app import create_app
-from compute.topics import OFFLINE, Topics
+from compute.topics import Topics
 from compute.worker.loop import Worker
+from compute.worker.service import WorkerService
 from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
 
 MOSQUITTO = ("127.0.0.1", 1883)
@@ -315,12 +316,18 @@ async def server(settings: Settings) -> AsyncIterator[Server]:
 
 @dataclass
 class RunningWorker:
-    worker: Worker
-    bus: MqttBus
+    service: WorkerService
     task: asyncio.Task[None]
-    engine: Any
     settings: Settings
     closed: bool = field(default=False)
+
+    @property
+    def worker(self) -> Worker:
+        return self.service.worker
+
+    @property
+    def bus(self) -> MqttBus:
+        return self.service.bus
 
     async def shutdown(self) -> None:
         """What compute-worker does on SIGTERM: finish, say goodbye, disconnect."""
@@ -331,9 +338,7 @@ class RunningWorker:
         try:
             await asyncio.wait_for(self.task, 30)
         finally:
-            self.worker.announcer.publish_offline()
-            await self.bus.close()
-            self.engine.dispose()
+            await self.service.close()
 
 
 WorkerFactory = Callable[..., Any]
@@ -351,19 +356,14 @@ async def start_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
         woken by a hint or the sweep (pass False when jobs are already waiting)."""
         worker_id = f"{settings.worker_id}{len(started) + 1}"
         ws = replace(settings, worker_id=worker_id, worker_tasks=tasks, **changes)
-        topics = Topics.for_settings(ws)
-        engine = make_engine(ws.database_url)
-        bus = MqttBus(ws, client_id=f"compute-worker-{worker_id}",
-                      will=(topics.worker_status(worker_id), OFFLINE, True), name=f"bus-{worker_id}")
-        worker = Worker(ws, JobRepository(engine), bus, topics, plugins or load_tasks(tasks))
-        await bus.start()
+        service = WorkerService.build(ws, plugins or load_tasks(tasks))
         # As compute-worker does: the first claim pass runs once connected.
-        await wait_for(lambda: bus.connected, what=f"worker {worker_id} connected")
-        task = asyncio.create_task(worker.run(), name=f"worker-{worker_id}")
-        running = RunningWorker(worker, bus, task, engine, ws)
+        assert await service.connect(10), f"worker {worker_id} could not connect"
+        task = asyncio.create_task(service.worker.run(), name=f"worker-{worker_id}")
+        running = RunningWorker(service, task, ws)
         started.append(running)
         if wait_idle:
-            await wait_for(lambda: worker.empty_claims >= 1, what=f"worker {worker_id} idle")
+            await wait_for(lambda: service.worker.empty_claims >= 1, what=f"worker {worker_id} idle")
         return running
 
     yield start

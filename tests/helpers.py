@@ -150,3 +150,17 @@ class MqttProbe:
 
     def on_topic(self, topic: str) -> list[Message]:
         return [m for m in self.messages if m.topic == topic]
+
+
+def signed(job: Any, kind: Any, seq: int, *, token: str | None = None, worker: str | None = None,
+           ts: int | None = None, **fields: Any) -> Any:
+    """A worker event for `job`'s current claim, signed with its lease token (or `token`)."""
+    from dataclasses import replace
+
+    from compute.jobs import JobEvent, now_ms
+    from compute.signing import signature
+
+    unsigned = JobEvent(job_id=job.job_id, worker_id=worker or job.worker_id or "", event=kind,
+                        timestamp=now_ms() if ts is None else ts, attempt=job.attempt, seq=seq,
+                        **fields)
+    return replace(unsigned, sig=signature(token or job.lease_token or "", unsigned))

@@ -220,13 +220,9 @@ def _check_worker_prerequisites(settings: Settings) -> None:
 
 
 async def _run_worker(settings: Settings) -> int:
-    from compute.bus.mqtt import MqttBus
-    from compute.db.repository import JobRepository
     from compute.db.session import check_migrated, make_engine
     from compute.plugins import UnknownTasks, load_tasks
-    from compute.topics import OFFLINE, Topics
-    from compute.worker.announce import new_session, offline_will
-    from compute.worker.loop import Worker
+    from compute.worker.service import WorkerService
 
     try:
         tasks = load_tasks(settings.worker_tasks)
@@ -237,16 +233,10 @@ async def _run_worker(settings: Settings) -> int:
         check_migrated(engine)
     except NotMigrated as exc:
         return _fail(str(exc))
-    topics = Topics.for_settings(settings)
-    session = new_session()
-    bus = MqttBus(settings, client_id=f"compute-worker-{settings.worker_id}",
-                  will=(topics.worker_info(settings.worker_id), offline_will(settings.worker_id, session),
-                        True), name="worker-bus")
-    presence = MqttBus(settings, client_id=f"compute-worker-{settings.worker_id}-presence",
-                       will=(topics.worker_status(settings.worker_id), OFFLINE, True),
-                       name="worker-presence")
-    worker = Worker(settings, JobRepository(engine, policies=settings.task_policies), bus, topics, tasks,
-                    presence=presence, session=session)
+    finally:
+        engine.dispose()
+    service = WorkerService.build(settings, tasks)
+    worker = service.worker
 
     loop = asyncio.get_running_loop()
     signals = 0
@@ -262,17 +252,14 @@ async def _run_worker(settings: Settings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await presence.start()
-    await bus.start()
+    await service.connect()
     log.info("worker %s ready for %s", settings.worker_id, ", ".join(tasks))
     try:
         await worker.run()
     finally:
-        worker.announcer.publish_offline()
-        await asyncio.sleep(0)  # let the transport flush the goodbye before disconnecting
-        await bus.close()
-        await presence.close()
-        engine.dispose()
+        log.info("worker %s stopped: %d jobs run, %d empty claims",
+                 settings.worker_id, worker.jobs_run, worker.empty_claims)
+        await service.close()
     return 0
 
 

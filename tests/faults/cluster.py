@@ -28,8 +28,9 @@ AMQTT_SCRIPT = """
 import asyncio, sys
 from amqtt.broker import Broker
 async def main():
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:%s" % sys.argv[1]}},
-                     "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
+    listeners = {"default": {"type": "tcp", "bind": "127.0.0.1:%s" % sys.argv[1]}}
+    anonymous = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+    broker = Broker({"listeners": listeners, "plugins": anonymous})
     await broker.start()
     await asyncio.Event().wait()
 asyncio.run(main())

@@ -31,7 +31,7 @@ def test_worker_killed_mid_job_completes_once_elsewhere(cluster: Cluster) -> Non
     assert row["worker_id"] == "fault-b"
     assert json.loads(row["task_output"])["pid"] == b.pid
     [lost] = json.loads(row["attempt_errors"])
-    assert lost["attempt"] == 1 and "fault-a" in lost["error"] or "lease" in lost["error"]
+    assert (lost["attempt"] == 1 and "fault-a" in lost["error"]) or "lease" in lost["error"]
 
 
 def test_broker_restart_mid_burst_loses_nothing(cluster: Cluster) -> None:

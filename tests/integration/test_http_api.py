@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from compute.config import Settings
-from compute.jobs import EventType, JobEvent
+from compute.jobs import EventType
 from tests.conftest import Server, running_server
-from tests.helpers import png_bytes
+from tests.helpers import png_bytes, signed
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -100,7 +100,8 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
     waiting = (await server.submit())["job_id"]
     claimed = repo.claim_next(["image_conversion"], "w1")
     assert claimed.job_id == done  # the older of two equal-priority jobs
-    repo.apply_events([JobEvent(done, "w1", EventType.COMPLETED, 100, {}, None, 1000)])
+    server.app.state.transitions.apply_events(
+        [signed(claimed, EventType.COMPLETED, 1, progress=100, task_output={}, ts=1000)])
     size = (await server.client.get("/admin/jobs/storage/size")).json()
     assert size["job_count"] == 2 and size["total_size"] == 2 * len(png_bytes())
 

@@ -31,12 +31,14 @@ async def test_malformed_and_foreign_events_are_dropped(
     waiting = (await server.submit())["job_id"]
     root = server.settings.mqtt_topic_root
     foreign = {"job_id": waiting, "worker_id": "intruder", "event": "completed", "progress": 100,
-               "timestamp": now_ms(), "task_output": {"forged": True}}
+               "timestamp": now_ms(), "task_output": {"forged": True}, "attempt": 1, "seq": 1,
+               "sig": "0" * 64}
     probe.publish(f"{root}/events/x/y", b"\x00not json at all")
     probe.publish(f"{root}/events/x/y", json.dumps({"hello": "world"}))
     probe.publish(f"{root}/events/x/y", json.dumps({**foreign, "job_id": "not-y"}))  # topic says y
     probe.publish(f"{root}/events/image_conversion/{waiting}", json.dumps(foreign))  # no claim
-    await wait_for(lambda: ingest.dropped == 3 and ingest.applied == 1, what="3 dropped, 1 refused")
+    await wait_for(lambda: ingest.rejected["malformed"] == 3 and ingest.rejected["bad signature"] == 1,
+                   what="3 malformed dropped, 1 forged refused")
 
     assert (await server.client.get("/")).status_code == 200
     job = await server.job(waiting)

@@ -20,7 +20,8 @@ from compute.topics import (
     parse_worker_info,
 )
 
-GOOD_EVENT = {"job_id": "j1", "worker_id": "w1", "event": "progress", "progress": 40, "timestamp": 1}
+GOOD_EVENT = {"job_id": "j1", "worker_id": "w1", "event": "progress", "progress": 40, "timestamp": 1,
+              "attempt": 2, "seq": 3, "sig": "ab" * 32}
 GOOD_INFO = {"worker_id": "w1", "session": "s", "tasks": ["image_resize"], "idle": True, "timestamp": 5}
 
 
@@ -71,8 +72,9 @@ def test_job_event_round_trips() -> None:
 
 def test_parse_job_event_reads_fields() -> None:
     ev = parse_job_event(json.dumps(GOOD_EVENT).encode())
-    assert (ev.job_id, ev.worker_id, ev.event, ev.progress, ev.timestamp) == (
-        "j1", "w1", EventType.PROGRESS, 40, 1)
+    assert (ev.job_id, ev.worker_id, ev.event, ev.progress, ev.timestamp, ev.attempt, ev.seq) == (
+        "j1", "w1", EventType.PROGRESS, 40, 1, 2, 3)
+    assert ev.sig == "ab" * 32 and ev.retryable is False
 
 
 def _with(**changes: object) -> bytes:
@@ -102,6 +104,13 @@ def _with(**changes: object) -> bytes:
         _with(timestamp="1"),
         _with(task_output=[1]),
         _with(error=3),
+        _with(attempt=...),
+        _with(attempt="1"),
+        _with(seq=...),
+        _with(seq=1.5),
+        _with(sig=...),
+        _with(sig=7),
+        _with(retryable="yes"),
         b"{" + b" " * MAX_PAYLOAD_BYTES + b"}",
     ],
     ids=lambda raw: raw[:40].decode("utf-8", "replace"),
@@ -114,11 +123,14 @@ def test_malformed_job_events_raise(raw: bytes) -> None:
 def test_parse_worker_info() -> None:
     info = parse_worker_info(json.dumps(GOOD_INFO).encode())
     assert info["tasks"] == ["image_resize"] and info["idle"] is True and info["pid"] == 0
+    assert info["state"] == "online"
+    will = parse_worker_info(encode({"worker_id": "w1", "session": "s", "state": "offline", "timestamp": 1}))
+    assert (will["state"], will["tasks"], will["idle"]) == ("offline", [], False)
 
 
 @pytest.mark.parametrize(
     "changes", [{"tasks": "image_resize"}, {"tasks": [1]}, {"idle": "yes"}, {"worker_id": None},
-                {"timestamp": 1.5}],
+                {"timestamp": 1.5}, {"state": "gone"}, {"session": None}],
 )
 def test_malformed_worker_info_raises(changes: dict[str, object]) -> None:
     with pytest.raises(MalformedMessage):

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 import pytest
 from cl_ml_tools import Job
 
-from compute.db.migrate import upgrade_head
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.session import make_engine
 from compute.db.transitions import JobTransitions, Verdict
-from compute.jobs import EventType, JobEvent, JobStatus, now_ms
+from compute.jobs import EventType, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
-from compute.signing import signature
+from tests.helpers import signed
 
 POLICY = TaskPolicy(max_retries=1, timeout=0, backoff_base=0.0, backoff_max=0.0)
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[tuple[JobRepository, JobTransitions]]:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    upgrade_head(url)
-    engine = make_engine(url)
+def stores(engine: Any) -> tuple[JobRepository, JobTransitions]:
+    """Over SQLite, and PostgreSQL when it answers (the `engine` fixture)."""
     policies = Policies(POLICY)
-    yield JobRepository(engine, policies=policies), JobTransitions(engine, policies)
-    engine.dispose()
+    return JobRepository(engine, policies=policies), JobTransitions(engine, policies)
 
 
 def submit(repo: JobRepository, job_id: str = "job-1") -> str:
@@ -41,14 +35,13 @@ def claim(repo: JobRepository, worker: str = "w1", session: str = "s1") -> JobRe
     return job
 
 
-def event(job: JobRecord, kind: EventType, seq: int, *, token: str | None = None,
-          worker: str | None = None, **fields: object) -> JobEvent:
-    unsigned = JobEvent(job_id=job.job_id, worker_id=worker or job.worker_id or "", event=kind,
-                        timestamp=now_ms(), attempt=job.attempt, seq=seq, **fields)  # type: ignore[arg-type]
-    return replace(unsigned, sig=signature(token or job.lease_token or "", unsigned))
+event = signed
 
 
-def test_claim_records_attempt_session_and_a_fresh_lease(stores: tuple[JobRepository, JobTransitions]) -> None:
+Stores = tuple[JobRepository, JobTransitions]
+
+
+def test_claim_records_attempt_session_and_a_fresh_lease(stores: Stores) -> None:
     repo, _ = stores
     submit(repo)
     job = claim(repo)
@@ -57,7 +50,7 @@ def test_claim_records_attempt_session_and_a_fresh_lease(stores: tuple[JobReposi
     assert job.lease_expires_at is not None and job.lease_expires_at > now_ms()
 
 
-def test_signed_events_apply_in_order(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_signed_events_apply_in_order(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
@@ -73,7 +66,7 @@ def test_signed_events_apply_in_order(stores: tuple[JobRepository, JobTransition
 
 
 @pytest.mark.parametrize("tamper", ["forged", "wrong_key", "other_worker", "old_attempt", "edited"])
-def test_forged_or_stale_events_change_nothing(stores: tuple[JobRepository, JobTransitions],
+def test_forged_or_stale_events_change_nothing(stores: Stores,
                                                tamper: str) -> None:
     repo, transitions = stores
     submit(repo)
@@ -94,7 +87,7 @@ def test_forged_or_stale_events_change_nothing(stores: tuple[JobRepository, JobT
     assert repo.get(job.job_id) == job
 
 
-def test_replayed_and_reordered_events_are_dropped(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_replayed_and_reordered_events_are_dropped(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
@@ -106,7 +99,7 @@ def test_replayed_and_reordered_events_are_dropped(stores: tuple[JobRepository, 
     assert stored is not None and stored.progress == 30
 
 
-def test_resent_result_is_confirmed_but_changes_nothing(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_resent_result_is_confirmed_but_changes_nothing(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
@@ -119,7 +112,7 @@ def test_resent_result_is_confirmed_but_changes_nothing(stores: tuple[JobReposit
 
 
 def test_retryable_failure_requeues_then_fails_when_attempts_run_out(
-    stores: tuple[JobRepository, JobTransitions],
+    stores: Stores,
 ) -> None:
     repo, transitions = stores
     submit(repo)
@@ -139,7 +132,21 @@ def test_retryable_failure_requeues_then_fails_when_attempts_run_out(
     assert "attempt 2 of 2" in (stored.error_message or "")
 
 
-def test_plugin_reported_error_fails_at_once(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_events_for_unknown_or_unclaimed_jobs_change_nothing(
+    stores: Stores,
+) -> None:
+    repo, transitions = stores
+    submit(repo, "waiting")
+    waiting = repo.get("waiting")
+    assert waiting is not None
+    ghost = replace(waiting, job_id="ghost")
+    outcomes = transitions.apply_events([event(waiting, EventType.COMPLETED, 1, token="a" * 32),
+                                         event(ghost, EventType.COMPLETED, 1, token="a" * 32)])
+    assert [o.verdict for o in outcomes] == [Verdict.REJECTED, Verdict.REJECTED]
+    assert repo.get("waiting") == waiting
+
+
+def test_plugin_reported_error_fails_at_once(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
@@ -147,10 +154,7 @@ def test_plugin_reported_error_fails_at_once(stores: tuple[JobRepository, JobTra
     assert o.status == "failed"
 
 
-def test_backoff_delays_the_next_claim(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    upgrade_head(url)
-    engine = make_engine(url)
+def test_backoff_delays_the_next_claim(engine: Any) -> None:
     policies = Policies(TaskPolicy(max_retries=3, backoff_base=30.0, backoff_max=60.0))
     repo, transitions = JobRepository(engine, policies=policies), JobTransitions(engine, policies)
     submit(repo)
@@ -158,10 +162,9 @@ def test_backoff_delays_the_next_claim(tmp_path: Path) -> None:
     [o] = transitions.apply_events([event(job, EventType.FAILED, 1, error="x", retryable=True)])
     assert o.retry_at is not None and o.retry_at >= now_ms() + 14_000
     assert repo.claim_next(["noop"], "w1", "s1") is None
-    engine.dispose()
 
 
-def test_rescue_only_touches_the_lost_session(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_rescue_only_touches_the_lost_session(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo, "old")
     old = claim(repo, session="s1")
@@ -174,7 +177,7 @@ def test_rescue_only_touches_the_lost_session(stores: tuple[JobRepository, JobTr
     assert stored is not None and "went offline" in stored.attempt_errors[0]["error"]
 
 
-def test_expired_lease_is_rescued_and_heartbeat_prevents_it(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_expired_lease_is_rescued_and_heartbeat_prevents_it(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo, "beating")
     beating = repo.claim_next(["noop"], "w1", "s1", lease_ms=-1)
@@ -185,7 +188,7 @@ def test_expired_lease_is_rescued_and_heartbeat_prevents_it(stores: tuple[JobRep
     assert [r.job_id for r in transitions.rescue_expired()] == ["silent"]
 
 
-def test_rescue_past_the_last_attempt_fails_with_a_reason(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_rescue_past_the_last_attempt_fails_with_a_reason(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     claim(repo)
@@ -197,7 +200,7 @@ def test_rescue_past_the_last_attempt_fails_with_a_reason(stores: tuple[JobRepos
     assert stored is not None and "went offline" in (stored.error_message or "")
 
 
-def test_cancel_running_job_refuses_its_later_result(stores: tuple[JobRepository, JobTransitions]) -> None:
+def test_cancel_running_job_refuses_its_later_result(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)

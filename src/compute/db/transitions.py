@@ -121,6 +121,7 @@ class JobTransitions:
             return Outcome(ev, Verdict.REJECTED, row["status"], "replayed or out of order", task_type)
 
         now = now_ms()
+        happened = ev.timestamp or now  # signed by the claim holder: when it really finished
         values = changes.setdefault(ev.job_id, {})
         row["event_seq"] = values["event_seq"] = ev.seq
         values["updated_at"] = now
@@ -129,10 +130,10 @@ class JobTransitions:
             row["progress"] = values["progress"] = ev.progress
         elif ev.event is EventType.COMPLETED:
             row["status"] = values["status"] = JobStatus.COMPLETED.value
-            values.update(progress=100, completed_at=now, error_message=None,
+            values.update(progress=100, completed_at=happened, error_message=None,
                           task_output=_dumps(ev.task_output))
         elif ev.event is EventType.FAILED:
-            retry_at = self._fail(row, values, ev.error or "unknown error", ev.retryable, now)
+            retry_at = self._fail(row, values, ev.error or "unknown error", ev.retryable, happened)
         return Outcome(ev, Verdict.APPLIED, row["status"], task_type=task_type, retry_at=retry_at)
 
     def _fail(self, row: dict[str, Any], values: dict[str, Any], error: str, retryable: bool,
