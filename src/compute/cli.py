@@ -24,6 +24,9 @@ from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavail
 
 log = logging.getLogger("compute")
 
+#: Seconds a starting worker waits for the broker before its first claim pass.
+FIRST_CONNECT_WAIT = 5.0
+
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
@@ -31,6 +34,15 @@ def _setup_logging(level: str) -> None:
     # gmqtt and amqtt narrate every packet at INFO.
     for noisy in ("gmqtt", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _install_bench_hook(role: str) -> None:
+    """compute-bench's probes: imported only when COMPUTE_BENCH_PROBES is set."""
+    directory = os.environ.get("COMPUTE_BENCH_PROBES")
+    if directory:
+        from compute.bench.probes import install
+
+        install(directory, role)
 
 
 def _fail(message: str) -> int:
@@ -89,6 +101,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     _setup_logging(settings.log_level)
+    _install_bench_hook("server")
     settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
 
     from compute.db.session import check_migrated, make_engine
@@ -202,6 +215,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except (ComputeError, ValueError) as exc:
         return _fail(str(exc))
     _setup_logging(settings.log_level)
+    _install_bench_hook("worker")
     return asyncio.run(_run_worker(settings))
 
 
@@ -256,10 +270,15 @@ async def _run_worker(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     await bus.start()
+    # The first claim pass runs once connected, so the events of jobs already waiting reach
+    # the server; a broker that stays down only delays it (results then go to the database).
+    await bus.wait_connected(FIRST_CONNECT_WAIT)
     log.info("worker %s ready for %s", settings.worker_id, ", ".join(tasks))
     try:
         await worker.run()
     finally:
+        log.info("worker %s stopped: %d jobs run, %d empty claims",
+                 settings.worker_id, worker.jobs_run, worker.empty_claims)
         worker.announcer.publish_offline()
         await asyncio.sleep(0)  # let the transport flush the goodbye before disconnecting
         await bus.close()
