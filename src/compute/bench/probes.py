@@ -1,0 +1,164 @@
+"""Opt-in measurement probes, for the benchmark only.
+
+`compute.cli` imports this module only when COMPUTE_BENCH_PROBES names a directory. Each
+process then writes `<dir>/<role>-<pid>.json` every SNAPSHOT_INTERVAL and at exit.
+COMPUTE_BENCH_PROBE_KINDS chooses what is recorded (default "sql"):
+
+"open" -- when a job's input file is first opened (ns), i.e. when a file task starts:
+  a `sys.addaudithook` hook, for tasks the benchmark cannot stamp from inside;
+"sql" -- what the process's engines send to the database:
+
+* `counts`: statements by kind (claim, progress, select, begin, commit, ping ...);
+* `units`: statements grouped by transaction, split into those holding a claim
+  (a worker's sweep or wake-up) and all others;
+* at exit, `progress`: each progress UPDATE that changed a row, with its COMMIT time (ns).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+ENV = "COMPUTE_BENCH_PROBES"
+KINDS_ENV = "COMPUTE_BENCH_PROBE_KINDS"
+SNAPSHOT_INTERVAL = 0.5  # seconds
+_UNIT, _PENDING = "bench_unit", "bench_progress"
+
+
+def _label(statement: str) -> str:
+    head = statement.lstrip()[:24].upper()
+    if head.startswith("UPDATE JOBS SET STATUS") and "RETURNING" in statement.upper():
+        return "claim"
+    if head.startswith("UPDATE JOBS SET PROGRESS"):
+        return "progress"
+    for kind in ("SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "PRAGMA"):
+        if head.startswith(kind):
+            return kind.lower()
+    return "other"
+
+
+class _Stats:
+    def __init__(self, path: Path, role: str) -> None:
+        self.path = path
+        self.role = role
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.units: Counter[str] = Counter()
+        self.progress: list[tuple[str, int, int]] = []
+        self.opened: dict[str, int] = {}
+        self.write_lock = threading.Lock()
+        self.closed = False
+
+    def _add(self, conn: Any, label: str) -> None:
+        with self.lock:
+            self.counts[label] += 1
+        conn.info.setdefault(_UNIT, []).append(label)
+
+    def on_connect(self, conn: Any) -> None:
+        # PostgreSQL engines ping (SELECT 1) on every checkout.
+        if getattr(conn.engine.pool, "_pre_ping", False):
+            self._add(conn, "ping")
+
+    def on_begin(self, conn: Any) -> None:
+        # SQLite's BEGIN is a statement our engine issues (counted below); psycopg sends its own.
+        if conn.dialect.name != "sqlite":
+            self._add(conn, "begin")
+
+    def before_execute(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self._add(conn, _label(statement))
+
+    def after_execute(self, conn: Any, cursor: Any, statement: str, _params: Any, context: Any,
+                      _many: bool) -> None:
+        if statement.startswith("UPDATE jobs SET progress") and context is not None:
+            params = context.compiled_parameters[0] if context.compiled_parameters else {}
+            if cursor.rowcount > 0:
+                conn.info.setdefault(_PENDING, []).append((params.get("job_id_1"), params.get("progress")))
+
+    def on_end(self, conn: Any, label: str) -> None:
+        now = time.time_ns()
+        self._add(conn, label)
+        unit = conn.info.pop(_UNIT, [])
+        pending = conn.info.pop(_PENDING, None)
+        with self.lock:
+            self.units["claim" if "claim" in unit else "other"] += len(unit)
+            if pending and label == "commit":
+                self.progress.extend((job_id, progress, now) for job_id, progress in pending)
+
+    def write(self, final: bool = False) -> None:
+        with self.write_lock:  # the exit write must be the last one
+            if self.closed:
+                return
+            self.closed = final
+            with self.lock:
+                data: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "final": final,
+                                        "written_ns": time.time_ns(), "counts": dict(self.counts),
+                                        "units": dict(self.units)}
+                if final:
+                    data["progress"] = list(self.progress)
+                    data["opened"] = dict(self.opened)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+
+    def snapshot_forever(self) -> None:
+        while not self.closed:
+            time.sleep(SNAPSHOT_INTERVAL)
+            try:
+                self.write()
+            except OSError:
+                return
+
+
+    def on_audit(self, name: str, args: tuple[Any, ...]) -> None:
+        if name == "open" and isinstance(args[0], str) and "/input/" in args[0]:
+            parts = args[0].split("/")
+            job_id = parts[parts.index("input") - 1]
+            if job_id not in self.opened:
+                self.opened[job_id] = time.time_ns()
+
+
+def install(directory: str, role: str) -> None:
+    """Install the probes named in COMPUTE_BENCH_PROBE_KINDS; write results to `directory`."""
+    kinds = set((os.environ.get(KINDS_ENV) or "sql").split(","))
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    stats = _Stats(path / f"{role}-{os.getpid()}.json", role)
+    if "open" in kinds:
+        sys.addaudithook(stats.on_audit)
+    if "sql" in kinds:
+        _listen(stats)
+    atexit.register(stats.write, True)
+    _write_before_sigterm(stats)
+    threading.Thread(target=stats.snapshot_forever, name="bench-probes", daemon=True).start()
+
+
+def _write_before_sigterm(stats: _Stats) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown, which skips atexit: write first."""
+
+    def on_term(signum: int, _frame: Any) -> None:
+        stats.write(True)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _listen(stats: _Stats) -> None:
+    event.listen(Engine, "engine_connect", stats.on_connect)
+    event.listen(Engine, "begin", stats.on_begin)
+    event.listen(Engine, "before_cursor_execute", stats.before_execute)
+    event.listen(Engine, "after_cursor_execute", stats.after_execute)
+    event.listen(Engine, "commit", lambda conn: stats.on_end(conn, "commit"))
+    event.listen(Engine, "rollback", lambda conn: stats.on_end(conn, "rollback"))

@@ -1,0 +1,142 @@
+"""Targets and the text tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: (name, where in the result, comparison, target)
+TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
+    ("pickup p50, no file (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"), "<=", 4),
+    ("pickup p99, no file (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"), "<=", 8),
+    ("pickup p50, image_conversion (ms)",
+     ("pickup", "image_conversion", "submit_to_task_start_ms", "p50"), "<=", 5),
+    ("pickup p99, image_conversion (ms)",
+     ("pickup", "image_conversion", "submit_to_task_start_ms", "p99"), "<=", 10),
+    ("row created -> claim p50 (ms)", ("pickup", "bench_noop", "created_to_claim_ms", "p50"), "<=", 1.5),
+    ("no-op jobs/s, 2 workers", ("throughput", "bench_noop", "jobs_per_s"), ">=", 600),
+    ("image_conversion jobs/s", ("throughput", "image_conversion", "jobs_per_s"), ">=", 300),
+    ("progress lag p99, updates 1 ms apart (ms)", ("progress", "spaced", "lag_ms", "p99"), "<=", 50),
+    ("progress lag p99, back to back (ms)", ("progress", "burst", "lag_ms", "p99"), "<=", 50),
+    ("idle worker statements between sweeps", ("idle", "worker_statements_outside_sweeps"), "<=", 0),
+    ("polling/events median pickup ratio", ("polling", "median_ratio"), ">=", 500),
+)
+
+
+def _get(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if key in ("spaced", "burst") and isinstance(doc, dict) and "variants" in doc:
+            found = [v for v in doc["variants"] if v["steps"] and bool(v["step_ms"]) == (key == "spaced")]
+            doc = found[0] if found else None
+        elif isinstance(doc, dict):
+            doc = doc.get(key)
+        else:
+            return None
+    return doc
+
+
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, path, op, target in TARGETS:
+        value = _get(result, path)
+        met = None if value is None else (value <= target if op == "<=" else value >= target)
+        out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "met": met})
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[[_fmt(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
+                                                                                           strict=True)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _dist_row(name: str, d: dict[str, Any] | None) -> list[Any]:
+    d = d or {}
+    return [name, d.get("n"), d.get("p50"), d.get("p90"), d.get("p99"), d.get("max")]
+
+
+def render(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    st = meta["storage"]
+    parts = [f"== compute-bench: {meta['label']} ==",
+             f"broker: {meta['broker']}; database: {meta['database']}; workers: {meta['workers']}",
+             f"storage: {st['path']} on {st['mount']} ({st['type']}, {st['device']}); "
+             f"machine: {meta['machine']['cpus']} CPUs {meta['machine']['cpu_model']}; load average "
+             f"at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}"]
+    dist_headers = ["", "n", "p50", "p90", "p99", "max"]
+    if "pickup" in result:
+        rows = []
+        for kind, p in result["pickup"].items():
+            if "submit_to_task_start_ms" in p:
+                rows.append(_dist_row(f"{kind}: submit -> task start (ms)", p["submit_to_task_start_ms"]))
+            rows.append(_dist_row(f"{kind}: submit -> 'started' event (ms)", p["submit_to_started_event_ms"]))
+            rows.append(_dist_row(f"{kind}: created_at -> started_at (ms)", p["created_to_claim_ms"]))
+            rows.append(_dist_row(f"{kind}: submit HTTP call (ms)", p["submit_call_ms"]))
+            rows.append(_dist_row(f"{kind}: submit -> completed persisted (ms)", p["submit_to_done_ms"]))
+        parts += ["", "1. Pickup latency (sequential jobs; task start = bench_noop's own stamp, or when "
+                      "image_conversion opens its input)", _table(dist_headers, rows)]
+    if "throughput" in result:
+        rows = [[k, t["jobs"], t["finished"], t["failed"] + t["submit_errors"], t["concurrency"],
+                 t["workers"], t["submit_per_s"], t["jobs_per_s"], t["elapsed_s"]]
+                for k, t in result["throughput"].items()]
+        parts += ["", "2. Throughput (burst over HTTP)",
+                  _table(["", "jobs", "done", "errors", "clients", "workers", "submit/s", "jobs/s",
+                          "seconds"], rows)]
+        for k, t in result["throughput"].items():
+            parts.append(f"   CPU seconds during {k} burst: " +
+                         ", ".join(f"{n.split('-')[-1]} {v}" for n, v in t["cpu_seconds"].items()))
+    if "progress" in result:
+        rows = [[v["label"], v["jobs"], v["reported_per_job"], v["db_updates_per_job"]["p50"],
+                 v["lag_ms"]["p50"], v["lag_ms"]["p99"], v["lag_ms"]["max"], v["task_ms"]["p50"],
+                 v["submit_to_done_ms"]["p50"]] for v in result["progress"]["variants"]]
+        parts += ["", f"3. Progress ({result['progress']['workers']} workers; lag = commit of the DB update "
+                      "minus the task's report)",
+                  _table(["", "jobs", "reported", "DB updates p50", "lag p50", "lag p99", "lag max",
+                          "task ms p50", "submit->done p50"], rows)]
+    if "idle" in result:
+        i = result["idle"]
+        parts += ["", f"4. Idle cost ({i['workers']} idle workers, {i['window_s']} s window, "
+                      f"sweep every {i['sweep_interval_s']:g} s, {i['database']})",
+                  _table(["", "value"], [
+                      ["DB statements (all processes)", i["statements"]],
+                      ["DB statements per minute", i["statements_per_min"]],
+                      ["worker sweeps (empty claims)", i["worker_sweeps"]],
+                      ["expected sweeps", i["expected_sweeps"]],
+                      ["worker statements outside sweeps", i["worker_statements_outside_sweeps"]],
+                      ["server statements", i["server_statements"]],
+                  ])]
+    if "polling" in result:
+        p = result["polling"]
+        poll = p["polling"]
+        parts += ["", f"5. Polling mode (WORKER_WAKE_EVENTS=false, sweep {p['sweep_interval_s']:g} s, "
+                      f"{p['workers']} workers) vs events",
+                  _table(dist_headers, [
+                      _dist_row("polling: submit -> task start (ms)", poll.get("submit_to_task_start_ms")),
+                      _dist_row("polling: created_at -> started_at (ms)", poll.get("created_to_claim_ms")),
+                  ]),
+                  f"   median ratio polling/events: {_fmt(p['median_ratio'])} "
+                  f"(events p50 {_fmt(p['events_p50_ms'])} ms)"]
+    if result.get("empty_claims"):
+        rows = [[name, e["workers"], "events" if e["wake_events"] else "polling", e["jobs_run"],
+                 e["empty_claims"], e["empty_per_job"], e["results_written_by_worker"]]
+                for name, e in result["empty_claims"].items()]
+        parts += ["", "6. Empty claims (Worker.empty_claims, logged at exit; includes start-up drains and "
+                      "sweeps)",
+                  _table(["cluster", "workers", "mode", "jobs run", "empty claims", "per job",
+                          "results unconfirmed >10 s"], rows)]
+    rows = [[t["target"], t["goal"], t["value"], {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
+            for t in result.get("targets", [])]
+    parts += ["", "Targets", _table(["", "goal", "measured", ""], rows),
+              f"(total {result['meta'].get('seconds')} s)"]
+    return "\n".join(parts)

@@ -1,0 +1,166 @@
+"""Runs the sections, each on its own fresh cluster, and gathers one result document."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from compute.bench import scenarios
+from compute.bench.client import Submitter
+from compute.bench.cluster import Cluster, ClusterSpec
+from compute.bench.report import evaluate_targets
+from compute.bench.stats import filesystem_of, machine
+from compute.config import Settings
+
+SECTIONS = ("pickup", "throughput", "progress", "idle", "polling")
+IDLE_WORKERS = 4
+POLL_SWEEP = 5.0
+
+
+@dataclass
+class Config:
+    workers: int = 2
+    broker: tuple[str, int] | None = None
+    database_url: str | None = None
+    sizes: scenarios.Sizes = field(default_factory=scenarios.Sizes)
+    quick: bool = False
+    sections: tuple[str, ...] = SECTIONS
+    base_dir: Path | None = None
+    keep: bool = False
+    profile_dir: Path | None = None
+    label: str | None = None
+
+
+class Run:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.base = Path(tempfile.mkdtemp(prefix="compute-bench-", dir=cfg.base_dir))
+        self.run_id = uuid.uuid4().hex[:6]
+        self.result: dict[str, Any] = {"meta": self._meta(), "empty_claims": {}}
+        self.last_stop: dict[str, Any] = {}
+
+    def _meta(self) -> dict[str, Any]:
+        cfg = self.cfg
+        db = ("sqlite (WAL), file in CL_SERVER_DIR" if cfg.database_url is None
+              else make_url(cfg.database_url).render_as_string(hide_password=True))
+        broker = ("embedded amqtt (in compute-server)" if cfg.broker is None
+                  else f"external broker {cfg.broker[0]}:{cfg.broker[1]}")
+        return {
+            "label": cfg.label or f"{'amqtt' if cfg.broker is None else 'external broker'} + "
+                                  f"{'sqlite' if cfg.database_url is None else 'postgresql'}",
+            "broker": broker, "database": db, "workers": cfg.workers, "quick": cfg.quick,
+            "sizes": asdict(cfg.sizes), "storage": filesystem_of(self.base),
+            "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "loadavg_start": _loadavg(),
+        }
+
+    def spec(self, name: str, workers: int, **kw: Any) -> ClusterSpec:
+        return ClusterSpec(name, workers, self.cfg.broker, self.cfg.database_url, **kw)
+
+    @contextlib.asynccontextmanager
+    async def cluster(self, spec: ClusterSpec) -> AsyncIterator[tuple[Cluster, Submitter]]:
+        cluster = Cluster(spec, self.base, self.run_id)
+        sub: Submitter | None = None
+        t0 = time.monotonic()
+        try:
+            await cluster.start()
+            sub = Submitter(cluster.base_url, max(32, self.cfg.sizes.concurrency))
+            yield cluster, sub
+        finally:
+            if sub is not None:
+                await sub.aclose()
+            stopped = await cluster.stop()
+            self.last_stop = stopped
+            exits = stopped["workers"]
+            self.result["empty_claims"][spec.name] = {
+                "workers": len(cluster.workers), "wake_events": spec.wake_events,
+                "jobs_run": sum(e["jobs_run"] for e in exits.values()),
+                "empty_claims": sum(e["empty_claims"] for e in exits.values()),
+                "reported_by": len(exits),
+                "results_written_by_worker": sum(e["results_written_by_worker"] for e in exits.values()),
+            }
+            e = self.result["empty_claims"][spec.name]
+            e["empty_per_job"] = round(e["empty_claims"] / e["jobs_run"], 3) if e["jobs_run"] else None
+            self.result.setdefault("cluster_seconds", {})[spec.name] = round(time.monotonic() - t0, 1)
+            if not self.cfg.keep:
+                cluster.remove()
+
+    async def run(self) -> dict[str, Any]:
+        cfg, sizes = self.cfg, self.cfg.sizes
+        t0 = time.monotonic()
+        try:
+            if "pickup" in cfg.sections:
+                spec = self.spec("pickup", cfg.workers, observe_jobs=True, probes={"worker": "open"})
+                async with self.cluster(spec) as (c, sub):
+                    noop = await scenarios.sequential(c, sub, "bench_noop", sizes.pickup, sizes.warmup)
+                    image = await scenarios.sequential(c, sub, "image_conversion", sizes.pickup_image,
+                                                       sizes.warmup)
+                scenarios.add_open_times(image, self.last_stop["probes"])
+                self.result["pickup"] = {"bench_noop": scenarios.pickup_summary(noop),
+                                         "image_conversion": scenarios.pickup_summary(image)}
+            if "throughput" in cfg.sections:
+                async with self.cluster(self.spec("throughput", cfg.workers)) as (c, sub):
+                    self.result["throughput"] = {
+                        "bench_noop": await scenarios.burst(c, sub, "bench_noop", sizes.burst,
+                                                            sizes.concurrency, cfg.profile_dir),
+                        "image_conversion": await scenarios.burst(c, sub, "image_conversion",
+                                                                  sizes.burst_image, sizes.concurrency),
+                    }
+            if "idle" in cfg.sections or "progress" in cfg.sections:
+                await self._idle_and_progress()
+            if "polling" in cfg.sections:
+                spec = self.spec("polling", cfg.workers, wake_events=False, sweep_interval=POLL_SWEEP,
+                                 observe_jobs=True)
+                async with self.cluster(spec) as (c, sub):
+                    poll = await scenarios.polling(c, sub, sizes.polling)
+                self.result["polling"] = self._compare_polling(poll)
+        finally:
+            if not cfg.keep:
+                shutil.rmtree(self.base, ignore_errors=True)
+        self.result["meta"]["seconds"] = round(time.monotonic() - t0, 1)
+        self.result["meta"]["loadavg_end"] = _loadavg()
+        self.result["targets"] = evaluate_targets(self.result)
+        return self.result
+
+    async def _idle_and_progress(self) -> None:
+        """Idle window first (4 workers, statement counters on), then the progress jobs."""
+        sections = self.cfg.sections
+        spec = self.spec("idle_progress", IDLE_WORKERS, observe_jobs=True,
+                         probes={"server": "sql", "worker": "sql"})
+        runs = None
+        async with self.cluster(spec) as (c, sub):
+            if "idle" in sections:
+                self.result["idle"] = await scenarios.idle(c, self.cfg.sizes.idle_seconds,
+                                                           Settings.sweep_interval)
+                self.result["idle"]["database"] = "sqlite" if c.is_sqlite else "postgresql"
+            if "progress" in sections:
+                runs = await scenarios.progress_runs(c, sub, self.cfg.sizes)
+        if runs is not None:
+            self.result["progress"] = scenarios.progress_summary(runs, self.last_stop["probes"])
+            self.result["progress"]["workers"] = IDLE_WORKERS
+
+    def _compare_polling(self, poll: dict[str, Any]) -> dict[str, Any]:
+        events = self.result.get("pickup", {}).get("bench_noop", {}).get("submit_to_task_start_ms", {})
+        polled = poll.get("submit_to_task_start_ms", {})
+        ratio = None
+        if events.get("p50") and polled.get("p50") is not None:
+            ratio = round(polled["p50"] / events["p50"], 1)
+        return {"sweep_interval_s": POLL_SWEEP, "workers": self.cfg.workers, "polling": poll,
+                "events_p50_ms": events.get("p50"), "median_ratio": ratio}
+
+
+def _loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []

@@ -1,0 +1,74 @@
+"""Percentiles and small helpers for the benchmark's numbers."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summary(values: Iterable[float | None]) -> dict[str, Any]:
+    """n, p50, p90, p99, max, mean and min (None when there is no value)."""
+    data = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not data:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None, "min": None}
+    return {
+        "n": len(data),
+        "p50": round(percentile(data, 0.50), 3),
+        "p90": round(percentile(data, 0.90), 3),
+        "p99": round(percentile(data, 0.99), 3),
+        "max": round(data[-1], 3),
+        "mean": round(sum(data) / len(data), 3),
+        "min": round(data[0], 3),
+    }
+
+
+def filesystem_of(path: Path) -> dict[str, str]:
+    """Mount point, type and device holding `path` (from /proc/mounts)."""
+    real = str(Path(path).resolve())
+    best = ("", "unknown", "unknown")
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return {"path": real, "mount": "?", "type": "unknown", "device": "unknown"}
+    for line in lines:
+        device, mount, fstype, *_ = line.split()
+        mount = mount.replace("\\040", " ")
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best[0]):
+            best = (mount, fstype, device)
+    return {"path": real, "mount": best[0], "type": best[1], "device": best[2]}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
