@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -20,21 +21,33 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 class EmbeddedBroker:
-    """amqtt in the server's event loop, anonymous, MQTT 3.1.1 only."""
+    """amqtt, anonymous, MQTT 3.1.1 only, on its own thread and event loop.
+
+    Its own loop because amqtt forwards one message per loop cycle: sharing the server's loop
+    with a flood of HTTP requests starved it until workers gave up waiting for confirmations.
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
         self._broker: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
+
+    def _in_broker_loop(self, coro: Any) -> asyncio.Future[Any]:
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     async def start(self) -> None:
-        from amqtt.broker import (
-            Broker,  # imported here: only the embedded mode needs it
-        )
-
         # amqtt logs every packet at INFO; keep it quiet unless debugging.
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+        self._thread.start()
+        await self._in_broker_loop(self._start())
+        log.info("embedded MQTT broker (amqtt) listening on %s:%s", self.host, self.port)
+
+    async def _start(self) -> None:
+        from amqtt.broker import Broker  # only the embedded mode needs it
+
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {
@@ -43,15 +56,16 @@ class EmbeddedBroker:
         }
         self._broker = Broker(config)
         await self._broker.start()
-        log.info("embedded MQTT broker (amqtt) listening on %s:%s", self.host, self.port)
 
     async def stop(self) -> None:
         if self._broker is not None:
             try:
-                await asyncio.wait_for(self._broker.shutdown(), 5.0)
+                await asyncio.wait_for(self._in_broker_loop(self._broker.shutdown()), 5.0)
             except Exception:  # shutting down anyway
                 log.debug("embedded broker shutdown", exc_info=True)
             self._broker = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
 
 
 async def start_embedded_if_needed(configured_host: str | None, port: int,
