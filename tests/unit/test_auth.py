@@ -86,6 +86,12 @@ async def test_sub_claim_is_accepted_as_user_id(secured: Server, keys: Keys) -> 
     assert (await get_job(secured, token(keys, id=None, sub="user-2"))).status_code == 200
 
 
+async def test_null_id_falls_back_to_sub(secured: Server, keys: Keys) -> None:
+    payload = {"id": None, "sub": "user-3", "permissions": ["ai_inference_support"],
+               "exp": int(time.time() + 300)}
+    assert (await get_job(secured, jwt.encode(payload, keys.private_pem, algorithm="ES256"))).status_code == 200
+
+
 async def test_missing_token(secured: Server) -> None:
     response = await get_job(secured, None)
     assert response.status_code == 401

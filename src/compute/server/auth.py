@@ -62,7 +62,7 @@ class TokenVerifier:
             raise _unauthorized("token not yet valid") from None
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
-        user_id = claims.get("id", claims.get("sub"))
+        user_id = claims.get("id") if claims.get("id") is not None else claims.get("sub")
         if user_id is None:
             raise _unauthorized("token has no user id ('id' or 'sub')")
         perms = claims.get("permissions") or []
