@@ -89,7 +89,8 @@ async def test_sub_claim_is_accepted_as_user_id(secured: Server, keys: Keys) -> 
 async def test_null_id_falls_back_to_sub(secured: Server, keys: Keys) -> None:
     payload = {"id": None, "sub": "user-3", "permissions": ["ai_inference_support"],
                "exp": int(time.time() + 300)}
-    assert (await get_job(secured, jwt.encode(payload, keys.private_pem, algorithm="ES256"))).status_code == 200
+    bearer = jwt.encode(payload, keys.private_pem, algorithm="ES256")
+    assert (await get_job(secured, bearer)).status_code == 200
 
 
 async def test_missing_token(secured: Server) -> None:
