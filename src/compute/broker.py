@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL = 0.0005  # seconds
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -41,6 +44,9 @@ class EmbeddedBroker:
         # amqtt logs every packet at INFO; keep it quiet unless debugging.
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+        # The broker thread wakes for every packet; with the default 5 ms GIL switch interval
+        # each wake-up can wait that long behind the HTTP loop, which caps forwarding.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self._thread.start()
         await self._in_broker_loop(self._start())
         log.info("embedded MQTT broker (amqtt) listening on %s:%s", self.host, self.port)

@@ -271,11 +271,11 @@ def test_announcer_repairs_what_an_older_sessions_will_overwrote(bus: FakeBus) -
     ann = Announcer(bus, presence, T, "w1", ["image_resize"], "new")
     presence.deliver(T.worker_status("w1"), b"offline", retained=True)
     assert presence.sent[-1] == (T.worker_status("w1"), b"online", True)
-    bus.deliver(T.worker_info("w1"), will("w1", session="old"))
+    presence.deliver(T.worker_info("w1"), will("w1", session="old"))
     assert bus.on(T.worker_info("w1"))[-1]["session"] == "new"
-    bus.deliver(T.legacy_worker("w1"), b"")
+    presence.deliver(T.legacy_worker("w1"), b"")
     assert bus.on(T.legacy_worker("w1"))[-1]["worker_id"] == "w1"
     sent = len(bus.sent)
-    bus.deliver(T.worker_info("w1"), info("w1", ["image_resize"], True, session="new"))
+    presence.deliver(T.worker_info("w1"), info("w1", ["image_resize"], True, session="new"))
     assert len(bus.sent) == sent  # its own message: nothing to repair
     ann.publish_offline()

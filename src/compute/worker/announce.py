@@ -46,8 +46,12 @@ class Announcer:
         self.idle = True
         self.closing = False
         bus.on_connect(self.publish_info)
-        bus.subscribe(topics.worker_info(worker_id), self._on_own_info, qos=1)
-        bus.subscribe(topics.legacy_worker(worker_id), self._on_own_legacy, qos=1)
+        # The watch on its own retained topics rides the idle presence connection: echoes of
+        # every busy/idle change on the main connection could hold a hint back behind a
+        # broker's Nagle delay (Mosquitto without set_tcp_nodelay).
+        watcher = presence or bus
+        watcher.subscribe(topics.worker_info(worker_id), self._on_own_info, qos=1)
+        watcher.subscribe(topics.legacy_worker(worker_id), self._on_own_legacy, qos=1)
         if presence is not None:
             presence.on_connect(self.publish_online)
             presence.subscribe(topics.worker_status(worker_id), self._on_own_status, qos=1)
