@@ -42,6 +42,20 @@ def _install_bench_hook(role: str) -> None:
         install(directory, role)
 
 
+def _schema_problem(database_url: str) -> str | None:
+    """Why the database cannot be used yet (tables missing: run compute-migrate), or None."""
+    from compute.db.session import check_migrated, make_engine
+
+    engine = make_engine(database_url)
+    try:
+        check_migrated(engine)
+    except NotMigrated as exc:
+        return str(exc)
+    finally:
+        engine.dispose()
+    return None
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -101,15 +115,9 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     _install_bench_hook("server")
     settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
 
-    from compute.db.session import check_migrated, make_engine
-
-    engine = make_engine(settings.database_url)
-    try:
-        check_migrated(engine)
-    except NotMigrated as exc:
-        return _fail(str(exc))
-    finally:
-        engine.dispose()
+    missing = _schema_problem(settings.database_url)
+    if missing:
+        return _fail(missing)
 
     import uvicorn
 
@@ -231,7 +239,6 @@ def _check_worker_prerequisites(settings: Settings) -> None:
 
 
 async def _run_worker(settings: Settings) -> int:
-    from compute.db.session import check_migrated, make_engine
     from compute.plugins import UnknownTasks, load_tasks
     from compute.worker.service import WorkerService
 
@@ -239,13 +246,9 @@ async def _run_worker(settings: Settings) -> int:
         tasks = load_tasks(settings.worker_tasks)
     except UnknownTasks as exc:
         return _fail(str(exc))
-    engine = make_engine(settings.database_url)
-    try:
-        check_migrated(engine)
-    except NotMigrated as exc:
-        return _fail(str(exc))
-    finally:
-        engine.dispose()
+    missing = _schema_problem(settings.database_url)
+    if missing:
+        return _fail(missing)
     service = WorkerService.build(settings, tasks)
     worker = service.worker
 

@@ -34,12 +34,17 @@ def test_worker_killed_mid_job_completes_once_elsewhere(cluster: Cluster) -> Non
     assert (lost["attempt"] == 1 and "fault-a" in lost["error"]) or "lease" in lost["error"]
 
 
-def test_broker_restart_mid_burst_loses_nothing(cluster: Cluster) -> None:
-    for name in ("burst-a", "burst-b"):
+def start_burst(cluster: Cluster, *workers: str) -> None:
+    """Start `workers`, submit 200 short jobs, return once 30 have completed."""
+    for name in workers:
         cluster.start_worker(name)
-    cluster.wait_workers(2)
+    cluster.wait_workers(len(workers))
     cluster.submit(200, steps=1, step_ms=20)
     wait_until(lambda: cluster.count("status='completed'") >= 30, 30, "first completions")
+
+
+def test_broker_restart_mid_burst_loses_nothing(cluster: Cluster) -> None:
+    start_burst(cluster, "burst-a", "burst-b")
     cluster.kill_broker()
     cluster.start_broker()
     wait_until(lambda: cluster.count("status='completed'") == 200, 90, "all 200 completed")
@@ -50,11 +55,7 @@ def test_broker_restart_mid_burst_loses_nothing(cluster: Cluster) -> None:
 
 
 def test_server_killed_mid_burst_persists_every_result(cluster: Cluster) -> None:
-    for name in ("srv-a", "srv-b"):
-        cluster.start_worker(name)
-    cluster.wait_workers(2)
-    cluster.submit(200, steps=1, step_ms=20)
-    wait_until(lambda: cluster.count("status='completed'") >= 30, 30, "first completions")
+    start_burst(cluster, "srv-a", "srv-b")
     cluster.kill_server()
     cluster.start_server()
     wait_until(lambda: cluster.count("status='completed'") == 200, 90, "all 200 persisted")
