@@ -24,6 +24,9 @@ BIN = Path(sys.executable).parent
 _SCRUB = ("MQTT_", "DATABASE_URL", "CL_SERVER_DIR", "WORKER_", "COMPUTE_", "AUTH_DISABLED", "JOB_",
           "PUBLIC_KEY_PATH", "CAPABILITY_TOPIC_PREFIX", "MAX_UPLOAD_BYTES", "TASK_POLICIES", "RETRY_")
 
+#: Deadline for a process to come up. Generous: on a loaded 2-core VM imports alone took 15 s.
+STARTUP = 90.0
+
 AMQTT_SCRIPT = """
 import asyncio, sys
 from amqtt.broker import Broker
@@ -96,7 +99,7 @@ class Cluster:
         else:
             cmd = [sys.executable, "-c", AMQTT_SCRIPT, str(self.broker_port)]
         self.broker = self._spawn("broker", cmd)
-        wait_until(lambda: answers(self.broker_port), 10, "broker to listen")
+        wait_until(lambda: answers(self.broker_port), STARTUP, "broker to listen")
 
     def kill_broker(self) -> None:
         assert self.broker is not None
@@ -112,7 +115,7 @@ class Cluster:
     def start_server(self) -> None:
         self.server = self._spawn("server", [str(BIN / "compute-server"), "--port",
                                              str(self.http_port), "--host", "127.0.0.1"])
-        wait_until(self.healthy, 20, "server to answer and reach the broker")
+        wait_until(self.healthy, STARTUP, "server to answer and reach the broker")
 
     def healthy(self) -> bool:
         try:
@@ -131,7 +134,7 @@ class Cluster:
         self.workers[worker_id] = proc
         return proc
 
-    def wait_workers(self, count: int, timeout: float = 20) -> None:
+    def wait_workers(self, count: int, timeout: float = STARTUP) -> None:
         wait_until(lambda: self.capabilities()["num_workers"] >= count, timeout, f"{count} workers")
 
     def capabilities(self) -> dict[str, Any]:
