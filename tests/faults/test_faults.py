@@ -28,7 +28,7 @@ def test_worker_killed_mid_job_completes_once_elsewhere(cluster: Cluster) -> Non
     victim = claimed["worker_id"]
     [survivor] = [name for name in workers if name != victim]
     workers[victim].send_signal(signal.SIGKILL)
-    # Within the lease (3 s) plus the job's own 2 s; the Last Will usually makes it much sooner.
+    # Within the lease (10 s) plus the job's own 2 s; the Last Will usually makes it much sooner.
     wait_until(lambda: cluster.count(f"job_id='{job_id}' AND status='completed'"), 20 * SLACK, "completion")
     [row] = cluster.rows(f"job_id='{job_id}'")
     assert row["attempt"] == 2

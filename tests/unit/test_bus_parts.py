@@ -218,14 +218,17 @@ def make_outbox(repo: JobRepository, bus: FakeBus) -> ResultOutbox:
 def test_outbox_keeps_results_until_confirmed(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize")
+    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
+                job.lease_token or "")
     assert list(outbox.pending) == ["j1"] and len(bus.on(T.job_event("image_resize", "j1"))) == 1
+    # Until confirmed, the claim stays the worker's: its lease is renewed with the running job's.
+    assert outbox.held_leases() == [("j1", job.lease_token)]
     outbox.resend_all()
     assert len(bus.on(T.job_event("image_resize", "j1"))) == 2
     bus.deliver(T.worker_confirm("w1"), b"junk")
     assert list(outbox.pending) == ["j1"]
     bus.deliver(T.worker_confirm("w1"), encode({"job_id": "j1", "status": "completed", "timestamp": 1}))
-    assert outbox.pending == {} and outbox.written_directly == 0
+    assert outbox.pending == {} and outbox.written_directly == 0 and outbox.held_leases() == []
     assert repo.get("j1").status == "processing"  # type: ignore[union-attr]  # the server writes it
 
 
@@ -233,9 +236,10 @@ def test_outbox_writes_the_result_itself_when_the_broker_is_gone(repo: JobReposi
     bus = FakeBus()
     outbox = make_outbox(repo, bus)
     j1, j2 = claim_one(repo, "j1"), claim_one(repo, "j2")
-    outbox.send(signed(j1, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), "image_resize")
+    outbox.send(signed(j1, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), "image_resize",
+                j1.lease_token or "")
     bus.is_connected = False
-    outbox.send(signed(j2, EventType.FAILED, 1, error="bad"), "image_resize")
+    outbox.send(signed(j2, EventType.FAILED, 1, error="bad"), "image_resize", j2.lease_token or "")
     assert repo.get("j2").status == "failed"  # type: ignore[union-attr]  # at once, nobody to send to
     outbox.check()  # the broker is down: pending results go to the database
     assert repo.get("j1").status == "completed" and outbox.pending == {}  # type: ignore[union-attr]
@@ -245,7 +249,8 @@ def test_outbox_writes_the_result_itself_when_the_broker_is_gone(repo: JobReposi
 def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize")
+    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
+                job.lease_token or "")
     outbox.flush()
     assert repo.get("j1").status == "completed"  # type: ignore[union-attr]
 

@@ -111,16 +111,21 @@ class Worker:
         return ran
 
     async def _extend_leases(self) -> None:
-        """While a job runs, keep its lease alive (a statement every third of the lease)."""
+        """Keep alive the leases of the running job and of results not yet confirmed.
+
+        A statement every third of the lease, and only while there is something to hold.
+        """
         interval = max(0.2, self.settings.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             job = self.current
-            if job is None or job.lease_token is None:
-                continue
+            running = [(job.job_id, job.lease_token)] if job is not None and job.lease_token else []
+            pending = self.outbox.held_leases()
             try:
-                if not self.repo.extend_leases([(job.job_id, job.lease_token)], self.settings.lease_ms):
-                    log.warning("job %s: lease lost (rescued or cancelled); stopping it", job.job_id)
-                    self.runner.cancel(job.job_id)
+                if running and not self.repo.extend_leases(running, self.settings.lease_ms):
+                    log.warning("job %s: lease lost (rescued or cancelled); stopping it", running[0][0])
+                    self.runner.cancel(running[0][0])
+                if pending:
+                    self.repo.extend_leases(pending, self.settings.lease_ms)
             except Exception:
-                log.exception("could not extend the lease of job %s", job.job_id)
+                log.exception("could not extend leases")

@@ -29,6 +29,7 @@ CONFIRM_TIMEOUT = 10.0  # seconds before the worker writes the result itself
 class _Pending:
     event: JobEvent
     task_type: str
+    lease_token: str
     first_sent: float
 
 
@@ -44,11 +45,16 @@ class ResultOutbox:
         bus.subscribe(topics.worker_confirm(worker_id), self._on_confirm, qos=1)
         bus.on_connect(self.resend_all)
 
-    def send(self, event: JobEvent, task_type: str) -> None:
+    def send(self, event: JobEvent, task_type: str, lease_token: str) -> None:
         if self._publish(event, task_type):
-            self.pending[event.job_id] = _Pending(event, task_type, time.monotonic())
+            self.pending[event.job_id] = _Pending(event, task_type, lease_token, time.monotonic())
         else:
             self._write_directly(event)
+
+    def held_leases(self) -> list[tuple[str, str]]:
+        """(job_id, lease_token) of unconfirmed results: their claims must not expire meanwhile,
+        or the server would rescue a finished job and run it again."""
+        return [(job_id, p.lease_token) for job_id, p in self.pending.items()]
 
     def _publish(self, event: JobEvent, task_type: str) -> bool:
         topic = self.topics.job_event(task_type, event.job_id)

@@ -110,7 +110,7 @@ class JobRunner:
             self._publish(job, self._event(job, EventType.STARTED))
             outcome = await self._execute(job)
             if outcome is not None:
-                self.outbox.send(outcome, job.task_type)
+                self.outbox.send(outcome, job.task_type, job.lease_token or "")
             return outcome
         finally:
             self._seq.pop(job.job_id, None)
