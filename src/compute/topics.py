@@ -115,10 +115,6 @@ class Topics:
         return f"{self.root}/workers/{worker_id}/cancel"
 
     @property
-    def all_worker_status(self) -> str:
-        return f"{self.root}/workers/+/status"
-
-    @property
     def all_worker_info(self) -> str:
         return f"{self.root}/workers/+/info"
 
