@@ -29,7 +29,7 @@ from compute.config import Settings
 from compute.db.migrate import upgrade_head
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
-from compute.plugins import load_tasks
+from compute.plugins.registry import load_tasks
 from compute.server.app import create_app
 from compute.topics import Topics
 from compute.worker.loop import Worker

@@ -87,6 +87,39 @@ def migrate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# -- compute-models -----------------------------------------------------------------------
+
+
+def models_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="compute-models",
+        description="List the ML plugins' model files: present, missing or corrupt. "
+                    "Exit status 0 when every model is present and sound, 1 otherwise.")
+    parser.add_argument("--record", action="store_true",
+                        help="record the checksums of the model files present now (SHA256SUMS), "
+                             "so later runs detect files that changed")
+    args = parser.parse_args(argv)
+    from compute.plugins import environment, models
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    environment.configure(settings)
+    print(f"models folder: {settings.models_dir} (COMPUTE_MODELS_DIR)")
+    if args.record:
+        if not settings.models_dir.is_dir():
+            return _fail(f"models folder {settings.models_dir} does not exist")
+        print(f"recorded checksums in {models.record_checksums()}")
+    statuses = models.check_all()
+    for st in statuses:
+        line = f"{st.state:8} {st.task:16} {st.spec.filename:40} {st.spec.title}"
+        print(line + (f": {st.detail}" if st.detail else ""))
+        if st.state == "missing":
+            print(f"{'':8} {'':16} get it from {st.spec.source} ({st.spec.licence})")
+    return 0 if all(st.state == "ok" for st in statuses) else 1
+
+
 # -- compute-server -----------------------------------------------------------------------
 
 
@@ -239,13 +272,17 @@ def _check_worker_prerequisites(settings: Settings) -> None:
 
 
 async def _run_worker(settings: Settings) -> int:
-    from compute.plugins import UnknownTasks, load_tasks
+    from compute.plugins import environment
+    from compute.plugins.registry import UnavailableTasks, UnknownTasks, load_tasks
     from compute.worker.service import WorkerService
 
+    environment.configure(settings)
     try:
         tasks = load_tasks(settings.worker_tasks)
-    except UnknownTasks as exc:
+    except (UnknownTasks, UnavailableTasks) as exc:
         return _fail(str(exc))
+    if not tasks:
+        return _fail("no task can run on this machine (see the warnings above and `compute-models`)")
     missing = _schema_problem(settings.database_url)
     if missing:
         return _fail(missing)
@@ -278,9 +315,10 @@ async def _run_worker(settings: Settings) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
-    commands = {"migrate": migrate_main, "server": server_main, "worker": worker_main}
+    commands = {"migrate": migrate_main, "server": server_main, "worker": worker_main,
+                "models": models_main}
     if not argv or argv[0] not in commands:
-        return _fail("usage: python -m compute.cli {migrate|server|worker} [options]")
+        return _fail("usage: python -m compute.cli {migrate|server|worker|models} [options]")
     return commands[argv[0]](argv[1:])
 
 

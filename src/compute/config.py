@@ -10,7 +10,7 @@ from pathlib import Path
 from compute.errors import ConfigError
 from compute.policies import Policies, TaskPolicy
 
-DEFAULT_TASKS = ("image_resize", "image_conversion")
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,20 @@ class Settings:
     task_policies: Policies = field(default_factory=lambda: Policies(TaskPolicy()))
     auth_disabled: bool = False
     public_key_path: Path | None = None
+    #: Where older deployments kept the key; read (with a warning) when public_key_path is absent.
+    legacy_public_key_path: Path | None = None
+    #: Guest mode until an admin changes it (the admin's choice is kept in the database).
+    guest_mode: bool = False
     max_upload_bytes: int = 100 * 1024 * 1024
+    #: Folder of model files for the ML plugins.
+    models_dir: Path = Path("models")
+    #: Largest image accepted as input or asked for as output, in pixels.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: Folders that `input_absolute_path` / `output_absolute_path` may point into.
+    media_roots: tuple[Path, ...] = ()
     worker_id: str = "worker-default"
-    worker_tasks: tuple[str, ...] = field(default=DEFAULT_TASKS)
+    #: None: every installed task whose tools and models are present.
+    worker_tasks: tuple[str, ...] | None = None
     server_url: str = "http://127.0.0.1:8002"
     log_level: str = "INFO"
 
@@ -107,7 +118,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     cl_server_dir = Path(env.get("CL_SERVER_DIR") or default_dir).expanduser()
     database_url = env.get("DATABASE_URL") or f"sqlite:///{cl_server_dir / 'compute.db'}"
     storage_dir = Path(env.get("COMPUTE_STORAGE_DIR") or cl_server_dir / "compute").expanduser()
-    public_key = env.get("PUBLIC_KEY_PATH") or str(cl_server_dir / "public_key.pem")
+    explicit_key = env.get("PUBLIC_KEY_PATH")
+    public_key = explicit_key or str(cl_server_dir / "keys" / "public_key.pem")
     port = _int(env, "COMPUTE_PORT", 8002)
     return Settings(
         cl_server_dir=cl_server_dir,
@@ -142,9 +154,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         auth_disabled=_bool(env.get("AUTH_DISABLED", "false")),
         public_key_path=Path(public_key).expanduser(),
+        legacy_public_key_path=None if explicit_key else cl_server_dir / "public_key.pem",
+        guest_mode=_bool(env.get("GUEST_MODE", "off")),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
+        models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
+        max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        media_roots=tuple(Path(p).expanduser() for p in
+                          (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep) if p.strip()),
         worker_id=env.get("WORKER_ID") or "worker-default",
-        worker_tasks=parse_tasks(env.get("WORKER_SUPPORTED_TASKS") or ",".join(DEFAULT_TASKS)),
+        worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"]) if env.get("WORKER_SUPPORTED_TASKS")
+        else None,
         server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
     )

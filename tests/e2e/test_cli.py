@@ -109,7 +109,8 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
             waiting = await submit()  # queued before any worker exists
 
             worker = procs.start("worker", "compute-worker", "--port", str(http_port),
-                                 "--mqtt-port", str(mqtt_port), "--worker-id", "e2e-1")
+                                 "--mqtt-port", str(mqtt_port), "--worker-id", "e2e-1",
+                                     "--tasks", "image_conversion,image_resize")
 
             async def done(job_id: str) -> bool:
                 assert worker.poll() is None, procs.log("worker")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.config import DEFAULT_TASKS, load_settings, parse_tasks
+from compute.config import load_settings, parse_tasks
 from compute.errors import ConfigError
 
 
@@ -15,12 +15,15 @@ def test_defaults_live_under_cl_server_dir(tmp_path: Path) -> None:
     assert s.cl_server_dir == tmp_path
     assert s.database_url == f"sqlite:///{tmp_path / 'compute.db'}"
     assert s.storage_dir == tmp_path / "compute"
-    assert s.public_key_path == tmp_path / "public_key.pem"
+    assert s.public_key_path == tmp_path / "keys" / "public_key.pem"
+    assert s.legacy_public_key_path == tmp_path / "public_key.pem"
+    assert s.models_dir == tmp_path / "models"
+    assert s.media_roots == () and s.guest_mode is False
     assert s.mqtt_broker is None and s.mqtt_port == 1883
     assert s.mqtt_topic == "inference/events"
     assert s.capability_topic_prefix == "inference/workers"
     assert s.mqtt_topic_root == "compute"
-    assert s.worker_tasks == DEFAULT_TASKS
+    assert s.worker_tasks is None  # every task whose tools and models are present
     assert s.server_url == "http://127.0.0.1:8002"
     assert s.wake_events is True and s.auth_disabled is False
 

@@ -18,6 +18,7 @@ from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine
 from compute.db.transitions import JobTransitions
+from compute.plugins import environment as plugin_environment
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
 from compute.server.dispatch import Dispatcher
@@ -37,6 +38,7 @@ UPLOAD_SLACK = 64 * 1024  # multipart framing and form fields around the file
 
 def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     """Build the app; nothing connects until the lifespan starts."""
+    plugin_environment.configure(settings)
     engine = make_engine(settings.database_url)
     topics = Topics.for_settings(settings)
     # A fixed client id and a persistent session: the broker keeps worker events for the
@@ -115,7 +117,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=403)
 
     app.include_router(health.router)
-    app.include_router(plugin_router(repo, storage, enabled=None))
+    app.include_router(plugin_router(repo, storage))
     app.include_router(jobs.router)
     app.include_router(admin.router)
     return app

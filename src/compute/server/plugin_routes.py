@@ -6,11 +6,11 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cl_ml_tools.master import create_master_router
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.routing import APIRoute
 
 from compute.db.repository import JobRepository, job_timeout
+from compute.plugins.registry import route_factories
 from compute.server.auth import JobUser, require_jobs
 from compute.server.schemas import JobCreated
 from compute.storage import JobStorage
@@ -49,23 +49,22 @@ def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
             yield from _api_routes(inner.routes)
 
 
-def plugin_router(repo: JobRepository, storage: JobStorage, enabled: Iterable[str] | None) -> APIRouter:
-    master = create_master_router(repo, storage, require_jobs)
+def plugin_router(repo: JobRepository, storage: JobStorage) -> APIRouter:
+    """Every installed plugin's routes (registry.route_factories), as CL Server clients call them."""
     router = APIRouter()
     known: list[str] = []
-    for route in _api_routes(master.routes):
-        if not route.path.startswith("/jobs/"):
-            continue
-        task_type = route.path.removeprefix("/jobs/")
-        if enabled is not None and task_type not in enabled:
-            continue
-        known.append(task_type)
-        router.add_api_route(
-            route.path, _adding_task_type(route.endpoint, task_type), methods=sorted(route.methods or ()),
-            response_model=JobCreated, tags=["plugins"], name=route.name,
-            dependencies=[Depends(_timeout_param)],
-            summary=route.summary, description=route.description,
-        )
+    for name, create_router in route_factories().items():
+        for route in _api_routes(create_router(repo, storage, require_jobs).routes):
+            if not route.path.startswith("/jobs/"):
+                continue
+            task_type = route.path.removeprefix("/jobs/")
+            known.append(task_type)
+            router.add_api_route(
+                route.path, _adding_task_type(route.endpoint, task_type),
+                methods=sorted(route.methods or ()), response_model=JobCreated, tags=[name],
+                name=route.name, dependencies=[Depends(_timeout_param)],
+                summary=route.summary, description=route.description,
+            )
 
     @router.post("/jobs/{task_type}", tags=["plugins"], include_in_schema=False)
     def unknown_task(task_type: str, _user: JobUser) -> None:

@@ -12,6 +12,7 @@ from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
+from compute.plugins import environment as plugin_environment
 from compute.topics import OFFLINE, Topics
 from compute.worker.announce import new_session, offline_will
 from compute.worker.loop import Worker
@@ -29,6 +30,7 @@ class WorkerService:
 
     @classmethod
     def build(cls, settings: Settings, tasks: dict[str, ComputeModule]) -> WorkerService:
+        plugin_environment.configure(settings)
         topics = Topics.for_settings(settings)
         worker_id = settings.worker_id
         session = new_session()

@@ -1,0 +1,92 @@
+"""What this project's plugins share: a ComputeModule base and the job folder they work in.
+
+A plugin's `run()` returns its `task_output`. A `ComputeError` it raises is the job's own
+fault (a corrupt file, a missing model): the job fails at once with that message. Any other
+exception is a crash, which the worker retries while attempts remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cl_ml_tools import BaseJobParams, ComputeModule, Job
+
+from compute.errors import ComputeError
+from compute.plugins.environment import current
+
+Progress = Callable[[int], None]
+
+
+class TaskParams(BaseJobParams):  # type: ignore[misc]
+    """Params of every project plugin: paths relative to the job folder (CL Server's shape)."""
+
+    #: The input, e.g. `input/upload.jpg`.
+    input_path: str = ""
+    #: The main output, e.g. `output/clip_embedding.npy`.
+    output_path: str = ""
+    #: The name the client gave its upload, kept as data only.
+    original_filename: str = ""
+
+
+class BadJobPath(ComputeError):
+    """A path in the job's params leads outside its folder."""
+
+
+class JobFiles:
+    """Paths inside one job's folder, as `params` and `task_output` name them."""
+
+    def __init__(self, job_id: str) -> None:
+        self.root = current().job_dir(job_id).resolve()
+
+    def path(self, relative: str) -> Path:
+        """`relative` (e.g. `input/upload.jpg`) inside the job folder, never outside it."""
+        full = (self.root / relative).resolve()
+        if self.root not in full.parents:
+            raise BadJobPath(f"{relative!r} is not inside the job folder")
+        return full
+
+    def output(self, relative: str) -> Path:
+        """Like `path`, with the parent folder created."""
+        full = self.path(relative)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        return full
+
+    def relative(self, path: Path) -> str:
+        """How `/jobs/{id}/files/` names `path`."""
+        return path.resolve().relative_to(self.root).as_posix()
+
+
+def _no_progress(_percent: int) -> None:
+    pass
+
+
+class PluginTask(ComputeModule):  # type: ignore[misc]
+    """Base of this project's plugins: set `name` and `params`, write `run()`."""
+
+    name: ClassVar[str]
+    params: ClassVar[type[TaskParams]]
+
+    @property
+    def task_type(self) -> str:
+        return self.name
+
+    def get_schema(self) -> type[BaseJobParams]:
+        return self.params
+
+    def unavailable(self) -> str | None:
+        """Why this task cannot run on this machine (missing tool or model), or None."""
+        return None
+
+    async def execute(self, job: Job, params: BaseJobParams,
+                      progress_callback: Progress | None = None) -> dict[str, Any]:
+        assert isinstance(params, self.params)
+        try:
+            output = await self.run(JobFiles(job.job_id), params, progress_callback or _no_progress)
+        except ComputeError as exc:
+            return {"status": "error", "error": str(exc)}
+        return {"status": "ok", "task_output": output}
+
+    async def run(self, files: JobFiles, params: Any, progress: Progress) -> dict[str, Any]:
+        raise NotImplementedError

@@ -1,0 +1,48 @@
+"""What plugins need from the deployment: where models live, how big an image may be, which
+folders `input_absolute_path`/`output_absolute_path` may name.
+
+Plugins are built by the registry with no arguments, so the server and the worker set this
+once per process (`configure`) before they load any plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compute.config import Settings
+
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class PluginEnvironment:
+    #: Job folders live in `<storage_dir>/jobs/<job_id>` (COMPUTE_STORAGE_DIR).
+    storage_dir: Path
+    #: Folder of model files (COMPUTE_MODELS_DIR).
+    models_dir: Path
+    #: Largest image, in pixels, accepted as input or asked for as output (MAX_IMAGE_PIXELS).
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: Folders that absolute media paths may point into (COMPUTE_MEDIA_ROOTS); empty = none.
+    media_roots: tuple[Path, ...] = ()
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder; `params` paths such as `input/upload.jpg` are relative to it."""
+        return self.storage_dir / "jobs" / job_id
+
+
+_current = PluginEnvironment(storage_dir=Path.home() / ".cl_server" / "compute",
+                             models_dir=Path.home() / ".cl_server" / "models")
+
+
+def configure(settings: Settings) -> None:
+    global _current
+    _current = PluginEnvironment(settings.storage_dir.resolve(), settings.models_dir,
+                                 settings.max_image_pixels,
+                                 tuple(p.resolve() for p in settings.media_roots))
+
+
+def current() -> PluginEnvironment:
+    return _current

@@ -1,0 +1,56 @@
+"""External programs plugins run (ffmpeg, ffprobe, exiftool): found on PATH, run with a deadline,
+failures reported in the tool's own words without server paths."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from compute.errors import ComputeError
+
+#: Lines of a failing tool's stderr kept in the error message.
+ERROR_LINES = 3
+
+
+class ToolFailed(ComputeError):
+    """An external tool failed."""
+
+
+def missing(*names: str) -> str | None:
+    """Which of these programs is not on PATH, as an `unavailable()` reason, or None."""
+    absent = [n for n in names if shutil.which(n) is None]
+    if not absent:
+        return None
+    return f"{', '.join(absent)} not found on PATH (install Debian's ffmpeg / libimage-exiftool-perl)"
+
+
+async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ()) -> bytes:
+    """Run a program, return its stdout; raise ToolFailed with the end of its stderr.
+
+    `hide`: folders whose paths are cut out of error messages (job folders, media roots).
+    The child is killed when the deadline passes or the calling task is cancelled.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:  # timeout or cancellation: do not leave the tool running
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        reason = scrub(" | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}", hide)
+        raise ToolFailed(f"{Path(args[0]).name} failed: {reason}")
+    return out
+
+
+def scrub(text: str, folders: Sequence[Path]) -> str:
+    """`text` with every folder in `folders` cut out, so messages name files as the job does."""
+    for folder in sorted((str(f) for f in folders), key=len, reverse=True):
+        text = text.replace(folder.rstrip("/") + "/", "").replace(folder, ".")
+    return text
