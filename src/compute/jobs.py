@@ -22,6 +22,15 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+def sdk_status(status: str) -> str:
+    """The status CL Server's clients see: `cancelled` reads as `failed`.
+
+    The SDK waits (by polling and on `inference/events`) until `completed` or `failed`; a
+    cancelled job must release it. GET /jobs/{id} adds `cancelled: true` beside it.
+    """
+    return JobStatus.FAILED.value if status == JobStatus.CANCELLED.value else status
+
+
 #: A job in one of these states never changes again.
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 #: States an event may still move a job out of.

@@ -112,3 +112,31 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
     assert (await server.client.get(f"/jobs/{waiting}")).status_code == 200
     assert kept.json()["freed_space"] == len(png_bytes())
     assert (await server.client.delete("/admin/jobs/cleanup", params={"days": -1})).status_code == 422
+
+
+async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Server) -> None:
+    """CL Server's SDK waits for `completed` or `failed` (polling and on inference/events)."""
+    from tests.helpers import MqttProbe
+
+    settings = server.settings
+    async with MqttProbe(settings.broker_host, settings.mqtt_port) as probe:
+        await probe.subscribe(settings.mqtt_topic)
+        cancelled = (await server.submit())["job_id"]
+        deleted = (await server.submit())["job_id"]
+
+        response = await server.client.post(f"/jobs/{cancelled}/cancel")
+        assert response.status_code == 200
+        assert (response.json()["status"], response.json()["cancelled"]) == ("failed", True)
+        polled = await server.job(cancelled)
+        assert (polled["status"], polled["cancelled"], polled["error_message"]) == ("failed", True, "cancelled")
+        assert (await server.client.delete(f"/jobs/{deleted}")).status_code == 204
+        assert (await server.client.get(f"/jobs/{deleted}")).status_code == 404  # the SDK's poll raises
+
+        for job_id in (cancelled, deleted):
+            event = await probe.expect(
+                lambda m, j=job_id: m.json()["job_id"] == j and m.json()["event_type"] != "queued",
+                what=f"terminal event for {job_id}")
+            assert event.json()["event_type"] == "failed"
+    # The database keeps the truth.
+    record = server.app.state.repo.get(cancelled)
+    assert record is not None and record.status == "cancelled"

@@ -169,13 +169,72 @@ async def test_admin_token_may_use_job_routes(secured: Server, keys: Keys) -> No
     assert (await get_job(secured, token(keys, permissions=[], is_admin=True))).status_code == 200
 
 
-async def test_health_needs_no_token(secured: Server) -> None:
+async def test_health_needs_no_token_and_tells_clients_about_auth(secured: Server) -> None:
     response = await secured.client.get("/")
     assert response.status_code == 200
-    assert response.json()["mqtt_connected"] is True
+    body = response.json()
+    assert body["mqtt_connected"] is True
+    # CL Server's SDK reads these to decide whether to send tokens.
+    assert body["auth_required"] is True and body["guestMode"] == "off"
+    assert {"status", "service", "version"} <= set(body)
+
+
+async def test_guest_mode_is_admin_only_and_opens_job_routes_not_admin_ones(
+        secured: Server, keys: Keys) -> None:
+    url = "/admin/pref/guest-mode"
+    admin = {"Authorization": f"Bearer {token(keys, permissions=['admin'], id='boss')}"}
+    user = {"Authorization": f"Bearer {token(keys)}"}
+    assert (await secured.client.put(url, data={"guest_mode": "true"})).status_code == 401
+    assert (await secured.client.put(url, data={"guest_mode": "true"}, headers=user)).status_code == 403
+    assert (await secured.client.get(url, headers=admin)).json() == {"guest_mode": False}
+    assert (await get_job(secured, None)).status_code == 401
+
+    turned_on = await secured.client.put(url, data={"guest_mode": "true"}, headers=admin)
+    assert turned_on.status_code == 200 and turned_on.json() == {"guest_mode": True}
+    assert (await secured.client.get("/")).json()["guestMode"] == "on"
+    assert (await get_job(secured, None)).status_code == 200  # no token needed now
+    assert (await get_job(secured, "garbage")).status_code == 401  # a bad token is still refused
+    assert (await secured.client.get("/admin/jobs/storage/size")).status_code == 401
+
+    # Kept in the database: a new server process on the same database sees it.
+    from compute.db.preferences import GUEST_MODE, PreferenceStore
+
+    assert PreferenceStore(secured.app.state.repo.engine).get(GUEST_MODE) is True
+    # The older CL Server path still works.
+    off = await secured.client.put("/admin/config/guest-mode", data={"guest_mode": "false"}, headers=admin)
+    assert off.json() == {"guest_mode": False}
+    assert (await get_job(secured, None)).status_code == 401
+
+
+async def test_guest_mode_survives_a_restart(tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo,
+                                             prefix: str, keys: Keys) -> None:
+    settings = replace(make_settings(tmp_path, sqlite_url, amqtt_broker, prefix),
+                       auth_disabled=False, public_key_path=keys.public_path)
+    admin = {"Authorization": f"Bearer {token(keys, is_admin=True)}"}
+    async with running_server(settings) as first:
+        assert (await first.client.get("/")).json()["guestMode"] == "off"
+        await first.client.put("/admin/pref/guest-mode", data={"guest_mode": "on"}, headers=admin)
+    async with running_server(settings) as second:
+        assert (await second.client.get("/")).json()["guestMode"] == "on"
 
 
 def test_missing_public_key_is_a_config_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "sqlite://", BrokerInfo("amqtt", "127.0.0.1", 1), "p")
     with pytest.raises(ConfigError, match="PUBLIC_KEY_PATH"):
-        TokenVerifier.from_path(tmp_path / "absent.pem", disabled=False)
-    assert TokenVerifier.from_path(None, disabled=True).disabled
+        TokenVerifier.from_settings(replace(settings, auth_disabled=False,
+                                            public_key_path=tmp_path / "absent.pem"))
+    assert TokenVerifier.from_settings(replace(settings, auth_disabled=True)).disabled
+
+
+def test_key_is_read_where_the_auth_service_writes_it_and_from_the_old_place(
+        tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    from compute.config import load_settings
+
+    settings = load_settings({"CL_SERVER_DIR": str(tmp_path)})
+    (tmp_path / "public_key.pem").write_bytes(keys.public_pem)  # the old location
+    assert TokenVerifier.from_settings(settings).public_key == keys.public_pem.decode()
+    assert "older location" in caplog.text
+    other = _pair()[1]
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "public_key.pem").write_bytes(other)  # CL Server's auth service's place
+    assert TokenVerifier.from_settings(settings).public_key == other.decode()

@@ -85,5 +85,18 @@ class QueueEntryRow(Base):
     enqueued_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
 
 
+class PreferenceRow(Base):
+    """A setting an admin changes at run time (guest mode), kept across restarts."""
+
+    __tablename__ = "server_preferences"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    #: JSON text.
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_by: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
 jobs_table = cast(Table, JobRow.__table__)
 queue_entries_table = cast(Table, QueueEntryRow.__table__)
+preferences_table = cast(Table, PreferenceRow.__table__)

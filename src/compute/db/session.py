@@ -10,7 +10,7 @@ from sqlalchemy.pool import QueuePool
 
 from compute.errors import NotMigrated
 
-REQUIRED_TABLES = ("jobs", "queue_entries")
+REQUIRED_TABLES = ("jobs", "queue_entries", "server_preferences")
 #: Execution option that makes a SQLite transaction take the write lock at BEGIN.
 IMMEDIATE = "compute_begin_immediate"
 

@@ -15,6 +15,7 @@ from compute import __version__
 from compute.broker import start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
+from compute.db.preferences import PreferenceStore
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine
 from compute.db.transitions import JobTransitions
@@ -22,6 +23,7 @@ from compute.plugins import environment as plugin_environment
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
 from compute.server.dispatch import Dispatcher
+from compute.server.guest import GuestMode
 from compute.server.ingest import EventIngest
 from compute.server.plugin_routes import plugin_router
 from compute.server.queues import QueueReporter
@@ -87,7 +89,8 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
 
     app = FastAPI(title="Compute", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.verifier = TokenVerifier.from_path(settings.public_key_path, settings.auth_disabled)
+    app.state.verifier = TokenVerifier.from_settings(settings)
+    app.state.guest = GuestMode(PreferenceStore(engine), settings.guest_mode)
     app.state.repo = repo
     app.state.storage = storage
     app.state.bus = bus
@@ -120,4 +123,5 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.include_router(plugin_router(repo, storage))
     app.include_router(jobs.router)
     app.include_router(admin.router)
+    app.include_router(admin.prefs)
     return app

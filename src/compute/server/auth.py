@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from compute.errors import ConfigError
+
+if TYPE_CHECKING:
+    from compute.config import Settings
+
+log = logging.getLogger(__name__)
 
 JOB_PERMISSION = "ai_inference_support"
 ADMIN_PERMISSION = "admin"
@@ -35,15 +40,22 @@ class TokenVerifier:
         self.public_key = public_key
 
     @classmethod
-    def from_path(cls, path: Path | None, disabled: bool) -> TokenVerifier:
-        if disabled:
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        """The auth service's key: PUBLIC_KEY_PATH, by default `$CL_SERVER_DIR/keys/public_key.pem`
+        (where CL Server's auth service writes it); the older `$CL_SERVER_DIR/public_key.pem` is
+        still read, with a warning."""
+        if settings.auth_disabled:
             return cls(None)
-        if path is None or not path.is_file():
-            raise ConfigError(
-                f"public key not found at {path}: set PUBLIC_KEY_PATH, or AUTH_DISABLED=true "
-                "(--no-auth) for development"
-            )
-        return cls(path.read_text())
+        path, legacy = settings.public_key_path, settings.legacy_public_key_path
+        if path is not None and path.is_file():
+            return cls(path.read_text())
+        if legacy is not None and legacy.is_file():
+            log.warning("public key read from %s, an older location: move it to %s", legacy, path)
+            return cls(legacy.read_text())
+        raise ConfigError(
+            f"public key not found at {path}: set PUBLIC_KEY_PATH, or AUTH_DISABLED=true "
+            "(--no-auth) for development"
+        )
 
     @property
     def disabled(self) -> bool:
@@ -78,8 +90,9 @@ def _unauthorized(reason: str) -> HTTPException:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require(permission: str) -> Callable[..., Any]:
-    """A dependency that returns the caller (None when auth is disabled) or raises 401/403.
+def require(permission: str, guests: bool = False) -> Callable[..., Any]:
+    """A dependency that returns the caller (None when auth is disabled, or for a guest) or
+    raises 401/403. `guests`: a request without a token passes while guest mode is on.
 
     `async` although it never awaits: FastAPI runs a plain `def` dependency on its thread
     pool, a hop per request that cost more than the check itself.
@@ -93,6 +106,8 @@ def require(permission: str) -> Callable[..., Any]:
         if verifier.disabled:
             return None
         if credentials is None:
+            if guests and request.app.state.guest.enabled:
+                return None
             raise _unauthorized("missing bearer token")
         user = verifier.verify(credentials.credentials)
         if not user.has(permission):
@@ -102,7 +117,7 @@ def require(permission: str) -> Callable[..., Any]:
     return dependency
 
 
-require_jobs = require(JOB_PERMISSION)
+require_jobs = require(JOB_PERMISSION, guests=True)
 require_admin = require(ADMIN_PERMISSION)
 JobUser = Annotated[User | None, Depends(require_jobs)]
 AdminUser = Annotated[User | None, Depends(require_admin)]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions
-from compute.jobs import JobStatus, now_ms
+from compute.jobs import JobStatus, now_ms, sdk_status
 from compute.topics import CancelRequest, LegacyJobEvent, Topics, encode
 
 
@@ -29,7 +29,7 @@ class Canceller:
         previous, worker_id = found
         if previous in (JobStatus.QUEUED.value, JobStatus.PROCESSING.value):
             now = now_ms()
-            legacy = LegacyJobEvent(job_id=job_id, event_type=JobStatus.CANCELLED.value,
+            legacy = LegacyJobEvent(job_id=job_id, event_type=sdk_status(JobStatus.CANCELLED.value),
                                     progress=0, timestamp=now)
             self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
             if previous == JobStatus.PROCESSING.value and worker_id:

@@ -7,12 +7,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from compute.db.repository import JobRecord
+from compute.jobs import JobStatus, sdk_status
 
 
 class JobPublic(BaseModel):
     job_id: str
     task_type: str
+    #: CL Server's statuses: a cancelled job reads `failed` (see `cancelled`).
     status: str
+    #: True when the job was cancelled (its `status` is then `failed`).
+    cancelled: bool
     progress: int
     priority: int
     params: dict[str, Any]
@@ -29,7 +33,8 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, job: JobRecord) -> JobPublic:
         return cls(
-            job_id=job.job_id, task_type=job.task_type, status=job.status, progress=job.progress,
+            job_id=job.job_id, task_type=job.task_type, status=sdk_status(job.status),
+            cancelled=job.status == JobStatus.CANCELLED.value, progress=job.progress,
             priority=job.priority, params=job.params, task_output=job.task_output,
             error_message=job.error_message, created_by=job.created_by, worker_id=job.worker_id,
             created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
@@ -63,3 +68,11 @@ class Health(BaseModel):
     service: str
     version: str
     mqtt_connected: bool
+    #: Whether job routes want a bearer token (CL Server's SDK reads it).
+    auth_required: bool
+    #: "on" when requests without a token may use the job routes.
+    guestMode: str  # noqa: N815 - CL Server's field name
+
+
+class GuestModeState(BaseModel):
+    guest_mode: bool

@@ -1,15 +1,17 @@
-"""Admin routes: storage size and cleanup of old finished jobs."""
+"""Admin routes: storage size, cleanup of old finished jobs, guest mode."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Form, Query, Request
 
 from compute.jobs import now_ms
 from compute.server.auth import AdminUser
 from compute.server.deps import RepoDep, StorageDep
-from compute.server.schemas import CleanupResult, StorageSize
+from compute.server.guest import GuestMode
+from compute.server.schemas import CleanupResult, GuestModeState, StorageSize
 
 router = APIRouter(prefix="/admin/jobs", tags=["admin"])
+prefs = APIRouter(prefix="/admin", tags=["admin"])
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -30,3 +32,23 @@ def cleanup(repo: RepoDep, storage: StorageDep, _admin: AdminUser,
     for job_id in job_ids:
         storage.cleanup_job(job_id)
     return CleanupResult(deleted_count=len(job_ids), freed_space=max(0, before - storage.size_bytes()))
+
+
+def _guest(request: Request) -> GuestMode:
+    return request.app.state.guest  # type: ignore[no-any-return]
+
+
+@prefs.get("/pref/guest-mode", response_model=GuestModeState)
+def get_guest_mode(request: Request, _admin: AdminUser) -> GuestModeState:
+    """Whether requests without a token may use the job routes."""
+    return GuestModeState(guest_mode=_guest(request).enabled)
+
+
+@prefs.put("/pref/guest-mode", response_model=GuestModeState)
+@prefs.put("/config/guest-mode", response_model=GuestModeState, deprecated=True,
+           summary="Set guest mode (the older CL Server path)")
+def set_guest_mode(request: Request, admin: AdminUser,
+                   guest_mode: bool = Form(..., description="true or false")) -> GuestModeState:
+    """Turn guest mode on or off; kept in the database."""
+    _guest(request).set(guest_mode, by=admin.id if admin is not None else None)
+    return GuestModeState(guest_mode=guest_mode)

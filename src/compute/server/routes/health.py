@@ -13,9 +13,11 @@ router = APIRouter()
 
 @router.get("/", response_model=Health, tags=["health"])
 def health(request: Request) -> Health:
-    """Liveness, with whether the MQTT bus is connected."""
+    """Liveness, whether the MQTT bus is connected, and what clients need to know about auth."""
+    state = request.app.state
     return Health(status="healthy", service="compute", version=__version__,
-                  mqtt_connected=request.app.state.bus.connected)
+                  mqtt_connected=state.bus.connected, auth_required=not state.verifier.disabled,
+                  guestMode="on" if state.guest.enabled else "off")
 
 
 @router.get("/capabilities", response_model=Capabilities, tags=["workers"])

@@ -1,0 +1,36 @@
+"""Server preferences an admin changes at run time (guest mode), kept in `server_preferences`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+
+from compute.db.models import preferences_table as prefs
+from compute.db.session import IMMEDIATE
+from compute.jobs import now_ms
+
+GUEST_MODE = "guest_mode"
+
+
+class PreferenceStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(prefs.c.value).where(prefs.c.key == key)).scalar_one_or_none()
+        return default if raw is None else json.loads(raw)
+
+    def set(self, key: str, value: Any, by: str | None) -> None:
+        values = {"value": json.dumps(value), "updated_at": now_ms(), "updated_by": by}
+        with self.engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+            changed = conn.execute(update(prefs).where(prefs.c.key == key).values(**values)).rowcount
+            if not changed:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(prefs.insert().values(key=key, **values))
+                except IntegrityError:  # inserted meanwhile by another server process
+                    conn.execute(update(prefs).where(prefs.c.key == key).values(**values))
