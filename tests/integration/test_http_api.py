@@ -60,12 +60,12 @@ async def test_files_outside_the_job_folder_are_refused(server: Server) -> None:
     (storage.root / "secret.txt").write_text("top secret")
     other = (await server.submit())["job_id"]
 
-    input_file = await server.client.get(f"/jobs/{job_id}/files/input/photo.png")
+    input_file = await server.client.get(f"/jobs/{job_id}/files/input/upload.png")  # stored name
     assert input_file.status_code == 200 and input_file.content == png_bytes()
 
     escapes = [
         f"/jobs/{job_id}/files/..%2F..%2Fsecret.txt",
-        f"/jobs/{job_id}/files/input%2F..%2F..%2F{other}%2Finput%2Fphoto.png",
+        f"/jobs/{job_id}/files/input%2F..%2F..%2F{other}%2Finput%2Fupload.png",
         f"/jobs/{job_id}/files/%2Fetc%2Fpasswd",
         f"/jobs/{job_id}/files/{storage.root}/secret.txt",
     ]
