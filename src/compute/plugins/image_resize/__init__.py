@@ -1,0 +1,1 @@
+"""image_resize: an image scaled to fit inside, or exactly to, a requested width x height."""
