@@ -38,7 +38,13 @@ _current = PluginEnvironment(storage_dir=Path.home() / ".cl_server" / "compute",
 
 
 def configure(settings: Settings) -> None:
+    """Set the environment for this process; also bounds every Pillow decode in it."""
+    from PIL import Image
+
     global _current
+    # Pillow warns past this and refuses past twice this; our own check (media.check_pixels)
+    # refuses past it, and this covers third-party plugins that call Pillow directly.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     _current = PluginEnvironment(settings.storage_dir.resolve(), settings.models_dir,
                                  settings.max_image_pixels,
                                  tuple(p.resolve() for p in settings.media_roots))

@@ -20,6 +20,8 @@ from cl_ml_tools import ComputeModule
 from compute.bus.base import Bus
 from compute.db.repository import JobRecord
 from compute.jobs import EventType, JobEvent, now_ms
+from compute.plugins.environment import current as plugin_environment
+from compute.plugins.tools import scrub
 from compute.signing import signature
 from compute.topics import Topics, encode, job_event_payload
 from compute.worker.results import ResultOutbox
@@ -142,7 +144,7 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s: plugin %s raised", job.job_id, job.task_type)
             return self._event(job, EventType.FAILED, retryable=True,
-                               error=f"{type(exc).__name__}: {exc}")
+                               error=_without_paths(job, f"{type(exc).__name__}: {exc}"))
         finally:
             self._current = None
         if isinstance(result, dict) and result.get("status") == "ok":
@@ -150,7 +152,8 @@ class JobRunner:
             return self._event(job, EventType.COMPLETED, progress=100,
                                task_output=output if isinstance(output, dict) else {"result": output})
         error = result.get("error") if isinstance(result, dict) else None
-        return self._event(job, EventType.FAILED, error=str(error or f"plugin returned {result!r}"))
+        return self._event(job, EventType.FAILED,
+                           error=_without_paths(job, str(error or f"plugin returned {result!r}")))
 
     async def _abandon(self, future: concurrent.futures.Future[Any]) -> None:
         """Cancel a plugin run; if it does not stop in time, give later jobs a fresh thread."""
@@ -160,3 +163,9 @@ class JobRunner:
             log.warning("plugin did not stop; leaving its thread behind and starting a new one")
             self.plugins.stop()
             self.plugins = PluginThread()
+
+
+def _without_paths(job: JobRecord, message: str) -> str:
+    """An error message that names files as /jobs/{id}/files/ does, not by server paths."""
+    env = plugin_environment()
+    return scrub(message, [env.job_dir(job.job_id), env.storage_dir])
