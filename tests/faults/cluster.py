@@ -1,8 +1,10 @@
 """A real deployment in subprocesses for fault tests: broker, compute-server, compute-workers.
 
-The broker runs in its own process (a private Mosquitto when installed, else amqtt) so a test
-can kill and restart it; the database is a SQLite file (or PostgreSQL) that the test reads
-directly to check what was persisted.
+Server and workers run the product's command lines through tests.support.launch, which first
+registers the test-only `test_noop` plugin (tests.support.noop) in each process. The broker runs
+in its own process (a private Mosquitto when installed, else amqtt) so a test can kill and
+restart it; the database is a SQLite file (or PostgreSQL) that the test reads directly to check
+what was persisted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import httpx
 from sqlalchemy import Engine, create_engine, text
 
 BIN = Path(sys.executable).parent
+#: The repository root, so the subprocesses can import tests.support.launch.
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = [sys.executable, "-m", "tests.support.launch"]
+TASK = "test_noop"
 _SCRUB = ("MQTT_", "DATABASE_URL", "CL_SERVER_DIR", "WORKER_", "COMPUTE_", "AUTH_DISABLED", "JOB_",
           "PUBLIC_KEY_PATH", "CAPABILITY_TOPIC_PREFIX", "MAX_UPLOAD_BYTES", "TASK_POLICIES", "RETRY_")
 
@@ -74,7 +80,9 @@ class Cluster:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
         self.env = {**clean, "CL_SERVER_DIR": str(cl_dir), "DATABASE_URL": self.database_url,
                     "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker_port),
-                    "AUTH_DISABLED": "true", "LOG_LEVEL": "INFO", **settings}
+                    "AUTH_DISABLED": "true", "LOG_LEVEL": "INFO",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")])),
+                    **settings}
         self.broker: subprocess.Popen[bytes] | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -113,7 +121,7 @@ class Cluster:
         assert done.returncode == 0, done.stderr
 
     def start_server(self) -> None:
-        self.server = self._spawn("server", [str(BIN / "compute-server"), "--port",
+        self.server = self._spawn("server", [*LAUNCH, "server", "--port",
                                              str(self.http_port), "--host", "127.0.0.1"])
         wait_until(self.healthy, STARTUP, "server to answer and reach the broker")
 
@@ -128,8 +136,8 @@ class Cluster:
         self.server.kill()
         self.server.wait()
 
-    def start_worker(self, worker_id: str, tasks: str = "bench_noop") -> subprocess.Popen[bytes]:
-        proc = self._spawn(worker_id, [str(BIN / "compute-worker"), "--port", str(self.http_port),
+    def start_worker(self, worker_id: str, tasks: str = TASK) -> subprocess.Popen[bytes]:
+        proc = self._spawn(worker_id, [*LAUNCH, "worker", "--port", str(self.http_port),
                                        "--worker-id", worker_id, "--tasks", tasks])
         self.workers[worker_id] = proc
         return proc
@@ -169,7 +177,7 @@ class Cluster:
             async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
                 async def one() -> str:
                     async with sem:
-                        r = await client.post("/jobs/bench_noop",
+                        r = await client.post(f"/jobs/{TASK}",
                                               data={"steps": str(steps), "step_ms": str(step_ms)})
                         r.raise_for_status()
                         return str(r.json()["job_id"])
