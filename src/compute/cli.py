@@ -33,15 +33,6 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _install_bench_hook(role: str) -> None:
-    """compute-bench's probes: imported only when COMPUTE_BENCH_PROBES is set."""
-    directory = os.environ.get("COMPUTE_BENCH_PROBES")
-    if directory:
-        from compute.bench.probes import install
-
-        install(directory, role)
-
-
 def _schema_problem(database_url: str) -> str | None:
     """Why the database cannot be used yet (tables missing: run compute-migrate), or None."""
     from compute.db.session import check_migrated, make_engine
@@ -145,7 +136,6 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     _setup_logging(settings.log_level)
-    _install_bench_hook("server")
     settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
 
     missing = _schema_problem(settings.database_url)
@@ -253,7 +243,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except (ComputeError, ValueError) as exc:
         return _fail(str(exc))
     _setup_logging(settings.log_level)
-    _install_bench_hook("worker")
     return asyncio.run(_run_worker(settings))
 
 

@@ -30,7 +30,7 @@ def _dist(d: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "compute.bench", "--quick", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "compute_bench", "--quick", "--json", str(out)],
                           capture_output=True, text=True, timeout=540, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Targets" in proc.stdout

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
-from compute.bench import scenarios
-from compute.bench.cluster import ClusterError
-from compute.bench.report import render
-from compute.bench.runner import SECTIONS, Config, Run
+from compute_bench import scenarios
+from compute_bench.cluster import ClusterError
+from compute_bench.report import render
+from compute_bench.runner import SECTIONS, Config, Run
 
 
 def _broker(value: str) -> tuple[str, int]:

@@ -52,7 +52,7 @@ class ClusterSpec:
     database_url: str | None  # None: SQLite in the cluster's CL_SERVER_DIR
     wake_events: bool = True
     sweep_interval: float | None = None
-    #: compute.bench.probes to install, by role ("server", "worker"): e.g. {"worker": "open"}.
+    #: compute_bench.probes for the launcher to install, by role: e.g. {"worker": "open"}.
     probes: dict[str, str] = field(default_factory=dict)
     #: Subscribe the observer to job events and CL Server events (pickup phases).
     observe_jobs: bool = False
@@ -65,12 +65,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _script(name: str) -> list[str]:
-    exe = Path(sys.executable).parent / name
-    if exe.exists():
-        return [str(exe)]
-    sub = {"compute-server": "server", "compute-worker": "worker"}[name]
-    return [sys.executable, "-m", "compute.cli", sub]
+def _launch(role: str) -> list[str]:
+    """compute-server or compute-worker, through the benchmark's launcher (compute_bench.launch),
+    which registers the bench_noop plugin and the probes in that process first."""
+    return [sys.executable, "-m", "compute_bench.launch", role]
 
 
 class Observer:
@@ -183,7 +181,7 @@ class Cluster:
             raise ClusterError(f"migration of {self.database_url} failed: {exc}") from exc
         self.db = self._reader()
         self._refuse_open_jobs()
-        self.server = self._spawn("server", [*_script("compute-server"), "--host", "127.0.0.1",
+        self.server = self._spawn("server", [*_launch("server"), "--host", "127.0.0.1",
                                              "--port", str(self.http_port), "--no-auth"])
         await self._wait_server()
         self.observer = Observer(self.env("observer"), self.root, f"{self.root}/inference/events",
@@ -198,7 +196,7 @@ class Cluster:
         for name in names:
             worker_id = f"{self.root}-{name}"
             self.workers[worker_id] = self._spawn(name, [
-                *_script("compute-worker"), "--port", str(self.http_port), "--worker-id", worker_id,
+                *_launch("worker"), "--port", str(self.http_port), "--worker-id", worker_id,
                 "--tasks", TASKS])
         assert self.observer is not None
         deadline = time.monotonic() + 60

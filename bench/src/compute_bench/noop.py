@@ -61,7 +61,7 @@ def create_router(repository: JobRepository, file_storage: FileStorage,
         steps: Annotated[int, Form(ge=0, le=10_000)] = 0,
         step_ms: Annotated[float, Form(ge=0.0, le=10_000.0)] = 0.0,
         priority: Annotated[int, Form(ge=0, le=10)] = 5,
-        user: Any = Depends(get_current_user),  # noqa: B008 - the cl_ml_tools factory shape
+        user: Any = Depends(get_current_user),
     ) -> dict[str, str]:
         job_id = str(uuid.uuid4())
         job = Job(job_id=job_id, task_type=TASK_TYPE, params={"steps": steps, "step_ms": step_ms})

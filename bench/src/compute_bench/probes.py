@@ -1,7 +1,8 @@
 """Opt-in measurement probes, for the benchmark only.
 
-`compute.cli` imports this module only when COMPUTE_BENCH_PROBES names a directory. Each
-process then writes `<dir>/<role>-<pid>.json` every SNAPSHOT_INTERVAL and at exit.
+The benchmark's launcher (compute_bench.launch) installs them when COMPUTE_BENCH_PROBES names a
+directory (the benchmark's cluster sets it per role). Each process then writes
+`<dir>/<role>-<pid>.json` every SNAPSHOT_INTERVAL and at exit.
 COMPUTE_BENCH_PROBE_KINDS chooses what is recorded (default "sql"):
 
 "open" -- when a job's input file is first opened (ns), i.e. when a file task starts:

@@ -1,4 +1,4 @@
-"""Summaries of py-spy raw (collapsed) stacks: `python -m compute.bench.profile FILE...`."""
+"""Summaries of py-spy raw (collapsed) stacks: `python -m compute_bench.profile FILE...`."""
 
 from __future__ import annotations
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from compute.bench import scenarios
-from compute.bench.client import Submitter
-from compute.bench.cluster import Cluster, ClusterSpec
-from compute.bench.report import evaluate_targets
-from compute.bench.stats import filesystem_of, machine
 from compute.config import Settings
+from compute_bench import scenarios
+from compute_bench.client import Submitter
+from compute_bench.cluster import Cluster, ClusterSpec
+from compute_bench.report import evaluate_targets
+from compute_bench.stats import filesystem_of, machine
 
 SECTIONS = ("pickup", "throughput", "progress", "idle", "polling")
 IDLE_WORKERS = 4

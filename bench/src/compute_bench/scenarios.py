@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compute.bench.client import Submitter
-from compute.bench.cluster import Cluster
-from compute.bench.stats import cpu_seconds, summary
+from compute_bench.client import Submitter
+from compute_bench.cluster import Cluster
+from compute_bench.stats import cpu_seconds, summary
 
 NS_PER_MS = 1_000_000
 GAP = 0.005  # seconds between sequential jobs: the worker is back to waiting

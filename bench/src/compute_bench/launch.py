@@ -1,0 +1,47 @@
+"""The benchmark's way to start Compute: `python -m compute_bench.launch {server|worker} [options]`.
+
+The product knows nothing of the benchmark. This launcher adds what the benchmark needs to
+one process, then hands over to the product's own command line (`compute.cli.server_main` /
+`compute.cli.worker_main`, with the same options as `compute-server` / `compute-worker`):
+
+* the `bench_noop` task plugin, registered in-process (compute.plugins.registry.register),
+  so only the benchmark's own server and workers know it;
+* the measurement probes (compute_bench.probes), when COMPUTE_BENCH_PROBES names a directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from compute import cli
+from compute.plugins.registry import register
+from compute_bench import noop, probes
+
+ROLES: dict[str, Callable[[Sequence[str] | None], int]] = {
+    "server": cli.server_main, "worker": cli.worker_main,
+}
+
+
+def prepare(role: str) -> None:
+    """Register the benchmark's plugin and install its probes in this process."""
+    register(noop.TASK_TYPE, noop.BenchNoopTask, noop.create_router)
+    directory = os.environ.get(probes.ENV)
+    if directory:
+        probes.install(directory, role)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ROLES:
+        print("usage: python -m compute_bench.launch {server|worker} [options of compute-server "
+              "or compute-worker]", file=sys.stderr)
+        return 2
+    role = args[0]
+    prepare(role)
+    return ROLES[role](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
