@@ -53,6 +53,9 @@ class JobRow(Base):
     next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: JSON list of {"attempt", "error", "at"}, one per failed attempt.
     attempt_errors: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: "<created_by or ->:<Idempotency-Key header>": a retried submit finds the job it created.
+    idempotency_key: Mapped[str | None] = mapped_column(String, nullable=True, unique=True,
+                                                        index=True)
 
     __table_args__ = (
         # Serves the claim: the queued rows only, already in claim order.
@@ -85,6 +88,30 @@ class QueueEntryRow(Base):
     enqueued_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
 
 
+class WorkerSessionRow(Base):
+    """One run of a worker process, registered by the worker itself when it starts.
+
+    The database is shared by server and workers and closed to the broker's other clients, so
+    a session found here is a real worker; its `secret` keys the HMAC on the worker's
+    presence messages, which the server checks before it believes them.
+    """
+
+    __tablename__ = "worker_sessions"
+
+    session: Mapped[str] = mapped_column(String, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String, nullable=False, index=True)
+    secret: Mapped[str] = mapped_column(String, nullable=False)
+    #: JSON list of task types.
+    tasks: Mapped[str] = mapped_column(Text, nullable=False, default="[]", server_default="[]")
+    hostname: Mapped[str | None] = mapped_column(String, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    version: Mapped[str | None] = mapped_column(String, nullable=True)
+    #: Milliseconds since the epoch.
+    started_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_seen: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stopped_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class PreferenceRow(Base):
     """A setting an admin changes at run time (guest mode), kept across restarts."""
 
@@ -100,3 +127,4 @@ class PreferenceRow(Base):
 jobs_table = cast(Table, JobRow.__table__)
 queue_entries_table = cast(Table, QueueEntryRow.__table__)
 preferences_table = cast(Table, PreferenceRow.__table__)
+worker_sessions_table = cast(Table, WorkerSessionRow.__table__)
