@@ -1,0 +1,81 @@
+"""What media_thumbnail refuses at the door (415, 413, 422, no job folder left) and what fails as a job."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import pytest
+
+from tests.conftest import Server, WorkerFactory
+from tests.helpers import png_bytes
+from tests.plugins.media_thumbnail.videos import CORRUPT_MP4
+
+
+def jobs_left(server: Server) -> list[str]:
+    folder = server.settings.storage_dir / "jobs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` in its header: what a decompression bomb looks like."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+        + chunk(b"IEND", b"")
+
+
+async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
+    response = await server.client.post("/jobs/media_thumbnail", data={"priority": "5", **(data or {})},
+                                        files={"file": ("x.mp4", content, "video/mp4")})
+    return response.status_code, response.text
+
+
+async def test_not_media_is_415(server: Server) -> None:
+    status, text = await post(server, b"%PDF-1.7 not a picture" * 10)
+    assert status == 415 and "unrecognised format" in text and "video/mp4" in text and "image/png" in text
+    assert jobs_left(server) == []
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+async def test_pixel_bomb_upload_is_413(server: Server) -> None:
+    # 144 Mpx: over MAX_IMAGE_PIXELS (100 M by default), under Pillow's own bomb error (2 x the limit).
+    status, text = await post(server, png_header_only(12_000, 12_000))
+    assert status == 413 and "MAX_IMAGE_PIXELS" in text
+    assert jobs_left(server) == []
+
+
+async def test_giant_pixel_bomb_is_refused(server: Server) -> None:
+    # Pillow itself refuses to open 900 Mpx (DecompressionBombError); intake reports that as 415.
+    status, text = await post(server, png_header_only(30_000, 30_000))
+    assert status in (413, 415) and "900000000 pixels" in text
+    assert jobs_left(server) == []
+
+
+async def test_box_over_the_pixel_limit_is_413(server: Server) -> None:
+    status, text = await post(server, png_bytes(), {"width": "20000", "height": "20000"})
+    assert status == 413 and "thumbnail of 20000x20000" in text and "MAX_IMAGE_PIXELS" in text
+    assert jobs_left(server) == []
+
+
+@pytest.mark.parametrize("data", [{"width": "0"}, {"height": "-5"}, {"width": "wide"},
+                                  {"maintain_aspect_ratio": "maybe"}, {"priority": "11"}],
+                         ids=["zero", "negative", "not-a-number", "bad-bool", "bad-priority"])
+async def test_bad_fields_are_422(server: Server, data: dict[str, str]) -> None:
+    status, _ = await post(server, png_bytes(), data)
+    assert status == 422
+    assert jobs_left(server) == []
+
+
+async def test_corrupt_video_fails_with_ffmpegs_reason(server: Server, start_worker: WorkerFactory) -> None:
+    status, text = await post(server, CORRUPT_MP4)
+    assert status == 200, text  # the header says MP4: only ffmpeg finds the damage
+    await start_worker(tasks=("media_thumbnail",), wait_idle=False)
+    job = await server.wait_status(json.loads(text)["job_id"], "failed", timeout=30)
+    message = job["error_message"]
+    assert message.startswith("ffmpeg failed:") and "moov atom not found" in message
+    assert "input/upload.mp4" in message
+    assert str(server.settings.storage_dir) not in message and "/jobs/" not in message
+    assert job["task_output"] is None
