@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,12 +108,22 @@ def check_pixels(width: int, height: int, what: str = "image") -> None:
                             f"limit of {limit} (MAX_IMAGE_PIXELS)")
 
 
+def _bomb(exc: Image.DecompressionBombError) -> ImageTooLarge:
+    """Pillow refuses to even open past twice its limit; say so as our limit error."""
+    counted = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{counted.group(1)} pixels" if counted else "its size"
+    return ImageTooLarge(f"image of {pixels} exceeds the limit of {current().max_image_pixels} "
+                         "(MAX_IMAGE_PIXELS)")
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """Width and height from the header alone (no decoding)."""
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _bomb(exc) from None
+    except (OSError, ValueError) as exc:
         raise NotAnImage(f"not a decodable image: {_reason(exc)}") from None
 
 
@@ -120,7 +131,9 @@ def open_image(path: Path, mode: str = "RGB") -> Image.Image:
     """Decode an image within the pixel limit, upright (EXIF orientation applied), in `mode`."""
     try:
         img = Image.open(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _bomb(exc) from None
+    except (OSError, ValueError) as exc:
         raise NotAnImage(f"not a decodable image: {_reason(exc)}") from None
     with img:
         check_pixels(*img.size)
