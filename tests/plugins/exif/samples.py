@@ -1,0 +1,51 @@
+"""Test media for the exif plugin: JPEGs with EXIF written by Pillow (not by the tool under test)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+
+# EXIF tag numbers (TIFF/EXIF 2.3)
+MAKE, MODEL, ORIENTATION, SOFTWARE, DATE_TIME = 0x010F, 0x0110, 0x0112, 0x0131, 0x0132
+EXIF_IFD, GPS_IFD = 0x8769, 0x8825
+EXPOSURE_TIME, F_NUMBER, ISO, DATE_TIME_ORIGINAL, FOCAL_LENGTH = 0x829A, 0x829D, 0x8827, 0x9003, 0x920A
+GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON, GPS_ALT_REF, GPS_ALT = 1, 2, 3, 4, 5, 6
+
+
+def photo(exif: bool = True, size: tuple[int, int] = (40, 30)) -> bytes:
+    """A JPEG from a 'Canon EOS 5D' in Sydney (33°51'36"S 151°12'36"E, 58.5 m), or without EXIF."""
+    data = Image.Exif()
+    if exif:
+        data[MAKE], data[MODEL], data[SOFTWARE] = "Canon", "EOS 5D", "FirmwareX 1.2"
+        data[DATE_TIME], data[ORIENTATION] = "2024:01:02 03:04:05", 1
+        ifd = data.get_ifd(EXIF_IFD)
+        ifd[DATE_TIME_ORIGINAL], ifd[ISO], ifd[F_NUMBER] = "2023:05:06 07:08:09", 200, 2.8
+        ifd[EXPOSURE_TIME], ifd[FOCAL_LENGTH] = 0.01, 50.0
+        gps = data.get_ifd(GPS_IFD)
+        gps[GPS_LAT_REF], gps[GPS_LAT] = "S", (33.0, 51.0, 36.0)
+        gps[GPS_LON_REF], gps[GPS_LON] = "E", (151.0, 12.0, 36.0)
+        gps[GPS_ALT_REF], gps[GPS_ALT] = 0, 58.5
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 200)).save(buf, format="JPEG", exif=data)
+    return buf.getvalue()
+
+
+def tiny_mp4(folder: Path) -> bytes:
+    """One second of ffmpeg's test pattern; skips the test where ffmpeg is not installed."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    target = folder / "tiny.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10",
+                    "-t", "1", "-c:v", "mpeg4", str(target)], check=True, timeout=30)
+    return target.read_bytes()
+
+
+#: An MPEG program stream header and then nonsense: exiftool reports "File format error".
+BROKEN_MPEG = b"\x00\x00\x01\xba" + b"garbage!" * 30

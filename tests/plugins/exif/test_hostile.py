@@ -1,0 +1,88 @@
+"""What exif refuses at the door (415, 413, 422, leaving no job folder), what fails as a job, and
+what a worker without exiftool says."""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+import zlib
+from pathlib import Path
+
+import pytest
+from cl_ml_tools import Job
+
+from compute.plugins.environment import PluginEnvironment
+from compute.plugins.exif.task import ExifParams, ExifTask
+from tests.conftest import Server, WorkerFactory
+from tests.plugins.exif.samples import BROKEN_MPEG, needs_exiftool, photo
+
+
+def jobs_left(server: Server) -> list[str]:
+    folder = server.settings.storage_dir / "jobs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+        + chunk(b"IEND", b"")
+
+
+async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
+    response = await server.client.post("/jobs/exif", data={"priority": "5", **(data or {})},
+                                        files={"file": ("x.jpg", content, "image/jpeg")})
+    return response.status_code, response.text
+
+
+async def test_unknown_file_is_415(server: Server) -> None:
+    status, text = await post(server, b"<html><body>not media</body></html>" * 4)
+    assert status == 415 and "unrecognised format" in text and "image/jpeg" in text
+    assert jobs_left(server) == []
+
+
+@pytest.mark.parametrize("tags", ["Make,-w", "Make;Model", "if $x", "EXIF:Make", ",".join(["Make"] * 201)],
+                         ids=["option", "semicolon", "expression", "group", "too-many"])
+async def test_impossible_tag_names_are_422(server: Server, tags: str) -> None:
+    status, text = await post(server, photo(), {"tags": tags})
+    assert status == 422, text
+    assert jobs_left(server) == []
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+async def test_pixel_bomb_is_413(server: Server) -> None:
+    status, text = await post(server, png_header_only(12_000, 12_000))
+    assert status == 413 and "MAX_IMAGE_PIXELS" in text
+    assert jobs_left(server) == []
+
+
+@needs_exiftool
+async def test_unreadable_file_fails_without_paths(server: Server, start_worker: WorkerFactory) -> None:
+    await start_worker(tasks=("exif",))
+    status, text = await post(server, BROKEN_MPEG)
+    assert status == 200, text  # the magic bytes say MPEG; only exiftool finds the rest is nonsense
+    job = await server.wait_status(json.loads(text)["job_id"], "failed", timeout=30)
+    message = job["error_message"]
+    assert "exiftool could not read the file" in message
+    assert str(server.settings.storage_dir) not in message and "/jobs/" not in message
+
+
+async def test_without_exiftool_the_task_says_why(plugin_env: PluginEnvironment, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    task = ExifTask()
+    reason = task.unavailable()
+    assert reason is not None and "exiftool" in reason
+
+    # A worker that lost exiftool after it started fails the job with that reason (no retry).
+    job_id = str(uuid.uuid4())
+    upload = plugin_env.job_dir(job_id) / "input" / "upload.jpg"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(photo())
+    params = ExifParams(input_path="input/upload.jpg", output_path="output/exif.json")
+    result = await task.execute(Job(job_id=job_id, task_type="exif", params=params.model_dump()), params)
+    assert result == {"status": "error", "error": reason}
