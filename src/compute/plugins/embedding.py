@@ -89,7 +89,7 @@ def l2_normalise(vector: Vector) -> Vector:
 def check_dim(vector: Vector, expected: int, spec: ModelSpec) -> None:
     if vector.shape[0] != expected:
         raise WrongModel(f"model file {spec.filename} gives {vector.shape[0]}-dimensional embeddings, "
-                         f"expected {expected}: is it the right model ({spec.title})?")
+                         f"expected {expected}; this task needs {spec.title}")
 
 
 def static_dim(session: Any, cls_token: bool) -> int | None:
@@ -114,7 +114,7 @@ def model_problem(spec: ModelSpec, expected_dim: int, *, cls_token: bool = False
     declared = static_dim(session, cls_token)
     if declared is not None and declared != expected_dim:
         return (f"model file {spec.filename} declares {declared}-dimensional embeddings, "
-                f"expected {expected_dim}: is it the right model ({spec.title})?")
+                f"expected {expected_dim}; this task needs {spec.title}")
     return None
 
 
