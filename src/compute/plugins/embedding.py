@@ -130,5 +130,7 @@ def embed(spec: ModelSpec, image: Image.Image, prep: Preprocess, expected_dim: i
 
 
 def save(vector: Vector, target: Path) -> None:
-    """Write a float32 1-D .npy (`target` must end in .npy, or numpy adds the suffix)."""
-    np.save(target, np.asarray(vector, dtype=np.float32).reshape(-1))
+    """Write a float32 1-D .npy at exactly `target` (given a path, numpy would add a missing .npy
+    suffix, and the file would not be where params.output_path says)."""
+    with open(target, "wb") as f:
+        np.save(f, np.asarray(vector, dtype=np.float32).reshape(-1))

@@ -82,6 +82,9 @@ def test_save_writes_float32_1d(tmp_path: Path) -> None:
     embedding.save(np.arange(6, dtype=np.float64).reshape(2, 3), target)  # type: ignore[arg-type]
     loaded = np.load(target)
     assert loaded.dtype == np.float32 and loaded.shape == (6,)
+    # Exactly where it is told, even without the .npy suffix (cl_ml_tools' dino_embedding.nb slip).
+    embedding.save(np.ones(3, dtype=np.float32), tmp_path / "y.nb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.nb"]
 
 
 def test_input_size_from_a_static_shape_else_the_default(local_env: Path) -> None:
