@@ -131,7 +131,7 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
             await wait_for(lambda: done(job_id), timeout=30, interval=0.05, what="the second job")
             job = (await client.get(f"/jobs/{job_id}")).json()
             assert job["progress"] == 100 and job["worker_id"] == "e2e-1"
-            output = await client.get(f"/jobs/{job_id}/files/output/converted_photo.webp")
+            output = await client.get(f"/jobs/{job_id}/files/output/converted.webp")
             assert output.status_code == 200
             image = Image.open(io.BytesIO(output.content))
             assert (image.format, image.size) == ("WEBP", (48, 32))

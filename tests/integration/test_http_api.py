@@ -128,7 +128,8 @@ async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Ser
         assert response.status_code == 200
         assert (response.json()["status"], response.json()["cancelled"]) == ("failed", True)
         polled = await server.job(cancelled)
-        assert (polled["status"], polled["cancelled"], polled["error_message"]) == ("failed", True, "cancelled")
+        assert (polled["status"], polled["cancelled"]) == ("failed", True)
+        assert polled["error_message"] == "cancelled"
         assert (await server.client.delete(f"/jobs/{deleted}")).status_code == 204
         assert (await server.client.get(f"/jobs/{deleted}")).status_code == 404  # the SDK's poll raises
 

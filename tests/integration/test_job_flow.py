@@ -29,10 +29,11 @@ async def test_image_conversion_end_to_end(server: Server, start_worker: WorkerF
     for name in ("created_at", "started_at", "completed_at", "updated_at"):
         assert before - 1000 <= job[name] <= after + 1000, (name, job[name])  # milliseconds
     assert job["created_at"] <= job["started_at"] <= job["completed_at"]
-    [output_path] = job["task_output"]["processed_files"]
-    assert output_path.endswith("/output/converted_photo.jpg")
+    # CL Server's SDK reads params.output_path (relative to the job folder) and params.format.
+    assert (job["params"]["output_path"], job["params"]["format"]) == ("output/converted.jpg", "jpg")
+    assert job["task_output"]["output_path"] == "output/converted.jpg"
 
-    response = await server.client.get(f"/jobs/{job_id}/files/output/converted_photo.jpg")
+    response = await server.client.get(f"/jobs/{job_id}/files/output/converted.jpg")
     assert response.status_code == 200
     image = Image.open(io.BytesIO(response.content))
     assert (image.format, image.size) == ("JPEG", (40, 30))
@@ -44,7 +45,7 @@ async def test_resize_end_to_end(server: Server, start_worker: WorkerFactory) ->
     created = await server.submit("image_resize", {"width": "10", "height": "5"}, filename="pic.png")
     assert created["task_type"] == "image_resize"
     await server.wait_status(created["job_id"], "completed")
-    response = await server.client.get(f"/jobs/{created['job_id']}/files/output/resized_pic.png")
+    response = await server.client.get(f"/jobs/{created['job_id']}/files/output/resized.png")
     assert Image.open(io.BytesIO(response.content)).size == (10, 5)
 
 

@@ -71,7 +71,7 @@ class Health(BaseModel):
     #: Whether job routes want a bearer token (CL Server's SDK reads it).
     auth_required: bool
     #: "on" when requests without a token may use the job routes.
-    guestMode: str  # noqa: N815 - CL Server's field name
+    guestMode: str  # CL Server's field name
 
 
 class GuestModeState(BaseModel):

@@ -21,7 +21,7 @@ async def test_fit_and_exact_through_a_worker(server: Server, start_worker: Work
 
     # A JPEG named like a PNG with a path in it: the output is named after what the bytes are.
     fit = await run_job(server, "image_resize", image_bytes((300, 200), "JPEG"), "../holiday.png",
-                        {"width": "60", "height": "60"})
+                        {"width": "60", "height": "60", "maintain_aspect_ratio": "true"})
     assert fit["params"]["output_path"] == "output/resized.jpg"
     assert fit["params"]["input_path"] == "input/upload.jpg"
     assert fit["params"]["maintain_aspect_ratio"] is True
@@ -31,7 +31,7 @@ async def test_fit_and_exact_through_a_worker(server: Server, start_worker: Work
         assert (out.format, out.size) == ("JPEG", (60, 40))
 
     exact = await run_job(server, "image_resize", image_bytes((300, 200), "PNG"), "a.png",
-                          {"width": "50", "height": "70", "maintain_aspect_ratio": "false"})
+                          {"width": "50", "height": "70"})  # exact by default, as in cl_ml_tools
     assert exact["task_output"] == {"output_path": "output/resized.png", "width": 50, "height": 70}
     with Image.open(io.BytesIO(await download(server, exact["job_id"], "output/resized.png"))) as out:
         assert (out.format, out.size) == ("PNG", (50, 70))

@@ -19,8 +19,9 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
         file: UploadFile = File(..., description="the image to resize"),
         width: int = Form(..., gt=0, description="target width in pixels"),
         height: int = Form(..., gt=0, description="target height in pixels"),
-        maintain_aspect_ratio: bool = Form(True, description="true: fit inside width x height, keeping "
-                                                             "the shape; false: exactly width x height"),
+        # False by default, as in cl_ml_tools' image_resize, whose clients this route serves.
+        maintain_aspect_ratio: bool = Form(False, description="true: fit inside width x height, keeping "
+                                                              "the shape; false: exactly width x height"),
         priority: int = Form(5, ge=0, le=10, description="higher runs first"),
         user: Any = Depends(get_current_user),
     ) -> dict[str, str]:

@@ -14,7 +14,7 @@ class ImageResizeParams(TaskParams):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     #: True: fit inside width x height, keeping the shape; False: exactly width x height.
-    maintain_aspect_ratio: bool = True
+    maintain_aspect_ratio: bool = False
 
 
 class ImageResizeTask(PluginTask):
