@@ -17,6 +17,11 @@ ERROR_LINES = 3
 class ToolFailed(ComputeError):
     """An external tool failed."""
 
+    def __init__(self, message: str | None = None, output: bytes = b"") -> None:
+        super().__init__(message)
+        #: What the tool wrote to stdout (some tools explain a failure there).
+        self.output = output
+
 
 def missing(*names: str) -> str | None:
     """Which of these programs is not on PATH, as an `unavailable()` reason, or None."""
@@ -45,7 +50,7 @@ async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ())
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         reason = scrub(" | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}", hide)
-        raise ToolFailed(f"{Path(args[0]).name} failed: {reason}")
+        raise ToolFailed(f"{Path(args[0]).name} failed: {reason}", output=out)
     return out
 
 

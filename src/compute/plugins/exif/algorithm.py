@@ -72,6 +72,15 @@ def command(path: Path) -> list[str]:
     return [EXIFTOOL, "-j", "-n", "-api", "LargeFileSupport=1", str(path)]
 
 
+def _error_in(output: bytes) -> str | None:
+    """The `Error` exiftool -j reports in its JSON (where it says why it failed), if any."""
+    try:
+        error = json.loads(output)[0].get("Error")
+    except (ValueError, IndexError, AttributeError, TypeError):
+        return None
+    return error if isinstance(error, str) else None
+
+
 async def read_tags(path: Path, hide: Sequence[Path]) -> dict[str, Any]:
     """Every tag exiftool finds in the file, by its name without group (exiftool's own choice
     among duplicates), server-describing tags removed and server paths cut out of the values."""
@@ -80,8 +89,8 @@ async def read_tags(path: Path, hide: Sequence[Path]) -> dict[str, Any]:
     except TimeoutError:
         raise MetadataUnreadable(f"exiftool took longer than {TIMEOUT_SECONDS:g} s") from None
     except tools.ToolFailed as exc:  # exit code 1: the file could not be read at all
-        reason = str(exc).removeprefix(f"{EXIFTOOL} failed: ")
-        raise MetadataUnreadable(f"exiftool could not read the file ({reason})") from None
+        reason = _error_in(exc.output) or str(exc).removeprefix(f"{EXIFTOOL} failed: ")
+        raise MetadataUnreadable(f"exiftool could not read the file: {_scrubbed(reason, hide)}") from None
     try:
         found = json.loads(out)[0]
     except (ValueError, IndexError, KeyError, TypeError):
