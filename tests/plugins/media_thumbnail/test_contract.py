@@ -35,6 +35,8 @@ async def test_sdk_requests_and_every_field_read(server: Server, start_worker: W
         sized = await submit(server, sheet_video_bytes, "video.mp4",
                              {"priority": "5", "width": "256", "height": "256"})
         job = await server.wait_status(sized, "completed", timeout=30)
+        await probe.expect(lambda m: m.topic == settings.mqtt_topic and m.json()["job_id"] == sized
+                           and m.json()["event_type"] == "completed", what="the completed event")
 
         events = [m.json() for m in probe.on_topic(settings.mqtt_topic) if m.json()["job_id"] == sized]
         kinds = [e["event_type"] for e in events]
