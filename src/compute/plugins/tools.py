@@ -31,6 +31,10 @@ def missing(*names: str) -> str | None:
     return f"{', '.join(absent)} not found on PATH (install Debian's ffmpeg / libimage-exiftool-perl)"
 
 
+class ToolTimedOut(ToolFailed, TimeoutError):
+    """An external tool did not finish in time (a ToolFailed: the job fails, it is not retried)."""
+
+
 async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ()) -> bytes:
     """Run a program, return its stdout; raise ToolFailed with the end of its stderr.
 
@@ -42,10 +46,12 @@ async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ())
         stdin=asyncio.subprocess.DEVNULL)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:  # timeout or cancellation: do not leave the tool running
+    except BaseException as exc:  # timeout or cancellation: do not leave the tool running
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise ToolTimedOut(f"{Path(args[0]).name} did not finish within {timeout:g} s") from None
         raise
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
