@@ -1,8 +1,16 @@
-"""HMAC signatures that bind a worker event to the claim it belongs to.
+"""HMAC signatures: what a message on the bus must carry before anyone acts on it.
 
-The key is the claim's lease token, which the worker receives from the database when it
-claims and which never travels over MQTT. Anyone can publish on the broker; only the worker
-holding the current claim can produce an event the server accepts.
+Two kinds of key, neither of which ever travels over MQTT:
+
+* the claim's **lease token**, drawn by the database when a worker claims a job and shared only
+  by the database, the server and that worker. It signs the worker's job events, and the
+  server's confirmations and cancel requests for that claim;
+* a worker session's **secret**, drawn by the worker at start and registered in
+  `worker_sessions`. It signs the worker's `info` messages and its Last Will.
+
+Anyone can publish on the broker; only the holder of the key produces a message that verifies.
+Each kind of message signs its own fields behind its own prefix, so a signature seen on one
+kind can never pass for another.
 """
 
 from __future__ import annotations
@@ -10,9 +18,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from compute.jobs import JobEvent
+
+
+def _mac(key: str, fields: Iterable[str]) -> str:
+    return hmac.new(key.encode(), "\n".join(fields).encode(), hashlib.sha256).hexdigest()
+
+
+def _matches(key: str | None, sig: str, fields: Iterable[str]) -> bool:
+    if not key or not sig:
+        return False
+    return hmac.compare_digest(_mac(key, fields), sig)
+
+
+# -- job events (worker -> server), keyed by the lease token ----------------------------------
 
 
 def _canonical_output(output: dict[str, Any] | None) -> str:
@@ -22,20 +44,63 @@ def _canonical_output(output: dict[str, Any] | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _message(ev: JobEvent) -> bytes:
-    fields = (
+def _event_fields(ev: JobEvent) -> tuple[str, ...]:
+    return (
         ev.job_id, ev.worker_id, ev.event.value, str(ev.attempt), str(ev.seq), str(ev.progress),
         str(ev.timestamp), "1" if ev.retryable else "0", ev.error if ev.error is not None else "-",
         _canonical_output(ev.task_output),
     )
-    return "\n".join(fields).encode()
 
 
 def signature(lease_token: str, ev: JobEvent) -> str:
-    return hmac.new(lease_token.encode(), _message(ev), hashlib.sha256).hexdigest()
+    return _mac(lease_token, _event_fields(ev))
 
 
 def verify(lease_token: str | None, ev: JobEvent) -> bool:
-    if not lease_token or not ev.sig:
-        return False
-    return hmac.compare_digest(signature(lease_token, ev), ev.sig)
+    return _matches(lease_token, ev.sig, _event_fields(ev))
+
+
+# -- confirmations and cancel requests (server -> worker), keyed by the lease token ------------
+
+
+def _confirm_fields(job_id: str, attempt: int, status: str, timestamp: int) -> tuple[str, ...]:
+    return ("confirm", job_id, str(attempt), status, str(timestamp))
+
+
+def confirmation_signature(lease_token: str, job_id: str, attempt: int, status: str, timestamp: int) -> str:
+    return _mac(lease_token, _confirm_fields(job_id, attempt, status, timestamp))
+
+
+def verify_confirmation(lease_token: str | None, job_id: str, attempt: int, status: str, timestamp: int,
+                        sig: str) -> bool:
+    return _matches(lease_token, sig, _confirm_fields(job_id, attempt, status, timestamp))
+
+
+def _cancel_fields(job_id: str, attempt: int, timestamp: int) -> tuple[str, ...]:
+    return ("cancel", job_id, str(attempt), str(timestamp))
+
+
+def cancel_signature(lease_token: str, job_id: str, attempt: int, timestamp: int) -> str:
+    return _mac(lease_token, _cancel_fields(job_id, attempt, timestamp))
+
+
+def verify_cancel(lease_token: str | None, job_id: str, attempt: int, timestamp: int, sig: str) -> bool:
+    return _matches(lease_token, sig, _cancel_fields(job_id, attempt, timestamp))
+
+
+# -- worker info and Last Will, keyed by the session secret ------------------------------------
+
+
+def _info_fields(info: Any) -> tuple[str, ...]:
+    """`info` is a topics.WorkerInfo (a dict); the Will signs the defaults parse_worker_info fills in."""
+    return ("info", info["worker_id"], info["session"], info["state"], ",".join(info["tasks"]),
+            "1" if info["idle"] else "0", info["hostname"], str(info["pid"]), str(info["started_at"]),
+            str(info["timestamp"]))
+
+
+def info_signature(secret: str, info: Any) -> str:
+    return _mac(secret, _info_fields(info))
+
+
+def verify_info(secret: str | None, info: Any) -> bool:
+    return _matches(secret, str(info.get("sig", "")), _info_fields(info))

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 
 #: Largest payload accepted from the bus; anything bigger is dropped unread.
 MAX_PAYLOAD_BYTES = 1024 * 1024
+#: Largest worker `info` accepted: a real one is a few hundred bytes.
+MAX_INFO_BYTES = 8 * 1024
+#: Most task types one worker may announce.
+MAX_TASKS = 64
 ONLINE, OFFLINE = "online", "offline"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
@@ -40,6 +44,8 @@ class WorkerInfo(TypedDict):
     pid: int
     started_at: int
     timestamp: int
+    #: HMAC-SHA256 keyed by the session's secret (signing.info_signature); "" when missing.
+    sig: str
 
 
 class LegacyCapability(TypedDict):
@@ -70,14 +76,22 @@ class QueueState(TypedDict):
 
 
 class Confirmation(TypedDict):
+    """The server's receipt for a result; `sig` is keyed by the claim's lease token."""
+
     job_id: str
+    attempt: int
     status: str
     timestamp: int
+    sig: str
 
 
 class CancelRequest(TypedDict):
+    """Stop a running job; `sig` is keyed by the claim's lease token."""
+
     job_id: str
+    attempt: int
     timestamp: int
+    sig: str
 
 
 @dataclass(frozen=True)
@@ -230,35 +244,48 @@ def job_event_payload(ev: JobEvent, task_type: str) -> dict[str, Any]:
 
 
 def parse_worker_info(raw: bytes) -> WorkerInfo:
+    """A worker's `info` or Last Will. Checks the shape only; the signature is the registry's job."""
+    if len(raw) > MAX_INFO_BYTES:
+        raise MalformedMessage(f"info of {len(raw)} bytes exceeds {MAX_INFO_BYTES}")
     data = decode_object(raw)
     state = data.get("state", ONLINE)
     if state not in (ONLINE, OFFLINE):
         raise MalformedMessage("field 'state' must be 'online' or 'offline'")
     tasks = _field(data, "tasks", list) if state == ONLINE else data.get("tasks", [])
-    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-        raise MalformedMessage("field 'tasks' must be a list of strings")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) and _SEGMENT.match(t) for t in tasks):
+        raise MalformedMessage("field 'tasks' must be a list of task names")
+    if len(tasks) > MAX_TASKS:
+        raise MalformedMessage(f"more than {MAX_TASKS} tasks")
+    sig = data.get("sig", "")
+    session = _field(data, "session", str)
+    if not _SEGMENT.match(session):
+        raise MalformedMessage("field 'session' must be a short id")
     return WorkerInfo(
         worker_id=_field(data, "worker_id", str),
-        session=_field(data, "session", str),
+        session=session,
         state=state,
         tasks=tasks,
         idle=_field(data, "idle", bool) if state == ONLINE else False,
-        hostname=str(data.get("hostname", "")),
+        hostname=str(data.get("hostname", ""))[:255],
         pid=_optional_int(data, "pid"),
         started_at=_optional_int(data, "started_at"),
         timestamp=_field(data, "timestamp", int),
+        sig=sig if isinstance(sig, str) else "",
     )
 
 
 def parse_cancel(raw: bytes) -> CancelRequest:
     data = decode_object(raw)
-    return CancelRequest(job_id=_field(data, "job_id", str), timestamp=_field(data, "timestamp", int))
+    return CancelRequest(job_id=_field(data, "job_id", str), attempt=_field(data, "attempt", int),
+                         timestamp=_field(data, "timestamp", int), sig=_field(data, "sig", str))
 
 
 def parse_confirmation(raw: bytes) -> Confirmation:
     data = decode_object(raw)
     return Confirmation(
         job_id=_field(data, "job_id", str),
+        attempt=_field(data, "attempt", int),
         status=_field(data, "status", str),
         timestamp=_field(data, "timestamp", int),
+        sig=_field(data, "sig", str),
     )

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from cl_ml_tools import Job
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from compute.bus.base import MessageHandler, topic_matches
+from compute.db.models import worker_sessions_table
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.transitions import JobTransitions
-from compute.jobs import EventType
+from compute.db.workers import WorkerSessions, new_secret
+from compute.jobs import EventType, now_ms
+from compute.logs import LogLimiter
+from compute.policies import Policies, TaskPolicy
+from compute.server.cancel import Canceller
 from compute.server.dispatch import Dispatcher
 from compute.server.ingest import EventIngest
 from compute.server.queues import QueueReporter
+from compute.server.rescue import Rescuer
 from compute.server.workers import WorkerRegistry
-from compute.topics import Topics, encode, job_event_payload
-from compute.worker.announce import Announcer
+from compute.signing import (
+    confirmation_signature,
+    info_signature,
+    verify_cancel,
+    verify_confirmation,
+    verify_info,
+)
+from compute.topics import MAX_INFO_BYTES, Topics, WorkerInfo, encode, job_event_payload, parse_worker_info
+from compute.worker.announce import Announcer, offline_will
 from compute.worker.results import ResultOutbox
-from tests.helpers import signed
+from tests.helpers import signed, wait_for
 
 
 class FakeBus:
@@ -63,50 +81,160 @@ def bus() -> FakeBus:
     return FakeBus()
 
 
-def info(worker_id: str, tasks: list[str], idle: bool, session: str = "s") -> bytes:
-    return encode({"worker_id": worker_id, "session": session, "state": "online", "tasks": tasks,
-                   "idle": idle, "timestamp": 1})
+SECRETS: dict[str, str] = {}
+_RUN = {"suffix": ""}
 
 
-def will(worker_id: str, session: str = "s") -> bytes:
-    return encode({"worker_id": worker_id, "session": session, "state": "offline", "timestamp": 1})
+@pytest.fixture(autouse=True)
+def _fresh_session_ids() -> None:
+    # worker_sessions outlives a test on the shared PostgreSQL database: ids of this test only.
+    _RUN["suffix"] = uuid.uuid4().hex[:8]
 
 
-def test_registry_counts_live_workers_and_idle_per_task(bus: FakeBus) -> None:
-    lost: list[tuple[str, str | None]] = []
-    reg = WorkerRegistry(bus, T, on_worker_lost=lambda w, s: lost.append((w, s)))
-    bus.deliver(T.worker_info("a"), info("a", ["image_resize", "image_conversion"], True), retained=True)
-    bus.deliver(T.worker_info("b"), info("b", ["image_resize"], False))
+def sid(label: str) -> str:
+    """The session id a test calls `label`."""
+    return f"{label}-{_RUN['suffix']}"
+
+
+@pytest.fixture
+def sessions(engine: Any) -> WorkerSessions:
+    return WorkerSessions(engine)
+
+
+def register(sessions: WorkerSessions, worker_id: str, session: str = "s",
+             tasks: tuple[str, ...] = ("image_resize", "image_conversion")) -> str:
+    """Register a worker session as a worker does at start; returns its secret."""
+    secret = SECRETS[sid(session)] = new_secret()
+    sessions.register(sid(session), worker_id, secret, list(tasks), "host", 1, "test")
+    return secret
+
+
+def info(worker_id: str, tasks: list[str], idle: bool, session: str = "s", secret: str | None = None,
+         timestamp: int | None = None) -> bytes:
+    """A worker's info, signed with its session's secret (or `secret`)."""
+    message = WorkerInfo(worker_id=worker_id, session=sid(session), state="online", tasks=tasks, idle=idle,
+                         hostname="host", pid=1, started_at=1,
+                         timestamp=now_ms() if timestamp is None else timestamp, sig="")
+    key = SECRETS.get(sid(session), "none") if secret is None else secret
+    message["sig"] = info_signature(key, message)
+    return encode(message)
+
+
+def will(worker_id: str, session: str = "s", secret: str | None = None) -> bytes:
+    key = SECRETS.get(sid(session), "none") if secret is None else secret
+    return offline_will(worker_id, sid(session), key)
+
+
+def make_registry(bus: FakeBus, sessions: WorkerSessions, **kwargs: Any
+                  ) -> tuple[WorkerRegistry, list[tuple[str, str]]]:
+    lost: list[tuple[str, str]] = []
+    reg = WorkerRegistry(bus, T, sessions, on_worker_lost=lambda w, s: lost.append((w, s)), **kwargs)
+    return reg, lost
+
+
+def test_registry_counts_verified_workers_and_idle_per_task(bus: FakeBus, sessions: WorkerSessions) -> None:
+    reg, lost = make_registry(bus, sessions)
+    register(sessions, "a", "sa")
+    register(sessions, "b", "sb", ("image_resize",))
+    bus.deliver(T.worker_info("a"), info("a", ["image_resize", "image_conversion"], True, "sa"),
+                retained=True)
+    bus.deliver(T.worker_info("b"), info("b", ["image_resize"], False, "sb"))
     assert reg.capabilities() == {"num_workers": 2,
                                   "capabilities": {"image_resize": 1, "image_conversion": 1}}
-    bus.deliver(T.worker_info("a"), will("a"))
+    bus.deliver(T.worker_info("a"), will("a", "sa"))
     assert reg.capabilities() == {"num_workers": 1, "capabilities": {"image_resize": 0}}
     # An offline worker's CL Server capability is cleared for it (its Will could not), and its
-    # session's jobs are handed to the rescue.
+    # session is handed to the rescue (which checks its leases).
     assert (T.legacy_worker("a"), b"", True) in bus.sent
-    assert lost == [("a", "s")]
+    assert lost == [("a", sid("sa"))]
+    assert reg.dropped == 0
 
 
-def test_registry_ignores_an_older_sessions_will(bus: FakeBus) -> None:
-    lost: list[tuple[str, str | None]] = []
-    reg = WorkerRegistry(bus, T, on_worker_lost=lambda w, s: lost.append((w, s)))
+def test_registry_ignores_an_older_sessions_will(bus: FakeBus, sessions: WorkerSessions) -> None:
+    reg, lost = make_registry(bus, sessions)
+    register(sessions, "a", "old")
+    register(sessions, "a", "new")
     bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True, session="new"))
     bus.deliver(T.worker_info("a"), will("a", session="old"))
     assert reg.capabilities()["num_workers"] == 1
     assert (T.legacy_worker("a"), b"", True) not in bus.sent
-    assert lost == [("a", "old")]  # only the old session's jobs are rescued
+    assert lost == [("a", sid("old"))]  # only the old session's claims are looked at
 
 
-def test_registry_drops_malformed_messages(bus: FakeBus) -> None:
-    reg = WorkerRegistry(bus, T)
-    bus.deliver(T.worker_info("a"), b"{not json")
-    bus.deliver(T.worker_info("b"), encode({"worker_id": "b", "session": "s", "state": "maybe"}))
-    bus.deliver(T.worker_info("c"), info("someone-else", ["image_resize"], True))
-    assert reg.dropped == 3
+def test_registry_believes_only_what_the_database_confirms(bus: FakeBus, sessions: WorkerSessions) -> None:
+    reg, lost = make_registry(bus, sessions)
+    secret = register(sessions, "a", "sa", ("image_resize",))
+    register(sessions, "b", "sb")
+    unsigned = json.loads(info("a", ["image_resize"], True, "sa"))
+    unsigned.pop("sig")
+    stale = now_ms() - reg.stale_after_ms - 1
+    for topic, payload in [
+        (T.worker_info("a"), b"{not json"),
+        (T.worker_info("a"), encode({"worker_id": "a", "session": sid("sa"), "state": "maybe"})),
+        (T.worker_info("a"), info("someone-else", ["image_resize"], True, "sa")),  # topic names a
+        (T.worker_info("a"), encode(unsigned)),  # the issue's forgery: copied session, no signature
+        (T.worker_info("a"), info("a", ["image_resize"], True, "sa", secret="guessed")),
+        (T.worker_info("a"), info("a", ["image_resize"], True, "ghost")),  # no such session
+        (T.worker_info("a"), info("a", ["image_resize"], True, "sb", secret=SECRETS[sid("sb")])),  # b's
+        (T.worker_info("a"), info("a", ["image_resize", "image_conversion"], True, "sa")),  # not registered
+        (T.worker_info("a"), info("a", ["image_resize"], True, "sa", timestamp=stale)),  # old, retained
+        (T.worker_info("a"), b"x" * (MAX_INFO_BYTES + 1)),
+        # A forged Last Will: the session is public, the secret is not.
+        (T.worker_info("a"), encode({"worker_id": "a", "session": sid("sa"), "state": "offline",
+                                     "timestamp": 1})),
+        (T.worker_info("a"), will("a", "sa", secret="guessed")),
+    ]:
+        bus.deliver(topic, payload)
+    assert reg.dropped == 12 and lost == []
     assert reg.capabilities() == {"num_workers": 0, "capabilities": {}}
-    bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True))
-    bus.deliver(T.worker_info("a"), b"")  # retained info cleared
+    bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True, "sa", secret=secret))
+    assert reg.capabilities()["num_workers"] == 1
+
+
+def test_registry_keeps_a_worker_whose_info_someone_else_cleared(bus: FakeBus,
+                                                                  sessions: WorkerSessions) -> None:
+    reg, _ = make_registry(bus, sessions)
+    register(sessions, "a", "sa")
+    bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True, "sa"))
+    bus.deliver(T.worker_info("a"), b"")  # anyone can publish an empty retained message
+    assert reg.capabilities()["num_workers"] == 1
+    sessions.stop(sid("sa"))  # what a worker does before clearing its info on a clean shutdown
+    bus.deliver(T.worker_info("a"), b"")
     assert reg.capabilities()["num_workers"] == 0
+    bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True, "sa"))  # replayed after the stop
+    assert reg.capabilities()["num_workers"] == 0
+
+
+def test_registry_memory_stays_bounded_under_ghosts(bus: FakeBus, sessions: WorkerSessions) -> None:
+    reg, _ = make_registry(bus, sessions, max_workers=3)
+    for i in range(2000):
+        bus.deliver(T.worker_info(f"ghost-{i}"), info(f"ghost-{i}", ["image_resize"], True, f"g{i}"))
+    assert reg.capabilities()["num_workers"] == 0 and reg.dropped == 2000
+    # Look-ups are rate-limited: most ghosts never reached the database, and the negative cache is capped.
+    assert reg.rejected["too many look-ups"] > 1000 and len(reg._unknown) <= 4096
+    for i in range(5):
+        register(sessions, f"real-{i}", f"r{i}")
+    reg._budget.tokens = reg._budget.burst  # the ghosts used the budget up; a second later it is back
+    for i in range(5):
+        bus.deliver(T.worker_info(f"real-{i}"), info(f"real-{i}", ["image_resize"], True, f"r{i}"))
+    assert reg.capabilities()["num_workers"] == 3  # the cap; the longest silent made room
+    assert set(reg.workers) == {"real-2", "real-3", "real-4"}
+
+
+def test_registry_refresh_drops_stopped_and_silent_sessions(bus: FakeBus, sessions: WorkerSessions,
+                                                           engine: Any) -> None:
+    reg, _ = make_registry(bus, sessions)
+    for name in ("a", "b", "c"):
+        register(sessions, name, f"s{name}")
+        bus.deliver(T.worker_info(name), info(name, ["image_resize"], True, f"s{name}"))
+    sessions.stop(sid("sa"))
+    with engine.begin() as conn:  # b crashed long ago: its heartbeat stopped
+        conn.execute(update(worker_sessions_table).where(worker_sessions_table.c.session == sid("sb"))
+                     .values(last_seen=now_ms() - reg.stale_after_ms - 1))
+    assert sessions.touch(sid("sc")) and not sessions.touch(sid("sa"))
+    reg.refresh()
+    assert set(reg.workers) == {"c"}
+    assert {t for t, p, _ in bus.sent if p == b""} == {T.legacy_worker("a"), T.legacy_worker("b")}
 
 
 def test_dispatcher_publishes_hint_and_legacy_queued(engine: Any, bus: FakeBus) -> None:
@@ -176,7 +304,10 @@ def test_ingest_persists_confirms_and_republishes(repo: JobRepository, bus: Fake
     ingest.persist([ingest.queue.get_nowait() for _ in range(3)])
     stored = repo.get("j1")
     assert stored is not None and stored.status == "completed" and stored.task_output == {"ok": 1}
-    assert [c["status"] for c in bus.on(T.worker_confirm("w1"))] == ["completed"]
+    [confirm] = bus.on(T.worker_confirm("w1"))
+    assert (confirm["status"], confirm["attempt"]) == ("completed", 1)
+    # Signed with the claim's lease token: the worker can tell it from a forgery.
+    assert verify_confirmation(job.lease_token, "j1", 1, "completed", confirm["timestamp"], confirm["sig"])
     legacy = bus.on(T.legacy_events)
     assert [m["event_type"] for m in legacy] == ["processing", "processing", "completed"]
     assert [m["progress"] for m in legacy] == [0, 40, 100]
@@ -215,6 +346,13 @@ def make_outbox(repo: JobRepository, bus: FakeBus) -> ResultOutbox:
     return ResultOutbox(bus, T, JobTransitions(repo.engine, repo.policies), "w1")
 
 
+def confirmation(job: JobRecord, status: str = "completed", token: str | None = None,
+                 attempt: int | None = None) -> bytes:
+    attempt = job.attempt if attempt is None else attempt
+    sig = confirmation_signature(token or job.lease_token or "", job.job_id, attempt, status, 5)
+    return encode({"job_id": job.job_id, "attempt": attempt, "status": status, "timestamp": 5, "sig": sig})
+
+
 def test_outbox_keeps_results_until_confirmed(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
@@ -225,11 +363,46 @@ def test_outbox_keeps_results_until_confirmed(repo: JobRepository, bus: FakeBus)
     assert outbox.held_leases() == [("j1", job.lease_token)]
     outbox.resend_all()
     assert len(bus.on(T.job_event("image_resize", "j1"))) == 2
-    bus.deliver(T.worker_confirm("w1"), b"junk")
-    assert list(outbox.pending) == ["j1"]
     bus.deliver(T.worker_confirm("w1"), encode({"job_id": "j1", "status": "completed", "timestamp": 1}))
+    assert list(outbox.pending) == ["j1"] and outbox.rejected == 1  # unsigned: the old forgery
+    bus.deliver(T.worker_confirm("w1"), confirmation(job))
     assert outbox.pending == {} and outbox.written_directly == 0 and outbox.held_leases() == []
     assert repo.get("j1").status == "processing"  # type: ignore[union-attr]  # the server writes it
+
+
+def test_outbox_forgets_a_result_only_on_a_verified_confirmation(repo: JobRepository, bus: FakeBus) -> None:
+    outbox = make_outbox(repo, bus)
+    job = claim_one(repo)
+    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
+                job.lease_token or "")
+    for forged in (b"junk", encode({"job_id": "j1", "attempt": 1, "status": "completed", "timestamp": 1,
+                                    "sig": "00" * 32}),
+                   confirmation(job, token="f" * 32),  # a guessed token
+                   confirmation(job, attempt=2)):  # signed, but for another attempt
+        bus.deliver(T.worker_confirm("w1"), forged)
+    assert list(outbox.pending) == ["j1"] and outbox.rejected == 4
+    bus.deliver(T.worker_confirm("w1"), confirmation(job, status="queued"))
+    assert outbox.pending == {}
+    bus.deliver(T.worker_confirm("w1"), confirmation(job))  # a second one changes nothing
+    assert outbox.rejected == 4
+
+
+def test_outbox_keeps_a_result_the_database_refused_and_writes_it_later(repo: JobRepository) -> None:
+    bus = FakeBus(connected=False)
+    outbox = make_outbox(repo, bus)
+    job = claim_one(repo)
+    real = outbox.transitions.apply_events
+
+    def locked(_events: Any) -> Any:
+        raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+
+    outbox.transitions.apply_events = locked  # type: ignore[method-assign]
+    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), "image_resize",
+                job.lease_token or "")
+    assert list(outbox.pending) == ["j1"]  # kept: nothing accepted is lost
+    outbox.transitions.apply_events = real  # type: ignore[method-assign]
+    outbox.check()
+    assert outbox.pending == {} and repo.get("j1").status == "completed"  # type: ignore[union-attr]
 
 
 def test_outbox_writes_the_result_itself_when_the_broker_is_gone(repo: JobRepository) -> None:
@@ -246,6 +419,17 @@ def test_outbox_writes_the_result_itself_when_the_broker_is_gone(repo: JobReposi
     assert outbox.written_directly == 2
 
 
+def test_outbox_announces_what_it_wrote_itself(repo: JobRepository, bus: FakeBus) -> None:
+    outbox = make_outbox(repo, bus)
+    outbox.confirm_timeout = 0
+    job = claim_one(repo)
+    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
+                job.lease_token or "")
+    outbox.check()  # no confirmation in time: written by the worker, and said on inference/events
+    assert [(m["job_id"], m["event_type"], m["progress"]) for m in bus.on(T.legacy_events)] == [
+        ("j1", "completed", 100)]
+
+
 def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
@@ -255,9 +439,78 @@ def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeB
     assert repo.get("j1").status == "completed"  # type: ignore[union-attr]
 
 
+def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: FakeBus) -> None:
+    transitions = JobTransitions(repo.engine, repo.policies)
+    dispatcher = Dispatcher(bus, T, lambda: None)
+    canceller = Canceller(transitions, bus, T, dispatcher, lambda: None)
+    job = claim_one(repo)
+    assert canceller.cancel("j1") == "processing"
+    [request] = bus.on(T.worker_cancel("w1"))
+    assert request["attempt"] == 1
+    assert verify_cancel(job.lease_token, "j1", 1, request["timestamp"], request["sig"])
+    # CL Server clients read a cancelled job as failed (the SDK waits for completed or failed).
+    assert [(m["job_id"], m["event_type"]) for m in bus.on(T.legacy_events)] == [("j1", "failed")]
+    assert repo.get("j1").status == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_rest(
+        repo: JobRepository, bus: FakeBus) -> None:
+    transitions = JobTransitions(repo.engine, repo.policies)
+    dispatcher = Dispatcher(bus, T, lambda: None)
+    rescuer = Rescuer(transitions, dispatcher, lease_seconds=0.6, on_change=lambda: None)
+    alive, dead = claim_one(repo, "alive"), claim_one(repo, "dead")
+    rescuer.worker_lost("w1", "s1")  # a verified Will for the session of both
+    assert repo.get("dead").status == "processing"  # type: ignore[union-attr]  # not at once
+
+    async def renew() -> None:  # the worker behind "alive" still runs
+        while True:
+            repo.extend_leases([("alive", alive.lease_token or "")], 600)
+            await asyncio.sleep(0.05)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        await wait_for(lambda: rescuer.checks == 1, what="the Will's lease check")
+    finally:
+        renewing.cancel()
+    assert repo.get("alive").status == "processing"  # type: ignore[union-attr]
+    assert repo.get("dead").status == "queued" and rescuer.rescued == 1  # type: ignore[union-attr]
+    assert [(m["job_id"], m["event_type"]) for m in bus.on(T.legacy_events)] == [("dead", "queued")]
+    assert [h["job_id"] for h in bus.on(T.job_available("image_resize"))] == ["dead"]
+    assert dead.attempt == 1
+
+
+async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBus) -> None:
+    repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=0)))
+    dispatcher = Dispatcher(bus, T, lambda: None)
+    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, 60, lambda: None)
+    repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
+    assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None
+    assert [r.status for r in rescuer.sweep()] == ["failed"]
+    assert [(m["job_id"], m["event_type"]) for m in bus.on(T.legacy_events)] == [("j1", "failed")]
+
+
+def test_log_limiter_holds_back_floods_and_says_how_many(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.limiter")
+    limiter = LogLimiter(logger, burst=3, interval=60.0, max_keys=2)
+    with caplog.at_level(logging.WARNING, logger="test.limiter"):
+        written = [limiter.warning("junk", "junk %d", i) for i in range(1000)]
+        limiter.warning("other", "other")
+        for i in range(10):
+            limiter.warning(f"key-{i}", "new key %d", i)  # keys past max_keys share one bucket
+    assert written.count(True) == 3 and limiter.suppressed_total == 997 + 7
+    assert len(caplog.records) == 3 + 1 + 3
+    limiter.interval = 0.0  # the interval is over: one summary line per held-back key
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="test.limiter"):
+        limiter.flush()
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "suppressed 7 more '(other reasons)' lines in the last 0 s",
+        "suppressed 997 more 'junk' lines in the last 0 s"]
+
+
 def test_announcer_online_info_and_goodbye(bus: FakeBus) -> None:
     presence = FakeBus()
-    ann = Announcer(bus, presence, T, "w1", ["image_resize"], "sess1")
+    ann = Announcer(bus, presence, T, "w1", ["image_resize"], "sess1", "secret")
     ann.publish_online()
     ann.publish_info()
     ann.set_idle(False)
@@ -265,22 +518,40 @@ def test_announcer_online_info_and_goodbye(bus: FakeBus) -> None:
     legacy = bus.on(T.legacy_worker("w1"))
     assert legacy[0]["capabilities"] == ["image_resize"] and legacy[0]["id"] == legacy[0]["worker_id"] == "w1"
     assert [m["idle_count"] for m in legacy] == [1, 0]
-    assert [m["idle"] for m in bus.on(T.worker_info("w1"))] == [True, False]
+    infos = bus.on(T.worker_info("w1"))
+    assert [m["idle"] for m in infos] == [True, False]
+    assert all(verify_info("secret", parse_worker_info(encode(m))) for m in infos)
     ann.publish_offline()
     assert bus.sent[-2:] == [(T.legacy_worker("w1"), b"", True), (T.worker_info("w1"), b"", True)]
     assert presence.sent[-1] == (T.worker_status("w1"), b"offline", True)
 
 
-def test_announcer_repairs_what_an_older_sessions_will_overwrote(bus: FakeBus) -> None:
+async def test_announcer_repairs_what_an_older_sessions_will_overwrote(bus: FakeBus) -> None:
     presence = FakeBus()
-    ann = Announcer(bus, presence, T, "w1", ["image_resize"], "new")
+    ann = Announcer(bus, presence, T, "w1", ["image_resize"], "new", "secret")
     presence.deliver(T.worker_status("w1"), b"offline", retained=True)
     assert presence.sent[-1] == (T.worker_status("w1"), b"online", True)
-    presence.deliver(T.worker_info("w1"), will("w1", session="old"))
-    assert bus.on(T.worker_info("w1"))[-1]["session"] == "new"
-    presence.deliver(T.legacy_worker("w1"), b"")
-    assert bus.on(T.legacy_worker("w1"))[-1]["worker_id"] == "w1"
+    # A Will that names this very session (replayed by anyone) is repaired too, not only older ones.
+    for session in ("old", "new"):
+        before = len(bus.sent)
+        presence.deliver(T.worker_info("w1"), offline_will("w1", session, "secret"))
+        await wait_for(lambda b=before: len(bus.sent) > b, what="info repaired")  # at most once a second
+        assert bus.on(T.worker_info("w1"))[-1]["session"] == "new"
     sent = len(bus.sent)
-    presence.deliver(T.worker_info("w1"), info("w1", ["image_resize"], True, session="new"))
-    assert len(bus.sent) == sent  # its own message: nothing to repair
+    presence.deliver(T.worker_info("w1"), bus.sent[-2][1])  # its own message: nothing to repair
+    presence.deliver(T.legacy_worker("w1"), b"")
+    await wait_for(lambda: len(bus.sent) > sent, what="capability repaired")
+    assert bus.on(T.legacy_worker("w1"))[-1]["worker_id"] == "w1"
+    ann.publish_offline()
+
+
+async def test_announcer_repairs_a_flood_at_most_once_a_second(bus: FakeBus) -> None:
+    ann = Announcer(bus, FakeBus(), T, "w1", ["image_resize"], "s", "secret")
+    ann.presence.deliver(T.worker_info("w1"), b"junk")  # type: ignore[attr-defined]
+    first = len(bus.sent)
+    for _ in range(1000):
+        ann.presence.deliver(T.worker_info("w1"), b"junk")  # type: ignore[attr-defined]
+    assert len(bus.sent) == first  # held back: one repair is scheduled for the rest
+    await wait_for(lambda: len(bus.sent) > first, what="the scheduled repair")
+    assert len(bus.sent) == first + 2  # info and capability, once
     ann.publish_offline()

@@ -8,13 +8,24 @@ import pytest
 
 from compute.bus.base import topic_matches
 from compute.jobs import TERMINAL, EventType, JobEvent, JobStatus, now_ms
+from compute.signing import (
+    cancel_signature,
+    confirmation_signature,
+    info_signature,
+    verify_cancel,
+    verify_confirmation,
+    verify_info,
+)
 from compute.topics import (
+    MAX_INFO_BYTES,
     MAX_PAYLOAD_BYTES,
+    MAX_TASKS,
     MalformedMessage,
     Topics,
     check_segment,
     encode,
     job_event_payload,
+    parse_cancel,
     parse_confirmation,
     parse_job_event,
     parse_worker_info,
@@ -130,18 +141,56 @@ def test_parse_worker_info() -> None:
 
 @pytest.mark.parametrize(
     "changes", [{"tasks": "image_resize"}, {"tasks": [1]}, {"idle": "yes"}, {"worker_id": None},
-                {"timestamp": 1.5}, {"state": "gone"}, {"session": None}],
+                {"timestamp": 1.5}, {"state": "gone"}, {"session": None}, {"session": "a/b"},
+                {"tasks": ["bad/task"]}, {"tasks": [f"t{i}" for i in range(MAX_TASKS + 1)]},
+                {"hostname": "x" * MAX_INFO_BYTES}],
 )
 def test_malformed_worker_info_raises(changes: dict[str, object]) -> None:
     with pytest.raises(MalformedMessage):
         parse_worker_info(json.dumps({**GOOD_INFO, **changes}).encode())
 
 
-def test_parse_confirmation() -> None:
-    raw = encode({"job_id": "j", "status": "completed", "timestamp": 3})
-    assert parse_confirmation(raw) == {"job_id": "j", "status": "completed", "timestamp": 3}
+def test_worker_info_signature_binds_every_field() -> None:
+    info = parse_worker_info(json.dumps(GOOD_INFO).encode())
+    info["sig"] = info_signature("secret", info)
+    assert verify_info("secret", info)
+    assert not verify_info("other secret", info) and not verify_info(None, info)
+    for field, value in (("idle", False), ("tasks", ["image_resize", "x"]), ("session", "t"),
+                         ("state", "offline"), ("timestamp", 6)):
+        assert not verify_info("secret", {**info, field: value}), field
+    # The Will is signed over the defaults the parser fills in for its missing fields.
+    will = parse_worker_info(encode({"worker_id": "w1", "session": "s", "state": "offline", "timestamp": 1}))
+    will["sig"] = info_signature("secret", will)
+    raw = encode({"worker_id": "w1", "session": "s", "state": "offline", "timestamp": 1, "sig": will["sig"]})
+    assert verify_info("secret", parse_worker_info(raw))
+
+
+def test_parse_confirmation_and_cancel() -> None:
+    raw = encode({"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3, "sig": "ab"})
+    assert parse_confirmation(raw) == {"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3,
+                                       "sig": "ab"}
+    for bad in (b'{"job_id": "j"}', encode({"job_id": "j", "status": "completed", "timestamp": 3}),
+                encode({"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3})):
+        with pytest.raises(MalformedMessage):
+            parse_confirmation(bad)
+    assert parse_cancel(encode({"job_id": "j", "attempt": 1, "timestamp": 3, "sig": "cd"}))["sig"] == "cd"
     with pytest.raises(MalformedMessage):
-        parse_confirmation(b'{"job_id": "j"}')
+        parse_cancel(encode({"job_id": "j", "timestamp": 3}))  # what anyone could forge before
+
+
+def test_confirmation_and_cancel_signatures_bind_claim_and_kind() -> None:
+    sig = confirmation_signature("token", "j", 2, "completed", 3)
+    assert verify_confirmation("token", "j", 2, "completed", 3, sig)
+    for args in (("other", "j", 2, "completed", 3), ("token", "k", 2, "completed", 3),
+                 ("token", "j", 1, "completed", 3), ("token", "j", 2, "failed", 3),
+                 ("token", "j", 2, "completed", 4), (None, "j", 2, "completed", 3)):
+        assert not verify_confirmation(*args, sig)  # type: ignore[arg-type]
+    assert not verify_confirmation("token", "j", 2, "completed", 3, "")
+    cancel = cancel_signature("token", "j", 2, 3)
+    assert verify_cancel("token", "j", 2, 3, cancel)
+    assert not verify_cancel("token", "j", 3, 3, cancel) and not verify_cancel("other", "j", 2, 3, cancel)
+    # A signature of one kind never passes for another.
+    assert not verify_cancel("token", "j", 2, 3, sig) and cancel != sig
 
 
 @pytest.mark.parametrize(

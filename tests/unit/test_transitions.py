@@ -10,7 +10,7 @@ import pytest
 from cl_ml_tools import Job
 
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.transitions import JobTransitions, Verdict
+from compute.db.transitions import Cancelled, JobTransitions, Verdict, renewal_interval, stall_grace
 from compute.jobs import EventType, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
 from tests.helpers import signed
@@ -170,11 +170,32 @@ def test_rescue_only_touches_the_lost_session(stores: Stores) -> None:
     old = claim(repo, session="s1")
     submit(repo, "new")
     new = claim(repo, session="s2")
-    rescued = transitions.rescue_worker("w1", "s1")
+    snapshot = transitions.session_leases("w1", "s1")
+    assert snapshot == {"old": (old.lease_token, old.lease_expires_at)}
+    rescued = transitions.rescue_stalled(snapshot, "worker w1 went offline")
     assert [(r.job_id, r.status) for r in rescued] == [("old", "queued")]
     assert repo.get(new.job_id) == new
     stored = repo.get(old.job_id)
     assert stored is not None and "went offline" in stored.attempt_errors[0]["error"]
+
+
+def test_a_will_never_takes_a_claim_whose_lease_still_renews(stores: Stores) -> None:
+    """The Will is on the bus, so anyone can replay it: only a lease that stopped moving counts."""
+    repo, transitions = stores
+    submit(repo, "alive")
+    alive = claim(repo)
+    submit(repo, "dead")
+    claim(repo)
+    snapshot = transitions.session_leases("w1", "s1")
+    assert set(snapshot) == {"alive", "dead"}
+    assert repo.extend_leases([("alive", alive.lease_token or "")], 120_000) == 1  # the worker renews
+    rescued = transitions.rescue_stalled(snapshot, "worker w1 went offline")
+    assert [r.job_id for r in rescued] == ["dead"]
+    assert repo.get("alive").status == "processing"  # type: ignore[union-attr]
+    assert transitions.rescue_stalled({}, "nothing") == []
+    # A snapshot of an older claim never touches the new one (new token).
+    again = claim(repo)
+    assert again.job_id == "dead" and transitions.rescue_stalled(snapshot, "late") == []
 
 
 def test_expired_lease_is_rescued_and_heartbeat_prevents_it(stores: Stores) -> None:
@@ -192,9 +213,9 @@ def test_rescue_past_the_last_attempt_fails_with_a_reason(stores: Stores) -> Non
     repo, transitions = stores
     submit(repo)
     claim(repo)
-    transitions.rescue_worker("w1", "s1")
+    transitions.rescue_stalled(transitions.session_leases("w1", "s1"), "worker w1 went offline")
     claim(repo)
-    [r] = transitions.rescue_worker("w1", "s1")
+    [r] = transitions.rescue_stalled(transitions.session_leases("w1", "s1"), "worker w1 went offline")
     assert r.status == "failed"
     stored = repo.get(r.job_id)
     assert stored is not None and "went offline" in (stored.error_message or "")
@@ -204,7 +225,7 @@ def test_cancel_running_job_refuses_its_later_result(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
-    assert transitions.cancel(job.job_id) == ("processing", "w1")
+    assert transitions.cancel(job.job_id) == Cancelled("processing", "w1", 1, job.lease_token)
     [o] = transitions.apply_events([event(job, EventType.COMPLETED, 1, progress=100)])
     assert (o.verdict, o.status) == (Verdict.DUPLICATE, "cancelled")
     stored = repo.get(job.job_id)
@@ -220,3 +241,8 @@ def test_policies_parse_per_task_overrides() -> None:
     base = TaskPolicy(backoff_base=1.0, backoff_max=4.0)
     assert all(500 <= base.backoff_ms(1) <= 1000 for _ in range(50))
     assert all(2000 <= base.backoff_ms(9) <= 4000 for _ in range(50))
+
+
+def test_a_will_waits_longer_than_one_renewal_and_well_under_the_lease() -> None:
+    for lease in (3.0, 10.0, 60.0):
+        assert renewal_interval(lease) < stall_grace(lease) <= lease / 2

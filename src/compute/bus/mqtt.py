@@ -19,8 +19,10 @@ from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
 from compute.bus.base import ConnectHook, MessageHandler, topic_matches
 from compute.config import Settings
+from compute.logs import LogLimiter
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 CONNECT_TIMEOUT = 10.0  # seconds
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds
@@ -46,7 +48,8 @@ class MqttBus:
         name: str = "mqtt",
     ) -> None:
         self._settings = settings
-        self._client_id = client_id
+        #: Read at each connect: may be set until then (the server reads its id from the database).
+        self.client_id = client_id
         self._will = will
         self._clean_session = clean_session
         self._name = name
@@ -118,7 +121,7 @@ class MqttBus:
         if self._will is not None:
             topic, payload, retain = self._will
             will = gmqtt.Message(topic, payload, qos=1, retain=retain)
-        client = _Client(self._client_id, clean_session=self._clean_session, will_message=will)
+        client = _Client(self.client_id, clean_session=self._clean_session, will_message=will)
         client.lost = lost.set
         client.on_message = self._on_message
         client.on_disconnect = lambda *_: lost.set()
@@ -196,5 +199,6 @@ class MqttBus:
                     handler(topic, payload, retained)
                 except Exception:
                     self.handler_errors += 1
-                    log.exception("%s: handler for %s failed; message dropped", self._name, topic)
+                    limited.exception(f"{self._name} handler", "%s: handler for %s failed; message dropped",
+                                      self._name, topic[:200])
         return 0

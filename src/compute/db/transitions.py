@@ -9,6 +9,9 @@ The rules:
 * progress only rises; a terminal state is final;
 * a retryable failure (exception, crash, timeout) or a lost worker requeues the job with
   backoff while attempts remain (attempts = max_retries + 1); past that the job fails;
+* a lost worker's claim is rescued only when its lease has stopped renewing: expired, or (after
+  the worker's verified Last Will) unchanged for `stall_grace`. A Will alone never takes a job
+  from a worker that still renews it;
 * every failed attempt's error is kept in `attempt_errors`.
 """
 
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.engine import Connection
 
 from compute.db.models import jobs_table as jobs
@@ -49,6 +52,8 @@ class Outcome:
     task_type: str = ""
     #: For a requeued job: when it may run again (ms).
     retry_at: int | None = None
+    #: The claim's lease token, for signing the confirmation (verified events only).
+    lease_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,33 @@ class Rescued:
     job_id: str
     task_type: str
     status: str  # queued (will run again) or failed (no attempts left)
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What `cancel` found: the status before, and the claim a running job's worker holds."""
+
+    previous: str
+    worker_id: str | None
+    attempt: int
+    lease_token: str | None
+
+
+#: A claim as the server saw it: (lease token, lease expiry ms), per job id.
+LeaseSnapshot = dict[str, tuple[str, int]]
+
+
+def renewal_interval(lease_seconds: float) -> float:
+    """How often a worker renews its leases: a third of the lease (at least 0.2 s)."""
+    return max(0.2, lease_seconds / 3)
+
+
+def stall_grace(lease_seconds: float) -> float:
+    """How long a lease must stay unrenewed, after a Will, before its job is rescued.
+
+    One and a half renewal intervals (half the lease): a live worker renews within one.
+    """
+    return renewal_interval(lease_seconds) * 1.5
 
 
 _COLUMNS = (jobs.c.job_id, jobs.c.task_type, jobs.c.status, jobs.c.progress, jobs.c.attempt,
@@ -116,7 +148,8 @@ class JobTransitions:
         if row["status"] != JobStatus.PROCESSING.value:
             # Already finished (or requeued) under this claim: a re-sent result is confirmed again.
             verdict = Verdict.DUPLICATE if terminal_event else Verdict.REJECTED
-            return Outcome(ev, verdict, row["status"], "job no longer running", task_type)
+            return Outcome(ev, verdict, row["status"], "job no longer running", task_type,
+                           lease_token=row["_token"])
         if ev.seq <= row["event_seq"]:
             return Outcome(ev, Verdict.REJECTED, row["status"], "replayed or out of order", task_type)
 
@@ -134,7 +167,8 @@ class JobTransitions:
                           task_output=_dumps(ev.task_output))
         elif ev.event is EventType.FAILED:
             retry_at = self._fail(row, values, ev.error or "unknown error", ev.retryable, happened)
-        return Outcome(ev, Verdict.APPLIED, row["status"], task_type=task_type, retry_at=retry_at)
+        return Outcome(ev, Verdict.APPLIED, row["status"], task_type=task_type, retry_at=retry_at,
+                       lease_token=row["_token"])
 
     def _fail(self, row: dict[str, Any], values: dict[str, Any], error: str, retryable: bool,
               now: int) -> int | None:
@@ -157,12 +191,27 @@ class JobTransitions:
 
     # -- orphans -------------------------------------------------------------------------------
 
-    def rescue_worker(self, worker_id: str, session: str | None) -> list[Rescued]:
-        """Jobs of a worker session that is gone (its Last Will arrived)."""
-        where = (jobs.c.status == JobStatus.PROCESSING.value) & (jobs.c.worker_id == worker_id)
-        if session is not None:
-            where = where & (jobs.c.worker_session == session)
-        return self._rescue(where, f"worker {worker_id} went offline")
+    def session_leases(self, worker_id: str, session: str) -> LeaseSnapshot:
+        """The running claims of one worker session, to see later whether they still renew."""
+        stmt = select(jobs.c.job_id, jobs.c.lease_token, jobs.c.lease_expires_at).where(
+            jobs.c.status == JobStatus.PROCESSING.value, jobs.c.worker_id == worker_id,
+            jobs.c.worker_session == session)
+        with self.engine.connect() as conn:
+            return {r.job_id: (r.lease_token, r.lease_expires_at) for r in conn.execute(stmt)
+                    if r.lease_token is not None and r.lease_expires_at is not None}
+
+    def rescue_stalled(self, snapshot: LeaseSnapshot, reason: str) -> list[Rescued]:
+        """Rescue the claims in `snapshot` whose lease has not moved since it was taken.
+
+        A worker that still runs renews its lease (a new expiry) well within `stall_grace`; a
+        claim whose expiry is unchanged after that long belongs to a worker that is gone.
+        """
+        if not snapshot:
+            return []
+        unchanged = [(jobs.c.job_id == job_id) & (jobs.c.lease_token == token)
+                     & (jobs.c.lease_expires_at == expires)
+                     for job_id, (token, expires) in snapshot.items()]
+        return self._rescue((jobs.c.status == JobStatus.PROCESSING.value) & or_(*unchanged), reason)
 
     def rescue_expired(self) -> list[Rescued]:
         """Jobs whose lease ran out without a heartbeat."""
@@ -189,8 +238,8 @@ class JobTransitions:
 
     # -- cancellation ----------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> tuple[str, str | None] | None:
-        """Cancel a queued or running job. Returns (previous status, worker id) or None if unknown."""
+    def cancel(self, job_id: str) -> Cancelled | None:
+        """Cancel a queued or running job. Returns what it found, or None for an unknown job."""
         with self._write() as conn, conn.begin():
             row = self._lock_rows(conn, jobs.c.job_id == job_id).get(job_id)
             if row is None:
@@ -200,7 +249,7 @@ class JobTransitions:
                 conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
                     status=JobStatus.CANCELLED.value, completed_at=now, updated_at=now,
                     error_message="cancelled", next_attempt_at=None))
-        return row["status"], row["worker_id"]
+        return Cancelled(row["status"], row["worker_id"], row["attempt"], row["lease_token"])
 
 
 def _dumps(value: Any) -> str | None:

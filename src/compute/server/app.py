@@ -19,6 +19,7 @@ from compute.db.preferences import PreferenceStore
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine
 from compute.db.transitions import JobTransitions
+from compute.db.workers import WorkerSessions, server_client_ids
 from compute.plugins import environment as plugin_environment
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
@@ -43,10 +44,13 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     plugin_environment.configure(settings)
     engine = make_engine(settings.database_url)
     topics = Topics.for_settings(settings)
-    # A fixed client id and a persistent session: the broker keeps worker events for the
-    # server while it restarts.
+    # A fixed client id (unguessable: its suffix is kept in the database, set in the lifespan)
+    # and a persistent session: the broker keeps worker events for the server while it restarts.
     bus = MqttBus(settings, client_id=settings.server_client_id, clean_session=False,
                   will=(topics.server_status, OFFLINE, True), name="server-bus")
+    # Worker info on a connection of its own: a flood there cannot delay job events.
+    presence_bus = MqttBus(settings, client_id=f"{settings.server_client_id}-presence",
+                           name="server-presence")
     queues = QueueReporter(bus, topics)
     dispatcher = Dispatcher(bus, topics, queues.mark_dirty)
     repo = JobRepository(engine, on_job_added=dispatcher.job_added, policies=settings.task_policies)
@@ -55,8 +59,9 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     rescuer = Rescuer(transitions, dispatcher, settings.lease_seconds, queues.mark_dirty)
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
     ingest = EventIngest(transitions, bus, topics, queues.mark_dirty, dispatcher.hint_at)
-    registry = WorkerRegistry(bus, topics, on_worker_lost=rescuer.worker_lost)
-    canceller = Canceller(transitions, bus, topics, queues.mark_dirty)
+    registry = WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer.worker_lost, listen=presence_bus,
+                              heartbeat_interval=settings.heartbeat_interval)
+    canceller = Canceller(transitions, bus, topics, dispatcher, queues.mark_dirty)
 
     def announce_online() -> None:
         bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
@@ -71,8 +76,12 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         if start_broker:
             broker = await start_embedded_if_needed(settings.mqtt_broker, settings.mqtt_port,
                                                     settings.mqtt_embedded_bind)
+        bus.client_id, presence_bus.client_id = server_client_ids(
+            settings.mqtt_client_id, settings.server_client_id, engine)
         await bus.start()
-        tasks = [asyncio.create_task(ingest.run(), name="ingest"),
+        await presence_bus.start()
+        tasks = [asyncio.create_task(registry.run(), name="worker-sessions"),
+                 asyncio.create_task(ingest.run(), name="ingest"),
                  asyncio.create_task(queues.run(), name="queue-summary"),
                  asyncio.create_task(rescuer.run(), name="lease-sweep")]
         try:
@@ -82,6 +91,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             bus.publish(topics.server_status, OFFLINE, qos=1, retain=True)
+            await presence_bus.close()
             await bus.close()
             if broker is not None:
                 await broker.stop()

@@ -1,4 +1,9 @@
-"""Cancellation: the database first, then a word to the worker running the job."""
+"""Cancellation: the database first, then a signed word to the worker running the job.
+
+The cancel request is signed with the claim's lease token (signing.cancel_signature), which only
+the database, the server and the claiming worker know: a worker stops a job only on a request
+that verifies, so nobody else on the broker can make it drop one.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,19 @@ from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions
-from compute.jobs import JobStatus, now_ms, sdk_status
-from compute.topics import CancelRequest, LegacyJobEvent, Topics, encode
+from compute.jobs import JobStatus, now_ms
+from compute.server.dispatch import Dispatcher
+from compute.signing import cancel_signature
+from compute.topics import CancelRequest, Topics, encode
 
 
 class Canceller:
-    def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics,
+    def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics, dispatcher: Dispatcher,
                  on_change: Callable[[], None]) -> None:
         self.transitions = transitions
         self.bus = bus
         self.topics = topics
+        self.dispatcher = dispatcher
         self.on_change = on_change
 
     def cancel(self, job_id: str) -> str | None:
@@ -26,14 +34,12 @@ class Canceller:
         found = self.transitions.cancel(job_id)
         if found is None:
             return None
-        previous, worker_id = found
-        if previous in (JobStatus.QUEUED.value, JobStatus.PROCESSING.value):
+        if found.previous in (JobStatus.QUEUED.value, JobStatus.PROCESSING.value):
             now = now_ms()
-            legacy = LegacyJobEvent(job_id=job_id, event_type=sdk_status(JobStatus.CANCELLED.value),
-                                    progress=0, timestamp=now)
-            self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
-            if previous == JobStatus.PROCESSING.value and worker_id:
-                request = CancelRequest(job_id=job_id, timestamp=now)
-                self.bus.publish(self.topics.worker_cancel(worker_id), encode(request), qos=1)
+            self.dispatcher.job_changed(job_id, JobStatus.CANCELLED.value, timestamp=now)
+            if found.previous == JobStatus.PROCESSING.value and found.worker_id and found.lease_token:
+                sig = cancel_signature(found.lease_token, job_id, found.attempt, now)
+                request = CancelRequest(job_id=job_id, attempt=found.attempt, timestamp=now, sig=sig)
+                self.bus.publish(self.topics.worker_cancel(found.worker_id), encode(request), qos=1)
             self.on_change()
-        return previous
+        return found.previous

@@ -1,4 +1,9 @@
-"""Hints: "job available" after a job commits, is requeued, or is rescued from a lost worker."""
+"""Hints ("job available") and CL Server's `inference/events`, after the database changed.
+
+Hints go out after a job commits, is requeued, or is rescued from a lost worker. Every change of a
+job's status (new, requeued, rescued, failed by a rescue, cancelled, finished) is mirrored on
+`inference/events` with CL Server's names (`compute.jobs.sdk_status`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.repository import JobRecord
-from compute.jobs import now_ms
+from compute.jobs import JobStatus, now_ms, sdk_status
+from compute.logs import LogLimiter
 from compute.topics import JobAvailable, LegacyJobEvent, Topics, encode
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 
 class Dispatcher:
@@ -24,17 +31,21 @@ class Dispatcher:
 
     def job_added(self, job: JobRecord) -> None:
         self.hint(job.task_type, job.job_id, job.priority, job.created_at)
-        legacy = LegacyJobEvent(job_id=job.job_id, event_type="queued", progress=0,
-                                timestamp=job.created_at)
-        self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
+        self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at)
         self.on_change()
+
+    def job_changed(self, job_id: str, status: str, progress: int = 0, timestamp: int = 0) -> None:
+        """Tell CL Server clients (`inference/events`) that a job's status is now `status`."""
+        legacy = LegacyJobEvent(job_id=job_id, event_type=sdk_status(status), progress=progress,
+                                timestamp=timestamp or now_ms())
+        self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
 
     def hint(self, task_type: str, job_id: str = "", priority: int = 5, timestamp: int = 0) -> None:
         payload = JobAvailable(job_id=job_id, task_type=task_type, priority=priority,
                                timestamp=timestamp or now_ms())
         if not self.bus.publish(self.topics.job_available(task_type), encode(payload), qos=1):
             self.unsent += 1
-            log.warning("broker unreachable: %s job waits for a worker sweep", task_type)
+            limited.warning("hint unsent", "broker unreachable: %s job waits for a worker sweep", task_type)
 
     def hint_at(self, task_type: str, job_id: str, at_ms: int | None) -> None:
         """A hint now, or when a requeued job's backoff ends."""

@@ -1,11 +1,13 @@
-"""Worker job events -> database, in batches; then confirmations and CL Server events.
+"""Worker job events -> database, in batches; then signed confirmations and CL Server events.
 
-The MQTT handler only parses and queues. One task drains the queue and applies everything
-waiting in one transaction (`JobTransitions.apply_events`), so a burst of completions costs
-one commit, not one each. Events that fail their signature, attempt or sequence check are
-dropped and counted. A terminal event is confirmed to its worker only after the commit: a
-worker re-sends until then, so an event acknowledged by MQTT but lost before the commit is
-sent again.
+The MQTT handler only parses and queues (a bounded queue: a flood cannot grow the server without
+limit; a dropped result is re-sent by its worker). One task drains the queue and applies
+everything waiting in one transaction (`JobTransitions.apply_events`), so a burst of completions
+costs one commit, not one each. Events that fail their signature, attempt or sequence check are
+dropped and counted, and logged at a limited rate. A terminal event is confirmed to its worker
+only after the commit, signed with the claim's lease token so that nobody else can make the
+worker forget a result: a worker re-sends until then, so an event acknowledged by MQTT but lost
+before the commit is sent again.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions, Outcome, Verdict
-from compute.jobs import EventType, JobEvent, JobStatus, now_ms
+from compute.jobs import EventType, JobEvent, JobStatus, now_ms, sdk_status
+from compute.logs import LogLimiter
+from compute.signing import confirmation_signature
 from compute.topics import Confirmation, LegacyJobEvent, MalformedMessage, Topics, encode, parse_job_event
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 BATCH_MAX = 1000
+#: Events waiting for the database at most; beyond it new ones are dropped (workers re-send results).
+QUEUE_MAX = 20_000
 _TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 
@@ -34,7 +41,7 @@ class EventIngest:
         self.topics = topics
         self.on_change = on_change
         self.on_requeue = on_requeue
-        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(QUEUE_MAX)
         #: Dropped events by reason ("malformed", "bad signature", "replayed or out of order" ...).
         self.rejected: Counter[str] = Counter()
         self.applied = 0
@@ -48,9 +55,13 @@ class EventIngest:
                 raise MalformedMessage(f"topic names job {job_id}, payload {event.job_id}")
         except (MalformedMessage, ValueError) as exc:
             self.rejected["malformed"] += 1
-            log.warning("dropped malformed job event on %s: %s", topic, exc)
+            limited.warning("malformed", "dropped malformed job event on %s: %s", topic[:200], str(exc)[:200])
             return
-        self.queue.put_nowait(event)
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.rejected["queue full"] += 1
+            limited.warning("queue full", "dropped a job event: %d events wait for the database", QUEUE_MAX)
 
     async def run(self) -> None:
         while True:
@@ -62,7 +73,7 @@ class EventIngest:
             except Exception:
                 # The database refused the batch: terminal events stay unconfirmed and
                 # their workers send them again.
-                log.exception("could not persist %d job events", len(batch))
+                limited.exception("persist", "could not persist %d job events", len(batch))
                 await asyncio.sleep(0.5)
 
     def persist(self, batch: list[JobEvent]) -> list[Outcome]:
@@ -72,8 +83,8 @@ class EventIngest:
             ev = outcome.event
             if outcome.verdict is Verdict.REJECTED:
                 self.rejected[outcome.reason] += 1
-                log.warning("dropped %s event for job %s from %s: %s", ev.event.value, ev.job_id,
-                            ev.worker_id, outcome.reason)
+                limited.warning(outcome.reason, "dropped %s event for job %s from %s: %s", ev.event.value,
+                                ev.job_id[:100], ev.worker_id[:100], outcome.reason)
                 continue
             if outcome.verdict is Verdict.APPLIED:
                 self.applied += 1
@@ -81,12 +92,17 @@ class EventIngest:
                 self._publish_legacy(outcome)
                 if outcome.status == JobStatus.QUEUED.value:
                     self.on_requeue(outcome.task_type, ev.job_id, outcome.retry_at)
-            if ev.event in _TERMINAL and outcome.status is not None:
-                confirm = Confirmation(job_id=ev.job_id, status=outcome.status, timestamp=now_ms())
-                self.bus.publish(self.topics.worker_confirm(ev.worker_id), encode(confirm), qos=1)
+            if ev.event in _TERMINAL and outcome.status is not None and outcome.lease_token:
+                self._confirm(ev, outcome.status, outcome.lease_token)
         if changed:
             self.on_change()
         return outcomes
+
+    def _confirm(self, ev: JobEvent, status: str, lease_token: str) -> None:
+        now = now_ms()
+        sig = confirmation_signature(lease_token, ev.job_id, ev.attempt, status, now)
+        confirm = Confirmation(job_id=ev.job_id, attempt=ev.attempt, status=status, timestamp=now, sig=sig)
+        self.bus.publish(self.topics.worker_confirm(ev.worker_id), encode(confirm), qos=1)
 
     def _publish_legacy(self, outcome: Outcome) -> None:
         ev = outcome.event
@@ -94,7 +110,7 @@ class EventIngest:
             return
         legacy = LegacyJobEvent(
             job_id=ev.job_id,
-            event_type=outcome.status or JobStatus.PROCESSING.value,
+            event_type=sdk_status(outcome.status or JobStatus.PROCESSING.value),
             progress=100 if ev.event is EventType.COMPLETED else ev.progress,
             timestamp=ev.timestamp,
         )

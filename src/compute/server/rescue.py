@@ -1,4 +1,15 @@
-"""Orphan rescue: jobs of a worker that is gone go back to the queue (or fail, out of attempts)."""
+"""Orphan rescue: jobs of a worker that is gone go back to the queue (or fail, out of attempts).
+
+Two ways a claim is found orphaned, both decided by its lease, never by a bus message alone:
+
+* the lease sweep (every quarter lease, 1-15 s) rescues claims whose lease expired;
+* a worker's verified Last Will only speeds that up: the server notes the session's claims and
+  their lease expiry, and `stall_grace` later (half the lease) rescues those whose lease has
+  not moved since. A worker that still renews its lease keeps its job, whatever the bus said.
+
+Every rescued job is announced on `inference/events` (`queued`, or `failed` when no attempts
+remain) and, when queued, hinted to the workers.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +17,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from compute.db.transitions import JobTransitions, Rescued
+from compute.db.transitions import JobTransitions, LeaseSnapshot, Rescued, stall_grace
 from compute.jobs import JobStatus
+from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
+
+#: Most Will-triggered checks waiting at once; more Wills than this wait for the lease sweep.
+MAX_PENDING_CHECKS = 1024
 
 
 class Rescuer:
@@ -20,25 +36,57 @@ class Rescuer:
         self.dispatcher = dispatcher
         #: Check for expired leases this often: a quarter of the lease, between 1 and 15 s.
         self.interval = min(15.0, max(1.0, lease_seconds / 4))
+        #: After a verified Will, wait this long for the session's leases to move.
+        self.grace = stall_grace(lease_seconds)
         self.on_change = on_change
         self.rescued = 0
+        #: Will-triggered checks done (for tests: a Will was looked into, whatever it found).
+        self.checks = 0
+        self._pending = 0
 
-    def worker_lost(self, worker_id: str, session: str | None) -> None:
-        """A worker's Last Will (for that session) arrived: rescue that session's jobs now."""
-        self._requeue(self.transitions.rescue_worker(worker_id, session))
+    def worker_lost(self, worker_id: str, session: str) -> None:
+        """A verified Last Will for this session arrived: rescue its claims once they stall."""
+        if self._pending >= MAX_PENDING_CHECKS:
+            limited.warning("too many wills", "too many Last Wills at once; the lease sweep handles the rest")
+            return
+        try:
+            snapshot = self.transitions.session_leases(worker_id, session)
+        except Exception:
+            limited.exception("will lookup", "could not read the claims of a lost worker; the lease "
+                                             "sweep will rescue them")
+            return
+        self._pending += 1
+        reason = f"worker {worker_id} went offline"
+        asyncio.get_running_loop().call_later(self.grace, self._check, snapshot, reason)
 
-    def _requeue(self, jobs: list[Rescued]) -> None:
+    def _check(self, snapshot: LeaseSnapshot, reason: str) -> None:
+        self._pending -= 1
+        try:
+            self._announce(self.transitions.rescue_stalled(snapshot, reason))
+        except Exception:
+            limited.exception("will rescue", "rescue after a Last Will failed; the lease sweep will retry")
+        finally:
+            self.checks += 1
+
+    def _announce(self, jobs: list[Rescued]) -> None:
         for job in jobs:
             self.rescued += 1
+            self.dispatcher.job_changed(job.job_id, job.status)
             if job.status == JobStatus.QUEUED.value:
                 self.dispatcher.hint(job.task_type, job.job_id)
         if jobs:
             self.on_change()
 
+    def sweep(self) -> list[Rescued]:
+        """Rescue every claim whose lease expired; announce them."""
+        jobs = self.transitions.rescue_expired()
+        self._announce(jobs)
+        return jobs
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                self._requeue(self.transitions.rescue_expired())
+                self.sweep()
             except Exception:
-                log.exception("lease sweep failed; trying again in %.0f s", self.interval)
+                limited.exception("lease sweep", "lease sweep failed; trying again in %.0f s", self.interval)

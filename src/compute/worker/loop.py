@@ -1,4 +1,9 @@
-"""The worker loop: drain the queue, then wait for a hint, the sweep timer, or stop."""
+"""The worker loop: drain the queue, then wait for a hint, the sweep timer, or stop.
+
+Side tasks: the result outbox, the heartbeat (refreshes `worker_sessions.last_seen` and the
+retained `info`) and lease renewal. None of them, nor the claim loop, lets a database error end
+the worker: they log it at a limited rate, back off and try again (worker/dbretry.py).
+"""
 
 from __future__ import annotations
 
@@ -10,28 +15,39 @@ from cl_ml_tools import ComputeModule
 from compute.bus.base import Bus
 from compute.config import Settings
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.transitions import JobTransitions
+from compute.db.transitions import JobTransitions, renewal_interval
+from compute.db.workers import WorkerSessions
+from compute.logs import LogLimiter
 from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session
+from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.results import ResultOutbox
 from compute.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 class Worker:
     def __init__(self, settings: Settings, repo: JobRepository, bus: Bus, topics: Topics,
                  tasks: dict[str, ComputeModule], *, presence: Bus | None = None,
-                 session: str | None = None) -> None:
+                 session: str | None = None, secret: str = "",
+                 sessions: WorkerSessions | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.bus = bus
         self.worker_id = settings.worker_id
         self.session = session or new_session()
+        self.sessions = sessions
         self.task_types = list(tasks)
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.announcer = Announcer(bus, presence, topics, self.worker_id, self.task_types, self.session)
+        self.announcer = Announcer(bus, presence, topics, self.worker_id, self.task_types, self.session,
+                                   secret)
         transitions = JobTransitions(repo.engine, settings.task_policies)
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
         self.runner = JobRunner(self.worker_id, tasks, bus, topics, self.outbox)
@@ -39,6 +55,10 @@ class Worker:
         #: Claim attempts that found nothing (another worker took the job first).
         self.empty_claims = 0
         self.jobs_run = 0
+        #: Database errors survived (claims, renewals, heartbeats), and cancel requests ignored.
+        self.db_errors = 0
+        self.rejected_cancels = 0
+        self._claim_backoff = Backoff()
         if settings.wake_events:
             for task_type in self.task_types:
                 bus.subscribe(topics.job_available(task_type), self._on_hint, qos=1)
@@ -53,8 +73,17 @@ class Worker:
         try:
             request = parse_cancel(payload)
         except MalformedMessage as exc:
-            log.warning("dropped malformed cancel request: %s", exc)
+            self.rejected_cancels += 1
+            limited.warning("malformed cancel", "ignored a malformed cancel request: %s", str(exc)[:200])
             return
+        if not self.runner.verified_cancel(request):
+            # Not for the running claim, or not from the server: a job stops only on the
+            # server's word (signed with the lease token) or when its lease is gone.
+            self.rejected_cancels += 1
+            limited.warning("unverified cancel", "ignored a cancel request for job %s: not signed for the "
+                            "running claim", request["job_id"][:100])
+            return
+        log.info("job %s: cancelled by the server", request["job_id"])
         self.runner.cancel(request["job_id"])
 
     def stop(self) -> None:
@@ -64,8 +93,7 @@ class Worker:
 
     async def run(self) -> None:
         side = [asyncio.create_task(self.outbox.run(), name="outbox"),
-                asyncio.create_task(self.announcer.heartbeat(self.settings.heartbeat_interval),
-                                    name="heartbeat"),
+                asyncio.create_task(self._heartbeat(), name="heartbeat"),
                 asyncio.create_task(self._extend_leases(), name="leases")]
         try:
             while not self.stopping.is_set():
@@ -73,6 +101,13 @@ class Worker:
                 await self.drain()
                 if self.stopping.is_set():
                     break
+                if self._claim_backoff.failures:
+                    # The database failed: wait out the backoff (hints cannot help), then claim.
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), self._claim_backoff.next())
+                    except TimeoutError:
+                        pass
+                    continue
                 try:
                     await asyncio.wait_for(self.wake.wait(), self.settings.sweep_interval)
                 except TimeoutError:
@@ -84,13 +119,29 @@ class Worker:
             self.outbox.flush()
             self.runner.plugins.stop()
 
+    def _claim(self) -> JobRecord | None:
+        """One claim. A database error is logged and raises _ClaimFailed; run() then backs off."""
+        try:
+            job = self.repo.claim_next(self.task_types, self.worker_id, self.session, self.settings.lease_ms)
+        except DB_ERRORS as exc:
+            self.db_errors += 1
+            self._claim_backoff.failures += 1
+            limited.warning("claim", "claim failed (%s); retrying with backoff", _first_line(exc))
+            raise _ClaimFailed from exc
+        if self._claim_backoff.failures:
+            log.info("claims work again")
+        self._claim_backoff.reset()
+        return job
+
     async def drain(self) -> int:
-        """Claim and run jobs until none is left (or stop is asked)."""
+        """Claim and run jobs until none is left (or stop is asked, or the database fails)."""
         ran = 0
         try:
             while not self.stopping.is_set():
-                job = self.repo.claim_next(self.task_types, self.worker_id, self.session,
-                                           self.settings.lease_ms)
+                try:
+                    job = self._claim()
+                except _ClaimFailed:
+                    break
                 if job is None:
                     if ran == 0:
                         self.empty_claims += 1
@@ -110,14 +161,30 @@ class Worker:
                 self.announcer.set_idle(True)
         return ran
 
+    async def _heartbeat(self) -> None:
+        """Every heartbeat interval: last_seen in the database, then the retained info."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            if self.sessions is not None:
+                try:
+                    self.sessions.touch(self.session)
+                except DB_ERRORS as exc:
+                    self.db_errors += 1
+                    limited.warning("heartbeat", "could not refresh this session in the database (%s)",
+                                    _first_line(exc))
+            self.announcer.publish_info()
+
     async def _extend_leases(self) -> None:
         """Keep alive the leases of the running job and of results not yet confirmed.
 
-        A statement every third of the lease, and only while there is something to hold.
+        A statement every third of the lease, and only while there is something to hold. A
+        failed renewal is retried sooner (backoff), well before the lease runs out.
         """
-        interval = max(0.2, self.settings.lease_seconds / 3)
+        interval = renewal_interval(self.settings.lease_seconds)
+        backoff = Backoff(maximum=interval)
+        delay = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             job = self.current
             running = [(job.job_id, job.lease_token)] if job is not None and job.lease_token else []
             pending = self.outbox.held_leases()
@@ -127,5 +194,17 @@ class Worker:
                     self.runner.cancel(running[0][0])
                 if pending:
                     self.repo.extend_leases(pending, self.settings.lease_ms)
+            except DB_ERRORS as exc:
+                self.db_errors += 1
+                delay = backoff.next()
+                limited.warning("lease", "could not renew leases (%s); retrying in %.1f s",
+                                _first_line(exc), delay)
+                continue
             except Exception:
-                log.exception("could not extend leases")
+                limited.exception("lease", "could not renew leases")
+            backoff.reset()
+            delay = interval
+
+
+class _ClaimFailed(Exception):
+    """The claim statement hit a database error (already logged)."""

@@ -5,6 +5,12 @@ interval, sends the unconfirmed ones again; after CONFIRM_TIMEOUT, or at once wh
 broker is unreachable, the worker applies the result to the database itself through the same
 verified transition the server uses (the event is signed with the claim's lease token), so a
 result is never lost and never applied twice.
+
+A confirmation counts only if it is signed with the claim's lease token for the result's
+attempt (signing.verify_confirmation): the server knows the token, nobody else on the broker
+does. Anything else is counted, logged at a limited rate and ignored; the result stays until a
+real confirmation or until the database itself took it (or says the attempt is over). A result
+that cannot be written (database locked) also stays, and is tried again on the next pass.
 """
 
 from __future__ import annotations
@@ -15,11 +21,22 @@ import time
 from dataclasses import dataclass
 
 from compute.bus.base import Bus
-from compute.db.transitions import JobTransitions
-from compute.jobs import JobEvent
-from compute.topics import MalformedMessage, Topics, encode, job_event_payload, parse_confirmation
+from compute.db.transitions import JobTransitions, Verdict
+from compute.jobs import EventType, JobEvent, now_ms, sdk_status
+from compute.logs import LogLimiter
+from compute.signing import verify_confirmation
+from compute.topics import (
+    LegacyJobEvent,
+    MalformedMessage,
+    Topics,
+    encode,
+    job_event_payload,
+    parse_confirmation,
+)
+from compute.worker.dbretry import DB_ERRORS
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 RESEND_INTERVAL = 2.0  # seconds
 CONFIRM_TIMEOUT = 10.0  # seconds before the worker writes the result itself
@@ -42,13 +59,15 @@ class ResultOutbox:
         self.confirm_timeout = confirm_timeout
         self.pending: dict[str, _Pending] = {}
         self.written_directly = 0
+        #: Confirmations ignored: malformed, unsigned, forged or for another attempt.
+        self.rejected = 0
         bus.subscribe(topics.worker_confirm(worker_id), self._on_confirm, qos=1)
         bus.on_connect(self.resend_all)
 
     def send(self, event: JobEvent, task_type: str, lease_token: str) -> None:
-        if self._publish(event, task_type):
-            self.pending[event.job_id] = _Pending(event, task_type, lease_token, time.monotonic())
-        else:
+        # Kept first: whatever happens next, the result is not forgotten until it is safe.
+        self.pending[event.job_id] = _Pending(event, task_type, lease_token, time.monotonic())
+        if not self._publish(event, task_type):
             self._write_directly(event)
 
     def held_leases(self) -> list[tuple[str, str]]:
@@ -62,26 +81,48 @@ class ResultOutbox:
 
     def _on_confirm(self, _topic: str, payload: bytes, _retained: bool) -> None:
         try:
-            confirmation = parse_confirmation(payload)
+            c = parse_confirmation(payload)
         except MalformedMessage as exc:
-            log.warning("dropped malformed confirmation: %s", exc)
+            self.rejected += 1
+            limited.warning("malformed", "ignored a malformed confirmation: %s", str(exc)[:200])
             return
-        self.pending.pop(confirmation["job_id"], None)
+        pending = self.pending.get(c["job_id"])
+        if pending is None:
+            return  # a second confirmation of a result already safe
+        if c["attempt"] != pending.event.attempt or not verify_confirmation(
+                pending.lease_token, c["job_id"], c["attempt"], c["status"], c["timestamp"], c["sig"]):
+            self.rejected += 1
+            limited.warning("forged", "ignored a confirmation for job %s that does not verify; the result "
+                                      "stays until the server or the database has it", c["job_id"][:100])
+            return
+        del self.pending[c["job_id"]]
 
     def resend_all(self) -> None:
         for p in list(self.pending.values()):
             self._publish(p.event, p.task_type)
 
-    def _write_directly(self, event: JobEvent) -> None:
+    def _write_directly(self, event: JobEvent) -> bool:
+        """Apply the result to the database; True once it is settled (applied, or the attempt is over)."""
         try:
             [outcome] = self.transitions.apply_events([event])
+        except DB_ERRORS as exc:
+            limited.warning("db", "job %s: could not write the result (%s); it stays pending", event.job_id,
+                            str(exc).splitlines()[0][:200])
+            return False
         except Exception:
-            log.exception("job %s: could not write the result; it stays pending", event.job_id)
-            return
+            limited.exception("write", "job %s: could not write the result; it stays pending", event.job_id)
+            return False
         self.pending.pop(event.job_id, None)
         self.written_directly += 1
         log.info("job %s: result written to the database by the worker (%s%s)", event.job_id,
                  outcome.verdict.value, f": {outcome.reason}" if outcome.reason else "")
+        if outcome.verdict is Verdict.APPLIED and outcome.status is not None:
+            # The server never saw this change: tell CL Server clients ourselves (best effort).
+            legacy = LegacyJobEvent(job_id=event.job_id, event_type=sdk_status(outcome.status),
+                                    progress=100 if event.event is EventType.COMPLETED else 0,
+                                    timestamp=now_ms())
+            self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
+        return True
 
     def check(self) -> None:
         now = time.monotonic()
@@ -96,7 +137,7 @@ class ResultOutbox:
                 self.resend_all()
                 self.check()
             except Exception:
-                log.exception("result outbox pass failed")
+                limited.exception("pass", "result outbox pass failed")
 
     def flush(self) -> None:
         """At shutdown: write every unconfirmed result to the database."""

@@ -22,8 +22,8 @@ from compute.db.repository import JobRecord
 from compute.jobs import EventType, JobEvent, now_ms
 from compute.plugins.environment import current as plugin_environment
 from compute.plugins.tools import scrub
-from compute.signing import signature
-from compute.topics import Topics, encode, job_event_payload
+from compute.signing import signature, verify_cancel
+from compute.topics import CancelRequest, Topics, encode, job_event_payload
 from compute.worker.results import ResultOutbox
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class JobRunner:
         self.outbox = outbox
         self.plugins = PluginThread()
         self._current: tuple[str, concurrent.futures.Future[Any]] | None = None
+        #: The claim being run: cancel requests must be signed with its lease token.
+        self._job: JobRecord | None = None
         self._cancelled: set[str] = set()
         self._seq: dict[str, int] = {}
 
@@ -97,8 +99,19 @@ class JobRunner:
 
     # -- running -------------------------------------------------------------------------------
 
+    def verified_cancel(self, request: CancelRequest) -> bool:
+        """True if `request` is signed with the running claim's lease token, for its attempt."""
+        job = self._job
+        return (job is not None and job.job_id == request["job_id"] and job.attempt == request["attempt"]
+                and verify_cancel(job.lease_token, request["job_id"], request["attempt"],
+                                  request["timestamp"], request["sig"]))
+
     def cancel(self, job_id: str) -> bool:
-        """Stop the running job `job_id`; True if it was running here."""
+        """Stop the running job `job_id`; True if it was running here.
+
+        Only for a verified cancel request or a lease found gone: the database already says the
+        job is not this claim's any more, so nothing is sent for it.
+        """
         if self._current is None or self._current[0] != job_id:
             return False
         self._cancelled.add(job_id)
@@ -108,6 +121,7 @@ class JobRunner:
     async def run(self, job: JobRecord) -> JobEvent | None:
         """Execute `job`; the terminal event goes to the outbox. None when it was cancelled."""
         self._seq[job.job_id] = 0
+        self._job = job
         try:
             self._publish(job, self._event(job, EventType.STARTED))
             outcome = await self._execute(job)
@@ -115,6 +129,7 @@ class JobRunner:
                 self.outbox.send(outcome, job.task_type, job.lease_token or "")
             return outcome
         finally:
+            self._job = None
             self._seq.pop(job.job_id, None)
             self._cancelled.discard(job.job_id)
 

@@ -1,24 +1,49 @@
-"""A worker with its connections: what `compute-worker` runs, and what tests start in-process."""
+"""A worker with its connections: what `compute-worker` runs, and what tests start in-process.
+
+Each run draws a session id, a secret and a random client-id suffix, registers the session in
+`worker_sessions` (before it says anything on the bus, so the server can verify its first
+`info`), and marks it stopped on a clean shutdown (before clearing its retained info, so the
+server believes the clearing).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from cl_ml_tools import ComputeModule
 
+from compute import __version__
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
+from compute.db.workers import WorkerSessions, new_secret
+from compute.logs import LogLimiter
 from compute.plugins import environment as plugin_environment
 from compute.topics import OFFLINE, Topics
-from compute.worker.announce import new_session, offline_will
+from compute.worker.announce import new_client_suffix, new_session, offline_will
+from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.loop import Worker
+
+log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 #: Seconds a starting worker waits for the broker before its first claim pass.
 FIRST_CONNECT_WAIT = 5.0
+#: Seconds a database call of the worker waits for a lock before it fails and is retried with
+#: backoff. Short, because the calls run on the worker's event loop: a 30 s wait there would
+#: also hold back MQTT keepalives, hints and cancel requests.
+DB_WAIT = 5.0
+
+
+def client_ids(worker_id: str, suffix: str) -> tuple[str, str]:
+    """The main and presence connections' MQTT client ids: not guessable from the worker id."""
+    return f"compute-worker-{worker_id}-{suffix}", f"compute-worker-{worker_id}-{suffix}-presence"
 
 
 @dataclass
@@ -27,38 +52,71 @@ class WorkerService:
     bus: MqttBus
     presence: MqttBus
     engine: Any
+    sessions: WorkerSessions
+    secret: str
 
     @classmethod
-    def build(cls, settings: Settings, tasks: dict[str, ComputeModule]) -> WorkerService:
+    def build(cls, settings: Settings, tasks: dict[str, ComputeModule], *,
+              db_wait: float = DB_WAIT) -> WorkerService:
         plugin_environment.configure(settings)
         topics = Topics.for_settings(settings)
         worker_id = settings.worker_id
-        session = new_session()
+        session, secret = new_session(), new_secret()
+        main_id, presence_id = client_ids(worker_id, new_client_suffix())
         # Two connections, each with its own Last Will (see worker/announce.py).
-        bus = MqttBus(settings, client_id=f"compute-worker-{worker_id}",
-                      will=(topics.worker_info(worker_id), offline_will(worker_id, session), True),
+        bus = MqttBus(settings, client_id=main_id,
+                      will=(topics.worker_info(worker_id), offline_will(worker_id, session, secret), True),
                       name=f"worker-{worker_id}")
-        presence = MqttBus(settings, client_id=f"compute-worker-{worker_id}-presence",
+        presence = MqttBus(settings, client_id=presence_id,
                            will=(topics.worker_status(worker_id), OFFLINE, True),
                            name=f"presence-{worker_id}")
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, wait=db_wait)
         repo = JobRepository(engine, policies=settings.task_policies)
-        worker = Worker(settings, repo, bus, topics, tasks, presence=presence, session=session)
-        return cls(worker, bus, presence, engine)
+        sessions = WorkerSessions(engine)
+        worker = Worker(settings, repo, bus, topics, tasks, presence=presence, session=session,
+                        secret=secret, sessions=sessions)
+        return cls(worker, bus, presence, engine, sessions, secret)
+
+    async def register(self) -> bool:
+        """Record this run in `worker_sessions`, retrying database errors until it works.
+
+        False if the worker was asked to stop first.
+        """
+        worker = self.worker
+        backoff = Backoff()
+        while not worker.stopping.is_set():
+            try:
+                self.sessions.register(worker.session, worker.worker_id, self.secret, worker.task_types,
+                                       socket.gethostname(), os.getpid(), __version__)
+                return True
+            except DB_ERRORS as exc:
+                worker.db_errors += 1
+                limited.warning("register", "could not register this worker session (%s); retrying",
+                                (str(exc).splitlines() or ["?"])[0][:200])
+            try:
+                await asyncio.wait_for(worker.stopping.wait(), backoff.next())
+            except TimeoutError:
+                pass
+        return False
 
     async def connect(self, timeout: float = FIRST_CONNECT_WAIT) -> bool:
-        """Start both connections; wait (up to `timeout`) for the main one.
+        """Register the session, start both connections; wait (up to `timeout`) for the main one.
 
         The first claim pass should run once connected, so that the events of jobs already
         waiting reach the server; a broker that stays down only delays it (results then go
         to the database directly).
         """
+        await self.register()
         await self.presence.start()
         await self.bus.start()
         return await self.bus.wait_connected(timeout)
 
     async def close(self) -> None:
-        """Say goodbye (clear retained info and capability, status offline) and disconnect."""
+        """Say goodbye (session stopped, retained info and capability cleared, status offline)."""
+        try:
+            self.sessions.stop(self.worker.session)
+        except DB_ERRORS as exc:  # the server notices from last_seen instead
+            log.warning("could not mark this session stopped: %s", (str(exc).splitlines() or ["?"])[0][:200])
         self.worker.announcer.publish_offline()
         await asyncio.sleep(0)  # let the transports flush the goodbye before disconnecting
         await self.bus.close()

@@ -1,0 +1,130 @@
+"""Bus identities the database vouches for: worker sessions, and the server's client-id suffix.
+
+A worker registers each run (`worker_sessions`: session id, random secret, tasks, host, pid,
+version) before it says anything on the bus, refreshes `last_seen` on its heartbeat and sets
+`stopped_at` when it stops cleanly. The broker's other clients cannot read the database, so the
+server believes an `info` message only when it verifies with the secret found here.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from compute.db.models import preferences_table as prefs
+from compute.db.models import worker_sessions_table as sessions
+from compute.db.session import IMMEDIATE
+from compute.jobs import now_ms
+
+#: server_preferences key of the random part of the server's persistent MQTT client id.
+CLIENT_SUFFIX_KEY = "mqtt_client_suffix"
+
+
+@dataclass(frozen=True)
+class WorkerSession:
+    session: str
+    worker_id: str
+    secret: str
+    tasks: tuple[str, ...]
+    hostname: str | None
+    pid: int | None
+    version: str | None
+    started_at: int
+    last_seen: int
+    stopped_at: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> WorkerSession:
+        tasks = json.loads(row["tasks"] or "[]")
+        return cls(session=row["session"], worker_id=row["worker_id"], secret=row["secret"],
+                   tasks=tuple(t for t in tasks if isinstance(t, str)), hostname=row["hostname"],
+                   pid=row["pid"], version=row["version"], started_at=row["started_at"],
+                   last_seen=row["last_seen"], stopped_at=row["stopped_at"])
+
+
+def new_secret() -> str:
+    return secrets.token_hex(16)
+
+
+class WorkerSessions:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _write(self) -> Any:
+        return self.engine.connect().execution_options(**{IMMEDIATE: True})
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    def register(self, session: str, worker_id: str, secret: str, tasks: list[str], hostname: str,
+                 pid: int, version: str) -> None:
+        now = now_ms()
+        with self._write() as conn, conn.begin():
+            conn.execute(insert(sessions).values(
+                session=session, worker_id=worker_id, secret=secret, tasks=json.dumps(tasks),
+                hostname=hostname, pid=pid, version=version, started_at=now, last_seen=now))
+
+    def touch(self, session: str) -> bool:
+        """Heartbeat: this session is still alive. False if it is unknown or stopped."""
+        with self._write() as conn, conn.begin():
+            return bool(conn.execute(
+                update(sessions).where(sessions.c.session == session, sessions.c.stopped_at.is_(None))
+                .values(last_seen=now_ms())).rowcount)
+
+    def stop(self, session: str) -> None:
+        now = now_ms()
+        with self._write() as conn, conn.begin():
+            conn.execute(update(sessions).where(sessions.c.session == session)
+                         .values(stopped_at=now, last_seen=now))
+
+    # -- the server's side -------------------------------------------------------------------
+
+    def get(self, session: str) -> WorkerSession | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(sessions).where(sessions.c.session == session)).mappings().first()
+        return None if row is None else WorkerSession.from_row(row)
+
+    def get_many(self, session_ids: list[str]) -> dict[str, WorkerSession]:
+        if not session_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sessions).where(sessions.c.session.in_(session_ids))).mappings()
+            return {r["session"]: WorkerSession.from_row(r) for r in rows}
+
+
+def server_client_suffix(engine: Engine) -> str:
+    """The random part of the server's MQTT client id: drawn once, then kept in the database.
+
+    Fixed across restarts (the broker keeps the server's persistent session under it), yet not
+    guessable from outside: whoever connects under the server's client id takes its session.
+    """
+    def read() -> str | None:
+        with engine.connect() as conn:
+            raw = conn.execute(select(prefs.c.value).where(prefs.c.key == CLIENT_SUFFIX_KEY)).scalar()
+        return None if raw is None else str(json.loads(raw))
+
+    found = read()
+    if found:
+        return found
+    try:
+        with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+            conn.execute(insert(prefs).values(key=CLIENT_SUFFIX_KEY, value=json.dumps(secrets.token_hex(8)),
+                                              updated_at=now_ms(), updated_by="compute-server"))
+    except IntegrityError:  # another server process drew one first: use theirs
+        pass
+    return read() or ""
+
+
+def server_client_ids(explicit: str | None, default_base: str, engine: Engine) -> tuple[str, str]:
+    """The server's MQTT client ids: (main connection, presence connection).
+
+    The main one holds the persistent session (worker events wait there while the server
+    restarts), so it must stay the same across restarts: `MQTT_CLIENT_ID` when set, else
+    `<default_base>-<suffix kept in the database>`.
+    """
+    main = explicit or f"{default_base}-{server_client_suffix(engine)}"
+    return main, f"{main}-presence"

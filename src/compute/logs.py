@@ -1,0 +1,84 @@
+"""Rate-limited logging for lines that input from the bus can trigger.
+
+Anyone who can publish on the broker can send junk as fast as the broker forwards it. A warning
+per junk message let a flood grow the server log by 40 MB a minute; `LogLimiter` lets through
+at most `burst` lines per key per `interval` seconds and then one line saying how many it held
+back. Keys are fixed reasons ("malformed job event"), never text taken from a message, so their
+number stays small; past `max_keys` every new key shares one bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+BURST = 5
+INTERVAL = 60.0  # seconds
+MAX_KEYS = 256
+_OVERFLOW = "(other reasons)"
+
+
+@dataclass
+class _Window:
+    started: float
+    logged: int = 0
+    suppressed: int = 0
+
+
+class LogLimiter:
+    """`warning(key, msg, *args)` and friends, at most `burst` lines per key per `interval`."""
+
+    def __init__(self, logger: logging.Logger, burst: int = BURST, interval: float = INTERVAL,
+                 max_keys: int = MAX_KEYS) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.interval = interval
+        self.max_keys = max_keys
+        self._windows: dict[str, _Window] = {}
+        #: Lines held back since start, per key (for tests and health checks).
+        self.suppressed_total = 0
+
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Log unless `key` used up its burst in this interval; True when the line was written."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        now = time.monotonic()
+        if key not in self._windows and len(self._windows) >= self.max_keys:
+            key = _OVERFLOW
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(now)
+        elif now - window.started >= self.interval:
+            self._summarise(level, key, window, now)
+            window.started, window.logged, window.suppressed = now, 0, 0
+        if window.logged >= self.burst:
+            window.suppressed += 1
+            self.suppressed_total += 1
+            return False
+        window.logged += 1
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+    def warning(self, key: str, msg: str, *args: Any) -> bool:
+        return self.log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args: Any) -> bool:
+        return self.log(logging.INFO, key, msg, *args)
+
+    def exception(self, key: str, msg: str, *args: Any) -> bool:
+        return self.log(logging.ERROR, key, msg, *args, exc_info=True)
+
+    def flush(self, level: int = logging.WARNING) -> None:
+        """Write the summaries of every finished interval that held lines back."""
+        now = time.monotonic()
+        for key, window in list(self._windows.items()):
+            if now - window.started >= self.interval:
+                self._summarise(level, key, window, now)
+                del self._windows[key]
+
+    def _summarise(self, level: int, key: str, window: _Window, now: float) -> None:
+        if window.suppressed:
+            self.logger.log(level, "suppressed %d more '%s' lines in the last %.0f s", window.suppressed,
+                            key, now - window.started)
