@@ -78,7 +78,8 @@ class Message:
 class MqttProbe:
     """A plain gmqtt client that records every message it receives, for assertions."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, username: str | None = None,
+                 password: str | None = None) -> None:
         self.host = host
         self.port = port
         self.messages: list[Message] = []
@@ -86,6 +87,8 @@ class MqttProbe:
         self._subacks: dict[int, asyncio.Event] = {}
         self.client = gmqtt.Client(f"probe-{uuid.uuid4().hex[:12]}")
         self.client.set_config({"reconnect_retries": 0})
+        if username is not None:
+            self.client.set_auth_credentials(username, password)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
 

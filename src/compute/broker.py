@@ -1,13 +1,28 @@
-"""The embedded MQTT broker (amqtt) that `compute-server` runs when none is configured."""
+"""The embedded MQTT broker (amqtt) that `compute-server` runs when none is configured, and its credentials.
+
+Embedded mode (no MQTT_BROKER) refuses anonymous clients too. The one user is MQTT_USERNAME
+(default `compute`) with MQTT_PASSWORD, or, when no password is set, a random one that the
+first server start writes to CL_SERVER_DIR/mqtt_password (mode 0600). The server's own workers,
+and any `compute-worker` sharing that CL_SERVER_DIR, read it from there (config.load_settings).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import socket
+import stat
 import sys
+import tempfile
 import threading
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from compute.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_USERNAME, Settings, read_secret
+from compute.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +38,86 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+# -- credentials ------------------------------------------------------------------------------
+
+
+def embedded_credentials(settings: Settings) -> Settings:
+    """In embedded mode, settings that carry the broker's user and password; else unchanged.
+
+    A server that finds another broker already on localhost:port sends these credentials too:
+    Mosquitto without a password file accepts them, and a second compute-server's amqtt on the
+    same CL_SERVER_DIR shares the password file.
+    """
+    if settings.mqtt_broker is not None:
+        return settings
+    password = settings.mqtt_password or ensure_password_file(settings.cl_server_dir)
+    return replace(settings, mqtt_username=settings.mqtt_username or EMBEDDED_USERNAME,
+                   mqtt_password=password)
+
+
+def ensure_password_file(directory: Path) -> str:
+    """The password kept in directory/mqtt_password, created at random (mode 0600) on first use."""
+    path = directory / EMBEDDED_PASSWORD_FILE
+    directory.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(32)  # 256 random bits
+    try:
+        # O_EXCL: two servers starting at once cannot both write it; the loser reads the winner's.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        existing = read_secret(path)
+        if not existing:
+            raise ConfigError(f"{path} is empty or unreadable: delete it to generate a new MQTT password "
+                              "(then restart the workers too), or set MQTT_PASSWORD") from None
+        _keep_private(path)
+        return existing
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    log.info("embedded MQTT broker: generated a password in %s", path)
+    return password
+
+
+def _keep_private(path: Path) -> None:
+    """Take group and other permissions off the password file if someone added them."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o): setting it to 0600", path, mode)
+        try:
+            path.chmod(0o600)
+        except OSError as exc:
+            log.warning("cannot change the mode of %s: %s", path, exc)
+
+
+def _password_line(username: str, password: str) -> str:
+    """`user:hash` for amqtt's FileAuthPlugin (argon2id; it also reads sha512_crypt, which needs
+    the `crypt` module that Python 3.13 removed).
+
+    Cheap parameters on purpose: verification runs on the broker's loop for every connect, the
+    hash file lives only in a private temporary folder while the broker loads it, and the
+    generated password has 256 random bits, which no stretching could make stronger.
+    """
+    from pwdlib.hashers.argon2 import Argon2Hasher  # amqtt's own dependency (pwdlib[argon2])
+
+    hasher = Argon2Hasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
+    return f"{username}:{hasher.hash(password)}\n"
+
+
+# -- the broker -------------------------------------------------------------------------------
+
+
 class EmbeddedBroker:
-    """amqtt, anonymous, MQTT 3.1.1 only, on its own thread and event loop.
+    """amqtt with one user and no anonymous access, MQTT 3.1.1 only, on its own thread and event loop.
 
     Its own loop because amqtt forwards one message per loop cycle: sharing the server's loop
     with a flood of HTTP requests starved it until workers gave up waiting for confirmations.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        if ":" in username:
+            raise ConfigError(f"MQTT_USERNAME {username!r} cannot contain ':' for the embedded broker")
         self.host = host
         self.port = port
+        self._username = username
+        self._password = password
         self._broker: Any = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
@@ -49,18 +134,17 @@ class EmbeddedBroker:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self._thread.start()
         await self._in_broker_loop(self._start())
-        log.info("embedded MQTT broker (amqtt) listening on %s:%s", self.host, self.port)
+        log.info("embedded MQTT broker (amqtt) listening on %s:%s, user %s, no anonymous access",
+                 self.host, self.port, self._username)
 
     async def _start(self) -> None:
         from amqtt.broker import Broker  # only the embedded mode needs it
 
-        config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
-        }
-        self._broker = Broker(config)
+        # amqtt reads the password file while it builds its plugins: it need not outlive that.
+        with tempfile.TemporaryDirectory(prefix="compute-mqtt-") as private:  # mode 0700
+            passwd = Path(private) / "passwd"
+            passwd.write_text(_password_line(self._username, self._password))
+            self._broker = Broker(broker_config(self.host, self.port, passwd))
         await self._broker.start()
 
     async def stop(self) -> None:
@@ -74,14 +158,34 @@ class EmbeddedBroker:
         self._thread.join(timeout=5)
 
 
-async def start_embedded_if_needed(configured_host: str | None, port: int,
-                                   bind: str) -> EmbeddedBroker | None:
-    """Embedded mode (no MQTT_BROKER): reuse a broker on localhost:port, else start amqtt."""
-    if configured_host is not None:
+def broker_config(host: str, port: int, password_file: Path) -> dict[str, Any]:
+    """amqtt's configuration: one TCP listener, users from the file only.
+
+    FileAuthPlugin alone: a client without a username gets no verdict from it, which amqtt
+    counts as a refusal (no AnonymousAuthPlugin to say yes).
+    """
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {
+            "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
+        },
+    }
+
+
+async def start_embedded_if_needed(settings: Settings) -> EmbeddedBroker | None:
+    """Embedded mode (no MQTT_BROKER): reuse a broker on localhost:port, else start amqtt.
+
+    `settings` must carry the credentials (embedded_credentials).
+    """
+    if settings.mqtt_broker is not None:
         return None
-    if port_answers("127.0.0.1", port):
-        log.info("MQTT_BROKER not set and a broker already answers on 127.0.0.1:%s: using it", port)
+    if port_answers("127.0.0.1", settings.mqtt_port):
+        log.info("MQTT_BROKER not set and a broker already answers on 127.0.0.1:%s: using it",
+                 settings.mqtt_port)
         return None
-    broker = EmbeddedBroker(bind, port)
+    if not settings.mqtt_username or not settings.mqtt_password:
+        raise ConfigError("the embedded MQTT broker needs credentials (embedded_credentials)")
+    broker = EmbeddedBroker(settings.mqtt_embedded_bind, settings.mqtt_port, settings.mqtt_username,
+                            settings.mqtt_password)
     await broker.start()
     return broker

@@ -11,6 +11,10 @@ from compute.errors import ConfigError
 from compute.policies import Policies, TaskPolicy
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: Embedded mode's broker user (unless MQTT_USERNAME) and the file in CL_SERVER_DIR that holds its
+#: generated password (written by compute-server, see broker.py).
+EMBEDDED_USERNAME = "compute"
+EMBEDDED_PASSWORD_FILE = "mqtt_password"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,15 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
 
+def read_secret(path: Path) -> str | None:
+    """A secret kept in a file (first line, stripped), or None when it is missing or empty."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return (lines[0].strip() or None) if lines else None
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -118,6 +131,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     cl_server_dir = Path(env.get("CL_SERVER_DIR") or default_dir).expanduser()
     database_url = env.get("DATABASE_URL") or f"sqlite:///{cl_server_dir / 'compute.db'}"
     storage_dir = Path(env.get("COMPUTE_STORAGE_DIR") or cl_server_dir / "compute").expanduser()
+    mqtt_username, mqtt_password = env.get("MQTT_USERNAME") or None, env.get("MQTT_PASSWORD") or None
+    if not env.get("MQTT_BROKER") and mqtt_password is None:
+        # Embedded mode: the password compute-server generated for its broker, if it did.
+        mqtt_password = read_secret(cl_server_dir / EMBEDDED_PASSWORD_FILE)
+        if mqtt_password is not None:
+            mqtt_username = mqtt_username or EMBEDDED_USERNAME
     explicit_key = env.get("PUBLIC_KEY_PATH")
     public_key = explicit_key or str(cl_server_dir / "keys" / "public_key.pem")
     port = _int(env, "COMPUTE_PORT", 8002)
@@ -128,8 +147,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mqtt_broker=env.get("MQTT_BROKER") or None,
         mqtt_port=_int(env, "MQTT_PORT", 1883),
         mqtt_embedded_bind=env.get("MQTT_EMBEDDED_BIND") or "127.0.0.1",
-        mqtt_username=env.get("MQTT_USERNAME") or None,
-        mqtt_password=env.get("MQTT_PASSWORD") or None,
+        mqtt_username=mqtt_username,
+        mqtt_password=mqtt_password,
         mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
         mqtt_tls_ca_file=env.get("MQTT_TLS_CA_FILE") or None,
         mqtt_client_id=env.get("MQTT_CLIENT_ID") or None,

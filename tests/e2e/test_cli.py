@@ -104,7 +104,9 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
         async def status(job_id: str) -> str:
             return str((await client.get(f"/jobs/{job_id}")).json()["status"])
 
-        async with MqttProbe("127.0.0.1", mqtt_port) as probe:
+        # The embedded broker refuses anonymous clients: use the password the server generated.
+        password = (Path(env["CL_SERVER_DIR"]) / "mqtt_password").read_text().strip()
+        async with MqttProbe("127.0.0.1", mqtt_port, username="compute", password=password) as probe:
             await probe.subscribe("inference/#")
             waiting = await submit()  # queued before any worker exists
 
@@ -149,7 +151,7 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
         await wait_for(no_workers, timeout=10, what="/capabilities without workers")
 
         # Nothing retained is left for a client that subscribes now.
-        async with MqttProbe("127.0.0.1", mqtt_port) as late:
+        async with MqttProbe("127.0.0.1", mqtt_port, username="compute", password=password) as late:
             await late.subscribe("inference/workers/e2e-1")
             await late.subscribe("inference/workers/_sync")
             await late.sync("inference/workers/_sync")

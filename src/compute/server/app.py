@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from compute import __version__
-from compute.broker import start_embedded_if_needed
+from compute.broker import embedded_credentials, start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.preferences import PreferenceStore
@@ -41,6 +41,8 @@ UPLOAD_SLACK = 64 * 1024  # multipart framing and form fields around the file
 
 def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     """Build the app; nothing connects until the lifespan starts."""
+    if start_broker:  # embedded mode: the broker and this server's bus share generated credentials
+        settings = embedded_credentials(settings)
     plugin_environment.configure(settings)
     engine = make_engine(settings.database_url)
     topics = Topics.for_settings(settings)
@@ -74,8 +76,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
         broker = None
         if start_broker:
-            broker = await start_embedded_if_needed(settings.mqtt_broker, settings.mqtt_port,
-                                                    settings.mqtt_embedded_bind)
+            broker = await start_embedded_if_needed(settings)
         bus.client_id, presence_bus.client_id = server_client_ids(
             settings.mqtt_client_id, settings.server_client_id, engine)
         await bus.start()
