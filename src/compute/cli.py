@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 
@@ -145,6 +145,9 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     workers = _spawn_workers_when_ready(args.workers, args.port) if args.workers else None
+    # uvicorn shuts down on SIGTERM, then raises the signal again to the handler it found:
+    # with the default one the process would die before stopping its workers.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.reload:
             uvicorn.run("compute.cli:app_from_env", factory=True, host=args.host, port=args.port,
@@ -169,6 +172,24 @@ def app_from_env():  # type: ignore[no-untyped-def]
     from compute.server.app import create_app
 
     return create_app(load_settings())
+
+
+def _exit_on_sigterm(_sig: int, _frame: object) -> None:
+    sys.exit(0)  # unwinds through server_main's finally, which stops the workers
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn that makes Linux send the child SIGTERM when the server dies (even by
+    kill -9), or None elsewhere. prctl is looked up here, in the parent: between fork and exec
+    the child may only make the call, not import or load anything."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the workers outlive a killed server
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class _WorkerProcesses:
@@ -196,12 +217,16 @@ def _spawn_workers_when_ready(count: int, port: int) -> _WorkerProcesses:
         while not group.stopped.is_set() and not _server_answers(url):
             time.sleep(0.2)
         host = socket.gethostname()
+        die_with_parent = _parent_death_signal()
         for i in range(count):
             if group.stopped.is_set():
                 return
             cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port),
                    "--worker-id", f"worker-{host}-{os.getpid()}-{i + 1}"]
-            group.procs.append(subprocess.Popen(cmd))
+            group.procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent))
+        # The parent-death signal fires when the thread that started the child ends, not the
+        # process: this thread stays until the server stops.
+        group.stopped.wait()
 
     threading.Thread(target=spawn, name="spawn-workers", daemon=True).start()
     return group

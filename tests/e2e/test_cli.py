@@ -175,3 +175,43 @@ def test_worker_without_a_server_exits_with_a_clear_message(env: dict[str, str])
                  "--worker-id", "e2e-lonely")
     assert result.returncode != 0
     assert f"compute server does not answer at http://127.0.0.1:{port}" in result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of `pid`, from /proc (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["term", "int", "kill"])
+async def test_server_workers_end_with_the_server(procs: Processes, env: dict[str, str],
+                                                  how: signal.Signals) -> None:
+    """compute-server --workers N: its workers stop on SIGTERM and SIGINT, and die if it is killed."""
+    assert run(env, "compute-migrate").returncode == 0
+    server = procs.start("server", "compute-server", "--no-auth", "--host", "127.0.0.1", "--workers", "1",
+                         "--port", str(free_port()), "--mqtt-port", str(free_port()))
+
+    def worker_started() -> list[int]:
+        assert server.poll() is None, procs.log("server")
+        return _children(server.pid)
+
+    [worker] = await wait_for(worker_started, timeout=90, interval=0.2, what="the server's worker")
+    server.send_signal(how)
+    assert await wait_for(lambda: server.poll() is not None, timeout=30, what="the server to exit")
+    await wait_for(lambda: not _alive(worker), timeout=30, interval=0.1,
+                   what=f"its worker to end after the server's {how.name}")
