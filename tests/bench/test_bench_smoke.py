@@ -1,6 +1,8 @@
 """compute-bench --quick: every section runs against real processes and reports numbers.
 
-Nothing here judges speed: the targets are the benchmark's business, not the test's.
+Nothing here judges speed: the targets are the benchmark's business, not the test's. One run
+covers every section, `plugins` (not in the default set) included, with stand-in models for the
+model plugins (no real weights on test machines).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from compute.plugins.models import MODELS
+from compute_bench import standins
+from compute_bench.runner import SECTIONS
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
 
@@ -30,10 +36,12 @@ def _dist(d: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "compute_bench", "--quick", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "compute_bench", "--quick", "--sections", ",".join(SECTIONS),
+                           "--stand-in-models", "--json", str(out)],
                           capture_output=True, text=True, timeout=540, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Targets" in proc.stdout
+    assert "7. Plugins" in proc.stdout and standins.LABEL in proc.stdout
     data: dict[str, Any] = json.loads(Path(out).read_text())
     return data
 
@@ -84,7 +92,7 @@ def test_polling(result: dict[str, Any]) -> None:
 
 
 def test_empty_claims(result: dict[str, Any]) -> None:
-    for name in ("pickup", "throughput", "idle_progress", "polling"):
+    for name in ("pickup", "throughput", "idle_progress", "polling", "plugins"):
         e = result["empty_claims"][name]
         assert e["reported_by"] == e["workers"]
         assert _number(e["empty_claims"]) and e["jobs_run"] > 0
@@ -92,5 +100,54 @@ def test_empty_claims(result: dict[str, Any]) -> None:
 
 def test_targets_listed(result: dict[str, Any]) -> None:
     targets = result["targets"]
-    assert len(targets) == 11
+    plugin_targets = [t for t in targets if "% of run p50" in t["target"]]
+    assert len(targets) - len(plugin_targets) == 11
+    assert len(plugin_targets) == len(TOOL_PLUGINS) + len(MODELS)
     assert all(_number(t["value"]) for t in targets), targets
+
+
+TOOL_PLUGINS = ("image_conversion", "image_resize", "hash", "exif", "media_thumbnail", "hls_streaming")
+
+
+def _plugin_rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["task"]: row for row in result["plugins"]["plugins"]}
+
+
+def test_plugins_tool_backed(result: dict[str, Any]) -> None:
+    """Every plugin without a model runs here (CI installs ffmpeg and exiftool) and has its figures."""
+    rows = _plugin_rows(result)
+    for task in TOOL_PLUGINS:
+        row = rows[task]
+        assert "skipped" not in row and "error" not in row, row
+        assert row["model"] is None and row["completed"] == row["jobs"] > 0, row
+        _dist(row["run_ms"])
+        _dist(row["pickup_ms"])
+        _dist(row["persist_ms"])
+        for key in ("jobs_per_s", "overhead_pct", "rss_after_load_mb", "peak_rss_mb", "tools_peak_rss_mb"):
+            assert _number(row[key]), (task, key, row[key])
+        assert row["overhead_met"] in (True, False)
+        assert row["model_load_ms"] is None
+    assert rows["exif"]["output"]["Make"] == "Compute Bench"  # the standard photo's EXIF was read
+    assert rows["hls_streaming"]["tools_peak_rss_mb"] > 0  # ffmpeg's memory, apart from the worker's
+
+
+def test_plugins_model_backed(result: dict[str, Any]) -> None:
+    """Model plugins are measured with stand-ins, and say so (or say why they were skipped)."""
+    rows = _plugin_rows(result)
+    for task in MODELS:
+        row = rows[task]
+        if "skipped" in row:
+            assert "missing" in row["skipped"] or "no stand-in" in row["skipped"], row
+            continue
+        assert row["model"] in ("stand-in", "real"), row
+        if row["model"] == "stand-in":
+            assert row["note"] == standins.LABEL
+        assert row["completed"] == row["jobs"] > 0, row
+        _dist(row["run_ms"])
+        assert _number(row["model_load_ms"]) and _number(row["overhead_pct"]), row
+
+
+def test_plugins_inputs(result: dict[str, Any]) -> None:
+    section = result["plugins"]
+    assert section["inputs"]["photo"].startswith("1920x1080 JPEG")
+    assert section["inputs"]["video"].startswith("1280x720 H.264+AAC MP4, 2 s")

@@ -14,7 +14,7 @@ from pathlib import Path
 from compute_bench import scenarios
 from compute_bench.cluster import ClusterError
 from compute_bench.report import render
-from compute_bench.runner import SECTIONS, Config, Run
+from compute_bench.runner import DEFAULT_SECTIONS, SECTIONS, Config, Run
 
 
 def _broker(value: str) -> tuple[str, int]:
@@ -34,7 +34,7 @@ def _sizes(base: scenarios.Sizes, spec: str | None) -> scenarios.Sizes:
         key = key.strip()
         if key not in names:
             raise SystemExit(f"--jobs: unknown key {key!r}; known: {', '.join(names)}")
-        changes[key] = float(value) if key == "idle_seconds" else int(value)
+        changes[key] = float(value) if names[key] in ("float", float) else int(value)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -47,16 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: SQLite in a temporary CL_SERVER_DIR)")
     parser.add_argument("--jobs", help="sizes, e.g. pickup=300,pickup_image=100,burst=5000,"
                         "burst_image=1000,progress=50,progress_spaced=20,polling=25,idle_seconds=60,"
-                        "concurrency=24,warmup=10")
+                        "concurrency=24,warmup=10,plugins=20,plugins_video=3,video_seconds=10")
     parser.add_argument("--quick", action="store_true", help="few jobs, short windows: a smoke test")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but plugins)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--dir", type=Path, help="where to create the temporary CL_SERVER_DIRs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories and logs")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy the server and one worker during the no-op burst (raw stacks)")
     parser.add_argument("--label", help="name of this configuration in the report")
+    parser.add_argument("--stand-in-models", action="store_true",
+                        help="plugins section: tiny stand-in ONNX models (real I/O names and shapes) for "
+                             "model files missing from COMPUTE_MODELS_DIR; measures pre/post-processing "
+                             "and service overhead, not the real networks")
     args = parser.parse_args(argv)
 
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -66,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = scenarios.QUICK if args.quick else scenarios.Sizes()
     cfg = Config(workers=args.workers, broker=args.broker, database_url=args.database_url,
                  sizes=_sizes(base, args.jobs), quick=args.quick, sections=sections,
-                 base_dir=args.dir, keep=args.keep, profile_dir=args.profile, label=args.label)
+                 base_dir=args.dir, keep=args.keep, profile_dir=args.profile, label=args.label,
+                 stand_in_models=args.stand_in_models)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:

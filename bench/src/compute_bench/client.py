@@ -36,6 +36,12 @@ class Submitter:
         r.raise_for_status()
         return str(r.json()["job_id"])
 
+    async def upload(self, task: str, form: dict[str, str], filename: str, content: bytes, mime: str) -> str:
+        """POST /jobs/<task> with `content` as the multipart `file`, as CL Server clients send it."""
+        r = await self.client.post(f"/jobs/{task}", data=form, files={"file": (filename, content, mime)})
+        r.raise_for_status()
+        return str(r.json()["job_id"])
+
     async def submit(self, kind: str) -> str:
         return await (self.noop() if kind == "bench_noop" else self.image())
 

@@ -57,6 +57,8 @@ class ClusterSpec:
     #: Subscribe the observer to job events and CL Server events (pickup phases).
     observe_jobs: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: The task types the workers run (--tasks), unless add_workers names others.
+    tasks: str = TASKS
 
 
 def free_port() -> int:
@@ -129,6 +131,8 @@ class Cluster:
         self.mqtt_host, self.mqtt_port = spec.broker or ("127.0.0.1", free_port())
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        #: Workers stopped on purpose (stop_workers) before the cluster stops.
+        self.retired: set[str] = set()
         self.observer: Observer | None = None
         self.db: Engine | None = None
         self.base_url = f"http://127.0.0.1:{self.http_port}"
@@ -147,7 +151,7 @@ class Cluster:
             "MQTT_TOPIC": f"{self.root}/inference/events",
             "CAPABILITY_TOPIC_PREFIX": f"{self.root}/inference/workers",
             "COMPUTE_PORT": str(self.http_port),
-            "WORKER_SUPPORTED_TASKS": TASKS,
+            "WORKER_SUPPORTED_TASKS": self.spec.tasks,
             "WORKER_WAKE_EVENTS": "true" if self.spec.wake_events else "false",
         })
         if self.spec.broker is not None:
@@ -191,21 +195,40 @@ class Cluster:
             raise ClusterError(f"benchmark cannot reach the broker at {self.mqtt_host}:{self.mqtt_port}")
         await self.add_workers(self.spec.workers)
 
-    async def add_workers(self, count: int) -> None:
+    async def add_workers(self, count: int, tasks: str | None = None) -> list[str]:
+        """Start `count` workers (running `tasks`, default the spec's); their ids once all are online."""
         names = [f"w{len(self.workers) + i + 1}" for i in range(count)]
+        ids = []
         for name in names:
             worker_id = f"{self.root}-{name}"
+            ids.append(worker_id)
             self.workers[worker_id] = self._spawn(name, [
                 *_launch("worker"), "--port", str(self.http_port), "--worker-id", worker_id,
-                "--tasks", TASKS])
+                "--tasks", tasks or self.spec.tasks])
         assert self.observer is not None
         deadline = time.monotonic() + 60
-        while not set(self.workers) <= self.observer.workers:
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise ClusterError(f"workers did not come online; see {self.logs}")
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # let each worker finish its first (empty) drain
+        try:
+            while not set(ids) <= self.observer.workers:
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"workers did not come online; see {self.logs}")
+                await asyncio.sleep(0.05)
+        except ClusterError:
+            await self.stop_workers(ids)
+            raise
+        if count:
+            await asyncio.sleep(0.5)  # let each worker finish its first (empty) drain
+        return ids
+
+    async def stop_workers(self, ids: Sequence[str]) -> None:
+        """Stop these workers (SIGTERM, as an operator would) and wait for them to exit."""
+        for worker_id in ids:
+            self.retired.add(worker_id)
+            proc = self.workers[worker_id]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for worker_id in ids:
+            await _wait(self.workers[worker_id], 20)
 
     def _spawn(self, name: str, cmd: Sequence[str]) -> subprocess.Popen[bytes]:
         out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
@@ -214,7 +237,8 @@ class Cluster:
                                 cwd=self.dir)
 
     def _check_alive(self) -> None:
-        procs = {"server": self.server, **{wid.rsplit("-", 1)[1]: p for wid, p in self.workers.items()}}
+        procs = {"server": self.server, **{wid.rsplit("-", 1)[1]: p for wid, p in self.workers.items()
+                                           if wid not in self.retired}}
         for name, proc in procs.items():
             if proc is not None and proc.poll() is not None:
                 log = self.logs / f"{name}.log"
@@ -273,7 +297,7 @@ class Cluster:
 
     def pids(self) -> dict[str, int]:
         pids = {"server": self.server.pid} if self.server else {}
-        pids.update({wid: p.pid for wid, p in self.workers.items()})
+        pids.update({wid: p.pid for wid, p in self.workers.items() if wid not in self.retired})
         return pids
 
     def remove(self) -> None:

@@ -7,6 +7,11 @@ COMPUTE_BENCH_PROBE_KINDS chooses what is recorded (default "sql"):
 
 "open" -- when a job's input file is first opened (ns), i.e. when a file task starts:
   a `sys.addaudithook` hook, for tasks the benchmark cannot stamp from inside;
+"runs" -- in a worker: when each plugin run started and ended (ns, `PluginTask.execute`, on the
+  plugin thread), and how long each model file took to load (`compute.plugins.models._load`,
+  the first `models.session()` of a file in the process), with the onnxruntime import timed apart;
+"commits" -- in the server (or a worker writing a result itself): when a job's terminal event was
+  committed (ns, right after `JobTransitions.apply_events` returned);
 "sql" -- what the process's engines send to the database:
 
 * `counts`: statements by kind (claim, progress, select, begin, commit, ping ...);
@@ -58,6 +63,9 @@ class _Stats:
         self.units: Counter[str] = Counter()
         self.progress: list[tuple[str, int, int]] = []
         self.opened: dict[str, int] = {}
+        self.runs: dict[str, list[int]] = {}
+        self.models: dict[str, dict[str, float]] = {}
+        self.commits: dict[str, int] = {}
         self.write_lock = threading.Lock()
         self.closed = False
 
@@ -108,6 +116,9 @@ class _Stats:
                 if final:
                     data["progress"] = list(self.progress)
                     data["opened"] = dict(self.opened)
+                for key in ("runs", "models", "commits"):  # small: read while the process runs
+                    if getattr(self, key):
+                        data[key] = dict(getattr(self, key))
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
@@ -139,6 +150,10 @@ def install(directory: str, role: str) -> None:
         sys.addaudithook(stats.on_audit)
     if "sql" in kinds:
         _listen(stats)
+    if "runs" in kinds:
+        _time_runs(stats)
+    if "commits" in kinds:
+        _time_commits(stats)
     atexit.register(stats.write, True)
     _write_before_sigterm(stats)
     threading.Thread(target=stats.snapshot_forever, name="bench-probes", daemon=True).start()
@@ -163,3 +178,62 @@ def _listen(stats: _Stats) -> None:
     event.listen(Engine, "after_cursor_execute", stats.after_execute)
     event.listen(Engine, "commit", lambda conn: stats.on_end(conn, "commit"))
     event.listen(Engine, "rollback", lambda conn: stats.on_end(conn, "rollback"))
+
+
+def _time_runs(stats: _Stats) -> None:
+    """Stamp each plugin run, and time each model file's first load in this process."""
+    from compute.plugins import base, models
+
+    execute = base.PluginTask.execute
+
+    async def timed_execute(self: Any, job: Any, params: Any, progress_callback: Any = None) -> Any:
+        start = time.time_ns()
+        try:
+            return await execute(self, job, params, progress_callback)
+        finally:
+            end = time.time_ns()
+            with stats.lock:
+                stats.runs[job.job_id] = [start, end]
+
+    base.PluginTask.execute = timed_execute  # type: ignore[method-assign]
+
+    load = models._load
+
+    def timed_load(spec: Any, path: Any) -> Any:
+        t0 = time.perf_counter()
+        imported = "onnxruntime" not in sys.modules
+        if imported:
+            import onnxruntime  # noqa: F401  # timed apart: the first model pays for it once
+        t1 = time.perf_counter()
+        try:
+            return load(spec, path)
+        finally:
+            t2 = time.perf_counter()
+            with stats.lock:
+                stats.models[spec.filename] = {
+                    "load_ms": round((t2 - t1) * 1000, 2),
+                    "onnxruntime_import_ms": round((t1 - t0) * 1000, 2) if imported else 0.0,
+                }
+
+    models._load = timed_load
+
+
+def _time_commits(stats: _Stats) -> None:
+    """Stamp the commit of each job's terminal event (the batch's transaction has ended)."""
+    from compute.db import transitions
+
+    apply = transitions.JobTransitions.apply_events
+
+    def timed_apply(self: Any, events: Any) -> Any:
+        outcomes = apply(self, events)
+        now = time.time_ns()
+        with stats.lock:
+            for outcome in outcomes:
+                event = getattr(outcome, "event", None)
+                kind = str(getattr(getattr(event, "event", None), "value", ""))
+                if getattr(getattr(outcome, "verdict", None), "value", None) == "applied" and \
+                        kind in ("completed", "failed") and event is not None:
+                    stats.commits.setdefault(event.job_id, now)
+        return outcomes
+
+    transitions.JobTransitions.apply_events = timed_apply  # type: ignore[method-assign]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from compute_bench import standins
+
 #: (name, where in the result, comparison, target)
 TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
     ("pickup p50, no file (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"), "<=", 4),
@@ -40,6 +42,13 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         value = _get(result, path)
         met = None if value is None else (value <= target if op == "<=" else value >= target)
         out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "met": met})
+    section = result.get("plugins") or {}
+    for row in section.get("plugins", []):
+        if "overhead_pct" in row:
+            stand_in = " (stand-in model)" if row.get("model") == "stand-in" else ""
+            out.append({"target": f"{row['task']}{stand_in}: pickup + persistence, % of run p50",
+                        "value": row["overhead_pct"], "goal": f"< {section['target_pct']:g}",
+                        "met": row["overhead_met"]})
     return out
 
 
@@ -127,6 +136,8 @@ def render(result: dict[str, Any]) -> str:
                   ]),
                   f"   median ratio polling/events: {_fmt(p['median_ratio'])} "
                   f"(events p50 {_fmt(p['events_p50_ms'])} ms)"]
+    if "plugins" in result:
+        parts += ["", *_plugins(result["plugins"])]
     if result.get("empty_claims"):
         rows = [[name, e["workers"], "events" if e["wake_events"] else "polling", e["jobs_run"],
                  e["empty_claims"], e["empty_per_job"], e["results_written_by_worker"]]
@@ -140,3 +151,44 @@ def render(result: dict[str, Any]) -> str:
     parts += ["", "Targets", _table(["", "goal", "measured", ""], rows),
               f"(total {result['meta'].get('seconds')} s)"]
     return "\n".join(parts)
+
+
+def _plugins(section: dict[str, Any]) -> list[str]:
+    ins = section["inputs"]
+    fresh = "fresh workers per plugin" if section.get("fresh_workers", True) else "workers for all plugins"
+    lines = [f"7. Plugins ({section['workers']} {fresh}; run, pickup and persistence at p50 "
+             f"over {section['jobs']} sequential jobs ({section['jobs_video']} for hls_streaming), jobs/s "
+             "over as many submitted at once)",
+             f"   inputs: photo {ins['photo']}; video {ins['video']}",
+             f"   models: {section['models_dir']}"]
+    if not section.get("fresh_workers", True):
+        lines.append("   --quick: one pair of workers runs every plugin; RSS loaded = with every model, "
+                     "RSS peak = sampled during the plugin's jobs")
+    rows = []
+    notes = []
+    for r in section["plugins"]:
+        if "skipped" in r:
+            notes.append(f"   {r['task']}: skipped: {r['skipped']}")
+            continue
+        if "error" in r:
+            notes.append(f"   {r['task']}: error: {r['error']}")
+            continue
+        model = {"real": "real", "stand-in": "stand-in*", None: "-"}[r["model"]]
+        met = {True: "met", False: "MISSED", None: "n/a"}[r["overhead_met"]]
+        done = f"{r['completed']}/{r['jobs']}"
+        rows.append([r["task"], r["input"], model, done, r["jobs_per_s"], r["run_ms"]["p50"],
+                     r["pickup_ms"]["p50"], r["persist_ms"]["p50"], r["overhead_pct"], met,
+                     r["model_load_ms"], r["rss_after_load_mb"], r["peak_rss_mb"], r["tools_peak_rss_mb"]])
+        if r["failed"]:
+            notes.append(f"   {r['task']}: {r['failed']} jobs failed: {r['first_error']}")
+    if rows:
+        lines.append(_table(["", "input", "model", "done", "jobs/s", "run ms", "pickup ms", "persist ms",
+                             "overhead %", f"<{section['target_pct']:g}%", "load ms", "RSS loaded MB",
+                             "RSS peak MB", "tools peak MB"], rows))
+    if any(r.get("model") == "stand-in" for r in section["plugins"]):
+        notes.append(f"   * {standins.LABEL}")
+    lines += notes
+    lines.append("   overhead = (pickup p50 + persistence p50) / run p50; run = the plugin's execute in the "
+                 "worker; load = first models.session() in the worker; RSS peak = workers' VmHWM, tools = "
+                 "ffmpeg/exiftool children, sampled")
+    return lines

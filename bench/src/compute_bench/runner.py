@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -15,13 +16,16 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
-from compute_bench import scenarios
+from compute_bench import inputs, plugins, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.report import evaluate_targets
 from compute_bench.stats import filesystem_of, machine
 
-SECTIONS = ("pickup", "throughput", "progress", "idle", "polling")
+SECTIONS = ("pickup", "throughput", "progress", "idle", "polling", "plugins")
+#: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
+#: need real models or --stand-in-models.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 IDLE_WORKERS = 4
 POLL_SWEEP = 5.0
 
@@ -33,11 +37,13 @@ class Config:
     database_url: str | None = None
     sizes: scenarios.Sizes = field(default_factory=scenarios.Sizes)
     quick: bool = False
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     base_dir: Path | None = None
     keep: bool = False
     profile_dir: Path | None = None
     label: str | None = None
+    #: plugins section: tiny stand-ins for model files missing from COMPUTE_MODELS_DIR.
+    stand_in_models: bool = False
 
 
 class Run:
@@ -123,6 +129,8 @@ class Run:
                 async with self.cluster(spec) as (c, sub):
                     poll = await scenarios.polling(c, sub, sizes.polling)
                 self.result["polling"] = self._compare_polling(poll)
+            if "plugins" in cfg.sections:
+                await self._plugins()
         finally:
             if not cfg.keep:
                 shutil.rmtree(self.base, ignore_errors=True)
@@ -147,6 +155,30 @@ class Run:
         if runs is not None:
             self.result["progress"] = scenarios.progress_summary(runs, self.last_stop["probes"])
             self.result["progress"]["workers"] = IDLE_WORKERS
+
+    async def _plugins(self) -> None:
+        """Each task plugin on the standard inputs, 2 fresh workers per plugin (compute_bench.plugins)."""
+        cfg, sizes = self.cfg, self.cfg.sizes
+        made = await asyncio.to_thread(inputs.make, self.base / "inputs", sizes.video_seconds)
+        models_dir = plugins.user_models_dir()
+        stand_ins = self.base / "models" if cfg.stand_in_models else None
+        plans = await asyncio.to_thread(plugins.plan, made, models_dir, stand_ins)
+        used = stand_ins or models_dir
+        doc: dict[str, Any] = {
+            "inputs": made.describe(), "models_dir": str(used), "stand_in_models": cfg.stand_in_models,
+            "workers": plugins.WORKERS, "target_pct": plugins.OVERHEAD_TARGET_PCT,
+            "jobs": sizes.plugins, "jobs_video": sizes.plugins_video, "fresh_workers": not cfg.quick,
+        }
+        if all(p.skipped for p in plans):
+            doc["plugins"] = [plugins.skipped_row(p) for p in plans]
+        else:
+            spec = self.spec("plugins", 0, observe_jobs=True,
+                             probes={"server": "commits", "worker": "runs,commits"},
+                             extra_env={"COMPUTE_MODELS_DIR": str(used)})
+            async with self.cluster(spec) as (c, sub):
+                doc["plugins"] = await plugins.run_all(c, sub, plans, made, sizes.plugins,
+                                                       sizes.plugins_video, fresh=not cfg.quick)
+        self.result["plugins"] = doc
 
     def _compare_polling(self, poll: dict[str, Any]) -> dict[str, Any]:
         events = self.result.get("pickup", {}).get("bench_noop", {}).get("submit_to_task_start_ms", {})

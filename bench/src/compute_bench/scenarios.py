@@ -34,10 +34,16 @@ class Sizes:
     idle_seconds: float = 60.0
     concurrency: int = 24
     warmup: int = 10
+    #: plugins section: jobs per plugin, sequential and again in a burst (hls_streaming: plugins_video).
+    plugins: int = 20
+    plugins_video: int = 3
+    #: Length of the standard video (s).
+    video_seconds: float = 10.0
 
 
 QUICK = Sizes(pickup=20, pickup_image=10, burst=300, burst_image=100, progress=3, progress_spaced=2,
-              polling=3, idle_seconds=3.0, concurrency=16, warmup=3)
+              polling=3, idle_seconds=3.0, concurrency=16, warmup=3, plugins=3, plugins_video=1,
+              video_seconds=2.0)
 
 
 def _ms(ns: int | None, since: int | None) -> float | None:
