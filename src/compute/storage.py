@@ -1,16 +1,33 @@
-"""Job folders on local disk: cl_ml_tools' FileStorage protocol, plus safe path lookup."""
+"""Job folders on local disk: cl_ml_tools' FileStorage protocol, plus safe path lookup.
+
+Nothing a client sends becomes a file name: uploads are stored as `upload[.<ext>]` (the name
+the client gave is returned as data), job ids and paths are checked before they reach the file
+system, and what the file system refuses for a client's path (NUL, a name too long) is a
+`BadPath`, the client's fault, never an unexplained OSError.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compute.errors import ComputeError
 
 CHUNK = 1024 * 1024
+#: Longest job id that can have a folder (uuid4 strings are 36 characters).
+MAX_JOB_ID = 128
+#: Job ids are names the server or a plugin made up: letters, digits and a few separators.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+#: An extension kept from the client's name only when it is this plain.
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}")
+STORED_STEM = "upload"
 
 
 class UploadTooLarge(ComputeError):
@@ -19,6 +36,15 @@ class UploadTooLarge(ComputeError):
 
 class PathOutsideJob(ComputeError):
     """That path is not inside the job's folder."""
+
+
+class BadPath(ComputeError):
+    """That path cannot name a file (a NUL character, or a name too long)."""
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Whether `job_id` could name a job folder: a plain name of at most MAX_JOB_ID characters."""
+    return 0 < len(job_id) <= MAX_JOB_ID and _JOB_ID.fullmatch(job_id) is not None
 
 
 class JobStorage:
@@ -30,8 +56,8 @@ class JobStorage:
         self.max_upload_bytes = max_upload_bytes
 
     def job_dir(self, job_id: str) -> Path:
-        if not job_id or "/" in job_id or "\\" in job_id or job_id in {".", ".."}:
-            raise PathOutsideJob(f"invalid job id {job_id!r}")
+        if not valid_job_id(job_id):
+            raise PathOutsideJob(f"invalid job id {job_id[:MAX_JOB_ID + 1]!r}")
         return self.jobs_root / job_id
 
     # -- cl_ml_tools FileStorage protocol --------------------------------------------------
@@ -49,9 +75,13 @@ class JobStorage:
         return self.job_dir(job_id) / "output"
 
     async def save_input_file(self, job_id: str, filename: str | None, file: Any) -> dict[str, Any]:
-        """Stream an upload into the job's input folder, refusing it past the size limit."""
-        name = Path(filename or "upload").name or "upload"
-        target = self.get_input_path(job_id) / name
+        """Stream an upload into the job's input folder, refusing it past the size limit.
+
+        Stored as `upload` plus the client's extension when it is a plain one (`upload-2...`
+        for a second file); `original_filename` is what the client sent, as data only.
+        """
+        folder = self.get_input_path(job_id)
+        target = _free_name(folder, STORED_STEM + _extension(filename))
         digest = hashlib.sha256()
         size = 0
         try:
@@ -65,10 +95,12 @@ class JobStorage:
                         )
                     digest.update(chunk)
                     out.write(chunk)
-        except UploadTooLarge:
+        except BaseException:
+            # Too large, a client that went away, a full disk: no half-stored job stays behind.
             self.cleanup_job(job_id)
             raise
-        return {"filename": name, "path": str(target), "size": size, "hash": digest.hexdigest()}
+        return {"filename": target.name, "original_filename": filename, "path": str(target),
+                "size": size, "hash": digest.hexdigest()}
 
     def cleanup_job(self, job_id: str) -> bool:
         job_dir = self.job_dir(job_id)
@@ -80,13 +112,44 @@ class JobStorage:
     # -- lookups ----------------------------------------------------------------------------
 
     def resolve(self, job_id: str, path: str) -> Path:
-        """The file `path` (relative to the job folder, or absolute inside it), never outside."""
+        """The file `path` (relative to the job folder, or absolute inside it), never outside.
+
+        Raises PathOutsideJob for an escape, BadPath for a path no file can have.
+        """
         job_dir = self.job_dir(job_id).resolve()
+        if "\x00" in path:
+            raise BadPath("the path contains a NUL character")
         candidate = Path(path)
-        full = (candidate if candidate.is_absolute() else job_dir / candidate).resolve()
+        try:
+            full = (candidate if candidate.is_absolute() else job_dir / candidate).resolve()
+        except OSError as exc:  # ENAMETOOLONG, ELOOP ...
+            raise BadPath(f"the path cannot name a file: {os.strerror(exc.errno or errno.EINVAL)}") from None
         if full != job_dir and job_dir not in full.parents:
             raise PathOutsideJob()
         return full
+
+    def is_file(self, path: Path) -> bool:
+        """Whether `path` (from resolve) is a file; a name the file system refuses is not one."""
+        try:
+            return path.is_file()
+        except (OSError, ValueError):
+            return False
+
+    def job_folders(self) -> Iterator[tuple[str, float]]:
+        """(job id, seconds since its folder last changed) of every job folder."""
+        if not self.jobs_root.exists():
+            return
+        now = time.time()
+        for entry in os.scandir(self.jobs_root):
+            try:
+                if not entry.is_dir(follow_symlinks=False) or not valid_job_id(entry.name):
+                    continue
+                # The folder and its input/ change while an upload is stored: the newer counts.
+                changed = max(entry.stat(follow_symlinks=False).st_mtime,
+                              _mtime(Path(entry.path) / "input"))
+            except OSError:  # removed meanwhile
+                continue
+            yield entry.name, now - changed
 
     def size_bytes(self) -> int:
         total = 0
@@ -97,3 +160,27 @@ class JobStorage:
                 except OSError:  # removed while walking
                     pass
         return total
+
+
+def _extension(filename: str | None) -> str:
+    """The client's extension, lower-cased, when it is plain (`.png`); otherwise none."""
+    suffix = os.path.splitext(filename or "")[1]
+    return suffix.lower() if _EXTENSION.fullmatch(suffix) else ""
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or `upload-2.png`, `upload-3.png` ... when a file of that name exists."""
+    target = folder / name
+    stem, suffix = os.path.splitext(name)
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{stem}-{n}{suffix}"
+    return target
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

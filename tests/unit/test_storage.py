@@ -1,15 +1,18 @@
-"""Job folders: uploads are size-limited, lookups never leave the job's folder."""
+"""Job folders: uploads are size-limited and stored under generated names, lookups never leave the
+job's folder, and what the file system refuses for a client's path is the client's fault."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import time
 from pathlib import Path
 
 import pytest
 from starlette.datastructures import UploadFile
 
-from compute.storage import JobStorage, PathOutsideJob, UploadTooLarge
+from compute.storage import BadPath, JobStorage, PathOutsideJob, UploadTooLarge, valid_job_id
 
 
 @pytest.fixture
@@ -59,19 +62,67 @@ def test_resolve_refuses_symlink_out_of_the_job(storage: JobStorage, tmp_path: P
         storage.resolve("job1", "output/link")
 
 
-@pytest.mark.parametrize("job_id", ["", ".", "..", "a/b", "a\\b"])
+@pytest.mark.parametrize("job_id", ["", ".", "..", "a/b", "a\\b", "a\x00b", "x" * 129, "a b", "-rf",
+                                    "\u00e9t\u00e9"])
 def test_invalid_job_ids(storage: JobStorage, job_id: str) -> None:
+    assert not valid_job_id(job_id)
     with pytest.raises(PathOutsideJob):
         storage.job_dir(job_id)
 
 
-async def test_upload_within_limit_is_saved_with_hash(storage: JobStorage) -> None:
+def test_valid_job_ids() -> None:
+    for job_id in ("0b6c5d9e-5b1f-4a52-9d0e-2f4f1c1a3e7b", "job-1", "a", "x" * 128, "w1:2@host.x_y"):
+        assert valid_job_id(job_id), job_id
+
+
+async def test_upload_is_stored_under_a_generated_name_with_hash(storage: JobStorage) -> None:
     data = b"x" * 1000
-    info = await storage.save_input_file("job1", "../../evil.png", UploadFile(io.BytesIO(data)))
-    saved = storage.get_input_path("job1") / "evil.png"
-    assert info == {"filename": "evil.png", "path": str(saved), "size": 1000,
-                    "hash": hashlib.sha256(data).hexdigest()}
+    info = await storage.save_input_file("job1", "../../evil.PNG", UploadFile(io.BytesIO(data)))
+    saved = storage.get_input_path("job1") / "upload.png"
+    assert info == {"filename": "upload.png", "original_filename": "../../evil.PNG", "path": str(saved),
+                    "size": 1000, "hash": hashlib.sha256(data).hexdigest()}
     assert saved.read_bytes() == data
+    second = await storage.save_input_file("job1", "other.png", UploadFile(io.BytesIO(b"2")))
+    assert second["filename"] == "upload-2.png"  # never over the first
+
+
+@pytest.mark.parametrize("name", ["a\x00.png", "n" * 300 + ".png", "x." + "e" * 300, "photo.p\x00g",
+                                  "../../../etc/passwd", "\udcff.png"])
+async def test_names_the_file_system_would_refuse_are_only_data(storage: JobStorage, name: str) -> None:
+    """A NUL or a 300-character name used to reach open(): 500. Now it is never a file name."""
+    info = await storage.save_input_file("job1", name, UploadFile(io.BytesIO(b"abc")))
+    assert Path(info["path"]).parent == storage.get_input_path("job1")
+    assert info["filename"].startswith("upload") and len(info["filename"]) <= len("upload.") + 10
+    assert info["original_filename"] == name
+
+
+async def test_a_failed_upload_leaves_no_folder(storage: JobStorage) -> None:
+    class Broken(io.BytesIO):
+        def read(self, *_args: object) -> bytes:
+            raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await storage.save_input_file("job1", "a.png", UploadFile(Broken()))
+    assert not storage.job_dir("job1").exists()
+
+
+def test_paths_no_file_can_have(storage: JobStorage) -> None:
+    with pytest.raises(BadPath):
+        storage.resolve("job1", "input/\x00")
+    for path in ("input/" + "a" * 5000, "input/" + "d/" * 3000 + "x"):
+        resolved = storage.resolve("job1", path)  # inside the folder, but no file
+        assert storage.is_file(resolved) is False
+
+
+def test_job_folders_report_their_age(storage: JobStorage) -> None:
+    storage.create_job_directory("old")
+    then = time.time() - 3600
+    for path in (storage.get_input_path("old"), storage.get_output_path("old"), storage.job_dir("old")):
+        os.utime(path, (then, then))
+    (storage.jobs_root / "not a job").mkdir()  # no job can have that id: left alone
+    ages = dict(storage.job_folders())
+    assert set(ages) == {"job1", "old"}
+    assert ages["job1"] < 60 and 3500 < ages["old"] < 3700
 
 
 async def test_upload_over_limit_raises_and_removes_the_job_folder(storage: JobStorage) -> None:
@@ -82,7 +133,7 @@ async def test_upload_over_limit_raises_and_removes_the_job_folder(storage: JobS
 
 async def test_upload_without_filename(storage: JobStorage) -> None:
     info = await storage.save_input_file("job1", None, UploadFile(io.BytesIO(b"abc")))
-    assert info["filename"] == "upload" and info["size"] == 3
+    assert info["filename"] == "upload" and info["size"] == 3 and info["original_filename"] is None
 
 
 def test_cleanup_and_size(storage: JobStorage) -> None:
