@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from cl_ml_tools import Job
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import jobs_table, queue_entries_table
-from compute.db.repository import JobRecord, JobRepository
+from compute.db.repository import JobRecord, JobRepository, idempotency_scope, job_idempotency_key
 
 
 def add(repo: JobRepository, job_id: str, task: str = "image_resize", priority: int = 5) -> str:
@@ -146,3 +149,51 @@ def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
     assert repo.get("done") is None and repo.get("failed") is None
     assert repo.get("running") is not None and repo.get("waiting") is not None
     assert queue_rows(repo) == 2
+
+
+def _with_key(key: str | None, fn: Callable[[], str]) -> str:
+    """add_job as the plugin route wrapper runs it: the Idempotency-Key in the context."""
+    context = contextvars.copy_context()
+
+    def run() -> str:
+        job_idempotency_key.set(key)
+        return fn()
+
+    return context.run(run)
+
+
+def test_idempotency_key_returns_the_first_job(repo: JobRepository) -> None:
+    added: list[str] = []
+    repo.on_job_added = lambda record: added.append(record.job_id)
+
+    def submit(job_id: str, user: str | None, key: str | None) -> str:
+        job = Job(job_id=job_id, task_type="image_resize", params={})
+        return _with_key(key, lambda: repo.add_job(job, created_by=user))
+
+    assert submit("first", "alice", "k1") == "first"
+    assert submit("retry", "alice", "k1") == "first"  # the same user and key: the first job
+    assert submit("bobs", "bob", "k1") == "bobs"  # another user's key is another key
+    assert submit("guest", None, "k1") == "guest"
+    assert submit("guest-retry", None, "k1") == "guest"
+    assert submit("plain-1", "alice", None) == "plain-1" and submit("plain-2", "alice", None) == "plain-2"
+    assert repo.get("retry") is None and repo.get("guest-retry") is None
+    assert added == ["first", "bobs", "guest", "plain-1", "plain-2"]  # a replay publishes nothing
+    assert queue_rows(repo) == 5
+    found = repo.find_by_idempotency_key(idempotency_scope("alice", "k1"))
+    assert found is not None and found.job_id == "first"
+    assert repo.find_by_idempotency_key("-:k1").job_id == "guest"  # type: ignore[union-attr]
+    assert repo.find_by_idempotency_key(idempotency_scope("alice", "nope")) is None
+
+
+def test_a_duplicate_job_id_without_a_key_still_fails(repo: JobRepository) -> None:
+    add(repo, "same")
+    with pytest.raises(IntegrityError):
+        add(repo, "same")
+
+
+def test_existing_job_ids(repo: JobRepository) -> None:
+    for job_id in ("a", "b"):
+        add(repo, job_id)
+    many = [f"none-{i}" for i in range(1200)] + ["a", "b"]  # more than one IN list
+    assert repo.existing_job_ids(many) == {"a", "b"}
+    assert repo.existing_job_ids([]) == set()

@@ -1,7 +1,7 @@
 """The only module that builds SQL. Implements cl_ml_tools' JobRepository protocol.
 
-Calls are short and synchronous: on SQLite and a local PostgreSQL they finish in well
-under a millisecond, cheaper than a hop to a thread pool (see INTERNALS.md, Performance).
+Calls are short and synchronous. The server's HTTP routes make them on a thread of their own
+(server/dbcalls.py), so a stalled database never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from cl_ml_tools import Job
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import jobs_table as jobs
 from compute.db.models import queue_entries_table as queue_entries
@@ -112,6 +113,14 @@ def _dumps(value: Any) -> str | None:
 
 #: Per-request execution timeout (seconds) for the next add_job, set by the plugin route wrapper.
 job_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_timeout", default=None)
+#: The client's Idempotency-Key for the next add_job, set by the plugin route wrapper.
+job_idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "job_idempotency_key", default=None)
+
+
+def idempotency_scope(created_by: str | None, key: str) -> str:
+    """The stored form of a client's Idempotency-Key: one user's key never finds another's job."""
+    return f"{created_by if created_by is not None else '-'}:{key}"
 
 
 class JobRepository:
@@ -134,7 +143,15 @@ class JobRepository:
     # -- cl_ml_tools JobRepository protocol ---------------------------------------------
 
     def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
+        """Commit a new queued job; returns its id.
+
+        With an Idempotency-Key in `job_idempotency_key`, a second job for the same user and key
+        is not created: the id of the job the key already names is returned instead (the
+        caller compares it with `job.job_id` and drops what it prepared for the new one).
+        """
         now = now_ms()
+        raw_key = job_idempotency_key.get()
+        key = None if raw_key is None else idempotency_scope(created_by, raw_key)
         prio = 5 if priority is None else priority
         policy = self.policies.for_task(job.task_type)
         timeout = job_timeout.get()
@@ -153,12 +170,19 @@ class JobRepository:
             "attempt": 0,
             "event_seq": 0,
             "timeout_seconds": timeout if timeout is not None else (policy.timeout or None),
+            "idempotency_key": key,
         }
-        with self.write() as conn, conn.begin():
-            conn.execute(insert(jobs), values)
-            conn.execute(
-                insert(queue_entries), {"job_id": job.job_id, "priority": prio, "enqueued_at": now}
-            )
+        try:
+            with self.write() as conn, conn.begin():
+                conn.execute(insert(jobs), values)
+                conn.execute(
+                    insert(queue_entries), {"job_id": job.job_id, "priority": prio, "enqueued_at": now}
+                )
+        except IntegrityError:
+            existing = None if key is None else self.find_by_idempotency_key(key)
+            if existing is None:
+                raise
+            return existing.job_id  # a retry that raced the first request: the first one's job
         if self.on_job_added is not None:
             self.on_job_added(JobRecord.from_row(_with_defaults(values)))
         return str(job.job_id)
@@ -253,6 +277,21 @@ class JobRepository:
         with self.engine.connect() as conn:
             row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
         return None if row is None else JobRecord.from_row(row)
+
+    def find_by_idempotency_key(self, key: str) -> JobRecord | None:
+        """The job stored with this key (`idempotency_scope(user, header)`), if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).mappings().first()
+        return None if row is None else JobRecord.from_row(row)
+
+    def existing_job_ids(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these ids have a row (the orphan sweep keeps their folders)."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(job_ids), 500):  # bounded IN lists
+                chunk = list(job_ids[start:start + 500])
+                found.update(conn.execute(select(jobs.c.job_id).where(jobs.c.job_id.in_(chunk))).scalars())
+        return found
 
     def queue_summary(self) -> list[QueueSummary]:
         """Queued and running counts per task type, with the oldest waiting job's age."""

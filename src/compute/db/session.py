@@ -13,21 +13,40 @@ from compute.errors import NotMigrated
 REQUIRED_TABLES = ("jobs", "queue_entries", "server_preferences")
 #: Execution option that makes a SQLite transaction take the write lock at BEGIN.
 IMMEDIATE = "compute_begin_immediate"
+#: Seconds a statement may wait for a locked or busy database, unless the caller says otherwise.
+DEFAULT_WAIT = 30.0
 
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; on SQLite switch on WAL and hand transaction control to us."""
+def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine:
+    """Create an engine; on SQLite switch on WAL and hand transaction control to us.
+
+    `wait` (seconds) bounds how long a statement waits for the database: SQLite's busy timeout
+    (a locked database, DEFAULT_WAIT when not given), the pool's wait for a connection and, on
+    PostgreSQL, the connect and lock timeouts (and a statement timeout of at least 30 s). The
+    server's HTTP routes pass a short one (DB_REQUEST_TIMEOUT), so that a stalled database
+    answers 503 instead of hanging; None keeps the drivers' defaults there.
+    """
+    wait_ms = max(1, int((DEFAULT_WAIT if wait is None else wait) * 1000))
     if not is_sqlite(url):
+        if wait is not None:
+            kwargs.setdefault("pool_timeout", wait)
+        if wait is not None and make_url(url).get_backend_name() == "postgresql":
+            # lock_timeout: a row or table lock held elsewhere; statement_timeout: a server that
+            # accepts but does not answer. Both as startup options, so every connection has them.
+            options = f"-c lock_timeout={wait_ms} -c statement_timeout={max(wait_ms, 30_000)}"
+            kwargs.setdefault("connect_args", {"connect_timeout": max(1, round(wait)),
+                                              "options": options})
         return create_engine(url, pool_pre_ping=True, **kwargs)
     engine = create_engine(
         url,
         poolclass=QueuePool,
         pool_size=4,
-        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_timeout=wait_ms / 1000,
+        connect_args={"check_same_thread": False, "timeout": wait_ms / 1000},
         **kwargs,
     )
 
@@ -38,7 +57,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable across crashes of the process in WAL
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={wait_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -48,6 +67,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the database answers and would accept a write to `jobs` now.
+
+    Reads go through while another writer holds its lock (SQLite WAL, PostgreSQL MVCC), so the
+    check asks for what a write needs, for a moment, within the engine's wait: SQLite's write
+    lock (BEGIN IMMEDIATE), PostgreSQL's ROW EXCLUSIVE lock on `jobs`; then rolls back.
+    """
+    with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin() as txn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("LOCK TABLE jobs IN ROW EXCLUSIVE MODE")
+        else:
+            conn.exec_driver_sql("SELECT 1")
+        txn.rollback()
 
 
 def check_migrated(engine: Engine) -> None:
