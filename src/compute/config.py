@@ -58,6 +58,12 @@ class Settings:
     #: Guest mode until an admin changes it (the admin's choice is kept in the database).
     guest_mode: bool = False
     max_upload_bytes: int = 100 * 1024 * 1024
+    #: A request body that sends nothing for this long is answered 408 and closed (seconds).
+    upload_idle_timeout: float = 30.0
+    #: How long an HTTP request waits for the database before it answers 503 (seconds).
+    db_request_timeout: float = 5.0
+    #: A job folder with no row is removed once it is this old (seconds): an upload in flight is not.
+    orphan_grace_seconds: float = 600.0
     #: Folder of model files for the ML plugins.
     models_dir: Path = Path("models")
     #: Largest image accepted as input or asked for as output, in pixels.
@@ -176,6 +182,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         legacy_public_key_path=None if explicit_key else cl_server_dir / "public_key.pem",
         guest_mode=_bool(env.get("GUEST_MODE", "off")),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
+        upload_idle_timeout=_float(env, "UPLOAD_IDLE_TIMEOUT", 30.0),
+        db_request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 5.0),
+        orphan_grace_seconds=_float(env, "ORPHAN_GRACE_SECONDS", 600.0),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
         media_roots=tuple(Path(p).expanduser() for p in

@@ -67,7 +67,7 @@ async def secured(tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo, pre
                        auth_disabled=False, public_key_path=keys.public_path)
     async with running_server(settings) as server:
         repo: JobRepository = server.app.state.repo
-        repo.add_job(Job(job_id="job-1", task_type="image_resize", params={}))
+        repo.add_job(Job(job_id="job-1", task_type="image_resize", params={}), created_by="user-1")
         yield server
 
 
@@ -83,11 +83,11 @@ async def test_valid_token(secured: Server, keys: Keys) -> None:
 
 
 async def test_sub_claim_is_accepted_as_user_id(secured: Server, keys: Keys) -> None:
-    assert (await get_job(secured, token(keys, id=None, sub="user-2"))).status_code == 200
+    assert (await get_job(secured, token(keys, id=None, sub="user-1"))).status_code == 200
 
 
 async def test_null_id_falls_back_to_sub(secured: Server, keys: Keys) -> None:
-    payload = {"id": None, "sub": "user-3", "permissions": ["ai_inference_support"],
+    payload = {"id": None, "sub": "user-1", "permissions": ["ai_inference_support"],
                "exp": int(time.time() + 300)}
     bearer = jwt.encode(payload, keys.private_pem, algorithm="ES256")
     assert (await get_job(secured, bearer)).status_code == 200
@@ -192,7 +192,8 @@ async def test_guest_mode_is_admin_only_and_opens_job_routes_not_admin_ones(
     turned_on = await secured.client.put(url, data={"guest_mode": "true"}, headers=admin)
     assert turned_on.status_code == 200 and turned_on.json() == {"guest_mode": True}
     assert (await secured.client.get("/")).json()["guestMode"] == "on"
-    assert (await get_job(secured, None)).status_code == 200  # no token needed now
+    # No token needed now (no 401); user-1's job stays hidden from guests (404).
+    assert (await get_job(secured, None)).status_code == 404
     assert (await get_job(secured, "garbage")).status_code == 401  # a bad token is still refused
     assert (await secured.client.get("/admin/jobs/storage/size")).status_code == 401
 

@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from compute import __version__
 from compute.broker import embedded_credentials, start_embedded_if_needed
@@ -17,21 +15,25 @@ from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.preferences import PreferenceStore
 from compute.db.repository import JobRepository
-from compute.db.session import check_migrated, make_engine
+from compute.db.session import check_migrated, make_engine, ping
 from compute.db.transitions import JobTransitions
 from compute.db.workers import WorkerSessions, server_client_ids
 from compute.plugins import environment as plugin_environment
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
+from compute.server.dbcalls import LoopHop, LoopSafeBus, RouteDatabase
 from compute.server.dispatch import Dispatcher
+from compute.server.errors import install_error_handlers
 from compute.server.guest import GuestMode
 from compute.server.ingest import EventIngest
+from compute.server.limits import RequestBodyGuard
+from compute.server.orphans import OrphanSweeper
 from compute.server.plugin_routes import plugin_router
 from compute.server.queues import QueueReporter
 from compute.server.rescue import Rescuer
 from compute.server.routes import admin, health, jobs
 from compute.server.workers import WorkerRegistry
-from compute.storage import JobStorage, PathOutsideJob, UploadTooLarge
+from compute.storage import JobStorage
 from compute.topics import OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,10 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         settings = embedded_credentials(settings)
     plugin_environment.configure(settings)
     engine = make_engine(settings.database_url)
+    # HTTP requests use their own engine: it waits for a locked or unreachable database at most
+    # DB_REQUEST_TIMEOUT, on threads of their own (RouteDatabase), so the loop never waits.
+    route_engine = make_engine(settings.database_url, wait=settings.db_request_timeout)
+    db = RouteDatabase(settings.db_request_timeout, ping=lambda: ping(route_engine))
     topics = Topics.for_settings(settings)
     # A fixed client id (unguessable: its suffix is kept in the database, set in the lifespan)
     # and a persistent session: the broker keeps worker events for the server while it restarts.
@@ -54,8 +60,13 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     presence_bus = MqttBus(settings, client_id=f"{settings.server_client_id}-presence",
                            name="server-presence")
     queues = QueueReporter(bus, topics)
-    dispatcher = Dispatcher(bus, topics, queues.mark_dirty)
-    repo = JobRepository(engine, on_job_added=dispatcher.job_added, policies=settings.task_policies)
+    # Route code runs on database threads; what it publishes (add_job's hint, a cancel's
+    # messages) and marks goes through the event loop, where the bus lives.
+    hop = LoopHop()
+    safe_bus = LoopSafeBus(bus, hop)
+    mark_dirty = hop.wrap(queues.mark_dirty)
+    dispatcher = Dispatcher(safe_bus, topics, mark_dirty)
+    repo = JobRepository(route_engine, on_job_added=dispatcher.job_added, policies=settings.task_policies)
     queues.repo = repo
     transitions = JobTransitions(engine, settings.task_policies)
     rescuer = Rescuer(transitions, dispatcher, settings.lease_seconds, queues.mark_dirty)
@@ -63,7 +74,9 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     ingest = EventIngest(transitions, bus, topics, queues.mark_dirty, dispatcher.hint_at)
     registry = WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer.worker_lost, listen=presence_bus,
                               heartbeat_interval=settings.heartbeat_interval)
-    canceller = Canceller(transitions, bus, topics, dispatcher, queues.mark_dirty)
+    canceller = Canceller(JobTransitions(route_engine, settings.task_policies), safe_bus, topics,
+                          dispatcher, mark_dirty)
+    orphans = OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds)
 
     def announce_online() -> None:
         bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
@@ -73,6 +86,8 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_migrated(engine)
+        hop.bind(asyncio.get_running_loop())
+        app.state.guest.refresh()  # later refreshes run off the loop (auth.guest_mode_on)
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
         broker = None
         if start_broker:
@@ -84,7 +99,8 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         tasks = [asyncio.create_task(registry.run(), name="worker-sessions"),
                  asyncio.create_task(ingest.run(), name="ingest"),
                  asyncio.create_task(queues.run(), name="queue-summary"),
-                 asyncio.create_task(rescuer.run(), name="lease-sweep")]
+                 asyncio.create_task(rescuer.run(), name="lease-sweep"),
+                 asyncio.create_task(orphans.run(), name="orphan-sweep")]
         try:
             yield
         finally:
@@ -97,11 +113,12 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
             if broker is not None:
                 await broker.stop()
             engine.dispose()
+            route_engine.dispose()
 
     app = FastAPI(title="Compute", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.verifier = TokenVerifier.from_settings(settings)
-    app.state.guest = GuestMode(PreferenceStore(engine), settings.guest_mode)
+    app.state.guest = GuestMode(PreferenceStore(route_engine), settings.guest_mode)
     app.state.repo = repo
     app.state.storage = storage
     app.state.bus = bus
@@ -112,26 +129,16 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.state.rescuer = rescuer
     app.state.canceller = canceller
     app.state.topics = topics
+    app.state.db = db
+    app.state.orphans = orphans
 
-    @app.middleware("http")
-    async def _refuse_large_uploads(request: Request, call_next: Any) -> Any:
-        # Refuse before reading the body; the streaming check in JobStorage catches liars.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_upload_bytes + UPLOAD_SLACK:
-            return JSONResponse({"detail": f"upload exceeds the limit of {settings.max_upload_bytes}"
-                                           " bytes"}, status_code=413)
-        return await call_next(request)
-
-    @app.exception_handler(UploadTooLarge)
-    async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=413)
-
-    @app.exception_handler(PathOutsideJob)
-    async def _outside(_request: Request, exc: PathOutsideJob) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=403)
+    # Bodies are counted and timed while they stream (413, 408), chunked ones too.
+    app.add_middleware(RequestBodyGuard, max_body_bytes=settings.max_upload_bytes + UPLOAD_SLACK,
+                       idle_timeout=settings.upload_idle_timeout)
+    install_error_handlers(app)
 
     app.include_router(health.router)
-    app.include_router(plugin_router(repo, storage))
+    app.include_router(plugin_router(repo, storage, db))
     app.include_router(jobs.router)
     app.include_router(admin.router)
     app.include_router(admin.prefs)

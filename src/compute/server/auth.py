@@ -1,7 +1,8 @@
-"""JWT (ES256) verification with the auth service's public key."""
+"""JWT (ES256) verification with the auth service's public key, and whose jobs a caller may see."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from compute.errors import ConfigError
+from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
+from compute.server.guest import GuestMode
 
 if TYPE_CHECKING:
     from compute.config import Settings
@@ -90,6 +93,23 @@ def _unauthorized(reason: str) -> HTTPException:
 _bearer = HTTPBearer(auto_error=False)
 
 
+async def guest_mode_on(request: Request, *, wait: bool) -> bool:
+    """Whether guest mode is on, without reading the database on the event loop.
+
+    A stale value is re-read on a database thread: awaited when `wait`, else in the background
+    (health answers at once). A database that does not answer leaves the last value read.
+    """
+    guest: GuestMode = request.app.state.guest
+    db: RouteDatabase = request.app.state.db
+    if guest.stale:
+        if wait:
+            with contextlib.suppress(DatabaseUnavailable):
+                await db.call(guest.refresh)
+        else:
+            db.in_background(guest.refresh)
+    return guest.last_known
+
+
 def require(permission: str, guests: bool = False) -> Callable[..., Any]:
     """A dependency that returns the caller (None when auth is disabled, or for a guest) or
     raises 401/403. `guests`: a request without a token passes while guest mode is on.
@@ -106,7 +126,7 @@ def require(permission: str, guests: bool = False) -> Callable[..., Any]:
         if verifier.disabled:
             return None
         if credentials is None:
-            if guests and request.app.state.guest.enabled:
+            if guests and await guest_mode_on(request, wait=True):
                 return None
             raise _unauthorized("missing bearer token")
         user = verifier.verify(credentials.credentials)
@@ -121,3 +141,32 @@ require_jobs = require(JOB_PERMISSION, guests=True)
 require_admin = require(ADMIN_PERMISSION)
 JobUser = Annotated[User | None, Depends(require_jobs)]
 AdminUser = Annotated[User | None, Depends(require_admin)]
+
+
+@dataclass(frozen=True)
+class JobScope:
+    """The jobs a caller may see and act on.
+
+    Everything with auth disabled and for admins; otherwise the jobs created by `owner`: a
+    user's own, or for a guest (no token, guest mode on) the jobs created without a user.
+    """
+
+    everything: bool
+    owner: str | None = None
+
+    def allows(self, created_by: str | None) -> bool:
+        return self.everything or created_by == self.owner
+
+
+async def _job_scope(request: Request, user: JobUser) -> JobScope:
+    if request.app.state.verifier.disabled:
+        return JobScope(everything=True)
+    if user is None:  # a guest
+        return JobScope(everything=False, owner=None)
+    if user.has(ADMIN_PERMISSION):
+        return JobScope(everything=True)
+    return JobScope(everything=False, owner=user.id)
+
+
+#: The caller's JobScope, after the same checks as JobUser (401/403).
+CallerScope = Annotated[JobScope, Depends(_job_scope)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from compute.db.preferences import GUEST_MODE, PreferenceStore
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,28 @@ class GuestMode:
         self._read_at = float("-inf")
 
     @property
-    def enabled(self) -> bool:
-        if time.monotonic() - self._read_at > REFRESH:
+    def stale(self) -> bool:
+        """Whether the cached value is older than REFRESH (a `refresh()` is due)."""
+        return time.monotonic() - self._read_at > REFRESH
+
+    @property
+    def last_known(self) -> bool:
+        """The cached value, without touching the database."""
+        return self._value
+
+    def refresh(self) -> bool:
+        """Re-read the value (blocking); a database that does not answer keeps the cached one."""
+        try:
             self._value = bool(self.store.get(GUEST_MODE, self.default))
-            self._read_at = time.monotonic()
+        except SQLAlchemyError as exc:
+            log.warning("guest mode not re-read (%s); keeping %s", type(exc).__name__, self._value)
+        self._read_at = time.monotonic()
+        return self._value
+
+    @property
+    def enabled(self) -> bool:
+        if self.stale:
+            self.refresh()
         return self._value
 
     def set(self, enabled: bool, by: str | None) -> None:

@@ -1,43 +1,172 @@
-"""The cl_ml_tools plugin routes (POST /jobs/<task_type>), as CL Server clients call them."""
+"""The cl_ml_tools plugin routes (POST /jobs/<task_type>), as CL Server clients call them.
+
+Around every plugin endpoint the server adds what the plugins need not know about:
+
+- `?timeout=` (seconds, at most a day) and the `Idempotency-Key` header, handed to
+  JobRepository.add_job through context variables;
+- a retry with the same user and Idempotency-Key gets the job the first request created
+  (same job_id, 200) and no second job; the retry's upload is removed again;
+- the database write happens off the event loop: the plugin's `repository.add_job` only
+  records the job (plugins call it synchronously inside `async` endpoints), and the wrapper
+  commits it on a database thread with a deadline before the reply goes out. A stalled
+  database then answers 503 with Retry-After instead of stalling the server, and the job's
+  folder is removed. The reply still comes only after the commit, so nothing answered 200 is
+  lost;
+- `task_type` in the reply, as CL Server's SDK needs.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from cl_ml_tools import Job
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.routing import APIRoute
 
-from compute.db.repository import JobRepository, job_timeout
+from compute.db.repository import (
+    JobRecord,
+    JobRepository,
+    idempotency_scope,
+    job_idempotency_key,
+    job_timeout,
+)
+from compute.jobs import sdk_status
 from compute.plugins.registry import route_factories
 from compute.server.auth import JobUser, require_jobs
+from compute.server.dbcalls import RouteDatabase
+from compute.server.deps import DbDep, RepoDep
 from compute.server.schemas import JobCreated
-from compute.storage import JobStorage
+from compute.storage import JobStorage, valid_job_id
+
+#: Longest per-job execution limit a client may ask for, seconds.
+MAX_TIMEOUT = 86_400.0
+#: Longest Idempotency-Key, characters.
+MAX_IDEMPOTENCY_KEY = 200
 
 
-def _adding_task_type(endpoint: Callable[..., Any], task_type: str) -> Callable[..., Any]:
-    """Wrap a plugin endpoint so its reply also names the task type, as CL Server's SDK needs.
+@dataclass(frozen=True)
+class _PendingAdd:
+    job: Job
+    created_by: str | None
+    priority: int | None
+
+
+#: Inside a plugin request: the jobs its endpoint asked to add, committed by the wrapper.
+_pending: contextvars.ContextVar[list[_PendingAdd] | None] = contextvars.ContextVar(
+    "pending_adds", default=None)
+#: Inside a plugin request: the job an earlier request with the same Idempotency-Key created.
+_replay: contextvars.ContextVar[JobRecord | None] = contextvars.ContextVar("replay", default=None)
+
+
+class _DeferringRepository:
+    """The `repository` plugins get: add_job during a plugin request is recorded, not run.
+
+    Everything else (and add_job outside a request) goes to the real repository.
+    """
+
+    def __init__(self, repo: JobRepository) -> None:
+        self._repo = repo
+
+    def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
+        pending = _pending.get()
+        if pending is None:
+            return self._repo.add_job(job, created_by=created_by, priority=priority)
+        pending.append(_PendingAdd(job, created_by, priority))
+        return str(job.job_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repo, name)
+
+
+def _reply(job: JobRecord, task_type: str) -> dict[str, Any]:
+    return {"job_id": job.job_id, "status": sdk_status(job.status), "task_type": task_type}
+
+
+def _wrapped(endpoint: Callable[..., Any], task_type: str, repo: JobRepository, storage: JobStorage,
+             db: RouteDatabase) -> Callable[..., Any]:
+    """The plugin endpoint with replays, the off-loop commit and `task_type` in the reply.
 
     functools.wraps keeps the signature, so FastAPI still sees the plugin's form fields.
     """
 
+    def discard(adds: Iterable[_PendingAdd]) -> None:
+        for add in adds:
+            if valid_job_id(str(add.job.job_id)):
+                storage.cleanup_job(str(add.job.job_id))
+
     @functools.wraps(endpoint)
     async def endpoint_with_task_type(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        reply = await endpoint(*args, **kwargs)
-        return {**reply, "task_type": task_type}
+        earlier = _replay.get()
+        if earlier is not None:
+            return _reply(earlier, task_type)
+        adds: list[_PendingAdd] = []
+        token = _pending.set(adds)
+        try:
+            reply: dict[str, Any] = await endpoint(*args, **kwargs)
+        except BaseException:
+            discard(adds)  # recorded but never committed: nothing may keep their folders
+            raise
+        finally:
+            _pending.reset(token)
+        reply = {**reply, "task_type": task_type}
+        for i, add in enumerate(adds):
+            try:
+                job_id = await db.call(repo.add_job, add.job, created_by=add.created_by,
+                                       priority=add.priority)
+            except BaseException:
+                discard(adds[i:])
+                raise
+            if job_id != str(add.job.job_id):  # a concurrent retry with the same key was first
+                discard([add])
+                earlier = await db.call(repo.get, job_id)
+                if earlier is not None:
+                    reply = _reply(earlier, task_type)
+        return reply
 
     return endpoint_with_task_type
 
 
 async def _timeout_param(
-    timeout: float | None = Query(None, gt=0, description="execution limit for this job, seconds"),
+    timeout: float | None = Query(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False,
+                                  description="execution limit for this job, seconds (at most a day)"),
 ) -> None:
     """`?timeout=` on a plugin route: handed to JobRepository.add_job through a context variable.
 
     Async, so it runs in the request's own context (a sync dependency would run in a thread).
     """
     job_timeout.set(timeout)
+
+
+def _idempotency_param(task_type: str) -> Callable[..., Any]:
+    async def idempotency(
+        user: JobUser, repo: RepoDep, db: DbDep,
+        key: Annotated[str | None, Header(
+            alias="Idempotency-Key",
+            description=f"a retry with the same key (at most {MAX_IDEMPOTENCY_KEY} characters) gets "
+                        "the job the first request created instead of a second one")] = None,
+    ) -> None:
+        """`Idempotency-Key`: checked, handed to add_job, and an earlier job with it looked up."""
+        job_idempotency_key.set(None)
+        _replay.set(None)
+        if key is None:
+            return
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise HTTPException(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable "
+                                     "characters")
+        job_idempotency_key.set(key)
+        earlier = await db.call(repo.find_by_idempotency_key,
+                                idempotency_scope(getattr(user, "id", None), key))
+        if earlier is not None:
+            if earlier.task_type != task_type:
+                raise HTTPException(409, f"this Idempotency-Key was used for a {earlier.task_type} job "
+                                         f"({earlier.job_id})")
+            _replay.set(earlier)
+
+    return idempotency
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
@@ -49,25 +178,28 @@ def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
             yield from _api_routes(inner.routes)
 
 
-def plugin_router(repo: JobRepository, storage: JobStorage) -> APIRouter:
+def plugin_router(repo: JobRepository, storage: JobStorage, db: RouteDatabase) -> APIRouter:
     """Every installed plugin's routes (registry.route_factories), as CL Server clients call them."""
     router = APIRouter()
     known: list[str] = []
+    deferring = _DeferringRepository(repo)
     for name, create_router in route_factories().items():
-        for route in _api_routes(create_router(repo, storage, require_jobs).routes):
+        for route in _api_routes(create_router(deferring, storage, require_jobs).routes):
             if not route.path.startswith("/jobs/"):
                 continue
             task_type = route.path.removeprefix("/jobs/")
             known.append(task_type)
             router.add_api_route(
-                route.path, _adding_task_type(route.endpoint, task_type),
+                route.path, _wrapped(route.endpoint, task_type, repo, storage, db),
                 methods=sorted(route.methods or ()), response_model=JobCreated, tags=[name],
-                name=route.name, dependencies=[Depends(_timeout_param)],
+                name=route.name,
+                dependencies=[Depends(_timeout_param), Depends(_idempotency_param(task_type))],
                 summary=route.summary, description=route.description,
             )
 
     @router.post("/jobs/{task_type}", tags=["plugins"], include_in_schema=False)
     def unknown_task(task_type: str, _user: JobUser) -> None:
-        raise HTTPException(404, f"unknown task type '{task_type}'; available: {', '.join(sorted(known))}")
+        raise HTTPException(404, f"unknown task type '{task_type[:100]}'; available: "
+                                 f"{', '.join(sorted(known))}")
 
     return router

@@ -68,6 +68,10 @@ class Health(BaseModel):
     service: str
     version: str
     mqtt_connected: bool
+    #: "ok", or "unavailable" while the database is locked or unreachable (writes then get 503).
+    database: str
+    #: Why the database is unavailable (None when it is ok).
+    database_detail: str | None = None
     #: Whether job routes want a bearer token (CL Server's SDK reads it).
     auth_required: bool
     #: "on" when requests without a token may use the job routes.

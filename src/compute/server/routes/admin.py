@@ -1,4 +1,4 @@
-"""Admin routes: storage size, cleanup of old finished jobs, guest mode."""
+"""Admin routes: storage size, cleanup of old finished jobs and orphan folders, guest mode."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from fastapi import APIRouter, Form, Query, Request
 
 from compute.jobs import now_ms
 from compute.server.auth import AdminUser
-from compute.server.deps import RepoDep, StorageDep
+from compute.server.deps import DbDep, OrphansDep, RepoDep, StorageDep
 from compute.server.guest import GuestMode
 from compute.server.schemas import CleanupResult, GuestModeState, StorageSize
 
 router = APIRouter(prefix="/admin/jobs", tags=["admin"])
 prefs = APIRouter(prefix="/admin", tags=["admin"])
 DAY_MS = 24 * 3600 * 1000
+#: Longest cleanup age a client may ask for (a century): larger values cannot be a date.
+MAX_DAYS = 36_500
 
 
 @router.get("/storage/size", response_model=StorageSize)
@@ -23,15 +25,22 @@ def storage_size(storage: StorageDep, _admin: AdminUser) -> StorageSize:
 
 
 @router.delete("/cleanup", response_model=CleanupResult)
-def cleanup(repo: RepoDep, storage: StorageDep, _admin: AdminUser,
-            days: int = Query(7, ge=0, description="delete finished jobs older than this")) -> CleanupResult:
-    """Delete jobs that finished more than `days` days ago, with their files."""
-    job_ids = repo.finished_before(now_ms() - days * DAY_MS)
-    before = storage.size_bytes()
-    repo.delete_many(job_ids)
-    for job_id in job_ids:
-        storage.cleanup_job(job_id)
-    return CleanupResult(deleted_count=len(job_ids), freed_space=max(0, before - storage.size_bytes()))
+async def cleanup(repo: RepoDep, storage: StorageDep, db: DbDep, orphans: OrphansDep, _admin: AdminUser,
+                  days: int = Query(7, ge=0, le=MAX_DAYS,
+                                    description="delete finished jobs older than this")) -> CleanupResult:
+    """Delete jobs that finished more than `days` days ago, with their files, and job folders
+    left without a job (older than ORPHAN_GRACE_SECONDS)."""
+
+    def clean() -> CleanupResult:
+        job_ids = repo.finished_before(now_ms() - days * DAY_MS)
+        before = storage.size_bytes()
+        repo.delete_many(job_ids)
+        for job_id in job_ids:
+            storage.cleanup_job(job_id)
+        orphans.remove_orphans()
+        return CleanupResult(deleted_count=len(job_ids), freed_space=max(0, before - storage.size_bytes()))
+
+    return await db.call(clean)
 
 
 def _guest(request: Request) -> GuestMode:

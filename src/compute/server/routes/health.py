@@ -5,19 +5,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from compute import __version__
-from compute.server.deps import RegistryDep
+from compute.server.auth import guest_mode_on
+from compute.server.deps import DbDep, RegistryDep
 from compute.server.schemas import Capabilities, Health
 
 router = APIRouter()
 
 
 @router.get("/", response_model=Health, tags=["health"])
-def health(request: Request) -> Health:
-    """Liveness, whether the MQTT bus is connected, and what clients need to know about auth."""
+async def health(request: Request, db: DbDep) -> Health:
+    """Liveness, whether the MQTT bus is connected and the database answers, and what clients
+    need to know about auth. Answers at once, whatever the database does: `database` is its
+    state as last seen ("unavailable" is re-checked in the background)."""
     state = request.app.state
+    database = db.current_state()
     return Health(status="healthy", service="compute", version=__version__,
-                  mqtt_connected=state.bus.connected, auth_required=not state.verifier.disabled,
-                  guestMode="on" if state.guest.enabled else "off")
+                  mqtt_connected=state.bus.connected, database=database,
+                  database_detail=db.reason, auth_required=not state.verifier.disabled,
+                  guestMode="on" if await guest_mode_on(request, wait=False) else "off")
 
 
 @router.get("/capabilities", response_model=Capabilities, tags=["workers"])

@@ -1,58 +1,96 @@
-"""GET/DELETE /jobs/{id} and file downloads."""
+"""GET/DELETE /jobs/{id}, cancel and file downloads, each for the caller's own jobs only.
+
+A job the caller may not see (someone else's) answers exactly like a job that does not exist,
+404, so ids do not leak. Database calls run off the event loop (RouteDatabase).
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse
 
-from compute.server.auth import JobUser
-from compute.server.deps import CancellerDep, RepoDep, StorageDep
+from compute.db.repository import JobRecord, JobRepository
+from compute.server.auth import CallerScope, JobScope
+from compute.server.deps import CancellerDep, DbDep, RepoDep, StorageDep
 from compute.server.schemas import JobPublic
-from compute.storage import PathOutsideJob
+from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, repo: RepoDep, _user: JobUser) -> JobPublic:
-    """A job's status, progress and result."""
+def _not_found(job_id: str) -> HTTPException:
+    if valid_job_id(job_id):
+        return HTTPException(404, f"job {job_id} not found")
+    return HTTPException(404, f"job {job_id[:MAX_JOB_ID]!r} not found")  # no such id can exist
+
+
+def _visible(repo: JobRepository, job_id: str, scope: JobScope) -> JobRecord | None:
+    """The job, when it exists and the caller may see it. Blocking."""
+    if not valid_job_id(job_id):  # no job can have that id: no need to ask the database
+        return None
     job = repo.get(job_id)
+    return job if job is not None and scope.allows(job.created_by) else None
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+async def get_job(job_id: str, repo: RepoDep, db: DbDep, scope: CallerScope) -> JobPublic:
+    """A job's status, progress and result."""
+    job = await db.call(_visible, repo, job_id, scope)
     if job is None:
-        raise HTTPException(404, f"job {job_id} not found")
+        raise _not_found(job_id)
     return JobPublic.of(job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-async def cancel_job(job_id: str, repo: RepoDep, canceller: CancellerDep, _user: JobUser) -> JobPublic:
+async def cancel_job(job_id: str, repo: RepoDep, db: DbDep, canceller: CancellerDep,
+                     scope: CallerScope) -> JobPublic:
     """Cancel a queued or running job (a running job's worker is told to stop it)."""
-    if canceller.cancel(job_id) is None:
-        raise HTTPException(404, f"job {job_id} not found")
-    job = repo.get(job_id)
+
+    def cancel() -> JobRecord | None:
+        if _visible(repo, job_id, scope) is None or canceller.cancel(job_id) is None:
+            return None
+        return repo.get(job_id)
+
+    job = await db.call(cancel)
     if job is None:
-        raise HTTPException(404, f"job {job_id} not found")
+        raise _not_found(job_id)
     return JobPublic.of(job)
 
 
 @router.delete("/{job_id}", status_code=204)
-async def delete_job(job_id: str, repo: RepoDep, storage: StorageDep, canceller: CancellerDep,
-               _user: JobUser) -> Response:
+async def delete_job(job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep,
+                     canceller: CancellerDep, scope: CallerScope) -> Response:
     """Delete a job and its files; a running job is cancelled first."""
-    if canceller.cancel(job_id) is None or not repo.delete_job(job_id):
-        raise HTTPException(404, f"job {job_id} not found")
-    storage.cleanup_job(job_id)
+
+    def delete() -> bool:
+        if _visible(repo, job_id, scope) is None:
+            return False
+        if canceller.cancel(job_id) is None or not repo.delete_job(job_id):
+            return False
+        storage.cleanup_job(job_id)
+        return True
+
+    if not await db.call(delete):
+        raise _not_found(job_id)
     return Response(status_code=204)
 
 
 @router.get("/{job_id}/files/{file_path:path}")
-def get_job_file(job_id: str, file_path: str, repo: RepoDep, storage: StorageDep,
-                 _user: JobUser) -> FileResponse:
+async def get_job_file(job_id: str, file_path: str, repo: RepoDep, db: DbDep, storage: StorageDep,
+                       scope: CallerScope) -> FileResponse:
     """Download a file of the job's folder, e.g. `output/converted_photo.png`."""
-    if repo.get(job_id) is None:
-        raise HTTPException(404, f"job {job_id} not found")
+    if await db.call(_visible, repo, job_id, scope) is None:
+        raise _not_found(job_id)
     try:
         path = storage.resolve(job_id, file_path)
     except PathOutsideJob:
         raise HTTPException(403, "path is outside the job's folder") from None
-    if not path.is_file():
-        raise HTTPException(404, f"file {file_path} not found in job {job_id}")
+    except BadPath as exc:
+        raise HTTPException(400, str(exc)) from None
+    if not storage.is_file(path):
+        raise HTTPException(404, f"file {_shown(file_path)} not found in job {job_id}")
     return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+
+def _shown(path: str) -> str:
+    return path if len(path) <= 200 else path[:200] + "..."

@@ -1,0 +1,207 @@
+"""The HTTP routes' database calls, off the event loop and with a deadline.
+
+A call runs on one of a few threads of its own (`RouteDatabase.call`). The engine behind it
+waits at most DB_REQUEST_TIMEOUT for a lock or a connection (session.make_engine), and a
+call waits at most as long for a free thread, so a locked or unreachable database turns into
+`DatabaseUnavailable` (503 with Retry-After) within the deadline while the event loop keeps
+answering everything else. The last outcome is the database state `GET /` reports; while it
+is "unavailable", `GET /` re-checks it in the background (`session.ping`).
+
+`LoopHop` and `LoopSafeBus` let code that runs on those threads (the cancel route's
+Canceller, the repository's on_job_added) publish on the bus, which lives on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from compute.bus.base import Bus, ConnectHook, MessageHandler
+from compute.errors import ComputeError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DatabaseState = Literal["ok", "unavailable"]
+#: Seconds between background re-checks of a database that failed.
+RECHECK_INTERVAL = 1.0
+
+
+class DatabaseUnavailable(ComputeError):
+    """The database did not answer in time (locked or unreachable); retry later."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a driver error means "the database cannot answer now" rather than a bug."""
+    if isinstance(exc, IntegrityError):
+        return False
+    if isinstance(exc, (OperationalError, PoolTimeout)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "locked" in text or "lock timeout" in text or "lock_timeout" in text:
+        return "the database is locked by another writer"
+    return f"the database does not answer ({text[:200]})"
+
+
+class RouteDatabase:
+    """Runs blocking database calls on `threads` threads, each bounded by `deadline` seconds."""
+
+    def __init__(self, deadline: float, threads: int = 8, ping: Callable[[], None] | None = None) -> None:
+        self.deadline = deadline
+        self.retry_after = max(1, math.ceil(deadline))
+        # The semaphore bounds the wait for a thread; the limiter (same size) never waits then.
+        self._slots = anyio.Semaphore(threads)
+        self._limiter = anyio.CapacityLimiter(threads)
+        self._ping = ping
+        self._checked_at = 0.0
+        self.state: DatabaseState = "ok"
+        self.reason: str | None = None
+        #: Calls running or waiting for a thread now.
+        self.in_flight = 0
+        self._background: dict[Callable[[], Any], asyncio.Task[None]] = {}
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on a database thread, in this request's context (contextvars).
+
+        Raises DatabaseUnavailable when no thread frees up within the deadline or the database
+        does not answer within it; other errors pass through unchanged.
+        """
+        self.in_flight += 1
+        try:
+            return await self._call(fn, *args, **kwargs)
+        finally:
+            self.in_flight -= 1
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            with anyio.fail_after(self.deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._failed("every database thread is waiting for the database")
+            raise DatabaseUnavailable(f"{self.reason}; retry in {self.retry_after} s",
+                                      self.retry_after) from None
+        try:
+            context = contextvars.copy_context()
+            bound = functools.partial(context.run, fn, *args, **kwargs)
+            # Not cancellable once started: a write that commits must not be reported as failed.
+            result = await anyio.to_thread.run_sync(bound, limiter=self._limiter)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self._failed(_reason(exc))
+            raise DatabaseUnavailable(f"{self.reason}; retry in {self.retry_after} s",
+                                      self.retry_after) from exc
+        finally:
+            self._slots.release()
+        self._succeeded()
+        return result
+
+    def in_background(self, fn: Callable[[], Any]) -> None:
+        """`fn()` through `call`, not awaited (one at a time per function): for refreshes."""
+        if fn in self._background:
+            return
+        task = asyncio.get_running_loop().create_task(self._quietly(fn))
+        self._background[fn] = task
+        task.add_done_callback(lambda _t: self._background.pop(fn, None))
+
+    async def _quietly(self, fn: Callable[[], Any]) -> None:
+        try:
+            await self.call(fn)
+        except DatabaseUnavailable:
+            pass
+        except Exception:
+            log.exception("background database call failed")
+
+    def current_state(self) -> DatabaseState:
+        """The state as last seen; a failed database is re-checked in the background."""
+        if self.state == "unavailable" and self._ping is not None and (
+                time.monotonic() - self._checked_at >= RECHECK_INTERVAL):
+            self.in_background(self._ping)
+        return self.state
+
+    def _failed(self, reason: str) -> None:
+        self._checked_at = time.monotonic()
+        if self.state == "ok":
+            log.warning("database unavailable to HTTP requests: %s", reason)
+        self.state, self.reason = "unavailable", reason
+
+    def _succeeded(self) -> None:
+        self._checked_at = time.monotonic()
+        if self.state == "unavailable":
+            log.warning("database available again")
+        self.state, self.reason = "ok", None
+
+
+class LoopHop:
+    """Runs callables on the server's event loop, from whichever thread they are called."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """`fn(*args)` now when on the loop (or before it runs), else as soon as the loop can."""
+        if self.loop is None or self.on_loop() or self.loop.is_closed():
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., None]:
+        return functools.partial(self.call, fn)
+
+
+class LoopSafeBus:
+    """A Bus whose `publish` may be called from a database thread (the rest is the loop's)."""
+
+    def __init__(self, bus: Bus, hop: LoopHop) -> None:
+        self._bus = bus
+        self._hop = hop
+
+    @property
+    def connected(self) -> bool:
+        return self._bus.connected
+
+    async def start(self) -> None:
+        await self._bus.start()
+
+    async def close(self) -> None:
+        await self._bus.close()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
+        if self._hop.loop is None or self._hop.on_loop():
+            return self._bus.publish(topic, payload, qos=qos, retain=retain)
+        self._hop.call(functools.partial(self._bus.publish, topic, payload, qos=qos, retain=retain))
+        return self._bus.connected  # what publish would have said, give or take a moment
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        self._bus.subscribe(topic_filter, handler, qos)
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        self._bus.on_connect(hook)

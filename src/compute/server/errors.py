@@ -1,0 +1,85 @@
+"""What the HTTP API answers when something raises: a clear status and reason, never a traceback.
+
+- the client's fault: an upload too large (413), a path outside the job (403) or one no file can
+  have (400: NUL, a name too long), a conflicting write (409);
+- a database that is locked or does not answer: 503 with `Retry-After` and the reason;
+- a full disk: 507;
+- anything else is a bug: 500 with an id to find the logged traceback by, nothing more.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from compute.server.dbcalls import DatabaseUnavailable, is_unavailable
+from compute.storage import BadPath, PathOutsideJob, UploadTooLarge
+
+log = logging.getLogger(__name__)
+
+#: File-system errors a client's name or path causes.
+_CLIENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ}
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _detail(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _bug(request: Request, exc: BaseException) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:12]
+    log.error("%s %s failed (error id %s)", request.method, request.url.path[:200], error_id,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return _detail(500, f"internal error; the server log has the details under id {error_id}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadTooLarge)
+    async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
+        return _detail(413, str(exc))
+
+    @app.exception_handler(PathOutsideJob)
+    async def _outside(_request: Request, exc: PathOutsideJob) -> JSONResponse:
+        return _detail(403, str(exc))
+
+    @app.exception_handler(BadPath)
+    async def _bad_path(_request: Request, exc: BadPath) -> JSONResponse:
+        return _detail(400, str(exc))
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _unavailable(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return _detail(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # Calls made outside RouteDatabase (a plugin's own reads, guest mode) end up here.
+        if is_unavailable(exc):
+            db = request.app.state.db
+            return _detail(503, f"the database does not answer now; retry in {db.retry_after} s",
+                           {"Retry-After": str(db.retry_after)})
+        if isinstance(exc, IntegrityError):
+            return _detail(409, "conflicts with a stored record")
+        return _bug(request, exc)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in _CLIENT_ERRNOS:
+            return _detail(400, f"the request names a path the server cannot use: {exc.strerror}")
+        if exc.errno in _DISK_FULL:
+            return _detail(507, "the server's storage is full")
+        return _bug(request, exc)
+
+    @app.exception_handler(ValueError)
+    async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
+        if "null byte" in str(exc) or "null character" in str(exc):  # a NUL reached os or a driver
+            return _detail(400, "the request contains a NUL character")
+        return _bug(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _anything(request: Request, exc: Exception) -> JSONResponse:
+        return _bug(request, exc)

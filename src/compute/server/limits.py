@@ -1,0 +1,114 @@
+"""Request bodies are bounded while they stream: in size (413) and in idle time (408).
+
+`RequestBodyGuard` is plain ASGI middleware around the app. It counts the bytes of each request
+body as the server hands them over, so a body without Content-Length (chunked) or with a false
+one is refused as soon as it passes the limit, before Starlette spools it to disk; and a body
+that sends nothing for `idle_timeout` seconds is answered 408. Either way the reply says
+`Connection: close`, so the server drops the connection and its file descriptor, and the app
+sees the client as gone (`http.disconnect`): what it had spooled is closed and deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class RequestBodyGuard:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, idle_timeout: float | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout = idle_timeout or None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            # Refused before a byte of the body is read.
+            await _reply(send, 413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+            return
+        await _Guarded(self, receive, send).run(scope)
+
+
+class _Guarded:
+    """One request: its body counted and timed, and the app's reply dropped once we answered."""
+
+    def __init__(self, guard: RequestBodyGuard, receive: Receive, send: Send) -> None:
+        self.guard = guard
+        self._receive = receive
+        self._send = send
+        self.received = 0
+        self.body_done = False
+        self.response_started = False
+        self.answered = False
+
+    async def run(self, scope: Scope) -> None:
+        await self.guard.app(scope, self.receive, self.send)
+
+    async def receive(self) -> Message:
+        if self.answered:
+            return DISCONNECT
+        if self.body_done:
+            # Later calls only wait for the client to leave (streaming replies): no timeout.
+            return await self._receive()
+        timeout = self.guard.idle_timeout
+        try:
+            with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+                message = await self._receive()
+        except TimeoutError:
+            await self._refuse(408, f"request body stalled: nothing received for {timeout:g} s")
+            return DISCONNECT
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.guard.max_body_bytes:
+                await self._refuse(413, f"request body exceeds the limit of {self.guard.max_body_bytes}"
+                                        " bytes")
+                return DISCONNECT
+            self.body_done = not message.get("more_body", False)
+        else:
+            self.body_done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return  # the app's answer to the disconnect it was shown goes nowhere
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self._send(message)
+
+    async def _refuse(self, status: int, detail: str) -> None:
+        self.answered = True
+        if not self.response_started:  # otherwise the closing connection is all we can say
+            await _reply(self._send, status, detail)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            if not value.isdigit():
+                return None  # the HTTP server refuses it; the streaming count still applies
+            return int(value) if len(value) <= 18 else 10**18  # int() refuses 4,300+ digits
+    return None
+
+
+async def _reply(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

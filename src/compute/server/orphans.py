@@ -1,0 +1,67 @@
+"""Job folders without a job: left by an upload that failed, or a crash, between folder and row.
+
+A folder is an orphan when no row has its id and it has not changed for ORPHAN_GRACE_SECONDS,
+so an upload still being stored (folder first, row a moment later) is never touched.
+`OrphanSweeper.run` removes them in the background; `DELETE /admin/jobs/cleanup` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from compute.db.repository import JobRepository
+from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
+from compute.storage import JobStorage
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between background sweeps, seconds.
+MAX_INTERVAL = 300.0
+
+
+class OrphanSweeper:
+    def __init__(self, repo: JobRepository, storage: JobStorage, db: RouteDatabase, grace: float) -> None:
+        self.repo = repo
+        self.storage = storage
+        self.db = db
+        self.grace = grace
+
+    def remove_orphans(self) -> tuple[int, int]:
+        """Remove the orphan folders; returns (folders removed, bytes freed). Blocking."""
+        old = [job_id for job_id, age in self.storage.job_folders() if age >= self.grace]
+        if not old:
+            return 0, 0
+        known = self.repo.existing_job_ids(old)
+        removed = freed = 0
+        for job_id in old:
+            if job_id in known:
+                continue
+            freed += _size(self.storage, job_id)
+            if self.storage.cleanup_job(job_id):
+                removed += 1
+        if removed:
+            log.info("removed %d job folders without a job (%d bytes)", removed, freed)
+        return removed, freed
+
+    async def run(self) -> None:
+        interval = min(MAX_INTERVAL, max(1.0, self.grace / 2))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.db.call(self.remove_orphans)
+            except DatabaseUnavailable:
+                pass  # next time
+            except Exception:
+                log.exception("orphan folder sweep failed")
+
+
+def _size(storage: JobStorage, job_id: str) -> int:
+    total = 0
+    for path in storage.job_dir(job_id).rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            pass
+    return total
