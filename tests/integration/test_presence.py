@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 from compute.config import Settings
-from compute.topics import Topics
+from compute.signing import verify_info
+from compute.topics import Topics, parse_worker_info
 from tests.conftest import BrokerInfo, Server, WorkerFactory
 from tests.helpers import MqttProbe, wait_for
 
@@ -119,3 +121,27 @@ async def test_retained_queue_summary_counts_queued_jobs(
     await start_worker(wait_idle=False)
     await probe.expect(lambda m: (_json(m.payload).get("queued"), _json(m.payload).get("running")) == (0, 0),
                        what="queue drained")
+
+
+async def test_a_worker_run_registers_its_session_and_signs_its_info(
+    settings: Settings, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
+    running = await start_worker()
+    sessions = running.service.sessions
+    row = sessions.get(running.worker.session)
+    assert row is not None and row.stopped_at is None
+    assert (row.worker_id, row.tasks, row.pid) == (running.settings.worker_id,
+                                                   ("image_conversion", "image_resize"), os.getpid())
+    assert row.secret == running.service.secret and row.version and row.last_seen >= row.started_at
+    # Its retained info verifies with the registered secret, and carries no secret itself.
+    topic = Topics.for_settings(settings).worker_info(running.settings.worker_id)
+    await probe.subscribe(topic)
+    message = await probe.expect(lambda m: m.topic == topic and bool(m.payload), what="info")
+    info = parse_worker_info(message.payload)
+    assert verify_info(row.secret, info) and row.secret.encode() not in message.payload
+    assert sessions.touch(running.worker.session)  # the heartbeat's statement
+
+    await running.shutdown()
+    stopped = sessions.get(running.worker.session)
+    assert stopped is not None and stopped.stopped_at is not None
+    assert not sessions.touch(running.worker.session)
