@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from pathlib import Path
+
+import pytest
 
 from compute.config import Settings
+from compute.errors import NotMigrated
+from compute.plugins.registry import load_tasks
 from compute.signing import verify_info
 from compute.topics import Topics, parse_worker_info
-from tests.conftest import BrokerInfo, Server, WorkerFactory
+from compute.worker.service import WorkerService
+from tests.conftest import BrokerInfo, Server, WorkerFactory, make_settings
 from tests.helpers import MqttProbe, wait_for
 
 
@@ -145,3 +152,17 @@ async def test_a_worker_run_registers_its_session_and_signs_its_info(
     stopped = sessions.get(running.worker.session)
     assert stopped is not None and stopped.stopped_at is not None
     assert not sessions.touch(running.worker.session)
+
+
+async def test_a_worker_on_a_database_without_worker_sessions_asks_for_compute_migrate(
+    tmp_path: Path, prefix: str
+) -> None:
+    """A missing table is not a transient error: no retrying forever, a clear message instead."""
+    nowhere = BrokerInfo("none", "127.0.0.1", 1)
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}", nowhere, prefix)
+    service = WorkerService.build(settings, load_tasks(("image_resize",)))
+    try:
+        with pytest.raises(NotMigrated, match="compute-migrate"):
+            await asyncio.wait_for(service.register(), 10)
+    finally:
+        service.engine.dispose()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cl_ml_tools import ComputeModule
+from sqlalchemy.exc import ProgrammingError
 
 from compute import __version__
 from compute.bus.mqtt import MqttBus
@@ -23,6 +24,7 @@ from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute.db.workers import WorkerSessions, new_secret
+from compute.errors import NotMigrated
 from compute.logs import LogLimiter
 from compute.plugins import environment as plugin_environment
 from compute.topics import OFFLINE, Topics
@@ -90,6 +92,10 @@ class WorkerService:
                                        socket.gethostname(), os.getpid(), __version__)
                 return True
             except DB_ERRORS as exc:
+                if isinstance(exc, ProgrammingError) or "no such table" in str(exc):
+                    # Not transient: a database from before worker_sessions existed.
+                    raise NotMigrated(f"cannot register this worker ({str(exc).splitlines()[0]}): "
+                                      "run `compute-migrate`") from exc
                 worker.db_errors += 1
                 limited.warning("register", "could not register this worker session (%s); retrying",
                                 (str(exc).splitlines() or ["?"])[0][:200])
