@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -32,7 +33,7 @@ from compute.config import Settings
 from compute.db.models import jobs_table
 from compute.server.app import UPLOAD_SLACK
 from tests.conftest import Server, running_server
-from tests.helpers import free_port, png_bytes, wait_for
+from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -360,6 +361,29 @@ async def test_a_locked_database_leaves_the_server_answering(settings: Settings)
         after = (await server.submit())["job_id"]
         assert job_rows(server) == job_folders(server) == {before, after}  # nothing lost, no leftovers
         assert (await server.job(before))["status"] == "queued"
+
+
+async def test_background_database_work_never_stalls_the_loop(settings: Settings, probe: MqttProbe) -> None:
+    """The lease sweep (every second here) and the worker-event ingest write to the database
+    too; while it is locked they wait off the event loop, and the server keeps answering."""
+    async with running_server(replace(settings, db_request_timeout=1.0, lease_seconds=4.0)) as server:
+        job_id = (await server.submit())["job_id"]
+        ingest = server.app.state.ingest
+        with write_lock(settings.database_url):
+            forged = {"job_id": job_id, "worker_id": "w", "event": "progress", "progress": 5,
+                      "timestamp": 1, "attempt": 1, "seq": 1, "sig": "cd" * 32}
+            probe.publish(server.topics.job_event("image_conversion", job_id), json.dumps(forged))
+            until = time.monotonic() + 2.5  # the event's arrival, and longer than the sweep interval
+            slowest = 0.0
+            while time.monotonic() < until:
+                started = time.monotonic()  # a GET / and a short pause: a stalled loop shows in either
+                assert (await server.client.get("/")).status_code == 200
+                await asyncio.sleep(0.05)
+                slowest = max(slowest, time.monotonic() - started)
+            assert slowest < 0.5, f"the event loop stalled for {slowest:.2f} s while the database was locked"
+            assert ingest.rejected.total() == 0  # still waiting for the database, off the loop
+        await wait_for(lambda: ingest.rejected.total() >= 1, what="the forged event rejected")
+        assert (await server.job(job_id))["status"] == "queued"
 
 
 async def _database_state(server: Server) -> bool:

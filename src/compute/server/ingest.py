@@ -69,7 +69,9 @@ class EventIngest:
             while len(batch) < BATCH_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                self.persist(batch)
+                # The database work runs on a thread: a locked database must not stall the loop
+                # (HTTP, MQTT keepalives) for its busy timeout.
+                self._handle(await asyncio.to_thread(self.transitions.apply_events, batch))
             except Exception:
                 # The database refused the batch: terminal events stay unconfirmed and
                 # their workers send them again.
@@ -77,7 +79,10 @@ class EventIngest:
                 await asyncio.sleep(0.5)
 
     def persist(self, batch: list[JobEvent]) -> list[Outcome]:
-        outcomes = self.transitions.apply_events(batch)
+        return self._handle(self.transitions.apply_events(batch))
+
+    def _handle(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Counters, CL Server events, requeue hints and confirmations for applied events."""
         changed = False
         for outcome in outcomes:
             ev = outcome.event

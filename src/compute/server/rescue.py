@@ -87,6 +87,7 @@ class Rescuer:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                self.sweep()
+                # On a thread: a locked database must not stall the event loop for its busy timeout.
+                self._announce(await asyncio.to_thread(self.transitions.rescue_expired))
             except Exception:
                 limited.exception("lease sweep", "lease sweep failed; trying again in %.0f s", self.interval)
