@@ -33,12 +33,11 @@ async def test_a_hint_never_published_is_picked_up_by_the_sweep(
     try:
         storage = server.app.state.storage
         storage.create_job_directory("silent-job")
-        source = storage.get_input_path("silent-job") / "in.png"
-        source.write_bytes(png_bytes())
+        (storage.get_input_path("silent-job") / "in.png").write_bytes(png_bytes())
         target = storage.get_output_path("silent-job") / "out.png"
-        JobRepository(engine).add_job(Job(
+        JobRepository(engine).add_job(Job(  # params relative to the job folder, as the route writes them
             job_id="silent-job", task_type="image_conversion",
-            params={"input_paths": [str(source)], "output_paths": [str(target)], "format": "png"},
+            params={"input_path": "input/in.png", "output_path": "output/out.png", "format": "png"},
         ))
     finally:
         engine.dispose()
