@@ -121,19 +121,24 @@ async def test_both_sides_reconnect_and_resubscribe_after_a_broker_restart(
         async with running_server(settings) as server:
             bus = server.app.state.bus
             running = await start_worker(mqtt_port=port)
+            outbox = running.worker.outbox
             await server.wait_status((await server.submit())["job_id"], "completed")
+            # Its confirmation reached the worker too (else the outbox writes it once the link drops).
+            await wait_for(lambda: not outbox.pending, what="the first result confirmed")
 
             await broker_process.stop()
             await wait_for(lambda: not bus.connected and not running.bus.connected, what="link lost")
             await broker_process.start()
             await wait_for(lambda: bus.connected and running.bus.connected, timeout=15, what="reconnect")
-            assert bus.connects == 2 and running.bus.connects == 2
+            # At least once more each (an amqtt process may drop a connection it accepted while it
+            # was still starting; the supervisor then connects again, which is the point).
+            assert bus.connects >= 2 and running.bus.connects >= 2
 
             # The sweep is 30 s: finishing now needs the hint subscription restored, and the
             # server's event subscription too (or the result waits for the outbox timeout).
             job_id = (await server.submit())["job_id"]
             await server.wait_status(job_id, "completed", timeout=8)
-            assert running.worker.outbox.written_directly == 0
+            assert outbox.written_directly == 0
             await running.shutdown()
     finally:
         await broker_process.stop()
