@@ -43,6 +43,7 @@ class Rescuer:
         #: Will-triggered checks done (for tests: a Will was looked into, whatever it found).
         self.checks = 0
         self._pending = 0
+        self._checking: set[asyncio.Task[None]] = set()
 
     def worker_lost(self, worker_id: str, session: str) -> None:
         """A verified Last Will for this session arrived: rescue its claims once they stall."""
@@ -57,15 +58,19 @@ class Rescuer:
             return
         self._pending += 1
         reason = f"worker {worker_id} went offline"
-        asyncio.get_running_loop().call_later(self.grace, self._check, snapshot, reason)
+        task = asyncio.create_task(self._check(snapshot, reason), name="will-check")
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
 
-    def _check(self, snapshot: LeaseSnapshot, reason: str) -> None:
-        self._pending -= 1
+    async def _check(self, snapshot: LeaseSnapshot, reason: str) -> None:
         try:
-            self._announce(self.transitions.rescue_stalled(snapshot, reason))
+            await asyncio.sleep(self.grace)
+            # On a thread, like the sweep: a locked database must not stall the event loop.
+            self._announce(await asyncio.to_thread(self.transitions.rescue_stalled, snapshot, reason))
         except Exception:
             limited.exception("will rescue", "rescue after a Last Will failed; the lease sweep will retry")
         finally:
+            self._pending -= 1
             self.checks += 1
 
     def _announce(self, jobs: list[Rescued]) -> None:
@@ -84,10 +89,16 @@ class Rescuer:
         return jobs
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                # On a thread: a locked database must not stall the event loop for its busy timeout.
-                self._announce(await asyncio.to_thread(self.transitions.rescue_expired))
-            except Exception:
-                limited.exception("lease sweep", "lease sweep failed; trying again in %.0f s", self.interval)
+        """The lease sweep, until cancelled (which also drops the Will checks still waiting)."""
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                try:
+                    # On a thread: a locked database must not stall the event loop for its busy timeout.
+                    self._announce(await asyncio.to_thread(self.transitions.rescue_expired))
+                except Exception:
+                    limited.exception("lease sweep", "lease sweep failed; trying again in %.0f s",
+                                      self.interval)
+        finally:
+            for task in list(self._checking):
+                task.cancel()

@@ -39,7 +39,7 @@ limited = LogLimiter(log)
 #: Most workers tracked at once.
 MAX_WORKERS = 1024
 #: Session look-ups in the database for sessions not cached, per second (burst: twice that).
-LOOKUPS_PER_SECOND = 100.0
+LOOKUPS_PER_SECOND = 500.0
 #: An unknown session is not looked up again for this long (seconds); at most this many kept.
 NEGATIVE_TTL, NEGATIVE_MAX = 10.0, 4096
 
