@@ -31,8 +31,8 @@ from compute.config import load_settings
 from compute.db.migrate import upgrade_head
 
 TASKS = "bench_noop,image_conversion"
-#: compute.worker.results logs this when the server did not confirm a result in time.
-_DIRECT = "result written to the database by the worker (no confirmation)"
+#: compute.worker.results logs this when it wrote a result itself (no confirmation in time).
+_DIRECT = "result written to the database by the worker ("
 _STOPPED = re.compile(r"worker (\S+) stopped: (\d+) jobs run, (\d+) empty claims")
 #: Variables of ours that must not leak in from the caller's shell.
 _SCRUB = ("CL_SERVER_DIR", "DATABASE_URL", "AUTH_DISABLED", "PUBLIC_KEY_PATH", "LOG_LEVEL",

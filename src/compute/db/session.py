@@ -10,7 +10,7 @@ from sqlalchemy.pool import QueuePool
 
 from compute.errors import NotMigrated
 
-REQUIRED_TABLES = ("jobs", "queue_entries", "server_preferences")
+REQUIRED_TABLES = ("jobs", "queue_entries", "server_preferences", "worker_sessions")
 #: Execution option that makes a SQLite transaction take the write lock at BEGIN.
 IMMEDIATE = "compute_begin_immediate"
 #: Seconds a statement may wait for a locked or busy database, unless the caller says otherwise.
