@@ -4,9 +4,7 @@ what a worker without exiftool says."""
 from __future__ import annotations
 
 import json
-import struct
 import uuid
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,25 +14,11 @@ from compute.plugins.environment import PluginEnvironment
 from compute.plugins.exif.task import ExifParams, ExifTask
 from tests.conftest import Server, WorkerFactory
 from tests.plugins.exif.samples import BROKEN_MPEG, needs_exiftool, photo
-
-
-def jobs_left(server: Server) -> list[str]:
-    folder = server.settings.storage_dir / "jobs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
-        + chunk(b"IEND", b"")
+from tests.plugins.hostile import jobs_left, png_header_only, submit
 
 
 async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
-    response = await server.client.post("/jobs/exif", data={"priority": "5", **(data or {})},
-                                        files={"file": ("x.jpg", content, "image/jpeg")})
-    return response.status_code, response.text
+    return await submit(server, "exif", content, data)
 
 
 async def test_unknown_file_is_415(server: Server) -> None:

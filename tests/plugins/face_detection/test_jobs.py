@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -19,6 +17,7 @@ from compute.plugins.registry import UnavailableTasks, load_tasks
 from tests.conftest import Server, WorkerFactory
 from tests.plugins.conftest import download, run_job
 from tests.plugins.face_detection.yunet_model import build, expected, mark
+from tests.plugins.hostile import png_header_only
 
 #: BGR colours of the dots drawn at the landmarks, in LANDMARK_NAMES order.
 DOT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
@@ -43,15 +42,6 @@ def face_picture() -> bytes:
     ok, png = cv2.imencode(".png", image)
     assert ok
     return png.tobytes()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims `width` x `height` (its data is a few bytes)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
 async def test_route_worker_result_with_boxes_landmarks_and_aligned_crops(
@@ -147,7 +137,7 @@ async def test_a_pixel_bomb_is_refused_with_413(server: Server) -> None:
     # 144 Mpx: over MAX_IMAGE_PIXELS (100 Mpx), which intake checks from the header alone.
     response = await server.client.post(
         "/jobs/face_detection", data={"priority": "5"},
-        files={"file": ("bomb.png", png_header(12000, 12000), "image/png")})
+        files={"file": ("bomb.png", png_header_only(12000, 12000), "image/png")})
 
     assert response.status_code == 413
     assert "12000x12000" in response.json()["detail"]
@@ -159,7 +149,7 @@ async def test_a_giant_pixel_bomb_is_refused(server: Server) -> None:
     # still a 413 that names the limit.
     response = await server.client.post(
         "/jobs/face_detection", data={"priority": "5"},
-        files={"file": ("bomb.png", png_header(20000, 20000), "image/png")})
+        files={"file": ("bomb.png", png_header_only(20000, 20000), "image/png")})
 
     assert response.status_code == 413
     assert "400000000 pixels" in response.json()["detail"]

@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import json
 import random
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
 from tests.conftest import Server, WorkerFactory
 from tests.plugins.hash.samples import encoded
-
-
-def jobs_left(server: Server) -> list[str]:
-    folder = server.settings.storage_dir / "jobs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
-        + chunk(b"IEND", b"")
+from tests.plugins.hostile import jobs_left, png_header_only, submit
 
 
 async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
-    response = await server.client.post("/jobs/hash", data={"priority": "5", **(data or {})},
-                                        files={"file": ("x.jpg", content, "image/jpeg")})
-    return response.status_code, response.text
+    return await submit(server, "hash", content, data)
 
 
 async def test_unknown_file_is_415(server: Server) -> None:

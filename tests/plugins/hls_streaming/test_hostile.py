@@ -14,12 +14,8 @@ from compute.plugins.environment import PluginEnvironment
 from compute.plugins.hls_streaming.task import inside_media_roots
 from tests.conftest import Server, WorkerFactory
 from tests.helpers import png_bytes
+from tests.plugins.hostile import jobs_left
 from tests.plugins.media_thumbnail.videos import CORRUPT_MP4
-
-
-def jobs_left(server: Server) -> list[str]:
-    folder = server.settings.storage_dir / "jobs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 async def post(server: Server, data: dict[str, str], content: bytes | None = None) -> tuple[int, str]:

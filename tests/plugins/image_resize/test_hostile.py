@@ -5,33 +5,16 @@ from __future__ import annotations
 import io
 import json
 import random
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
 from tests.conftest import Server, WorkerFactory
-
-
-def jobs_left(server: Server) -> list[str]:
-    folder = server.settings.storage_dir / "jobs"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims `width` x `height` in its header: what a decompression bomb looks like."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
-        + chunk(b"IEND", b"")
+from tests.plugins.hostile import jobs_left, png_header_only, submit
 
 
 async def post(server: Server, content: bytes, data: dict[str, str]) -> tuple[int, str]:
-    response = await server.client.post("/jobs/image_resize", data={"priority": "5", **data},
-                                        files={"file": ("x.png", content, "image/png")})
-    return response.status_code, response.text
+    return await submit(server, "image_resize", content, data, filename="x.png")
 
 
 async def test_not_an_image_is_415(server: Server) -> None:
