@@ -1,6 +1,6 @@
 """Command lines: compute-migrate, compute-server, compute-worker.
 
-Environment is read here, once, into Settings; flags override it.
+Environment is read here, once, into Settings; flags override it (load_settings' overrides).
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def _add_broker_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-broker", help="MQTT broker host (MQTT_BROKER)")
     parser.add_argument("--mqtt-port", type=int, help="MQTT broker port (MQTT_PORT, default 1883)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING ... (LOG_LEVEL, default INFO)")
+
+
+def _broker_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The broker and log flags as settings overrides (variable name -> value), for load_settings."""
+    return {var: str(flag) for flag, var in ((args.mqtt_broker, "MQTT_BROKER"),
+                                            (args.mqtt_port, "MQTT_PORT"),
+                                            (args.log_level, "LOG_LEVEL")) if flag is not None}
 
 
 # -- compute-migrate ----------------------------------------------------------------------
@@ -125,14 +132,11 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     _add_broker_flags(parser)
     args = parser.parse_args(argv)
 
+    overrides = _broker_overrides(args)
     if args.no_auth:
-        os.environ["AUTH_DISABLED"] = "true"
-    for flag, var in ((args.mqtt_broker, "MQTT_BROKER"), (args.mqtt_port, "MQTT_PORT"),
-                      (args.log_level, "LOG_LEVEL")):
-        if flag is not None:
-            os.environ[var] = str(flag)
+        overrides["AUTH_DISABLED"] = "true"
     try:
-        settings = load_settings()
+        settings = load_settings(overrides=overrides)
     except ConfigError as exc:
         return _fail(str(exc))
     _setup_logging(settings.log_level)
@@ -144,12 +148,16 @@ def server_main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    workers = _spawn_workers_when_ready(args.workers, args.port) if args.workers else None
+    workers = (_spawn_workers_when_ready(args.workers, args.port, overrides)
+               if args.workers else None)
     # uvicorn shuts down on SIGTERM, then raises the signal again to the handler it found:
     # with the default one the process would die before stopping its workers.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.reload:
+            # uvicorn --reload builds the app in a subprocess, from the environment
+            # (app_from_env): only here do the flags still pass through os.environ.
+            os.environ.update(overrides)
             uvicorn.run("compute.cli:app_from_env", factory=True, host=args.host, port=args.port,
                         reload=True, log_level=settings.log_level.lower())
         else:
@@ -209,7 +217,7 @@ class _WorkerProcesses:
                 p.kill()
 
 
-def _spawn_workers_when_ready(count: int, port: int) -> _WorkerProcesses:
+def _spawn_workers_when_ready(count: int, port: int, overrides: dict[str, str]) -> _WorkerProcesses:
     group = _WorkerProcesses()
 
     def spawn() -> None:
@@ -223,7 +231,9 @@ def _spawn_workers_when_ready(count: int, port: int) -> _WorkerProcesses:
                 return
             cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port),
                    "--worker-id", f"worker-{host}-{os.getpid()}-{i + 1}"]
-            group.procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent))
+            # The server's flags (broker, log level ...) apply to its workers too.
+            group.procs.append(subprocess.Popen(cmd, env={**os.environ, **overrides},
+                                                preexec_fn=die_with_parent))
         # The parent-death signal fires when the thread that started the child ends, not the
         # process: this thread stays until the server stops.
         group.stopped.wait()
@@ -252,18 +262,15 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     _add_broker_flags(parser)
     args = parser.parse_args(argv)
 
-    env = dict(os.environ)
-    if args.port is not None:
-        env["COMPUTE_PORT"] = str(args.port)
-    for flag, var in ((args.mqtt_broker, "MQTT_BROKER"), (args.mqtt_port, "MQTT_PORT"),
-                      (args.log_level, "LOG_LEVEL"), (args.server_url, "COMPUTE_SERVER_URL"),
+    overrides = _broker_overrides(args)
+    for flag, var in ((args.port, "COMPUTE_PORT"), (args.server_url, "COMPUTE_SERVER_URL"),
                       (args.worker_id, "WORKER_ID"), (args.tasks, "WORKER_SUPPORTED_TASKS")):
         if flag is not None:
-            env[var] = str(flag)
-    if "WORKER_ID" not in env:
-        env["WORKER_ID"] = f"worker-{socket.gethostname()}-{os.getpid()}"
+            overrides[var] = str(flag)
+    if "WORKER_ID" not in overrides and "WORKER_ID" not in os.environ:
+        overrides["WORKER_ID"] = f"worker-{socket.gethostname()}-{os.getpid()}"
     try:
-        settings = load_settings(env)
+        settings = load_settings(overrides=overrides)
         _check_worker_prerequisites(settings)
     except (ComputeError, ValueError) as exc:
         return _fail(str(exc))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections import ChainMap
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from compute.errors import ConfigError
@@ -88,10 +90,6 @@ class Settings:
     def lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
 
-    def with_overrides(self, **changes: object) -> Settings:
-        """A copy with the given fields replaced (None values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
-
 
 def read_secret(path: Path) -> str | None:
     """A secret kept in a file (first line, stripped), or None when it is missing or empty."""
@@ -106,33 +104,69 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} must be {_range(minimum, maximum)}, got {raw!r}")
+    return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    """A number of seconds: never negative, and above zero when `positive`."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name} must be a {'positive' if positive else 'non-negative'} "
+                          f"number, got {raw!r}")
+    return value
+
+
+def _range(minimum: int | None, maximum: int | None) -> str:
+    if maximum is None:
+        return f"at least {minimum}"
+    if minimum is None:
+        return f"at most {maximum}"
+    return f"between {minimum} and {maximum}"
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    return _int(env, name, default, minimum=1, maximum=65535)
+
+
+def _mqtt_version(env: Mapping[str, str]) -> int:
+    version = _int(env, "MQTT_VERSION", 4)
+    if version not in (4, 5):
+        raise ConfigError(f"MQTT_VERSION must be 4 (MQTT 3.1.1) or 5, got {env['MQTT_VERSION']!r}")
+    return version
 
 
 def parse_tasks(raw: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in raw.split(",") if t.strip())
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from environment variables (os.environ by default)."""
+def load_settings(env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, str | None] | None = None) -> Settings:
+    """Build Settings from environment variables (os.environ by default).
+
+    `overrides` (variable name -> value; None values are ignored) take precedence over `env`:
+    the command lines pass their flags this way, so a flag is read and checked exactly like the
+    variable it stands for, without touching os.environ.
+    """
     env = os.environ if env is None else env
+    if overrides:
+        env = ChainMap({k: v for k, v in overrides.items() if v is not None}, dict(env))
     default_dir = Path.home() / ".cl_server"
     cl_server_dir = Path(env.get("CL_SERVER_DIR") or default_dir).expanduser()
     database_url = env.get("DATABASE_URL") or f"sqlite:///{cl_server_dir / 'compute.db'}"
@@ -145,31 +179,31 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             mqtt_username = mqtt_username or EMBEDDED_USERNAME
     explicit_key = env.get("PUBLIC_KEY_PATH")
     public_key = explicit_key or str(cl_server_dir / "keys" / "public_key.pem")
-    port = _int(env, "COMPUTE_PORT", 8002)
+    port = _port(env, "COMPUTE_PORT", 8002)
     return Settings(
         cl_server_dir=cl_server_dir,
         database_url=database_url,
         storage_dir=storage_dir,
         mqtt_broker=env.get("MQTT_BROKER") or None,
-        mqtt_port=_int(env, "MQTT_PORT", 1883),
+        mqtt_port=_port(env, "MQTT_PORT", 1883),
         mqtt_embedded_bind=env.get("MQTT_EMBEDDED_BIND") or "127.0.0.1",
         mqtt_username=mqtt_username,
         mqtt_password=mqtt_password,
         mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
         mqtt_tls_ca_file=env.get("MQTT_TLS_CA_FILE") or None,
         mqtt_client_id=env.get("MQTT_CLIENT_ID") or None,
-        mqtt_keepalive=_int(env, "MQTT_KEEPALIVE", 60),
-        mqtt_version=_int(env, "MQTT_VERSION", 4),
+        mqtt_keepalive=_int(env, "MQTT_KEEPALIVE", 60, minimum=1),
+        mqtt_version=_mqtt_version(env),
         mqtt_topic_root=(env.get("MQTT_TOPIC_ROOT") or "compute").strip("/"),
         mqtt_topic=env.get("MQTT_TOPIC") or "inference/events",
         capability_topic_prefix=(env.get("CAPABILITY_TOPIC_PREFIX") or "inference/workers").strip("/"),
-        heartbeat_interval=_float(env, "MQTT_HEARTBEAT_INTERVAL", 30.0),
-        sweep_interval=_float(env, "WORKER_SWEEP_INTERVAL", 30.0),
+        heartbeat_interval=_float(env, "MQTT_HEARTBEAT_INTERVAL", 30.0, positive=True),
+        sweep_interval=_float(env, "WORKER_SWEEP_INTERVAL", 30.0, positive=True),
         wake_events=_bool(env.get("WORKER_WAKE_EVENTS", "true")),
-        lease_seconds=_float(env, "JOB_LEASE_SECONDS", 60.0),
+        lease_seconds=_float(env, "JOB_LEASE_SECONDS", 60.0, positive=True),
         task_policies=Policies.parse(
             TaskPolicy(
-                max_retries=_int(env, "JOB_MAX_RETRIES", 3),
+                max_retries=_int(env, "JOB_MAX_RETRIES", 3, minimum=0),
                 timeout=_float(env, "JOB_TIMEOUT", 600.0),
                 backoff_base=_float(env, "RETRY_BACKOFF_BASE", 1.0),
                 backoff_max=_float(env, "RETRY_BACKOFF_MAX", 60.0),
@@ -181,12 +215,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_key_path=Path(public_key).expanduser(),
         legacy_public_key_path=None if explicit_key else cl_server_dir / "public_key.pem",
         guest_mode=_bool(env.get("GUEST_MODE", "off")),
-        max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
-        upload_idle_timeout=_float(env, "UPLOAD_IDLE_TIMEOUT", 30.0),
-        db_request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 5.0),
+        max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024, minimum=1),
+        upload_idle_timeout=_float(env, "UPLOAD_IDLE_TIMEOUT", 30.0, positive=True),
+        db_request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 5.0, positive=True),
         orphan_grace_seconds=_float(env, "ORPHAN_GRACE_SECONDS", 600.0),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
-        max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         media_roots=tuple(Path(p).expanduser() for p in
                           (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep) if p.strip()),
         worker_id=env.get("WORKER_ID") or "worker-default",

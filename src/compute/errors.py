@@ -18,13 +18,5 @@ class NotMigrated(ComputeError):
     """The database has no compute tables yet: run `compute-migrate` first."""
 
 
-class JobNotFound(ComputeError):
-    """No job with that id."""
-
-
-class BrokerUnavailable(ComputeError):
-    """The MQTT broker could not be reached."""
-
-
 class ServerUnavailable(ComputeError):
     """The compute server does not answer."""

@@ -7,6 +7,7 @@ them per task type, e.g. {"image_conversion": {"max_retries": 1, "timeout": 60}}
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -55,17 +56,23 @@ class Policies:
         for task, values in data.items():
             if not isinstance(values, dict) or set(values) - known:
                 raise ConfigError(f"TASK_POLICIES[{task!r}]: expected keys among {sorted(known)}")
-            per_task[task] = replace(default, **_typed(values))
+            per_task[task] = replace(default, **_typed(task, values))
         return cls(default, per_task)
 
 
-def _typed(values: dict[str, Any]) -> dict[str, Any]:
+def _typed(task: str, values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key == "retry_plugin_errors":
             out[key] = bool(value)
-        elif key == "max_retries":
-            out[key] = int(value)
-        else:
-            out[key] = float(value)
+            continue
+        try:
+            number = int(value) if key == "max_retries" else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if (number is None or isinstance(value, bool) or not math.isfinite(number)
+                or number < 0):
+            raise ConfigError(f"TASK_POLICIES[{task!r}].{key} must be a non-negative number, "
+                              f"got {value!r}")
+        out[key] = number
     return out

@@ -126,8 +126,14 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
                 lambda m: m.topic == "inference/workers/e2e-1" and bool(m.payload), what="capability")
             assert capability.json()["id"] == "e2e-1"
             assert sorted(capability.json()["capabilities"]) == ["image_conversion", "image_resize"]
-            caps = (await client.get("/capabilities")).json()
-            assert caps["num_workers"] == 1 and caps["capabilities"]["image_conversion"] == 1
+
+            # The worker announces itself idle after the job, so /capabilities may lag behind.
+            async def idle_worker_listed() -> bool:
+                caps = (await client.get("/capabilities")).json()
+                return bool(caps["num_workers"] == 1 and caps["capabilities"]["image_conversion"] == 1)
+
+            await wait_for(idle_worker_listed, timeout=10, interval=0.05,
+                           what="/capabilities to list the idle worker")
 
             job_id = await submit()
             await wait_for(lambda: done(job_id), timeout=30, interval=0.05, what="the second job")

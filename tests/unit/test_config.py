@@ -69,10 +69,66 @@ def test_empty_values_fall_back_to_defaults(tmp_path: Path) -> None:
     assert s.mqtt_port == 1883 and s.mqtt_broker is None and s.broker_host == "127.0.0.1"
 
 
-def test_with_overrides_ignores_none(tmp_path: Path) -> None:
-    s = load_settings({"CL_SERVER_DIR": str(tmp_path)})
-    t = s.with_overrides(mqtt_port=1234, mqtt_broker=None)
-    assert t.mqtt_port == 1234 and t.mqtt_broker is None and s.mqtt_port == 1883
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("JOB_LEASE_SECONDS", "0"), ("JOB_LEASE_SECONDS", "-5"),
+     ("JOB_TIMEOUT", "-1"), ("JOB_TIMEOUT", "nan"),
+     ("JOB_MAX_RETRIES", "-1"), ("RETRY_BACKOFF_BASE", "-0.5"), ("RETRY_BACKOFF_MAX", "-1"),
+     ("DB_REQUEST_TIMEOUT", "0"), ("DB_REQUEST_TIMEOUT", "-1"),
+     ("UPLOAD_IDLE_TIMEOUT", "0"), ("UPLOAD_IDLE_TIMEOUT", "inf"),
+     ("ORPHAN_GRACE_SECONDS", "-1"),
+     ("MQTT_KEEPALIVE", "0"), ("MQTT_KEEPALIVE", "-10"),
+     ("WORKER_SWEEP_INTERVAL", "0"), ("WORKER_SWEEP_INTERVAL", "-1"),
+     ("MQTT_HEARTBEAT_INTERVAL", "0"), ("MQTT_HEARTBEAT_INTERVAL", "-1"),
+     ("MAX_UPLOAD_BYTES", "0"), ("MAX_UPLOAD_BYTES", "-1"),
+     ("MAX_IMAGE_PIXELS", "0"), ("MAX_IMAGE_PIXELS", "-1"),
+     ("MQTT_PORT", "0"), ("MQTT_PORT", "65536"), ("MQTT_PORT", "-1"),
+     ("COMPUTE_PORT", "0"), ("COMPUTE_PORT", "70000"),
+     ("MQTT_VERSION", "3"), ("MQTT_VERSION", "6")],
+)
+def test_out_of_range_values_raise_config_error_naming_the_variable(
+        name: str, value: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"CL_SERVER_DIR": str(tmp_path), name: value})
+
+
+def test_boundary_values_are_accepted(tmp_path: Path) -> None:
+    s = load_settings({"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "65535", "COMPUTE_PORT": "1",
+                       "MQTT_VERSION": "5", "JOB_TIMEOUT": "0", "JOB_MAX_RETRIES": "0",
+                       "RETRY_BACKOFF_BASE": "0", "MQTT_KEEPALIVE": "1", "MAX_UPLOAD_BYTES": "1",
+                       "JOB_LEASE_SECONDS": "0.5", "ORPHAN_GRACE_SECONDS": "0"})
+    assert (s.mqtt_port, s.mqtt_version, s.mqtt_keepalive, s.max_upload_bytes) == (65535, 5, 1, 1)
+    assert s.task_policies.default.timeout == 0 and s.task_policies.default.max_retries == 0
+    assert s.lease_seconds == 0.5 and s.server_url == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ['{"hash": {"max_retries": -1}}', '{"hash": {"timeout": -1}}',
+     '{"hash": {"backoff_base": -1}}', '{"hash": {"backoff_max": -0.1}}',
+     '{"hash": {"timeout": "soon"}}', '{"hash": {"max_retries": null}}'],
+)
+def test_bad_task_policies_raise_config_error(policy: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"TASK_POLICIES\['hash'\]"):
+        load_settings({"CL_SERVER_DIR": str(tmp_path), "TASK_POLICIES": policy})
+
+
+def test_task_policies_override_defaults(tmp_path: Path) -> None:
+    s = load_settings({"CL_SERVER_DIR": str(tmp_path),
+                       "TASK_POLICIES": '{"hash": {"max_retries": 0, "timeout": 5}}'})
+    assert s.task_policies.for_task("hash").max_retries == 0
+    assert s.task_policies.for_task("hash").timeout == 5.0
+    assert s.task_policies.for_task("exif").max_retries == 3
+
+
+def test_overrides_take_precedence_and_are_validated(tmp_path: Path) -> None:
+    env = {"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "1999", "MQTT_BROKER": "a"}
+    s = load_settings(env, overrides={"MQTT_PORT": "1234", "MQTT_BROKER": None,
+                                      "COMPUTE_PORT": "9000"})
+    assert (s.mqtt_port, s.mqtt_broker, s.server_url) == (1234, "a", "http://127.0.0.1:9000")
+    assert env == {"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "1999", "MQTT_BROKER": "a"}
+    with pytest.raises(ConfigError, match="MQTT_PORT"):
+        load_settings(env, overrides={"MQTT_PORT": "0"})
 
 
 def test_parse_tasks() -> None:

@@ -46,10 +46,6 @@ class PluginThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class JobCancelled(Exception):
-    """The job was cancelled while it ran."""
-
-
 class JobRunner:
     def __init__(self, worker_id: str, tasks: dict[str, ComputeModule], bus: Bus, topics: Topics,
                  outbox: ResultOutbox) -> None:
