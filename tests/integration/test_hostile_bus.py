@@ -322,12 +322,13 @@ async def test_ghost_workers_never_reach_capabilities(
                            what="the retained ghosts to reach the server")
             for i in range(ghosts + 20, ghosts + 40):  # and some while it runs, with forged signatures
                 probe.publish(topics.worker_info(f"ghost-{i}"), ghost(i, sig="ef" * 32))
-            real = await start_worker()
+            # A short heartbeat: an info that a full broker queue dropped comes again soon.
+            real = await start_worker(heartbeat_interval=2.0)
 
             async def listed() -> dict[str, Any] | None:
+                # Judged on the reply alone: a ghost that got in shows as num_workers > 1.
                 caps = (await server.client.get("/capabilities")).json()
-                found = real.settings.worker_id in registry.workers or caps["num_workers"] > 1
-                return caps if found else None
+                return caps if caps["num_workers"] >= 1 else None
 
             try:
                 caps = await wait_for(listed, timeout=20, what="the real worker, or ghosts, in /capabilities")
