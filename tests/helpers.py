@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
@@ -92,7 +92,7 @@ class MqttProbe:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
 
-    async def __aenter__(self) -> MqttProbe:
+    async def __aenter__(self) -> Self:
         await asyncio.wait_for(self.client.connect(self.host, self.port, version=MQTTv311), 10)
         return self
 

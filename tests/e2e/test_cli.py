@@ -152,7 +152,8 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
                                what="the retained capability to be cleared")
 
         async def no_workers() -> bool:
-            return (await client.get("/capabilities")).json()["num_workers"] == 0
+            num_workers: int = (await client.get("/capabilities")).json()["num_workers"]
+            return num_workers == 0
 
         await wait_for(no_workers, timeout=10, what="/capabilities without workers")
 

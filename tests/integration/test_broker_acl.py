@@ -214,7 +214,7 @@ async def test_mosquitto_refuses_anonymous_and_wrong_passwords(mosquitto: Privat
 # -- Mosquitto: what each role may publish -----------------------------------------------------
 
 
-async def assert_none_arrive(forger: MqttProbe, observer: MqttProbe, server: MqttProbe,
+async def assert_none_arrive(forger: MqttProbe, observer: MqttProbe, server: ServerProbe,
                              forged: dict[str, bool], marker_topic: str) -> None:
     """`forger` publishes a unique payload on each topic (retained where True); none reaches `observer`."""
     payload = f"forged-{uuid.uuid4().hex}".encode()

@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
-from compute.db.repository import JobRepository
+from compute.db.repository import JobRecord, JobRepository
 from compute.db.session import make_engine
 from compute.server.workers import NEGATIVE_MAX
 from compute.signing import cancel_signature, confirmation_signature
@@ -65,6 +65,12 @@ async def start_gated(start_worker: WorkerFactory, **changes: Any) -> tuple[Runn
     running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: plugin}, lease_seconds=LEASE,
                                  **changes)
     return running, plugin
+
+
+def stored(repo: JobRepository, job_id: str) -> JobRecord:
+    record = repo.get(job_id)
+    assert record is not None, f"job {job_id} is not in the database"
+    return record
 
 
 def add_job(server: Server) -> str:
@@ -238,7 +244,7 @@ async def test_forged_confirmations_never_make_a_worker_forget_its_result(
     claim = repo.get(job_id)
 
     topic = Topics.for_settings(settings).worker_confirm(running.settings.worker_id)
-    forgeries = [
+    forgeries: list[bytes | str] = [
         json.dumps({"job_id": job_id, "status": "completed", "timestamp": 1}),  # the forgery
         encode({"job_id": job_id, "attempt": 1, "status": "completed", "timestamp": 1, "sig": "ab" * 32}),
         encode({"job_id": job_id, "attempt": 1, "status": "completed", "timestamp": 1,
@@ -256,8 +262,8 @@ async def test_forged_confirmations_never_make_a_worker_forget_its_result(
 
         # With no confirmation the worker writes the result itself: the job completes, once.
         outbox.confirm_timeout = 0.0
-        await wait_for(lambda: repo.get(job_id).status == "completed", what="the result in the database")
-    assert repo.get(job_id).attempt == 1 and plugin.runs == 1
+        await wait_for(lambda: stored(repo, job_id).status == "completed", what="the result in the database")
+    assert stored(repo, job_id).attempt == 1 and plugin.runs == 1
     flood_lines = [r for r in caplog.records if "confirmation" in r.getMessage()]
     assert len(flood_lines) <= 20, f"{len(flood_lines)} log lines for {flood} junk confirmations"
     repo.engine.dispose()
@@ -381,9 +387,9 @@ async def test_a_worker_outlives_a_locked_database_and_then_runs_the_queued_jobs
         lock.close()
 
     async def all_done() -> bool:
-        return all(repo.get(j).status == "completed" for j in [first, *queued])
+        return all(stored(repo, j).status == "completed" for j in [first, *queued])
 
     await wait_for(all_done, timeout=30, what="every job completed once the lock is gone")
-    assert all(repo.get(j).attempt == 1 for j in [first, *queued]) and plugin.runs == 4
+    assert all(stored(repo, j).attempt == 1 for j in [first, *queued]) and plugin.runs == 4
     assert not running.task.done()
     repo.engine.dispose()

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import jwt
@@ -34,6 +34,10 @@ from compute.db.models import jobs_table
 from compute.server.app import UPLOAD_SLACK
 from tests.conftest import Server, running_server
 from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -193,7 +197,9 @@ async def test_stalled_uploads_get_408_and_their_connections_are_closed(settings
 
 def _idle(web: uvicorn.Server) -> set[Any]:
     """Connections that are between requests (the test client's keep-alive one)."""
-    return {c for c in web.server_state.connections if c.cycle is None or c.cycle.response_complete}
+    # This server speaks plain HTTP only (no websockets): every connection is an HTTP protocol.
+    connections = cast("set[H11Protocol | HttpToolsProtocol]", web.server_state.connections)
+    return {c for c in connections if c.cycle is None or c.cycle.response_complete}
 
 
 async def test_a_chunked_upload_on_a_real_server_is_cut_off_early(settings: Settings) -> None:

@@ -9,7 +9,7 @@ import pytest
 from compute.config import Settings
 from compute.jobs import EventType
 from tests.conftest import Server, running_server
-from tests.helpers import png_bytes, signed
+from tests.helpers import Message, png_bytes, signed
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -134,9 +134,10 @@ async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Ser
         assert (await server.client.get(f"/jobs/{deleted}")).status_code == 404  # the SDK's poll raises
 
         for job_id in (cancelled, deleted):
-            event = await probe.expect(
-                lambda m, j=job_id: m.json()["job_id"] == j and m.json()["event_type"] != "queued",
-                what=f"terminal event for {job_id}")
+            def terminal(m: Message, j: str = job_id) -> bool:
+                return bool(m.json()["job_id"] == j and m.json()["event_type"] != "queued")
+
+            event = await probe.expect(terminal, what=f"terminal event for {job_id}")
             assert event.json()["event_type"] == "failed"
     # The database keeps the truth.
     record = server.app.state.repo.get(cancelled)

@@ -50,7 +50,7 @@ async def test_malformed_and_foreign_events_are_dropped(
     assert done["task_output"]["format"] == "jpg"
 
 
-class GatedConversion(ImageConversionTask):
+class GatedConversion(ImageConversionTask):  # type: ignore[misc]  # cl_ml_tools ships no types
     """The real conversion, held at its start until the test opens the gate."""
 
     def __init__(self) -> None:
@@ -60,7 +60,8 @@ class GatedConversion(ImageConversionTask):
     async def execute(self, job: Any, params: Any, progress_callback: Any = None) -> dict[str, Any]:
         self.entered.set()
         await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
-        return await super().execute(job, params, progress_callback)
+        result: dict[str, Any] = await super().execute(job, params, progress_callback)
+        return result
 
 
 async def test_graceful_stop_finishes_the_current_job(server: Server, start_worker: WorkerFactory) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,7 +37,7 @@ class TinyEmbedder:
     #: 0: output [1, dim]; T: output [1, T, dim] (a ViT's token sequence, CLS first).
     tokens: int
 
-    def expected(self, tensor: NDArray[np.float32]) -> NDArray[np.float64]:
+    def expected(self, tensor: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """What the graph outputs for `tensor` (a batch of one in the model's layout)."""
         x = tensor.astype(np.float64)
         if self.layout == "NHWC":
@@ -44,7 +45,7 @@ class TinyEmbedder:
         n, c, h, w = x.shape
         g = self.grid
         pooled = x.reshape(n, c, g, h // g, g, w // g).mean(axis=(3, 5))
-        out = pooled.reshape(n, -1) @ self.weight.astype(np.float64)
+        out: NDArray[np.float64] = pooled.reshape(n, -1) @ self.weight.astype(np.float64)
         return out.reshape(n, self.tokens, self.dim) if self.tokens else out
 
 
@@ -57,8 +58,8 @@ def embedder(path: Path, *, size: tuple[int, int], dim: int, layout: str = "NCHW
     and spatial input dims as symbols (as exports with dynamic axes do).
     """
     height, width = size
-    weight = np.random.default_rng(seed).normal(size=(3 * grid * grid, max(tokens, 1) * dim))
-    weight = weight.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(3 * grid * grid, max(tokens, 1) * dim)).astype(np.float32)
     h_dim: Dim = "height" if dynamic else height
     w_dim: Dim = "width" if dynamic else width
     batch: Dim = "batch" if dynamic else 1

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -18,9 +18,9 @@ from sqlalchemy.exc import OperationalError
 from compute.bus.base import MessageHandler, topic_matches
 from compute.db.models import worker_sessions_table
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.transitions import JobTransitions
+from compute.db.transitions import JobTransitions, Outcome
 from compute.db.workers import WorkerSessions, new_secret
-from compute.jobs import EventType, now_ms
+from compute.jobs import EventType, JobEvent, now_ms
 from compute.logs import LogLimiter
 from compute.policies import Policies, TaskPolicy
 from compute.server.cancel import Canceller
@@ -52,6 +52,12 @@ class FakeBus:
     @property
     def connected(self) -> bool:
         return self.is_connected
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         if not self.is_connected:
@@ -393,20 +399,21 @@ def test_outbox_forgets_a_result_only_on_a_verified_confirmation(repo: JobReposi
     assert outbox.rejected == 4
 
 
-def test_outbox_keeps_a_result_the_database_refused_and_writes_it_later(repo: JobRepository) -> None:
+def test_outbox_keeps_a_result_the_database_refused_and_writes_it_later(
+        repo: JobRepository, monkeypatch: pytest.MonkeyPatch) -> None:
     bus = FakeBus(connected=False)
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
     real = outbox.transitions.apply_events
 
-    def locked(_events: Any) -> Any:
+    def locked(_events: Sequence[JobEvent]) -> list[Outcome]:
         raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
 
-    outbox.transitions.apply_events = locked  # type: ignore[method-assign]
+    monkeypatch.setattr(outbox.transitions, "apply_events", locked)
     outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), "image_resize",
                 job.lease_token or "")
     assert list(outbox.pending) == ["j1"]  # kept: nothing accepted is lost
-    outbox.transitions.apply_events = real  # type: ignore[method-assign]
+    monkeypatch.setattr(outbox.transitions, "apply_events", real)
     outbox.check()
     assert outbox.pending == {} and repo.get("j1").status == "completed"  # type: ignore[union-attr]
 
@@ -541,7 +548,11 @@ async def test_announcer_repairs_what_an_older_sessions_will_overwrote(bus: Fake
     for session in ("old", "new"):
         before = len(bus.sent)
         presence.deliver(T.worker_info("w1"), offline_will("w1", session, "secret"))
-        await wait_for(lambda b=before: len(bus.sent) > b, what="info repaired")  # at most once a second
+
+        def repaired(b: int = before) -> bool:
+            return len(bus.sent) > b
+
+        await wait_for(repaired, what="info repaired")  # at most once a second
         assert bus.on(T.worker_info("w1"))[-1]["session"] == "new"
     sent = len(bus.sent)
     presence.deliver(T.worker_info("w1"), bus.sent[-2][1])  # its own message: nothing to repair
@@ -552,11 +563,12 @@ async def test_announcer_repairs_what_an_older_sessions_will_overwrote(bus: Fake
 
 
 async def test_announcer_repairs_a_flood_at_most_once_a_second(bus: FakeBus) -> None:
-    ann = Announcer(bus, FakeBus(), T, "w1", ["image_resize"], "s", "secret")
-    ann.presence.deliver(T.worker_info("w1"), b"junk")  # type: ignore[attr-defined]
+    presence = FakeBus()
+    ann = Announcer(bus, presence, T, "w1", ["image_resize"], "s", "secret")
+    presence.deliver(T.worker_info("w1"), b"junk")
     first = len(bus.sent)
     for _ in range(1000):
-        ann.presence.deliver(T.worker_info("w1"), b"junk")  # type: ignore[attr-defined]
+        presence.deliver(T.worker_info("w1"), b"junk")
     assert len(bus.sent) == first  # held back: one repair is scheduled for the rest
     await wait_for(lambda: len(bus.sent) > first, what="the scheduled repair")
     assert len(bus.sent) == first + 2  # info and capability, once

@@ -137,10 +137,11 @@ def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
     for job_id in ("done", "failed", "running", "waiting"):
         add(repo, job_id)
     done, failed, _running = (repo.claim_next(["image_resize"], "w1") for _ in range(3))  # by age
+    assert done is not None and failed is not None
     with repo.write() as conn, conn.begin():  # finished long ago
-        conn.execute(update(jobs_table).where(jobs_table.c.job_id == done.job_id)  # type: ignore[union-attr]
+        conn.execute(update(jobs_table).where(jobs_table.c.job_id == done.job_id)
                      .values(status="completed", completed_at=1000))
-        conn.execute(update(jobs_table).where(jobs_table.c.job_id == failed.job_id)  # type: ignore[union-attr]
+        conn.execute(update(jobs_table).where(jobs_table.c.job_id == failed.job_id)
                      .values(status="failed", completed_at=2000))
     assert sorted(repo.finished_before(1500)) == ["done"]
     assert sorted(repo.finished_before(10**15)) == ["done", "failed"]

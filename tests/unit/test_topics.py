@@ -181,10 +181,12 @@ def test_parse_confirmation_and_cancel() -> None:
 def test_confirmation_and_cancel_signatures_bind_claim_and_kind() -> None:
     sig = confirmation_signature("token", "j", 2, "completed", 3)
     assert verify_confirmation("token", "j", 2, "completed", 3, sig)
-    for args in (("other", "j", 2, "completed", 3), ("token", "k", 2, "completed", 3),
-                 ("token", "j", 1, "completed", 3), ("token", "j", 2, "failed", 3),
-                 ("token", "j", 2, "completed", 4), (None, "j", 2, "completed", 3)):
-        assert not verify_confirmation(*args, sig)  # type: ignore[arg-type]
+    wrong: list[tuple[str | None, str, int, str, int]] = [
+        ("other", "j", 2, "completed", 3), ("token", "k", 2, "completed", 3),
+        ("token", "j", 1, "completed", 3), ("token", "j", 2, "failed", 3),
+        ("token", "j", 2, "completed", 4), (None, "j", 2, "completed", 3)]
+    for args in wrong:
+        assert not verify_confirmation(*args, sig)
     assert not verify_confirmation("token", "j", 2, "completed", 3, "")
     cancel = cancel_signature("token", "j", 2, 3)
     assert verify_cancel("token", "j", 2, 3, cancel)

@@ -16,20 +16,20 @@ from tests.plugins.embeddings.images import jpeg_bytes
 @pytest.fixture(scope="session")
 def astronaut_jpeg() -> bytes:
     """scikit-image's astronaut (512x512 RGB photo), as JPEG."""
-    return jpeg_bytes(data.astronaut())
+    return jpeg_bytes(data.astronaut())  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")
 def wide_jpeg() -> bytes:
     """A non-square crop of the astronaut (512 wide, 384 high): the resize must neither keep the
     aspect ratio nor crop, as the upstream embedders do."""
-    return jpeg_bytes(data.astronaut()[64:448])
+    return jpeg_bytes(data.astronaut()[64:448])  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="session")
 def coffee_jpeg() -> bytes:
     """Another real photo (scikit-image's coffee, 600x400)."""
-    return jpeg_bytes(data.coffee())
+    return jpeg_bytes(data.coffee())  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

@@ -47,7 +47,8 @@ def reference_tensor(image: Image.Image, size: tuple[int, int], resample: Image.
     pixels = (pixels - np.array(mean)) / np.array(std)
     if layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
-    return pixels[np.newaxis]
+    batch: NDArray[np.float64] = pixels[np.newaxis]
+    return batch
 
 
 def unit(vector: NDArray[np.floating]) -> NDArray[np.float64]:

@@ -23,13 +23,13 @@ from tests.plugins.embeddings.images import decoded, jpeg_bytes, unit
 @pytest.fixture(scope="module")
 def face_jpeg() -> bytes:
     """The astronaut's face, cropped loosely (180x200), as a face detector's crop would be."""
-    return jpeg_bytes(data.astronaut()[20:220, 160:340])
+    return jpeg_bytes(data.astronaut()[20:220, 160:340])  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(scope="module")
 def soft_face_jpeg() -> bytes:
     """The face crop slightly out of focus: a quality score below the cap of 1."""
-    soft = Image.fromarray(data.astronaut()[20:220, 160:340]).filter(ImageFilter.GaussianBlur(1.5))
+    soft = Image.fromarray(data.astronaut()[20:220, 160:340]).filter(ImageFilter.GaussianBlur(1.5))  # type: ignore[no-untyped-call]
     return jpeg_bytes(np.asarray(soft))
 
 
@@ -85,7 +85,7 @@ def test_quality_score_is_the_upstream_measure(face_jpeg: bytes) -> None:
     assert quality_score(sharp) > quality_score(blurred)
     assert quality_score(Image.new("RGB", (50, 40), (90, 120, 30))) == 0.0
     # A detailed photo is capped at 1.
-    assert quality_score(Image.fromarray(data.astronaut())) == 1.0
+    assert quality_score(Image.fromarray(data.astronaut())) == 1.0  # type: ignore[no-untyped-call]
 
 
 def test_quality_is_measured_on_the_crop_as_uploaded(local_env: Path, tmp_path: Path,

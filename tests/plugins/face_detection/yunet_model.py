@@ -52,14 +52,15 @@ def build(fixed: tuple[int, int] | None = None, batchless: bool = False,
         score_w = np.zeros((1, 3, stride, stride), np.float32)
         score_w[0, CHANNEL[stride]] = 1.0 / (stride * stride * 255.0)
         inits.append(numpy_helper.from_array(score_w, f"score_w_{stride}"))
-        conv = {"kernel_shape": [stride, stride], "strides": [stride, stride]}
-        nodes.append(helper.make_node("Conv", ["input", f"score_w_{stride}"], [f"score_{stride}"], **conv))
+        kernel = [stride, stride]
+        nodes.append(helper.make_node("Conv", ["input", f"score_w_{stride}"], [f"score_{stride}"],
+                                      kernel_shape=kernel, strides=kernel))
         for kind, width_k, bias in (("bbox", 4, BBOX), ("kps", 10, KPS)):
             inits.append(numpy_helper.from_array(np.zeros((width_k, 3, stride, stride), np.float32),
                                                  f"{kind}_w_{stride}"))
             inits.append(numpy_helper.from_array(np.array(bias, np.float32), f"{kind}_b_{stride}"))
             nodes.append(helper.make_node("Conv", ["input", f"{kind}_w_{stride}", f"{kind}_b_{stride}"],
-                                          [f"{kind}_map_{stride}"], **conv))
+                                          [f"{kind}_map_{stride}"], kernel_shape=kernel, strides=kernel))
             nodes.append(helper.make_node("Transpose", [f"{kind}_map_{stride}"], [f"{kind}_hwc_{stride}"],
                                           perm=[0, 2, 3, 1]))
         for kind, source, width_k in (("cls", "score", 1), ("obj", "score", 1), ("bbox", "bbox_hwc", 4),
@@ -77,7 +78,8 @@ def build(fixed: tuple[int, int] | None = None, batchless: bool = False,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 @dataclass(frozen=True)
