@@ -107,11 +107,10 @@ def model_problem(spec: ModelSpec, expected_dim: int, *, cls_token: bool = False
 
     Loads the model: the session stays cached for the jobs that follow.
     """
-    try:
-        session = models.session(spec)
-    except ModelUnavailable as exc:
-        return str(exc)
-    declared = static_dim(session, cls_token)
+    missing = models.problem(spec)
+    if missing is not None:
+        return missing
+    declared = static_dim(models.session(spec), cls_token)
     if declared is not None and declared != expected_dim:
         return (f"model file {spec.filename} declares {declared}-dimensional embeddings, "
                 f"expected {expected_dim}; this task needs {spec.title}")

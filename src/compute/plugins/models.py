@@ -90,6 +90,15 @@ def session(spec: ModelSpec) -> Any:
         return loaded
 
 
+def problem(spec: ModelSpec) -> str | None:
+    """Why `spec`'s model cannot be used here, or None (then its session is loaded and cached)."""
+    try:
+        session(spec)
+    except ModelUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def _load(spec: ModelSpec, path: Path) -> Any:
     if not path.is_file():
         raise ModelUnavailable(f"model file {spec.filename} is missing from the models folder "

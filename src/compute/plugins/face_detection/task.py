@@ -37,11 +37,7 @@ class FaceDetectionTask(PluginTask):
     params = FaceDetectionParams
 
     def unavailable(self) -> str | None:
-        try:
-            models.session(MODEL)
-        except models.ModelUnavailable as exc:
-            return str(exc)
-        return None
+        return models.problem(MODEL)
 
     async def run(self, files: JobFiles, params: FaceDetectionParams, progress: Progress) -> dict[str, Any]:
         session = models.session(MODEL)
