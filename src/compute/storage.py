@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +135,25 @@ class JobStorage:
             return path.is_file()
         except (OSError, ValueError):
             return False
+
+    def job_files(self, job_id: str) -> list[tuple[str, int]]:
+        """(path relative to the job folder, size) of every regular file in it, sorted.
+
+        Links are not followed: a plugin's output could link anywhere on the server.
+        """
+        job_dir = self.job_dir(job_id)
+        found: list[tuple[str, int]] = []
+        for dirpath, dirs, files in os.walk(job_dir):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(dirpath) / name
+                try:
+                    info = path.lstat()
+                except OSError:  # removed while walking
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append((path.relative_to(job_dir).as_posix(), info.st_size))
+        return found
 
     def job_folders(self) -> Iterator[tuple[str, float]]:
         """(job id, seconds since its folder last changed) of every job folder."""

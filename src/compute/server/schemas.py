@@ -42,6 +42,17 @@ class JobPublic(BaseModel):
         )
 
 
+class JobFile(BaseModel):
+    #: Relative to the job folder, as GET /jobs/{id}/files/{path} takes it.
+    path: str
+    size: int
+
+
+class JobFiles(BaseModel):
+    job_id: str
+    files: list[JobFile]
+
+
 class JobCreated(BaseModel):
     job_id: str
     status: str

@@ -6,13 +6,15 @@ A job the caller may not see (someone else's) answers exactly like a job that do
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse
 
 from compute.db.repository import JobRecord, JobRepository
 from compute.server.auth import CallerScope, JobScope
 from compute.server.deps import CancellerDep, DbDep, RepoDep, StorageDep
-from compute.server.schemas import JobPublic
+from compute.server.schemas import JobFile, JobFiles, JobPublic
 from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -73,6 +75,16 @@ async def delete_job(job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep,
     if not await db.call(delete):
         raise _not_found(job_id)
     return Response(status_code=204)
+
+
+@router.get("/{job_id}/files", response_model=JobFiles)
+async def list_job_files(job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep,
+                         scope: CallerScope) -> JobFiles:
+    """Every file of the job's folder (its upload under `input/`, its results under `output/`)."""
+    if await db.call(_visible, repo, job_id, scope) is None:
+        raise _not_found(job_id)
+    files = await asyncio.to_thread(storage.job_files, job_id)
+    return JobFiles(job_id=job_id, files=[JobFile(path=path, size=size) for path, size in files])
 
 
 @router.get("/{job_id}/files/{file_path:path}")

@@ -1,0 +1,1 @@
+"""The `compute` command: a client of the HTTP API for people and scripts."""

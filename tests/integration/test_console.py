@@ -1,0 +1,147 @@
+"""The `compute` command against a real server (uvicorn) and worker, over amqtt + SQLite.
+
+The command is synchronous (a person's terminal), so each run goes to a thread while the
+server and worker keep running on the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from compute.config import Settings
+from compute.console.app import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, app
+from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
+from tests.helpers import free_port, png_bytes
+from tests.integration.test_hostile_http import uvicorn_serving
+
+
+@pytest.fixture
+async def broker(amqtt_broker: BrokerInfo) -> AsyncIterator[BrokerInfo]:
+    yield amqtt_broker
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes((40, 30)))
+    return path
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Server, str]]:
+    async with running_server(settings) as srv, uvicorn_serving(srv.app) as web:
+        yield srv, f"http://127.0.0.1:{web.config.port}"
+
+
+async def compute(url: str, *args: str) -> Result:
+    """`compute --server URL ARGS...` on a thread, as a person would run it."""
+    runner = CliRunner()
+    return await asyncio.to_thread(runner.invoke, app, ["--server", url, *args])
+
+
+def _json(result: Result) -> Any:
+    return json.loads(result.stdout)
+
+
+async def test_submit_wait_and_download_a_conversion(settings: Settings, start_worker: WorkerFactory,
+                                                     photo: Path, tmp_path: Path) -> None:
+    async with serving(settings) as (_srv, url):
+        await start_worker()
+        saved = tmp_path / "results"
+        result = await compute(url, "--json", "submit", "image_conversion", str(photo), "-f", "format=jpg",
+                               "--priority", "7", "--wait", "--quiet", "--download", str(saved))
+        assert result.exit_code == 0, result.output
+        job = _json(result)
+        assert job["status"] == "completed" and job["priority"] == 7
+        assert job["params"]["output_path"] == "output/converted.jpg"
+        with Image.open(saved / "output" / "converted.jpg") as image:
+            assert (image.format, image.size) == ("JPEG", (40, 30))
+        assert not list(saved.rglob("*.part"))
+
+
+async def test_submit_prints_the_job_id_and_status_shows_it(settings: Settings, photo: Path) -> None:
+    async with serving(settings) as (srv, url):  # no worker: the job stays queued
+        result = await compute(url, "submit", "image_conversion", str(photo), "-f", "format=png")
+        assert result.exit_code == 0, result.output
+        job_id = result.stdout.strip()
+        assert (await srv.job(job_id))["status"] == "queued"
+
+        shown = await compute(url, "--json", "status", job_id)
+        assert shown.exit_code == 0 and _json(shown)["job_id"] == job_id
+
+
+async def test_a_cancelled_job_exits_5_and_a_failed_one_1(settings: Settings, start_worker: WorkerFactory,
+                                                          tmp_path: Path, photo: Path) -> None:
+    async with serving(settings) as (_srv, url):
+        submitted = await compute(url, "submit", "image_conversion", str(photo), "-f", "format=png")
+        queued = submitted.stdout.strip()
+        assert (await compute(url, "cancel", queued)).exit_code == 0
+        assert (await compute(url, "wait", queued, "-q")).exit_code == EXIT_CANCELLED
+
+        await start_worker()
+        broken = tmp_path / "broken.png"
+        noise = Image.effect_noise((256, 256), 64).convert("RGB")  # incompressible: a long body
+        noise.save(broken, "PNG")
+        broken.write_bytes(broken.read_bytes()[:20_000])  # the header reads, the pixels do not
+        result = await compute(url, "--json", "submit", "image_conversion", str(broken), "-f", "format=jpg",
+                               "--wait", "-q")
+        assert result.exit_code == EXIT_FAILED, result.output
+        assert _json(result)["error_message"]
+
+
+async def test_refusals_exit_4_with_the_servers_reason(settings: Settings, photo: Path) -> None:
+    async with serving(settings) as (_srv, url):
+        bad_format = await compute(url, "submit", "image_conversion", str(photo), "-f", "format=nope")
+        assert bad_format.exit_code == EXIT_REFUSED
+        assert "422" in bad_format.stderr and "format" in bad_format.stderr
+
+        missing = await compute(url, "status", "no-such-job")
+        assert missing.exit_code == EXIT_REFUSED and "404" in missing.stderr
+
+        unknown_task = await compute(url, "submit", "no_such_task", str(photo))
+        assert unknown_task.exit_code == EXIT_REFUSED and "available" in unknown_task.stderr
+
+
+async def test_bad_field_syntax_is_a_usage_error(photo: Path) -> None:
+    result = await compute("http://127.0.0.1:9", "submit", "image_conversion", str(photo), "-f", "format")
+    assert result.exit_code == 2 and "key=value" in result.output
+
+
+async def test_an_unreachable_server_exits_3(photo: Path) -> None:
+    result = await compute(f"http://127.0.0.1:{free_port()}", "status", "some-job")
+    assert result.exit_code == EXIT_UNREACHABLE and "cannot reach" in result.stderr
+
+
+async def test_the_file_listing_shows_input_and_outputs(settings: Settings, start_worker: WorkerFactory,
+                                                       photo: Path) -> None:
+    async with serving(settings) as (srv, _url):
+        await start_worker()
+        job_id = (await srv.submit("image_conversion", {"format": "jpg"}))["job_id"]
+        await srv.wait_status(job_id, "completed")
+        listing = (await srv.client.get(f"/jobs/{job_id}/files")).json()
+        paths = [f["path"] for f in listing["files"]]
+        assert paths == ["input/upload.png", "output/converted.jpg"]
+        assert all(f["size"] > 0 for f in listing["files"])
+        assert (await srv.client.get("/jobs/no-such-job/files")).status_code == 404
+
+
+def test_the_command_is_installed() -> None:
+    # pyproject's [project.scripts] entry, as `uv run compute` finds it.
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "compute"]
+    assert script.value == "compute.console.app:main"
