@@ -31,6 +31,7 @@ from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute.plugins.registry import load_tasks
 from compute.server.app import create_app
+from compute.server.services import Services
 from compute.topics import Topics
 from compute.worker.loop import Worker
 from compute.worker.service import WorkerService
@@ -273,6 +274,11 @@ class Server:
     def topics(self) -> Topics:
         return Topics.for_settings(self.settings)
 
+    @property
+    def services(self) -> Services:
+        """The server's parts (repository, registry, ingest ...), as create_app built them."""
+        return self.app.state.services  # type: ignore[no-any-return]
+
     async def submit(self, task: str = "image_conversion", data: dict[str, str] | None = None,
                      content: bytes | None = None, filename: str = "photo.png") -> dict[str, Any]:
         if data is None:
@@ -304,7 +310,7 @@ async def running_server(settings: Settings, wait_connected: bool = True) -> Asy
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://compute") as client:
             if wait_connected:
-                await wait_for(lambda: app.state.bus.connected, what="server bus connected")
+                await wait_for(lambda: app.state.services.bus.connected, what="server bus connected")
             yield Server(app, client, settings)
 
 

@@ -443,8 +443,8 @@ async def test_server_and_worker_work_with_the_embedded_broker(tmp_path: Path, s
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://compute") as client:
-            await wait_for(lambda: app.state.bus.connected, what="server bus connected")
-            server = Server(app, client, app.state.settings)
+            await wait_for(lambda: app.state.services.bus.connected, what="server bus connected")
+            server = Server(app, client, app.state.services.settings)
             async with raw_connection(port, "anon") as code:
                 assert code != 0, "the embedded broker accepted an anonymous client"
             # A worker as the server starts it: only CL_SERVER_DIR and MQTT_PORT in its environment.

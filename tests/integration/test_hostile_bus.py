@@ -76,7 +76,7 @@ def stored(repo: JobRepository, job_id: str) -> JobRecord:
 def add_job(server: Server) -> str:
     """A test_noop job, stored and hinted like any other (the server has no route for it)."""
     job_id = str(uuid.uuid4())
-    server.app.state.repo.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params={}))
+    server.services.submitter.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params={}))
     return job_id
 
 
@@ -98,7 +98,7 @@ async def test_a_forged_will_never_requeues_a_running_job(
     fast_server: Server, start_worker: WorkerFactory, probe: MqttProbe
 ) -> None:
     server = fast_server
-    registry, rescuer = server.app.state.registry, server.app.state.rescuer
+    registry, rescuer = server.services.registry, server.services.rescuer
     running, plugin = await start_gated(start_worker)
     worker_id = running.settings.worker_id
     await wait_for(lambda: registry.capabilities()["num_workers"] == 1, what="worker listed")
@@ -124,7 +124,7 @@ async def test_a_forged_will_never_requeues_a_running_job(
 
     plugin.gate.set()
     done = await server.wait_status(job["job_id"], "completed")
-    row = server.app.state.repo.get(job["job_id"])
+    row = stored(server.services.repo, job["job_id"])
     assert row.attempt == 1 and plugin.runs == 1 and done["worker_id"] == worker_id
 
 
@@ -145,12 +145,12 @@ async def test_a_dead_workers_will_still_speeds_its_rescue(
         victim.bus._closing = True
         victim.bus._task.cancel()  # type: ignore[union-attr]
         victim.bus._client._connection._transport.abort()  # type: ignore[union-attr]
-        await wait_for(lambda: server.app.state.rescuer.rescued == 1, timeout=LEASE * 3, what="the rescue")
+        await wait_for(lambda: server.services.rescuer.rescued == 1, timeout=LEASE * 3, what="the rescue")
         await events.expect(lambda m: m.topic == server.topics.legacy_events
                             and json.loads(m.payload) == {**json.loads(m.payload), "job_id": job["job_id"],
                                                           "event_type": "queued"},
                             what="the requeue on inference/events")
-    row = server.app.state.repo.get(job["job_id"])
+    row = stored(server.services.repo, job["job_id"])
     assert row.status == "queued" and "went offline" in row.attempt_errors[0]["error"]
     victim.worker.stop()  # before the plugin returns, so that it claims nothing more
     plugin.gate.set()
@@ -187,7 +187,7 @@ async def test_connecting_under_a_workers_old_client_id_fires_no_will(
             await intruder.disconnect()
     plugin.gate.set()
     await server.wait_status(job["job_id"], "completed")
-    assert server.app.state.repo.get(job["job_id"]).attempt == 1 and plugin.runs == 1
+    assert stored(server.services.repo, job["job_id"]).attempt == 1 and plugin.runs == 1
     # Client ids carry a random part per run, published nowhere: nothing derived from the worker id.
     for bus in (running.bus, running.service.presence):
         assert bus.client_id.startswith(f"compute-worker-{worker_id}-")
@@ -213,7 +213,7 @@ async def test_a_forged_cancel_is_ignored_and_a_real_one_still_works(
     assert worker.current is not None and worker.current.job_id == job_id, "a forged cancel stopped the job"
     plugin.gate.set()
     await server.wait_status(job_id, "completed")
-    assert server.app.state.repo.get(job_id).attempt == 1 and plugin.runs == 1
+    assert stored(server.services.repo, job_id).attempt == 1 and plugin.runs == 1
 
     # The server's own cancel is signed with the lease token: the worker stops, the job stays cancelled.
     plugin.gate.clear()
@@ -221,12 +221,12 @@ async def test_a_forged_cancel_is_ignored_and_a_real_one_still_works(
     second = await running_job(server, plugin)
     assert (await server.client.post(f"/jobs/{second['job_id']}/cancel")).status_code == 200
     await wait_for(lambda: worker.current is None, what="the worker to drop the cancelled job")
-    stored = server.app.state.repo.get(second["job_id"])
-    assert stored.status == "cancelled" and worker.rejected_cancels == 3
+    cancelled = server.services.repo.get(second["job_id"])
+    assert cancelled is not None and cancelled.status == "cancelled" and worker.rejected_cancels == 3
     plugin.gate.set()
     third = add_job(server)  # and the worker goes on
     await server.wait_status(third, "completed")
-    assert server.app.state.repo.get(second["job_id"]).status == "cancelled"
+    assert stored(server.services.repo, second["job_id"]).status == "cancelled"
 
 
 async def test_forged_confirmations_never_make_a_worker_forget_its_result(
@@ -272,7 +272,7 @@ async def test_forged_confirmations_never_make_a_worker_forget_its_result(
 async def test_a_junk_flood_costs_no_result_and_no_log_flood(
     server: Server, start_worker: WorkerFactory, probe: MqttProbe, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ingest, registry = server.app.state.ingest, server.app.state.registry
+    ingest, registry = server.services.ingest, server.services.registry
     running, plugin = await start_gated(start_worker)
     job = await running_job(server, plugin)
     root = server.settings.mqtt_topic_root
@@ -295,7 +295,7 @@ async def test_a_junk_flood_costs_no_result_and_no_log_flood(
         # One more job after the flood: its result is not stuck behind junk either.
         after = add_job(server)
         await server.wait_status(after, "completed", timeout=30)
-    assert done["progress"] == 100 and server.app.state.repo.get(job["job_id"]).attempt == 1
+    assert done["progress"] == 100 and stored(server.services.repo, job["job_id"]).attempt == 1
     assert plugin.runs == 2
     lines = [r for r in caplog.records if r.name.startswith("compute")]
     assert len(lines) <= 40, f"{len(lines)} log lines for {4 * flood} junk messages"
@@ -320,7 +320,7 @@ async def test_ghost_workers_never_reach_capabilities(
     await probe.sync(f"{topics.root}/_sync")
     try:
         async with running_server(settings) as server:
-            registry = server.app.state.registry
+            registry = server.services.registry
             # Mosquitto queues at most 1,000 messages per client (max_queued_messages): the server
             # sees at least that many of the retained ghosts. A real worker's info published while
             # that queue is full would be dropped too (and sent again at its next heartbeat).

@@ -47,12 +47,12 @@ FORM = {"format": "jpg"}
 
 
 def job_folders(server: Server) -> set[str]:
-    root = server.app.state.storage.jobs_root
+    root = server.services.storage.jobs_root
     return {p.name for p in root.iterdir()} if root.exists() else set()
 
 
 def job_rows(server: Server) -> set[str]:
-    with server.app.state.repo.engine.connect() as conn:
+    with server.services.repo.engine.connect() as conn:
         return set(conn.execute(select(jobs_table.c.job_id)).scalars())
 
 
@@ -104,7 +104,7 @@ async def test_a_day_is_the_longest_timeout(server: Server) -> None:
     response = await server.client.post("/jobs/image_conversion", params={"timeout": "86400"},
                                         data=FORM, files=FILES)
     assert response.status_code == 200
-    assert server.app.state.repo.get(response.json()["job_id"]).timeout_seconds == 86400
+    assert server.services.repo.get(response.json()["job_id"]).timeout_seconds == 86400  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("priority", ["11", "-1", "99999999999999999999", "nan"])
@@ -234,7 +234,7 @@ async def test_a_chunked_upload_on_a_real_server_is_cut_off_early(settings: Sett
 
 
 def _make_folder(server: Server, name: str, age: float) -> Path:
-    folder = server.app.state.storage.create_job_directory(name)
+    folder = server.services.storage.create_job_directory(name)
     (folder / "input" / "upload.png").write_bytes(b"x" * 10)
     then = time.time() - age
     for path in (folder / "input" / "upload.png", folder / "input", folder / "output", folder):
@@ -274,9 +274,9 @@ async def test_a_retry_with_the_same_idempotency_key_gets_the_same_job(server: S
                                      headers={"Idempotency-Key": "retry-2"})
     assert other.json()["job_id"] != first.json()["job_id"]
     assert job_rows(server) == job_folders(server) == {first.json()["job_id"], other.json()["job_id"]}
-    record = server.app.state.repo.get(first.json()["job_id"])
+    record = server.services.repo.get(first.json()["job_id"])
     assert record is not None
-    with server.app.state.repo.engine.connect() as conn:
+    with server.services.repo.engine.connect() as conn:
         stored = conn.execute(select(jobs_table.c.idempotency_key)
                               .where(jobs_table.c.job_id == record.job_id)).scalar_one()
     assert stored == "-:retry-1"  # no user: auth is off
@@ -343,7 +343,7 @@ async def test_a_locked_database_leaves_the_server_answering(settings: Settings)
     async with running_server(replace(settings, db_request_timeout=deadline)) as server:
         before = (await server.submit())["job_id"]
         assert (await server.client.get("/")).json()["database"] == "ok"
-        db = server.app.state.db
+        db = server.services.db
         with write_lock(settings.database_url):
             post = asyncio.create_task(server.client.post(
                 "/jobs/image_conversion", data=FORM, files=FILES))
@@ -374,7 +374,7 @@ async def test_background_database_work_never_stalls_the_loop(settings: Settings
     too; while it is locked they wait off the event loop, and the server keeps answering."""
     async with running_server(replace(settings, db_request_timeout=1.0, lease_seconds=4.0)) as server:
         job_id = (await server.submit())["job_id"]
-        ingest = server.app.state.ingest
+        ingest = server.services.ingest
         with write_lock(settings.database_url):
             forged = {"job_id": job_id, "worker_id": "w", "event": "progress", "progress": 5,
                       "timestamp": 1, "attempt": 1, "seq": 1, "sig": "cd" * 32}
@@ -462,7 +462,7 @@ async def test_users_see_and_act_on_their_own_jobs_only(
 
 async def test_no_auth_mode_sees_every_job(server: Server) -> None:
     job_id = (await server.submit())["job_id"]
-    with server.app.state.repo.engine.begin() as conn:
+    with server.services.repo.engine.begin() as conn:
         conn.execute(jobs_table.update().where(jobs_table.c.job_id == job_id).values(created_by="alice"))
     assert (await server.client.get(f"/jobs/{job_id}")).json()["created_by"] == "alice"
     assert (await server.client.get(f"/jobs/{job_id}/files/input/upload.png")).status_code == 200

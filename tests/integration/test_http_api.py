@@ -38,7 +38,7 @@ async def test_invalid_params_are_422(server: Server, data: dict[str, str]) -> N
     files = {"file": ("a.png", png_bytes(), "image/png")}
     response = await server.client.post("/jobs/image_conversion", data=data, files=files)
     assert response.status_code == 422
-    assert server.app.state.repo.queue_summary() == []  # nothing was queued
+    assert server.services.repo.queue_summary() == []  # nothing was queued
 
 
 async def test_missing_file_is_422(server: Server) -> None:
@@ -56,7 +56,7 @@ async def test_unknown_job_is_404(server: Server) -> None:
 
 async def test_files_outside_the_job_folder_are_refused(server: Server) -> None:
     job_id = (await server.submit())["job_id"]
-    storage = server.app.state.storage
+    storage = server.services.storage
     (storage.root / "secret.txt").write_text("top secret")
     other = (await server.submit())["job_id"]
 
@@ -83,8 +83,8 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(settings: Setting
         files = {"file": ("a.png", b"x" * 101, "image/png")}
         response = await server.client.post("/jobs/image_conversion", data={"format": "png"}, files=files)
         assert response.status_code == 413
-        assert server.app.state.repo.queue_summary() == []
-        jobs_root = server.app.state.storage.jobs_root
+        assert server.services.repo.queue_summary() == []
+        jobs_root = server.services.storage.jobs_root
         assert not jobs_root.exists() or list(jobs_root.iterdir()) == []
 
 
@@ -95,12 +95,12 @@ async def test_priority_is_stored(server: Server) -> None:
 
 
 async def test_admin_storage_size_and_cleanup(server: Server) -> None:
-    repo = server.app.state.repo
+    repo = server.services.repo
     done = (await server.submit())["job_id"]
     waiting = (await server.submit())["job_id"]
     claimed = repo.claim_next(["image_conversion"], "w1")
-    assert claimed.job_id == done  # the older of two equal-priority jobs
-    server.app.state.transitions.apply_events(
+    assert claimed is not None and claimed.job_id == done  # the older of two equal-priority jobs
+    server.services.transitions.apply_events(
         [signed(claimed, EventType.COMPLETED, 1, progress=100, task_output={}, ts=1000)])
     size = (await server.client.get("/admin/jobs/storage/size")).json()
     assert size["job_count"] == 2 and size["total_size"] == 2 * len(png_bytes())
@@ -108,7 +108,7 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
     kept = await server.client.delete("/admin/jobs/cleanup", params={"days": 7})
     assert kept.json()["deleted_count"] == 1  # completed at t=1000 ms, long ago
     assert (await server.client.get(f"/jobs/{done}")).status_code == 404
-    assert not server.app.state.storage.job_dir(done).exists()
+    assert not server.services.storage.job_dir(done).exists()
     assert (await server.client.get(f"/jobs/{waiting}")).status_code == 200
     assert kept.json()["freed_space"] == len(png_bytes())
     assert (await server.client.delete("/admin/jobs/cleanup", params={"days": -1})).status_code == 422
@@ -140,5 +140,5 @@ async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Ser
             event = await probe.expect(terminal, what=f"terminal event for {job_id}")
             assert event.json()["event_type"] == "failed"
     # The database keeps the truth.
-    record = server.app.state.repo.get(cancelled)
+    record = server.services.repo.get(cancelled)
     assert record is not None and record.status == "cancelled"

@@ -85,7 +85,7 @@ async def test_delete_removes_job_and_folder(server: Server, start_worker: Worke
     await start_worker()
     job_id = (await server.submit())["job_id"]
     await server.wait_status(job_id, "completed")
-    folder = server.app.state.storage.job_dir(job_id)
+    folder = server.services.storage.job_dir(job_id)
     assert (folder / "output").is_dir()
     assert (await server.client.delete(f"/jobs/{job_id}")).status_code == 204
     assert not folder.exists()

@@ -95,7 +95,7 @@ async def test_a_crashed_worker_leaves_through_its_last_will(
     topics = Topics.for_settings(running.settings)
     worker_id = running.settings.worker_id
     await probe.subscribe(topics.legacy_worker(worker_id))
-    await wait_for(lambda: server.app.state.registry.capabilities()["num_workers"] == 1,
+    await wait_for(lambda: server.services.registry.capabilities()["num_workers"] == 1,
                    what="worker registered")
 
     # Kill the link without a DISCONNECT (what a crash looks like to the broker).
@@ -103,7 +103,7 @@ async def test_a_crashed_worker_leaves_through_its_last_will(
     running.bus._task.cancel()  # type: ignore[union-attr]
     running.bus._client._connection._transport.abort()  # type: ignore[union-attr]
 
-    await wait_for(lambda: server.app.state.registry.capabilities()["num_workers"] == 0,
+    await wait_for(lambda: server.services.registry.capabilities()["num_workers"] == 0,
                    what="the Will to remove the worker")
     # The server clears the CL Server capability the Will could not.
     await probe.expect(lambda m: m.payload == b"", what="capability cleared by the server")

@@ -27,7 +27,7 @@ from tests.helpers import MqttProbe, free_port, wait_for
 async def test_malformed_and_foreign_events_are_dropped(
     server: Server, start_worker: WorkerFactory, probe: MqttProbe
 ) -> None:
-    ingest = server.app.state.ingest
+    ingest = server.services.ingest
     waiting = (await server.submit())["job_id"]
     root = server.settings.mqtt_topic_root
     foreign = {"job_id": waiting, "worker_id": "intruder", "event": "completed", "progress": 100,
@@ -96,10 +96,10 @@ async def test_server_starts_without_broker_and_connects_when_it_appears(
             health = (await server.client.get("/")).json()
             assert health["status"] == "healthy" and health["mqtt_connected"] is False
             job_id = (await server.submit())["job_id"]
-            assert server.app.state.dispatcher.unsent == 1  # the hint could not be sent
+            assert server.services.dispatcher.unsent == 1  # the hint could not be sent
 
             await late_broker.start()
-            bus = server.app.state.bus
+            bus = server.services.bus
             await wait_for(lambda: bus.connected, timeout=15, what="server bus to connect")
             assert (await server.client.get("/")).json()["mqtt_connected"] is True
 
@@ -120,7 +120,7 @@ async def test_both_sides_reconnect_and_resubscribe_after_a_broker_restart(
     broker_process = await AmqttProcess(port).start()
     try:
         async with running_server(settings) as server:
-            bus = server.app.state.bus
+            bus = server.services.bus
             running = await start_worker(mqtt_port=port)
             outbox = running.worker.outbox
             await server.wait_status((await server.submit())["job_id"], "completed")

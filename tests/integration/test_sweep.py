@@ -31,7 +31,7 @@ async def test_a_hint_never_published_is_picked_up_by_the_sweep(
     # Written straight to the database: no dispatcher, so no MQTT hint at all.
     engine = make_engine(server.settings.database_url)
     try:
-        storage = server.app.state.storage
+        storage = server.services.storage
         storage.create_job_directory("silent-job")
         (storage.get_input_path("silent-job") / "in.png").write_bytes(png_bytes())
         target = storage.get_output_path("silent-job") / "out.png"
@@ -41,7 +41,7 @@ async def test_a_hint_never_published_is_picked_up_by_the_sweep(
         ))
     finally:
         engine.dispose()
-    assert server.app.state.dispatcher.unsent == 0  # nothing went through the dispatcher
+    assert server.services.dispatcher.unsent == 0  # nothing went through the dispatcher
 
     await server.wait_status("silent-job", "completed", timeout=10)
     assert target.is_file()

@@ -66,7 +66,7 @@ async def secured(tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo, pre
     settings = replace(make_settings(tmp_path, sqlite_url, amqtt_broker, prefix),
                        auth_disabled=False, public_key_path=keys.public_path)
     async with running_server(settings) as server:
-        repo: JobRepository = server.app.state.repo
+        repo: JobRepository = server.services.repo
         repo.add_job(Job(job_id="job-1", task_type="image_resize", params={}), created_by="user-1")
         yield server
 
@@ -200,7 +200,7 @@ async def test_guest_mode_is_admin_only_and_opens_job_routes_not_admin_ones(
     # Kept in the database: a new server process on the same database sees it.
     from compute.db.preferences import GUEST_MODE, PreferenceStore
 
-    assert PreferenceStore(secured.app.state.repo.engine).get(GUEST_MODE) is True
+    assert PreferenceStore(secured.services.repo.engine).get(GUEST_MODE) is True
     # The older CL Server path still works.
     off = await secured.client.put("/admin/config/guest-mode", data={"guest_mode": "false"}, headers=admin)
     assert off.json() == {"guest_mode": False}

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cl_ml_tools import Job
@@ -28,6 +28,7 @@ from compute.server.dispatch import Dispatcher
 from compute.server.ingest import EventIngest
 from compute.server.queues import QueueReporter
 from compute.server.rescue import Rescuer
+from compute.server.submit import JobSubmitter
 from compute.server.workers import WorkerRegistry
 from compute.signing import (
     confirmation_signature,
@@ -108,6 +109,11 @@ def sessions(engine: Any) -> WorkerSessions:
     return WorkerSessions(engine)
 
 
+@pytest.fixture
+def queues(repo: JobRepository, bus: FakeBus) -> QueueReporter:
+    return QueueReporter(bus, T, repo)
+
+
 def register(sessions: WorkerSessions, worker_id: str, session: str = "s",
              tasks: tuple[str, ...] = ("image_resize", "image_conversion")) -> str:
     """Register a worker session as a worker does at start; returns its secret."""
@@ -132,11 +138,21 @@ def will(worker_id: str, session: str = "s", secret: str | None = None) -> bytes
     return offline_will(worker_id, sid(session), key)
 
 
+class LostWorkers:
+    """Stands in for the Rescuer: records the sessions the registry hands it."""
+
+    def __init__(self) -> None:
+        self.lost: list[tuple[str, str]] = []
+
+    def worker_lost(self, worker_id: str, session: str) -> None:
+        self.lost.append((worker_id, session))
+
+
 def make_registry(bus: FakeBus, sessions: WorkerSessions, **kwargs: Any
                   ) -> tuple[WorkerRegistry, list[tuple[str, str]]]:
-    lost: list[tuple[str, str]] = []
-    reg = WorkerRegistry(bus, T, sessions, on_worker_lost=lambda w, s: lost.append((w, s)), **kwargs)
-    return reg, lost
+    rescue = LostWorkers()
+    reg = WorkerRegistry(bus, T, sessions, cast(Rescuer, rescue), **kwargs)
+    return reg, rescue.lost
 
 
 def test_registry_counts_verified_workers_and_idle_per_task(bus: FakeBus, sessions: WorkerSessions) -> None:
@@ -249,22 +265,20 @@ def test_registry_refresh_drops_stopped_and_silent_sessions(bus: FakeBus, sessio
     assert {t for t, p, _ in bus.sent if p == b""} == {T.legacy_worker("a"), T.legacy_worker("b")}
 
 
-def test_dispatcher_publishes_hint_and_legacy_queued(engine: Any, bus: FakeBus) -> None:
-    changes: list[int] = []
-    dispatcher = Dispatcher(bus, T, lambda: changes.append(1))
-    repo = JobRepository(engine, on_job_added=dispatcher.job_added)
-    repo.add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
+def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: FakeBus,
+                                                      queues: QueueReporter) -> None:
+    dispatcher = Dispatcher(bus, T, queues)
+    JobSubmitter(repo, dispatcher).add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
     [hint] = bus.on(T.job_available("image_resize"))
     assert hint["job_id"] == "j1" and hint["priority"] == 8
     [legacy] = bus.on(T.legacy_events)
     assert legacy["job_id"] == "j1" and legacy["event_type"] == "queued" and legacy["progress"] == 0
-    assert changes == [1] and dispatcher.unsent == 0
+    assert queues.dirty and dispatcher.unsent == 0
 
 
-def test_dispatcher_counts_unsent_hints(engine: Any) -> None:
-    dispatcher = Dispatcher(FakeBus(connected=False), T, lambda: None)
-    JobRepository(engine, on_job_added=dispatcher.job_added).add_job(
-        Job(job_id="j1", task_type="image_resize", params={}))
+def test_dispatcher_counts_unsent_hints(repo: JobRepository, queues: QueueReporter) -> None:
+    dispatcher = Dispatcher(FakeBus(connected=False), T, queues)
+    JobSubmitter(repo, dispatcher).add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert dispatcher.unsent == 1
 
 
@@ -287,11 +301,22 @@ def test_queue_reporter_publishes_retained_counts(repo: JobRepository, bus: Fake
     assert states == [(2, 0), (0, 2), (0, 0)]
 
 
+class RequeueRecorder(Dispatcher):
+    """A Dispatcher that records the hints it is asked to send after a backoff."""
+
+    def __init__(self, bus: FakeBus, queues: QueueReporter) -> None:
+        super().__init__(bus, T, queues)
+        self.requeued: list[str] = []
+
+    def hint_at(self, task_type: str, job_id: str, at_ms: int | None) -> None:
+        self.requeued.append(job_id)
+
+
 def make_ingest(repo: JobRepository, bus: FakeBus) -> tuple[EventIngest, list[str]]:
-    requeued: list[str] = []
     transitions = JobTransitions(repo.engine, repo.policies)
-    ingest = EventIngest(transitions, bus, T, lambda: None, lambda task, job, at: requeued.append(job))
-    return ingest, requeued
+    queues = QueueReporter(bus, T, repo)
+    dispatcher = RequeueRecorder(bus, queues)
+    return EventIngest(transitions, bus, T, dispatcher, queues), dispatcher.requeued
 
 
 def claim_one(repo: JobRepository, job_id: str = "j1") -> JobRecord:
@@ -452,10 +477,11 @@ def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeB
     assert repo.get("j1").status == "completed"  # type: ignore[union-attr]
 
 
-def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: FakeBus) -> None:
+def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: FakeBus,
+                                                  queues: QueueReporter) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
-    dispatcher = Dispatcher(bus, T, lambda: None)
-    canceller = Canceller(transitions, bus, T, dispatcher, lambda: None)
+    dispatcher = Dispatcher(bus, T, queues)
+    canceller = Canceller(transitions, bus, T, dispatcher, queues)
     job = claim_one(repo)
     assert canceller.cancel("j1") == "processing"
     [request] = bus.on(T.worker_cancel("w1"))
@@ -467,10 +493,10 @@ def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: Fake
 
 
 async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_rest(
-        repo: JobRepository, bus: FakeBus) -> None:
+        repo: JobRepository, bus: FakeBus, queues: QueueReporter) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
-    dispatcher = Dispatcher(bus, T, lambda: None)
-    rescuer = Rescuer(transitions, dispatcher, lease_seconds=0.6, on_change=lambda: None)
+    dispatcher = Dispatcher(bus, T, queues)
+    rescuer = Rescuer(transitions, dispatcher, queues, lease_seconds=0.6)
     alive, dead = claim_one(repo, "alive"), claim_one(repo, "dead")
     rescuer.worker_lost("w1", "s1")  # a verified Will for the session of both
     assert repo.get("dead").status == "processing"  # type: ignore[union-attr]  # not at once
@@ -494,8 +520,9 @@ async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_res
 
 async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBus) -> None:
     repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=0)))
-    dispatcher = Dispatcher(bus, T, lambda: None)
-    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, 60, lambda: None)
+    queues = QueueReporter(bus, T, repo)
+    dispatcher = Dispatcher(bus, T, queues)
+    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60)
     repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None
     assert [r.status for r in rescuer.sweep()] == ["failed"]

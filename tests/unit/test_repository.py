@@ -6,6 +6,7 @@ import contextvars
 import threading
 from collections import Counter
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from cl_ml_tools import Job
@@ -13,7 +14,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import jobs_table, queue_entries_table
-from compute.db.repository import JobRecord, JobRepository, idempotency_scope, job_idempotency_key
+from compute.db.repository import JobRepository, idempotency_scope, job_idempotency_key
+
+T = TypeVar("T")
 
 
 def add(repo: JobRepository, job_id: str, task: str = "image_resize", priority: int = 5) -> str:
@@ -26,21 +29,14 @@ def queue_rows(repo: JobRepository) -> int:
 
 
 def test_add_and_get(repo: JobRepository) -> None:
-    seen: list[JobRecord] = []
-
-    def on_added(record: JobRecord) -> None:
-        # Called after the commit: a fresh connection already sees the row.
-        assert repo.get(record.job_id) is not None
-        seen.append(record)
-
-    repo.on_job_added = on_added
-    repo.add_job(Job(job_id="a", task_type="image_resize", params={"w": 1}), created_by="u1", priority=7)
+    record, created = repo.insert_job(Job(job_id="a", task_type="image_resize", params={"w": 1}),
+                                      created_by="u1", priority=7)
     job = repo.get("a")
     assert job is not None
     assert (job.status, job.progress, job.priority, job.params, job.created_by) == (
         "queued", 0, 7, {"w": 1}, "u1")
     assert job.created_at > 1_600_000_000_000  # milliseconds
-    assert [r.job_id for r in seen] == ["a"]
+    assert created and record == job  # what insert_job returns is what a read finds
     assert repo.get("missing") is None and repo.get_job("missing") is None
     assert repo.get_job("a").params == {"w": 1}  # type: ignore[union-attr]
     assert queue_rows(repo) == 1
@@ -152,11 +148,11 @@ def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
     assert queue_rows(repo) == 2
 
 
-def _with_key(key: str | None, fn: Callable[[], str]) -> str:
+def _with_key(key: str | None, fn: Callable[[], T]) -> T:
     """add_job as the plugin route wrapper runs it: the Idempotency-Key in the context."""
     context = contextvars.copy_context()
 
-    def run() -> str:
+    def run() -> T:
         job_idempotency_key.set(key)
         return fn()
 
@@ -165,11 +161,13 @@ def _with_key(key: str | None, fn: Callable[[], str]) -> str:
 
 def test_idempotency_key_returns_the_first_job(repo: JobRepository) -> None:
     added: list[str] = []
-    repo.on_job_added = lambda record: added.append(record.job_id)
 
     def submit(job_id: str, user: str | None, key: str | None) -> str:
         job = Job(job_id=job_id, task_type="image_resize", params={})
-        return _with_key(key, lambda: repo.add_job(job, created_by=user))
+        record, created = _with_key(key, lambda: repo.insert_job(job, created_by=user))
+        if created:
+            added.append(record.job_id)
+        return record.job_id
 
     assert submit("first", "alice", "k1") == "first"
     assert submit("retry", "alice", "k1") == "first"  # the same user and key: the first job
@@ -178,7 +176,7 @@ def test_idempotency_key_returns_the_first_job(repo: JobRepository) -> None:
     assert submit("guest-retry", None, "k1") == "guest"
     assert submit("plain-1", "alice", None) == "plain-1" and submit("plain-2", "alice", None) == "plain-2"
     assert repo.get("retry") is None and repo.get("guest-retry") is None
-    assert added == ["first", "bobs", "guest", "plain-1", "plain-2"]  # a replay publishes nothing
+    assert added == ["first", "bobs", "guest", "plain-1", "plain-2"]  # a replay is not new: no hint
     assert queue_rows(repo) == 5
     found = repo.find_by_idempotency_key(idempotency_scope("alice", "k1"))
     assert found is not None and found.job_id == "first"

@@ -10,7 +10,7 @@ import contextvars
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,16 +124,10 @@ def idempotency_scope(created_by: str | None, key: str) -> str:
 
 
 class JobRepository:
-    """Jobs in SQL. `on_job_added` runs after a new job's row has committed."""
+    """Jobs in SQL. Storing only: the server's JobSubmitter tells the workers about new jobs."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        on_job_added: Callable[[JobRecord], None] | None = None,
-        policies: Policies | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, policies: Policies | None = None) -> None:
         self.engine = engine
-        self.on_job_added = on_job_added
         self.policies = policies or Policies(TaskPolicy())
 
     def write(self) -> Any:
@@ -143,11 +137,16 @@ class JobRepository:
     # -- cl_ml_tools JobRepository protocol ---------------------------------------------
 
     def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
-        """Commit a new queued job; returns its id.
+        """Commit a new queued job; returns its id (see `insert_job`)."""
+        return self.insert_job(job, created_by, priority)[0].job_id
+
+    def insert_job(self, job: Job, created_by: str | None = None,
+                   priority: int | None = None) -> tuple[JobRecord, bool]:
+        """Commit a new queued job; returns it, and whether it is new.
 
         With an Idempotency-Key in `job_idempotency_key`, a second job for the same user and key
-        is not created: the id of the job the key already names is returned instead (the
-        caller compares it with `job.job_id` and drops what it prepared for the new one).
+        is not created: the job the key already names is returned instead, with False (the
+        caller compares its id with `job.job_id` and drops what it prepared for the new one).
         """
         now = now_ms()
         raw_key = job_idempotency_key.get()
@@ -182,10 +181,8 @@ class JobRepository:
             existing = None if key is None else self.find_by_idempotency_key(key)
             if existing is None:
                 raise
-            return existing.job_id  # a retry that raced the first request: the first one's job
-        if self.on_job_added is not None:
-            self.on_job_added(JobRecord.from_row(_with_defaults(values)))
-        return str(job.job_id)
+            return existing, False  # a retry that raced the first request: the first one's job
+        return JobRecord.from_row(_with_defaults(values)), True
 
     def get_job(self, job_id: str) -> Job | None:
         record = self.get(job_id)

@@ -13,11 +13,11 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from compute.errors import ConfigError
-from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
-from compute.server.guest import GuestMode
+from compute.server.dbcalls import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from compute.config import Settings
+    from compute.server.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ async def guest_mode_on(request: Request, *, wait: bool) -> bool:
     A stale value is re-read on a database thread: awaited when `wait`, else in the background
     (health answers at once). A database that does not answer leaves the last value read.
     """
-    guest: GuestMode = request.app.state.guest
-    db: RouteDatabase = request.app.state.db
+    services: Services = request.app.state.services  # not deps.services_of: services.py imports this module
+    guest, db = services.guest, services.db
     if guest.stale:
         if wait:
             with contextlib.suppress(DatabaseUnavailable):
@@ -122,7 +122,7 @@ def require(permission: str, guests: bool = False) -> Callable[..., Any]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> User | None:
-        verifier: TokenVerifier = request.app.state.verifier
+        verifier: TokenVerifier = request.app.state.services.verifier
         if verifier.disabled:
             return None
         if credentials is None:
@@ -159,7 +159,7 @@ class JobScope:
 
 
 async def _job_scope(request: Request, user: JobUser) -> JobScope:
-    if request.app.state.verifier.disabled:
+    if request.app.state.services.verifier.disabled:
         return JobScope(everything=True)
     if user is None:  # a guest
         return JobScope(everything=False, owner=None)

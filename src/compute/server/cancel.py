@@ -7,24 +7,23 @@ that verifies, so nobody else on the broker can make it drop one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions
 from compute.jobs import JobStatus, now_ms
 from compute.server.dispatch import Dispatcher
+from compute.server.queues import QueueReporter
 from compute.signing import cancel_signature
 from compute.topics import CancelRequest, Topics, encode
 
 
 class Canceller:
     def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics, dispatcher: Dispatcher,
-                 on_change: Callable[[], None]) -> None:
+                 queues: QueueReporter) -> None:
         self.transitions = transitions
         self.bus = bus
         self.topics = topics
         self.dispatcher = dispatcher
-        self.on_change = on_change
+        self.queues = queues
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel `job_id`; returns its status before, or None when there is no such job.
@@ -41,5 +40,5 @@ class Canceller:
                 sig = cancel_signature(found.lease_token, job_id, found.attempt, now)
                 request = CancelRequest(job_id=job_id, attempt=found.attempt, timestamp=now, sig=sig)
                 self.bus.publish(self.topics.worker_cancel(found.worker_id), encode(request), qos=1)
-            self.on_change()
+            self.queues.mark_dirty()
         return found.previous

@@ -8,7 +8,7 @@ answering everything else. The last outcome is the database state `GET /` report
 is "unavailable", `GET /` re-checks it in the background (`session.ping`).
 
 `LoopHop` and `LoopSafeBus` let code that runs on those threads (the cancel route's
-Canceller, the repository's on_job_added) publish on the bus, which lives on the event loop.
+Canceller, the submit path's JobSubmitter) publish on the bus, which lives on the event loop.
 """
 
 from __future__ import annotations

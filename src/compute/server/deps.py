@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: the services the routes use, from app.state.
+"""Typed FastAPI dependencies: the server's parts the routes use, from `app.state.services`.
 
 `async` although they never await: FastAPI runs a plain `def` dependency on its thread pool.
 """
@@ -13,34 +13,45 @@ from compute.db.repository import JobRepository
 from compute.server.cancel import Canceller
 from compute.server.dbcalls import RouteDatabase
 from compute.server.orphans import OrphanSweeper
+from compute.server.services import Services
 from compute.server.workers import WorkerRegistry
 from compute.storage import JobStorage
 
 
+def services_of(request: Request) -> Services:
+    """The parts create_app built (services.build_services)."""
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def _services(request: Request) -> Services:
+    return services_of(request)
+
+
 async def _repo(request: Request) -> JobRepository:
-    return request.app.state.repo  # type: ignore[no-any-return]
+    return services_of(request).repo
 
 
 async def _storage(request: Request) -> JobStorage:
-    return request.app.state.storage  # type: ignore[no-any-return]
+    return services_of(request).storage
 
 
 async def _registry(request: Request) -> WorkerRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return services_of(request).registry
 
 
 async def _canceller(request: Request) -> Canceller:
-    return request.app.state.canceller  # type: ignore[no-any-return]
+    return services_of(request).canceller
 
 
 async def _db(request: Request) -> RouteDatabase:
-    return request.app.state.db  # type: ignore[no-any-return]
+    return services_of(request).db
 
 
 async def _orphans(request: Request) -> OrphanSweeper:
-    return request.app.state.orphans  # type: ignore[no-any-return]
+    return services_of(request).orphans
 
 
+ServicesDep = Annotated[Services, Depends(_services)]
 RepoDep = Annotated[JobRepository, Depends(_repo)]
 StorageDep = Annotated[JobStorage, Depends(_storage)]
 RegistryDep = Annotated[WorkerRegistry, Depends(_registry)]

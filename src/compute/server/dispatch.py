@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.repository import JobRecord
 from compute.jobs import JobStatus, now_ms, sdk_status
 from compute.logs import LogLimiter
+from compute.server.queues import QueueReporter
 from compute.topics import JobAvailable, LegacyJobEvent, Topics, encode
 
 log = logging.getLogger(__name__)
@@ -22,17 +22,18 @@ limited = LogLimiter(log)
 
 
 class Dispatcher:
-    def __init__(self, bus: Bus, topics: Topics, on_change: Callable[[], None]) -> None:
+    def __init__(self, bus: Bus, topics: Topics, queues: QueueReporter) -> None:
+        """`bus` may be published on from database threads (the server gives it a LoopSafeBus)."""
         self.bus = bus
         self.topics = topics
-        self.on_change = on_change
+        self.queues = queues
         #: Hints that could not be sent (broker down); the workers' sweep still finds the jobs.
         self.unsent = 0
 
     def job_added(self, job: JobRecord) -> None:
         self.hint(job.task_type, job.job_id, job.priority, job.created_at)
         self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at)
-        self.on_change()
+        self.queues.mark_dirty()
 
     def job_changed(self, job_id: str, status: str, progress: int = 0, timestamp: int = 0) -> None:
         """Tell CL Server clients (`inference/events`) that a job's status is now `status`."""

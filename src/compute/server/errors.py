@@ -59,7 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         # Calls made outside RouteDatabase (a plugin's own reads, guest mode) end up here.
         if is_unavailable(exc):
-            db = request.app.state.db
+            db = request.app.state.services.db
             return _detail(503, f"the database does not answer now; retry in {db.retry_after} s",
                            {"Retry-After": str(db.retry_after)})
         if isinstance(exc, IntegrityError):

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions, Outcome, Verdict
 from compute.jobs import EventType, JobEvent, JobStatus, now_ms, sdk_status
 from compute.logs import LogLimiter
+from compute.server.dispatch import Dispatcher
+from compute.server.queues import QueueReporter
 from compute.signing import confirmation_signature
 from compute.topics import Confirmation, LegacyJobEvent, MalformedMessage, Topics, encode, parse_job_event
 
@@ -34,13 +35,13 @@ _TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 
 class EventIngest:
-    def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics,
-                 on_change: Callable[[], None], on_requeue: Callable[[str, str, int | None], None]) -> None:
+    def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics, dispatcher: Dispatcher,
+                 queues: QueueReporter) -> None:
         self.transitions = transitions
         self.bus = bus
         self.topics = topics
-        self.on_change = on_change
-        self.on_requeue = on_requeue
+        self.dispatcher = dispatcher
+        self.queues = queues
         self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(QUEUE_MAX)
         #: Dropped events by reason ("malformed", "bad signature", "replayed or out of order" ...).
         self.rejected: Counter[str] = Counter()
@@ -96,11 +97,11 @@ class EventIngest:
                 changed = True
                 self._publish_legacy(outcome)
                 if outcome.status == JobStatus.QUEUED.value:
-                    self.on_requeue(outcome.task_type, ev.job_id, outcome.retry_at)
+                    self.dispatcher.hint_at(outcome.task_type, ev.job_id, outcome.retry_at)
             if ev.event in _TERMINAL and outcome.status is not None and outcome.lease_token:
                 self._confirm(ev, outcome.status, outcome.lease_token)
         if changed:
-            self.on_change()
+            self.queues.mark_dirty()
         return outcomes
 
     def _confirm(self, ev: JobEvent, status: str, lease_token: str) -> None:

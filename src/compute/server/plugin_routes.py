@@ -8,7 +8,8 @@ Around every plugin endpoint the server adds what the plugins need not know abou
   (same job_id, 200) and no second job; the retry's upload is removed again;
 - the database write happens off the event loop: the plugin's `repository.add_job` only
   records the job (plugins call it synchronously inside `async` endpoints), and the wrapper
-  commits it on a database thread with a deadline before the reply goes out. A stalled
+  commits it (`JobSubmitter.add_job`: the row, then the hint) on a database thread with a
+  deadline before the reply goes out. A stalled
   database then answers 503 with Retry-After instead of stalling the server, and the job's
   folder is removed. The reply still comes only after the commit, so nothing answered 200 is
   lost;
@@ -29,7 +30,6 @@ from fastapi.routing import APIRoute
 
 from compute.db.repository import (
     JobRecord,
-    JobRepository,
     idempotency_scope,
     job_idempotency_key,
     job_timeout,
@@ -40,6 +40,7 @@ from compute.server.auth import JobUser, require_jobs
 from compute.server.dbcalls import RouteDatabase
 from compute.server.deps import DbDep, RepoDep
 from compute.server.schemas import JobCreated
+from compute.server.submit import JobSubmitter
 from compute.storage import JobStorage, valid_job_id
 
 #: Longest per-job execution limit a client may ask for, seconds.
@@ -65,16 +66,17 @@ _replay: contextvars.ContextVar[JobRecord | None] = contextvars.ContextVar("repl
 class _DeferringRepository:
     """The `repository` plugins get: add_job during a plugin request is recorded, not run.
 
-    Everything else (and add_job outside a request) goes to the real repository.
+    add_job outside a request is submitted at once; everything else goes to the real repository.
     """
 
-    def __init__(self, repo: JobRepository) -> None:
-        self._repo = repo
+    def __init__(self, submitter: JobSubmitter) -> None:
+        self._submitter = submitter
+        self._repo = submitter.repo
 
     def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
         pending = _pending.get()
         if pending is None:
-            return self._repo.add_job(job, created_by=created_by, priority=priority)
+            return self._submitter.add_job(job, created_by=created_by, priority=priority)
         pending.append(_PendingAdd(job, created_by, priority))
         return str(job.job_id)
 
@@ -86,7 +88,7 @@ def _reply(job: JobRecord, task_type: str) -> dict[str, Any]:
     return {"job_id": job.job_id, "status": sdk_status(job.status), "task_type": task_type}
 
 
-def _wrapped(endpoint: Callable[..., Any], task_type: str, repo: JobRepository, storage: JobStorage,
+def _wrapped(endpoint: Callable[..., Any], task_type: str, submitter: JobSubmitter, storage: JobStorage,
              db: RouteDatabase) -> Callable[..., Any]:
     """The plugin endpoint with replays, the off-loop commit and `task_type` in the reply.
 
@@ -115,14 +117,14 @@ def _wrapped(endpoint: Callable[..., Any], task_type: str, repo: JobRepository, 
         reply = {**reply, "task_type": task_type}
         for i, add in enumerate(adds):
             try:
-                job_id = await db.call(repo.add_job, add.job, created_by=add.created_by,
+                job_id = await db.call(submitter.add_job, add.job, created_by=add.created_by,
                                        priority=add.priority)
             except BaseException:
                 discard(adds[i:])
                 raise
             if job_id != str(add.job.job_id):  # a concurrent retry with the same key was first
                 discard([add])
-                earlier = await db.call(repo.get, job_id)
+                earlier = await db.call(submitter.repo.get, job_id)
                 if earlier is not None:
                     reply = _reply(earlier, task_type)
         return reply
@@ -178,11 +180,11 @@ def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
             yield from _api_routes(inner.routes)
 
 
-def plugin_router(repo: JobRepository, storage: JobStorage, db: RouteDatabase) -> APIRouter:
+def plugin_router(submitter: JobSubmitter, storage: JobStorage, db: RouteDatabase) -> APIRouter:
     """Every installed plugin's routes (registry.route_factories), as CL Server clients call them."""
     router = APIRouter()
     known: list[str] = []
-    deferring = _DeferringRepository(repo)
+    deferring = _DeferringRepository(submitter)
     for name, create_router in route_factories().items():
         for route in _api_routes(create_router(deferring, storage, require_jobs).routes):
             if not route.path.startswith("/jobs/"):
@@ -190,7 +192,7 @@ def plugin_router(repo: JobRepository, storage: JobStorage, db: RouteDatabase) -
             task_type = route.path.removeprefix("/jobs/")
             known.append(task_type)
             router.add_api_route(
-                route.path, _wrapped(route.endpoint, task_type, repo, storage, db),
+                route.path, _wrapped(route.endpoint, task_type, submitter, storage, db),
                 methods=sorted(route.methods or ()), response_model=JobCreated, tags=[name],
                 name=route.name,
                 dependencies=[Depends(_timeout_param), Depends(_idempotency_param(task_type))],

@@ -1,4 +1,8 @@
-"""Keeps the retained per-task queue summary (`<root>/queues/<task>`) current."""
+"""Keeps the retained per-task queue summary (`<root>/queues/<task>`) current.
+
+Whatever changes a job's status calls `mark_dirty()` (from the event loop or a database thread);
+`run()` then recomputes the summary from the database at most every MIN_INTERVAL.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 from compute.bus.base import Bus
 from compute.db.repository import JobRepository
 from compute.jobs import now_ms
+from compute.server.dbcalls import LoopHop
 from compute.topics import QueueState, Topics, encode
 
 log = logging.getLogger(__name__)
@@ -17,17 +22,25 @@ AGE_REFRESH = 5.0  # seconds: refresh "oldest waiting age" while jobs wait
 
 
 class QueueReporter:
-    def __init__(self, bus: Bus, topics: Topics, repo: JobRepository | None = None) -> None:
-        self.repo: JobRepository | None = repo
+    def __init__(self, bus: Bus, topics: Topics, repo: JobRepository, hop: LoopHop | None = None) -> None:
+        """`hop` brings a `mark_dirty` from a database thread onto the loop (none: call it on the loop)."""
+        self.repo = repo
         self.bus = bus
         self.topics = topics
+        self._hop = hop or LoopHop()
         self._dirty = asyncio.Event()
         self._last: dict[str, tuple[int, int]] = {}
         self._waiting = False
         bus.on_connect(self.mark_dirty)
 
     def mark_dirty(self) -> None:
-        self._dirty.set()
+        """Some job changed status: recompute the summary soon. Any thread."""
+        self._hop.call(self._dirty.set)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether a recomputation is due."""
+        return self._dirty.is_set()
 
     async def run(self) -> None:
         while True:
@@ -45,8 +58,6 @@ class QueueReporter:
             await asyncio.sleep(MIN_INTERVAL)
 
     def publish_now(self) -> None:
-        if self.repo is None:
-            return
         now = now_ms()
         current = {s.task_type: s for s in self.repo.queue_summary()}
         self._waiting = any(s.queued for s in current.values())

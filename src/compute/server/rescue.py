@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from compute.db.transitions import JobTransitions, LeaseSnapshot, Rescued, stall_grace
 from compute.jobs import JobStatus
 from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
+from compute.server.queues import QueueReporter
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -30,15 +30,15 @@ MAX_PENDING_CHECKS = 1024
 
 
 class Rescuer:
-    def __init__(self, transitions: JobTransitions, dispatcher: Dispatcher, lease_seconds: float,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(self, transitions: JobTransitions, dispatcher: Dispatcher, queues: QueueReporter,
+                 lease_seconds: float) -> None:
         self.transitions = transitions
         self.dispatcher = dispatcher
         #: Check for expired leases this often: a quarter of the lease, between 1 and 15 s.
         self.interval = min(15.0, max(1.0, lease_seconds / 4))
         #: After a verified Will, wait this long for the session's leases to move.
         self.grace = stall_grace(lease_seconds)
-        self.on_change = on_change
+        self.queues = queues
         self.rescued = 0
         #: Will-triggered checks done (for tests: a Will was looked into, whatever it found).
         self.checks = 0
@@ -80,7 +80,7 @@ class Rescuer:
             if job.status == JobStatus.QUEUED.value:
                 self.dispatcher.hint(job.task_type, job.job_id)
         if jobs:
-            self.on_change()
+            self.queues.mark_dirty()
 
     def sweep(self) -> list[Rescued]:
         """Rescue every claim whose lease expired; announce them."""

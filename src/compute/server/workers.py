@@ -24,12 +24,12 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 
 from compute.bus.base import Bus
 from compute.db.workers import WorkerSession, WorkerSessions
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
+from compute.server.rescue import Rescuer
 from compute.signing import verify_info
 from compute.topics import OFFLINE, MalformedMessage, Topics, WorkerInfo, parse_worker_info
 
@@ -62,16 +62,16 @@ class _Budget:
 
 
 class WorkerRegistry:
-    def __init__(self, bus: Bus, topics: Topics, sessions: WorkerSessions,
-                 on_worker_lost: Callable[[str, str], None] | None = None, *,
+    def __init__(self, bus: Bus, topics: Topics, sessions: WorkerSessions, rescuer: Rescuer, *,
                  listen: Bus | None = None, heartbeat_interval: float = 30.0,
                  max_workers: int = MAX_WORKERS) -> None:
         """`bus` publishes (clearing a lost worker's CL Server capability); `listen` (default
-        `bus`) carries the `info` subscription, so that a flood there cannot delay job events."""
+        `bus`) carries the `info` subscription, so that a flood there cannot delay job events.
+        A verified Will goes to `rescuer.worker_lost`."""
         self.bus = bus
         self.topics = topics
         self.sessions = sessions
-        self.on_worker_lost = on_worker_lost
+        self.rescuer = rescuer
         self.max_workers = max_workers
         #: A session silent for this long (ms) is gone: three missed heartbeats and 30 s.
         self.stale_after_ms = int((3 * heartbeat_interval + 30) * 1000)
@@ -150,8 +150,7 @@ class WorkerRegistry:
             self.bus.publish(self.topics.legacy_worker(worker_id), b"", qos=1, retain=True)
         limited.info("offline", "worker %s session %s went offline%s", worker_id, info["session"],
                      " (an older session; the current one stays)" if stale else "")
-        if self.on_worker_lost is not None:
-            self.on_worker_lost(worker_id, info["session"])
+        self.rescuer.worker_lost(worker_id, info["session"])
 
     def _cleared(self, worker_id: str, topic: str) -> None:
         """An empty retained info: a clean shutdown, if the database agrees."""

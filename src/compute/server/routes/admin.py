@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Query, Request
 
 from compute.jobs import now_ms
 from compute.server.auth import AdminUser
-from compute.server.deps import DbDep, OrphansDep, RepoDep, StorageDep
+from compute.server.deps import DbDep, OrphansDep, RepoDep, StorageDep, services_of
 from compute.server.guest import GuestMode
 from compute.server.schemas import CleanupResult, GuestModeState, StorageSize
 
@@ -44,7 +44,7 @@ async def cleanup(repo: RepoDep, storage: StorageDep, db: DbDep, orphans: Orphan
 
 
 def _guest(request: Request) -> GuestMode:
-    return request.app.state.guest  # type: ignore[no-any-return]
+    return services_of(request).guest
 
 
 @prefs.get("/pref/guest-mode", response_model=GuestModeState)

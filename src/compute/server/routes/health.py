@@ -6,22 +6,22 @@ from fastapi import APIRouter, Request
 
 from compute import __version__
 from compute.server.auth import guest_mode_on
-from compute.server.deps import DbDep, RegistryDep
+from compute.server.deps import RegistryDep, ServicesDep
 from compute.server.schemas import Capabilities, Health
 
 router = APIRouter()
 
 
 @router.get("/", response_model=Health, tags=["health"])
-async def health(request: Request, db: DbDep) -> Health:
+async def health(request: Request, services: ServicesDep) -> Health:
     """Liveness, whether the MQTT bus is connected and the database answers, and what clients
     need to know about auth. Answers at once, whatever the database does: `database` is its
     state as last seen ("unavailable" is re-checked in the background)."""
-    state = request.app.state
+    db = services.db
     database = db.current_state()
     return Health(status="healthy", service="compute", version=__version__,
-                  mqtt_connected=state.bus.connected, database=database,
-                  database_detail=db.reason, auth_required=not state.verifier.disabled,
+                  mqtt_connected=services.bus.connected, database=database,
+                  database_detail=db.reason, auth_required=not services.verifier.disabled,
                   guestMode="on" if await guest_mode_on(request, wait=False) else "off")
 
 

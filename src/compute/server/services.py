@@ -1,0 +1,151 @@
+"""The server's parts, built once in dependency order (`build_services`) and run by `running`.
+
+Read top to bottom, `build_services` is the data flow: a job submitted over HTTP goes through
+`JobSubmitter` (the repository commits it, then the dispatcher hints it and marks the queue
+summary); worker events come back through `EventIngest` (transitions, then confirmations and
+the dispatcher's hints for requeued jobs); a verified Will goes from `WorkerRegistry` to the
+`Rescuer`. Every part gets the parts it calls in its constructor, so nothing is patched in
+afterwards. The routes reach them through `server/deps.py` (`app.state.services`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from compute.broker import start_embedded_if_needed
+from compute.bus.mqtt import MqttBus
+from compute.config import Settings
+from compute.db.preferences import PreferenceStore
+from compute.db.repository import JobRepository
+from compute.db.session import check_migrated, make_engine, ping
+from compute.db.transitions import JobTransitions
+from compute.db.workers import WorkerSessions, server_client_ids
+from compute.server.auth import TokenVerifier
+from compute.server.cancel import Canceller
+from compute.server.dbcalls import LoopHop, LoopSafeBus, RouteDatabase
+from compute.server.dispatch import Dispatcher
+from compute.server.guest import GuestMode
+from compute.server.ingest import EventIngest
+from compute.server.orphans import OrphanSweeper
+from compute.server.queues import QueueReporter
+from compute.server.rescue import Rescuer
+from compute.server.submit import JobSubmitter
+from compute.server.workers import WorkerRegistry
+from compute.storage import JobStorage
+from compute.topics import OFFLINE, ONLINE, Topics
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    topics: Topics
+    #: For the background parts (events, rescue, presence); waits for the database as configured.
+    engine: Engine
+    #: For HTTP requests: waits for a locked or unreachable database at most DB_REQUEST_TIMEOUT.
+    route_engine: Engine
+    #: The routes' database calls, on threads of their own with that deadline.
+    db: RouteDatabase
+    #: Brings calls from those threads onto the event loop (bound when the loop runs).
+    hop: LoopHop
+    #: Job events, hints, confirmations, server status.
+    bus: MqttBus
+    #: Worker `info` only: a flood there cannot delay job events.
+    presence_bus: MqttBus
+    verifier: TokenVerifier
+    guest: GuestMode
+    storage: JobStorage
+    repo: JobRepository
+    queues: QueueReporter
+    dispatcher: Dispatcher
+    submitter: JobSubmitter
+    transitions: JobTransitions
+    canceller: Canceller
+    rescuer: Rescuer
+    ingest: EventIngest
+    registry: WorkerRegistry
+    orphans: OrphanSweeper
+
+
+def build_services(settings: Settings) -> Services:
+    """Every part, constructed; nothing connects until `running`."""
+    engine = make_engine(settings.database_url)
+    # HTTP requests use their own engine: it waits for a locked or unreachable database at most
+    # DB_REQUEST_TIMEOUT, on threads of their own (RouteDatabase), so the loop never waits.
+    route_engine = make_engine(settings.database_url, wait=settings.db_request_timeout)
+    db = RouteDatabase(settings.db_request_timeout, ping=lambda: ping(route_engine))
+    topics = Topics.for_settings(settings)
+    # A fixed client id (unguessable: its suffix is kept in the database, set in `running`)
+    # and a persistent session: the broker keeps worker events for the server while it restarts.
+    bus = MqttBus(settings, client_id=settings.server_client_id, clean_session=False,
+                  will=(topics.server_status, OFFLINE, True), name="server-bus")
+
+    def announce_online() -> None:
+        bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
+
+    bus.on_connect(announce_online)
+    presence_bus = MqttBus(settings, client_id=f"{settings.server_client_id}-presence",
+                           name="server-presence")
+    # Route code runs on database threads; what it publishes (add_job's hint, a cancel's
+    # messages) and marks goes through the event loop, where the bus lives.
+    hop = LoopHop()
+    safe_bus = LoopSafeBus(bus, hop)
+    storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
+    repo = JobRepository(route_engine, policies=settings.task_policies)
+    queues = QueueReporter(bus, topics, repo, hop)
+    dispatcher = Dispatcher(safe_bus, topics, queues)
+    transitions = JobTransitions(engine, settings.task_policies)
+    rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds)
+    return Services(
+        settings=settings, topics=topics, engine=engine, route_engine=route_engine, db=db, hop=hop,
+        bus=bus, presence_bus=presence_bus,
+        verifier=TokenVerifier.from_settings(settings),
+        guest=GuestMode(PreferenceStore(route_engine), settings.guest_mode),
+        storage=storage, repo=repo, queues=queues, dispatcher=dispatcher,
+        submitter=JobSubmitter(repo, dispatcher),
+        transitions=transitions,
+        canceller=Canceller(JobTransitions(route_engine, settings.task_policies), safe_bus, topics,
+                            dispatcher, queues),
+        rescuer=rescuer,
+        ingest=EventIngest(transitions, bus, topics, dispatcher, queues),
+        registry=WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer, listen=presence_bus,
+                                heartbeat_interval=settings.heartbeat_interval),
+        orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(services: Services, *, start_broker: bool) -> AsyncIterator[None]:
+    """Start the broker (embedded mode), both buses and the background tasks; stop them after."""
+    s = services
+    check_migrated(s.engine)
+    s.hop.bind(asyncio.get_running_loop())
+    s.guest.refresh()  # later refreshes run off the loop (auth.guest_mode_on)
+    s.settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    broker = await start_embedded_if_needed(s.settings) if start_broker else None
+    s.bus.client_id, s.presence_bus.client_id = server_client_ids(
+        s.settings.mqtt_client_id, s.settings.server_client_id, s.engine)
+    await s.bus.start()
+    await s.presence_bus.start()
+    tasks = [asyncio.create_task(s.registry.run(), name="worker-sessions"),
+             asyncio.create_task(s.ingest.run(), name="ingest"),
+             asyncio.create_task(s.queues.run(), name="queue-summary"),
+             asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
+             asyncio.create_task(s.orphans.run(), name="orphan-sweep")]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        s.bus.publish(s.topics.server_status, OFFLINE, qos=1, retain=True)
+        await s.presence_bus.close()
+        await s.bus.close()
+        if broker is not None:
+            await broker.stop()
+        s.engine.dispose()
+        s.route_engine.dispose()
