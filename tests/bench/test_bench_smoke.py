@@ -101,7 +101,7 @@ def test_empty_claims(result: dict[str, Any]) -> None:
 def test_targets_listed(result: dict[str, Any]) -> None:
     targets = result["targets"]
     plugin_targets = [t for t in targets if "% of run p50" in t["target"]]
-    assert len(targets) - len(plugin_targets) == 11
+    assert len(targets) - len(plugin_targets) == 12  # no peer targets without --peers
     assert len(plugin_targets) == len(TOOL_PLUGINS) + len(MODELS)
     assert all(_number(t["value"]) for t in targets), targets
 

@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="plugins section: tiny stand-in ONNX models (real I/O names and shapes) for "
                              "model files missing from COMPUTE_MODELS_DIR; measures pre/post-processing "
                              "and service overhead, not the real networks")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run Celery + Redis, Celery behind FastAPI and Procrastinate + PostgreSQL "
+                             "at the same measurement points, and print every figure's ratio to each "
+                             "(needs `uv sync --group peers`, Redis on 6379, PostgreSQL on 5432)")
     args = parser.parse_args(argv)
 
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -71,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = Config(workers=args.workers, broker=args.broker, database_url=args.database_url,
                  sizes=_sizes(base, args.jobs), quick=args.quick, sections=sections,
                  base_dir=args.dir, keep=args.keep, profile_dir=args.profile, label=args.label,
-                 stand_in_models=args.stand_in_models)
+                 stand_in_models=args.stand_in_models, peers=args.peers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:

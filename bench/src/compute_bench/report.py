@@ -24,6 +24,40 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
 )
 
 
+#: The issue's targets against the peers, measured in the same run:
+#: (name, Compute's figure, peer, peer's figure, comparison, factor): Compute op factor x peer.
+PEER_TARGETS: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...], str, float], ...] = (
+    ("no-op jobs/s vs Celery + Redis", ("throughput", "bench_noop", "jobs_per_s"),
+     "celery", ("throughput", "jobs_per_s"), ">=", 1.0),
+    ("no-op jobs/s vs Celery behind FastAPI", ("throughput", "bench_noop", "jobs_per_s"),
+     "fastapi_celery", ("throughput", "jobs_per_s"), ">=", 2.0),
+    ("pickup p50 vs Celery + Redis", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
+     "celery", ("pickup", "submit_to_task_start_ms", "p50"), "<=", 1.0),
+    ("pickup p99 vs Celery + Redis", ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"),
+     "celery", ("pickup", "submit_to_task_start_ms", "p99"), "<=", 2.0),
+    ("image_conversion jobs/s vs Celery behind FastAPI", ("throughput", "image_conversion", "jobs_per_s"),
+     "fastapi_celery", ("throughput_image", "jobs_per_s"), ">=", 2.0),
+)
+#: Rows of the peers table: (label, Compute's figure, the peer's figure, higher is better).
+PEER_FIGURES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], bool], ...] = (
+    ("pickup p50 (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
+     ("pickup", "submit_to_task_start_ms", "p50"), False),
+    ("pickup p99 (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"),
+     ("pickup", "submit_to_task_start_ms", "p99"), False),
+    ("submit call p50 (ms)", ("pickup", "bench_noop", "submit_call_ms", "p50"),
+     ("pickup", "submit_call_ms", "p50"), False),
+    ("no-op jobs/s", ("throughput", "bench_noop", "jobs_per_s"), ("throughput", "jobs_per_s"), True),
+    ("image_conversion jobs/s", ("throughput", "image_conversion", "jobs_per_s"),
+     ("throughput_image", "jobs_per_s"), True),
+)
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return None
+    return round(a / b, 2)
+
+
 def _get(doc: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if key in ("spaced", "burst") and isinstance(doc, dict) and "variants" in doc:
@@ -42,6 +76,14 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         value = _get(result, path)
         met = None if value is None else (value <= target if op == "<=" else value >= target)
         out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "met": met})
+    value = _get(result, ("throughput", "bench_noop", "server_cpu_ms_per_job"))
+    out.append({"target": "server CPU per no-op job in the burst (ms)", "value": value, "goal": "<= 1.5",
+                "met": None if value is None else value <= 1.5})
+    peers = result.get("peers") or {}
+    for name, ours, peer, theirs, op, factor in PEER_TARGETS:
+        r = ratio(_get(result, ours), _get(peers.get(peer), theirs))
+        met = None if r is None else (r >= factor if op == ">=" else r <= factor)
+        out.append({"target": f"{name} (ratio)", "value": r, "goal": f"{op} {factor:g}x", "met": met})
     section = result.get("plugins") or {}
     for row in section.get("plugins", []):
         if "overhead_pct" in row:
@@ -146,6 +188,8 @@ def render(result: dict[str, Any]) -> str:
                       "sweeps)",
                   _table(["cluster", "workers", "mode", "jobs run", "empty claims", "per job",
                           "results unconfirmed >10 s"], rows)]
+    if "peers" in result:
+        parts += ["", *_peers(result)]
     rows = [[t["target"], t["goal"], t["value"], {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
             for t in result.get("targets", [])]
     parts += ["", "Targets", _table(["", "goal", "measured", ""], rows),
@@ -192,3 +236,44 @@ def _plugins(section: dict[str, Any]) -> list[str]:
                  "worker; load = first models.session() in the worker; RSS peak = workers' VmHWM, tools = "
                  "ffmpeg/exiftool children, sampled")
     return lines
+
+
+def _peers(result: dict[str, Any]) -> list[str]:
+    """Compute beside each peer, and each figure's ratio Compute / peer."""
+    peers = result["peers"]
+    names = [n for n in peers["describe"] if n in peers]
+    lines = ["8. Peers, same run, same measurement points (pickup: start of the submit call -> first "
+             "line of the task body; jobs/s: burst, until every job is done)"]
+    lines += [f"   {n}: {peers['describe'][n]}" + (f" -- skipped: {peers[n]['skipped']}"
+                                                   if "skipped" in peers[n] else "")
+              for n in names]
+    live = [n for n in names if "skipped" not in peers[n]]
+    headers = ["", "Compute", *live, *[f"ratio to {n}" for n in live]]
+    rows = []
+    for label, ours, theirs, _higher in PEER_FIGURES:
+        mine = _get(result, ours)
+        values = [_get(peers[n], theirs) for n in live]
+        rows.append([label, mine, *values, *[ratio(mine, v) for v in values]])
+    rows.extend(_cpu_rows(result, peers, live))
+    lines.append(_table(headers, rows))
+    lines.append("   ratio = Compute / peer: above 1 is better for jobs/s, below 1 for times. Everything "
+                 "shares the machine with the client: compare ratios within one run, not absolute "
+                 "figures across runs.")
+    return lines
+
+
+def _cpu_rows(result: dict[str, Any], peers: dict[str, Any], live: list[str]) -> list[list[Any]]:
+    """CPU ms per no-op job in the burst: the front (Compute's server, uvicorn) and every process."""
+    def per_job(t: dict[str, Any] | None, keys: tuple[str, ...] | None) -> float | None:
+        if not t or not t.get("finished"):
+            return None
+        cpu = {k: v for k, v in t["cpu_seconds"].items() if k != "bench client" and v is not None}
+        if keys is not None:
+            cpu = {k: v for k, v in cpu.items() if k in keys}
+        return round(sum(cpu.values()) * 1000 / t["finished"], 3) if cpu else None
+
+    mine = (result.get("throughput") or {}).get("bench_noop")
+    front = [per_job(mine, ("server",)), *[per_job(peers[n].get("throughput"), ("web",)) for n in live]]
+    total = [per_job(mine, None), *[per_job(peers[n].get("throughput"), None) for n in live]]
+    return [["CPU ms per no-op job, server / web", *front, *[ratio(front[0], v) for v in front[1:]]],
+            ["CPU ms per no-op job, all processes", *total, *[ratio(total[0], v) for v in total[1:]]]]

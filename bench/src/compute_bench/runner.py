@@ -19,6 +19,7 @@ from compute.config import Settings
 from compute_bench import inputs, plugins, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
+from compute_bench.peers.runner import Peers
 from compute_bench.report import evaluate_targets
 from compute_bench.stats import filesystem_of, machine
 
@@ -44,6 +45,8 @@ class Config:
     label: str | None = None
     #: plugins section: tiny stand-ins for model files missing from COMPUTE_MODELS_DIR.
     stand_in_models: bool = False
+    #: Also run the peers (Celery, Celery behind FastAPI, Procrastinate) at the same points.
+    peers: bool = False
 
 
 class Run:
@@ -131,6 +134,8 @@ class Run:
                 self.result["polling"] = self._compare_polling(poll)
             if "plugins" in cfg.sections:
                 await self._plugins()
+            if cfg.peers:
+                self.result["peers"] = await Peers(self.base, self.run_id, sizes).run()
         finally:
             if not cfg.keep:
                 shutil.rmtree(self.base, ignore_errors=True)

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster
-from compute_bench.stats import cpu_seconds, summary
+from compute_bench.stats import summary, tree_cpu_seconds
 
 NS_PER_MS = 1_000_000
 GAP = 0.005  # seconds between sequential jobs: the worker is back to waiting
@@ -126,10 +127,32 @@ async def burst(cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency
     await asyncio.sleep(0.2)
 
     profilers = _start_profilers(cluster, profile_dir, kind) if profile_dir else []
-    pids = cluster.pids()
-    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    own0 = os.times()
     start_ms = time.time_ns() // NS_PER_MS
+
+    async def finished() -> int:
+        return _finished(cluster, kind, start_ms)
+
+    try:
+        result = await drive(lambda: sub.submit(kind), finished, n, concurrency, cluster.pids())
+    finally:
+        _stop_profilers(profilers)
+    result["failed"] = int(cluster.scalar(
+        "SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s AND status = 'failed'",
+        t=kind, s=start_ms))
+    result["workers"] = len(cluster.workers)
+    server_cpu = result["cpu_seconds"].get("server")
+    result["server_cpu_ms_per_job"] = (round(server_cpu * 1000 / result["finished"], 3)
+                                       if server_cpu is not None and result["finished"] else None)
+    return result
+
+
+async def drive(submit: Callable[[], Awaitable[Any]], finished: Callable[[], Awaitable[int]], n: int,
+                concurrency: int, pids: dict[str, int]) -> dict[str, Any]:
+    """The burst itself, for Compute and its peers alike: `concurrency` submitters share n
+    submissions; it ends when `finished()` counts every submitted job. CPU seconds per process
+    (with its children: Celery's prefork pool) and of the benchmark client itself."""
+    cpu0 = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+    own0 = os.times()
     remaining = iter(range(n))
     submitted: list[int] = []
     errors: list[str] = []
@@ -137,7 +160,7 @@ async def burst(cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency
     async def submitter() -> None:
         for _ in remaining:
             try:
-                await sub.submit(kind)
+                await submit()
                 submitted.append(time.time_ns())
             except Exception as exc:  # counted and reported, the burst goes on
                 errors.append(f"{type(exc).__name__}: {exc}")
@@ -145,30 +168,27 @@ async def burst(cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency
     t_first = time.time_ns()
     tasks = [asyncio.create_task(submitter()) for _ in range(concurrency)]
     deadline = time.monotonic() + max(120.0, n / 20)
-    finished = 0
+    done = 0
     while True:
         all_sent = all(t.done() for t in tasks)
-        if all_sent and finished >= len(submitted):
+        if all_sent and done >= len(submitted):
             break
-        near = all_sent and finished >= 0.9 * len(submitted)
+        near = all_sent and done >= 0.9 * len(submitted)
         await asyncio.sleep(0.005 if near else 0.05)
-        finished = _finished(cluster, kind, start_ms)
+        done = await finished()
         if time.monotonic() > deadline:
             break
     t_done = time.time_ns()
     own1 = os.times()
-    cpu = {name: _delta(cpu_seconds(pid), cpu0.get(name)) for name, pid in pids.items()}
+    cpu = {name: _delta(tree_cpu_seconds(pid), cpu0.get(name)) for name, pid in pids.items()}
     cpu["bench client"] = round((own1.user + own1.system) - (own0.user + own0.system), 2)
-    _stop_profilers(profilers)
-    failed = int(cluster.scalar("SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s "
-                                "AND status = 'failed'", t=kind, s=start_ms))
     elapsed = (t_done - t_first) / 1e9
     submit_elapsed = (max(submitted) - t_first) / 1e9 if submitted else float("nan")
     return {
-        "jobs": n, "submitted": len(submitted), "finished": finished, "failed": failed,
+        "jobs": n, "submitted": len(submitted), "finished": done, "failed": 0,
         "submit_errors": len(errors), "first_error": errors[0] if errors else None,
-        "concurrency": concurrency, "workers": len(cluster.workers),
-        "elapsed_s": round(elapsed, 3), "jobs_per_s": round(finished / elapsed, 1),
+        "concurrency": concurrency,
+        "elapsed_s": round(elapsed, 3), "jobs_per_s": round(done / elapsed, 1),
         "submit_elapsed_s": round(submit_elapsed, 3),
         "submit_per_s": round(len(submitted) / submit_elapsed, 1) if submitted else None,
         "cpu_seconds": cpu,

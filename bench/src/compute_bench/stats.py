@@ -74,6 +74,14 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and its descendants alive now (Celery's prefork pool)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(c for c in (cpu_seconds(k) for k in descendants(pid)) if c is not None)
+
+
 def status_kb(pid: int, field: str = "VmRSS") -> int | None:
     """A memory figure of a process from /proc/<pid>/status, in KiB (VmRSS, VmHWM ...)."""
     try:
