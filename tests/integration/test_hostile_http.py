@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
-import jwt
 import pytest
 import uvicorn
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -34,6 +31,7 @@ from compute.db.models import jobs_table
 from compute.server.app import UPLOAD_SLACK
 from tests.conftest import Server, running_server
 from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
+from tests.integration.conftest import bearer
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -397,23 +395,6 @@ async def _database_state(server: Server) -> bool:
 
 
 # -- per-user isolation -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    path = tmp_path_factory.mktemp("keys") / "public_key.pem"
-    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, path
-
-
-def bearer(signing_key: tuple[bytes, Path], user: str, *permissions: str, **claims: Any) -> dict[str, str]:
-    payload = {"id": user, "permissions": list(permissions or ["ai_inference_support"]),
-               "exp": int(time.time()) + 300, **claims}
-    return {"Authorization": "Bearer " + jwt.encode(payload, signing_key[0], algorithm="ES256")}
 
 
 async def test_users_see_and_act_on_their_own_jobs_only(

@@ -1,0 +1,41 @@
+"""Fixtures of the integration tests that sign in: an ES256 key pair and bearer tokens."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from compute.config import Settings
+
+SigningKey = tuple[bytes, Path]
+
+
+@pytest.fixture(scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    """(private key PEM, path of the public key PEM), as CL Server's auth service writes it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    path = tmp_path_factory.mktemp("keys") / "public_key.pem"
+    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, path
+
+
+def bearer(signing_key: SigningKey, user: str, *permissions: str, **claims: Any) -> dict[str, str]:
+    """Headers of a request by `user` (permission `ai_inference_support` unless others are given)."""
+    payload = {"id": user, "permissions": list(permissions or ["ai_inference_support"]),
+               "exp": int(time.time()) + 300, **claims}
+    return {"Authorization": "Bearer " + jwt.encode(payload, signing_key[0], algorithm="ES256")}
+
+
+def secured(settings: Settings, signing_key: SigningKey) -> Settings:
+    """`settings` with auth on, verifying tokens signed by `signing_key`."""
+    return replace(settings, auth_disabled=False, public_key_path=signing_key[1])
