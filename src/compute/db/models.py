@@ -25,7 +25,8 @@ class JobRow(Base):
     task_type: Mapped[str] = mapped_column(String, nullable=False)
     #: JSON text, as in CL Server.
     params: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
-    status: Mapped[str] = mapped_column(String, nullable=False, index=True)
+    #: Indexed with created_at (ix_jobs_status_created), like created_by, task_type, worker_id.
+    status: Mapped[str] = mapped_column(String, nullable=False)
     progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     #: Milliseconds since the epoch.
     created_at: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
@@ -35,7 +36,7 @@ class JobRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     retry_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     max_retries: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
-    created_by: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    created_by: Mapped[str | None] = mapped_column(String, nullable=True)
     # Additions to the CL Server schema:
     priority: Mapped[int] = mapped_column(Integer, nullable=False, default=5, server_default="5")
     worker_id: Mapped[str | None] = mapped_column(String, nullable=True)
@@ -74,6 +75,12 @@ class JobRow(Base):
             sqlite_where=text("status = 'processing'"),
             postgresql_where=text("status = 'processing'"),
         ),
+        # Serve GET /jobs: each filter with the listing's order (created_at, then id), so a
+        # page is an index range. The status and created_by ones replace single-column indexes.
+        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_owner_created", "created_by", "created_at", "id"),
+        Index("ix_jobs_task_created", "task_type", "created_at", "id"),
+        Index("ix_jobs_worker_created", "worker_id", "created_at", "id"),
     )
 
 

@@ -15,7 +15,7 @@ from compute.plugins import environment as plugin_environment
 from compute.server.errors import install_error_handlers
 from compute.server.limits import RequestBodyGuard
 from compute.server.plugin_routes import plugin_router
-from compute.server.routes import admin, health, jobs
+from compute.server.routes import admin, health, jobs, listing
 from compute.server.services import build_services, running
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(plugin_router(services.submitter, services.storage, services.db))
+    app.include_router(listing.router)
+    app.include_router(listing.workers_router)
     app.include_router(jobs.router)
     app.include_router(admin.router)
     app.include_router(admin.prefs)

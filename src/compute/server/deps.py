@@ -9,7 +9,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
+from compute.db.workers import WorkerSessions
 from compute.server.cancel import Canceller
 from compute.server.dbcalls import RouteDatabase
 from compute.server.orphans import OrphanSweeper
@@ -51,6 +53,14 @@ async def _orphans(request: Request) -> OrphanSweeper:
     return services_of(request).orphans
 
 
+async def _queries(request: Request) -> JobQueries:
+    return services_of(request).queries
+
+
+async def _sessions(request: Request) -> WorkerSessions:
+    return services_of(request).route_sessions
+
+
 ServicesDep = Annotated[Services, Depends(_services)]
 RepoDep = Annotated[JobRepository, Depends(_repo)]
 StorageDep = Annotated[JobStorage, Depends(_storage)]
@@ -59,3 +69,6 @@ CancellerDep = Annotated[Canceller, Depends(_canceller)]
 #: Runs a route's database calls off the event loop, with a deadline (503 past it).
 DbDep = Annotated[RouteDatabase, Depends(_db)]
 OrphansDep = Annotated[OrphanSweeper, Depends(_orphans)]
+QueriesDep = Annotated[JobQueries, Depends(_queries)]
+#: Worker sessions read by routes (on the routes' engine, with its deadline).
+SessionsDep = Annotated[WorkerSessions, Depends(_sessions)]

@@ -53,6 +53,39 @@ class JobFiles(BaseModel):
     files: list[JobFile]
 
 
+class JobList(BaseModel):
+    """A page of GET /jobs: items as GET /jobs/{id} returns them."""
+
+    jobs: list[JobPublic]
+    #: Pass as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
+
+
+class WorkerPublic(BaseModel):
+    """A worker run the database vouches for (GET /workers)."""
+
+    worker_id: str
+    #: The run's public session id (never its secret).
+    session: str
+    #: "idle" or "busy", as the worker last announced.
+    state: str
+    tasks: list[str]
+    #: Jobs this run is processing now (only those the caller may see).
+    running_jobs: list[str]
+    hostname: str | None
+    pid: int | None
+    version: str | None
+    #: Milliseconds since the epoch: when the run started, its last heartbeat in the database,
+    #: and its last verified announcement on the bus.
+    started_at: int
+    last_heartbeat: int
+    last_announced: int
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerPublic]
+
+
 class JobCreated(BaseModel):
     job_id: str
     status: str

@@ -21,6 +21,7 @@ from compute.broker import start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.preferences import PreferenceStore
+from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine, ping
 from compute.db.transitions import JobTransitions
@@ -69,6 +70,9 @@ class Services:
     ingest: EventIngest
     registry: WorkerRegistry
     orphans: OrphanSweeper
+    #: Listing reads for people (GET /jobs, GET /workers), on the routes' engine.
+    queries: JobQueries
+    route_sessions: WorkerSessions
 
 
 def build_services(settings: Settings) -> Services:
@@ -115,6 +119,8 @@ def build_services(settings: Settings) -> Services:
         registry=WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer, listen=presence_bus,
                                 heartbeat_interval=settings.heartbeat_interval),
         orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
+        queries=JobQueries(route_engine),
+        route_sessions=WorkerSessions(route_engine),
     )
 
 
