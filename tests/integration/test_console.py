@@ -20,7 +20,7 @@ from typer.testing import CliRunner, Result
 from compute.config import Settings
 from compute.console.app import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, app
 from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
-from tests.helpers import free_port, png_bytes
+from tests.helpers import free_port, png_bytes, wait_for
 from tests.integration.test_hostile_http import uvicorn_serving
 
 
@@ -101,6 +101,27 @@ async def test_a_cancelled_job_exits_5_and_a_failed_one_1(settings: Settings, st
                                "--wait", "-q")
         assert result.exit_code == EXIT_FAILED, result.output
         assert _json(result)["error_message"]
+
+
+async def test_jobs_and_workers_are_listed(settings: Settings, start_worker: WorkerFactory,
+                                           photo: Path) -> None:
+    async with serving(settings) as (_srv, url):
+        submit = ("submit", "image_conversion", str(photo), "-f", "format=png")
+        first = (await compute(url, *submit)).stdout.strip()
+        second = (await compute(url, *submit)).stdout.strip()
+        page = _json(await compute(url, "--json", "jobs", "--limit", "1"))
+        assert [job["job_id"] for job in page["jobs"]] == [second] and page["next_cursor"]
+        rest = _json(await compute(url, "--json", "jobs", "--cursor", page["next_cursor"]))
+        assert [job["job_id"] for job in rest["jobs"]] == [first] and rest["next_cursor"] is None
+        table = await compute(url, "jobs", "--status", "queued")
+        assert table.exit_code == 0 and first[:8] in table.stdout
+
+        running = await start_worker(wait_idle=False)
+
+        async def listed() -> list[str]:
+            return [w["worker_id"] for w in _json(await compute(url, "--json", "workers"))]
+
+        assert await wait_for(listed, what="the worker listed") == [running.settings.worker_id]
 
 
 async def test_refusals_exit_4_with_the_servers_reason(settings: Settings, photo: Path) -> None:

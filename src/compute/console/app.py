@@ -210,7 +210,7 @@ def list_jobs(
     ctx: typer.Context,
     status_filter: Annotated[str | None, typer.Option("--status", help="queued, processing, ...")] = None,
     task: Annotated[str | None, typer.Option(help="only this task type")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="how many")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="how many (the server's most: 200)")] = 20,
     cursor: Annotated[str | None, typer.Option(help="the next page, as printed after a page")] = None,
 ) -> None:
     """List jobs you may see, newest first."""
@@ -220,7 +220,7 @@ def list_jobs(
         out.print_json(json.dumps(page))
         return
     table = Table("job", "task", "status", "progress", "priority", "worker", "created")
-    for job in page["items"]:
+    for job in page["jobs"]:
         table.add_row(job["job_id"], job["task_type"],
                       "cancelled" if job.get("cancelled") else job["status"], f"{job['progress']}%",
                       str(job["priority"]), job.get("worker_id") or "-", _when(job["created_at"]))
