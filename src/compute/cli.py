@@ -162,13 +162,15 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                         reload=True, log_level=settings.log_level.lower())
         else:
             from compute.server.app import create_app
+            from compute.server.serving import StreamClosingServer
 
             try:
                 app = create_app(settings)
             except ComputeError as exc:
                 return _fail(str(exc))
-            uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                        loop="uvloop", http="httptools", access_log=False)
+            config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                                    loop="uvloop", http="httptools", access_log=False)
+            StreamClosingServer(config, app.state.services.changes.close).run()
     finally:
         if workers is not None:
             workers.stop()

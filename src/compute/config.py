@@ -66,6 +66,12 @@ class Settings:
     db_request_timeout: float = 5.0
     #: A job folder with no row is removed once it is this old (seconds): an upload in flight is not.
     orphan_grace_seconds: float = 600.0
+    #: Live views (SSE): seconds between heartbeat comments on a quiet stream.
+    sse_heartbeat: float = 15.0
+    #: Live views: changes buffered per client; a client further behind is disconnected.
+    sse_buffer: int = 256
+    #: Live views: open streams at most (more answer 503).
+    sse_max_clients: int = 1000
     #: Folder of model files for the ML plugins.
     models_dir: Path = Path("models")
     #: Largest image accepted as input or asked for as output, in pixels.
@@ -219,6 +225,9 @@ def load_settings(env: Mapping[str, str] | None = None,
         upload_idle_timeout=_float(env, "UPLOAD_IDLE_TIMEOUT", 30.0, positive=True),
         db_request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 5.0, positive=True),
         orphan_grace_seconds=_float(env, "ORPHAN_GRACE_SECONDS", 600.0),
+        sse_heartbeat=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, positive=True),
+        sse_buffer=_int(env, "SSE_BUFFER", 256, minimum=1),
+        sse_max_clients=_int(env, "SSE_MAX_CLIENTS", 1000, minimum=1),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         media_roots=tuple(Path(p).expanduser() for p in

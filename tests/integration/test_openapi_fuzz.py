@@ -78,7 +78,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
 @pytest.mark.timeout(300)
 def test_no_input_gets_a_server_error(served: Served) -> None:
     api = _from_url(f"{served.base_url}/openapi.json")
-    operations = [result.ok() for result in api.get_all_operations()]
+    # The live views (SSE) never answer a complete body while their job is open: their bad
+    # input is tested in test_live_views.
+    operations = [op for op in (result.ok() for result in api.get_all_operations())
+                  if not op.path.endswith("/events")]
     assert len(operations) >= 10  # the job, admin and plugin routes are all there
     errors: list[tuple[Any, ...]] = []
     calls: Counter[int] = Counter()

@@ -24,6 +24,7 @@ from compute.jobs import EventType, JobEvent, now_ms
 from compute.logs import LogLimiter
 from compute.policies import Policies, TaskPolicy
 from compute.server.cancel import Canceller
+from compute.server.changes import ChangeFeed
 from compute.server.dispatch import Dispatcher
 from compute.server.ingest import EventIngest
 from compute.server.queues import QueueReporter
@@ -267,7 +268,7 @@ def test_registry_refresh_drops_stopped_and_silent_sessions(bus: FakeBus, sessio
 
 def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: FakeBus,
                                                       queues: QueueReporter) -> None:
-    dispatcher = Dispatcher(bus, T, queues)
+    dispatcher = Dispatcher(bus, T, queues, unheard())
     JobSubmitter(repo, dispatcher).add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
     [hint] = bus.on(T.job_available("image_resize"))
     assert hint["job_id"] == "j1" and hint["priority"] == 8
@@ -277,7 +278,7 @@ def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: F
 
 
 def test_dispatcher_counts_unsent_hints(repo: JobRepository, queues: QueueReporter) -> None:
-    dispatcher = Dispatcher(FakeBus(connected=False), T, queues)
+    dispatcher = Dispatcher(FakeBus(connected=False), T, queues, unheard())
     JobSubmitter(repo, dispatcher).add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert dispatcher.unsent == 1
 
@@ -301,11 +302,16 @@ def test_queue_reporter_publishes_retained_counts(repo: JobRepository, bus: Fake
     assert states == [(2, 0), (0, 2), (0, 0)]
 
 
+def unheard() -> ChangeFeed:
+    """Live views nobody watches (the feed drops changes while it has no subscribers)."""
+    return ChangeFeed(lambda _job_id: None)
+
+
 class RequeueRecorder(Dispatcher):
     """A Dispatcher that records the hints it is asked to send after a backoff."""
 
     def __init__(self, bus: FakeBus, queues: QueueReporter) -> None:
-        super().__init__(bus, T, queues)
+        super().__init__(bus, T, queues, unheard())
         self.requeued: list[str] = []
 
     def hint_at(self, task_type: str, job_id: str, at_ms: int | None) -> None:
@@ -480,7 +486,7 @@ def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeB
 def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: FakeBus,
                                                   queues: QueueReporter) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
-    dispatcher = Dispatcher(bus, T, queues)
+    dispatcher = Dispatcher(bus, T, queues, unheard())
     canceller = Canceller(transitions, bus, T, dispatcher, queues)
     job = claim_one(repo)
     assert canceller.cancel("j1") == "processing"
@@ -495,7 +501,7 @@ def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: Fake
 async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_rest(
         repo: JobRepository, bus: FakeBus, queues: QueueReporter) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
-    dispatcher = Dispatcher(bus, T, queues)
+    dispatcher = Dispatcher(bus, T, queues, unheard())
     rescuer = Rescuer(transitions, dispatcher, queues, lease_seconds=0.6)
     alive, dead = claim_one(repo, "alive"), claim_one(repo, "dead")
     rescuer.worker_lost("w1", "s1")  # a verified Will for the session of both
@@ -521,7 +527,7 @@ async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_res
 async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBus) -> None:
     repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=0)))
     queues = QueueReporter(bus, T, repo)
-    dispatcher = Dispatcher(bus, T, queues)
+    dispatcher = Dispatcher(bus, T, queues, unheard())
     rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60)
     repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None

@@ -15,7 +15,8 @@ from compute.plugins import environment as plugin_environment
 from compute.server.errors import install_error_handlers
 from compute.server.limits import RequestBodyGuard
 from compute.server.plugin_routes import plugin_router
-from compute.server.routes import admin, health, jobs, listing
+from compute.server.routes import admin, dashboard, events, health, jobs, listing
+from compute.server.routes import queues as queue_routes
 from compute.server.services import build_services, running
 
 log = logging.getLogger(__name__)
@@ -50,4 +51,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(admin.router)
     app.include_router(admin.prefs)
+    app.include_router(events.router)
+    app.include_router(queue_routes.router)
+    dashboard.install(app)
     return app

@@ -122,19 +122,25 @@ def require(permission: str, guests: bool = False) -> Callable[..., Any]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> User | None:
-        verifier: TokenVerifier = request.app.state.services.verifier
-        if verifier.disabled:
-            return None
-        if credentials is None:
-            if guests and await guest_mode_on(request, wait=True):
-                return None
-            raise _unauthorized("missing bearer token")
-        user = verifier.verify(credentials.credentials)
-        if not user.has(permission):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"permission '{permission}' required")
-        return user
+        return await authenticate(request, credentials.credentials if credentials else None,
+                                  permission, guests)
 
     return dependency
+
+
+async def authenticate(request: Request, token: str | None, permission: str, guests: bool) -> User | None:
+    """The caller with `token` (None when auth is disabled, or for a guest), or 401/403."""
+    verifier: TokenVerifier = request.app.state.services.verifier
+    if verifier.disabled:
+        return None
+    if token is None:
+        if guests and await guest_mode_on(request, wait=True):
+            return None
+        raise _unauthorized("missing bearer token")
+    user = verifier.verify(token)
+    if not user.has(permission):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"permission '{permission}' required")
+    return user
 
 
 require_jobs = require(JOB_PERMISSION, guests=True)
@@ -159,6 +165,11 @@ class JobScope:
 
 
 async def _job_scope(request: Request, user: JobUser) -> JobScope:
+    return scope_of(request, user)
+
+
+def scope_of(request: Request, user: User | None) -> JobScope:
+    """The jobs `user` (None: auth disabled, or a guest) may see."""
     if request.app.state.services.verifier.disabled:
         return JobScope(everything=True)
     if user is None:  # a guest

@@ -2,7 +2,8 @@
 
 Hints go out after a job commits, is requeued, or is rescued from a lost worker. Every change of a
 job's status (new, requeued, rescued, failed by a rescue, cancelled, finished) is mirrored on
-`inference/events` with CL Server's names (`compute.jobs.sdk_status`).
+`inference/events` with CL Server's names (`compute.jobs.sdk_status`), and given to the live
+views (`ChangeFeed`, SSE) with Compute's own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from compute.bus.base import Bus
 from compute.db.repository import JobRecord
 from compute.jobs import JobStatus, now_ms, sdk_status
 from compute.logs import LogLimiter
+from compute.server.changes import ChangeFeed, JobChange
 from compute.server.queues import QueueReporter
 from compute.topics import JobAvailable, LegacyJobEvent, Topics, encode
 
@@ -22,24 +24,31 @@ limited = LogLimiter(log)
 
 
 class Dispatcher:
-    def __init__(self, bus: Bus, topics: Topics, queues: QueueReporter) -> None:
+    def __init__(self, bus: Bus, topics: Topics, queues: QueueReporter, feed: ChangeFeed) -> None:
         """`bus` may be published on from database threads (the server gives it a LoopSafeBus)."""
         self.bus = bus
         self.topics = topics
         self.queues = queues
+        self.feed = feed
         #: Hints that could not be sent (broker down); the workers' sweep still finds the jobs.
         self.unsent = 0
 
     def job_added(self, job: JobRecord) -> None:
+        self.feed.job_stored(job.job_id, job.created_by, job.task_type)
         self.hint(job.task_type, job.job_id, job.priority, job.created_at)
-        self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at)
+        self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at,
+                         task_type=job.task_type)
         self.queues.mark_dirty()
 
-    def job_changed(self, job_id: str, status: str, progress: int = 0, timestamp: int = 0) -> None:
-        """Tell CL Server clients (`inference/events`) that a job's status is now `status`."""
+    def job_changed(self, job_id: str, status: str, progress: int = 0, timestamp: int = 0,
+                    task_type: str = "") -> None:
+        """Tell CL Server clients (`inference/events`) and live views that a job's status is now
+        `status` (with its `task_type` when known: live views look it up otherwise)."""
+        timestamp = timestamp or now_ms()
         legacy = LegacyJobEvent(job_id=job_id, event_type=sdk_status(status), progress=progress,
-                                timestamp=timestamp or now_ms())
+                                timestamp=timestamp)
         self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
+        self.feed.publish(JobChange(job_id, status, progress, timestamp, task_type))
 
     def hint(self, task_type: str, job_id: str = "", priority: int = 5, timestamp: int = 0) -> None:
         payload = JobAvailable(job_id=job_id, task_type=task_type, priority=priority,

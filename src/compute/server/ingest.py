@@ -18,12 +18,12 @@ from collections import Counter
 
 from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions, Outcome, Verdict
-from compute.jobs import EventType, JobEvent, JobStatus, now_ms, sdk_status
+from compute.jobs import EventType, JobEvent, JobStatus, now_ms
 from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
 from compute.server.queues import QueueReporter
 from compute.signing import confirmation_signature
-from compute.topics import Confirmation, LegacyJobEvent, MalformedMessage, Topics, encode, parse_job_event
+from compute.topics import Confirmation, MalformedMessage, Topics, encode, parse_job_event
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -95,7 +95,7 @@ class EventIngest:
             if outcome.verdict is Verdict.APPLIED:
                 self.applied += 1
                 changed = True
-                self._publish_legacy(outcome)
+                self._announce(outcome)
                 if outcome.status == JobStatus.QUEUED.value:
                     self.dispatcher.hint_at(outcome.task_type, ev.job_id, outcome.retry_at)
             if ev.event in _TERMINAL and outcome.status is not None and outcome.lease_token:
@@ -110,14 +110,11 @@ class EventIngest:
         confirm = Confirmation(job_id=ev.job_id, attempt=ev.attempt, status=status, timestamp=now, sig=sig)
         self.bus.publish(self.topics.worker_confirm(ev.worker_id), encode(confirm), qos=1)
 
-    def _publish_legacy(self, outcome: Outcome) -> None:
+    def _announce(self, outcome: Outcome) -> None:
+        """`inference/events` and the live views, through the dispatcher."""
         ev = outcome.event
         if ev.event is EventType.PROGRESS and outcome.status != JobStatus.PROCESSING.value:
             return
-        legacy = LegacyJobEvent(
-            job_id=ev.job_id,
-            event_type=sdk_status(outcome.status or JobStatus.PROCESSING.value),
-            progress=100 if ev.event is EventType.COMPLETED else ev.progress,
-            timestamp=ev.timestamp,
-        )
-        self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
+        self.dispatcher.job_changed(ev.job_id, outcome.status or JobStatus.PROCESSING.value,
+                                    progress=100 if ev.event is EventType.COMPLETED else ev.progress,
+                                    timestamp=ev.timestamp, task_type=outcome.task_type)

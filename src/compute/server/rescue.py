@@ -76,7 +76,7 @@ class Rescuer:
     def _announce(self, jobs: list[Rescued]) -> None:
         for job in jobs:
             self.rescued += 1
-            self.dispatcher.job_changed(job.job_id, job.status)
+            self.dispatcher.job_changed(job.job_id, job.status, task_type=job.task_type)
             if job.status == JobStatus.QUEUED.value:
                 self.dispatcher.hint(job.task_type, job.job_id)
         if jobs:

@@ -86,6 +86,16 @@ class WorkerList(BaseModel):
     workers: list[WorkerPublic]
 
 
+class QueueDepth(BaseModel):
+    """One task type's queue (GET /queues): only task types with open jobs are listed."""
+
+    task_type: str
+    queued: int
+    running: int
+    #: How long the oldest queued job has waited (ms); null when none waits.
+    oldest_queued_age_ms: int | None
+
+
 class JobCreated(BaseModel):
     job_id: str
     status: str

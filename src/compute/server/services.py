@@ -28,6 +28,7 @@ from compute.db.transitions import JobTransitions
 from compute.db.workers import WorkerSessions, server_client_ids
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
+from compute.server.changes import ChangeFeed, owner_of
 from compute.server.dbcalls import LoopHop, LoopSafeBus, RouteDatabase
 from compute.server.dispatch import Dispatcher
 from compute.server.guest import GuestMode
@@ -62,6 +63,8 @@ class Services:
     storage: JobStorage
     repo: JobRepository
     queues: QueueReporter
+    #: Every job change, for the live views (SSE).
+    changes: ChangeFeed
     dispatcher: Dispatcher
     submitter: JobSubmitter
     transitions: JobTransitions
@@ -101,7 +104,9 @@ def build_services(settings: Settings) -> Services:
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
     repo = JobRepository(route_engine, policies=settings.task_policies)
     queues = QueueReporter(bus, topics, repo, hop)
-    dispatcher = Dispatcher(safe_bus, topics, queues)
+    changes = ChangeFeed(lambda job_id: owner_of(repo, job_id), buffer=settings.sse_buffer,
+                         max_subscribers=settings.sse_max_clients)
+    dispatcher = Dispatcher(safe_bus, topics, queues, changes)
     transitions = JobTransitions(engine, settings.task_policies)
     rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds)
     return Services(
@@ -109,7 +114,7 @@ def build_services(settings: Settings) -> Services:
         bus=bus, presence_bus=presence_bus,
         verifier=TokenVerifier.from_settings(settings),
         guest=GuestMode(PreferenceStore(route_engine), settings.guest_mode),
-        storage=storage, repo=repo, queues=queues, dispatcher=dispatcher,
+        storage=storage, repo=repo, queues=queues, changes=changes, dispatcher=dispatcher,
         submitter=JobSubmitter(repo, dispatcher),
         transitions=transitions,
         canceller=Canceller(JobTransitions(route_engine, settings.task_policies), safe_bus, topics,
@@ -141,10 +146,12 @@ async def running(services: Services, *, start_broker: bool) -> AsyncIterator[No
              asyncio.create_task(s.ingest.run(), name="ingest"),
              asyncio.create_task(s.queues.run(), name="queue-summary"),
              asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
-             asyncio.create_task(s.orphans.run(), name="orphan-sweep")]
+             asyncio.create_task(s.orphans.run(), name="orphan-sweep"),
+             asyncio.create_task(s.changes.run(), name="live-views")]
     try:
         yield
     finally:
+        s.changes.close()  # compute-server ended the streams already (serving.py); tests may not
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,81 @@
+"""GET /events and GET /jobs/{id}/events: live job changes as Server-Sent Events.
+
+Auth is the job routes' (JWT with `ai_inference_support`, guests when guest mode is on; each
+caller sees only its own jobs, admins all). A browser's EventSource cannot set headers, so these
+two routes, and only they, also take the token as the `access_token` query parameter (RFC 6750
+2.3); see README, "Live views", for the risk.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from compute.server import sse
+from compute.server.auth import JOB_PERMISSION, JobScope, authenticate, scope_of
+from compute.server.changes import FeedClosed, JobChange, Subscription, TooManySubscribers
+from compute.server.deps import DbDep, RepoDep, services_of
+from compute.server.routes.jobs import _not_found, _visible
+
+router = APIRouter(tags=["events"])
+
+_bearer = HTTPBearer(auto_error=False)
+_STREAM: dict[int | str, dict[str, Any]] = {200: {
+    "description": "text/event-stream: `job` events (a JobChange as JSON), heartbeat comments, "
+                   "a last `end` event with the reason",
+    "content": {"text/event-stream": {}}}}
+
+
+async def _stream_scope(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    access_token: Annotated[str | None, Query(
+        max_length=16_384, description="the JWT, for clients that cannot set the Authorization "
+        "header (a browser's EventSource); the header wins when both are given")] = None,
+) -> JobScope:
+    token = credentials.credentials if credentials is not None else access_token
+    return scope_of(request, await authenticate(request, token, JOB_PERMISSION, guests=True))
+
+
+StreamScope = Annotated[JobScope, Depends(_stream_scope)]
+
+
+def _subscribe(request: Request, scope: JobScope, job_id: str | None = None) -> Subscription:
+    try:
+        return services_of(request).changes.subscribe(scope, job_id)
+    except FeedClosed:
+        raise HTTPException(503, "the server is shutting down") from None
+    except TooManySubscribers:
+        raise HTTPException(503, "too many live views are open (SSE_MAX_CLIENTS)",
+                            headers={"Retry-After": "10"}) from None
+
+
+@router.get("/events", response_class=sse.EventStream, status_code=200,
+            responses=_STREAM)
+async def all_events(request: Request, scope: StreamScope) -> sse.EventStream:
+    """Every change of every job the caller may see, as it happens, until the client leaves."""
+    sub = _subscribe(request, scope)
+    services = services_of(request)
+    return sse.stream(services.changes, sub, services.settings.sse_heartbeat)
+
+
+@router.get("/jobs/{job_id}/events", response_class=sse.EventStream, status_code=200,
+            responses=_STREAM)
+async def job_events(job_id: str, request: Request, repo: RepoDep, db: DbDep,
+                     scope: StreamScope) -> sse.EventStream:
+    """One job: its state now, then each change, until it completes, fails or is cancelled."""
+    # Subscribed before the read, so no change falls between the snapshot and the stream.
+    sub = _subscribe(request, scope, job_id)
+    feed = services_of(request).changes
+    try:
+        job = await db.call(_visible, repo, job_id, scope)
+    except BaseException:
+        feed.unsubscribe(sub)
+        raise
+    if job is None:
+        feed.unsubscribe(sub)
+        raise _not_found(job_id)
+    now = JobChange(job.job_id, job.status, job.progress, job.updated_at or job.created_at, job.task_type)
+    return sse.stream(feed, sub, services_of(request).settings.sse_heartbeat, [now])

@@ -1,0 +1,129 @@
+"""ChangeFeed and the SSE stream without a server: slow clients, owners, threads, stuck writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from starlette.types import Message
+
+from compute.server.auth import JobScope
+from compute.server.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, JobChange, Subscription
+from compute.server.sse import EventStream, frames
+from tests.helpers import wait_for
+
+EVERYTHING = JobScope(everything=True)
+OWNERS = {"a1": ("alice", "t"), "b1": ("bob", "t")}
+
+
+def change(job_id: str, progress: int = 0, status: str = "processing") -> JobChange:
+    return JobChange(job_id, status, progress, 1000 + progress, "t")
+
+
+async def received(sub: Subscription, count: int) -> list[JobChange]:
+    got: list[JobChange] = []
+    while len(got) < count:
+        c = await sub.next(5)
+        assert c is not None, f"got {got}, wanted {count} changes"
+        got.append(c)
+    return got
+
+
+@contextlib.asynccontextmanager
+async def running(feed: ChangeFeed) -> AsyncIterator[ChangeFeed]:
+    task = asyncio.create_task(feed.run())
+    await wait_for(lambda: feed._loop is not None, what="the feed running")
+    try:
+        yield feed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_slow_subscriber_is_ended_and_the_others_get_everything() -> None:
+    async with running(ChangeFeed(OWNERS.get, buffer=3)) as feed:
+        slow, fast = feed.subscribe(EVERYTHING), feed.subscribe(EVERYTHING)
+        for progress in range(10):
+            feed.publish(change("a1", progress))  # returns at once: nothing waits for a reader
+            assert [c.progress for c in await received(fast, 1)] == [progress]
+        await wait_for(lambda: slow.ended is not None, what="the slow subscriber ended")
+        assert slow.ended == OVERFLOW
+        assert slow not in feed.subscribers and fast in feed.subscribers
+        assert feed.slow_subscribers == 1
+        assert await slow.next(0.01) is None  # what was buffered is not served either
+
+
+async def test_subscribers_see_only_the_jobs_their_scope_allows() -> None:
+    lookups: list[str] = []
+
+    def lookup(job_id: str) -> tuple[str | None, str] | None:
+        lookups.append(job_id)
+        return OWNERS.get(job_id)
+
+    async with running(ChangeFeed(lookup)) as feed:
+        feed.job_stored("a2", "alice", "t")  # a new job: its owner needs no lookup
+        alice = feed.subscribe(JobScope(everything=False, owner="alice"))
+        guest = feed.subscribe(JobScope(everything=False, owner=None))
+        admin = feed.subscribe(EVERYTHING)
+        one_job = feed.subscribe(EVERYTHING, job_id="b1")
+        for job_id in ("b1", "a1", "a2", "gone"):
+            feed.publish(change(job_id))
+        assert [c.job_id for c in await received(admin, 4)] == ["b1", "a1", "a2", "gone"]
+        assert [c.job_id for c in await received(alice, 2)] == ["a1", "a2"]
+        assert [c.job_id for c in await received(one_job, 1)] == ["b1"]
+        # A job whose owner cannot be found (deleted) goes to those who see everything only.
+        assert await guest.next(0.05) is None
+        assert await alice.next(0.05) is None
+        assert sorted(lookups) == ["a1", "b1", "gone"]
+
+
+async def test_changes_published_from_other_threads_arrive_in_order() -> None:
+    async with running(ChangeFeed(OWNERS.get)) as feed:
+        sub = feed.subscribe(EVERYTHING)
+
+        def publish() -> None:
+            for progress in range(50):
+                feed.publish(change("a1", progress))
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        got = await received(sub, 50)
+        thread.join()
+        assert [c.progress for c in got] == list(range(50))
+
+
+async def test_close_ends_every_subscription_and_refuses_new_ones() -> None:
+    feed = ChangeFeed(OWNERS.get)
+    sub = feed.subscribe(EVERYTHING)
+    feed.close()
+    assert sub.ended == SHUTDOWN and feed.subscribers == set()
+    stream = frames(sub, heartbeat=5)
+    assert (await anext(stream)).startswith("retry: ")
+    assert await anext(stream) == 'event: end\ndata: {"reason":"shutdown"}\n\n'
+    with pytest.raises(FeedClosed):
+        feed.subscribe(EVERYTHING)
+
+
+async def test_a_client_that_takes_no_data_is_cut_off() -> None:
+    feed = ChangeFeed(OWNERS.get)
+    sub = feed.subscribe(EVERYTHING)
+    closed: list[bool] = []
+    response = EventStream(frames(sub, heartbeat=0.01), on_close=lambda: closed.append(True),
+                           write_timeout=0.1)
+    sent: list[Message] = []
+    stuck = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message.get("type") == "http.response.body":
+            await stuck.wait()  # the client's window is full: this write never completes
+
+    await asyncio.wait_for(response.stream_response(send), 5)
+    assert closed == [True]
+    # Headers went out, the first frame never finished, and the response was not completed
+    # (uvicorn closes a connection whose response the app left unfinished).
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
