@@ -9,23 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 import uvicorn
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from compute.config import Settings
 from compute.server.serving import StreamClosingServer
 from tests.conftest import Server, WorkerFactory, running_server
 from tests.helpers import free_port, png_bytes, wait_for
+from tests.integration.conftest import SigningKey, bearer, secured
 
 # The broker plays no part in what is tested here: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -168,29 +164,14 @@ async def test_stream_input_errors_are_4xx(server: Server) -> None:
 # -- auth and per-user isolation ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    path = tmp_path_factory.mktemp("keys") / "public_key.pem"
-    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, path
+def token(signing_key: SigningKey, user: str, *permissions: str) -> str:
+    return bearer(signing_key, user, *permissions)["Authorization"].removeprefix("Bearer ")
 
 
-def token(signing_key: tuple[bytes, Path], user: str, *permissions: str) -> str:
-    payload = {"id": user, "permissions": list(permissions or ["ai_inference_support"]),
-               "exp": int(time.time()) + 300}
-    return jwt.encode(payload, signing_key[0], algorithm="ES256")
-
-
-async def test_each_user_sees_only_their_own_jobs_live(settings: Settings,
-                                                      signing_key: tuple[bytes, Path]) -> None:
-    secured = replace(settings, auth_disabled=False, public_key_path=signing_key[1])
+async def test_each_user_sees_only_their_own_jobs_live(settings: Settings, signing_key: SigningKey) -> None:
     alice, bob = token(signing_key, "alice"), token(signing_key, "bob")
     admin = token(signing_key, "root", "ai_inference_support", "admin")
-    async with running_server(secured) as server, http(server) as (client, _web):
+    async with running_server(secured(settings, signing_key)) as server, http(server) as (client, _web):
         def header(t: str) -> dict[str, str]:
             return {"Authorization": f"Bearer {t}"}
 
