@@ -80,7 +80,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out.append({"target": "server CPU per no-op job in the burst (ms)", "value": value, "goal": "<= 1.5",
                 "met": None if value is None else value <= 1.5})
     peers = result.get("peers") or {}
-    for name, ours, peer, theirs, op, factor in PEER_TARGETS:
+    for name, ours, peer, theirs, op, factor in PEER_TARGETS if peers else ():
         r = ratio(_get(result, ours), _get(peers.get(peer), theirs))
         met = None if r is None else (r >= factor if op == ">=" else r <= factor)
         out.append({"target": f"{name} (ratio)", "value": r, "goal": f"{op} {factor:g}x", "met": met})
@@ -188,6 +188,7 @@ def render(result: dict[str, Any]) -> str:
                       "sweeps)",
                   _table(["cluster", "workers", "mode", "jobs run", "empty claims", "per job",
                           "results unconfirmed >10 s"], rows)]
+    parts += _scale(result)
     if "peers" in result:
         parts += ["", *_peers(result)]
     rows = [[t["target"], t["goal"], t["value"], {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
@@ -277,3 +278,30 @@ def _cpu_rows(result: dict[str, Any], peers: dict[str, Any], live: list[str]) ->
     total = [per_job(mine, None), *[per_job(peers[n].get("throughput"), None) for n in live]]
     return [["CPU ms per no-op job, server / web", *front, *[ratio(front[0], v) for v in front[1:]]],
             ["CPU ms per no-op job, all processes", *total, *[ratio(total[0], v) for v in total[1:]]]]
+
+
+def _scale(result: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    if "claim_scale" in result:
+        c = result["claim_scale"]
+        rows = [[s["table"], s["fill_s"], s["claim_ms"]["n"], s["claim_ms"]["p50"], s["claim_ms"]["p99"],
+                 s["plan_kind"]] for s in c["steps"]]
+        parts += ["", f"9. Claim cost against the size of jobs ({c['database']}; claim_next in the "
+                      "benchmark's process, one claim per statement)",
+                  _table(["jobs table", "fill s", "claims", "claim p50 ms", "claim p99 ms", "plan"], rows)]
+        parts += [f"   plan, {c['steps'][-1]['table']}: " + " | ".join(c["steps"][-1]["plan"])]
+    if "workers_scale" in result:
+        rows = [[w["workers"], w["jobs"], w["submit_per_s"], w["jobs_per_s"], w["server_cpu_ms_per_job"]]
+                for w in result["workers_scale"]]
+        parts += ["", "10. No-op burst with more workers (one cluster, workers added between bursts)",
+                  _table(["workers", "jobs", "submit/s", "jobs/s", "server CPU ms/job"], rows)]
+    if "backlog" in result:
+        b = result["backlog"]
+        rows = [[name, p["idle_mb"], p["peak_mb"], p["end_mb"], p["growth_mb"], p["samples"]]
+                for name, p in b["processes"].items()]
+        parts += ["", f"11. Backlog: {b['submitted']:,} jobs queued with no worker (server RSS "
+                      f"{_fmt(b['server_idle_mb'])} -> {_fmt(b['server_after_submit_mb'])} MiB), then "
+                      f"drained by {b['workers']} fresh workers in {b['drain_s']} s "
+                      f"({_fmt(b['drain_jobs_per_s'])} jobs/s)",
+                  _table(["process", "idle MiB", "peak MiB", "end MiB", "end - idle", "samples"], rows)]
+    return parts

@@ -16,17 +16,21 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
-from compute_bench import inputs, plugins, scenarios
+from compute_bench import inputs, plugins, scale, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.peers.runner import Peers
 from compute_bench.report import evaluate_targets
 from compute_bench.stats import filesystem_of, machine
 
-SECTIONS = ("pickup", "throughput", "progress", "idle", "polling", "plugins")
+SECTIONS = ("pickup", "throughput", "progress", "idle", "polling", "plugins", "claim_scale",
+            "workers_scale", "backlog")
 #: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
-#: need real models or --stand-in-models.
-DEFAULT_SECTIONS = SECTIONS[:-1]
+#: need real models or --stand-in-models. So do the scale sections (how cost grows): several
+#: minutes each at full size.
+DEFAULT_SECTIONS = SECTIONS[:5]
+SCALE_WORKERS = (1, 2, 4, 8)
+BACKLOG_WORKERS = 2
 IDLE_WORKERS = 4
 POLL_SWEEP = 5.0
 
@@ -134,6 +138,19 @@ class Run:
                 self.result["polling"] = self._compare_polling(poll)
             if "plugins" in cfg.sections:
                 await self._plugins()
+            if "claim_scale" in cfg.sections:
+                self.result["claim_scale"] = await asyncio.to_thread(
+                    scale.claim_scale, cfg.database_url, self.base, sizes.claim_rows, sizes.claim_backlog,
+                    sizes.claims)
+            if "workers_scale" in cfg.sections:
+                counts = SCALE_WORKERS[:2] if cfg.quick else SCALE_WORKERS
+                async with self.cluster(self.spec("workers_scale", counts[0])) as (c, sub):
+                    self.result["workers_scale"] = await scale.workers_scale(
+                        c, sub, counts, sizes.scale_burst, sizes.concurrency)
+            if "backlog" in cfg.sections:
+                async with self.cluster(self.spec("backlog", 0)) as (c, sub):
+                    self.result["backlog"] = await scale.backlog(c, sub, sizes.backlog, BACKLOG_WORKERS,
+                                                                 sizes.concurrency)
             if cfg.peers:
                 self.result["peers"] = await Peers(self.base, self.run_id, sizes).run()
         finally:

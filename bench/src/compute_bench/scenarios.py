@@ -40,11 +40,20 @@ class Sizes:
     plugins_video: int = 3
     #: Length of the standard video (s).
     video_seconds: float = 10.0
+    #: claim_scale: finished rows in `jobs`, the deep backlog, claims timed per step.
+    claim_rows: int = 1_000_000
+    claim_backlog: int = 100_000
+    claims: int = 500
+    #: workers_scale: the no-op burst run with 1, 2, 4 and 8 workers.
+    scale_burst: int = 2000
+    #: backlog: jobs submitted with no worker running, then drained by 2 fresh workers.
+    backlog: int = 20_000
 
 
 QUICK = Sizes(pickup=20, pickup_image=10, burst=300, burst_image=100, progress=3, progress_spaced=2,
               polling=3, idle_seconds=3.0, concurrency=16, warmup=3, plugins=3, plugins_video=1,
-              video_seconds=2.0)
+              video_seconds=2.0, claim_rows=5000, claim_backlog=2000, claims=50, scale_burst=100,
+              backlog=200)
 
 
 def _ms(ns: int | None, since: int | None) -> float | None:
@@ -107,12 +116,12 @@ def add_open_times(records: list[dict[str, Any]], probes: list[dict[str, Any]]) 
 async def _settle(cluster: Cluster, kind: str, since_ms: int, want: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _finished(cluster, kind, since_ms) >= want:
+        if finished_since(cluster, kind, since_ms) >= want:
             return
         await asyncio.sleep(0.05)
 
 
-def _finished(cluster: Cluster, kind: str, since_ms: int) -> int:
+def finished_since(cluster: Cluster, kind: str, since_ms: int) -> int:
     return int(cluster.scalar(
         "SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s "
         "AND status IN ('completed', 'failed')", t=kind, s=since_ms))
@@ -130,7 +139,7 @@ async def burst(cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency
     start_ms = time.time_ns() // NS_PER_MS
 
     async def finished() -> int:
-        return _finished(cluster, kind, start_ms)
+        return finished_since(cluster, kind, start_ms)
 
     try:
         result = await drive(lambda: sub.submit(kind), finished, n, concurrency, cluster.pids())
