@@ -72,6 +72,10 @@ class Settings:
     sse_buffer: int = 256
     #: Live views: open streams at most (more answer 503).
     sse_max_clients: int = 1000
+    #: Jobs a user (or, without a token, a client address) may create per minute; 0 = no limit.
+    job_rate_limit: float = 0.0
+    #: How many of them at once, before the per-minute rate applies.
+    job_rate_burst: int = 1
     #: Folder of model files for the ML plugins.
     models_dir: Path = Path("models")
     #: Largest image accepted as input or asked for as output, in pixels.
@@ -186,6 +190,7 @@ def load_settings(env: Mapping[str, str] | None = None,
     explicit_key = env.get("PUBLIC_KEY_PATH")
     public_key = explicit_key or str(cl_server_dir / "keys" / "public_key.pem")
     port = _port(env, "COMPUTE_PORT", 8002)
+    rate_limit = _float(env, "JOB_RATE_LIMIT", 0.0)
     return Settings(
         cl_server_dir=cl_server_dir,
         database_url=database_url,
@@ -228,6 +233,9 @@ def load_settings(env: Mapping[str, str] | None = None,
         sse_heartbeat=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, positive=True),
         sse_buffer=_int(env, "SSE_BUFFER", 256, minimum=1),
         sse_max_clients=_int(env, "SSE_MAX_CLIENTS", 1000, minimum=1),
+        job_rate_limit=rate_limit,
+        job_rate_burst=_int(env, "JOB_RATE_BURST", max(1, math.ceil(rate_limit)), minimum=1,
+                            maximum=1_000_000),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         media_roots=tuple(Path(p).expanduser() for p in

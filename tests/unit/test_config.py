@@ -84,12 +84,22 @@ def test_empty_values_fall_back_to_defaults(tmp_path: Path) -> None:
      ("MAX_IMAGE_PIXELS", "0"), ("MAX_IMAGE_PIXELS", "-1"),
      ("MQTT_PORT", "0"), ("MQTT_PORT", "65536"), ("MQTT_PORT", "-1"),
      ("COMPUTE_PORT", "0"), ("COMPUTE_PORT", "70000"),
-     ("MQTT_VERSION", "3"), ("MQTT_VERSION", "6")],
+     ("MQTT_VERSION", "3"), ("MQTT_VERSION", "6"),
+     ("JOB_RATE_LIMIT", "-1"), ("JOB_RATE_LIMIT", "inf"), ("JOB_RATE_BURST", "0")],
 )
 def test_out_of_range_values_raise_config_error_naming_the_variable(
         name: str, value: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"CL_SERVER_DIR": str(tmp_path), name: value})
+
+
+def test_the_job_rate_limit_is_off_by_default_and_bursts_a_minute_when_on(tmp_path: Path) -> None:
+    off = load_settings({"CL_SERVER_DIR": str(tmp_path)})
+    assert off.job_rate_limit == 0
+    on = load_settings({"CL_SERVER_DIR": str(tmp_path), "JOB_RATE_LIMIT": "2.5"})
+    assert (on.job_rate_limit, on.job_rate_burst) == (2.5, 3)
+    burst = load_settings({"CL_SERVER_DIR": str(tmp_path), "JOB_RATE_LIMIT": "60", "JOB_RATE_BURST": "5"})
+    assert burst.job_rate_burst == 5
 
 
 def test_boundary_values_are_accepted(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.engine import Connection
 
 from compute.db.models import jobs_table as jobs
+from compute.db.models import queue_entries_table as queue_entries
 from compute.db.session import IMMEDIATE
 from compute.jobs import OPEN, EventType, JobEvent, JobStatus, now_ms
 from compute.policies import Policies
@@ -73,6 +74,16 @@ class Cancelled:
     lease_token: str | None
 
 
+@dataclass(frozen=True)
+class Changed:
+    """What an operator's change (new priority, retry) found and whether it applied."""
+
+    previous: str  # the status before
+    task_type: str
+    priority: int  # the priority before
+    applied: bool
+
+
 #: A claim as the server saw it: (lease token, lease expiry ms), per job id.
 LeaseSnapshot = dict[str, tuple[str, int]]
 
@@ -92,7 +103,7 @@ def stall_grace(lease_seconds: float) -> float:
 
 _COLUMNS = (jobs.c.job_id, jobs.c.task_type, jobs.c.status, jobs.c.progress, jobs.c.attempt,
             jobs.c.max_retries, jobs.c.lease_token, jobs.c.event_seq, jobs.c.attempt_errors,
-            jobs.c.worker_id)
+            jobs.c.worker_id, jobs.c.priority)
 
 
 class JobTransitions:
@@ -250,6 +261,46 @@ class JobTransitions:
                     status=JobStatus.CANCELLED.value, completed_at=now, updated_at=now,
                     error_message="cancelled", next_attempt_at=None))
         return Cancelled(row["status"], row["worker_id"], row["attempt"], row["lease_token"])
+
+    # -- operators' changes ----------------------------------------------------------------------
+
+    def reprioritise(self, job_id: str, priority: int) -> Changed | None:
+        """Set a queued job's priority (the claim order's first key); other states are left
+        alone. None for an unknown job."""
+        with self._write() as conn, conn.begin():
+            row = self._lock_rows(conn, jobs.c.job_id == job_id).get(job_id)
+            if row is None:
+                return None
+            queued = row["status"] == JobStatus.QUEUED.value
+            if queued:
+                conn.execute(update(jobs).where(jobs.c.job_id == job_id)
+                             .values(priority=priority, updated_at=now_ms()))
+                conn.execute(update(queue_entries).where(queue_entries.c.job_id == job_id)
+                             .values(priority=priority))
+        return Changed(row["status"], row["task_type"], row["priority"], queued)
+
+    def retry(self, job_id: str) -> Changed | None:
+        """Queue a failed or cancelled job again, as the same job (Oban's retry): a new claim
+        gets the next attempt number, `attempt_errors` keeps the history, and the job gets the
+        task's retries afresh (`max_retries` counts from the attempts made). Other states are
+        left alone. None for an unknown job.
+
+        The old claim's lease token is cleared, so a worker still finishing a cancelled attempt
+        can no longer report on the job.
+        """
+        with self._write() as conn, conn.begin():
+            row = self._lock_rows(conn, jobs.c.job_id == job_id).get(job_id)
+            if row is None:
+                return None
+            retryable = row["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+            if retryable:
+                policy = self.policies.for_task(row["task_type"])
+                conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
+                    status=JobStatus.QUEUED.value, progress=0, started_at=None, completed_at=None,
+                    task_output=None, error_message=None, worker_id=None, worker_session=None,
+                    lease_token=None, lease_expires_at=None, event_seq=0, next_attempt_at=None,
+                    max_retries=row["attempt"] + policy.max_retries, updated_at=now_ms()))
+        return Changed(row["status"], row["task_type"], row["priority"], retryable)
 
 
 def _dumps(value: Any) -> str | None:

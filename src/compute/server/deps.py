@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
 from compute.db.workers import WorkerSessions
+from compute.server.actions import JobActions
 from compute.server.cancel import Canceller
 from compute.server.dbcalls import RouteDatabase
 from compute.server.orphans import OrphanSweeper
@@ -53,6 +54,10 @@ async def _orphans(request: Request) -> OrphanSweeper:
     return services_of(request).orphans
 
 
+async def _actions(request: Request) -> JobActions:
+    return services_of(request).actions
+
+
 async def _queries(request: Request) -> JobQueries:
     return services_of(request).queries
 
@@ -72,3 +77,4 @@ OrphansDep = Annotated[OrphanSweeper, Depends(_orphans)]
 QueriesDep = Annotated[JobQueries, Depends(_queries)]
 #: Worker sessions read by routes (on the routes' engine, with its deadline).
 SessionsDep = Annotated[WorkerSessions, Depends(_sessions)]
+ActionsDep = Annotated[JobActions, Depends(_actions)]

@@ -13,19 +13,21 @@ Around every plugin endpoint the server adds what the plugins need not know abou
   database then answers 503 with Retry-After instead of stalling the server, and the job's
   folder is removed. The reply still comes only after the commit, so nothing answered 200 is
   lost;
-- `task_type` in the reply, as CL Server's SDK needs.
+- `task_type` in the reply, as CL Server's SDK needs;
+- the job creation rate limit (JOB_RATE_LIMIT, off by default): 429 with Retry-After past it.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from cl_ml_tools import Job
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.routing import APIRoute
 
 from compute.db.repository import (
@@ -38,7 +40,7 @@ from compute.jobs import sdk_status
 from compute.plugins.registry import route_factories
 from compute.server.auth import JobUser, require_jobs
 from compute.server.dbcalls import RouteDatabase
-from compute.server.deps import DbDep, RepoDep
+from compute.server.deps import DbDep, RepoDep, services_of
 from compute.server.schemas import JobCreated
 from compute.server.submit import JobSubmitter
 from compute.storage import JobStorage, valid_job_id
@@ -171,6 +173,25 @@ def _idempotency_param(task_type: str) -> Callable[..., Any]:
     return idempotency
 
 
+async def _rate_limit(request: Request, user: JobUser) -> None:
+    """Job creation per user, or per client address without a token (JOB_RATE_LIMIT): 429 with
+    `Retry-After` past it. A retry an Idempotency-Key answers with its earlier job creates
+    nothing and costs nothing. Runs after the upload arrived (bounded by MAX_UPLOAD_BYTES)."""
+    limiter = services_of(request).job_rate
+    if not limiter.enabled or _replay.get() is not None:
+        return
+    if user is not None:
+        key = f"user:{user.id}"
+    else:
+        key = f"address:{request.client.host if request.client else '-'}"
+    wait = limiter.acquire(key)
+    if wait > 0:
+        seconds = math.ceil(wait)
+        raise HTTPException(429, f"too many jobs: at most {limiter.per_minute:g} a minute "
+                                 f"({limiter.burst} at once); retry in {seconds} s",
+                            headers={"Retry-After": str(seconds)})
+
+
 def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
     """APIRoutes of a router, looking inside included routers (prefixes: none are used)."""
     for route in routes:
@@ -195,7 +216,8 @@ def plugin_router(submitter: JobSubmitter, storage: JobStorage, db: RouteDatabas
                 route.path, _wrapped(route.endpoint, task_type, submitter, storage, db),
                 methods=sorted(route.methods or ()), response_model=JobCreated, tags=[name],
                 name=route.name,
-                dependencies=[Depends(_timeout_param), Depends(_idempotency_param(task_type))],
+                dependencies=[Depends(_timeout_param), Depends(_idempotency_param(task_type)),
+                              Depends(_rate_limit)],
                 summary=route.summary, description=route.description,
             )
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from compute.db.repository import JobRecord
 from compute.jobs import JobStatus, sdk_status
+
+#: Job priorities, as every plugin route's `priority` form field takes them.
+MIN_PRIORITY, MAX_PRIORITY = 0, 10
 
 
 class JobPublic(BaseModel):
@@ -40,6 +43,15 @@ class JobPublic(BaseModel):
             created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
             completed_at=job.completed_at,
         )
+
+
+class JobChange(BaseModel):
+    """PATCH /jobs/{id}: what to change on a queued job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Higher runs first, 0-10 as on submit.
+    priority: int = Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)
 
 
 class JobFile(BaseModel):

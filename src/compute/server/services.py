@@ -26,6 +26,8 @@ from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine, ping
 from compute.db.transitions import JobTransitions
 from compute.db.workers import WorkerSessions, server_client_ids
+from compute.ratelimit import KeyedLimiter
+from compute.server.actions import JobActions
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
 from compute.server.changes import ChangeFeed, owner_of
@@ -69,6 +71,8 @@ class Services:
     submitter: JobSubmitter
     transitions: JobTransitions
     canceller: Canceller
+    #: Operators' changes: a queued job's priority, a retry.
+    actions: JobActions
     rescuer: Rescuer
     ingest: EventIngest
     registry: WorkerRegistry
@@ -76,6 +80,8 @@ class Services:
     #: Listing reads for people (GET /jobs, GET /workers), on the routes' engine.
     queries: JobQueries
     route_sessions: WorkerSessions
+    #: Job creation per user or client address (JOB_RATE_LIMIT; off by default).
+    job_rate: KeyedLimiter
 
 
 def build_services(settings: Settings) -> Services:
@@ -109,6 +115,8 @@ def build_services(settings: Settings) -> Services:
     dispatcher = Dispatcher(safe_bus, topics, queues, changes)
     transitions = JobTransitions(engine, settings.task_policies)
     rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds)
+    # The routes' changes wait for the database only as long as a request may.
+    route_transitions = JobTransitions(route_engine, settings.task_policies)
     return Services(
         settings=settings, topics=topics, engine=engine, route_engine=route_engine, db=db, hop=hop,
         bus=bus, presence_bus=presence_bus,
@@ -117,8 +125,8 @@ def build_services(settings: Settings) -> Services:
         storage=storage, repo=repo, queues=queues, changes=changes, dispatcher=dispatcher,
         submitter=JobSubmitter(repo, dispatcher),
         transitions=transitions,
-        canceller=Canceller(JobTransitions(route_engine, settings.task_policies), safe_bus, topics,
-                            dispatcher, queues),
+        canceller=Canceller(route_transitions, safe_bus, topics, dispatcher, queues),
+        actions=JobActions(route_transitions, dispatcher, queues),
         rescuer=rescuer,
         ingest=EventIngest(transitions, bus, topics, dispatcher, queues),
         registry=WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer, listen=presence_bus,
@@ -126,6 +134,7 @@ def build_services(settings: Settings) -> Services:
         orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
         queries=JobQueries(route_engine),
         route_sessions=WorkerSessions(route_engine),
+        job_rate=KeyedLimiter(settings.job_rate_limit, settings.job_rate_burst),
     )
 
 

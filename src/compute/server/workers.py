@@ -29,6 +29,7 @@ from compute.bus.base import Bus
 from compute.db.workers import WorkerSession, WorkerSessions
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
+from compute.ratelimit import TokenBucket
 from compute.server.rescue import Rescuer
 from compute.signing import verify_info
 from compute.topics import OFFLINE, MalformedMessage, Topics, WorkerInfo, parse_worker_info
@@ -42,23 +43,6 @@ MAX_WORKERS = 1024
 LOOKUPS_PER_SECOND = 500.0
 #: An unknown session is not looked up again for this long (seconds); at most this many kept.
 NEGATIVE_TTL, NEGATIVE_MAX = 10.0, 4096
-
-
-class _Budget:
-    """A token bucket: `take()` is True at most `rate` times per second, `burst` at once."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = burst, time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class WorkerRegistry:
@@ -80,7 +64,7 @@ class WorkerRegistry:
         self._heard: dict[str, float] = {}
         self._known: OrderedDict[str, WorkerSession] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._budget = _Budget(LOOKUPS_PER_SECOND, 2 * LOOKUPS_PER_SECOND)
+        self._budget = TokenBucket(LOOKUPS_PER_SECOND, 2 * LOOKUPS_PER_SECOND)
         #: Dropped messages by reason ("malformed", "unknown session", "bad signature" ...).
         self.rejected: Counter[str] = Counter()
         (listen or bus).subscribe(topics.all_worker_info, self._on_info, qos=1)

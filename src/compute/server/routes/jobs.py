@@ -1,4 +1,4 @@
-"""GET/DELETE /jobs/{id}, cancel and file downloads, each for the caller's own jobs only.
+"""GET/PATCH/DELETE /jobs/{id}, cancel, retry and file downloads, each for the caller's own jobs only.
 
 A job the caller may not see (someone else's) answers exactly like a job that does not exist,
 404, so ids do not leak. Database calls run off the event loop (RouteDatabase).
@@ -7,17 +7,27 @@ A job the caller may not see (someone else's) answers exactly like a job that do
 from __future__ import annotations
 
 import asyncio
+import mimetypes
+from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse
 
 from compute.db.repository import JobRecord, JobRepository
+from compute.db.transitions import Changed
+from compute.jobs import OPEN
 from compute.server.auth import CallerScope, JobScope
-from compute.server.deps import CancellerDep, DbDep, RepoDep, StorageDep
-from compute.server.schemas import JobFile, JobFiles, JobPublic
+from compute.server.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StorageDep
+from compute.server.schemas import JobChange, JobFile, JobFiles, JobPublic
 from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+#: Download types by file extension from Python's own table, not the host's /etc/mime.types, so
+#: a file has the same type on every machine; plus what our plugins write that it lacks.
+_TYPES = mimetypes.MimeTypes(filenames=())
+_TYPES.add_type("video/mp2t", ".ts")  # HLS segments
+_TYPES.add_type("image/webp", ".webp")
 
 
 def _not_found(job_id: str) -> HTTPException:
@@ -43,20 +53,59 @@ async def get_job(job_id: str, repo: RepoDep, db: DbDep, scope: CallerScope) -> 
     return JobPublic.of(job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.patch("/{job_id}", response_model=JobPublic, responses={409: {"description": "not queued"}})
+async def change_job(job_id: str, change: JobChange, repo: RepoDep, db: DbDep, actions: ActionsDep,
+                     scope: CallerScope) -> JobPublic:
+    """Change a queued job's priority (0-10, higher runs first); 409 once a worker took it."""
+    job = await db.call(_act, repo, job_id, scope, lambda: actions.reprioritise(job_id, change.priority),
+                        "only a queued job's priority can change")
+    return JobPublic.of(job)
+
+
+@router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"description": "not failed"}})
+async def retry_job(job_id: str, repo: RepoDep, db: DbDep, actions: ActionsDep,
+                    scope: CallerScope) -> JobPublic:
+    """Queue a failed or cancelled job again, as the same job: its attempts go on counting,
+    `max_retries` grants the task's retries afresh, earlier attempts' errors are kept."""
+    job = await db.call(_act, repo, job_id, scope, lambda: actions.retry(job_id),
+                        "only a failed or cancelled job can be retried")
+    return JobPublic.of(job)
+
+
+def _act(repo: JobRepository, job_id: str, scope: JobScope, change: Callable[[], Changed | None],
+         refusal: str) -> JobRecord:
+    """Apply `change` to a job the caller may see: the job after it, 404 or 409. Blocking."""
+    if _visible(repo, job_id, scope) is None:
+        raise _not_found(job_id)
+    changed = change()
+    job = repo.get(job_id) if changed is not None else None
+    if changed is None or job is None:  # deleted meanwhile
+        raise _not_found(job_id)
+    if not changed.applied:
+        raise HTTPException(409, f"job {job_id} is {changed.previous}: {refusal}")
+    return job
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic,
+             responses={409: {"description": "already finished"}})
 async def cancel_job(job_id: str, repo: RepoDep, db: DbDep, canceller: CancellerDep,
                      scope: CallerScope) -> JobPublic:
-    """Cancel a queued or running job (a running job's worker is told to stop it)."""
+    """Cancel a queued or running job (a running job's worker is told to stop it); 409 for a job
+    that already finished (it is left as it was)."""
 
-    def cancel() -> JobRecord | None:
-        if _visible(repo, job_id, scope) is None or canceller.cancel(job_id) is None:
-            return None
-        return repo.get(job_id)
+    def cancel() -> JobRecord:
+        if _visible(repo, job_id, scope) is None:
+            raise _not_found(job_id)
+        previous = canceller.cancel(job_id)
+        job = repo.get(job_id) if previous is not None else None
+        if previous is None or job is None:
+            raise _not_found(job_id)
+        if previous not in OPEN:
+            raise HTTPException(409, f"job {job_id} is already {previous}: only a queued or running "
+                                     "job can be cancelled")
+        return job
 
-    job = await db.call(cancel)
-    if job is None:
-        raise _not_found(job_id)
-    return JobPublic.of(job)
+    return JobPublic.of(await db.call(cancel))
 
 
 @router.delete("/{job_id}", status_code=204)
@@ -101,7 +150,15 @@ async def get_job_file(job_id: str, file_path: str, repo: RepoDep, db: DbDep, st
         raise HTTPException(400, str(exc)) from None
     if not storage.is_file(path):
         raise HTTPException(404, f"file {_shown(file_path)} not found in job {job_id}")
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    return FileResponse(path, media_type=media_type(path.name), filename=path.name,
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def media_type(name: str) -> str:
+    """The file's type by its extension; `application/octet-stream` when unknown or compressed
+    (a `.tar.gz` is not an `application/x-tar` body)."""
+    guessed, encoding = _TYPES.guess_type(name, strict=False)
+    return guessed if guessed is not None and encoding is None else "application/octet-stream"
 
 
 def _shown(path: str) -> str:
