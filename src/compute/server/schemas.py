@@ -45,7 +45,7 @@ class JobPublic(BaseModel):
         )
 
 
-class JobChange(BaseModel):
+class JobPatch(BaseModel):
     """PATCH /jobs/{id}: what to change on a queued job."""
 
     model_config = ConfigDict(extra="forbid")

@@ -18,7 +18,7 @@ from compute.db.transitions import Changed
 from compute.jobs import OPEN
 from compute.server.auth import CallerScope, JobScope
 from compute.server.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StorageDep
-from compute.server.schemas import JobChange, JobFile, JobFiles, JobPublic
+from compute.server.schemas import JobFile, JobFiles, JobPatch, JobPublic
 from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -54,7 +54,7 @@ async def get_job(job_id: str, repo: RepoDep, db: DbDep, scope: CallerScope) -> 
 
 
 @router.patch("/{job_id}", response_model=JobPublic, responses={409: {"description": "not queued"}})
-async def change_job(job_id: str, change: JobChange, repo: RepoDep, db: DbDep, actions: ActionsDep,
+async def change_job(job_id: str, change: JobPatch, repo: RepoDep, db: DbDep, actions: ActionsDep,
                      scope: CallerScope) -> JobPublic:
     """Change a queued job's priority (0-10, higher runs first); 409 once a worker took it."""
     job = await db.call(_act, repo, job_id, scope, lambda: actions.reprioritise(job_id, change.priority),
