@@ -1,18 +1,24 @@
-"""Fixtures of the integration tests that sign in: an ES256 key pair and bearer tokens."""
+"""Helpers of the integration tests: an ES256 key pair and bearer tokens to sign in with, jobs
+stored directly."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from cl_ml_tools import Job
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import update
 
 from compute.config import Settings
+from compute.db.models import jobs_table
+from tests.conftest import Server
 
 SigningKey = tuple[bytes, Path]
 
@@ -39,3 +45,17 @@ def bearer(signing_key: SigningKey, user: str, *permissions: str, **claims: Any)
 def secured(settings: Settings, signing_key: SigningKey) -> Settings:
     """`settings` with auth on, verifying tokens signed by `signing_key`."""
     return replace(settings, auth_disabled=False, public_key_path=signing_key[1])
+
+
+def add_job(server: Server, task: str, *, by: str | None = None, priority: int = 5) -> str:
+    """A job stored and hinted as a plugin route would, without an upload (params empty)."""
+    job_id = str(uuid.uuid4())
+    server.services.submitter.add_job(Job(job_id=job_id, task_type=task, params={}), created_by=by,
+                                      priority=priority)
+    return job_id
+
+
+def set_columns(server: Server, job_id: str, **values: Any) -> None:
+    """Put a job in a state directly (finished, claimed by a named worker ...)."""
+    with server.services.repo.engine.begin() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.job_id == job_id).values(**values))

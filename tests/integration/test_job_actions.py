@@ -5,20 +5,18 @@ and the job creation rate limit, over a real server, broker and database (SQLite
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from cl_ml_tools import Job
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from compute.config import Settings
-from compute.db.models import jobs_table, queue_entries_table
+from compute.db.models import queue_entries_table
 from compute.topics import Topics
 from tests.conftest import Server, WorkerFactory, running_server
 from tests.helpers import MqttProbe, png_bytes
-from tests.integration.conftest import SigningKey, bearer, secured
+from tests.integration.conftest import SigningKey, add_job, bearer, secured, set_columns
 from tests.support.noop import TASK_TYPE, NoopTask
 
 one_broker = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -27,15 +25,7 @@ FILES = {"file": ("photo.png", png_bytes(), "image/png")}
 
 
 def add(server: Server, *, task: str = TASK_TYPE, by: str | None = None, priority: int = 5) -> str:
-    job_id = str(uuid.uuid4())
-    server.services.submitter.add_job(Job(job_id=job_id, task_type=task, params={}), created_by=by,
-                                      priority=priority)
-    return job_id
-
-
-def set_columns(server: Server, job_id: str, **values: Any) -> None:
-    with server.services.repo.engine.begin() as conn:
-        conn.execute(update(jobs_table).where(jobs_table.c.job_id == job_id).values(**values))
+    return add_job(server, task, by=by, priority=priority)
 
 
 class FailsOnce(NoopTask):

@@ -7,20 +7,17 @@ own jobs, and GET /workers shows what the database vouches for.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
-from cl_ml_tools import Job
-from sqlalchemy import text, update
+from sqlalchemy import text
 
 from compute.config import Settings
-from compute.db.models import jobs_table
 from compute.db.queries import JobFilter, JobQueries, JobSort, encode_cursor
 from compute.db.session import make_engine
 from tests.conftest import Server, WorkerFactory, running_server
 from tests.helpers import wait_for
-from tests.integration.conftest import SigningKey, bearer, secured
+from tests.integration.conftest import SigningKey, add_job, bearer, secured, set_columns
 from tests.integration.test_hostile_bus import GatedNoop
 from tests.support.noop import TASK_TYPE
 
@@ -28,17 +25,8 @@ from tests.support.noop import TASK_TYPE
 one_broker = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
 
 
-def add(server: Server, *, task: str = "image_conversion", by: str | None = None,
-        priority: int = 5) -> str:
-    job_id = str(uuid.uuid4())
-    server.services.submitter.add_job(Job(job_id=job_id, task_type=task, params={}), created_by=by,
-                                  priority=priority)
-    return job_id
-
-
-def set_columns(server: Server, job_id: str, **values: Any) -> None:
-    with server.services.repo.engine.begin() as conn:
-        conn.execute(update(jobs_table).where(jobs_table.c.job_id == job_id).values(**values))
+def add(server: Server, *, task: str = "image_conversion", by: str | None = None, priority: int = 5) -> str:
+    return add_job(server, task, by=by, priority=priority)
 
 
 async def walk(server: Server, limit: int, headers: dict[str, str] | None = None,
