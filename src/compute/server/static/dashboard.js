@@ -102,7 +102,7 @@
       tr.dataset.worker = w.worker_id;
       const state = document.createElement("td");
       state.append(badge(w.state));
-      tr.append(cell(w.worker_id, "id"), state, cell(w.tasks.join(", ")),
+      tr.append(cell(w.worker_id, "id"), state, cell(w.tasks.join(", "), "tasks"),
         cell((w.running_jobs || []).map((id) => id.slice(0, 8)).join(", "), "id"),
         cell(ago(w.last_heartbeat)));
       return tr;
@@ -126,14 +126,13 @@
   // -- jobs ---------------------------------------------------------------------------------------
 
   /** Merge what we learn about a job; an older report never undoes a newer one. */
-  function learn(job) {
+  function learn(report) {
+    // A live change knows no worker or creation time: what it leaves out is kept, not erased.
+    const job = Object.fromEntries(Object.entries(report).filter(([, v]) => v !== undefined && v !== null));
     const known = jobs.get(job.job_id);
     if (known) {
       const stale = job.ts < known.ts || (TERMINAL.has(known.status) && !TERMINAL.has(job.status));
       if (!stale) Object.assign(known, job);
-      for (const key of ["task_type", "worker_id", "created_at"]) {
-        if (!known[key] && job[key]) known[key] = job[key];
-      }
     } else {
       jobs.set(job.job_id, { ...job });
     }
@@ -185,7 +184,7 @@
       pct.textContent = `${j.progress}%`;
       progress.append(bar, pct);
       tr.append(cell(j.job_id.slice(0, 8), "id"), cell(j.task_type || ""), status, progress,
-        cell(j.worker_id || "", "id"), cell(ago(j.created_at)));
+        cell(j.worker_id || "", "id worker"), cell(ago(j.created_at)));
       tr.title = j.job_id;
       return tr;
     });
