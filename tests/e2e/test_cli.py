@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -74,17 +75,25 @@ def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
                           timeout=timeout, check=False)
 
 
-async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str, str]) -> None:
-    migrated = run(env, "compute-migrate")
-    assert migrated.returncode == 0, migrated.stderr
-    assert "database ready" in migrated.stdout
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    mqtt_port: int
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+async def start_server(procs: Processes, *flags: str) -> Served:
+    """compute-server (embedded broker) on free ports, once it answers with its bus connected."""
     http_port, mqtt_port = free_port(), free_port()
-    server = procs.start("server", "compute-server", "--no-auth", "--host", "127.0.0.1",
+    server = procs.start("server", "compute-server", *flags, "--host", "127.0.0.1",
                          "--port", str(http_port), "--mqtt-port", str(mqtt_port))
-    base = f"http://127.0.0.1:{http_port}"
-    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
 
+    served = Served(server, http_port, mqtt_port)
+    async with httpx.AsyncClient(base_url=served.base, timeout=5) as client:
         async def healthy() -> bool:
             assert server.poll() is None, procs.log("server")
             try:
@@ -93,6 +102,17 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
                 return False
 
         await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
+    return served
+
+
+async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str, str]) -> None:
+    migrated = run(env, "compute-migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "database ready" in migrated.stdout
+
+    served = await start_server(procs, "--no-auth")
+    server, http_port, mqtt_port = served.proc, served.http_port, served.mqtt_port
+    async with httpx.AsyncClient(base_url=served.base, timeout=10) as client:
 
         async def submit() -> str:
             files = {"file": ("photo.png", png_bytes((48, 32)), "image/png")}

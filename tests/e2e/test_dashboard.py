@@ -17,8 +17,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.e2e.test_cli import Processes, env, procs, run  # noqa: F401 - env, procs: fixtures
-from tests.helpers import free_port, png_bytes, wait_for
+from tests.e2e.test_cli import Processes, env, procs, run, start_server  # noqa: F401 - env, procs: fixtures
+from tests.helpers import png_bytes
 from tests.integration.conftest import SigningKey, bearer, signing_key  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.e2e
@@ -51,20 +51,9 @@ async def submit(client: httpx.AsyncClient, task: str, size: tuple[int, int],
 async def test_dashboard_shows_workers_queues_and_live_progress(
         procs: Processes, env: dict[str, str], browser: Browser) -> None:  # noqa: F811
     assert run(env, "compute-migrate").returncode == 0
-    http_port, mqtt_port = free_port(), free_port()
-    server = procs.start("server", "compute-server", "--no-auth", "--host", "127.0.0.1",
-                         "--port", str(http_port), "--mqtt-port", str(mqtt_port))
-    base = f"http://127.0.0.1:{http_port}"
+    served = await start_server(procs, "--no-auth")
+    base, http_port, mqtt_port = served.base, served.http_port, served.mqtt_port
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-        async def healthy() -> bool:
-            assert server.poll() is None, procs.log("server")
-            try:
-                return bool((await client.get("/")).json()["mqtt_connected"])
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
-
         page: Page = await browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -112,21 +101,10 @@ async def test_dashboard_asks_for_a_token_when_auth_is_on(
         procs: Processes, env: dict[str, str], browser: Browser,  # noqa: F811
         signing_key: SigningKey) -> None:  # noqa: F811
     assert run(env, "compute-migrate").returncode == 0
-    http_port, mqtt_port = free_port(), free_port()
     procs.env = {**env, "PUBLIC_KEY_PATH": str(signing_key[1])}
-    server = procs.start("server", "compute-server", "--host", "127.0.0.1",
-                         "--port", str(http_port), "--mqtt-port", str(mqtt_port))
-    base = f"http://127.0.0.1:{http_port}"
+    base = (await start_server(procs)).base
     alice, bob = bearer(signing_key, "alice"), bearer(signing_key, "bob")
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-        async def healthy() -> bool:
-            assert server.poll() is None, procs.log("server")
-            try:
-                return bool((await client.get("/")).json()["mqtt_connected"])
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
         bobs = await submit(client, "image_conversion", (32, 24), bob)
 
         page = await browser.new_page()
