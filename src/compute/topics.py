@@ -75,6 +75,14 @@ class QueueState(TypedDict):
     timestamp: int
 
 
+class TaskPaused(TypedDict):
+    """Whether a task type is paused: advisory, the database decides (db/paused.py)."""
+
+    task_type: str
+    paused: bool
+    timestamp: int
+
+
 class Confirmation(TypedDict):
     """The server's receipt for a result; `sig` is keyed by the claim's lease token."""
 
@@ -134,6 +142,9 @@ class Topics:
 
     def queue(self, task_type: str) -> str:
         return f"{self.root}/queues/{task_type}"
+
+    def task_paused(self, task_type: str) -> str:
+        return f"{self.root}/tasks/{task_type}/paused"
 
     @property
     def server_status(self) -> str:

@@ -1,0 +1,56 @@
+"""Paused task types, kept in `server_preferences` (one row `paused:<task_type>` per paused task).
+
+The database is the source of truth: the claim statement skips queued jobs whose task type has
+such a row (`paused_task_filter`), so a pause holds from its commit on, for every worker, and
+nothing published on the bus can pause or resume anything. No new table: a pause is a setting an
+admin changes at run time, which is what `server_preferences` holds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, delete, exists, literal, select
+from sqlalchemy.exc import IntegrityError
+
+from compute.db.models import jobs_table as jobs
+from compute.db.models import preferences_table as prefs
+from compute.db.session import IMMEDIATE
+from compute.jobs import now_ms
+
+PREFIX = "paused:"
+
+
+def paused_task_filter() -> ColumnElement[bool]:
+    """For the claim: the job's task type is not paused (a primary-key probe per candidate row)."""
+    return ~exists().where(prefs.c.key == literal(PREFIX) + jobs.c.task_type)
+
+
+class PausedTasks:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _write(self) -> Any:
+        return self.engine.connect().execution_options(**{IMMEDIATE: True})
+
+    def pause(self, task_type: str, by: str | None) -> bool:
+        """Pause `task_type`; False if it already was."""
+        try:
+            with self._write() as conn, conn.begin():
+                conn.execute(prefs.insert().values(key=PREFIX + task_type, value=json.dumps(True),
+                                                   updated_at=now_ms(), updated_by=by))
+        except IntegrityError:
+            return False
+        return True
+
+    def resume(self, task_type: str) -> bool:
+        """Resume `task_type`; False if it was not paused."""
+        with self._write() as conn, conn.begin():
+            return bool(conn.execute(delete(prefs).where(prefs.c.key == PREFIX + task_type)).rowcount)
+
+    def paused(self) -> dict[str, int]:
+        """Paused task types, each with when it was paused (ms)."""
+        stmt = select(prefs.c.key, prefs.c.updated_at).where(prefs.c.key.startswith(PREFIX, autoescape=True))
+        with self.engine.connect() as conn:
+            return {key.removeprefix(PREFIX): at for key, at in conn.execute(stmt).all()}
