@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import httpx
 
 from compute.config import Settings, load_settings
 from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
+from compute.worker.identity import WorkerSlot, claim_slot
 
 log = logging.getLogger("compute")
 
@@ -226,16 +228,15 @@ def _spawn_workers_when_ready(count: int, port: int, overrides: dict[str, str]) 
         url = f"http://127.0.0.1:{port}/"
         while not group.stopped.is_set() and not _server_answers(url):
             time.sleep(0.2)
-        host = socket.gethostname()
         die_with_parent = _parent_death_signal()
-        for i in range(count):
+        for _ in range(count):
             if group.stopped.is_set():
                 return
-            cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port),
-                   "--worker-id", f"worker-{host}-{os.getpid()}-{i + 1}"]
+            # No --worker-id: each takes a slot (worker/identity.py), the same after a restart.
+            cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port)]
             # The server's flags (broker, log level ...) apply to its workers too.
-            group.procs.append(subprocess.Popen(cmd, env={**os.environ, **overrides},
-                                                preexec_fn=die_with_parent))
+            env = {k: v for k, v in {**os.environ, **overrides}.items() if k != "WORKER_ID"}
+            group.procs.append(subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent))
         # The parent-death signal fires when the thread that started the child ends, not the
         # process: this thread stays until the server stops.
         group.stopped.wait()
@@ -257,7 +258,8 @@ def _server_answers(url: str) -> bool:
 def worker_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compute-worker",
                                      description="Run a Compute worker (claims and runs jobs).")
-    parser.add_argument("--worker-id", help="unique worker id (WORKER_ID; default worker-<host>-<pid>)")
+    parser.add_argument("--worker-id", help="unique worker id (WORKER_ID; default worker-<host>-<n>, "
+                                                      "n the first free slot)")
     parser.add_argument("--tasks", help="comma-separated task types (WORKER_SUPPORTED_TASKS)")
     parser.add_argument("--port", type=int, help="port of the local compute server (default 8002)")
     parser.add_argument("--server-url", help="URL of the compute server (COMPUTE_SERVER_URL)")
@@ -269,12 +271,15 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
                       (args.worker_id, "WORKER_ID"), (args.tasks, "WORKER_SUPPORTED_TASKS")):
         if flag is not None:
             overrides[var] = str(flag)
-    if "WORKER_ID" not in overrides and "WORKER_ID" not in os.environ:
-        overrides["WORKER_ID"] = f"worker-{socket.gethostname()}-{os.getpid()}"
+    slot: WorkerSlot | None = None
     try:
         settings = load_settings(overrides=overrides)
         _check_worker_prerequisites(settings)
-    except (ComputeError, ValueError) as exc:
+        if "WORKER_ID" not in overrides and not os.environ.get("WORKER_ID"):
+            # Held until the process ends: the same id after a restart, a new one beside it.
+            slot = claim_slot(settings.cl_server_dir, socket.gethostname())
+            settings = dataclasses.replace(settings, worker_id=slot.worker_id)
+    except (ComputeError, ValueError, OSError) as exc:
         return _fail(str(exc))
     _setup_logging(settings.log_level)
     return asyncio.run(_run_worker(settings))
