@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from compute.broker import port_answers
 from compute.bus.mqtt import MqttBus
@@ -180,6 +181,7 @@ def _truncate(url: str) -> None:
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql("TRUNCATE jobs, queue_entries RESTART IDENTITY")
+            conn.execute(text("DELETE FROM server_preferences WHERE key LIKE 'paused:%'"))
     finally:
         engine.dispose()
 

@@ -76,6 +76,14 @@ class Settings:
     job_rate_limit: float = 0.0
     #: How many of them at once, before the per-minute rate applies.
     job_rate_burst: int = 1
+    #: Finished jobs (and their folders) older than this many days are pruned in the background (0: kept).
+    retention_days: float = 0.0
+    #: At most this many finished jobs are kept, the newest (0: no limit).
+    retention_max_jobs: int = 0
+    #: Retained topics and session rows of workers silent this long are cleared (seconds; 0: never).
+    worker_forget_after: float = 86400.0
+    #: A queued job moves up one priority step per this many seconds of waiting (0: no aging).
+    priority_aging_seconds: float = 60.0
     #: Folder of model files for the ML plugins.
     models_dir: Path = Path("models")
     #: Largest image accepted as input or asked for as output, in pixels.
@@ -236,6 +244,10 @@ def load_settings(env: Mapping[str, str] | None = None,
         job_rate_limit=rate_limit,
         job_rate_burst=_int(env, "JOB_RATE_BURST", max(1, math.ceil(rate_limit)), minimum=1,
                             maximum=1_000_000),
+        retention_days=_float(env, "RETENTION_DAYS", 0.0),
+        retention_max_jobs=_int(env, "RETENTION_MAX_JOBS", 0, minimum=0),
+        worker_forget_after=_float(env, "WORKER_FORGET_AFTER", 86400.0),
+        priority_aging_seconds=_float(env, "PRIORITY_AGING_SECONDS", 60.0),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         media_roots=tuple(Path(p).expanduser() for p in

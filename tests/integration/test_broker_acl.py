@@ -249,11 +249,12 @@ def command_topics(worker: str) -> dict[str, bool]:
         "compute/server/status": True,
         "inference/events": False,
         f"inference/workers/{worker}": True,  # the server clears it when a worker vanishes
+        f"compute/tasks/{TASK}/paused": True,
     }
 
 
 def worker_topics(worker: str) -> dict[str, bool]:
-    """What only that worker may publish, as topic -> retained."""
+    """What only that worker may publish (and the server, to clear a worker gone for good)."""
     return {
         f"compute/workers/{worker}/info": True,
         f"compute/workers/{worker}/status": True,
@@ -309,6 +310,29 @@ async def test_worker_reads_only_its_own_commands(mosquitto: PrivateMosquitto) -
         await w1.expect(lambda m: m.payload == f"confirm-{W1}".encode(), what="its own confirm")
         assert sorted(m.payload for m in w1.messages) == sorted([f"cancel-{W1}".encode(),
                                                                  f"confirm-{W1}".encode()])
+
+
+@needs_mosquitto
+async def test_server_clears_a_gone_workers_retained_topics_and_flags_paused_tasks(
+        mosquitto: PrivateMosquitto) -> None:
+    """What the server's forgetting and pausing publish goes through the restricted broker."""
+    async with mosquitto.probe(W1) as w1, mosquitto.probe("dashboard") as observer, \
+            server_probe(mosquitto) as server:
+        await observer.subscribe("compute/#")
+        for topic in worker_topics(W1):
+            w1.publish(topic, b"left-behind", retain=True)
+        await observer.expect(lambda m: m.topic == f"compute/workers/{W1}/status", what="retained status")
+        for topic in worker_topics(W1):
+            server.publish(topic, b"", retain=True)
+        server.publish(f"compute/tasks/{TASK}/paused", b'{"paused":true}', retain=True)
+        await observer.expect(lambda m: m.topic == f"compute/tasks/{TASK}/paused", what="the paused flag")
+    async with mosquitto.probe("dashboard") as late, server_probe(mosquitto) as server:
+        await late.subscribe("compute/#")
+        await late.subscribe("inference/#")
+        await server.sync_to(late, "compute/queues/_marker3")
+        assert [m.topic for m in late.messages if m.retained and m.payload == b"left-behind"] == []
+        assert [m.payload for m in late.on_topic(f"compute/tasks/{TASK}/paused")] == [b'{"paused":true}']
+        server.publish(f"compute/tasks/{TASK}/paused", b"", retain=True)
 
 
 @needs_mosquitto

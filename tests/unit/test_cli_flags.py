@@ -65,11 +65,12 @@ def test_worker_flags_override_settings_without_touching_environ(loaded: list[Se
     assert dict(os.environ) == before
 
 
-def test_worker_id_defaults_to_host_and_pid(loaded: list[Settings]) -> None:
+def test_worker_without_an_id_loads_no_pid_based_one(loaded: list[Settings]) -> None:
+    """The default id is a slot taken after the prerequisites (worker/identity.py), not the pid."""
     with pytest.raises(_Stop):
         cli.worker_main(["--server-url", "http://h:1"])
     [s] = loaded
-    assert s.worker_id.startswith("worker-") and s.worker_id.endswith(f"-{os.getpid()}")
+    assert str(os.getpid()) not in s.worker_id
     assert s.server_url == "http://h:1" and s.mqtt_port == 1999
 
 

@@ -15,7 +15,7 @@ from compute.plugins import environment as plugin_environment
 from compute.server.errors import install_error_handlers
 from compute.server.limits import RequestBodyGuard
 from compute.server.plugin_routes import plugin_router
-from compute.server.routes import admin, dashboard, events, health, jobs, listing
+from compute.server.routes import admin, dashboard, events, health, jobs, listing, tasks
 from compute.server.routes import queues as queue_routes
 from compute.server.services import build_services, running
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(admin.router)
     app.include_router(admin.prefs)
+    app.include_router(tasks.router)
     app.include_router(events.router)
     app.include_router(queue_routes.router)
     dashboard.install(app)

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from compute.broker import start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
+from compute.db.paused import PausedTasks
 from compute.db.preferences import PreferenceStore
 from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
@@ -28,16 +29,20 @@ from compute.db.transitions import JobTransitions
 from compute.db.workers import WorkerSessions, server_client_ids
 from compute.ratelimit import KeyedLimiter
 from compute.server.actions import JobActions
+from compute.server.aging import PriorityAging
 from compute.server.auth import TokenVerifier
 from compute.server.cancel import Canceller
 from compute.server.changes import ChangeFeed, owner_of
 from compute.server.dbcalls import LoopHop, LoopSafeBus, RouteDatabase
 from compute.server.dispatch import Dispatcher
+from compute.server.forget import WorkerForgetter
 from compute.server.guest import GuestMode
 from compute.server.ingest import EventIngest
 from compute.server.orphans import OrphanSweeper
+from compute.server.pause import TaskPauses
 from compute.server.queues import QueueReporter
 from compute.server.rescue import Rescuer
+from compute.server.retention import RetentionPolicy, RetentionSweeper
 from compute.server.submit import JobSubmitter
 from compute.server.workers import WorkerRegistry
 from compute.storage import JobStorage
@@ -82,6 +87,14 @@ class Services:
     route_sessions: WorkerSessions
     #: Job creation per user or client address (JOB_RATE_LIMIT; off by default).
     job_rate: KeyedLimiter
+    #: Finished jobs pruned by RETENTION_DAYS / RETENTION_MAX_JOBS.
+    retention: RetentionSweeper
+    #: Retained topics and sessions of workers gone longer than WORKER_FORGET_AFTER cleared.
+    forgetter: WorkerForgetter
+    #: Waiting jobs move up a priority step per PRIORITY_AGING_SECONDS.
+    aging: PriorityAging
+    #: Paused task types (in the database; the retained flag mirrors them).
+    pauses: TaskPauses
 
 
 def build_services(settings: Settings) -> Services:
@@ -117,6 +130,12 @@ def build_services(settings: Settings) -> Services:
     rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds)
     # The routes' changes wait for the database only as long as a request may.
     route_transitions = JobTransitions(route_engine, settings.task_policies)
+    pauses = TaskPauses(PausedTasks(route_engine), safe_bus, topics, dispatcher)
+
+    async def announce_paused() -> None:  # the flags again on every connect: the database's state
+        await asyncio.to_thread(pauses.publish_all)
+
+    bus.on_connect(announce_paused)
     return Services(
         settings=settings, topics=topics, engine=engine, route_engine=route_engine, db=db, hop=hop,
         bus=bus, presence_bus=presence_bus,
@@ -135,6 +154,11 @@ def build_services(settings: Settings) -> Services:
         queries=JobQueries(route_engine),
         route_sessions=WorkerSessions(route_engine),
         job_rate=KeyedLimiter(settings.job_rate_limit, settings.job_rate_burst),
+        retention=RetentionSweeper(engine, storage, RetentionPolicy(settings.retention_days,
+                                                                    settings.retention_max_jobs)),
+        forgetter=WorkerForgetter(engine, bus, topics, settings.worker_forget_after),
+        aging=PriorityAging(engine, settings.priority_aging_seconds, queues.mark_dirty),
+        pauses=pauses,
     )
 
 
@@ -156,7 +180,10 @@ async def running(services: Services, *, start_broker: bool) -> AsyncIterator[No
              asyncio.create_task(s.queues.run(), name="queue-summary"),
              asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
              asyncio.create_task(s.orphans.run(), name="orphan-sweep"),
-             asyncio.create_task(s.changes.run(), name="live-views")]
+             asyncio.create_task(s.changes.run(), name="live-views"),
+             asyncio.create_task(s.retention.run(), name="retention"),
+             asyncio.create_task(s.forgetter.run(), name="forget-workers"),
+             asyncio.create_task(s.aging.run(), name="priority-aging")]
     try:
         yield
     finally:

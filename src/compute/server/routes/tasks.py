@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 
 from compute.server.auth import AdminUser
-from compute.server.deps import DbDep
+from compute.server.deps import DbDep, services_of
 from compute.server.pause import TaskPauses
 from compute.topics import check_segment
 
@@ -27,7 +27,7 @@ class PausedTaskList(BaseModel):
 
 
 def _pauses(request: Request) -> TaskPauses:
-    return request.app.state.pauses  # type: ignore[no-any-return]
+    return services_of(request).pauses
 
 
 def _task(task_type: str) -> str:
