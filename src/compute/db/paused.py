@@ -1,20 +1,21 @@
 """Paused task types, kept in `server_preferences` (one row `paused:<task_type>` per paused task).
 
-The database is the source of truth: the claim statement skips queued jobs whose task type has
-such a row (`paused_task_filter`), so a pause holds from its commit on, for every worker, and
-nothing published on the bus can pause or resume anything. No new table: a pause is a setting an
-admin changes at run time, which is what `server_preferences` holds.
+The database is the source of truth: the claim reads the paused keys in its own transaction
+(`unpaused`) and leaves those task types out of its one statement, so a pause holds from its
+commit on, for every worker, and nothing published on the bus can pause or resume anything. No
+new table: a pause is a setting an admin changes at run time, which is what `server_preferences`
+holds.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, delete, exists, literal, select
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.models import jobs_table as jobs
 from compute.db.models import preferences_table as prefs
 from compute.db.session import IMMEDIATE
 from compute.jobs import now_ms
@@ -22,9 +23,14 @@ from compute.jobs import now_ms
 PREFIX = "paused:"
 
 
-def paused_task_filter() -> ColumnElement[bool]:
-    """For the claim: the job's task type is not paused (a primary-key probe per candidate row)."""
-    return ~exists().where(prefs.c.key == literal(PREFIX) + jobs.c.task_type)
+#: Every paused key, as an index range (';' follows ':'): LIKE would not use the index on SQLite.
+_PAUSED_KEYS = select(prefs.c.key).where(prefs.c.key >= PREFIX, prefs.c.key < PREFIX[:-1] + ";")
+
+
+def unpaused(conn: Connection, task_types: Sequence[str]) -> list[str]:
+    """Those of `task_types` that are not paused, read on `conn` (the claim's transaction)."""
+    paused = set(conn.execute(_PAUSED_KEYS).scalars())
+    return [t for t in task_types if PREFIX + t not in paused]
 
 
 class PausedTasks:
@@ -51,6 +57,6 @@ class PausedTasks:
 
     def paused(self) -> dict[str, int]:
         """Paused task types, each with when it was paused (ms)."""
-        stmt = select(prefs.c.key, prefs.c.updated_at).where(prefs.c.key.startswith(PREFIX, autoescape=True))
+        stmt = select(prefs.c.key, prefs.c.updated_at).where(prefs.c.key.in_(_PAUSED_KEYS))
         with self.engine.connect() as conn:
             return {key.removeprefix(PREFIX): at for key, at in conn.execute(stmt).all()}

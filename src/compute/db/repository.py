@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import jobs_table as jobs
 from compute.db.models import queue_entries_table as queue_entries
+from compute.db.paused import unpaused
 from compute.db.session import IMMEDIATE
 from compute.jobs import OPEN, TERMINAL, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
@@ -237,11 +238,22 @@ class JobRepository:
         """
         if not task_types:
             return None
+        with self.write() as conn, conn.begin():
+            # Paused task types (db/paused.py), read in the claim's own transaction: on SQLite it
+            # holds the write lock from BEGIN, so no pause commits between this read and the claim.
+            ready = unpaused(conn, task_types)
+            if not ready:
+                return None
+            row = conn.execute(self._claim_statement(ready, worker_id, session, lease_ms)).mappings().first()
+        return None if row is None else JobRecord.from_row(row)
+
+    def _claim_statement(self, task_types: Sequence[str], worker_id: str, session: str,
+                         lease_ms: int) -> Any:
         now = now_ms()
         sqlite = self.engine.dialect.name == "sqlite"
         candidate = (_SQLITE_CANDIDATE.bindparams(task_types=list(task_types), now=now) if sqlite
                      else _candidate(task_types, now)).scalar_subquery()
-        statement = (
+        return (
             update(jobs)
             .where(jobs.c.id == candidate, jobs.c.status == JobStatus.QUEUED.value)
             .values(status=JobStatus.PROCESSING.value, started_at=now, updated_at=now,
@@ -250,9 +262,6 @@ class JobRepository:
                     lease_expires_at=now + lease_ms, event_seq=0, next_attempt_at=None)
             .returning(*jobs.c)
         )
-        with self.write() as conn, conn.begin():
-            row = conn.execute(statement).mappings().first()
-        return None if row is None else JobRecord.from_row(row)
 
     def extend_leases(self, leases: Sequence[tuple[str, str]], lease_ms: int) -> int:
         """Push the expiry of these (job_id, lease_token) claims; returns how many still hold."""
