@@ -38,8 +38,8 @@ def job_ids(engine: Engine) -> set[str]:
 
 async def test_retention_prunes_old_finished_jobs_and_their_folders_only(settings: Settings) -> None:
     async with running_server(replace(settings, retention_days=1)) as server:
-        engine = server.app.state.services.repo.engine
-        storage = server.app.state.services.storage
+        engine = server.services.repo.engine
+        storage = server.services.storage
         ids = {name: (await server.submit())["job_id"] for name in
                ("old_done", "old_failed", "old_cancelled", "recent_done", "old_queued", "old_running")}
         old = now_ms() - 2 * DAY_MS
@@ -51,7 +51,7 @@ async def test_retention_prunes_old_finished_jobs_and_their_folders_only(setting
         set_job(engine, ids["old_running"], status="processing", created_at=old, started_at=old)
         assert all(storage.job_dir(job_id).is_dir() for job_id in ids.values())
 
-        retention: RetentionSweeper = server.app.state.services.retention
+        retention: RetentionSweeper = server.services.retention
         retention.batch = 2  # several batches, each its own transaction
         assert await asyncio.to_thread(retention.prune) == 3
 
@@ -64,26 +64,26 @@ async def test_retention_prunes_old_finished_jobs_and_their_folders_only(setting
 
 async def test_retention_count_limit_keeps_the_newest_finished_jobs(settings: Settings) -> None:
     async with running_server(replace(settings, retention_max_jobs=2)) as server:
-        engine = server.app.state.services.repo.engine
+        engine = server.services.repo.engine
         finished = [(await server.submit())["job_id"] for _ in range(5)]
         queued = (await server.submit())["job_id"]
         base = now_ms() - HOUR_MS
         for n, job_id in enumerate(finished):  # finished in list order: the last two are the newest
             set_job(engine, job_id, status="completed", completed_at=base + n)
 
-        assert await asyncio.to_thread(server.app.state.services.retention.prune) == 3
+        assert await asyncio.to_thread(server.services.retention.prune) == 3
         assert job_ids(engine) == {finished[3], finished[4], queued}
 
 
 async def test_retention_runs_in_the_background(server: Server) -> None:
-    engine = server.app.state.services.repo.engine
+    engine = server.services.repo.engine
     job_id = (await server.submit())["job_id"]
     set_job(engine, job_id, status="failed", completed_at=now_ms() - 3 * DAY_MS)
-    sweeper = RetentionSweeper(engine, server.app.state.services.storage, RetentionPolicy(days=1, max_jobs=0),
+    sweeper = RetentionSweeper(engine, server.services.storage, RetentionPolicy(days=1, max_jobs=0),
                                interval=0.05)
     task = asyncio.create_task(sweeper.run())
     try:
-        folder = server.app.state.services.storage.job_dir(job_id)
+        folder = server.services.storage.job_dir(job_id)
         await wait_for(lambda: not folder.exists(), what="the old job's folder removed")
         assert job_id not in job_ids(engine)  # the row went first
     finally:
@@ -105,7 +105,7 @@ async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
     async with running_server(replace(settings, worker_forget_after=10 * DAY_MS / 1000)) as server:
         topics = server.topics
         live = (await start_worker()).settings.worker_id
-        engine = server.app.state.services.repo.engine
+        engine = server.services.repo.engine
         gone, recent = f"{settings.worker_id}-gone", f"{settings.worker_id}-recent"
         register_old_session(engine, gone, now_ms() - 20 * DAY_MS)
         register_old_session(engine, recent, now_ms() - 5 * DAY_MS)
@@ -117,7 +117,7 @@ async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
             await leftover.subscribe(topics.legacy_worker("+"))
             await leftover.expect(lambda m: m.topic == topics.legacy_worker(recent), what="left behind")
 
-        assert await server.app.state.services.forgetter.forget_once() == [gone]
+        assert await server.services.forgetter.forget_once() == [gone]
 
         async with MqttProbe(broker.host, broker.port) as late:
             await late.subscribe(f"{topics.root}/workers/#")
@@ -131,7 +131,7 @@ async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
         with engine.connect() as conn:
             left = set(conn.execute(select(sessions.c.worker_id)).scalars())
         assert gone not in left and {recent, live} <= left
-        assert await server.app.state.services.forgetter.forget_once() == []  # once is enough
+        assert await server.services.forgetter.forget_once() == []  # once is enough
 
 
 # -- pausing a task type -----------------------------------------------------------------------
