@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -127,3 +128,13 @@ async def test_a_client_that_takes_no_data_is_cut_off() -> None:
     # Headers went out, the first frame never finished, and the response was not completed
     # (uvicorn closes a connection whose response the app left unfinished).
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+async def test_a_stream_ends_when_its_token_expires() -> None:
+    feed = ChangeFeed(OWNERS.get)
+    stream = frames(feed.subscribe(EVERYTHING), heartbeat=0.05, until=time.time() + 0.3)
+    got = [f async for f in stream]
+    assert got[0].startswith("retry: ") and got[-1] == 'event: end\ndata: {"reason":"expired"}\n\n'
+    assert set(got[1:-1]) == {": heartbeat\n\n"}  # alive until then
+    past = frames(feed.subscribe(EVERYTHING), heartbeat=5, until=time.time() - 1)
+    assert [f async for f in past][1:] == ['event: end\ndata: {"reason":"expired"}\n\n']

@@ -31,6 +31,8 @@ class User:
     id: str
     permissions: frozenset[str] = field(default_factory=frozenset)
     is_admin: bool = False
+    #: When the token stops being valid (`exp`, seconds since the epoch); live views end then.
+    expires_at: float | None = None
 
     def has(self, permission: str) -> bool:
         return self.is_admin or permission in self.permissions
@@ -83,7 +85,8 @@ class TokenVerifier:
         perms = claims.get("permissions") or []
         if not isinstance(perms, list):
             raise _unauthorized("token 'permissions' is not a list")
-        return User(str(user_id), frozenset(map(str, perms)), bool(claims.get("is_admin", False)))
+        return User(str(user_id), frozenset(map(str, perms)), bool(claims.get("is_admin", False)),
+                    float(claims["exp"]))
 
 
 def _unauthorized(reason: str) -> HTTPException:

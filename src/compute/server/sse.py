@@ -3,8 +3,9 @@
 Frames: `event: job` with a `JobChange` as JSON; a comment line every heartbeat (keeps proxies
 and idle timeouts from closing a quiet stream, and finds clients that went away); a last
 `event: end` saying why the stream ended (`overflow`: the client fell behind, reconnect and
-re-read; `shutdown`: the server stops; `terminal`: the job finished). A write that the client
-does not take within WRITE_TIMEOUT closes the connection: a stuck client holds nothing for long.
+re-read; `shutdown`: the server stops; `terminal`: the job finished; `expired`: the token the
+stream was opened with expired, reconnect with a fresh one). A write that the client does not take
+within WRITE_TIMEOUT closes the connection: a stuck client holds nothing for long.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ limited = LogLimiter(log)
 WRITE_TIMEOUT = 30.0
 #: Milliseconds an EventSource waits before reconnecting after the stream ends.
 RETRY_MS = 3000
-TERMINAL = "terminal"
+TERMINAL, EXPIRED = "terminal", "expired"
 
 
 def frame(event: str, data: dict[str, Any]) -> str:
@@ -62,20 +64,26 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
-async def frames(sub: Subscription, heartbeat: float,
-                 first: list[JobChange] | None = None) -> AsyncIterator[str]:
+async def frames(sub: Subscription, heartbeat: float, first: list[JobChange] | None = None,
+                 until: float | None = None) -> AsyncIterator[str]:
     """The frames of one subscription: `first` (a snapshot), then each change; a per-job
-    subscription (`sub.job_id`) ends after a terminal change."""
+    subscription (`sub.job_id`) ends after a terminal change, every one at `until` (epoch
+    seconds: when the caller's token expires)."""
     yield f"retry: {RETRY_MS}\n: connected\n\n"  # the comment flushes the headers at once
     last: JobChange | None = None
     pending = list(first or ())
     while True:
-        change = pending.pop(0) if pending else await sub.next(heartbeat)
+        left = heartbeat if until is None else until - time.time()
+        if left <= 0:
+            yield frame("end", {"reason": EXPIRED})
+            return
+        change = pending.pop(0) if pending else await sub.next(min(heartbeat, left))
         if change is None:
             if sub.ended is not None:
                 yield frame("end", {"reason": sub.ended})
                 return
-            yield ": heartbeat\n\n"
+            if until is None or time.time() < until:
+                yield ": heartbeat\n\n"
             continue
         if sub.job_id is not None and last is not None and change.status == last.status \
                 and change.progress <= last.progress:
@@ -88,5 +96,5 @@ async def frames(sub: Subscription, heartbeat: float,
 
 
 def stream(feed: ChangeFeed, sub: Subscription, heartbeat: float,
-           first: list[JobChange] | None = None) -> EventStream:
-    return EventStream(frames(sub, heartbeat, first), on_close=lambda: feed.unsubscribe(sub))
+           first: list[JobChange] | None = None, until: float | None = None) -> EventStream:
+    return EventStream(frames(sub, heartbeat, first, until), on_close=lambda: feed.unsubscribe(sub))

@@ -3,11 +3,13 @@
 Auth is the job routes' (JWT with `ai_inference_support`, guests when guest mode is on; each
 caller sees only its own jobs, admins all). A browser's EventSource cannot set headers, so these
 two routes, and only they, also take the token as the `access_token` query parameter (RFC 6750
-2.3); see README, "Live views", for the risk.
+2.3); see README, "Live views", for the risk. A stream ends when the token it was opened with
+expires.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -34,12 +36,20 @@ async def _stream_scope(
     access_token: Annotated[str | None, Query(
         max_length=16_384, description="the JWT, for clients that cannot set the Authorization "
         "header (a browser's EventSource); the header wins when both are given")] = None,
-) -> JobScope:
+) -> StreamCaller:
     token = credentials.credentials if credentials is not None else access_token
-    return scope_of(request, await authenticate(request, token, JOB_PERMISSION, guests=True))
+    user = await authenticate(request, token, JOB_PERMISSION, guests=True)
+    return StreamCaller(scope_of(request, user), None if user is None else user.expires_at)
 
 
-StreamScope = Annotated[JobScope, Depends(_stream_scope)]
+@dataclass(frozen=True)
+class StreamCaller:
+    scope: JobScope
+    #: When the caller's token expires (epoch seconds): the stream ends then.
+    until: float | None
+
+
+Caller = Annotated[StreamCaller, Depends(_stream_scope)]
 
 
 def _subscribe(request: Request, scope: JobScope, job_id: str | None = None) -> Subscription:
@@ -54,19 +64,20 @@ def _subscribe(request: Request, scope: JobScope, job_id: str | None = None) -> 
 
 @router.get("/events", response_class=sse.EventStream, status_code=200,
             responses=_STREAM)
-async def all_events(request: Request, scope: StreamScope) -> sse.EventStream:
+async def all_events(request: Request, caller: Caller) -> sse.EventStream:
     """Every change of every job the caller may see, as it happens, until the client leaves."""
-    sub = _subscribe(request, scope)
+    sub = _subscribe(request, caller.scope)
     services = services_of(request)
-    return sse.stream(services.changes, sub, services.settings.sse_heartbeat)
+    return sse.stream(services.changes, sub, services.settings.sse_heartbeat, until=caller.until)
 
 
 @router.get("/jobs/{job_id}/events", response_class=sse.EventStream, status_code=200,
             responses=_STREAM)
 async def job_events(job_id: str, request: Request, repo: RepoDep, db: DbDep,
-                     scope: StreamScope) -> sse.EventStream:
+                     caller: Caller) -> sse.EventStream:
     """One job: its state now, then each change, until it completes, fails or is cancelled."""
     # Subscribed before the read, so no change falls between the snapshot and the stream.
+    scope = caller.scope
     sub = _subscribe(request, scope, job_id)
     feed = services_of(request).changes
     try:
@@ -78,4 +89,4 @@ async def job_events(job_id: str, request: Request, repo: RepoDep, db: DbDep,
         feed.unsubscribe(sub)
         raise _not_found(job_id)
     now = JobChange(job.job_id, job.status, job.progress, job.updated_at or job.created_at, job.task_type)
-    return sse.stream(feed, sub, services_of(request).settings.sse_heartbeat, [now])
+    return sse.stream(feed, sub, services_of(request).settings.sse_heartbeat, [now], caller.until)
