@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import shutil
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -36,7 +34,8 @@ from compute.server.services import Services
 from compute.topics import Topics
 from compute.worker.loop import Worker
 from compute.worker.service import WorkerService
-from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
+from compute_bench.harness import amqtt_command, amqtt_config
+from tests.support import MqttProbe, free_port, png_bytes, wait_for
 
 MOSQUITTO = ("127.0.0.1", 1883)
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -53,13 +52,6 @@ class BrokerInfo:
     kind: str
     host: str
     port: int
-
-
-def amqtt_config(port: int) -> dict[str, Any]:
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
 
 
 class AmqttBroker:
@@ -94,23 +86,13 @@ class AmqttBroker:
 class AmqttProcess:
     """amqtt in a child process: stopping it closes every connection, like a broker crash."""
 
-    SCRIPT = (
-        "import asyncio, json, sys\n"
-        "from amqtt.broker import Broker\n"
-        "async def main():\n"
-        "    await Broker(json.loads(sys.argv[1])).start()\n"
-        "    await asyncio.Event().wait()\n"
-        "asyncio.run(main())\n"
-    )
-
     def __init__(self, port: int) -> None:
         self.port = port
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> AmqttProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", self.SCRIPT, json.dumps(amqtt_config(self.port)),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            *amqtt_command(self.port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await wait_for(lambda: port_answers("127.0.0.1", self.port), timeout=20,
                        what=f"amqtt process on port {self.port}")
         return self

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import os
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from compute.errors import ConfigError
 from compute.policies import Policies, TaskPolicy
@@ -258,3 +259,39 @@ def load_settings(env: Mapping[str, str] | None = None,
         server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
     )
+
+
+class _Reads(Mapping[str, str]):
+    """An empty environment that remembers every name asked of it."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        raise KeyError(name)
+
+    def get(self, name: str, default: object = None) -> Any:
+        self.names.add(name)
+        return default
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            self.names.add(name)
+        return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def variable_names() -> frozenset[str]:
+    """Every environment variable load_settings reads: it is run over an empty environment that
+    records the names asked of it, so a new setting is listed the moment load_settings reads it.
+    Test and benchmark harnesses remove these from the environment of the processes they start.
+    """
+    reads = _Reads()
+    load_settings(reads)
+    return frozenset(reads.names)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -15,59 +14,32 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
+from compute_bench import harness
+from compute_bench.harness import scrubbed_environ
+from tests.support import MqttProbe, free_port, png_bytes, wait_for
 
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
-#: Variables of the developer's shell that would point the processes elsewhere.
-_SCRUB = ("MQTT_", "DATABASE_URL", "CL_SERVER_DIR", "WORKER_", "COMPUTE_", "AUTH_DISABLED",
-          "PUBLIC_KEY_PATH", "CAPABILITY_TOPIC_PREFIX", "MAX_UPLOAD_BYTES")
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
-    return {**clean, "CL_SERVER_DIR": str(tmp_path / "cl_server"), "LOG_LEVEL": "INFO"}
+    return {**scrubbed_environ(), "CL_SERVER_DIR": str(tmp_path / "cl_server"), "LOG_LEVEL": "INFO"}
 
 
-class Processes:
-    """Started subprocesses, with their output in files; all are ended at teardown."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path = tmp_path
-        self.env = env
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+class Processes(harness.Processes):
+    """The installed command lines (`compute-server ...`), by name."""
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        out = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], env=self.env, stdout=out,
-                                stderr=subprocess.STDOUT)
-        out.close()  # the child has its own copy
-        self.procs.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
-
-    def close(self) -> None:
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                print(f"{name} had to be killed; its log:\n{self.log(name)}")
+        return self.spawn(name, [str(BIN / args[0]), *args[1:]])
 
 
 @pytest.fixture
 def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Processes]:
     p = Processes(tmp_path, env)
     yield p
-    p.close()
+    p.stop()
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

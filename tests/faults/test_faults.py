@@ -11,7 +11,8 @@ import signal
 
 import pytest
 
-from tests.faults.cluster import Cluster, wait_until
+from tests.faults.cluster import Cluster
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 

@@ -18,8 +18,8 @@ import gmqtt
 import pytest
 from gmqtt.mqtt.constants import MQTTv311
 
-from tests.faults.cluster import Cluster, wait_until
-from tests.helpers import MqttProbe
+from tests.faults.cluster import TASK, Cluster
+from tests.support import MqttProbe, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -92,10 +92,10 @@ def test_forged_cancels_confirmations_and_a_junk_flood_change_nothing(cluster: C
             elif i % 4 == 1:
                 probe.publish(f"compute/workers/ghost-{i}/info",
                               json.dumps({"worker_id": f"ghost-{i}", "session": uuid.uuid4().hex[:12],
-                                          "state": "online", "tasks": ["test_noop"], "idle": True,
+                                          "state": "online", "tasks": [TASK], "idle": True,
                                           "timestamp": i}))
             else:
-                probe.publish(f"compute/events/test_noop/{job_id}", f"junk {i}".encode())
+                probe.publish(f"compute/events/{TASK}/{job_id}", f"junk {i}".encode())
             if i % 1000 == 999:
                 await asyncio.sleep(0)  # let the client write
         await probe.subscribe("compute/_sync")

@@ -35,7 +35,7 @@ from compute.plugins.registry import load_tasks
 from compute.server.app import create_app
 from compute.worker.service import WorkerService
 from tests.conftest import Server, running_server
-from tests.helpers import MqttProbe, free_port, wait_for, wait_for_sync
+from tests.support import MqttProbe, free_port, wait_for, wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto")
@@ -115,7 +115,7 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
     proc = subprocess.Popen([MOSQUITTO, "-c", str(folder / "mosquitto.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for_sync(lambda: proc.poll() is not None or port_answers("127.0.0.1", port), timeout=20,
+        wait_until(lambda: proc.poll() is not None or port_answers("127.0.0.1", port), timeout=20,
                       what="the private Mosquitto to listen")
         assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''!r}"
         yield PrivateMosquitto(port, passwords, log)

@@ -31,16 +31,16 @@ from compute.server.workers import NEGATIVE_MAX
 from compute.signing import cancel_signature, confirmation_signature
 from compute.topics import Topics, encode
 from compute.worker.announce import offline_will
+from compute_bench.noop import TASK_TYPE, BenchNoopTask
 from tests.conftest import BrokerInfo, RunningWorker, Server, WorkerFactory, running_server
-from tests.helpers import MqttProbe, wait_for
-from tests.support.noop import TASK_TYPE, NoopTask
+from tests.support import MqttProbe, wait_for
 
 #: Short leases, so that a Will's lease check (half the lease) happens within a test.
 LEASE = 3.0
 
 
-class GatedNoop(NoopTask):
-    """test_noop, held at its start until the test opens the gate; counts its runs."""
+class GatedNoop(BenchNoopTask):
+    """bench_noop, held at its start until the test opens the gate; counts its runs."""
 
     def __init__(self) -> None:
         self.runs = 0
@@ -74,7 +74,7 @@ def stored(repo: JobRepository, job_id: str) -> JobRecord:
 
 
 def add_job(server: Server) -> str:
-    """A test_noop job, stored and hinted like any other (the server has no route for it)."""
+    """A bench_noop job, stored and hinted like any other (the server has no route for it)."""
     job_id = str(uuid.uuid4())
     server.services.submitter.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params={}))
     return job_id

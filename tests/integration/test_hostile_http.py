@@ -30,8 +30,8 @@ from compute.config import Settings
 from compute.db.models import jobs_table
 from compute.server.app import UPLOAD_SLACK
 from tests.conftest import Server, running_server
-from tests.helpers import MqttProbe, free_port, png_bytes, wait_for
 from tests.integration.conftest import bearer
+from tests.support import MqttProbe, free_port, png_bytes, wait_for
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.h11_impl import H11Protocol

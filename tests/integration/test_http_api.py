@@ -9,7 +9,7 @@ import pytest
 from compute.config import Settings
 from compute.jobs import EventType
 from tests.conftest import Server, running_server
-from tests.helpers import Message, png_bytes, signed
+from tests.support import Message, png_bytes, signed
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -116,7 +116,7 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
 
 async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Server) -> None:
     """CL Server's SDK waits for `completed` or `failed` (polling and on inference/events)."""
-    from tests.helpers import MqttProbe
+    from tests.support import MqttProbe
 
     settings = server.settings
     async with MqttProbe(settings.broker_host, settings.mqtt_port) as probe:

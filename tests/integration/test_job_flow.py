@@ -9,7 +9,7 @@ from PIL import Image
 
 from compute.topics import Topics
 from tests.conftest import Server, WorkerFactory
-from tests.helpers import MqttProbe, ms_now, png_bytes
+from tests.support import MqttProbe, ms_now, png_bytes
 
 
 async def test_image_conversion_end_to_end(server: Server, start_worker: WorkerFactory) -> None:

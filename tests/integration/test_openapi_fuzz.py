@@ -26,7 +26,7 @@ import uvicorn
 
 from compute.server.app import create_app
 from tests.conftest import BrokerInfo, make_settings
-from tests.helpers import free_port, png_bytes, wait_for_sync
+from tests.support import free_port, png_bytes, wait_until
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402  # installed with schemathesis
@@ -61,7 +61,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
                                            http="httptools", loop="asyncio"))
     thread = threading.Thread(target=server.run, name="fuzzed-server", daemon=True)
     thread.start()
-    wait_for_sync(lambda: server.started, timeout=20, what="the server started")
+    wait_until(lambda: server.started, timeout=20, what="the server started")
     base_url = f"http://127.0.0.1:{port}"
     try:
         seeded = httpx.post(f"{base_url}/jobs/image_conversion", data={"format": "jpg"},

@@ -16,7 +16,7 @@ from compute.signing import verify_info
 from compute.topics import Topics, parse_worker_info
 from compute.worker.service import WorkerService
 from tests.conftest import BrokerInfo, Server, WorkerFactory, make_settings
-from tests.helpers import MqttProbe, wait_for
+from tests.support import MqttProbe, wait_for
 
 
 def _json(payload: bytes) -> dict[str, object]:

@@ -21,7 +21,7 @@ from tests.conftest import (
     make_settings,
     running_server,
 )
-from tests.helpers import MqttProbe, free_port, wait_for
+from tests.support import MqttProbe, free_port, wait_for
 
 
 async def test_malformed_and_foreign_events_are_dropped(

@@ -7,7 +7,7 @@ from cl_ml_tools import Job
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from tests.conftest import Server, WorkerFactory
-from tests.helpers import png_bytes, wait_for
+from tests.support import png_bytes, wait_for
 
 
 async def test_without_wake_events_the_sweep_runs_the_job(

@@ -139,7 +139,7 @@ async def test_missing_permission_is_403(secured: Server, keys: Keys) -> None:
 
 
 async def test_job_creation_needs_the_permission(secured: Server, keys: Keys) -> None:
-    from tests.helpers import png_bytes
+    from tests.support import png_bytes
 
     files = {"file": ("a.png", png_bytes(), "image/png")}
     data = {"format": "png"}

@@ -41,7 +41,7 @@ from compute.signing import (
 from compute.topics import MAX_INFO_BYTES, Topics, WorkerInfo, encode, job_event_payload, parse_worker_info
 from compute.worker.announce import Announcer, offline_will
 from compute.worker.results import ResultOutbox
-from tests.helpers import signed, wait_for
+from tests.support import signed, wait_for
 
 
 class FakeBus:

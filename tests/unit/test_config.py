@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from compute.config import load_settings, parse_tasks
+from compute.config import load_settings, parse_tasks, variable_names
 from compute.errors import ConfigError
 
 
@@ -144,3 +145,17 @@ def test_overrides_take_precedence_and_are_validated(tmp_path: Path) -> None:
 def test_parse_tasks() -> None:
     assert parse_tasks("a, b,,c ") == ("a", "b", "c")
     assert parse_tasks("") == ()
+
+
+def _readme_settings() -> set[str]:
+    """The variables named in the first column of README's "Settings (environment)" table."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Settings (environment)", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    return {name for cell in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+
+
+def test_variable_names_are_the_settings_readme_documents() -> None:
+    """variable_names() sees every variable load_settings reads, and README lists each of them."""
+    assert variable_names() == _readme_settings()
+

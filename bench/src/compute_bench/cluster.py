@@ -13,10 +13,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,15 +27,12 @@ from sqlalchemy import Engine, create_engine, text
 from compute.bus.mqtt import MqttBus
 from compute.config import load_settings
 from compute.db.migrate import upgrade_head
+from compute_bench.harness import LAUNCH, Processes, free_port, scrubbed_environ
 
 TASKS = "bench_noop,image_conversion"
 #: compute.worker.results logs this when it wrote a result itself (no confirmation in time).
 _DIRECT = "result written to the database by the worker ("
 _STOPPED = re.compile(r"worker (\S+) stopped: (\d+) jobs run, (\d+) empty claims")
-#: Variables of ours that must not leak in from the caller's shell.
-_SCRUB = ("CL_SERVER_DIR", "DATABASE_URL", "AUTH_DISABLED", "PUBLIC_KEY_PATH", "LOG_LEVEL",
-          "COMPUTE_BENCH_PROBES", "COMPUTE_BENCH_PROBE_KINDS")
-_SCRUB_PREFIXES = ("MQTT_", "WORKER_", "COMPUTE_")
 
 
 class ClusterError(RuntimeError):
@@ -61,16 +56,10 @@ class ClusterSpec:
     tasks: str = TASKS
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _launch(role: str) -> list[str]:
     """compute-server or compute-worker, through the benchmark's launcher (compute_bench.launch),
     which registers the bench_noop plugin and the probes in that process first."""
-    return [sys.executable, "-m", "compute_bench.launch", role]
+    return [*LAUNCH, role]
 
 
 class Observer:
@@ -129,6 +118,8 @@ class Cluster:
         self.root = f"bench-{run_id}-{spec.name}"
         self.http_port = free_port()
         self.mqtt_host, self.mqtt_port = spec.broker or ("127.0.0.1", free_port())
+        #: Each role's environment is given at spawn (env(role)).
+        self.processes = Processes(self.logs, {})
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         #: Workers stopped on purpose (stop_workers) before the cluster stops.
@@ -140,8 +131,7 @@ class Cluster:
     # -- environment --------------------------------------------------------------------
 
     def env(self, role: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)}
+        env = scrubbed_environ()  # nothing of the caller's shell points them elsewhere
         env.update({
             "CL_SERVER_DIR": str(self.dir / "cl_server"),
             "AUTH_DISABLED": "true",
@@ -231,10 +221,8 @@ class Cluster:
             await _wait(self.workers[worker_id], 20)
 
     def _spawn(self, name: str, cmd: Sequence[str]) -> subprocess.Popen[bytes]:
-        out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
         role = "server" if name == "server" else "worker"
-        return subprocess.Popen(list(cmd), env=self.env(role), stdout=out, stderr=subprocess.STDOUT,
-                                cwd=self.dir)
+        return self.processes.spawn(name, cmd, env=self.env(role), cwd=self.dir)
 
     def _check_alive(self) -> None:
         procs = {"server": self.server, **{wid.rsplit("-", 1)[1]: p for wid, p in self.workers.items()

@@ -11,7 +11,7 @@ import io
 from PIL import Image
 
 from tests.conftest import Server, WorkerFactory
-from tests.helpers import png_bytes
+from tests.support import png_bytes
 
 
 async def test_sdk_request_and_every_field_read(server: Server, start_worker: WorkerFactory) -> None:

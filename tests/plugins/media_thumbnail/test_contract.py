@@ -12,7 +12,7 @@ import io
 from PIL import Image
 
 from tests.conftest import Server, WorkerFactory
-from tests.helpers import MqttProbe
+from tests.support import MqttProbe
 
 
 async def submit(server: Server, content: bytes, name: str, form: dict[str, str]) -> str:

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tests.conftest import Server, WorkerFactory
-from tests.helpers import png_bytes
 from tests.plugins.hostile import jobs_left, png_header_only, submit
 from tests.plugins.media_thumbnail.videos import CORRUPT_MP4
+from tests.support import png_bytes
 
 
 async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
