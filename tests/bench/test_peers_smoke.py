@@ -9,7 +9,6 @@ and hold numbers. Needs Redis on 6379 (and PostgreSQL on 5432 for Procrastinate)
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from numbers import Number
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from compute_bench.harness import port_answers
 from compute_bench.peers.runner import PEERS
 from compute_bench.report import PEER_FIGURES, PEER_TARGETS
 
@@ -26,15 +26,9 @@ pytestmark = [pytest.mark.bench, pytest.mark.timeout(300)]
 TINY = "pickup=5,pickup_image=3,burst=40,burst_image=10,warmup=1,concurrency=4"
 
 
-def _answers(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
-    if not _answers(6379):
+    if not port_answers("127.0.0.1", 6379):
         pytest.skip("Redis does not answer on 127.0.0.1:6379 (the Celery peers need it)")
     out = tmp_path_factory.mktemp("peers") / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "compute_bench", "--peers", "--workers", "1",
@@ -47,7 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
 def test_every_peer_measured(run: tuple[str, dict[str, Any]]) -> None:
     _, result = run
     peers = result["peers"]
-    expected = set(PEERS) if _answers(5432) else set(PEERS) - {"procrastinate"}
+    expected = set(PEERS) if port_answers("127.0.0.1", 5432) else set(PEERS) - {"procrastinate"}
     for name in expected:
         p = peers[name]
         assert "skipped" not in p, p

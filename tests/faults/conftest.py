@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from compute_bench.harness import free_port, port_answers
 from tests.faults.cluster import Cluster
 
 #: Short leases and keepalives so faults show within seconds, but not so short that a loaded
@@ -19,18 +19,6 @@ FAST = {"JOB_LEASE_SECONDS": "10", "MQTT_KEEPALIVE": "10", "WORKER_SWEEP_INTERVA
         "MQTT_HEARTBEAT_INTERVAL": "5"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _postgres_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["amqtt+sqlite", "mosquitto+sqlite", "mosquitto+postgresql"])
@@ -41,7 +29,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
     database_url = None
     drop: str | None = None
     if db_kind == "postgresql":
-        if not _postgres_answers():
+        if not port_answers("127.0.0.1", 5432):
             pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
         import psycopg
 
@@ -49,7 +37,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{drop}"')
         database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{drop}"
-    c = Cluster(tmp_path, broker_kind, _free_port(), _free_port(), database_url, **FAST)
+    c = Cluster(tmp_path, broker_kind, free_port(), free_port(), database_url, **FAST)
     try:
         c.start_broker()
         c.migrate()

@@ -20,8 +20,8 @@ from typer.testing import CliRunner, Result
 from compute.config import Settings
 from compute.console.app import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, app
 from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
-from tests.helpers import free_port, png_bytes, wait_for
 from tests.integration.test_hostile_http import uvicorn_serving
+from tests.support import free_port, png_bytes, wait_for
 
 
 @pytest.fixture

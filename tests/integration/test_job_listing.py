@@ -15,11 +15,11 @@ from sqlalchemy import text
 from compute.config import Settings
 from compute.db.queries import JobFilter, JobQueries, JobSort, encode_cursor
 from compute.db.session import make_engine
+from compute_bench.noop import TASK_TYPE
 from tests.conftest import Server, WorkerFactory, running_server
-from tests.helpers import wait_for
 from tests.integration.conftest import SigningKey, add_job, bearer, secured, set_columns
 from tests.integration.test_hostile_bus import GatedNoop
-from tests.support.noop import TASK_TYPE
+from tests.support import wait_for
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 one_broker = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)

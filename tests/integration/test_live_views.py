@@ -21,8 +21,8 @@ import uvicorn
 from compute.config import Settings
 from compute.server.serving import StreamClosingServer
 from tests.conftest import Server, WorkerFactory, running_server
-from tests.helpers import free_port, png_bytes, wait_for
 from tests.integration.conftest import SigningKey, bearer, secured
+from tests.support import free_port, png_bytes, wait_for
 
 # The broker plays no part in what is tested here: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)

@@ -14,7 +14,7 @@ from starlette.types import Message
 from compute.server.auth import JobScope
 from compute.server.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, JobChange, Subscription
 from compute.server.sse import EventStream, frames
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 EVERYTHING = JobScope(everything=True)
 OWNERS = {"a1": ("alice", "t"), "b1": ("bob", "t")}

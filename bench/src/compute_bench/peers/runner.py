@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 
 from compute_bench.client import Submitter
-from compute_bench.cluster import ClusterError, free_port
+from compute_bench.cluster import ClusterError
+from compute_bench.harness import free_port
 from compute_bench.peers import stamps
 from compute_bench.scenarios import GAP, NS_PER_MS, Sizes, drive
 from compute_bench.stats import summary
