@@ -18,8 +18,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.e2e.test_cli import Processes, env, procs, run, start_server  # noqa: F401 - env, procs: fixtures
-from tests.helpers import png_bytes
 from tests.integration.conftest import SigningKey, bearer, signing_key  # noqa: F401 - a fixture
+from tests.support import free_port, png_bytes, wait_for
 
 pytestmark = pytest.mark.e2e
 

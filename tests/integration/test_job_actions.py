@@ -14,10 +14,10 @@ from sqlalchemy import select
 from compute.config import Settings
 from compute.db.models import queue_entries_table
 from compute.topics import Topics
+from compute_bench.noop import TASK_TYPE, BenchNoopTask
 from tests.conftest import Server, WorkerFactory, running_server
-from tests.helpers import MqttProbe, png_bytes
 from tests.integration.conftest import SigningKey, add_job, bearer, secured, set_columns
-from tests.support.noop import TASK_TYPE, NoopTask
+from tests.support import MqttProbe, png_bytes
 
 one_broker = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
 FORM = {"format": "jpg"}
@@ -28,8 +28,8 @@ def add(server: Server, *, task: str = TASK_TYPE, by: str | None = None, priorit
     return add_job(server, task, by=by, priority=priority)
 
 
-class FailsOnce(NoopTask):
-    """test_noop whose first run reports the plugin's own error (final: not retried by policy)."""
+class FailsOnce(BenchNoopTask):
+    """bench_noop whose first run reports the plugin's own error (final: not retried by policy)."""
 
     def __init__(self) -> None:
         self.runs = 0
