@@ -19,7 +19,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.e2e.test_cli import Processes, env, procs, run, start_server  # noqa: F401 - env, procs: fixtures
 from tests.integration.conftest import SigningKey, bearer, signing_key  # noqa: F401 - a fixture
-from tests.support import free_port, png_bytes, wait_for
+from tests.support import png_bytes
 
 pytestmark = pytest.mark.e2e
 
