@@ -18,7 +18,7 @@ from compute.jobs import now_ms
 from compute.server.aging import PriorityAging
 from compute.server.retention import DAY_MS, RetentionPolicy, RetentionSweeper
 from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
-from tests.helpers import MqttProbe, wait_for
+from tests.support import MqttProbe, wait_for
 
 HOUR_MS = 3600 * 1000
 
