@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 
@@ -161,17 +163,19 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             # (app_from_env): only here do the flags still pass through os.environ.
             os.environ.update(overrides)
             uvicorn.run("compute.cli:app_from_env", factory=True, host=args.host, port=args.port,
-                        reload=True, log_level=settings.log_level.lower())
+                        reload=True, log_level=settings.log_level.lower(),
+                        http="compute.cli:http_protocol_from_env")
         else:
             from compute.server.app import create_app
-            from compute.server.serving import StreamClosingServer
+            from compute.server.serving import StreamClosingServer, http_protocol
 
             try:
                 app = create_app(settings)
             except ComputeError as exc:
                 return _fail(str(exc))
             config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                                    loop="uvloop", http="httptools", access_log=False)
+                                    loop="uvloop", http=http_protocol(settings.header_read_timeout),
+                                    access_log=False)
             StreamClosingServer(config, app.state.services.changes.close).run()
     finally:
         if workers is not None:
@@ -184,6 +188,19 @@ def app_from_env():  # type: ignore[no-untyped-def]
     from compute.server.app import create_app
 
     return create_app(load_settings())
+
+
+def http_protocol_from_env(**kwargs: Any) -> asyncio.Protocol:
+    """uvicorn --reload's `http=` (called for each connection): the protocol compute-server
+    uses, with the header deadline read from the environment like the app."""
+    return _reload_protocol()(**kwargs)
+
+
+@functools.cache
+def _reload_protocol() -> type[asyncio.Protocol]:
+    from compute.server.serving import http_protocol
+
+    return http_protocol(load_settings().header_read_timeout)
 
 
 def _exit_on_sigterm(_sig: int, _frame: object) -> None:

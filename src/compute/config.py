@@ -63,6 +63,8 @@ class Settings:
     max_upload_bytes: int = 100 * 1024 * 1024
     #: A request body that sends nothing for this long is answered 408 and closed (seconds).
     upload_idle_timeout: float = 30.0
+    #: A connection whose request line and headers are not all in after this long is closed (seconds).
+    header_read_timeout: float = 10.0
     #: How long an HTTP request waits for the database before it answers 503 (seconds).
     db_request_timeout: float = 5.0
     #: A job folder with no row is removed once it is this old (seconds): an upload in flight is not.
@@ -237,6 +239,7 @@ def load_settings(env: Mapping[str, str] | None = None,
         guest_mode=_bool(env.get("GUEST_MODE", "off")),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024, minimum=1),
         upload_idle_timeout=_float(env, "UPLOAD_IDLE_TIMEOUT", 30.0, positive=True),
+        header_read_timeout=_float(env, "HEADER_READ_TIMEOUT", 10.0, positive=True),
         db_request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 5.0, positive=True),
         orphan_grace_seconds=_float(env, "ORPHAN_GRACE_SECONDS", 600.0),
         sse_heartbeat=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, positive=True),

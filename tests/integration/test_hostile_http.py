@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from compute.config import Settings
 from compute.db.models import jobs_table
 from compute.server.app import UPLOAD_SLACK
+from compute.server.serving import http_protocol
 from tests.conftest import Server, running_server
 from tests.integration.conftest import bearer
 from tests.support import MqttProbe, free_port, png_bytes, wait_for
@@ -148,10 +149,12 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(settin
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(app: FastAPI) -> AsyncIterator[uvicorn.Server]:
+async def uvicorn_serving(app: FastAPI, http: Literal["httptools", "h11"] = "httptools",
+                          ) -> AsyncIterator[uvicorn.Server]:
     """The app (lifespan already running) behind a real uvicorn, as compute-server runs it."""
+    timeout = app.state.services.settings.header_read_timeout
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off",
-                            log_level="warning", http="httptools", loop="asyncio")
+                            log_level="warning", http=http_protocol(timeout, http), loop="asyncio")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started, what="uvicorn started")

@@ -76,7 +76,7 @@ def test_empty_values_fall_back_to_defaults(tmp_path: Path) -> None:
      ("JOB_TIMEOUT", "-1"), ("JOB_TIMEOUT", "nan"),
      ("JOB_MAX_RETRIES", "-1"), ("RETRY_BACKOFF_BASE", "-0.5"), ("RETRY_BACKOFF_MAX", "-1"),
      ("DB_REQUEST_TIMEOUT", "0"), ("DB_REQUEST_TIMEOUT", "-1"),
-     ("UPLOAD_IDLE_TIMEOUT", "0"), ("UPLOAD_IDLE_TIMEOUT", "inf"),
+     ("UPLOAD_IDLE_TIMEOUT", "0"), ("UPLOAD_IDLE_TIMEOUT", "inf"), ("HEADER_READ_TIMEOUT", "0"),
      ("ORPHAN_GRACE_SECONDS", "-1"),
      ("MQTT_KEEPALIVE", "0"), ("MQTT_KEEPALIVE", "-10"),
      ("WORKER_SWEEP_INTERVAL", "0"), ("WORKER_SWEEP_INTERVAL", "-1"),
