@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.e2e.test_cli import Processes, env, procs, run, start_server  # noqa: F401 - env, procs: fixtures
 from tests.integration.conftest import SigningKey, bearer, signing_key  # noqa: F401 - a fixture
-from tests.support import png_bytes
+from tests.support import png_bytes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -95,6 +96,14 @@ async def test_dashboard_shows_workers_queues_and_live_progress(
         if shot:
             await page.screenshot(path=shot, full_page=True)
         assert errors == []
+
+        # SIGTERM with the page's live view open: the stream is ended, so the server exits
+        # (uvicorn would otherwise wait for it for ever), and the page notices.
+        served.proc.send_signal(signal.SIGTERM)
+        assert await wait_for(lambda: served.proc.poll() is not None, timeout=20,
+                              what="compute-server to exit with a live view open")
+        assert served.proc.returncode == 0, procs.log("server")
+        await expect(page.locator("#live-state")).not_to_have_attribute("data-state", "live")
 
 
 async def test_dashboard_asks_for_a_token_when_auth_is_on(
