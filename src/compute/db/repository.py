@@ -16,6 +16,7 @@ from typing import Any
 
 from cl_ml_tools import Job
 from sqlalchemy import (
+    BigInteger,
     Engine,
     bindparam,
     delete,
@@ -141,6 +142,8 @@ class JobRepository:
     def __init__(self, engine: Engine, policies: Policies | None = None) -> None:
         self.engine = engine
         self.policies = policies or Policies(TaskPolicy())
+        #: Number of task types -> the compiled claim statement (see _claim_sql).
+        self._claim_cache: dict[int, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
 
     def write(self) -> Any:
         """A connection for one write transaction; on SQLite it locks at BEGIN (BEGIN IMMEDIATE)."""
@@ -244,24 +247,51 @@ class JobRepository:
             ready = unpaused(conn, task_types)
             if not ready:
                 return None
-            row = conn.execute(self._claim_statement(ready, worker_id, session, lease_ms)).mappings().first()
+            sql, args = self._claim_args(ready, worker_id, session, lease_ms)
+            row = conn.exec_driver_sql(sql, args).mappings().first()
         return None if row is None else JobRecord.from_row(row)
 
-    def _claim_statement(self, task_types: Sequence[str], worker_id: str, session: str,
-                         lease_ms: int) -> Any:
+    def _claim_args(self, task_types: Sequence[str], worker_id: str, session: str,
+                    lease_ms: int) -> tuple[str, Any]:
+        """The claim's SQL and its parameters, in the form this database's driver takes them."""
         now = now_ms()
+        sql, positions, fixed = self._claim_sql(len(task_types))
+        params: dict[str, Any] = {
+            **fixed, "now": now, "worker_id": worker_id, "session": session, "expires": now + lease_ms,
+            "token": secrets.token_hex(16),
+            **{f"type_{i}": t for i, t in enumerate(task_types)},
+        }
+        return sql, tuple(params[k] for k in positions) if positions else params
+
+    def _claim_sql(self, types: int) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+        """The claim statement for `types` task types, compiled once for this database: building
+        and caching it through SQLAlchemy on every claim cost about as much CPU as the statement
+        itself (the worker's hottest path). Returns the SQL, for positional drivers (SQLite) the
+        order of its parameters, and the values SQLAlchemy bound itself (LIMIT 1)."""
+        found = self._claim_cache.get(types)
+        if found is not None:
+            return found
+        names = [f"type_{i}" for i in range(types)]
         sqlite = self.engine.dialect.name == "sqlite"
-        candidate = (_SQLITE_CANDIDATE.bindparams(task_types=list(task_types), now=now) if sqlite
-                     else _candidate(task_types, now)).scalar_subquery()
-        return (
+        candidate = (_sqlite_candidate(names) if sqlite else _candidate(names)).scalar_subquery()
+        now = bindparam("now", type_=BigInteger())
+        statement = (
             update(jobs)
-            .where(jobs.c.id == candidate, jobs.c.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.PROCESSING.value, started_at=now, updated_at=now,
-                    worker_id=worker_id, worker_session=session, attempt=jobs.c.attempt + 1,
-                    retry_count=jobs.c.attempt, lease_token=secrets.token_hex(16),
-                    lease_expires_at=now + lease_ms, event_seq=0, next_attempt_at=None)
+            .where(jobs.c.id == candidate, jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
+            .values(status=literal_column(f"'{JobStatus.PROCESSING.value}'"), started_at=now,
+                    updated_at=now, worker_id=bindparam("worker_id"),
+                    worker_session=bindparam("session"), attempt=jobs.c.attempt + literal_column("1"),
+                    retry_count=jobs.c.attempt, lease_token=bindparam("token"),
+                    lease_expires_at=bindparam("expires"), event_seq=literal_column("0"),
+                    next_attempt_at=literal_column("NULL"))
             .returning(*jobs.c)
         )
+        compiled = statement.compile(dialect=self.engine.dialect,
+                                     compile_kwargs={"render_postcompile": True})
+        positions = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
+        fixed = {k: v for k, v in compiled.params.items() if v is not None}
+        self._claim_cache[types] = (compiled.string, positions, fixed)
+        return compiled.string, positions, fixed
 
     def extend_leases(self, leases: Sequence[tuple[str, str]], lease_ms: int) -> int:
         """Push the expiry of these (job_id, lease_token) claims; returns how many still hold."""
@@ -348,22 +378,25 @@ class JobRepository:
 # SQLite's planner, without statistics, still prefers the status index and sorts every queued row
 # (~170 ms per claim with 100,000 queued, compute-bench --sections claim_scale), and SQLAlchemy
 # renders no index hint for SQLite: so its candidate is this text, with INDEXED BY.
-_SQLITE_CANDIDATE = text(
-    "SELECT id FROM jobs INDEXED BY ix_jobs_claim_order"
-    f" WHERE status = '{JobStatus.QUEUED.value}' AND task_type IN :task_types"
-    " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-    " ORDER BY priority DESC, created_at, id LIMIT 1"
-).bindparams(bindparam("task_types", expanding=True)).columns(jobs.c.id)
+def _sqlite_candidate(type_params: Sequence[str]) -> Any:
+    return text(
+        "SELECT id FROM jobs INDEXED BY ix_jobs_claim_order"
+        f" WHERE status = '{JobStatus.QUEUED.value}'"
+        f" AND task_type IN ({', '.join(':' + n for n in type_params)})"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+        " ORDER BY priority DESC, created_at, id LIMIT 1"
+    ).columns(jobs.c.id)
 
 
-def _candidate(task_types: Sequence[str], now: int) -> Any:
+def _candidate(type_params: Sequence[str]) -> Any:
     """The same candidate elsewhere (PostgreSQL): FOR UPDATE SKIP LOCKED skips rows another
     worker's claim holds."""
+    now = bindparam("now", type_=BigInteger())
     return (
         select(jobs.c.id)
         .where(
             jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"),
-            jobs.c.task_type.in_(task_types),
+            jobs.c.task_type.in_([bindparam(n) for n in type_params]),
             or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
