@@ -17,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
+from compute import deathsignal
 from compute.config import Settings, load_settings
 from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
 from compute.worker.identity import WorkerSlot, claim_slot
@@ -207,20 +208,6 @@ def _exit_on_sigterm(_sig: int, _frame: object) -> None:
     sys.exit(0)  # unwinds through server_main's finally, which stops the workers
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that makes Linux send the child SIGTERM when the server dies (even by
-    kill -9), or None elsewhere. prctl is looked up here, in the parent: between fork and exec
-    the child may only make the call, not import or load anything."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: the workers outlive a killed server
-        return None
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 class _WorkerProcesses:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -245,7 +232,7 @@ def _spawn_workers_when_ready(count: int, port: int, overrides: dict[str, str]) 
         url = f"http://127.0.0.1:{port}/"
         while not group.stopped.is_set() and not _server_answers(url):
             time.sleep(0.2)
-        die_with_parent = _parent_death_signal()
+        die_with_parent = deathsignal.preexec(signal.SIGTERM)
         for _ in range(count):
             if group.stopped.is_set():
                 return

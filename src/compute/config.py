@@ -94,6 +94,11 @@ class Settings:
     #: Folders that `input_absolute_path` / `output_absolute_path` may point into.
     media_roots: tuple[Path, ...] = ()
     worker_id: str = "worker-default"
+    #: "process": plugins run in a child process the worker can kill (cancel, timeout, crash);
+    #: "thread": on a thread of the worker, where a plugin that does not stop is only abandoned.
+    plugin_isolation: str = "process"
+    #: Address-space cap of the plugin process, in MB (RLIMIT_AS); 0 = none. Process isolation only.
+    plugin_memory_limit_mb: int = 4096
     #: None: every installed task whose tools and models are present.
     worker_tasks: tuple[str, ...] | None = None
     server_url: str = "http://127.0.0.1:8002"
@@ -171,6 +176,17 @@ def _mqtt_version(env: Mapping[str, str]) -> int:
     if version not in (4, 5):
         raise ConfigError(f"MQTT_VERSION must be 4 (MQTT 3.1.1) or 5, got {env['MQTT_VERSION']!r}")
     return version
+
+
+PLUGIN_ISOLATION_MODES = ("process", "thread")
+
+
+def _isolation(env: Mapping[str, str]) -> str:
+    mode = (env.get("PLUGIN_ISOLATION") or "process").strip().lower()
+    if mode not in PLUGIN_ISOLATION_MODES:
+        raise ConfigError(f"PLUGIN_ISOLATION must be one of {', '.join(PLUGIN_ISOLATION_MODES)}, "
+                          f"got {env['PLUGIN_ISOLATION']!r}")
+    return mode
 
 
 def parse_tasks(raw: str) -> tuple[str, ...]:
@@ -257,6 +273,8 @@ def load_settings(env: Mapping[str, str] | None = None,
         media_roots=tuple(Path(p).expanduser() for p in
                           (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep) if p.strip()),
         worker_id=env.get("WORKER_ID") or "worker-default",
+        plugin_isolation=_isolation(env),
+        plugin_memory_limit_mb=_int(env, "PLUGIN_MEMORY_LIMIT_MB", 4096, minimum=0),
         worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"]) if env.get("WORKER_SUPPORTED_TASKS")
         else None,
         server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",

@@ -62,8 +62,9 @@ async def fast_server(settings: Settings) -> AsyncIterator[Server]:
 
 async def start_gated(start_worker: WorkerFactory, **changes: Any) -> tuple[RunningWorker, GatedNoop]:
     plugin = GatedNoop()
+    # On a thread: the test holds the plugin's gate, which a plugin process could not share.
     running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: plugin}, lease_seconds=LEASE,
-                                 **changes)
+                                 plugin_isolation="thread", **changes)
     return running, plugin
 
 

@@ -66,7 +66,9 @@ class GatedConversion(ImageConversionTask):  # type: ignore[misc]  # cl_ml_tools
 
 async def test_graceful_stop_finishes_the_current_job(server: Server, start_worker: WorkerFactory) -> None:
     plugin = GatedConversion()
-    running = await start_worker(tasks=("image_conversion",), plugins={"image_conversion": plugin})
+    # On a thread: the test holds the plugin's gate, which a plugin process could not share.
+    running = await start_worker(tasks=("image_conversion",), plugins={"image_conversion": plugin},
+                                 plugin_isolation="thread")
     current = (await server.submit())["job_id"]
     await wait_for(plugin.entered.is_set, what="the job to start")
     following = (await server.submit())["job_id"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from compute import deathsignal
 from compute.errors import ComputeError
 
 #: Lines of a failing tool's stderr kept in the error message.
@@ -39,11 +41,12 @@ async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ())
     """Run a program, return its stdout; raise ToolFailed with the end of its stderr.
 
     `hide`: folders whose paths are cut out of error messages (job folders, media roots).
-    The child is killed when the deadline passes or the calling task is cancelled.
+    The child is killed when the deadline passes or the calling task is cancelled, and (Linux)
+    when the process running the plugin dies: a killed plugin process leaves no ffmpeg behind.
     """
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL)
+        stdin=asyncio.subprocess.DEVNULL, preexec_fn=deathsignal.preexec(signal.SIGKILL))
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException as exc:  # timeout or cancellation: do not leave the tool running

@@ -22,7 +22,7 @@ from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session
 from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.results import ResultOutbox
-from compute.worker.runner import JobRunner
+from compute.worker.runner import JobRunner, plugin_host
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -50,7 +50,8 @@ class Worker:
                                    secret)
         transitions = JobTransitions(repo.engine, settings.task_policies)
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
-        self.runner = JobRunner(self.worker_id, tasks, bus, topics, self.outbox)
+        self.runner = JobRunner(self.worker_id, tasks, bus, topics, self.outbox,
+                                plugin_host(settings, tasks))
         self.current: JobRecord | None = None
         #: Claim attempts that found nothing (another worker took the job first).
         self.empty_claims = 0
@@ -117,7 +118,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             self.outbox.flush()
-            self.runner.plugins.stop()
+            self.runner.host.close()
 
     def _claim(self) -> JobRecord | None:
         """One claim. A database error is logged and raises _ClaimFailed; run() then backs off."""

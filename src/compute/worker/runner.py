@@ -1,61 +1,61 @@
 """Run one claimed job through its plugin and report what happens.
 
-Plugins run on a separate thread with its own event loop: a plugin that computes without
-awaiting (Pillow, models) then cannot starve the worker's MQTT keepalive, hints, cancel
-requests or lease heartbeats. A plugin that overruns its timeout or is cancelled and does not
-stop is left behind on its thread, and the next job gets a fresh thread.
+The plugin runs in a plugin host: by default a child process the worker kills on cancel or
+timeout (worker/plugin_process.py), or a thread of the worker (worker/plugin_thread.py,
+PLUGIN_ISOLATION=thread). Either way the worker's own event loop stays free for MQTT keepalives,
+hints, cancel requests and lease heartbeats while a plugin computes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from cl_ml_tools import ComputeModule
 
 from compute.bus.base import Bus
+from compute.config import Settings
 from compute.db.repository import JobRecord
 from compute.jobs import EventType, JobEvent, now_ms
 from compute.plugins.environment import current as plugin_environment
 from compute.plugins.tools import scrub
 from compute.signing import signature, verify_cancel
 from compute.topics import CancelRequest, Topics, encode, job_event_payload
+from compute.worker.plugin_process import PluginCrashed, PluginProcess
+from compute.worker.plugin_thread import PluginThreadHost
 from compute.worker.results import ResultOutbox
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE = 1.0  # seconds a cancelled plugin gets to stop before its thread is abandoned
+class PluginHost(Protocol):
+    async def ready(self) -> None:
+        """Wait until the host can start a plugin at once (a fresh process is set up)."""
+
+    async def execute(self, plugin: ComputeModule, job: JobRecord, params: Any,
+                      report: Callable[[int], None]) -> Any:
+        """The plugin's result. Cancelling the caller stops the plugin (as well as the host can)."""
+
+    def close(self) -> None: ...
 
 
-class PluginThread:
-    """A long-lived thread running an event loop for plugin coroutines."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="plugins", daemon=True)
-        self._thread.start()
-
-    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+def plugin_host(settings: Settings, tasks: dict[str, ComputeModule]) -> PluginHost:
+    if settings.plugin_isolation == "thread":
+        return PluginThreadHost()
+    return PluginProcess(settings, tasks)
 
 
 class JobRunner:
     def __init__(self, worker_id: str, tasks: dict[str, ComputeModule], bus: Bus, topics: Topics,
-                 outbox: ResultOutbox) -> None:
+                 outbox: ResultOutbox, host: PluginHost) -> None:
         self.worker_id = worker_id
         self.tasks = tasks
         self.bus = bus
         self.topics = topics
         self.outbox = outbox
-        self.plugins = PluginThread()
-        self._current: tuple[str, concurrent.futures.Future[Any]] | None = None
+        self.host = host
+        self._current: tuple[str, asyncio.Future[Any]] | None = None
         #: The claim being run: cancel requests must be signed with its lease token.
         self._job: JobRecord | None = None
         self._cancelled: set[str] = set()
@@ -137,21 +137,21 @@ class JobRunner:
             params = plugin.get_schema()(**job.params)
         except Exception as exc:  # bad params are the job's fault: retrying cannot help
             return self._event(job, EventType.FAILED, error=f"invalid params: {exc}")
-        future = self.plugins.submit(plugin.execute(job.to_job(), params, self._progress_reporter(job)))
-        self._current = (job.job_id, future)
+        running = asyncio.ensure_future(self._run_plugin(plugin, job, params))
+        self._current = (job.job_id, running)
         try:
-            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                            job.timeout_seconds or None)
+            result = await running
         except TimeoutError:
-            await self._abandon(future)
             return self._event(job, EventType.FAILED, retryable=True,
                                error=f"timed out after {job.timeout_seconds:g} s")
-        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+        except asyncio.CancelledError:
             if job.job_id in self._cancelled:
-                await self._abandon(future)
                 log.info("job %s cancelled", job.job_id)
                 return None
             return self._event(job, EventType.FAILED, retryable=True, error="plugin task cancelled")
+        except PluginCrashed as exc:  # raised, died or ran out of memory in its process
+            log.warning("job %s: plugin %s: %s", job.job_id, job.task_type, exc)
+            return self._event(job, EventType.FAILED, retryable=True, error=_without_paths(job, str(exc)))
         except Exception as exc:
             log.exception("job %s: plugin %s raised", job.job_id, job.task_type)
             return self._event(job, EventType.FAILED, retryable=True,
@@ -166,14 +166,12 @@ class JobRunner:
         return self._event(job, EventType.FAILED,
                            error=_without_paths(job, str(error or f"plugin returned {result!r}")))
 
-    async def _abandon(self, future: concurrent.futures.Future[Any]) -> None:
-        """Cancel a plugin run; if it does not stop in time, give later jobs a fresh thread."""
-        future.cancel()
-        done, _ = await asyncio.wait([asyncio.wrap_future(future)], timeout=STOP_GRACE)
-        if not done:
-            log.warning("plugin did not stop; leaving its thread behind and starting a new one")
-            self.plugins.stop()
-            self.plugins = PluginThread()
+
+    async def _run_plugin(self, plugin: ComputeModule, job: JobRecord, params: Any) -> Any:
+        await self.host.ready()  # a plugin process being set up is not the job's time
+        # On timeout, wait_for cancels the run and waits until the host has stopped it.
+        return await asyncio.wait_for(self.host.execute(plugin, job, params, self._progress_reporter(job)),
+                                      job.timeout_seconds or None)
 
 
 def _without_paths(job: JobRecord, message: str) -> str:

@@ -1,0 +1,207 @@
+"""Plugins in a child process the worker can kill (PLUGIN_ISOLATION=process, the default).
+
+One child per worker, started with `spawn` (never a fork of the worker's asyncio process) at
+the first job and kept across jobs, so models and ONNX sessions load once. The child gets the
+worker's settings and its task table (pickled: each plugin's class is imported by name in the
+child, so plugins a launcher registered in-process exist there too) and runs
+worker/plugin_child.py.
+
+A cancel or timeout kills the child's whole process group (the plugin and any ffmpeg or
+exiftool it started) at once: SIGTERM, then SIGKILL after KILL_GRACE. The attempt ends as it
+does in thread mode; the next job starts a fresh child. A child that dies by itself (segfault,
+the kernel's OOM killer, a kill -9) or exceeds PLUGIN_MEMORY_LIMIT_MB fails the attempt as a
+crash (PluginCrashed, retried while attempts remain) and is replaced the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from cl_ml_tools import ComputeModule
+
+from compute.config import Settings
+from compute.db.repository import JobRecord
+from compute.errors import ConfigError
+from compute.worker import plugin_child
+
+log = logging.getLogger(__name__)
+
+#: Seconds a killed child gets between SIGTERM and SIGKILL (plugins install no SIGTERM handler,
+#: so this is only spent when something did).
+KILL_GRACE = 0.5
+
+#: Callables run in each plugin process once it is set up (picklable: module-level functions),
+#: for launchers that prepare plugin processes as they prepare their own (e.g. measurement probes).
+child_setups: list[Callable[[], None]] = []
+
+
+class PluginCrashed(Exception):
+    """The plugin's run ended without a result: it raised in its process, exceeded the memory
+    limit, or its process died. The message is the reason, as the job's error shows it."""
+
+
+@dataclass
+class _Child:
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+
+
+class PluginProcess:
+    """Runs plugins in a persistent, killable child process."""
+
+    def __init__(self, settings: Settings, tasks: dict[str, ComputeModule]) -> None:
+        try:
+            pickle.dumps(tasks)
+        except Exception as exc:
+            raise ConfigError(
+                f"PLUGIN_ISOLATION=process needs plugins a child process can import by name "
+                f"({type(exc).__name__}: {exc}); use PLUGIN_ISOLATION=thread") from None
+        self.settings = settings
+        self.tasks = tasks
+        self._context = multiprocessing.get_context("spawn")
+        self._child: _Child | None = None
+        #: Children started so far (the first, and one after each kill or crash).
+        self.started = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid, if there is one."""
+        return self._child.process.pid if self._child is not None else None
+
+    async def ready(self) -> None:
+        """Wait until a child is set up (started if there is none), before a job's clock starts."""
+        child = self._child or self._start()
+        if child.ready:
+            return
+        try:
+            kind, *_ = await self._receive(child)  # ("ready",)
+        except (EOFError, OSError):
+            reason = await self._death(child)
+            await self.kill()
+            raise PluginCrashed(reason) from None
+        except asyncio.CancelledError:
+            await self.kill()
+            raise
+        child.ready = kind == "ready"
+
+    async def execute(self, plugin: ComputeModule, job: JobRecord, params: Any,
+                      report: Callable[[int], None]) -> Any:
+        """Run `job` in the child; the plugin's result, or PluginCrashed.
+
+        Cancelling the calling task kills the child before the cancellation goes on.
+        """
+        await self.ready()
+        child = self._child
+        assert child is not None
+        try:
+            child.conn.send((job.task_type, job.to_job(), params))
+            while True:
+                kind, *rest = await self._receive(child)
+                if kind == "progress":
+                    report(rest[0])
+                elif kind == "result":
+                    return rest[0]
+                elif kind == "memory":
+                    # The cap held, but a process that hit it may be in a poor state.
+                    await self.kill()
+                    raise PluginCrashed(rest[0])
+                else:
+                    raise PluginCrashed(rest[0])
+        except (EOFError, OSError):
+            reason = await self._death(child)
+            await self.kill()
+            raise PluginCrashed(reason) from None
+        except asyncio.CancelledError:
+            await self.kill()
+            raise
+
+    def _start(self) -> _Child:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=plugin_child.main, args=(theirs, self.settings, self.tasks, list(child_setups)),
+            name=f"plugins-{self.settings.worker_id}", daemon=True)
+        process.start()
+        theirs.close()
+        self.started += 1
+        self._child = _Child(process, ours)
+        log.info("plugin process %s started", process.pid)
+        return self._child
+
+    async def _receive(self, child: _Child) -> Any:
+        """The child's next message, waiting on the event loop; EOFError when it died."""
+        if not child.conn.poll():
+            loop = asyncio.get_running_loop()
+            readable: asyncio.Future[None] = loop.create_future()
+            fd = child.conn.fileno()
+
+            def wake() -> None:
+                if not readable.done():
+                    readable.set_result(None)
+
+            loop.add_reader(fd, wake)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+        return child.conn.recv()
+
+    async def _death(self, child: _Child) -> str:
+        # It closed the pipe: it is exiting, if not gone already.
+        await asyncio.to_thread(child.process.join, KILL_GRACE)
+        code = child.process.exitcode
+        if code is not None and code < 0:
+            how = f"killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exit code {code}" if code is not None else "closed its pipe"
+        limit = self.settings.plugin_memory_limit_mb
+        hint = f"; memory limit {limit} MB" if limit and code == -signal.SIGKILL else ""
+        log.warning("plugin process %s died (%s)", child.process.pid, how)
+        return f"the plugin's process died ({how}{hint})"
+
+    async def kill(self) -> None:
+        """Kill the child and what it started, and start a fresh one for the next job."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        process = child.process
+        _signal_group(process, signal.SIGTERM)
+        await asyncio.to_thread(process.join, KILL_GRACE)
+        _signal_group(process, signal.SIGKILL)  # also whatever it started that is still there
+        await asyncio.to_thread(process.join)
+        child.conn.close()
+        log.info("plugin process %s stopped (%s)", process.pid, process.exitcode)
+        self._start()
+
+    def close(self) -> None:
+        """At shutdown: let an idle child leave on its own (end of its pipe), else kill it."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        child.conn.close()
+        child.process.join(KILL_GRACE)
+        _signal_group(child.process, signal.SIGKILL)
+        child.process.join()
+
+
+def _signal_group(process: BaseProcess, sig: signal.Signals) -> None:
+    """`sig` to the child's process group (itself and its tools), or to the child alone when it
+    has not made its group yet."""
+    if process.pid is None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)

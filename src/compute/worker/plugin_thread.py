@@ -1,0 +1,83 @@
+"""Plugins on a thread of the worker (PLUGIN_ISOLATION=thread).
+
+The thread has its own event loop: a plugin that computes without awaiting (Pillow, models)
+then cannot starve the worker's MQTT keepalive, hints, cancel requests or lease heartbeats. A
+plugin that is cancelled (or overruns its timeout) and does not stop within STOP_GRACE is left
+behind on its thread, still using CPU and memory, and the next job gets a fresh thread: a thread
+cannot be killed. worker/plugin_process.py can; this mode remains for plugins that cannot be
+pickled into a child process, and for tests that share state with their plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cl_ml_tools import ComputeModule
+
+from compute.db.repository import JobRecord
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 1.0  # seconds a cancelled plugin gets to stop before its thread is abandoned
+
+
+class PluginThread:
+    """A long-lived thread running an event loop for plugin coroutines."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="plugins", daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class PluginThreadHost:
+    """Runs plugins on a PluginThread, replacing it when a plugin does not stop."""
+
+    def __init__(self) -> None:
+        self.thread = PluginThread()
+
+    async def ready(self) -> None:
+        """Nothing to wait for: the thread is there."""
+
+    async def execute(self, plugin: ComputeModule, job: JobRecord, params: Any,
+                      report: Callable[[int], None]) -> Any:
+        """The plugin's result; what it raises is raised here.
+
+        Cancelling the calling task cancels the plugin, waits up to STOP_GRACE for it to stop,
+        and abandons its thread if it does not.
+        """
+        worker_loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+
+        async def run() -> Any:
+            try:
+                return await plugin.execute(job.to_job(), params, report)
+            finally:
+                worker_loop.call_soon_threadsafe(stopped.set)
+
+        future = self.thread.submit(run())
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            try:
+                await asyncio.wait_for(stopped.wait(), STOP_GRACE)
+            except TimeoutError:
+                log.warning("plugin did not stop; leaving its thread behind and starting a new one")
+                self.thread.stop()
+                self.thread = PluginThread()
+            raise
+
+    def close(self) -> None:
+        self.thread.stop()
