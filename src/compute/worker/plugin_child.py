@@ -3,7 +3,8 @@ as long as the worker keeps it, so models and ONNX sessions load once per proces
 
 It starts in a process group of its own (the worker kills it and the ffmpeg/exiftool it started
 in one call), dies with the worker (parent-death signal), ignores Ctrl-C (the worker decides
-when to stop), and caps its own address space (RLIMIT_AS) before it loads any plugin.
+when to stop), caps its own address space (RLIMIT_AS) before it loads any plugin, and loads the
+models of its tasks before it says it is ready.
 
 Messages, over one pipe: the worker sends (task_type, job, params); the child answers
 ("ready",) once, then per job any number of ("progress", percent) and one of
@@ -27,6 +28,7 @@ from cl_ml_tools import ComputeModule
 from compute import deathsignal
 from compute.config import Settings
 from compute.plugins import environment
+from compute.plugins.registry import unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ def main(conn: Connection, settings: Settings, tasks: dict[str, ComputeModule],
     environment.configure(settings)
     for setup in setups:
         setup()
+    for task in tasks.values():
+        unavailable_reason(task)  # loads a model-backed task's model now, before any job's clock
     asyncio.run(_serve(conn, tasks, limit))
 
 

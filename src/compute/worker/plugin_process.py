@@ -33,6 +33,7 @@ from cl_ml_tools import ComputeModule
 from compute.config import Settings
 from compute.db.repository import JobRecord
 from compute.errors import ConfigError
+from compute.plugins import models
 from compute.worker import plugin_child
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class PluginProcess:
                 f"({type(exc).__name__}: {exc}); use PLUGIN_ISOLATION=thread") from None
         self.settings = settings
         self.tasks = tasks
+        # The worker process runs no plugin now: the sessions its availability check loaded
+        # would only hold memory (each child loads its own).
+        models.forget()
         self._context = multiprocessing.get_context("spawn")
         self._child: _Child | None = None
         #: Children started so far (the first, and one after each kill or crash).
