@@ -93,6 +93,7 @@ class Worker:
         self.wake.set()
 
     async def run(self) -> None:
+        self.runner.host.warm_up()
         side = [asyncio.create_task(self.outbox.run(), name="outbox"),
                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
                 asyncio.create_task(self._extend_leases(), name="leases")]

@@ -41,7 +41,7 @@ def memory_limit_reason(limit_mb: int) -> str:
 
 def main(conn: Connection, settings: Settings, tasks: dict[str, ComputeModule],
          setups: Sequence[Callable[[], None]]) -> None:
-    """The child's entry point (a multiprocessing target, started with `spawn`)."""
+    """The child's entry point (a multiprocessing target, forked by the fork server)."""
     os.setpgid(0, 0)
     deathsignal.die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -65,14 +65,14 @@ async def _serve(conn: Connection, tasks: dict[str, ComputeModule], limit_mb: in
         with lock:
             conn.send(message)
 
-    send(("ready",))
-    while True:
-        try:
+    try:
+        send(("ready",))
+        while True:
             task_type, job, params = conn.recv()
-        except EOFError:  # the worker closed the pipe: it is stopping
-            return
-        send(await _run(tasks[task_type], job, params, lambda percent: send(("progress", percent)),
-                        limit_mb))
+            send(await _run(tasks[task_type], job, params, lambda percent: send(("progress", percent)),
+                            limit_mb))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the worker closed the pipe: it is stopping, or gone
 
 
 async def _run(plugin: ComputeModule, job: Any, params: Any, report: Callable[[int], None],

@@ -47,6 +47,9 @@ class PluginThreadHost:
     def __init__(self) -> None:
         self.thread = PluginThread()
 
+    def warm_up(self) -> None:
+        """Nothing to prepare: the thread is there."""
+
     async def ready(self) -> None:
         """Nothing to wait for: the thread is there."""
 

@@ -30,6 +30,9 @@ from compute.worker.results import ResultOutbox
 log = logging.getLogger(__name__)
 
 class PluginHost(Protocol):
+    def warm_up(self) -> None:
+        """Get ready for the next job in the background (a plugin process starts)."""
+
     async def ready(self) -> None:
         """Wait until the host can start a plugin at once (a fresh process is set up)."""
 
