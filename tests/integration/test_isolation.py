@@ -58,7 +58,7 @@ def add_job(server: Server, timeout: float | None = None, **params: Any) -> str:
     job_id = str(uuid.uuid4())
     token = job_timeout.set(timeout)
     try:
-        server.app.state.repo.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params=params))
+        server.services.submitter.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params=params))
     finally:
         job_timeout.reset(token)
     return job_id
@@ -102,7 +102,7 @@ async def test_a_cancel_kills_a_plugin_that_ignores_it_and_the_worker_runs_the_n
     output = await next_job_completes(once)
     assert output["pid"] != pid and gone(pid)
     assert host.started == 2
-    record = once.app.state.repo.get(stuck)
+    record = once.services.repo.get(stuck)
     assert record is not None and record.status == "cancelled"
     assert running.worker.jobs_run == 2
 
