@@ -393,6 +393,33 @@ async def test_background_database_work_never_stalls_the_loop(settings: Settings
         assert (await server.job(job_id))["status"] == "queued"
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite WAL never blocks a read
+async def test_reads_behind_a_lock_wait_off_the_loop(settings: Settings) -> None:
+    """PostgreSQL's ACCESS EXCLUSIVE lock (a migration, VACUUM FULL, an operator's LOCK TABLE)
+    stops reads too. The look-up after a verified Last Will and the queue summary read on a
+    thread: while they wait, the server answers, and they finish once the lock goes."""
+    parsed = make_url(settings.database_url)
+    async with running_server(replace(settings, lease_seconds=2.0)) as server:  # a short grace
+        await server.submit()
+        rescuer, queues = server.services.rescuer, server.services.queues
+        import psycopg
+
+        with psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username,
+                             dbname=parsed.database) as pg:
+            # Ended by the database after 20 s: a look-up stuck on the loop cannot hold the test for ever.
+            pg.execute("SET idle_in_transaction_session_timeout = '20s'")
+            pg.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            rescuer.worker_lost("w-gone", "s-gone")  # what a verified Last Will does
+            queues.mark_dirty()
+            await wait_for(lambda: not queues.dirty, what="the queue summary started")
+            assert (await server.client.get("/")).status_code == 200
+            pg.execute("SELECT 1")  # the lock was held all along (a timed-out session raises here)
+            assert rescuer.checks == 0  # the Will's look-up still waits, off the loop
+            pg.rollback()
+        await wait_for(lambda: rescuer.checks == 1, timeout=10, what="the Will's look-up done")
+        assert (await server.client.get("/")).status_code == 200
+
+
 async def _database_state(server: Server) -> bool:
     return bool((await server.client.get("/")).json()["database"] == "ok")
 

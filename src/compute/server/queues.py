@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from compute.bus.base import Bus
-from compute.db.repository import JobRepository
+from compute.db.repository import JobRepository, QueueSummary
 from compute.jobs import now_ms
 from compute.server.dbcalls import LoopHop
 from compute.topics import QueueState, Topics, encode
@@ -52,14 +52,18 @@ class QueueReporter:
                 pass
             self._dirty.clear()
             try:
-                self.publish_now()
+                # Read on a thread: a stalled database must not stall the event loop.
+                self._publish(await asyncio.to_thread(self.repo.queue_summary))
             except Exception:
                 log.exception("queue summary failed")
             await asyncio.sleep(MIN_INTERVAL)
 
     def publish_now(self) -> None:
+        self._publish(self.repo.queue_summary())
+
+    def _publish(self, summary: list[QueueSummary]) -> None:
         now = now_ms()
-        current = {s.task_type: s for s in self.repo.queue_summary()}
+        current = {s.task_type: s for s in summary}
         self._waiting = any(s.queued for s in current.values())
         for task_type in set(current) | set(self._last):
             s = current.get(task_type)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from compute.db.transitions import JobTransitions, LeaseSnapshot, Rescued, stall_grace
+from compute.db.transitions import JobTransitions, Rescued, stall_grace
 from compute.jobs import JobStatus
 from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
@@ -50,22 +50,24 @@ class Rescuer:
         if self._pending >= MAX_PENDING_CHECKS:
             limited.warning("too many wills", "too many Last Wills at once; the lease sweep handles the rest")
             return
-        try:
-            snapshot = self.transitions.session_leases(worker_id, session)
-        except Exception:
-            limited.exception("will lookup", "could not read the claims of a lost worker; the lease "
-                                             "sweep will rescue them")
-            return
         self._pending += 1
-        reason = f"worker {worker_id} went offline"
-        task = asyncio.create_task(self._check(snapshot, reason), name="will-check")
+        task = asyncio.create_task(self._check(worker_id, session), name="will-check")
         self._checking.add(task)
         task.add_done_callback(self._checking.discard)
 
-    async def _check(self, snapshot: LeaseSnapshot, reason: str) -> None:
+    async def _check(self, worker_id: str, session: str) -> None:
+        # Both database calls run on a thread, like the sweep's: a stalled database must not
+        # stall the event loop (HTTP, MQTT keepalives).
         try:
+            try:
+                # The session's claims and their leases as the Will arrives.
+                snapshot = await asyncio.to_thread(self.transitions.session_leases, worker_id, session)
+            except Exception:
+                limited.exception("will lookup", "could not read the claims of a lost worker; the "
+                                                 "lease sweep will rescue them")
+                return
             await asyncio.sleep(self.grace)
-            # On a thread, like the sweep: a locked database must not stall the event loop.
+            reason = f"worker {worker_id} went offline"
             self._announce(await asyncio.to_thread(self.transitions.rescue_stalled, snapshot, reason))
         except Exception:
             limited.exception("will rescue", "rescue after a Last Will failed; the lease sweep will retry")

@@ -186,8 +186,15 @@ class WorkerRegistry:
 
     def refresh(self) -> None:
         """Drop workers whose session the database says stopped, or which fell silent."""
-        listed = {worker_id: info["session"] for worker_id, info in self.workers.items()}
-        rows = self.sessions.get_many(list(listed.values()))
+        listed = self._listed()
+        self._refreshed(listed, self.sessions.get_many(list(listed.values())))
+
+    def _listed(self) -> dict[str, str]:
+        return {worker_id: info["session"] for worker_id, info in self.workers.items()}
+
+    def _refreshed(self, listed: dict[str, str], rows: dict[str, WorkerSession]) -> None:
+        # Read before messages that came meanwhile: judge only workers whose session is unchanged.
+        listed = {w: s for w, s in listed.items() if w in self.workers and self.workers[w]["session"] == s}
         now = now_ms()
         for worker_id, session in listed.items():
             row = rows.get(session)
@@ -203,7 +210,10 @@ class WorkerRegistry:
         while True:
             await asyncio.sleep(self.refresh_interval)
             try:
-                self.refresh()
+                # Read on a thread: a stalled database must not stall the event loop.
+                listed = self._listed()
+                rows = await asyncio.to_thread(self.sessions.get_many, list(listed.values()))
+                self._refreshed(listed, rows)
             except Exception:
                 limited.exception("refresh", "could not check worker sessions; trying again later")
             limited.flush()
