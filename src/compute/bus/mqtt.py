@@ -63,6 +63,11 @@ class MqttBus:
         self.connects = 0
         self.handler_errors = 0
 
+    @property
+    def settings(self) -> Settings:
+        """The settings it connects with (its deployment's topic names among them)."""
+        return self._settings
+
     # -- Bus protocol ----------------------------------------------------------------------
 
     @property
@@ -168,6 +173,11 @@ class MqttBus:
             failures, backoff = 0, BACKOFF_FIRST
             self.connects += 1
             self._client = client
+            if self._closing:
+                # close() came while connecting. Python 3.11's wait_for can swallow the cancel
+                # it sent when the connect completes at the same moment; without this check
+                # the supervisor would wait on the new link forever and close() with it.
+                return
             for topic_filter, qos, _ in self._subs:
                 client.subscribe(topic_filter, qos=qos)
             self._connected.set()
