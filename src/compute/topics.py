@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from compute.jobs import EventType, JobEvent
 
@@ -18,7 +18,10 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_INFO_BYTES = 8 * 1024
 #: Most task types one worker may announce.
 MAX_TASKS = 64
-ONLINE, OFFLINE = "online", "offline"
+ONLINE: Final = "online"
+OFFLINE: Final = "offline"
+#: The plain-text payload of the `status` topics.
+Presence = Literal["online", "offline"]
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
@@ -33,10 +36,35 @@ class JobAvailable(TypedDict):
     timestamp: int
 
 
+class _JobEventOptional(TypedDict, total=False):
+    #: `failed` only: true for an exception, crash or timeout (retried while attempts remain).
+    retryable: bool
+    #: `completed` only: the plugin's result.
+    task_output: dict[str, Any]
+    #: `failed` only: why.
+    error: str
+
+
+class JobEventMessage(_JobEventOptional):
+    """A worker's event about its claim, on `<root>/events/<task>/<job_id>`; `sig` is keyed by the
+    claim's lease token. (The optional fields sit in a `total=False` base: Python 3.11 does not
+    see `NotRequired` under `from __future__ import annotations`.)"""
+
+    job_id: str
+    task_type: str
+    worker_id: str
+    event: EventType
+    progress: int
+    timestamp: int
+    attempt: int
+    seq: int
+    sig: str
+
+
 class WorkerInfo(TypedDict):
     worker_id: str
     session: str
-    #: "online", or "offline" in the Last Will (which carries only worker_id, session, state, timestamp).
+    #: "online", or "offline" when parsed from a Last Will (see WorkerWill).
     state: str
     tasks: list[str]
     idle: bool
@@ -45,6 +73,17 @@ class WorkerInfo(TypedDict):
     started_at: int
     timestamp: int
     #: HMAC-SHA256 keyed by the session's secret (signing.info_signature); "" when missing.
+    sig: str
+
+
+class WorkerWill(TypedDict):
+    """The main connection's Last Will on `info`: this session is gone. Signed like an `info`
+    over the fields it has (and `[]`, `0`, `""`, `0`, `0` for those it leaves out)."""
+
+    worker_id: str
+    session: str
+    state: Literal["offline"]
+    timestamp: int
     sig: str
 
 
@@ -233,18 +272,10 @@ def parse_job_event(raw: bytes) -> JobEvent:
     )
 
 
-def job_event_payload(ev: JobEvent, task_type: str) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "job_id": ev.job_id,
-        "task_type": task_type,
-        "worker_id": ev.worker_id,
-        "event": ev.event.value,
-        "progress": ev.progress,
-        "timestamp": ev.timestamp,
-        "attempt": ev.attempt,
-        "seq": ev.seq,
-        "sig": ev.sig,
-    }
+def job_event_payload(ev: JobEvent, task_type: str) -> JobEventMessage:
+    payload = JobEventMessage(job_id=ev.job_id, task_type=task_type, worker_id=ev.worker_id,
+                              event=ev.event, progress=ev.progress, timestamp=ev.timestamp,
+                              attempt=ev.attempt, seq=ev.seq, sig=ev.sig)
     if ev.retryable:
         payload["retryable"] = True
     if ev.task_output is not None:

@@ -1,5 +1,6 @@
 """Helpers of the integration tests: an ES256 key pair and bearer tokens to sign in with, jobs
-stored directly."""
+stored directly, and the check of every payload published through MqttBus against the AsyncAPI
+document."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from sqlalchemy import update
 
 from compute.config import Settings
 from compute.db.models import jobs_table
+from tests.asyncapi_check import published_payloads_follow_asyncapi
 from tests.conftest import Server
+
+__all__ = ["published_payloads_follow_asyncapi"]
 
 SigningKey = tuple[bytes, Path]
 

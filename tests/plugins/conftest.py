@@ -18,7 +18,11 @@ import pytest
 
 from compute.config import Settings
 from compute.plugins import environment, models
+from tests.asyncapi_check import published_payloads_follow_asyncapi
 from tests.conftest import BrokerInfo, Server, make_settings
+
+#: Every payload the plugins' jobs make the system publish is checked against the AsyncAPI document.
+__all__ = ["published_payloads_follow_asyncapi"]
 
 
 @pytest.fixture

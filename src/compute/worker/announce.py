@@ -30,7 +30,7 @@ import uuid
 from compute.bus.base import Bus
 from compute.jobs import now_ms
 from compute.signing import info_signature
-from compute.topics import OFFLINE, ONLINE, LegacyCapability, Topics, WorkerInfo, encode
+from compute.topics import OFFLINE, ONLINE, LegacyCapability, Topics, WorkerInfo, WorkerWill, encode
 
 #: Repairs of the worker's own retained topics at most this often (seconds).
 REPAIR_INTERVAL = 1.0
@@ -49,8 +49,8 @@ def offline_will(worker_id: str, session: str, secret: str) -> bytes:
     """The main connection's Last Will: this session is gone. Signed like an `info`."""
     will = WorkerInfo(worker_id=worker_id, session=session, state=OFFLINE, tasks=[], idle=False,
                       hostname="", pid=0, started_at=0, timestamp=now_ms(), sig="")
-    return encode({"worker_id": worker_id, "session": session, "state": OFFLINE,
-                   "timestamp": will["timestamp"], "sig": info_signature(secret, will)})
+    return encode(WorkerWill(worker_id=worker_id, session=session, state=OFFLINE,
+                             timestamp=will["timestamp"], sig=info_signature(secret, will)))
 
 
 class Announcer:
