@@ -25,17 +25,10 @@ import httpx
 from compute import deathsignal
 from compute.config import Settings, load_settings
 from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
+from compute.logs import setup_logging
 from compute.worker.identity import WorkerSlot, claim_slot
 
 log = logging.getLogger("compute")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # gmqtt and amqtt narrate every packet at INFO.
-    for noisy in ("gmqtt", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _schema_problem(database_url: str) -> str | None:
@@ -144,7 +137,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(overrides=overrides)
     except ConfigError as exc:
         return _fail(str(exc))
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
 
     missing = _schema_problem(settings.database_url)
@@ -158,6 +151,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     # uvicorn shuts down on SIGTERM, then raises the signal again to the handler it found:
     # with the default one the process would die before stopping its workers.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # JSON logs: uvicorn's loggers keep no handlers of their own and reach the root's JSON one.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     try:
         if args.reload:
             # uvicorn --reload builds the app in a subprocess, from the environment
@@ -165,7 +160,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             os.environ.update(overrides)
             uvicorn.run("compute.cli:app_from_env", factory=True, host=args.host, port=args.port,
                         reload=True, log_level=settings.log_level.lower(),
-                        http="compute.cli:http_protocol_from_env")
+                        http="compute.cli:http_protocol_from_env", log_config=log_config)
         else:
             from compute.server.app import create_app
             from compute.server.serving import StreamClosingServer, http_protocol
@@ -176,7 +171,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                 return _fail(str(exc))
             config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
                                     loop="uvloop", http=http_protocol(settings.header_read_timeout),
-                                    access_log=False)
+                                    access_log=False, log_config=log_config)
             StreamClosingServer(config, app.state.services.changes.close).run()
     finally:
         if workers is not None:
@@ -285,7 +280,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
             settings = dataclasses.replace(settings, worker_id=slot.worker_id)
     except (ComputeError, ValueError, OSError) as exc:
         return _fail(str(exc))
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(_run_worker(settings))
 
 

@@ -103,6 +103,10 @@ class Settings:
     worker_tasks: tuple[str, ...] | None = None
     server_url: str = "http://127.0.0.1:8002"
     log_level: str = "INFO"
+    #: "text" (default) or "json": one JSON object per line, with job_id / worker_id fields.
+    log_format: str = "text"
+    #: When set, GET /metrics wants `Authorization: Bearer <token>`; open otherwise.
+    metrics_token: str | None = None
 
     @property
     def broker_host(self) -> str:
@@ -176,6 +180,13 @@ def _mqtt_version(env: Mapping[str, str]) -> int:
     if version not in (4, 5):
         raise ConfigError(f"MQTT_VERSION must be 4 (MQTT 3.1.1) or 5, got {env['MQTT_VERSION']!r}")
     return version
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    value = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if value not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {env['LOG_FORMAT']!r}")
+    return value
 
 
 PLUGIN_ISOLATION_MODES = ("process", "thread")
@@ -279,6 +290,8 @@ def load_settings(env: Mapping[str, str] | None = None,
         else None,
         server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        log_format=_log_format(env),
+        metrics_token=env.get("METRICS_TOKEN") or None,
     )
 
 

@@ -1,18 +1,60 @@
-"""Rate-limited logging for lines that input from the bus can trigger.
+"""Log setup (text or JSON lines) and rate-limited logging for lines that bus input can trigger.
 
 Anyone who can publish on the broker can send junk as fast as the broker forwards it. A warning
 per junk message let a flood grow the server log by 40 MB a minute; `LogLimiter` lets through
 at most `burst` lines per key per `interval` seconds and then one line saying how many it held
 back. Keys are fixed reasons ("malformed job event"), never text taken from a message, so their
 number stays small; past `max_keys` every new key shares one bucket.
+
+`LOG_FORMAT=json` makes every line (ours, uvicorn's, the libraries') one JSON object; what a
+call passes as `extra` (job_id, worker_id ...) becomes fields of it, so a log pipeline can
+filter by job or worker without parsing messages.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Attributes every LogRecord has; anything else on a record came from `extra`.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the `extra` fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Root logging for a command line: text lines, or JSON lines with `fmt="json"`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # gmqtt and amqtt narrate every packet at INFO.
+    for noisy in ("gmqtt", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 BURST = 5
 INTERVAL = 60.0  # seconds
@@ -40,8 +82,10 @@ class LogLimiter:
         #: Lines held back since start, per key (for tests and health checks).
         self.suppressed_total = 0
 
-    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
-        """Log unless `key` used up its burst in this interval; True when the line was written."""
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False,
+            extra: Mapping[str, object] | None = None) -> bool:
+        """Log unless `key` used up its burst in this interval; True when the line was written.
+        `extra`: fields for structured (JSON) logs, e.g. job_id and worker_id."""
         if not self.logger.isEnabledFor(level):
             return False
         now = time.monotonic()
@@ -58,17 +102,17 @@ class LogLimiter:
             self.suppressed_total += 1
             return False
         window.logged += 1
-        self.logger.log(level, msg, *args, exc_info=exc_info)
+        self.logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return True
 
-    def warning(self, key: str, msg: str, *args: Any) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
+    def warning(self, key: str, msg: str, *args: Any, extra: Mapping[str, object] | None = None) -> bool:
+        return self.log(logging.WARNING, key, msg, *args, extra=extra)
 
-    def info(self, key: str, msg: str, *args: Any) -> bool:
-        return self.log(logging.INFO, key, msg, *args)
+    def info(self, key: str, msg: str, *args: Any, extra: Mapping[str, object] | None = None) -> bool:
+        return self.log(logging.INFO, key, msg, *args, extra=extra)
 
-    def exception(self, key: str, msg: str, *args: Any) -> bool:
-        return self.log(logging.ERROR, key, msg, *args, exc_info=True)
+    def exception(self, key: str, msg: str, *args: Any, extra: Mapping[str, object] | None = None) -> bool:
+        return self.log(logging.ERROR, key, msg, *args, exc_info=True, extra=extra)
 
     def flush(self, level: int = logging.WARNING) -> None:
         """Write the summaries of every finished interval that held lines back."""

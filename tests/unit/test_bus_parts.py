@@ -27,6 +27,7 @@ from compute.server.cancel import Canceller
 from compute.server.changes import ChangeFeed
 from compute.server.dispatch import Dispatcher
 from compute.server.ingest import EventIngest
+from compute.server.metrics import ServerMetrics
 from compute.server.queues import QueueReporter
 from compute.server.rescue import Rescuer
 from compute.server.submit import JobSubmitter
@@ -322,7 +323,8 @@ def make_ingest(repo: JobRepository, bus: FakeBus) -> tuple[EventIngest, list[st
     transitions = JobTransitions(repo.engine, repo.policies)
     queues = QueueReporter(bus, T, repo)
     dispatcher = RequeueRecorder(bus, queues)
-    return EventIngest(transitions, bus, T, dispatcher, queues), dispatcher.requeued
+    return EventIngest(transitions, bus, T, dispatcher, queues,
+                       metrics=ServerMetrics()), dispatcher.requeued
 
 
 def claim_one(repo: JobRepository, job_id: str = "j1") -> JobRecord:
@@ -502,7 +504,7 @@ async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_res
         repo: JobRepository, bus: FakeBus, queues: QueueReporter) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
     dispatcher = Dispatcher(bus, T, queues, unheard())
-    rescuer = Rescuer(transitions, dispatcher, queues, lease_seconds=0.6)
+    rescuer = Rescuer(transitions, dispatcher, queues, lease_seconds=0.6, metrics=ServerMetrics())
     alive, dead = claim_one(repo, "alive"), claim_one(repo, "dead")
     rescuer.worker_lost("w1", "s1")  # a verified Will for the session of both
     assert repo.get("dead").status == "processing"  # type: ignore[union-attr]  # not at once
@@ -528,7 +530,8 @@ async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBu
     repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=0)))
     queues = QueueReporter(bus, T, repo)
     dispatcher = Dispatcher(bus, T, queues, unheard())
-    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60)
+    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60,
+                      metrics=ServerMetrics())
     repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None
     assert [r.status for r in rescuer.sweep()] == ["failed"]

@@ -55,6 +55,9 @@ class Outcome:
     retry_at: int | None = None
     #: The claim's lease token, for signing the confirmation (verified events only).
     lease_token: str | None = None
+    #: The job's creation and the claim's start (ms), for the pickup and run-time metrics.
+    created_at: int | None = None
+    started_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def stall_grace(lease_seconds: float) -> float:
 
 _COLUMNS = (jobs.c.job_id, jobs.c.task_type, jobs.c.status, jobs.c.progress, jobs.c.attempt,
             jobs.c.max_retries, jobs.c.lease_token, jobs.c.event_seq, jobs.c.attempt_errors,
-            jobs.c.worker_id, jobs.c.priority)
+            jobs.c.worker_id, jobs.c.priority, jobs.c.created_at, jobs.c.started_at)
 
 
 class JobTransitions:
@@ -179,7 +182,7 @@ class JobTransitions:
         elif ev.event is EventType.FAILED:
             retry_at = self._fail(row, values, ev.error or "unknown error", ev.retryable, happened)
         return Outcome(ev, Verdict.APPLIED, row["status"], task_type=task_type, retry_at=retry_at,
-                       lease_token=row["_token"])
+                       lease_token=row["_token"], created_at=row["created_at"], started_at=row["started_at"])
 
     def _fail(self, row: dict[str, Any], values: dict[str, Any], error: str, retryable: bool,
               now: int) -> int | None:

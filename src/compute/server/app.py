@@ -14,8 +14,9 @@ from compute.config import Settings
 from compute.plugins import environment as plugin_environment
 from compute.server.errors import install_error_handlers
 from compute.server.limits import RequestBodyGuard
+from compute.server.metrics import HttpMetrics
 from compute.server.plugin_routes import plugin_router
-from compute.server.routes import admin, dashboard, events, health, jobs, listing, tasks
+from compute.server.routes import admin, asyncapi, dashboard, events, health, jobs, listing, metrics, tasks
 from compute.server.routes import queues as queue_routes
 from compute.server.services import build_services, running
 
@@ -42,6 +43,8 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     # Bodies are counted and timed while they stream (413, 408), chunked ones too.
     app.add_middleware(RequestBodyGuard, max_body_bytes=settings.max_upload_bytes + UPLOAD_SLACK,
                        idle_timeout=settings.upload_idle_timeout)
+    # Outermost: times every request, those the body guard refuses included.
+    app.add_middleware(HttpMetrics, metrics=services.metrics)
     install_error_handlers(app)
 
     app.include_router(health.router)
@@ -54,5 +57,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(events.router)
     app.include_router(queue_routes.router)
+    app.include_router(asyncapi.router)
+    app.include_router(metrics.router)
     dashboard.install(app)
     return app

@@ -21,6 +21,7 @@ from compute.db.transitions import JobTransitions, Outcome, Verdict
 from compute.jobs import EventType, JobEvent, JobStatus, now_ms
 from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
+from compute.server.metrics import ServerMetrics
 from compute.server.queues import QueueReporter
 from compute.signing import confirmation_signature
 from compute.topics import Confirmation, MalformedMessage, Topics, encode, parse_job_event
@@ -36,8 +37,9 @@ _TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 class EventIngest:
     def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics, dispatcher: Dispatcher,
-                 queues: QueueReporter) -> None:
+                 queues: QueueReporter, *, metrics: ServerMetrics) -> None:
         self.transitions = transitions
+        self.metrics = metrics
         self.bus = bus
         self.topics = topics
         self.dispatcher = dispatcher
@@ -56,7 +58,8 @@ class EventIngest:
                 raise MalformedMessage(f"topic names job {job_id}, payload {event.job_id}")
         except (MalformedMessage, ValueError) as exc:
             self.rejected["malformed"] += 1
-            limited.warning("malformed", "dropped malformed job event on %s: %s", topic[:200], str(exc)[:200])
+            limited.warning("malformed", "dropped malformed job event on %s: %s", topic[:200], str(exc)[:200],
+                            extra={"topic": topic[:200]})
             return
         try:
             self.queue.put_nowait(event)
@@ -84,13 +87,15 @@ class EventIngest:
 
     def _handle(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Counters, CL Server events, requeue hints and confirmations for applied events."""
+        self.metrics.events_applied(outcomes)
         changed = False
         for outcome in outcomes:
             ev = outcome.event
             if outcome.verdict is Verdict.REJECTED:
                 self.rejected[outcome.reason] += 1
                 limited.warning(outcome.reason, "dropped %s event for job %s from %s: %s", ev.event.value,
-                                ev.job_id[:100], ev.worker_id[:100], outcome.reason)
+                                ev.job_id[:100], ev.worker_id[:100], outcome.reason,
+                                extra={"job_id": ev.job_id[:100], "worker_id": ev.worker_id[:100]})
                 continue
             if outcome.verdict is Verdict.APPLIED:
                 self.applied += 1

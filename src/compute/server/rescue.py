@@ -20,6 +20,7 @@ from compute.db.transitions import JobTransitions, Rescued, stall_grace
 from compute.jobs import JobStatus
 from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
+from compute.server.metrics import ServerMetrics
 from compute.server.queues import QueueReporter
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ MAX_PENDING_CHECKS = 1024
 
 class Rescuer:
     def __init__(self, transitions: JobTransitions, dispatcher: Dispatcher, queues: QueueReporter,
-                 lease_seconds: float) -> None:
+                 lease_seconds: float, *, metrics: ServerMetrics) -> None:
         self.transitions = transitions
+        self.metrics = metrics
         self.dispatcher = dispatcher
         #: Check for expired leases this often: a quarter of the lease, between 1 and 15 s.
         self.interval = min(15.0, max(1.0, lease_seconds / 4))
@@ -76,6 +78,7 @@ class Rescuer:
             self.checks += 1
 
     def _announce(self, jobs: list[Rescued]) -> None:
+        self.metrics.jobs_rescued(jobs)
         for job in jobs:
             self.rescued += 1
             self.dispatcher.job_changed(job.job_id, job.status, task_type=job.task_type)

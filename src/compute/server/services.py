@@ -27,6 +27,7 @@ from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine, ping
 from compute.db.transitions import JobTransitions
 from compute.db.workers import WorkerSessions, server_client_ids
+from compute.plugins.registry import route_factories
 from compute.ratelimit import KeyedLimiter
 from compute.server.actions import JobActions
 from compute.server.aging import PriorityAging
@@ -38,6 +39,7 @@ from compute.server.dispatch import Dispatcher
 from compute.server.forget import WorkerForgetter
 from compute.server.guest import GuestMode
 from compute.server.ingest import EventIngest
+from compute.server.metrics import ServerMetrics
 from compute.server.orphans import OrphanSweeper
 from compute.server.pause import TaskPauses
 from compute.server.queues import QueueReporter
@@ -95,6 +97,8 @@ class Services:
     aging: PriorityAging
     #: Paused task types (in the database; the retained flag mirrors them).
     pauses: TaskPauses
+    #: What GET /metrics exposes; the ingest and the rescuer observe into it.
+    metrics: ServerMetrics
 
 
 def build_services(settings: Settings) -> Services:
@@ -127,7 +131,9 @@ def build_services(settings: Settings) -> Services:
                          max_subscribers=settings.sse_max_clients)
     dispatcher = Dispatcher(safe_bus, topics, queues, changes)
     transitions = JobTransitions(engine, settings.task_policies)
-    rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds)
+    # Every installed task type is reported, with zeros while it has no jobs.
+    metrics = ServerMetrics(sorted(route_factories()))
+    rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds, metrics=metrics)
     # The routes' changes wait for the database only as long as a request may.
     route_transitions = JobTransitions(route_engine, settings.task_policies)
     pauses = TaskPauses(PausedTasks(route_engine), safe_bus, topics, dispatcher)
@@ -147,7 +153,7 @@ def build_services(settings: Settings) -> Services:
         canceller=Canceller(route_transitions, safe_bus, topics, dispatcher, queues),
         actions=JobActions(route_transitions, dispatcher, queues),
         rescuer=rescuer,
-        ingest=EventIngest(transitions, bus, topics, dispatcher, queues),
+        ingest=EventIngest(transitions, bus, topics, dispatcher, queues, metrics=metrics),
         registry=WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer, listen=presence_bus,
                                 heartbeat_interval=settings.heartbeat_interval),
         orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
@@ -159,6 +165,7 @@ def build_services(settings: Settings) -> Services:
         forgetter=WorkerForgetter(engine, bus, topics, settings.worker_forget_after),
         aging=PriorityAging(engine, settings.priority_aging_seconds, queues.mark_dirty),
         pauses=pauses,
+        metrics=metrics,
     )
 
 

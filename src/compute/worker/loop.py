@@ -84,7 +84,8 @@ class Worker:
             limited.warning("unverified cancel", "ignored a cancel request for job %s: not signed for the "
                             "running claim", request["job_id"][:100])
             return
-        log.info("job %s: cancelled by the server", request["job_id"])
+        log.info("job %s: cancelled by the server", request["job_id"],
+                 extra={"job_id": request["job_id"], "worker_id": self.worker_id})
         self.runner.cancel(request["job_id"])
 
     def stop(self) -> None:
@@ -192,7 +193,8 @@ class Worker:
             pending = self.outbox.held_leases()
             try:
                 if running and not self.repo.extend_leases(running, self.settings.lease_ms):
-                    log.warning("job %s: lease lost (rescued or cancelled); stopping it", running[0][0])
+                    log.warning("job %s: lease lost (rescued or cancelled); stopping it", running[0][0],
+                                extra={"job_id": running[0][0], "worker_id": self.worker_id})
                     self.runner.cancel(running[0][0])
                 if pending:
                     self.repo.extend_leases(pending, self.settings.lease_ms)

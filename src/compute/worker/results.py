@@ -107,7 +107,8 @@ class ResultOutbox:
             [outcome] = self.transitions.apply_events([event])
         except DB_ERRORS as exc:
             limited.warning("db", "job %s: could not write the result (%s); it stays pending", event.job_id,
-                            str(exc).splitlines()[0][:200])
+                            str(exc).splitlines()[0][:200],
+                            extra={"job_id": event.job_id, "worker_id": event.worker_id})
             return False
         except Exception:
             limited.exception("write", "job %s: could not write the result; it stays pending", event.job_id)
@@ -115,7 +116,8 @@ class ResultOutbox:
         self.pending.pop(event.job_id, None)
         self.written_directly += 1
         log.info("job %s: result written to the database by the worker (%s%s)", event.job_id,
-                 outcome.verdict.value, f": {outcome.reason}" if outcome.reason else "")
+                 outcome.verdict.value, f": {outcome.reason}" if outcome.reason else "",
+                 extra={"job_id": event.job_id, "worker_id": event.worker_id})
         if outcome.verdict is Verdict.APPLIED and outcome.status is not None:
             # The server never saw this change: tell CL Server clients ourselves (best effort).
             legacy = LegacyJobEvent(job_id=event.job_id, event_type=sdk_status(outcome.status),

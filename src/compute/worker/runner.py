@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -63,6 +64,11 @@ class JobRunner:
         self._job: JobRecord | None = None
         self._cancelled: set[str] = set()
         self._seq: dict[str, int] = {}
+
+    def log_fields(self, job: JobRecord) -> dict[str, object]:
+        """Structured-log fields (`extra`) for lines about a job: JSON logs carry them."""
+        return {"job_id": job.job_id, "worker_id": self.worker_id, "task_type": job.task_type,
+                "attempt": job.attempt}
 
     # -- events ----------------------------------------------------------------------------
 
@@ -121,10 +127,16 @@ class JobRunner:
         """Execute `job`; the terminal event goes to the outbox. None when it was cancelled."""
         self._seq[job.job_id] = 0
         self._job = job
+        fields = self.log_fields(job)
+        log.info("job %s (%s, attempt %d): started", job.job_id, job.task_type, job.attempt, extra=fields)
+        started = time.monotonic()
         try:
             self._publish(job, self._event(job, EventType.STARTED))
             outcome = await self._execute(job)
             if outcome is not None:
+                log.info("job %s: %s in %.0f ms%s", job.job_id, outcome.event.value,
+                         (time.monotonic() - started) * 1000, f" ({outcome.error})" if outcome.error else "",
+                         extra={**fields, "event": outcome.event.value})
                 self.outbox.send(outcome, job.task_type, job.lease_token or "")
             return outcome
         finally:
@@ -149,14 +161,14 @@ class JobRunner:
                                error=f"timed out after {job.timeout_seconds:g} s")
         except asyncio.CancelledError:
             if job.job_id in self._cancelled:
-                log.info("job %s cancelled", job.job_id)
+                log.info("job %s cancelled", job.job_id, extra=self.log_fields(job))
                 return None
             return self._event(job, EventType.FAILED, retryable=True, error="plugin task cancelled")
         except PluginCrashed as exc:  # raised, died or ran out of memory in its process
             log.warning("job %s: plugin %s: %s", job.job_id, job.task_type, exc)
             return self._event(job, EventType.FAILED, retryable=True, error=_without_paths(job, str(exc)))
         except Exception as exc:
-            log.exception("job %s: plugin %s raised", job.job_id, job.task_type)
+            log.exception("job %s: plugin %s raised", job.job_id, job.task_type, extra=self.log_fields(job))
             return self._event(job, EventType.FAILED, retryable=True,
                                error=_without_paths(job, f"{type(exc).__name__}: {exc}"))
         finally:

@@ -1,0 +1,28 @@
+"""GET /asyncapi.json: the AsyncAPI 3.0 document of this deployment's MQTT topics."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from compute import asyncapi
+from compute.config import Settings
+from compute.server.deps import services_of
+from compute.topics import Topics
+
+router = APIRouter()
+
+
+@lru_cache(maxsize=16)
+def _document(settings: Settings) -> dict[str, Any]:
+    return asyncapi.document(Topics.for_settings(settings), f"{settings.broker_host}:{settings.mqtt_port}",
+                             settings.mqtt_version)
+
+
+@router.get("/asyncapi.json", tags=["docs"])
+async def asyncapi_document(request: Request) -> dict[str, Any]:
+    """Every MQTT topic with its payload schema, QoS and retain flag, under this deployment's
+    topic names (topics.md in machine-readable form). Open like `/openapi.json`."""
+    return _document(services_of(request).settings)
