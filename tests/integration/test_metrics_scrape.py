@@ -31,7 +31,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 async def test_metrics_match_the_jobs_that_ran(server: Server, start_worker: WorkerFactory,
                                                probe: MqttProbe) -> None:
     worker = await start_worker(tasks=("image_conversion",))
-    await wait_for(lambda: server.app.state.services.registry.workers, what="the server to list the worker")
+    await wait_for(lambda: server.services.registry.workers, what="the server to list the worker")
     ids = [(await server.submit("image_conversion"))["job_id"] for _ in range(3)]
     for job_id in ids:
         await server.wait_status(job_id, "completed")
