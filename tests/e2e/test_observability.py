@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_cli import Processes, env, procs, run
-from tests.helpers import free_port, png_bytes, wait_for
+from tests.support import free_port, png_bytes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ async def test_json_logs_metrics_and_asyncapi_over_real_processes(procs: Process
         document = (await client.get("/asyncapi.json")).json()
         assert document["asyncapi"] == "3.0.0" and "jobEvent" in document["channels"]
 
-    procs.close()
+    procs.stop()
     log_lines = [line for line in procs.log("server").splitlines() if line.strip()]
     parsed: list[dict[str, Any]] = []
     for line in log_lines:

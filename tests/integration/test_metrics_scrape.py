@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from compute.config import Settings
 from tests.conftest import Server, WorkerFactory, running_server
-from tests.helpers import MqttProbe, ms_now, wait_for
+from tests.support import MqttProbe, ms_now, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
