@@ -3,6 +3,8 @@ product's install does not."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from compute.plugins import registry
@@ -10,10 +12,12 @@ from compute_bench import launch, noop
 
 
 @pytest.fixture(autouse=True)
-def own_registrations(monkeypatch: pytest.MonkeyPatch) -> None:
+def own_registrations(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """In-process registrations are global: keep this test's to itself."""
-    monkeypatch.setattr(registry, "_registered", {})
     monkeypatch.delenv("COMPUTE_BENCH_PROBES", raising=False)
+    registry.unregister(noop.TASK_TYPE)
+    yield
+    registry.unregister(noop.TASK_TYPE)
 
 
 def test_the_product_has_no_bench_plugin() -> None:

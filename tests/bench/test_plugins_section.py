@@ -32,12 +32,11 @@ def photo_only(tmp_path: Path) -> inputs.Inputs:
 def plugin_models(tmp_path: Path) -> Iterator[Path]:
     """The plugins read models from this folder, as a worker with COMPUTE_MODELS_DIR would."""
     folder = tmp_path / "bench-models"
-    saved = environment.current()
-    environment._current = environment.PluginEnvironment(tmp_path / "storage", folder)
+    saved = environment.replace_current(environment.PluginEnvironment(tmp_path / "storage", folder))
     models.forget()
     yield folder
     models.forget()
-    environment._current = saved
+    environment.replace_current(saved)
 
 
 def test_every_plugin_is_measured() -> None:

@@ -143,9 +143,7 @@ async def test_a_dead_workers_will_still_speeds_its_rescue(
         for task in asyncio.all_tasks():
             if task.get_name() == "leases":
                 task.cancel()
-        victim.bus._closing = True
-        victim.bus._task.cancel()  # type: ignore[union-attr]
-        victim.bus._client._connection._transport.abort()  # type: ignore[union-attr]
+        victim.bus.abort()
         await wait_for(lambda: server.services.rescuer.rescued == 1, timeout=LEASE * 3, what="the rescue")
         await events.expect(lambda m: m.topic == server.topics.legacy_events
                             and json.loads(m.payload) == {**json.loads(m.payload), "job_id": job["job_id"],
@@ -344,7 +342,8 @@ async def test_ghost_workers_never_reach_capabilities(
             assert caps == {"num_workers": 1, "capabilities": {"image_conversion": 1, "image_resize": 1}}
             assert list(registry.workers) == [real.settings.worker_id]
             # Nothing of the ghosts stays in memory beyond the bounded negative cache.
-            assert len(registry._unknown) <= NEGATIVE_MAX and len(registry._known) == 1
+            cached = registry.cached_sessions
+            assert cached["unknown"] <= NEGATIVE_MAX and cached["known"] == 1
             assert registry.dropped >= 1000
     finally:  # a shared broker keeps retained messages: clear them (more than one client's queue)
         for i in range(ghosts + 20):

@@ -51,7 +51,7 @@ async def test_resize_end_to_end(server: Server, start_worker: WorkerFactory) ->
 
 async def test_worker_claims_only_its_own_tasks(server: Server, start_worker: WorkerFactory) -> None:
     running = await start_worker(tasks=("image_resize",))
-    subscribed = [f for f, _, _ in running.bus._subs]
+    subscribed = running.bus.subscriptions
     assert running.worker.task_types == ["image_resize"]
     assert server.topics.job_available("image_conversion") not in subscribed
     assert Topics.for_settings(running.settings).job_available("image_resize") in subscribed

@@ -99,9 +99,7 @@ async def test_a_crashed_worker_leaves_through_its_last_will(
                    what="worker registered")
 
     # Kill the link without a DISCONNECT (what a crash looks like to the broker).
-    running.bus._closing = True
-    running.bus._task.cancel()  # type: ignore[union-attr]
-    running.bus._client._connection._transport.abort()  # type: ignore[union-attr]
+    running.bus.abort()
 
     await wait_for(lambda: server.services.registry.capabilities()["num_workers"] == 0,
                    what="the Will to remove the worker")

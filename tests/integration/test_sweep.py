@@ -14,7 +14,7 @@ async def test_without_wake_events_the_sweep_runs_the_job(
     server: Server, start_worker: WorkerFactory
 ) -> None:
     running = await start_worker(wake_events=False, sweep_interval=0.2)
-    assert not any("/jobs/available/" in f for f, _, _ in running.bus._subs)
+    assert not any("/jobs/available/" in f for f in running.bus.subscriptions)
     # Nothing wakes this worker: a second empty pass can only be the sweep timer.
     await wait_for(lambda: running.worker.empty_claims >= 2, what="two idle sweeps")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -31,7 +32,7 @@ from compute.server.metrics import ServerMetrics
 from compute.server.queues import QueueReporter
 from compute.server.rescue import Rescuer
 from compute.server.submit import JobSubmitter
-from compute.server.workers import WorkerRegistry
+from compute.server.workers import LOOKUPS_PER_SECOND, NEGATIVE_MAX, WorkerRegistry
 from compute.signing import (
     confirmation_signature,
     info_signature,
@@ -42,7 +43,7 @@ from compute.signing import (
 from compute.topics import MAX_INFO_BYTES, Topics, WorkerInfo, encode, job_event_payload, parse_worker_info
 from compute.worker.announce import Announcer, offline_will
 from compute.worker.results import ResultOutbox
-from tests.support import signed, wait_for
+from tests.support import signed, wait_for, wait_until
 
 
 class FakeBus:
@@ -241,12 +242,20 @@ def test_registry_memory_stays_bounded_under_ghosts(bus: FakeBus, sessions: Work
     # the negative cache is capped.
     looked_up = reg.rejected["unknown session"]
     assert looked_up + reg.rejected["too many look-ups"] == 2000
-    assert looked_up <= reg._budget.burst + reg._budget.rate * elapsed + 1 and len(reg._unknown) <= 4096
+    burst = 2 * LOOKUPS_PER_SECOND
+    assert looked_up <= burst + LOOKUPS_PER_SECOND * elapsed + 1
+    assert reg.cached_sessions["unknown"] <= NEGATIVE_MAX
     for i in range(5):
         register(sessions, f"real-{i}", f"r{i}")
-    reg._budget.tokens = reg._budget.burst  # the ghosts used the budget up; a second later it is back
+
+    def heard(worker_id: str, session: str) -> bool:
+        """One heartbeat's info; a look-up refused while the ghosts' budget refills is heard again
+        at the next heartbeat, as a real worker's would be."""
+        bus.deliver(T.worker_info(worker_id), info(worker_id, ["image_resize"], True, session))
+        return worker_id in reg.workers
+
     for i in range(5):
-        bus.deliver(T.worker_info(f"real-{i}"), info(f"real-{i}", ["image_resize"], True, f"r{i}"))
+        wait_until(functools.partial(heard, f"real-{i}", f"r{i}"), 5, f"real-{i} registered", interval=0.01)
     assert reg.capabilities()["num_workers"] == 3  # the cap; the longest silent made room
     assert set(reg.workers) == {"real-2", "real-3", "real-4"}
 

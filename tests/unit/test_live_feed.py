@@ -36,7 +36,7 @@ async def received(sub: Subscription, count: int) -> list[JobChange]:
 @contextlib.asynccontextmanager
 async def running(feed: ChangeFeed) -> AsyncIterator[ChangeFeed]:
     task = asyncio.create_task(feed.run())
-    await wait_for(lambda: feed._loop is not None, what="the feed running")
+    await wait_for(lambda: feed.running, what="the feed running")
     try:
         yield feed
     finally:

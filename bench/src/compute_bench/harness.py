@@ -141,13 +141,6 @@ class Processes:
         return "\n".join((self.logs / f"{k}.log").read_text(errors="replace") for k in keys
                          if (self.logs / f"{k}.log").exists())
 
-    def check_alive(self, *names: str) -> None:
-        """ChildProcessError with the log's tail when a process of these names (default: any) ended."""
-        for key, proc in self.started.items():
-            if (not names or key in names) and proc.poll() is not None:
-                tail = self.log(key)[-1500:]
-                raise ChildProcessError(f"{key} exited with {proc.returncode}:\n{tail}")
-
     @staticmethod
     def end(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
         """SIGTERM (after SIGCONT, for a stopped one), then SIGKILL past `timeout`; reaped."""

@@ -119,6 +119,25 @@ class MqttBus:
     def on_connect(self, hook: ConnectHook) -> None:
         self._hooks.append(hook)
 
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """The topic filters this bus subscribes to (again at each connect), in order."""
+        return tuple(topic_filter for topic_filter, _, _ in self._subs)
+
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT and stop for good: what a crash looks like to
+        the broker, which then publishes the Last Will. For tests and tools that play a crash;
+        the process itself keeps running."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        client, self._client = self._client, None
+        self._connected.clear()
+        # gmqtt has no public way to drop a link unannounced: close its transport under it.
+        transport = getattr(getattr(client, "_connection", None), "_transport", None)
+        if transport is not None:
+            transport.abort()
+
     # -- connection ------------------------------------------------------------------------
 
     def _new_client(self, lost: asyncio.Event) -> _Client:

@@ -52,3 +52,11 @@ def configure(settings: Settings) -> None:
 
 def current() -> PluginEnvironment:
     return _current
+
+
+def replace_current(environment: PluginEnvironment) -> PluginEnvironment:
+    """Make `environment` this process's, as it is (configure() builds it from Settings); returns
+    the one it replaces. For tests and tools that run plugins without Settings."""
+    global _current
+    previous, _current = _current, environment
+    return previous

@@ -45,6 +45,11 @@ def register(name: str, task_class: type[ComputeModule], create_router: RouterFa
     _registered[name] = (task_class, create_router)
 
 
+def unregister(name: str) -> None:
+    """Forget what register() added under `name` (nothing if it added nothing)."""
+    _registered.pop(name, None)
+
+
 def _preferred(group: str) -> dict[str, EntryPoint]:
     """Entry points of `group` by name; this project's own win over same-named ones."""
     chosen: dict[str, EntryPoint] = {}

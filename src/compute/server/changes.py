@@ -183,6 +183,11 @@ class ChangeFeed:
 
     # -- fan-out task -----------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """True while run() serves: from then on, changes from other threads reach its loop."""
+        return self._loop is not None
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         try:

@@ -73,6 +73,12 @@ class WorkerRegistry:
     def dropped(self) -> int:
         return sum(self.rejected.values())
 
+    @property
+    def cached_sessions(self) -> dict[str, int]:
+        """Sessions held in memory: `known` (verified, at most twice max_workers) and `unknown`
+        (the negative cache, at most NEGATIVE_MAX): what a flood of ghosts can cost."""
+        return {"known": len(self._known), "unknown": len(self._unknown)}
+
     def _reject(self, reason: str, topic: str) -> None:
         self.rejected[reason] += 1
         limited.warning(reason, "dropped worker info on %s: %s", topic[:200], reason)

@@ -10,8 +10,6 @@ import imagehash
 
 from compute.plugins.media import open_image
 
-#: Digests a client may ask for; sha512 is always computed as well.
-ALGORITHMS = ("sha512", "md5")
 #: Read size for digests: videos are hashed without being held in memory.
 CHUNK_BYTES = 1 << 20
 
