@@ -16,8 +16,8 @@ import uvicorn
 
 from compute.config import Settings
 from tests.conftest import running_server
-from tests.helpers import wait_for
 from tests.integration.test_hostile_http import _idle, uvicorn_serving
+from tests.support import wait_for
 
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
 

@@ -23,7 +23,7 @@ from compute.db.repository import job_timeout
 from compute.policies import Policies, TaskPolicy
 from compute.worker.plugin_process import PluginProcess
 from tests.conftest import RunningWorker, Server, WorkerFactory, running_server
-from tests.helpers import wait_for
+from tests.support import wait_for
 from tests.support.stall import TASK_TYPE, StallTask
 
 #: Seconds a plugin holds its thread in the tests that stop it: far longer than any test.
