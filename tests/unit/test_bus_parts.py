@@ -42,6 +42,7 @@ from compute.signing import (
 )
 from compute.topics import MAX_INFO_BYTES, Topics, WorkerInfo, encode, job_event_payload, parse_worker_info
 from compute.worker.announce import Announcer, offline_will
+from compute.worker.attempt import Attempt
 from compute.worker.results import ResultOutbox
 from tests.support import signed, wait_for, wait_until
 
@@ -400,6 +401,10 @@ def make_outbox(repo: JobRepository, bus: FakeBus) -> ResultOutbox:
     return ResultOutbox(bus, T, JobTransitions(repo.engine, repo.policies), "w1")
 
 
+def attempt_of(outbox: ResultOutbox, job: JobRecord) -> Attempt:
+    return Attempt(job, "w1", outbox.bus, T)
+
+
 def confirmation(job: JobRecord, status: str = "completed", token: str | None = None,
                  attempt: int | None = None) -> bytes:
     attempt = job.attempt if attempt is None else attempt
@@ -410,8 +415,7 @@ def confirmation(job: JobRecord, status: str = "completed", token: str | None = 
 def test_outbox_keeps_results_until_confirmed(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
-                job.lease_token or "")
+    outbox.send(attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={}))
     assert list(outbox.pending) == ["j1"] and len(bus.on(T.job_event("image_resize", "j1"))) == 1
     # Until confirmed, the claim stays the worker's: its lease is renewed with the running job's.
     assert outbox.held_leases() == [("j1", job.lease_token)]
@@ -427,8 +431,7 @@ def test_outbox_keeps_results_until_confirmed(repo: JobRepository, bus: FakeBus)
 def test_outbox_forgets_a_result_only_on_a_verified_confirmation(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
-                job.lease_token or "")
+    outbox.send(attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={}))
     for forged in (b"junk", encode({"job_id": "j1", "attempt": 1, "status": "completed", "timestamp": 1,
                                     "sig": "00" * 32}),
                    confirmation(job, token="f" * 32),  # a guessed token
@@ -452,8 +455,8 @@ def test_outbox_keeps_a_result_the_database_refused_and_writes_it_later(
         raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
 
     monkeypatch.setattr(outbox.transitions, "apply_events", locked)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), "image_resize",
-                job.lease_token or "")
+    outbox.send(attempt_of(outbox, job),
+                signed(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}))
     assert list(outbox.pending) == ["j1"]  # kept: nothing accepted is lost
     monkeypatch.setattr(outbox.transitions, "apply_events", real)
     outbox.check()
@@ -464,10 +467,10 @@ def test_outbox_writes_the_result_itself_when_the_broker_is_gone(repo: JobReposi
     bus = FakeBus()
     outbox = make_outbox(repo, bus)
     j1, j2 = claim_one(repo, "j1"), claim_one(repo, "j2")
-    outbox.send(signed(j1, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), "image_resize",
-                j1.lease_token or "")
+    outbox.send(attempt_of(outbox, j1),
+                signed(j1, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}))
     bus.is_connected = False
-    outbox.send(signed(j2, EventType.FAILED, 1, error="bad"), "image_resize", j2.lease_token or "")
+    outbox.send(attempt_of(outbox, j2), signed(j2, EventType.FAILED, 1, error="bad"))
     assert repo.get("j2").status == "failed"  # type: ignore[union-attr]  # at once, nobody to send to
     outbox.check()  # the broker is down: pending results go to the database
     assert repo.get("j1").status == "completed" and outbox.pending == {}  # type: ignore[union-attr]
@@ -478,8 +481,7 @@ def test_outbox_announces_what_it_wrote_itself(repo: JobRepository, bus: FakeBus
     outbox = make_outbox(repo, bus)
     outbox.confirm_timeout = 0
     job = claim_one(repo)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
-                job.lease_token or "")
+    outbox.send(attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={}))
     outbox.check()  # no confirmation in time: written by the worker, and said on inference/events
     assert [(m["job_id"], m["event_type"], m["progress"]) for m in bus.on(T.legacy_events)] == [
         ("j1", "completed", 100)]
@@ -488,8 +490,7 @@ def test_outbox_announces_what_it_wrote_itself(repo: JobRepository, bus: FakeBus
 def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeBus) -> None:
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
-    outbox.send(signed(job, EventType.COMPLETED, 1, progress=100, task_output={}), "image_resize",
-                job.lease_token or "")
+    outbox.send(attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={}))
     outbox.flush()
     assert repo.get("j1").status == "completed"  # type: ignore[union-attr]
 

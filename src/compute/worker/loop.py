@@ -20,6 +20,7 @@ from compute.db.workers import WorkerSessions
 from compute.logs import LogLimiter
 from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session
+from compute.worker.attempt import Attempt
 from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.results import ResultOutbox
 from compute.worker.runner import JobRunner, plugin_host
@@ -50,9 +51,10 @@ class Worker:
                                    secret)
         transitions = JobTransitions(repo.engine, settings.task_policies)
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
-        self.runner = JobRunner(self.worker_id, tasks, bus, topics, self.outbox,
-                                plugin_host(settings, tasks))
-        self.current: JobRecord | None = None
+        self.runner = JobRunner(tasks, self.outbox, plugin_host(settings, tasks))
+        self.topics = topics
+        #: The claim being run (its lease is renewed, cancel requests must verify for it).
+        self.current: Attempt | None = None
         #: Claim attempts that found nothing (another worker took the job first).
         self.empty_claims = 0
         self.jobs_run = 0
@@ -77,7 +79,8 @@ class Worker:
             self.rejected_cancels += 1
             limited.warning("malformed cancel", "ignored a malformed cancel request: %s", str(exc)[:200])
             return
-        if not self.runner.verified_cancel(request):
+        current = self.current
+        if current is None or not current.verifies_cancel(request):
             # Not for the running claim, or not from the server: a job stops only on the
             # server's word (signed with the lease token) or when its lease is gone.
             self.rejected_cancels += 1
@@ -151,10 +154,10 @@ class Worker:
                     break
                 if ran == 0:  # announce idle/busy on transitions only, not per job
                     self.announcer.set_idle(False)
-                self.current = job
+                self.current = Attempt(job, self.worker_id, self.bus, self.topics)
                 try:
                     # Shielded: a shutdown waits for the job and its result instead of cutting it.
-                    await asyncio.shield(self.runner.run(job))
+                    await asyncio.shield(self.runner.run(self.current))
                 finally:
                     self.current = None
                 ran += 1
@@ -188,8 +191,8 @@ class Worker:
         delay = interval
         while True:
             await asyncio.sleep(delay)
-            job = self.current
-            running = [(job.job_id, job.lease_token)] if job is not None and job.lease_token else []
+            attempt = self.current
+            running = [(attempt.job_id, attempt.lease_token)] if attempt and attempt.lease_token else []
             pending = self.outbox.held_leases()
             try:
                 if running and not self.repo.extend_leases(running, self.settings.lease_ms):

@@ -24,15 +24,8 @@ from compute.bus.base import Bus
 from compute.db.transitions import JobTransitions, Verdict
 from compute.jobs import EventType, JobEvent, now_ms, sdk_status
 from compute.logs import LogLimiter
-from compute.signing import verify_confirmation
-from compute.topics import (
-    LegacyJobEvent,
-    MalformedMessage,
-    Topics,
-    encode,
-    job_event_payload,
-    parse_confirmation,
-)
+from compute.topics import LegacyJobEvent, MalformedMessage, Topics, encode, parse_confirmation
+from compute.worker.attempt import Attempt
 from compute.worker.dbretry import DB_ERRORS
 
 log = logging.getLogger(__name__)
@@ -44,9 +37,8 @@ CONFIRM_TIMEOUT = 10.0  # seconds before the worker writes the result itself
 
 @dataclass
 class _Pending:
+    attempt: Attempt
     event: JobEvent
-    task_type: str
-    lease_token: str
     first_sent: float
 
 
@@ -64,20 +56,17 @@ class ResultOutbox:
         bus.subscribe(topics.worker_confirm(worker_id), self._on_confirm, qos=1)
         bus.on_connect(self.resend_all)
 
-    def send(self, event: JobEvent, task_type: str, lease_token: str) -> None:
+    def send(self, attempt: Attempt, event: JobEvent) -> None:
+        """Publish `attempt`'s terminal `event` and keep it until it is safe."""
         # Kept first: whatever happens next, the result is not forgotten until it is safe.
-        self.pending[event.job_id] = _Pending(event, task_type, lease_token, time.monotonic())
-        if not self._publish(event, task_type):
+        self.pending[attempt.job_id] = _Pending(attempt, event, time.monotonic())
+        if not attempt.publish(event):
             self._write_directly(event)
 
     def held_leases(self) -> list[tuple[str, str]]:
         """(job_id, lease_token) of unconfirmed results: their claims must not expire meanwhile,
         or the server would rescue a finished job and run it again."""
-        return [(job_id, p.lease_token) for job_id, p in self.pending.items()]
-
-    def _publish(self, event: JobEvent, task_type: str) -> bool:
-        topic = self.topics.job_event(task_type, event.job_id)
-        return self.bus.publish(topic, encode(job_event_payload(event, task_type)), qos=1)
+        return [(job_id, p.attempt.lease_token) for job_id, p in self.pending.items()]
 
     def _on_confirm(self, _topic: str, payload: bytes, _retained: bool) -> None:
         try:
@@ -89,8 +78,7 @@ class ResultOutbox:
         pending = self.pending.get(c["job_id"])
         if pending is None:
             return  # a second confirmation of a result already safe
-        if c["attempt"] != pending.event.attempt or not verify_confirmation(
-                pending.lease_token, c["job_id"], c["attempt"], c["status"], c["timestamp"], c["sig"]):
+        if not pending.attempt.verifies_confirmation(c):
             self.rejected += 1
             limited.warning("forged", "ignored a confirmation for job %s that does not verify; the result "
                                       "stays until the server or the database has it", c["job_id"][:100])
@@ -99,7 +87,7 @@ class ResultOutbox:
 
     def resend_all(self) -> None:
         for p in list(self.pending.values()):
-            self._publish(p.event, p.task_type)
+            p.attempt.publish(p.event)
 
     def _write_directly(self, event: JobEvent) -> bool:
         """Apply the result to the database; True once it is settled (applied, or the attempt is over)."""

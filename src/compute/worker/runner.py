@@ -16,14 +16,12 @@ from typing import Any, Protocol
 
 from cl_ml_tools import ComputeModule
 
-from compute.bus.base import Bus
 from compute.config import Settings
 from compute.db.repository import JobRecord
-from compute.jobs import EventType, JobEvent, now_ms
+from compute.jobs import EventType, JobEvent
 from compute.plugins.environment import current as plugin_environment
 from compute.plugins.tools import scrub
-from compute.signing import signature, verify_cancel
-from compute.topics import CancelRequest, Topics, encode, job_event_payload
+from compute.worker.attempt import Attempt
 from compute.worker.plugin_process import PluginCrashed, PluginProcess
 from compute.worker.plugin_thread import PluginThreadHost
 from compute.worker.results import ResultOutbox
@@ -51,47 +49,21 @@ def plugin_host(settings: Settings, tasks: dict[str, ComputeModule]) -> PluginHo
 
 
 class JobRunner:
-    def __init__(self, worker_id: str, tasks: dict[str, ComputeModule], bus: Bus, topics: Topics,
-                 outbox: ResultOutbox, host: PluginHost) -> None:
-        self.worker_id = worker_id
+    def __init__(self, tasks: dict[str, ComputeModule], outbox: ResultOutbox, host: PluginHost) -> None:
         self.tasks = tasks
-        self.bus = bus
-        self.topics = topics
         self.outbox = outbox
         self.host = host
-        self._current: tuple[str, asyncio.Future[Any]] | None = None
-        #: The claim being run: cancel requests must be signed with its lease token.
-        self._job: JobRecord | None = None
+        #: The attempt being run, and its plugin run (what a cancel stops).
+        self._current: tuple[Attempt, asyncio.Future[Any]] | None = None
         self._cancelled: set[str] = set()
-        self._seq: dict[str, int] = {}
 
-    def log_fields(self, job: JobRecord) -> dict[str, object]:
-        """Structured-log fields (`extra`) for lines about a job: JSON logs carry them."""
-        return {"job_id": job.job_id, "worker_id": self.worker_id, "task_type": job.task_type,
-                "attempt": job.attempt}
-
-    # -- events ----------------------------------------------------------------------------
-
-    def _event(self, job: JobRecord, kind: EventType, **fields: Any) -> JobEvent:
-        """A signed event for `job`'s current claim, with the next sequence number."""
-        seq = self._seq.get(job.job_id, 0) + 1
-        self._seq[job.job_id] = seq
-        unsigned = JobEvent(job_id=job.job_id, worker_id=self.worker_id, event=kind,
-                            timestamp=now_ms(), attempt=job.attempt, seq=seq, **fields)
-        sig = signature(job.lease_token or "", unsigned)
-        return JobEvent(**{**unsigned.__dict__, "sig": sig})
-
-    def _publish(self, job: JobRecord, event: JobEvent) -> None:
-        topic = self.topics.job_event(job.task_type, job.job_id)
-        self.bus.publish(topic, encode(job_event_payload(event, job.task_type)), qos=1)
-
-    def _progress_reporter(self, job: JobRecord) -> Callable[[int], None]:
+    def _progress_reporter(self, attempt: Attempt) -> Callable[[int], None]:
         """The plugin's progress callback: thread-safe, forward-only, capped at 99."""
         loop = asyncio.get_running_loop()
         last = -1
 
         def publish(value: int) -> None:
-            self._publish(job, self._event(job, EventType.PROGRESS, progress=value))
+            attempt.publish(attempt.event(EventType.PROGRESS, progress=value))
 
         def report(percent: int) -> None:
             nonlocal last
@@ -102,90 +74,80 @@ class JobRunner:
 
         return report
 
-    # -- running -------------------------------------------------------------------------------
-
-    def verified_cancel(self, request: CancelRequest) -> bool:
-        """True if `request` is signed with the running claim's lease token, for its attempt."""
-        job = self._job
-        return (job is not None and job.job_id == request["job_id"] and job.attempt == request["attempt"]
-                and verify_cancel(job.lease_token, request["job_id"], request["attempt"],
-                                  request["timestamp"], request["sig"]))
-
     def cancel(self, job_id: str) -> bool:
         """Stop the running job `job_id`; True if it was running here.
 
         Only for a verified cancel request or a lease found gone: the database already says the
         job is not this claim's any more, so nothing is sent for it.
         """
-        if self._current is None or self._current[0] != job_id:
+        if self._current is None or self._current[0].job_id != job_id:
             return False
         self._cancelled.add(job_id)
         self._current[1].cancel()
         return True
 
-    async def run(self, job: JobRecord) -> JobEvent | None:
-        """Execute `job`; the terminal event goes to the outbox. None when it was cancelled."""
-        self._seq[job.job_id] = 0
-        self._job = job
-        fields = self.log_fields(job)
-        log.info("job %s (%s, attempt %d): started", job.job_id, job.task_type, job.attempt, extra=fields)
+    async def run(self, attempt: Attempt) -> JobEvent | None:
+        """Execute `attempt`; the terminal event goes to the outbox. None when it was cancelled."""
+        fields = attempt.log_fields()
+        log.info("job %s (%s, attempt %d): started", attempt.job_id, attempt.task_type, attempt.number,
+                 extra=fields)
         started = time.monotonic()
         try:
-            self._publish(job, self._event(job, EventType.STARTED))
-            outcome = await self._execute(job)
+            attempt.publish(attempt.event(EventType.STARTED))
+            outcome = await self._execute(attempt)
             if outcome is not None:
-                log.info("job %s: %s in %.0f ms%s", job.job_id, outcome.event.value,
+                log.info("job %s: %s in %.0f ms%s", attempt.job_id, outcome.event.value,
                          (time.monotonic() - started) * 1000, f" ({outcome.error})" if outcome.error else "",
                          extra={**fields, "event": outcome.event.value})
-                self.outbox.send(outcome, job.task_type, job.lease_token or "")
+                self.outbox.send(attempt, outcome)
             return outcome
         finally:
-            self._job = None
-            self._seq.pop(job.job_id, None)
-            self._cancelled.discard(job.job_id)
+            self._cancelled.discard(attempt.job_id)
 
-    async def _execute(self, job: JobRecord) -> JobEvent | None:
+    async def _execute(self, attempt: Attempt) -> JobEvent | None:
+        job = attempt.job
         plugin = self.tasks.get(job.task_type)
         if plugin is None:
-            return self._event(job, EventType.FAILED, error=f"no plugin for task {job.task_type}")
+            return attempt.event(EventType.FAILED, error=f"no plugin for task {job.task_type}")
         try:
             params = plugin.get_schema()(**job.params)
         except Exception as exc:  # bad params are the job's fault: retrying cannot help
-            return self._event(job, EventType.FAILED, error=f"invalid params: {exc}")
-        running = asyncio.ensure_future(self._run_plugin(plugin, job, params))
-        self._current = (job.job_id, running)
+            return attempt.event(EventType.FAILED, error=f"invalid params: {exc}")
+        running = asyncio.ensure_future(self._run_plugin(plugin, attempt, params))
+        self._current = (attempt, running)
         try:
             result = await running
         except TimeoutError:
-            return self._event(job, EventType.FAILED, retryable=True,
-                               error=f"timed out after {job.timeout_seconds:g} s")
+            return attempt.event(EventType.FAILED, retryable=True,
+                                 error=f"timed out after {job.timeout_seconds:g} s")
         except asyncio.CancelledError:
             if job.job_id in self._cancelled:
-                log.info("job %s cancelled", job.job_id, extra=self.log_fields(job))
+                log.info("job %s cancelled", job.job_id, extra=attempt.log_fields())
                 return None
-            return self._event(job, EventType.FAILED, retryable=True, error="plugin task cancelled")
+            return attempt.event(EventType.FAILED, retryable=True, error="plugin task cancelled")
         except PluginCrashed as exc:  # raised, died or ran out of memory in its process
             log.warning("job %s: plugin %s: %s", job.job_id, job.task_type, exc)
-            return self._event(job, EventType.FAILED, retryable=True, error=_without_paths(job, str(exc)))
+            return attempt.event(EventType.FAILED, retryable=True, error=_without_paths(job, str(exc)))
         except Exception as exc:
-            log.exception("job %s: plugin %s raised", job.job_id, job.task_type, extra=self.log_fields(job))
-            return self._event(job, EventType.FAILED, retryable=True,
-                               error=_without_paths(job, f"{type(exc).__name__}: {exc}"))
+            log.exception("job %s: plugin %s raised", job.job_id, job.task_type, extra=attempt.log_fields())
+            return attempt.event(EventType.FAILED, retryable=True,
+                                 error=_without_paths(job, f"{type(exc).__name__}: {exc}"))
         finally:
             self._current = None
         if isinstance(result, dict) and result.get("status") == "ok":
             output = result.get("task_output")
-            return self._event(job, EventType.COMPLETED, progress=100,
-                               task_output=output if isinstance(output, dict) else {"result": output})
+            return attempt.event(EventType.COMPLETED, progress=100,
+                                 task_output=output if isinstance(output, dict) else {"result": output})
         error = result.get("error") if isinstance(result, dict) else None
-        return self._event(job, EventType.FAILED,
-                           error=_without_paths(job, str(error or f"plugin returned {result!r}")))
+        return attempt.event(EventType.FAILED,
+                             error=_without_paths(job, str(error or f"plugin returned {result!r}")))
 
-
-    async def _run_plugin(self, plugin: ComputeModule, job: JobRecord, params: Any) -> Any:
+    async def _run_plugin(self, plugin: ComputeModule, attempt: Attempt, params: Any) -> Any:
+        job = attempt.job
         await self.host.ready()  # a plugin process being set up is not the job's time
         # On timeout, wait_for cancels the run and waits until the host has stopped it.
-        return await asyncio.wait_for(self.host.execute(plugin, job, params, self._progress_reporter(job)),
+        report = self._progress_reporter(attempt)
+        return await asyncio.wait_for(self.host.execute(plugin, job, params, report),
                                       job.timeout_seconds or None)
 
 
