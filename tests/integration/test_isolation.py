@@ -73,6 +73,14 @@ async def started(server: Server, job_id: str) -> None:
     await wait_for(running, timeout=30, what=f"job {job_id} to run its plugin")
 
 
+async def held_job(server: Server, host: PluginProcess) -> tuple[str, int]:
+    """A job whose plugin is running, blocked for good; and the pid of the process running it."""
+    job_id = add_job(server, hold_s=FOREVER)
+    await started(server, job_id)
+    assert host.pid is not None
+    return job_id, host.pid
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -91,10 +99,7 @@ async def next_job_completes(server: Server) -> dict[str, Any]:
 async def test_a_cancel_kills_a_plugin_that_ignores_it_and_the_worker_runs_the_next_job(
         once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
     running, host = await start(start_worker, settings)
-    stuck = add_job(once, hold_s=FOREVER)
-    await started(once, stuck)
-    pid = host.pid
-    assert pid is not None
+    stuck, pid = await held_job(once, host)
 
     response = await once.client.post(f"/jobs/{stuck}/cancel")
     assert response.status_code == 200, response.text
@@ -135,10 +140,7 @@ async def test_a_plugin_past_the_memory_cap_fails_with_the_reason(
 async def test_a_plugin_process_killed_mid_job_is_a_crash_and_the_worker_goes_on(
         once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
     _, host = await start(start_worker, settings)
-    doomed = add_job(once, hold_s=FOREVER)
-    await started(once, doomed)
-    pid = host.pid
-    assert pid is not None
+    doomed, pid = await held_job(once, host)
 
     os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer, or a segfault, would end it
 
