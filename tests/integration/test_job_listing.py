@@ -165,7 +165,8 @@ async def test_users_list_their_own_jobs_only(settings: Settings, signing_key: S
 async def test_workers_shows_what_the_database_vouches_for(server: Server,
                                                           start_worker: WorkerFactory) -> None:
     plugin = GatedNoop()
-    running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: plugin})
+    # Thread mode: the test opens the plugin's gate, which a plugin process would not share.
+    running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: plugin}, plugin_isolation="thread")
     worker_id = running.settings.worker_id
 
     async def listed() -> list[dict[str, Any]]:
