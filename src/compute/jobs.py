@@ -1,10 +1,18 @@
-"""Job states and the rules that keep them moving forward only."""
+"""The job vocabulary, no I/O: statuses, which status may follow which, worker events, time.
+
+`NEXT` is the state machine: the repository's claim moves queued -> processing; transitions.py
+moves a running job on by its worker's events (completed, failed, or queued again for a retry),
+rescues a lost worker's claim (queued or failed), cancels, and on an operator's retry queues a
+failed or cancelled job again. Nothing else moves a finished (`TERMINAL`) job.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 
@@ -31,10 +39,24 @@ def sdk_status(status: str) -> str:
     return JobStatus.FAILED.value if status == JobStatus.CANCELLED.value else status
 
 
-#: A job in one of these states never changes again.
+#: The statuses a job may move to from each status.
+NEXT: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType({
+    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELLED}),
+    JobStatus.PROCESSING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.QUEUED,
+                                     JobStatus.CANCELLED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),  # an operator's retry
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),  # an operator's retry
+})
+#: Finished: no worker, rescue or cancel changes these; only an operator's retry (see NEXT).
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-#: States an event may still move a job out of.
-OPEN = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
+#: Not finished: a worker's event, a rescue or a cancel may still move the job, as stored.
+OPEN = tuple(status.value for status in NEXT if status not in TERMINAL)
+
+
+def may_move(status: str, to: JobStatus) -> bool:
+    """Whether a job whose stored status is `status` may move to `to`."""
+    return status in NEXT and to in NEXT[JobStatus(status)]
 
 
 class EventType(StrEnum):
@@ -53,7 +75,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """A state change a worker reports; applied by `JobRepository.apply_events`.
+    """A state change a worker reports; applied by `JobTransitions.apply_events`.
 
     `attempt` and `seq` bind the event to one claim and order it within that claim; `sig` is
     an HMAC keyed by the claim's lease token (see signing.py). `retryable` marks a failure

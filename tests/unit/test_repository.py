@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import jobs_table, queue_entries_table
 from compute.db.repository import JobRepository, idempotency_scope, job_idempotency_key
+from compute.db.session import write_transaction
 
 T = TypeVar("T")
 
@@ -134,7 +135,7 @@ def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
         add(repo, job_id)
     done, failed, _running = (repo.claim_next(["image_resize"], "w1") for _ in range(3))  # by age
     assert done is not None and failed is not None
-    with repo.write() as conn, conn.begin():  # finished long ago
+    with write_transaction(repo.engine) as conn:  # finished long ago
         conn.execute(update(jobs_table).where(jobs_table.c.job_id == done.job_id)
                      .values(status="completed", completed_at=1000))
         conn.execute(update(jobs_table).where(jobs_table.c.job_id == failed.job_id)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from compute.bus.base import topic_matches
-from compute.jobs import TERMINAL, EventType, JobEvent, JobStatus, now_ms
+from compute.jobs import NEXT, OPEN, TERMINAL, EventType, JobEvent, JobStatus, may_move, now_ms
 from compute.signing import (
     cancel_signature,
     confirmation_signature,
@@ -55,6 +55,18 @@ def test_job_states() -> None:
     assert JobStatus.QUEUED not in TERMINAL and JobStatus.PROCESSING not in TERMINAL
     assert {JobStatus.COMPLETED, JobStatus.FAILED} <= TERMINAL
     assert 1_600_000_000_000 < now_ms() < 10_000_000_000_000  # milliseconds, not seconds
+
+
+def test_which_status_may_follow_which() -> None:
+    assert set(NEXT) == set(JobStatus) and OPEN == ("queued", "processing")
+    assert {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED} == TERMINAL
+    assert may_move("queued", JobStatus.PROCESSING) and not may_move("queued", JobStatus.COMPLETED)
+    assert may_move("processing", JobStatus.QUEUED)  # a retry, or a lost worker's job rescued
+    assert all(may_move(s, JobStatus.CANCELLED) for s in OPEN)
+    # Finished is final, except that an operator may queue a failed or cancelled job again.
+    assert {to for s in TERMINAL for to in NEXT[s]} == {JobStatus.QUEUED}
+    assert not NEXT[JobStatus.COMPLETED] and may_move("failed", JobStatus.QUEUED)
+    assert not may_move("error", JobStatus.QUEUED)  # not a status of ours
 
 
 def test_worker_of_reads_only_worker_topics_under_the_root() -> None:

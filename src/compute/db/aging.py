@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, func, select, update
 
 from compute.db.models import jobs_table as jobs
-from compute.db.session import IMMEDIATE
+from compute.db.session import write_transaction
 from compute.jobs import JobStatus
 
 #: The highest priority a client may ask for; aging stops there.
@@ -33,5 +33,5 @@ def age_queued(engine: Engine, now_ms: int, step_ms: int, limit: int = 500) -> i
                  .where(jobs.c.id.in_(due), jobs.c.status == JobStatus.QUEUED.value,
                         jobs.c.priority < MAX_PRIORITY)
                  .values(priority=jobs.c.priority + 1, updated_at=now_ms))
-    with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         return int(conn.execute(statement).rowcount)

@@ -7,7 +7,8 @@ CL Server database stays readable.
 
 from __future__ import annotations
 
-from typing import cast
+import json
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, Float, Index, Integer, String, Table, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -135,3 +136,13 @@ jobs_table = cast(Table, JobRow.__table__)
 queue_entries_table = cast(Table, QueueEntryRow.__table__)
 preferences_table = cast(Table, PreferenceRow.__table__)
 worker_sessions_table = cast(Table, WorkerSessionRow.__table__)
+
+
+def dumps(value: Any) -> str | None:
+    """A value for a JSON text column (`params`, `task_output`, `attempt_errors`); None stays NULL."""
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def loads(text: str | None) -> Any:
+    """The value a JSON text column holds; NULL is None."""
+    return None if text is None else json.loads(text)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import preferences_table as prefs
-from compute.db.session import IMMEDIATE
+from compute.db.session import write_transaction
 from compute.jobs import now_ms
 
 PREFIX = "paused:"
@@ -37,13 +36,10 @@ class PausedTasks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _write(self) -> Any:
-        return self.engine.connect().execution_options(**{IMMEDIATE: True})
-
     def pause(self, task_type: str, by: str | None) -> bool:
         """Pause `task_type`; False if it already was."""
         try:
-            with self._write() as conn, conn.begin():
+            with write_transaction(self.engine) as conn:
                 conn.execute(prefs.insert().values(key=PREFIX + task_type, value=json.dumps(True),
                                                    updated_at=now_ms(), updated_by=by))
         except IntegrityError:
@@ -52,7 +48,7 @@ class PausedTasks:
 
     def resume(self, task_type: str) -> bool:
         """Resume `task_type`; False if it was not paused."""
-        with self._write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             return bool(conn.execute(delete(prefs).where(prefs.c.key == PREFIX + task_type)).rowcount)
 
     def paused(self) -> dict[str, int]:

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import preferences_table as prefs
-from compute.db.session import IMMEDIATE
+from compute.db.session import write_transaction
 from compute.jobs import now_ms
 
 GUEST_MODE = "guest_mode"
@@ -26,7 +26,7 @@ class PreferenceStore:
 
     def set(self, key: str, value: Any, by: str | None) -> None:
         values = {"value": json.dumps(value), "updated_at": now_ms(), "updated_by": by}
-        with self.engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             changed = conn.execute(update(prefs).where(prefs.c.key == key).values(**values)).rowcount
             if not changed:
                 try:

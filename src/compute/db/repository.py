@@ -1,4 +1,11 @@
-"""The only module that builds SQL. Implements cl_ml_tools' JobRepository protocol.
+"""Jobs in SQL up to the claim: the insert (with its Idempotency-Key), the claim itself, lease
+renewal, reads and cleanup. Implements cl_ml_tools' JobRepository protocol.
+
+The `db` package builds all the SQL, nothing outside it does; each of its modules holds the
+statements of its own subject: every change after the claim (worker events, rescue,
+cancellation, operators' changes) is in transitions.py, the listings for people in queries.py,
+paused task types in paused.py, priority aging in aging.py, retention cleanup in retention.py,
+worker sessions in workers.py and preferences in preferences.py.
 
 Calls are short and synchronous. The server's HTTP routes make them on a thread of their own
 (server/dbcalls.py), so a stalled database never stalls the event loop.
@@ -7,7 +14,6 @@ Calls are short and synchronous. The server's HTTP routes make them on a thread 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -31,10 +37,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from compute.db.models import dumps, loads
 from compute.db.models import jobs_table as jobs
 from compute.db.models import queue_entries_table as queue_entries
 from compute.db.paused import unpaused
-from compute.db.session import IMMEDIATE
+from compute.db.session import write_transaction
 from compute.jobs import OPEN, TERMINAL, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
 
@@ -73,7 +80,7 @@ class JobRecord:
         return cls(
             job_id=row["job_id"],
             task_type=row["task_type"],
-            params=_loads(row["params"]) or {},
+            params=loads(row["params"]) or {},
             status=row["status"],
             progress=row["progress"],
             priority=row["priority"],
@@ -81,7 +88,7 @@ class JobRecord:
             started_at=row["started_at"],
             completed_at=row["completed_at"],
             updated_at=row["updated_at"],
-            task_output=_loads(row["task_output"]),
+            task_output=loads(row["task_output"]),
             error_message=row["error_message"],
             retry_count=row["retry_count"],
             max_retries=row["max_retries"],
@@ -92,7 +99,7 @@ class JobRecord:
             lease_expires_at=row.get("lease_expires_at"),
             worker_session=row.get("worker_session"),
             timeout_seconds=row.get("timeout_seconds"),
-            attempt_errors=tuple(_loads(row.get("attempt_errors")) or ()),
+            attempt_errors=tuple(loads(row.get("attempt_errors")) or ()),
         )
 
     def to_job(self) -> Job:
@@ -116,14 +123,6 @@ class QueueSummary:
     oldest_queued_at: int | None
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
 #: Per-request execution timeout (seconds) for the next add_job, set by the plugin route wrapper.
 job_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_timeout", default=None)
 #: The client's Idempotency-Key for the next add_job, set by the plugin route wrapper.
@@ -144,10 +143,6 @@ class JobRepository:
         self.policies = policies or Policies(TaskPolicy())
         #: Number of task types -> the compiled claim statement (see _claim_sql).
         self._claim_cache: dict[int, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
-
-    def write(self) -> Any:
-        """A connection for one write transaction; on SQLite it locks at BEGIN (BEGIN IMMEDIATE)."""
-        return self.engine.connect().execution_options(**{IMMEDIATE: True})
 
     # -- cl_ml_tools JobRepository protocol ---------------------------------------------
 
@@ -172,7 +167,7 @@ class JobRepository:
         values = {
             "job_id": job.job_id,
             "task_type": job.task_type,
-            "params": _dumps(job.params) or "{}",
+            "params": dumps(job.params) or "{}",
             "status": JobStatus.QUEUED.value,
             "progress": 0,
             "created_at": now,
@@ -187,7 +182,7 @@ class JobRepository:
             "idempotency_key": key,
         }
         try:
-            with self.write() as conn, conn.begin():
+            with write_transaction(self.engine) as conn:
                 conn.execute(insert(jobs), values)
                 conn.execute(
                     insert(queue_entries), {"job_id": job.job_id, "priority": prio, "enqueued_at": now}
@@ -212,9 +207,9 @@ class JobRepository:
         if fields.get("status") == "error":  # cl_ml_tools' name for a failed job
             fields["status"] = JobStatus.FAILED.value
         if "task_output" in fields:
-            fields["task_output"] = _dumps(fields["task_output"])
+            fields["task_output"] = dumps(fields["task_output"])
         fields["updated_at"] = now_ms()
-        with self.write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             result = conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(**fields))
         return bool(result.rowcount > 0)
 
@@ -223,7 +218,7 @@ class JobRepository:
         return None if record is None else record.to_job()
 
     def delete_job(self, job_id: str) -> bool:
-        with self.write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id == job_id))
             result = conn.execute(delete(jobs).where(jobs.c.job_id == job_id))
         return bool(result.rowcount > 0)
@@ -241,7 +236,7 @@ class JobRepository:
         """
         if not task_types:
             return None
-        with self.write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             # Paused task types (db/paused.py), read in the claim's own transaction: on SQLite it
             # holds the write lock from BEGIN, so no pause commits between this read and the claim.
             ready = unpaused(conn, task_types)
@@ -299,7 +294,7 @@ class JobRepository:
             return 0
         expires = now_ms() + lease_ms
         held = 0
-        with self.write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             for job_id, token in leases:
                 held += conn.execute(
                     update(jobs)
@@ -366,7 +361,7 @@ class JobRepository:
     def delete_many(self, job_ids: Sequence[str]) -> int:
         if not job_ids:
             return 0
-        with self.write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id.in_(job_ids)))
             return int(conn.execute(delete(jobs).where(jobs.c.job_id.in_(job_ids))).rowcount)
 

@@ -8,23 +8,18 @@ batch at most and a worker's claim waits a few milliseconds, never for a whole c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Engine, delete, func, select
 
 from compute.db.models import jobs_table as jobs
 from compute.db.models import queue_entries_table as queue_entries
 from compute.db.models import worker_sessions_table as sessions
-from compute.db.session import IMMEDIATE
+from compute.db.session import write_transaction
 from compute.jobs import TERMINAL
 
 _TERMINAL = sorted(s.value for s in TERMINAL)
 #: When a finished job finished (a job cancelled before it ran has no completed_at).
 _finished_at = func.coalesce(jobs.c.completed_at, jobs.c.created_at)
-
-
-def _write(engine: Engine) -> Any:
-    return engine.connect().execution_options(**{IMMEDIATE: True})
 
 
 def finished_before(engine: Engine, cutoff_ms: int, limit: int) -> list[str]:
@@ -50,7 +45,7 @@ def delete_finished(engine: Engine, job_ids: Sequence[str]) -> list[str]:
     """
     if not job_ids:
         return []
-    with _write(engine) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         deleted = list(conn.execute(
             delete(jobs).where(jobs.c.job_id.in_(list(job_ids)), jobs.c.status.in_(_TERMINAL))
             .returning(jobs.c.job_id)).scalars())
@@ -74,6 +69,6 @@ def forget_sessions(engine: Engine, worker_ids: Sequence[str], cutoff_ms: int) -
     under the same id keeps its row). Returns how many rows went."""
     if not worker_ids:
         return 0
-    with _write(engine) as conn, conn.begin():
+    with write_transaction(engine) as conn:
         return int(conn.execute(delete(sessions).where(
             sessions.c.worker_id.in_(list(worker_ids)), sessions.c.last_seen < cutoff_ms)).rowcount)

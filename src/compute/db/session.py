@@ -1,11 +1,13 @@
-"""Engine construction: SQLite in WAL mode or PostgreSQL, from one URL."""
+"""Engines (SQLite in WAL mode or PostgreSQL, from one URL) and write transactions on them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
 
 from compute.errors import NotMigrated
@@ -67,6 +69,17 @@ def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction, committed when the block ends (rolled back on an error).
+
+    On SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE): `busy_timeout` then applies
+    to the wait, and no read-to-write upgrade can deadlock.
+    """
+    with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+        yield conn
 
 
 def ping(engine: Engine) -> None:

@@ -1,8 +1,9 @@
-"""State changes after the claim: worker events, orphan rescue, cancellation.
+"""Job changes with their own SQL: worker events, orphan rescue, cancellation, operators' changes.
 
-Each call reads the affected rows inside one write transaction (SQLite: BEGIN IMMEDIATE;
-PostgreSQL: SELECT ... FOR UPDATE), decides in Python, and writes one guarded UPDATE per job.
-The rules:
+The claim itself and what comes before it (insert, lease renewal, reads) is in repository.py;
+which status may follow which is `jobs.NEXT`. Each call here reads the affected rows as `Claim`s
+inside one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE),
+decides in Python, and writes one UPDATE per job, guarded by the claim it read. The rules:
 
 * an event counts only if its HMAC verifies with the job's current lease token, its attempt
   is the current attempt, and its sequence number is above the last accepted one;
@@ -17,20 +18,20 @@ The rules:
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.engine import Connection
 
+from compute.db.models import dumps, loads
 from compute.db.models import jobs_table as jobs
 from compute.db.models import queue_entries_table as queue_entries
-from compute.db.session import IMMEDIATE
-from compute.jobs import OPEN, EventType, JobEvent, JobStatus, now_ms
+from compute.db.session import write_transaction
+from compute.jobs import TERMINAL, EventType, JobEvent, JobStatus, may_move, now_ms
 from compute.policies import Policies
 from compute.signing import verify
 
@@ -104,9 +105,37 @@ def stall_grace(lease_seconds: float) -> float:
     return renewal_interval(lease_seconds) * 1.5
 
 
-_COLUMNS = (jobs.c.job_id, jobs.c.task_type, jobs.c.status, jobs.c.progress, jobs.c.attempt,
-            jobs.c.max_retries, jobs.c.lease_token, jobs.c.event_seq, jobs.c.attempt_errors,
-            jobs.c.worker_id, jobs.c.priority, jobs.c.created_at, jobs.c.started_at)
+@dataclass(frozen=True)
+class Claim:
+    """What a transition reads of a job's row under the write lock (fields named as columns).
+
+    The claim itself (attempt, lease token, worker) is what the UPDATE is guarded by and never
+    changes within a transaction; `updated` carries status, progress, sequence and errors
+    forward from one event of a batch to the next.
+    """
+
+    job_id: str
+    task_type: str
+    status: str
+    progress: int
+    attempt: int
+    max_retries: int
+    lease_token: str | None
+    event_seq: int
+    attempt_errors: str | None  # JSON text, as stored
+    worker_id: str | None
+    priority: int
+    created_at: int
+    started_at: int | None
+
+    def updated(self, values: Mapping[str, Any]) -> Claim:
+        """The job as the next event of the batch sees it, once `values` (column -> value) apply."""
+        return replace(self, **{k: v for k, v in values.items() if k in _EVENT_STATE})
+
+
+#: What events change that later events of the same batch check.
+_EVENT_STATE = frozenset({"status", "progress", "event_seq", "attempt_errors"})
+_COLUMNS = tuple(jobs.c[f.name] for f in fields(Claim))
 
 
 class JobTransitions:
@@ -115,14 +144,11 @@ class JobTransitions:
         self.policies = policies
         self.dialect = engine.dialect.name
 
-    def _write(self) -> Any:
-        return self.engine.connect().execution_options(**{IMMEDIATE: True})
-
-    def _lock_rows(self, conn: Connection, where: Any) -> dict[str, dict[str, Any]]:
+    def _lock(self, conn: Connection, where: Any) -> dict[str, Claim]:
         stmt = select(*_COLUMNS).where(where)
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update()
-        return {r["job_id"]: dict(r) for r in conn.execute(stmt).mappings()}
+        return {r["job_id"]: Claim(**r) for r in conn.execute(stmt).mappings()}
 
     # -- worker events -----------------------------------------------------------------------
 
@@ -131,77 +157,79 @@ class JobTransitions:
         if not events:
             return []
         outcomes: list[Outcome] = []
-        with self._write() as conn, conn.begin():
-            rows = self._lock_rows(conn, jobs.c.job_id.in_({e.job_id for e in events}))
+        with write_transaction(self.engine) as conn:
+            read = self._lock(conn, jobs.c.job_id.in_({e.job_id for e in events}))
+            current = dict(read)  # each job as the events so far left it
             changes: dict[str, dict[str, Any]] = {}
             for ev in events:
-                outcome = self._decide(ev, rows.get(ev.job_id), changes)
+                claim = current.get(ev.job_id)
+                outcome, values = self._decide(ev, claim)
                 outcomes.append(outcome)
+                if claim is not None and values:
+                    current[ev.job_id] = claim.updated(values)
+                    changes.setdefault(ev.job_id, {}).update(values)
             for job_id, values in changes.items():
-                row = rows[job_id]
+                claim = read[job_id]
                 conn.execute(
                     update(jobs)
-                    .where(jobs.c.job_id == job_id, jobs.c.lease_token == row["_token"],
-                           jobs.c.attempt == row["_attempt"])
+                    .where(jobs.c.job_id == job_id, jobs.c.lease_token == claim.lease_token,
+                           jobs.c.attempt == claim.attempt)
                     .values(**values)
                 )
         return outcomes
 
-    def _decide(self, ev: JobEvent, row: dict[str, Any] | None,
-                changes: dict[str, dict[str, Any]]) -> Outcome:
-        if row is None:
-            return Outcome(ev, Verdict.REJECTED, reason="unknown job")
-        task_type = row["task_type"]
-        row.setdefault("_token", row["lease_token"])
-        row.setdefault("_attempt", row["attempt"])
-        if not verify(row["_token"], ev):
-            return Outcome(ev, Verdict.REJECTED, row["status"], "bad signature", task_type)
-        if ev.attempt != row["_attempt"] or ev.worker_id != row["worker_id"]:
-            return Outcome(ev, Verdict.REJECTED, row["status"], "not the current claim", task_type)
+    def _decide(self, ev: JobEvent, claim: Claim | None) -> tuple[Outcome, dict[str, Any]]:
+        """The event's outcome, and the columns it changes (none unless applied)."""
+        if claim is None:
+            return Outcome(ev, Verdict.REJECTED, reason="unknown job"), {}
+        status, task_type = claim.status, claim.task_type
+        if not verify(claim.lease_token, ev):
+            return Outcome(ev, Verdict.REJECTED, status, "bad signature", task_type), {}
+        if ev.attempt != claim.attempt or ev.worker_id != claim.worker_id:
+            return Outcome(ev, Verdict.REJECTED, status, "not the current claim", task_type), {}
         terminal_event = ev.event in (EventType.COMPLETED, EventType.FAILED)
-        if row["status"] != JobStatus.PROCESSING.value:
+        if status != JobStatus.PROCESSING.value:
             # Already finished (or requeued) under this claim: a re-sent result is confirmed again.
             verdict = Verdict.DUPLICATE if terminal_event else Verdict.REJECTED
-            return Outcome(ev, verdict, row["status"], "job no longer running", task_type,
-                           lease_token=row["_token"])
-        if ev.seq <= row["event_seq"]:
-            return Outcome(ev, Verdict.REJECTED, row["status"], "replayed or out of order", task_type)
+            return Outcome(ev, verdict, status, "job no longer running", task_type,
+                           lease_token=claim.lease_token), {}
+        if ev.seq <= claim.event_seq:
+            return Outcome(ev, Verdict.REJECTED, status, "replayed or out of order", task_type), {}
 
         now = now_ms()
         happened = ev.timestamp or now  # signed by the claim holder: when it really finished
-        values = changes.setdefault(ev.job_id, {})
-        row["event_seq"] = values["event_seq"] = ev.seq
-        values["updated_at"] = now
+        values: dict[str, Any] = {"event_seq": ev.seq, "updated_at": now}
         retry_at = None
-        if ev.event is EventType.PROGRESS and ev.progress > row["progress"]:
-            row["progress"] = values["progress"] = ev.progress
+        if ev.event is EventType.PROGRESS and ev.progress > claim.progress:
+            values["progress"] = ev.progress
         elif ev.event is EventType.COMPLETED:
-            row["status"] = values["status"] = JobStatus.COMPLETED.value
-            values.update(progress=100, completed_at=happened, error_message=None,
-                          task_output=_dumps(ev.task_output))
+            values.update(status=JobStatus.COMPLETED.value, progress=100, completed_at=happened,
+                          error_message=None, task_output=dumps(ev.task_output))
         elif ev.event is EventType.FAILED:
-            retry_at = self._fail(row, values, ev.error or "unknown error", ev.retryable, happened)
-        return Outcome(ev, Verdict.APPLIED, row["status"], task_type=task_type, retry_at=retry_at,
-                       lease_token=row["_token"], created_at=row["created_at"], started_at=row["started_at"])
+            failed, retry_at = self._fail(claim, ev.error or "unknown error", ev.retryable, happened)
+            values.update(failed)
+        return Outcome(ev, Verdict.APPLIED, values.get("status", status), task_type=task_type,
+                       retry_at=retry_at, lease_token=claim.lease_token, created_at=claim.created_at,
+                       started_at=claim.started_at), values
 
-    def _fail(self, row: dict[str, Any], values: dict[str, Any], error: str, retryable: bool,
-              now: int) -> int | None:
-        """Record a failed attempt: requeue with backoff while attempts remain, else fail."""
-        policy = self.policies.for_task(row["task_type"])
-        errors = json.loads(row["attempt_errors"] or "[]")
-        errors.append({"attempt": row["attempt"], "error": error, "at": now})
-        row["attempt_errors"] = values["attempt_errors"] = json.dumps(errors)
-        retry = (retryable or policy.retry_plugin_errors) and row["attempt"] <= row["max_retries"]
+    def _fail(self, claim: Claim, error: str, retryable: bool, now: int) -> tuple[dict[str, Any], int | None]:
+        """A failed attempt's columns: requeued with backoff while attempts remain, else failed.
+
+        Returns them and, when requeued, when the job may run again (ms).
+        """
+        policy = self.policies.for_task(claim.task_type)
+        errors = [*(loads(claim.attempt_errors) or []), {"attempt": claim.attempt, "error": error, "at": now}]
+        values: dict[str, Any] = {"attempt_errors": dumps(errors)}
+        retry = (retryable or policy.retry_plugin_errors) and claim.attempt <= claim.max_retries
         if retry:
-            retry_at = now + policy.backoff_ms(row["attempt"])
-            row["status"] = values["status"] = JobStatus.QUEUED.value
-            values.update(next_attempt_at=retry_at, worker_id=None, lease_expires_at=None,
-                          error_message=error, progress=0)
-            return retry_at
-        row["status"] = values["status"] = JobStatus.FAILED.value
-        values.update(completed_at=now, error_message=error if row["attempt"] <= 1 else
-                      f"{error} (attempt {row['attempt']} of {row['max_retries'] + 1})")
-        return None
+            retry_at = now + policy.backoff_ms(claim.attempt)
+            values.update(status=JobStatus.QUEUED.value, next_attempt_at=retry_at, worker_id=None,
+                          lease_expires_at=None, error_message=error, progress=0)
+            return values, retry_at
+        values.update(status=JobStatus.FAILED.value, completed_at=now,
+                      error_message=error if claim.attempt <= 1 else
+                      f"{error} (attempt {claim.attempt} of {claim.max_retries + 1})")
+        return values, None
 
     # -- orphans -------------------------------------------------------------------------------
 
@@ -235,17 +263,17 @@ class JobTransitions:
 
     def _rescue(self, where: Any, reason: str) -> list[Rescued]:
         rescued: list[Rescued] = []
-        with self._write() as conn, conn.begin():
-            rows = self._lock_rows(conn, where)
-            for row in rows.values():
-                values: dict[str, Any] = {"updated_at": now_ms()}
-                error = f"{reason} during attempt {row['attempt']}"
-                self._fail(row, values, error, retryable=True, now=values["updated_at"])
+        with write_transaction(self.engine) as conn:
+            for claim in self._lock(conn, where).values():
+                now = now_ms()
+                error = f"{reason} during attempt {claim.attempt}"
+                values, _ = self._fail(claim, error, retryable=True, now=now)
+                values["updated_at"] = now
                 values.pop("next_attempt_at", None)  # a lost worker is no reason to wait
-                conn.execute(update(jobs).where(jobs.c.job_id == row["job_id"],
-                                                jobs.c.lease_token == row["lease_token"])
+                conn.execute(update(jobs).where(jobs.c.job_id == claim.job_id,
+                                                jobs.c.lease_token == claim.lease_token)
                              .values(**values))
-                rescued.append(Rescued(row["job_id"], row["task_type"], row["status"]))
+                rescued.append(Rescued(claim.job_id, claim.task_type, values["status"]))
         if rescued:
             log.warning("rescued %d job(s): %s", len(rescued), reason)
         return rescued
@@ -254,33 +282,33 @@ class JobTransitions:
 
     def cancel(self, job_id: str) -> Cancelled | None:
         """Cancel a queued or running job. Returns what it found, or None for an unknown job."""
-        with self._write() as conn, conn.begin():
-            row = self._lock_rows(conn, jobs.c.job_id == job_id).get(job_id)
-            if row is None:
+        with write_transaction(self.engine) as conn:
+            claim = self._lock(conn, jobs.c.job_id == job_id).get(job_id)
+            if claim is None:
                 return None
-            if row["status"] in OPEN:
+            if may_move(claim.status, JobStatus.CANCELLED):
                 now = now_ms()
                 conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
                     status=JobStatus.CANCELLED.value, completed_at=now, updated_at=now,
                     error_message="cancelled", next_attempt_at=None))
-        return Cancelled(row["status"], row["worker_id"], row["attempt"], row["lease_token"])
+        return Cancelled(claim.status, claim.worker_id, claim.attempt, claim.lease_token)
 
     # -- operators' changes ----------------------------------------------------------------------
 
     def reprioritise(self, job_id: str, priority: int) -> Changed | None:
         """Set a queued job's priority (the claim order's first key); other states are left
         alone. None for an unknown job."""
-        with self._write() as conn, conn.begin():
-            row = self._lock_rows(conn, jobs.c.job_id == job_id).get(job_id)
-            if row is None:
+        with write_transaction(self.engine) as conn:
+            claim = self._lock(conn, jobs.c.job_id == job_id).get(job_id)
+            if claim is None:
                 return None
-            queued = row["status"] == JobStatus.QUEUED.value
+            queued = claim.status == JobStatus.QUEUED.value
             if queued:
                 conn.execute(update(jobs).where(jobs.c.job_id == job_id)
                              .values(priority=priority, updated_at=now_ms()))
                 conn.execute(update(queue_entries).where(queue_entries.c.job_id == job_id)
                              .values(priority=priority))
-        return Changed(row["status"], row["task_type"], row["priority"], queued)
+        return Changed(claim.status, claim.task_type, claim.priority, queued)
 
     def retry(self, job_id: str) -> Changed | None:
         """Queue a failed or cancelled job again, as the same job (Oban's retry): a new claim
@@ -291,20 +319,17 @@ class JobTransitions:
         The old claim's lease token is cleared, so a worker still finishing a cancelled attempt
         can no longer report on the job.
         """
-        with self._write() as conn, conn.begin():
-            row = self._lock_rows(conn, jobs.c.job_id == job_id).get(job_id)
-            if row is None:
+        with write_transaction(self.engine) as conn:
+            claim = self._lock(conn, jobs.c.job_id == job_id).get(job_id)
+            if claim is None:
                 return None
-            retryable = row["status"] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+            # A finished job that may be queued again (jobs.NEXT): failed or cancelled.
+            retryable = claim.status in TERMINAL and may_move(claim.status, JobStatus.QUEUED)
             if retryable:
-                policy = self.policies.for_task(row["task_type"])
+                policy = self.policies.for_task(claim.task_type)
                 conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
                     status=JobStatus.QUEUED.value, progress=0, started_at=None, completed_at=None,
                     task_output=None, error_message=None, worker_id=None, worker_session=None,
                     lease_token=None, lease_expires_at=None, event_seq=0, next_attempt_at=None,
-                    max_retries=row["attempt"] + policy.max_retries, updated_at=now_ms()))
-        return Changed(row["status"], row["task_type"], row["priority"], retryable)
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+                    max_retries=claim.attempt + policy.max_retries, updated_at=now_ms()))
+        return Changed(claim.status, claim.task_type, claim.priority, retryable)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from compute.db.models import preferences_table as prefs
 from compute.db.models import worker_sessions_table as sessions
-from compute.db.session import IMMEDIATE
+from compute.db.session import write_transaction
 from compute.jobs import now_ms
 
 #: server_preferences key of the random part of the server's persistent MQTT client id.
@@ -55,29 +55,26 @@ class WorkerSessions:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _write(self) -> Any:
-        return self.engine.connect().execution_options(**{IMMEDIATE: True})
-
     # -- the worker's side -------------------------------------------------------------------
 
     def register(self, session: str, worker_id: str, secret: str, tasks: list[str], hostname: str,
                  pid: int, version: str) -> None:
         now = now_ms()
-        with self._write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             conn.execute(insert(sessions).values(
                 session=session, worker_id=worker_id, secret=secret, tasks=json.dumps(tasks),
                 hostname=hostname, pid=pid, version=version, started_at=now, last_seen=now))
 
     def touch(self, session: str) -> bool:
         """Heartbeat: this session is still alive. False if it is unknown or stopped."""
-        with self._write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             return bool(conn.execute(
                 update(sessions).where(sessions.c.session == session, sessions.c.stopped_at.is_(None))
                 .values(last_seen=now_ms())).rowcount)
 
     def stop(self, session: str) -> None:
         now = now_ms()
-        with self._write() as conn, conn.begin():
+        with write_transaction(self.engine) as conn:
             conn.execute(update(sessions).where(sessions.c.session == session)
                          .values(stopped_at=now, last_seen=now))
 
@@ -111,7 +108,7 @@ def server_client_suffix(engine: Engine) -> str:
     if found:
         return found
     try:
-        with engine.connect().execution_options(**{IMMEDIATE: True}) as conn, conn.begin():
+        with write_transaction(engine) as conn:
             conn.execute(insert(prefs).values(key=CLIENT_SUFFIX_KEY, value=json.dumps(secrets.token_hex(8)),
                                               updated_at=now_ms(), updated_by="compute-server"))
     except IntegrityError:  # another server process drew one first: use theirs
