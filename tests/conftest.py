@@ -164,6 +164,8 @@ def _truncate(url: str) -> None:
         with engine.begin() as conn:
             conn.exec_driver_sql("TRUNCATE jobs, queue_entries RESTART IDENTITY")
             conn.execute(text("DELETE FROM server_preferences WHERE key LIKE 'paused:%'"))
+            # A test that turned guest mode on must not leave it on for the next one.
+            conn.exec_driver_sql("DELETE FROM server_preferences WHERE key = 'guest_mode'")
     finally:
         engine.dispose()
 
