@@ -20,7 +20,10 @@ def test_workers_side_by_side_get_distinct_ids_and_a_restart_gets_its_own_back(t
     assert again.worker_id == "worker-nas-1"
     third = claim_slot(tmp_path, "nas")
     assert third.worker_id == "worker-nas-3"
-    assert claim_slot(tmp_path, "other").worker_id == "worker-other-1"
+    other = claim_slot(tmp_path, "other")
+    assert other.worker_id == "worker-other-1"
+    for slot in (second, again, third, other):
+        slot.release()
 
 
 def test_odd_host_names_still_make_a_valid_topic_segment() -> None:
