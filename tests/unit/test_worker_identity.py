@@ -38,3 +38,5 @@ def test_all_slots_taken_asks_for_an_explicit_id(tmp_path: Path, monkeypatch: py
     with pytest.raises(ConfigError, match="--worker-id"):
         claim_slot(tmp_path, "h")
     assert len(held) == 2
+    for slot in held:
+        slot.release()
