@@ -6,17 +6,20 @@ one process, then hands over to the product's own command line (`compute.cli.ser
 
 * the `bench_noop` task plugin, registered in-process (compute.plugins.registry.register),
   so only the benchmark's own server and workers know it;
-* the measurement probes (compute_bench.probes), when COMPUTE_BENCH_PROBES names a directory.
+* the measurement probes (compute_bench.probes), when COMPUTE_BENCH_PROBES names a directory,
+  in the worker's plugin process too (where plugins open their inputs and load models).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from compute import cli
 from compute.plugins.registry import register
+from compute.worker import plugin_process
 from compute_bench import noop, probes
 
 ROLES: dict[str, Callable[[Sequence[str] | None], int]] = {
@@ -30,6 +33,8 @@ def prepare(role: str) -> None:
     directory = os.environ.get(probes.ENV)
     if directory:
         probes.install(directory, role)
+        if role == "worker":
+            plugin_process.child_setups.append(functools.partial(probes.install, directory, role))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,8 +115,9 @@ class _Stats:
                                         "units": dict(self.units)}
                 if final:
                     data["progress"] = list(self.progress)
-                    data["opened"] = dict(self.opened)
-                for key in ("runs", "models", "commits"):  # small: read while the process runs
+                # Small, and read while the process runs: a worker's plugin process may be
+                # killed rather than exit, so its last snapshot must already hold them.
+                for key in ("runs", "models", "commits", "opened"):
                     if getattr(self, key):
                         data[key] = dict(getattr(self, key))
             tmp = self.path.with_suffix(".tmp")
