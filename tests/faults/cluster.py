@@ -99,7 +99,9 @@ class Cluster:
         wait_until(lambda: self.capabilities()["num_workers"] >= count, timeout, f"{count} workers")
 
     def capabilities(self) -> dict[str, Any]:
-        return dict(httpx.get(self.url + "/capabilities", timeout=5).json())
+        # Generous: right after a flood the server may still be checking thousands of unknown
+        # worker sessions (a database look-up each, on its loop, rate-limited); late, not never.
+        return dict(httpx.get(self.url + "/capabilities", timeout=60).json())
 
     def stop(self) -> None:
         self.processes.stop(10)
