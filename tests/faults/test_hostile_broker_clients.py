@@ -98,7 +98,8 @@ def test_forged_cancels_confirmations_and_a_junk_flood_change_nothing(cluster: C
                 probe.publish(f"compute/events/{TASK}/{job_id}", f"junk {i}".encode())
             if i % 1000 == 999:
                 await asyncio.sleep(0)  # let the client write
-        await probe.subscribe("compute/_sync")
+        # The broker acknowledges this subscription after the 20,000 messages queued before it.
+        await probe.subscribe("compute/_sync", timeout=60)
         await probe.sync("compute/_sync", timeout=60)
 
     before = {name: len(cluster.log(name)) for name in ("server", "flooded")}
