@@ -1,4 +1,8 @@
-"""The embedded MQTT broker (amqtt) that `compute-server` runs when none is configured, and its credentials.
+"""The embedded MQTT broker that `compute-server` runs when none is configured, and its credentials.
+
+EMBEDDED_BROKER picks it: `auto` (default) runs Mosquitto as a child process when a `mosquitto`
+executable is installed (mosquitto.py says why) and amqtt on a thread of this process otherwise;
+`mosquitto` or `amqtt` insist on one.
 
 Embedded mode (no MQTT_BROKER) refuses anonymous clients too. The one user is MQTT_USERNAME
 (default `compute`) with MQTT_PASSWORD, or, when no password is set, a random one that the
@@ -19,10 +23,11 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from compute.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_USERNAME, Settings, read_secret
 from compute.errors import ConfigError
+from compute.mosquitto import MosquittoBroker, find_mosquitto
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +161,8 @@ class EmbeddedBroker:
             self._broker = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def broker_config(host: str, port: int, password_file: Path) -> dict[str, Any]:
@@ -172,8 +179,31 @@ def broker_config(host: str, port: int, password_file: Path) -> dict[str, Any]:
     }
 
 
-async def start_embedded_if_needed(settings: Settings) -> EmbeddedBroker | None:
-    """Embedded mode (no MQTT_BROKER): reuse a broker on localhost:port, else start amqtt.
+class Broker(Protocol):
+    """What the server holds of its embedded broker."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def embedded_broker(settings: Settings) -> Broker:
+    """The broker EMBEDDED_BROKER asks for: Mosquitto (a child process) when it is `mosquitto`, or
+    `auto` and a `mosquitto` executable is installed; amqtt (in this process) otherwise."""
+    assert settings.mqtt_username and settings.mqtt_password
+    args = (settings.mqtt_embedded_bind, settings.mqtt_port, settings.mqtt_username, settings.mqtt_password)
+    if settings.embedded_broker != "amqtt":
+        executable = find_mosquitto()
+        if executable is not None:
+            return MosquittoBroker(executable, *args)
+        if settings.embedded_broker == "mosquitto":
+            raise ConfigError("EMBEDDED_BROKER=mosquitto, but no `mosquitto` executable is installed "
+                              "(Debian: apt install mosquitto; or EMBEDDED_BROKER=amqtt)")
+    return EmbeddedBroker(*args)
+
+
+async def start_embedded_if_needed(settings: Settings) -> Broker | None:
+    """Embedded mode (no MQTT_BROKER): reuse a broker on localhost:port, else start one.
 
     `settings` must carry the credentials (embedded_credentials).
     """
@@ -185,7 +215,6 @@ async def start_embedded_if_needed(settings: Settings) -> EmbeddedBroker | None:
         return None
     if not settings.mqtt_username or not settings.mqtt_password:
         raise ConfigError("the embedded MQTT broker needs credentials (embedded_credentials)")
-    broker = EmbeddedBroker(settings.mqtt_embedded_bind, settings.mqtt_port, settings.mqtt_username,
-                            settings.mqtt_password)
+    broker = embedded_broker(settings)
     await broker.start()
     return broker

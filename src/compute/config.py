@@ -32,6 +32,8 @@ class Settings:
     mqtt_port: int = 1883
     #: Address the embedded broker binds to (only used when mqtt_broker is None).
     mqtt_embedded_bind: str = "127.0.0.1"
+    #: Which embedded broker (EMBEDDED_BROKERS): "auto" runs Mosquitto when installed, else amqtt.
+    embedded_broker: str = "auto"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_tls: bool = False
@@ -182,22 +184,18 @@ def _mqtt_version(env: Mapping[str, str]) -> int:
     return version
 
 
-def _log_format(env: Mapping[str, str]) -> str:
-    value = (env.get("LOG_FORMAT") or "text").strip().lower()
-    if value not in ("text", "json"):
-        raise ConfigError(f"LOG_FORMAT must be text or json, got {env['LOG_FORMAT']!r}")
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive), the first when unset; ConfigError naming them otherwise."""
+    value = (env.get(name) or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {env[name]!r}")
     return value
 
 
+LOG_FORMATS = ("text", "json")
 PLUGIN_ISOLATION_MODES = ("process", "thread")
-
-
-def _isolation(env: Mapping[str, str]) -> str:
-    mode = (env.get("PLUGIN_ISOLATION") or "process").strip().lower()
-    if mode not in PLUGIN_ISOLATION_MODES:
-        raise ConfigError(f"PLUGIN_ISOLATION must be one of {', '.join(PLUGIN_ISOLATION_MODES)}, "
-                          f"got {env['PLUGIN_ISOLATION']!r}")
-    return mode
+#: auto: Mosquitto as a child process when it is installed, else amqtt in the server's process.
+EMBEDDED_BROKERS = ("auto", "mosquitto", "amqtt")
 
 
 def parse_tasks(raw: str) -> tuple[str, ...]:
@@ -236,6 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None,
         mqtt_broker=env.get("MQTT_BROKER") or None,
         mqtt_port=_port(env, "MQTT_PORT", 1883),
         mqtt_embedded_bind=env.get("MQTT_EMBEDDED_BIND") or "127.0.0.1",
+        embedded_broker=_choice(env, "EMBEDDED_BROKER", EMBEDDED_BROKERS),
         mqtt_username=mqtt_username,
         mqtt_password=mqtt_password,
         mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
@@ -284,13 +283,13 @@ def load_settings(env: Mapping[str, str] | None = None,
         media_roots=tuple(Path(p).expanduser() for p in
                           (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep) if p.strip()),
         worker_id=env.get("WORKER_ID") or "worker-default",
-        plugin_isolation=_isolation(env),
+        plugin_isolation=_choice(env, "PLUGIN_ISOLATION", PLUGIN_ISOLATION_MODES),
         plugin_memory_limit_mb=_int(env, "PLUGIN_MEMORY_LIMIT_MB", 4096, minimum=0),
         worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"]) if env.get("WORKER_SUPPORTED_TASKS")
         else None,
         server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
-        log_format=_log_format(env),
+        log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS),
         metrics_token=env.get("METRICS_TOKEN") or None,
     )
 

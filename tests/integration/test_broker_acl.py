@@ -1,4 +1,4 @@
-"""Defence in depth at the broker: deploy/mosquitto's users and ACL, and the embedded amqtt's password.
+"""Defence in depth at the broker: deploy/mosquitto's users and ACL, and the embedded brokers' password.
 
 Mosquitto: each test starts a private broker (free port, temporary folder) with the shipped
 mosquitto.conf (only ports and paths rewritten), the shipped ACL file, and users made by the shipped
@@ -18,6 +18,8 @@ import getpass
 import os
 import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -29,8 +31,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from compute.broker import EmbeddedBroker, embedded_credentials, ensure_password_file, port_answers
+from compute import broker as broker_module
+from compute.broker import (
+    Broker,
+    EmbeddedBroker,
+    embedded_broker,
+    embedded_credentials,
+    ensure_password_file,
+    port_answers,
+)
 from compute.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_USERNAME, Settings, load_settings
+from compute.errors import ConfigError
+from compute.mosquitto import MosquittoBroker, find_mosquitto
 from compute.plugins.registry import load_tasks
 from compute.server.app import create_app
 from compute.worker.service import WorkerService
@@ -404,7 +416,7 @@ async def test_server_and_worker_complete_a_job_through_the_restricted_broker(
             await dashboard.expect(lambda m: m.json()["event_type"] == "completed", what="completed event")
 
 
-# -- the embedded amqtt -----------------------------------------------------------------------
+# -- the embedded brokers (amqtt, Mosquitto) ---------------------------------------------------
 
 
 @pytest.fixture
@@ -440,10 +452,23 @@ def test_the_generated_password_is_private_stable_and_read_by_workers(tmp_path: 
     assert embedded_credentials(replace(settings, mqtt_broker="mqtt.lan")).mqtt_broker == "mqtt.lan"
 
 
-async def test_embedded_broker_refuses_anonymous_and_wrong_passwords(tmp_path: Path,
+def embedded(kind: str, host: str, port: int, username: str, password: str) -> Broker:
+    if kind == "amqtt":
+        return EmbeddedBroker(host, port, username, password)
+    executable = find_mosquitto()
+    if executable is None:
+        pytest.skip("mosquitto is not installed")
+    return MosquittoBroker(executable, host, port, username, password)
+
+
+EMBEDDED_KINDS = pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+
+
+@EMBEDDED_KINDS
+async def test_embedded_broker_refuses_anonymous_and_wrong_passwords(kind: str,
                                                                      switch_interval: None) -> None:
     port = free_port()
-    broker = EmbeddedBroker("127.0.0.1", port, "compute", "s3cret-password")
+    broker = embedded(kind, "127.0.0.1", port, "compute", "s3cret-password")
     await broker.start()
     try:
         async with raw_connection(port, "anon") as code:
@@ -458,12 +483,59 @@ async def test_embedded_broker_refuses_anonymous_and_wrong_passwords(tmp_path: P
         await broker.stop()
 
 
-async def test_server_and_worker_work_with_the_embedded_broker(tmp_path: Path, sqlite_url: str,
-                                                               switch_interval: None) -> None:
-    """What `compute-server --workers 1` does with no MQTT_BROKER: amqtt with a generated password."""
+def test_auto_embeds_mosquitto_when_installed_and_amqtt_otherwise(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = embedded_credentials(base_settings(tmp_path, "sqlite://", mqtt_broker=None))
+    assert settings.embedded_broker == "auto"
+    monkeypatch.setattr(broker_module, "find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    assert isinstance(embedded_broker(settings), MosquittoBroker)
+    assert isinstance(embedded_broker(replace(settings, embedded_broker="amqtt")), EmbeddedBroker)
+    monkeypatch.setattr(broker_module, "find_mosquitto", lambda: None)
+    assert isinstance(embedded_broker(settings), EmbeddedBroker)
+    with pytest.raises(ConfigError, match="no `mosquitto` executable"):
+        embedded_broker(replace(settings, embedded_broker="mosquitto"))
+    with pytest.raises(ConfigError, match="EMBEDDED_BROKER must be one of auto, mosquitto, amqtt"):
+        load_settings({"CL_SERVER_DIR": str(tmp_path), "EMBEDDED_BROKER": "rabbit"})
+
+
+async def test_embedded_mosquitto_says_why_it_cannot_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers, Mosquitto cannot bind
+        port = taken.getsockname()[1]
+        broker = embedded("mosquitto", "127.0.0.1", port, "compute", "pw")
+        with pytest.raises(ConfigError, match=r"did not start .*Error: Address already in use"):
+            await broker.start()
+    assert broker.pid is None
+
+
+async def test_embedded_mosquitto_is_started_again_when_it_dies() -> None:
     port = free_port()
-    settings = base_settings(tmp_path, sqlite_url, mqtt_broker=None, mqtt_port=port)
-    app = create_app(settings)  # start_broker: generates the password, starts amqtt in the lifespan
+    broker = embedded("mosquitto", "127.0.0.1", port, "compute", "pw")
+    assert isinstance(broker, MosquittoBroker)
+    await broker.start()
+    try:
+        first = broker.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: broker.pid not in (None, first) and port_answers("127.0.0.1", port),
+                       timeout=20, what="a new Mosquitto")
+        assert broker.restarts == 1
+        async with raw_connection(port, "ok", "compute", "pw") as code:
+            assert code == 0
+    finally:
+        await broker.stop()
+    assert broker.pid is None and not port_answers("127.0.0.1", port)
+
+
+@EMBEDDED_KINDS
+async def test_server_and_worker_work_with_the_embedded_broker(kind: str, tmp_path: Path, sqlite_url: str,
+                                                               switch_interval: None) -> None:
+    """What `compute-server --workers 1` does with no MQTT_BROKER: its broker with a generated password."""
+    if kind == "mosquitto" and find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    port = free_port()
+    settings = base_settings(tmp_path, sqlite_url, mqtt_broker=None, mqtt_port=port, embedded_broker=kind)
+    app = create_app(settings)  # start_broker: generates the password, starts the broker in the lifespan
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://compute") as client:

@@ -59,7 +59,7 @@ def test_rate_limited_lines_keep_their_fields(captured: tuple[logging.Logger, io
 def test_log_format_setting(tmp_path: Path) -> None:
     assert load_settings({"CL_SERVER_DIR": str(tmp_path)}).log_format == "text"
     assert load_settings({"CL_SERVER_DIR": str(tmp_path), "LOG_FORMAT": "JSON"}).log_format == "json"
-    with pytest.raises(ConfigError, match="LOG_FORMAT must be text or json"):
+    with pytest.raises(ConfigError, match="LOG_FORMAT must be one of text, json"):
         load_settings({"CL_SERVER_DIR": str(tmp_path), "LOG_FORMAT": "yaml"})
     assert load_settings({"CL_SERVER_DIR": str(tmp_path)}).metrics_token is None
     assert load_settings({"CL_SERVER_DIR": str(tmp_path), "METRICS_TOKEN": "t"}).metrics_token == "t"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
+from compute.config import EMBEDDED_BROKERS
 from compute_bench import scenarios
 from compute_bench.cluster import ClusterError
 from compute_bench.report import render
@@ -42,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compute-bench", description=__doc__)
     parser.add_argument("--workers", type=int, default=2, help="workers for pickup/throughput/polling")
     parser.add_argument("--broker", type=_broker, help="host:port of a running MQTT broker "
-                        "(default: compute-server's embedded amqtt on a free port)")
+                        "(default: compute-server's embedded broker on a free port)")
+    parser.add_argument("--embedded-broker", choices=EMBEDDED_BROKERS, default="auto",
+                        help="the server's embedded broker without --broker (EMBEDDED_BROKER): auto runs "
+                             "Mosquitto when installed, else amqtt")
     parser.add_argument("--database-url", help="a database of the benchmark's own "
                         "(default: SQLite in a temporary CL_SERVER_DIR)")
     parser.add_argument("--jobs", help="sizes, e.g. pickup=300,pickup_image=100,burst=5000,"
@@ -55,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="where to create the temporary CL_SERVER_DIRs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories and logs")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy the server and one worker during the no-op burst (raw stacks)")
+                        help="py-spy the server and one worker during the two bursts (raw stacks of "
+                             "the thread holding the GIL: where the Python CPU goes)")
     parser.add_argument("--label", help="name of this configuration in the report")
     parser.add_argument("--stand-in-models", action="store_true",
                         help="plugins section: tiny stand-in ONNX models (real I/O names and shapes) for "
@@ -72,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     base = scenarios.QUICK if args.quick else scenarios.Sizes()
-    cfg = Config(workers=args.workers, broker=args.broker, database_url=args.database_url,
+    cfg = Config(workers=args.workers, broker=args.broker, embedded_broker=args.embedded_broker,
+                 database_url=args.database_url,
                  sizes=_sizes(base, args.jobs), quick=args.quick, sections=sections,
                  base_dir=args.dir, keep=args.keep, profile_dir=args.profile, label=args.label,
                  stand_in_models=args.stand_in_models, peers=args.peers)

@@ -43,8 +43,10 @@ class ClusterError(RuntimeError):
 class ClusterSpec:
     name: str
     workers: int
-    broker: tuple[str, int] | None  # None: the server's embedded amqtt on a free port
+    broker: tuple[str, int] | None  # None: the server's embedded broker on a free port
     database_url: str | None  # None: SQLite in the cluster's CL_SERVER_DIR
+    #: EMBEDDED_BROKER when `broker` is None: auto (Mosquitto when installed), mosquitto or amqtt.
+    embedded_broker: str = "auto"
     wake_events: bool = True
     sweep_interval: float | None = None
     #: compute_bench.probes for the launcher to install, by role: e.g. {"worker": "open"}.
@@ -146,6 +148,8 @@ class Cluster:
         })
         if self.spec.broker is not None:
             env["MQTT_BROKER"] = self.mqtt_host
+        else:
+            env["EMBEDDED_BROKER"] = self.spec.embedded_broker
         if self.spec.database_url:
             env["DATABASE_URL"] = self.spec.database_url
         if self.spec.sweep_interval is not None:

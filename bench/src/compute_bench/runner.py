@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
+from compute.mosquitto import find_mosquitto
 from compute_bench import inputs, plugins, scale, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
@@ -39,6 +40,8 @@ POLL_SWEEP = 5.0
 class Config:
     workers: int = 2
     broker: tuple[str, int] | None = None
+    #: The server's embedded broker when `broker` is None (EMBEDDED_BROKER).
+    embedded_broker: str = "auto"
     database_url: str | None = None
     sizes: scenarios.Sizes = field(default_factory=scenarios.Sizes)
     quick: bool = False
@@ -65,10 +68,11 @@ class Run:
         cfg = self.cfg
         db = ("sqlite (WAL), file in CL_SERVER_DIR" if cfg.database_url is None
               else make_url(cfg.database_url).render_as_string(hide_password=True))
-        broker = ("embedded amqtt (in compute-server)" if cfg.broker is None
+        embedded = embedded_kind(cfg.embedded_broker)
+        broker = (f"embedded {embedded} (compute-server's)" if cfg.broker is None
                   else f"external broker {cfg.broker[0]}:{cfg.broker[1]}")
         return {
-            "label": cfg.label or f"{'amqtt' if cfg.broker is None else 'external broker'} + "
+            "label": cfg.label or f"{embedded if cfg.broker is None else 'external broker'} + "
                                   f"{'sqlite' if cfg.database_url is None else 'postgresql'}",
             "broker": broker, "database": db, "workers": cfg.workers, "quick": cfg.quick,
             "sizes": asdict(cfg.sizes), "storage": filesystem_of(self.base),
@@ -77,7 +81,8 @@ class Run:
         }
 
     def spec(self, name: str, workers: int, **kw: Any) -> ClusterSpec:
-        return ClusterSpec(name, workers, self.cfg.broker, self.cfg.database_url, **kw)
+        return ClusterSpec(name, workers, self.cfg.broker, self.cfg.database_url,
+                           embedded_broker=self.cfg.embedded_broker, **kw)
 
     @contextlib.asynccontextmanager
     async def cluster(self, spec: ClusterSpec) -> AsyncIterator[tuple[Cluster, Submitter]]:
@@ -126,7 +131,8 @@ class Run:
                         "bench_noop": await scenarios.burst(c, sub, "bench_noop", sizes.burst,
                                                             sizes.concurrency, cfg.profile_dir),
                         "image_conversion": await scenarios.burst(c, sub, "image_conversion",
-                                                                  sizes.burst_image, sizes.concurrency),
+                                                                  sizes.burst_image, sizes.concurrency,
+                                                                  cfg.profile_dir),
                     }
             if "idle" in cfg.sections or "progress" in cfg.sections:
                 await self._idle_and_progress()
@@ -218,3 +224,10 @@ def _loadavg() -> list[float]:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except OSError:
         return []
+
+
+def embedded_kind(setting: str) -> str:
+    """Which broker compute-server embeds for EMBEDDED_BROKER=`setting` on this machine."""
+    if setting == "auto":
+        return "mosquitto" if find_mosquitto() else "amqtt"
+    return setting

@@ -220,7 +220,7 @@ def _start_profilers(cluster: Cluster, out: Path, kind: str) -> list[subprocess.
     for name, pid in targets.items():
         path = out / f"{cluster.spec.name}-{kind}-{name}.txt"
         procs.append(subprocess.Popen([*exe, "record", "--pid", str(pid), "--rate", "250", "--format",
-                                       "raw", "--nonblocking", "--output", str(path)],
+                                       "raw", "--nonblocking", "--gil", "--output", str(path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # py-spy attaches
     return procs
