@@ -58,7 +58,12 @@ class JobRunner:
         self._cancelled: set[str] = set()
 
     def _progress_reporter(self, attempt: Attempt) -> Callable[[int], None]:
-        """The plugin's progress callback: thread-safe, forward-only, capped at 99."""
+        """The plugin's progress callback: thread-safe, forward-only, below 100.
+
+        100 belongs to the `completed` event. Most plugins report 100 as they return; sending it
+        (as 99) cost every job a message, a database write and an `inference/events` mirror for a
+        value the result replaces a moment later, so reports of 100 and more are not sent.
+        """
         loop = asyncio.get_running_loop()
         last = -1
 
@@ -67,8 +72,8 @@ class JobRunner:
 
         def report(percent: int) -> None:
             nonlocal last
-            value = max(0, min(99, int(percent)))
-            if value > last:
+            value = max(0, int(percent))
+            if last < value < 100:
                 last = value
                 loop.call_soon_threadsafe(publish, value)
 
