@@ -503,6 +503,7 @@ async def test_embedded_mosquitto_says_why_it_cannot_start(tmp_path: Path) -> No
         taken.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers, Mosquitto cannot bind
         port = taken.getsockname()[1]
         broker = embedded("mosquitto", "127.0.0.1", port, "compute", "pw")
+        assert isinstance(broker, MosquittoBroker)
         with pytest.raises(ConfigError, match=r"did not start .*Error: Address already in use"):
             await broker.start()
     assert broker.pid is None
