@@ -26,6 +26,7 @@ from compute.logs import LogLimiter
 from compute.policies import Policies, TaskPolicy
 from compute.server.cancel import Canceller
 from compute.server.changes import ChangeFeed
+from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
 from compute.server.dispatch import Dispatcher
 from compute.server.ingest import EventIngest
 from compute.server.metrics import ServerMetrics
@@ -280,7 +281,8 @@ def test_registry_refresh_drops_stopped_and_silent_sessions(bus: FakeBus, sessio
 def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: FakeBus,
                                                       queues: QueueReporter) -> None:
     dispatcher = Dispatcher(bus, T, queues, unheard())
-    JobSubmitter(repo, dispatcher).add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
+    submitter = JobSubmitter(repo, dispatcher, RouteDatabase(5.0))
+    submitter.add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
     [hint] = bus.on(T.job_available("image_resize"))
     assert hint["job_id"] == "j1" and hint["priority"] == 8
     [legacy] = bus.on(T.legacy_events)
@@ -288,9 +290,41 @@ def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: F
     assert queues.dirty and dispatcher.unsent == 0
 
 
+async def test_concurrent_submissions_share_transactions_and_hints(repo: JobRepository, bus: FakeBus,
+                                                                    queues: QueueReporter) -> None:
+    submitter = JobSubmitter(repo, Dispatcher(bus, T, queues, unheard()), RouteDatabase(5.0))
+    ids = [f"j{i}" for i in range(60)]
+    stored = await asyncio.gather(*(submitter.submit(Job(job_id=i, task_type="image_resize", params={}))
+                                    for i in ids))
+    assert stored == ids and all(repo.get(i) is not None for i in ids)
+    # The first request is a batch of one; the 59 that came while it was written share the next.
+    assert submitter.batched_jobs == 60 and submitter.batches < 60
+    assert len(bus.on(T.job_available("image_resize"))) == submitter.batches  # one hint per batch
+    assert sorted(e["job_id"] for e in bus.on(T.legacy_events)) == sorted(ids)  # each job's queued
+
+
+async def test_a_failed_batch_fails_each_of_its_requests(repo: JobRepository, bus: FakeBus,
+                                                       queues: QueueReporter,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    submitter = JobSubmitter(repo, Dispatcher(bus, T, queues, unheard()), RouteDatabase(5.0))
+
+    def locked(_rows: object) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(repo, "insert_rows", locked)
+    outcomes = await asyncio.gather(*(submitter.submit(Job(job_id=f"j{i}", task_type="image_resize",
+                                                           params={})) for i in range(5)),
+                                    return_exceptions=True)
+    assert all(isinstance(o, DatabaseUnavailable) for o in outcomes), outcomes
+    assert bus.on(T.job_available("image_resize")) == [] and bus.on(T.legacy_events) == []
+    monkeypatch.undo()  # the database is back: the next submission is stored
+    assert await submitter.submit(Job(job_id="later", task_type="image_resize", params={})) == "later"
+
+
 def test_dispatcher_counts_unsent_hints(repo: JobRepository, queues: QueueReporter) -> None:
     dispatcher = Dispatcher(FakeBus(connected=False), T, queues, unheard())
-    JobSubmitter(repo, dispatcher).add_job(Job(job_id="j1", task_type="image_resize", params={}))
+    JobSubmitter(repo, dispatcher, RouteDatabase(5.0)).add_job(Job(job_id="j1", task_type="image_resize",
+                                                                    params={}))
     assert dispatcher.unsent == 1
 
 

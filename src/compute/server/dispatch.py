@@ -33,11 +33,17 @@ class Dispatcher:
         #: Hints that could not be sent (broker down); the workers' sweep still finds the jobs.
         self.unsent = 0
 
-    def job_added(self, job: JobRecord) -> None:
-        self.feed.job_stored(job.job_id, job.created_by, job.task_type)
-        self.hint(job.task_type, job.job_id, job.priority, job.created_at)
-        self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at,
-                         task_type=job.task_type)
+    def jobs_added(self, jobs: list[JobRecord]) -> None:
+        """New jobs committed together: each one's `queued` event, and one hint per task type
+        (the workers it wakes drain the queue, so one hint serves the whole batch)."""
+        hinted: set[str] = set()
+        for job in jobs:
+            self.feed.job_stored(job.job_id, job.created_by, job.task_type)
+            if job.task_type not in hinted:
+                hinted.add(job.task_type)
+                self.hint(job.task_type, job.job_id, job.priority, job.created_at)
+            self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at,
+                             task_type=job.task_type)
         self.queues.mark_dirty()
 
     def job_changed(self, job_id: str, status: str, progress: int = 0, timestamp: int = 0,

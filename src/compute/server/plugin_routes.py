@@ -8,8 +8,8 @@ Around every plugin endpoint the server adds what the plugins need not know abou
   (same job_id, 200) and no second job; the retry's upload is removed again;
 - the database write happens off the event loop: the plugin's `repository.add_job` only
   records the job (plugins call it synchronously inside `async` endpoints), and the wrapper
-  commits it (`JobSubmitter.add_job`: the row, then the hint) on a database thread with a
-  deadline before the reply goes out. A stalled
+  commits it (`JobSubmitter.submit`: the row, with whatever other requests submitted meanwhile,
+  then the hint) on a database thread with a deadline before the reply goes out. A stalled
   database then answers 503 with Retry-After instead of stalling the server, and the job's
   folder is removed. The reply still comes only after the commit, so nothing answered 200 is
   lost;
@@ -119,8 +119,7 @@ def _wrapped(endpoint: Callable[..., Any], task_type: str, submitter: JobSubmitt
         reply = {**reply, "task_type": task_type}
         for i, add in enumerate(adds):
             try:
-                job_id = await db.call(submitter.add_job, add.job, created_by=add.created_by,
-                                       priority=add.priority)
+                job_id = await submitter.submit(add.job, created_by=add.created_by, priority=add.priority)
             except BaseException:
                 discard(adds[i:])
                 raise

@@ -148,7 +148,7 @@ def build_services(settings: Settings) -> Services:
         verifier=TokenVerifier.from_settings(settings),
         guest=GuestMode(PreferenceStore(route_engine), settings.guest_mode),
         storage=storage, repo=repo, queues=queues, changes=changes, dispatcher=dispatcher,
-        submitter=JobSubmitter(repo, dispatcher),
+        submitter=JobSubmitter(repo, dispatcher, db),
         transitions=transitions,
         canceller=Canceller(route_transitions, safe_bus, topics, dispatcher, queues),
         actions=JobActions(route_transitions, dispatcher, queues),
