@@ -2,7 +2,7 @@
 
 * Celery + Redis, no HTTP (`celery_app`): the bench process calls `apply_async` itself;
 * Celery behind FastAPI (`web`): an upload endpoint served by uvicorn that stores the file and
-  calls `delay`, driven by the same httpx burst as Compute;
+  calls `delay`, driven by the same HTTP burst as Compute (compute_bench.client);
 * Procrastinate + PostgreSQL, no HTTP (`procrastinate_app`): the bench process defers jobs.
 
 Every peer task stamps `time.time_ns()` on its first line and reports it, and its completion, to
