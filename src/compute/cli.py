@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 
 from compute import deathsignal
-from compute.broker import GIL_SWITCH_INTERVAL
 from compute.config import Settings, load_settings
 from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
 from compute.logs import setup_logging
@@ -154,10 +153,6 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # JSON logs: uvicorn's loggers keep no handlers of their own and reach the root's JSON one.
     log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
-    # The routes' database threads hold SQLite's write lock while they wait for the GIL; with the
-    # default 5 ms switch interval the HTTP loop (parsing an upload, say) can keep them, and every
-    # worker waiting to claim, waiting that long (INTERNALS.md, Performance: a small gain).
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         if args.reload:
             # uvicorn --reload builds the app in a subprocess, from the environment
