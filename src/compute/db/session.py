@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -84,21 +85,28 @@ def _begin_immediate(conn: Connection, wait_ms: int) -> None:
     burst asleep in it 70% of its wall time, mostly with the lock long free again. Its busy
     timeout is off for this statement only; every other statement keeps it.
     """
-    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    # The tries skip SQLAlchemy: building its wrapped error costs ~0.1 ms per try.
+    raw.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + wait_ms / 1000
         delay = _FIRST_RETRY
         while True:
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                raw.execute("BEGIN IMMEDIATE")
                 return
-            except OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= deadline:
-                    raise
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
             time.sleep(delay)
             delay = min(delay * 2, _LAST_RETRY)
     finally:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={wait_ms}")
+        raw.execute(f"PRAGMA busy_timeout={wait_ms}")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 #: Seconds between tries of BEGIN IMMEDIATE: doubling from the first to the last.
