@@ -117,8 +117,7 @@ class EmbeddedBroker:
     """
 
     def __init__(self, host: str, port: int, username: str, password: str) -> None:
-        if ":" in username:
-            raise ConfigError(f"MQTT_USERNAME {username!r} cannot contain ':' for the embedded broker")
+        """`username` without ':' (embedded_broker checks it: password files are `user:hash`)."""
         self.host = host
         self.port = port
         self._username = username
@@ -191,6 +190,9 @@ def embedded_broker(settings: Settings) -> Broker:
     """The broker EMBEDDED_BROKER asks for: Mosquitto (a child process) when it is `mosquitto`, or
     `auto` and a `mosquitto` executable is installed; amqtt (in this process) otherwise."""
     assert settings.mqtt_username and settings.mqtt_password
+    if ":" in settings.mqtt_username:
+        raise ConfigError(f"MQTT_USERNAME {settings.mqtt_username!r} cannot contain ':' for the embedded "
+                          "broker")
     args = (settings.mqtt_embedded_bind, settings.mqtt_port, settings.mqtt_username, settings.mqtt_password)
     if settings.embedded_broker != "amqtt":
         executable = find_mosquitto()

@@ -494,6 +494,8 @@ def test_auto_embeds_mosquitto_when_installed_and_amqtt_otherwise(tmp_path: Path
     assert isinstance(embedded_broker(settings), EmbeddedBroker)
     with pytest.raises(ConfigError, match="no `mosquitto` executable"):
         embedded_broker(replace(settings, embedded_broker="mosquitto"))
+    with pytest.raises(ConfigError, match="cannot contain ':'"):
+        embedded_broker(replace(settings, mqtt_username="a:b"))
     with pytest.raises(ConfigError, match="EMBEDDED_BROKER must be one of auto, mosquitto, amqtt"):
         load_settings({"CL_SERVER_DIR": str(tmp_path), "EMBEDDED_BROKER": "rabbit"})
 
