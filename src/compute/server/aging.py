@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from compute.db.aging import age_queued
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
+from compute.server.periodic import every
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -47,11 +48,8 @@ class PriorityAging:
         if self.step_ms <= 0:
             return
         # Checking a few times a step keeps a job's wait for its next step near the step itself.
-        interval = max(0.5, self.step_ms / 4000)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await asyncio.to_thread(self.age):
-                    self.on_change()
-            except Exception:
-                limited.exception("aging", "priority aging failed; trying again in %.0f s", interval)
+        await every(max(0.5, self.step_ms / 4000), self._one_pass, "priority aging", limited)
+
+    async def _one_pass(self) -> None:
+        if await asyncio.to_thread(self.age):
+            self.on_change()

@@ -20,6 +20,7 @@ from compute.bus.base import Bus
 from compute.db import retention as db
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
+from compute.server.periodic import every
 from compute.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,8 @@ class WorkerForgetter:
     async def run(self) -> None:
         if self.forget_after <= 0:
             return
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                while len(await self.forget_once()) == self.batch:
-                    pass
-            except Exception:
-                limited.exception("forget workers", "clearing gone workers failed; trying again in %.0f s",
-                                  self.interval)
+        await every(self.interval, self._one_pass, "clearing gone workers", limited)
+
+    async def _one_pass(self) -> None:
+        while len(await self.forget_once()) == self.batch:
+            pass

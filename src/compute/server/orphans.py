@@ -7,14 +7,16 @@ so an upload still being stored (folder first, row a moment later) is never touc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from compute.db.repository import JobRepository
+from compute.logs import LogLimiter
 from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
+from compute.server.periodic import every
 from compute.storage import JobStorage
 
 log = logging.getLogger(__name__)
+limited = LogLimiter(log)
 
 #: Longest pause between background sweeps, seconds.
 MAX_INTERVAL = 300.0
@@ -45,15 +47,14 @@ class OrphanSweeper:
         return removed, freed
 
     async def run(self) -> None:
-        interval = min(MAX_INTERVAL, max(1.0, self.grace / 2))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.db.call(self.remove_orphans)
-            except DatabaseUnavailable:
-                pass  # next time
-            except Exception:
-                log.exception("orphan folder sweep failed")
+        await every(min(MAX_INTERVAL, max(1.0, self.grace / 2)), self._one_pass, "orphan folder sweep",
+                    limited)
+
+    async def _one_pass(self) -> None:
+        try:
+            await self.db.call(self.remove_orphans)
+        except DatabaseUnavailable:
+            pass  # next time
 
 
 def _size(storage: JobStorage, job_id: str) -> int:

@@ -21,6 +21,7 @@ from compute.jobs import JobStatus
 from compute.logs import LogLimiter
 from compute.server.dispatch import Dispatcher
 from compute.server.metrics import ServerMetrics
+from compute.server.periodic import every
 from compute.server.queues import QueueReporter
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,11 @@ class Rescuer:
     async def run(self) -> None:
         """The lease sweep, until cancelled (which also drops the Will checks still waiting)."""
         try:
-            while True:
-                await asyncio.sleep(self.interval)
-                try:
-                    # On a thread: a locked database must not stall the event loop for its busy timeout.
-                    self._announce(await asyncio.to_thread(self.transitions.rescue_expired))
-                except Exception:
-                    limited.exception("lease sweep", "lease sweep failed; trying again in %.0f s",
-                                      self.interval)
+            await every(self.interval, self._sweep, "lease sweep", limited)
         finally:
             for task in list(self._checking):
                 task.cancel()
+
+    async def _sweep(self) -> None:
+        # On a thread: a locked database must not stall the event loop for its busy timeout.
+        self._announce(await asyncio.to_thread(self.transitions.rescue_expired))

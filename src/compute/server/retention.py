@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from compute.db import retention as db
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
+from compute.server.periodic import every
 from compute.storage import JobStorage
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,5 @@ class RetentionSweeper:
     async def run(self) -> None:
         if not self.policy.active:
             return
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                # On a thread: a locked database must not stall the event loop.
-                await asyncio.to_thread(self.prune)
-            except Exception:
-                limited.exception("retention", "retention pass failed; trying again in %.0f s", self.interval)
+        # On a thread: a locked database must not stall the event loop.
+        await every(self.interval, lambda: asyncio.to_thread(self.prune), "retention pass", limited)
