@@ -22,13 +22,13 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from compute.broker import port_answers
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.migrate import upgrade_head
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute.plugins.registry import load_tasks
+from compute.ports import port_answers
 from compute.server.app import create_app
 from compute.server.services import Services
 from compute.topics import Topics

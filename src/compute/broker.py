@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import stat
 import sys
 import tempfile
@@ -28,19 +27,11 @@ from typing import Any, Protocol
 from compute.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_USERNAME, Settings, read_secret
 from compute.errors import ConfigError
 from compute.mosquitto import MosquittoBroker, find_mosquitto
+from compute.ports import port_answers
 
 log = logging.getLogger(__name__)
 
 GIL_SWITCH_INTERVAL = 0.0005  # seconds
-
-
-def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 # -- credentials ------------------------------------------------------------------------------

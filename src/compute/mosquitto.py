@@ -30,6 +30,7 @@ from pathlib import Path
 
 from compute.deathsignal import preexec
 from compute.errors import ConfigError
+from compute.ports import port_answers
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class MosquittoBroker:
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._watch: asyncio.Task[None] | None = None
-        #: Times the child died by itself and was started again.
+        #: Tries to start the child again after it died by itself (also the backoff's step).
         self.restarts = 0
 
     @property
@@ -113,8 +114,6 @@ class MosquittoBroker:
         """Start the child and wait until it accepts connections; ConfigError with its output if
         it exits first. Runs on the event loop's thread: the parent-death signal is tied to the
         thread that started the child."""
-        from compute.broker import port_answers  # broker.py imports this module
-
         self._proc = self._launch()  # on this thread, not to_thread (see above)
         deadline = time.monotonic() + START_TIMEOUT
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host

@@ -38,12 +38,12 @@ from compute.broker import (
     embedded_broker,
     embedded_credentials,
     ensure_password_file,
-    port_answers,
 )
 from compute.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_USERNAME, Settings, load_settings
 from compute.errors import ConfigError
 from compute.mosquitto import MosquittoBroker, find_mosquitto
 from compute.plugins.registry import load_tasks
+from compute.ports import port_answers
 from compute.server.app import create_app
 from compute.worker.service import WorkerService
 from tests.conftest import Server, running_server

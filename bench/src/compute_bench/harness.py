@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from compute.broker import port_answers
 from compute.config import variable_names
+from compute.ports import port_answers
 from compute_bench import probes
 
 __all__ = ["LAUNCH", "Processes", "amqtt_command", "amqtt_config", "free_port", "mosquitto_command",

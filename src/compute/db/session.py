@@ -20,6 +20,10 @@ REQUIRED_TABLES = ("jobs", "queue_entries", "server_preferences", "worker_sessio
 IMMEDIATE = "compute_begin_immediate"
 #: Seconds a statement may wait for a locked or busy database, unless the caller says otherwise.
 DEFAULT_WAIT = 30.0
+#: Seconds between tries of a SQLite BEGIN IMMEDIATE (_begin_immediate): doubling from the first
+#: to the last.
+_FIRST_RETRY = 0.00025
+_LAST_RETRY = 0.002
 
 
 def is_sqlite(url: str) -> bool:
@@ -109,12 +113,6 @@ def _begin_immediate(conn: Connection, wait_ms: int) -> None:
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
-
-
-#: Seconds between tries of BEGIN IMMEDIATE: doubling from the first to the last.
-_FIRST_RETRY = 0.00025
-_LAST_RETRY = 0.002
-
 
 
 @contextlib.contextmanager
