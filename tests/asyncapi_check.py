@@ -40,8 +40,9 @@ class PayloadChecker:
                 for ref in channel["messages"].values():
                     message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[-1]]
                     schema = schemas[message["payload"]["$ref"].rsplit("/", 1)[-1]]
-                    messages.append({"name": message["name"], "contentType": message["contentType"],
-                                     "schema": schema})
+                    messages.append(
+                        {"name": message["name"], "contentType": message["contentType"], "schema": schema}
+                    )
                 compiled.append((re.compile(f"^{pattern}$"), messages))
             self._channels[topics] = compiled
         return self._channels[topics]
@@ -52,8 +53,7 @@ class PayloadChecker:
         raw = payload.encode() if isinstance(payload, str) else payload
         for pattern, messages in self._compiled(topics):
             if pattern.match(topic):
-                reasons = [f"{m['name']}: {why}" for m in messages
-                           if (why := _mismatch(m, raw)) is not None]
+                reasons = [f"{m['name']}: {why}" for m in messages if (why := _mismatch(m, raw)) is not None]
                 if len(reasons) < len(messages):
                     return None
                 return f"{topic} {raw[:300]!r} matches no message: {'; '.join(reasons)}"
@@ -79,8 +79,9 @@ def published_payloads_follow_asyncapi(monkeypatch: pytest.MonkeyPatch) -> Itera
     checker = PayloadChecker()
     publish, init = MqttBus.publish, MqttBus.__init__
 
-    def checked_publish(self: MqttBus, topic: str, payload: bytes | str, qos: int = 0,
-                        retain: bool = False) -> bool:
+    def checked_publish(
+        self: MqttBus, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
+    ) -> bool:
         checker.check(Topics.for_settings(self.settings), topic, payload)
         return publish(self, topic, payload, qos, retain)
 
@@ -94,5 +95,8 @@ def published_payloads_follow_asyncapi(monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setattr(MqttBus, "__init__", checked_init)
     yield checker
     if checker.failures:
-        pytest.fail("published payloads that do not follow the AsyncAPI document:\n"
-                    + "\n".join(checker.failures[:20]), pytrace=False)
+        pytest.fail(
+            "published payloads that do not follow the AsyncAPI document:\n"
+            + "\n".join(checker.failures[:20]),
+            pytrace=False,
+        )

@@ -92,9 +92,13 @@ class AmqttProcess:
 
     async def start(self) -> AmqttProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            *amqtt_command(self.port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await wait_for(lambda: port_answers("127.0.0.1", self.port), timeout=20,
-                       what=f"amqtt process on port {self.port}")
+            *amqtt_command(self.port), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await wait_for(
+            lambda: port_answers("127.0.0.1", self.port),
+            timeout=20,
+            what=f"amqtt process on port {self.port}",
+        )
         return self
 
     async def stop(self) -> None:
@@ -265,11 +269,19 @@ class Server:
         """The server's parts (repository, registry, ingest ...), as create_app built them."""
         return self.app.state.services  # type: ignore[no-any-return]
 
-    async def submit(self, task: str = "image_conversion", data: dict[str, str] | None = None,
-                     content: bytes | None = None, filename: str = "photo.png") -> dict[str, Any]:
+    async def submit(
+        self,
+        task: str = "image_conversion",
+        data: dict[str, str] | None = None,
+        content: bytes | None = None,
+        filename: str = "photo.png",
+    ) -> dict[str, Any]:
         if data is None:
-            data = {"format": "jpg", "quality": "80"} if task == "image_conversion" else {
-                "width": "8", "height": "6"}
+            data = (
+                {"format": "jpg", "quality": "80"}
+                if task == "image_conversion"
+                else {"width": "8", "height": "6"}
+            )
         files = {"file": (filename, content or png_bytes(), "image/png")}
         response = await self.client.post(f"/jobs/{task}", data=data, files=files)
         assert response.status_code == 200, response.text
@@ -341,9 +353,12 @@ async def start_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
     """start_worker(tasks=..., plugins=..., **settings_changes) -> a connected RunningWorker."""
     started: list[RunningWorker] = []
 
-    async def start(tasks: tuple[str, ...] = ("image_conversion", "image_resize"),
-                    plugins: dict[str, Any] | None = None, wait_idle: bool = True,
-                    **changes: Any) -> RunningWorker:
+    async def start(
+        tasks: tuple[str, ...] = ("image_conversion", "image_resize"),
+        plugins: dict[str, Any] | None = None,
+        wait_idle: bool = True,
+        **changes: Any,
+    ) -> RunningWorker:
         """wait_idle: return once its first pass found nothing, so that what runs next was
         woken by a hint or the sweep (pass False when jobs are already waiting)."""
         worker_id = f"{settings.worker_id}{len(started) + 1}"

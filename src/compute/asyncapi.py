@@ -74,53 +74,125 @@ _PRESENCE = Message("Presence", Presence, "Plain text `online` or `offline`.", T
 #: Every topic, in topics.md's order. Senders and receivers are Compute's own parts; dashboards
 #: and CL Server clients read whatever they like.
 CHANNELS: tuple[Channel, ...] = (
-    Channel("jobAvailable", lambda t: t.job_available("{task_type}"),
-            (Message("JobAvailable", JobAvailable, "A hint: a job of this type waits."),),
-            "server", ("worker",), 1, False,
-            "A job was added, requeued or rescued; workers claim from the database."),
-    Channel("jobEvent", lambda t: t.job_event("{task_type}", "{job_id}"),
-            (Message("JobEvent", JobEventMessage, "A signed event about the worker's claim."),),
-            "worker", ("server",), 1, False,
-            "What a worker reports about a job it claimed."),
-    Channel("workerConfirm", lambda t: t.worker_confirm("{worker_id}"),
-            (Message("Confirmation", Confirmation, "The server's signed receipt for a result."),),
-            "server", ("worker",), 1, False,
-            "A terminal event is safe in the database: the worker may forget it."),
-    Channel("workerCancel", lambda t: t.worker_cancel("{worker_id}"),
-            (Message("CancelRequest", CancelRequest, "Stop a running job (signed)."),),
-            "server", ("worker",), 1, False,
-            "A running job was cancelled."),
-    Channel("workerStatus", lambda t: t.worker_status("{worker_id}"), (_PRESENCE, _CLEARED),
-            "worker", (), 1, True,
-            "A worker's availability for dashboards (the presence connection's Last Will); cleared "
-            "by the server when the worker is forgotten."),
-    Channel("workerInfo", lambda t: t.worker_info("{worker_id}"),
-            (Message("WorkerInfo", WorkerInfo, "A live worker, signed with its session's secret."),
-             Message("WorkerWill", WorkerWill, "The main connection's Last Will: the session is gone."),
-             _CLEARED),
-            "worker", ("server",), 1, True,
-            "Retained description of a live worker; the server believes what the database confirms."),
-    Channel("queueState", lambda t: t.queue("{task_type}"),
-            (Message("QueueState", QueueState, "Queued and running jobs of a task type."),),
-            "server", (), 1, True,
-            "Retained queue summary per task type."),
-    Channel("taskPaused", lambda t: t.task_paused("{task_type}"),
-            (Message("TaskPaused", TaskPaused, "Whether the task type is paused (advisory)."),),
-            "server", (), 1, True,
-            "A task type was paused or resumed; the database decides, workers do not read this."),
-    Channel("serverStatus", lambda t: t.server_status, (_PRESENCE,),
-            "server", (), 1, True,
-            "The server's availability (its Last Will says offline)."),
-    Channel("legacyEvents", lambda t: t.legacy_events,
-            (Message("LegacyJobEvent", LegacyJobEvent, "CL Server's job event."),),
-            "server", (), 1, False,
-            "CL Server's job events, after each change is persisted (a worker that wrote its "
-            "result itself publishes it too)."),
-    Channel("legacyWorker", lambda t: t.legacy_worker("{worker_id}"),
-            (Message("LegacyCapability", LegacyCapability, "CL Server's worker capability (advisory)."),
-             _CLEARED),
-            "worker", (), 1, True,
-            "CL Server's retained worker capability; cleared when the worker is gone."),
+    Channel(
+        "jobAvailable",
+        lambda t: t.job_available("{task_type}"),
+        (Message("JobAvailable", JobAvailable, "A hint: a job of this type waits."),),
+        "server",
+        ("worker",),
+        1,
+        False,
+        "A job was added, requeued or rescued; workers claim from the database.",
+    ),
+    Channel(
+        "jobEvent",
+        lambda t: t.job_event("{task_type}", "{job_id}"),
+        (Message("JobEvent", JobEventMessage, "A signed event about the worker's claim."),),
+        "worker",
+        ("server",),
+        1,
+        False,
+        "What a worker reports about a job it claimed.",
+    ),
+    Channel(
+        "workerConfirm",
+        lambda t: t.worker_confirm("{worker_id}"),
+        (Message("Confirmation", Confirmation, "The server's signed receipt for a result."),),
+        "server",
+        ("worker",),
+        1,
+        False,
+        "A terminal event is safe in the database: the worker may forget it.",
+    ),
+    Channel(
+        "workerCancel",
+        lambda t: t.worker_cancel("{worker_id}"),
+        (Message("CancelRequest", CancelRequest, "Stop a running job (signed)."),),
+        "server",
+        ("worker",),
+        1,
+        False,
+        "A running job was cancelled.",
+    ),
+    Channel(
+        "workerStatus",
+        lambda t: t.worker_status("{worker_id}"),
+        (_PRESENCE, _CLEARED),
+        "worker",
+        (),
+        1,
+        True,
+        "A worker's availability for dashboards (the presence connection's Last Will); cleared "
+        "by the server when the worker is forgotten.",
+    ),
+    Channel(
+        "workerInfo",
+        lambda t: t.worker_info("{worker_id}"),
+        (
+            Message("WorkerInfo", WorkerInfo, "A live worker, signed with its session's secret."),
+            Message("WorkerWill", WorkerWill, "The main connection's Last Will: the session is gone."),
+            _CLEARED,
+        ),
+        "worker",
+        ("server",),
+        1,
+        True,
+        "Retained description of a live worker; the server believes what the database confirms.",
+    ),
+    Channel(
+        "queueState",
+        lambda t: t.queue("{task_type}"),
+        (Message("QueueState", QueueState, "Queued and running jobs of a task type."),),
+        "server",
+        (),
+        1,
+        True,
+        "Retained queue summary per task type.",
+    ),
+    Channel(
+        "taskPaused",
+        lambda t: t.task_paused("{task_type}"),
+        (Message("TaskPaused", TaskPaused, "Whether the task type is paused (advisory)."),),
+        "server",
+        (),
+        1,
+        True,
+        "A task type was paused or resumed; the database decides, workers do not read this.",
+    ),
+    Channel(
+        "serverStatus",
+        lambda t: t.server_status,
+        (_PRESENCE,),
+        "server",
+        (),
+        1,
+        True,
+        "The server's availability (its Last Will says offline).",
+    ),
+    Channel(
+        "legacyEvents",
+        lambda t: t.legacy_events,
+        (Message("LegacyJobEvent", LegacyJobEvent, "CL Server's job event."),),
+        "server",
+        (),
+        1,
+        False,
+        "CL Server's job events, after each change is persisted (a worker that wrote its "
+        "result itself publishes it too).",
+    ),
+    Channel(
+        "legacyWorker",
+        lambda t: t.legacy_worker("{worker_id}"),
+        (
+            Message("LegacyCapability", LegacyCapability, "CL Server's worker capability (advisory)."),
+            _CLEARED,
+        ),
+        "worker",
+        (),
+        1,
+        True,
+        "CL Server's retained worker capability; cleared when the worker is gone.",
+    ),
 )
 
 
@@ -161,13 +233,15 @@ def _operation(channel: Channel, who: str, action: str) -> dict[str, Any]:
         "channel": {"$ref": f"#/channels/{channel.key}"},
         "summary": f"The {who} {verb}: {channel.summary}",
         "messages": [{"$ref": f"#/channels/{channel.key}/messages/{m.name}"} for m in channel.messages],
-        "bindings": {"mqtt": {"qos": channel.qos, "retain": channel.retained,
-                              "bindingVersion": MQTT_BINDING_VERSION}},
+        "bindings": {
+            "mqtt": {"qos": channel.qos, "retain": channel.retained, "bindingVersion": MQTT_BINDING_VERSION}
+        },
     }
 
 
-def document(topics: Topics | None = None, broker: str = "localhost:1883",
-             mqtt_version: int = 4) -> dict[str, Any]:
+def document(
+    topics: Topics | None = None, broker: str = "localhost:1883", mqtt_version: int = 4
+) -> dict[str, Any]:
     """The AsyncAPI document for one deployment's topic names (topics.md's defaults when None)."""
     topics = topics or Topics()
     channels: dict[str, Any] = {}
@@ -185,8 +259,12 @@ def document(topics: Topics | None = None, broker: str = "localhost:1883",
         }
         for m in channel.messages:
             schemas[m.name] = schema_of(m.payload)
-            messages[m.name] = {"name": m.name, "summary": m.summary, "contentType": m.content_type,
-                                "payload": {"$ref": f"#/components/schemas/{m.name}"}}
+            messages[m.name] = {
+                "name": m.name,
+                "summary": m.summary,
+                "contentType": m.content_type,
+                "payload": {"$ref": f"#/components/schemas/{m.name}"},
+            }
         name = channel.key[0].upper() + channel.key[1:]
         operations[f"{channel.sender}Sends{name}"] = _operation(channel, channel.sender, "send")
         for receiver in channel.receivers:
@@ -197,11 +275,16 @@ def document(topics: Topics | None = None, broker: str = "localhost:1883",
             "title": "Compute",
             "version": __version__,
             "description": "Every MQTT topic Compute's server and workers publish or read "
-                           "(topics.md is the prose). Timestamps are milliseconds since the Unix epoch.",
+            "(topics.md is the prose). Timestamps are milliseconds since the Unix epoch.",
         },
         "defaultContentType": JSON,
-        "servers": {"broker": {"host": broker, "protocol": "mqtt",
-                               "protocolVersion": "5" if mqtt_version == 5 else "3.1.1"}},
+        "servers": {
+            "broker": {
+                "host": broker,
+                "protocol": "mqtt",
+                "protocolVersion": "5" if mqtt_version == 5 else "3.1.1",
+            }
+        },
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},

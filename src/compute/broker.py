@@ -47,8 +47,9 @@ def embedded_credentials(settings: Settings) -> Settings:
     if settings.mqtt_broker is not None:
         return settings
     password = settings.mqtt_password or ensure_password_file(settings.cl_server_dir)
-    return replace(settings, mqtt_username=settings.mqtt_username or EMBEDDED_USERNAME,
-                   mqtt_password=password)
+    return replace(
+        settings, mqtt_username=settings.mqtt_username or EMBEDDED_USERNAME, mqtt_password=password
+    )
 
 
 def ensure_password_file(directory: Path) -> str:
@@ -62,8 +63,10 @@ def ensure_password_file(directory: Path) -> str:
     except FileExistsError:
         existing = read_secret(path)
         if not existing:
-            raise ConfigError(f"{path} is empty or unreadable: delete it to generate a new MQTT password "
-                              "(then restart the workers too), or set MQTT_PASSWORD") from None
+            raise ConfigError(
+                f"{path} is empty or unreadable: delete it to generate a new MQTT password "
+                "(then restart the workers too), or set MQTT_PASSWORD"
+            ) from None
         _keep_private(path)
         return existing
     with os.fdopen(fd, "w") as out:
@@ -129,8 +132,12 @@ class EmbeddedBroker:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self._thread.start()
         await self._in_broker_loop(self._start())
-        log.info("embedded MQTT broker (amqtt) listening on %s:%s, user %s, no anonymous access",
-                 self.host, self.port, self._username)
+        log.info(
+            "embedded MQTT broker (amqtt) listening on %s:%s, user %s, no anonymous access",
+            self.host,
+            self.port,
+            self._username,
+        )
 
     async def _start(self) -> None:
         from amqtt.broker import Broker  # only the embedded mode needs it
@@ -182,16 +189,19 @@ def embedded_broker(settings: Settings) -> Broker:
     `auto` and a `mosquitto` executable is installed; amqtt (in this process) otherwise."""
     assert settings.mqtt_username and settings.mqtt_password
     if ":" in settings.mqtt_username:
-        raise ConfigError(f"MQTT_USERNAME {settings.mqtt_username!r} cannot contain ':' for the embedded "
-                          "broker")
+        raise ConfigError(
+            f"MQTT_USERNAME {settings.mqtt_username!r} cannot contain ':' for the embedded broker"
+        )
     args = (settings.mqtt_embedded_bind, settings.mqtt_port, settings.mqtt_username, settings.mqtt_password)
     if settings.embedded_broker != "amqtt":
         executable = find_mosquitto()
         if executable is not None:
             return MosquittoBroker(executable, *args)
         if settings.embedded_broker == "mosquitto":
-            raise ConfigError("EMBEDDED_BROKER=mosquitto, but no `mosquitto` executable is installed "
-                              "(Debian: apt install mosquitto; or EMBEDDED_BROKER=amqtt)")
+            raise ConfigError(
+                "EMBEDDED_BROKER=mosquitto, but no `mosquitto` executable is installed "
+                "(Debian: apt install mosquitto; or EMBEDDED_BROKER=amqtt)"
+            )
     return EmbeddedBroker(*args)
 
 
@@ -203,8 +213,9 @@ async def start_embedded_if_needed(settings: Settings) -> Broker | None:
     if settings.mqtt_broker is not None:
         return None
     if port_answers("127.0.0.1", settings.mqtt_port):
-        log.info("MQTT_BROKER not set and a broker already answers on 127.0.0.1:%s: using it",
-                 settings.mqtt_port)
+        log.info(
+            "MQTT_BROKER not set and a broker already answers on 127.0.0.1:%s: using it", settings.mqtt_port
+        )
         return None
     if not settings.mqtt_username or not settings.mqtt_password:
         raise ConfigError("the embedded MQTT broker needs credentials (embedded_credentials)")

@@ -58,9 +58,15 @@ def _add_broker_flags(parser: argparse.ArgumentParser) -> None:
 
 def _broker_overrides(args: argparse.Namespace) -> dict[str, str]:
     """The broker and log flags as settings overrides (variable name -> value), for load_settings."""
-    return {var: str(flag) for flag, var in ((args.mqtt_broker, "MQTT_BROKER"),
-                                            (args.mqtt_port, "MQTT_PORT"),
-                                            (args.log_level, "LOG_LEVEL")) if flag is not None}
+    return {
+        var: str(flag)
+        for flag, var in (
+            (args.mqtt_broker, "MQTT_BROKER"),
+            (args.mqtt_port, "MQTT_PORT"),
+            (args.log_level, "LOG_LEVEL"),
+        )
+        if flag is not None
+    }
 
 
 # -- compute-migrate ----------------------------------------------------------------------
@@ -69,7 +75,8 @@ def _broker_overrides(args: argparse.Namespace) -> dict[str, str]:
 def migrate_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="compute-migrate",
-        description="Create CL_SERVER_DIR and bring the database to the latest schema.")
+        description="Create CL_SERVER_DIR and bring the database to the latest schema.",
+    )
     parser.parse_args(argv)
     from compute.db.migrate import upgrade_head
 
@@ -90,10 +97,14 @@ def models_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="compute-models",
         description="List the ML plugins' model files: present, missing or corrupt. "
-                    "Exit status 0 when every model is present and sound, 1 otherwise.")
-    parser.add_argument("--record", action="store_true",
-                        help="record the checksums of the model files present now (SHA256SUMS), "
-                             "so later runs detect files that changed")
+        "Exit status 0 when every model is present and sound, 1 otherwise.",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="record the checksums of the model files present now (SHA256SUMS), "
+        "so later runs detect files that changed",
+    )
     args = parser.parse_args(argv)
     from compute.plugins import environment, models
 
@@ -125,8 +136,13 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8002, help="HTTP port (default 8002)")
     parser.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     parser.add_argument("--no-auth", action="store_true", help="disable JWT checks (AUTH_DISABLED)")
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="also start N compute-worker processes (default 0)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also start N compute-worker processes (default 0)",
+    )
     _add_broker_flags(parser)
     args = parser.parse_args(argv)
 
@@ -146,8 +162,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    workers = (_spawn_workers_when_ready(args.workers, args.port, overrides)
-               if args.workers else None)
+    workers = _spawn_workers_when_ready(args.workers, args.port, overrides) if args.workers else None
     # uvicorn shuts down on SIGTERM, then raises the signal again to the handler it found:
     # with the default one the process would die before stopping its workers.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -158,9 +173,16 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             # uvicorn --reload builds the app in a subprocess, from the environment
             # (app_from_env): only here do the flags still pass through os.environ.
             os.environ.update(overrides)
-            uvicorn.run("compute.cli:app_from_env", factory=True, host=args.host, port=args.port,
-                        reload=True, log_level=settings.log_level.lower(),
-                        http="compute.cli:http_protocol_from_env", log_config=log_config)
+            uvicorn.run(
+                "compute.cli:app_from_env",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                reload=True,
+                log_level=settings.log_level.lower(),
+                http="compute.cli:http_protocol_from_env",
+                log_config=log_config,
+            )
         else:
             from compute.server.app import create_app
             from compute.server.serving import StreamClosingServer, http_protocol
@@ -169,9 +191,16 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                 app = create_app(settings)
             except ComputeError as exc:
                 return _fail(str(exc))
-            config = uvicorn.Config(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                                    loop="uvloop", http=http_protocol(settings.header_read_timeout),
-                                    access_log=False, log_config=log_config)
+            config = uvicorn.Config(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level=settings.log_level.lower(),
+                loop="uvloop",
+                http=http_protocol(settings.header_read_timeout),
+                access_log=False,
+                log_config=log_config,
+            )
             StreamClosingServer(config, app.state.services.changes.close).run()
     finally:
         if workers is not None:
@@ -255,10 +284,12 @@ def _server_answers(url: str) -> bool:
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compute-worker",
-                                     description="Run a Compute worker (claims and runs jobs).")
-    parser.add_argument("--worker-id", help="unique worker id (WORKER_ID; default worker-<host>-<n>, "
-                                                      "n the first free slot)")
+    parser = argparse.ArgumentParser(
+        prog="compute-worker", description="Run a Compute worker (claims and runs jobs)."
+    )
+    parser.add_argument(
+        "--worker-id", help="unique worker id (WORKER_ID; default worker-<host>-<n>, n the first free slot)"
+    )
     parser.add_argument("--tasks", help="comma-separated task types (WORKER_SUPPORTED_TASKS)")
     parser.add_argument("--port", type=int, help="port of the local compute server (default 8002)")
     parser.add_argument("--server-url", help="URL of the compute server (COMPUTE_SERVER_URL)")
@@ -266,8 +297,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     overrides = _broker_overrides(args)
-    for flag, var in ((args.port, "COMPUTE_PORT"), (args.server_url, "COMPUTE_SERVER_URL"),
-                      (args.worker_id, "WORKER_ID"), (args.tasks, "WORKER_SUPPORTED_TASKS")):
+    for flag, var in (
+        (args.port, "COMPUTE_PORT"),
+        (args.server_url, "COMPUTE_SERVER_URL"),
+        (args.worker_id, "WORKER_ID"),
+        (args.tasks, "WORKER_SUPPORTED_TASKS"),
+    ):
         if flag is not None:
             overrides[var] = str(flag)
     slot: WorkerSlot | None = None
@@ -291,11 +326,13 @@ def _check_worker_prerequisites(settings: Settings) -> None:
     if not settings.cl_server_dir.is_dir():
         raise ConfigError(
             f"CL_SERVER_DIR {settings.cl_server_dir} does not exist: start compute-server "
-            "(and run compute-migrate) first, or set CL_SERVER_DIR")
+            "(and run compute-migrate) first, or set CL_SERVER_DIR"
+        )
     if not _server_answers(settings.server_url + "/"):
         raise ServerUnavailable(
             f"compute server does not answer at {settings.server_url}: start compute-server "
-            "first, or pass --port / --server-url")
+            "first, or pass --port / --server-url"
+        )
 
 
 async def _run_worker(settings: Settings) -> int:
@@ -335,15 +372,18 @@ async def _run_worker(settings: Settings) -> int:
     try:
         await worker.run()
     finally:
-        log.info("worker %s stopped: %d jobs run, %d empty claims",
-                 settings.worker_id, worker.jobs_run, worker.empty_claims)
+        log.info(
+            "worker %s stopped: %d jobs run, %d empty claims",
+            settings.worker_id,
+            worker.jobs_run,
+            worker.empty_claims,
+        )
         await service.close()
     return 0
 
 
 def _dispatch(argv: list[str]) -> int:
-    commands = {"migrate": migrate_main, "server": server_main, "worker": worker_main,
-                "models": models_main}
+    commands = {"migrate": migrate_main, "server": server_main, "worker": worker_main, "models": models_main}
     if not argv or argv[0] not in commands:
         return _fail("usage: python -m compute.cli {migrate|server|worker|models} [options]")
     return commands[argv[0]](argv[1:])

@@ -136,8 +136,9 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None,
-         maximum: int | None = None) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -160,8 +161,9 @@ def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool 
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ConfigError(f"{name} must be a {'positive' if positive else 'non-negative'} "
-                          f"number, got {raw!r}")
+        raise ConfigError(
+            f"{name} must be a {'positive' if positive else 'non-negative'} number, got {raw!r}"
+        )
     return value
 
 
@@ -202,8 +204,9 @@ def parse_tasks(raw: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in raw.split(",") if t.strip())
 
 
-def load_settings(env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, str | None] | None = None) -> Settings:
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, str | None] | None = None
+) -> Settings:
     """Build Settings from environment variables (os.environ by default).
 
     `overrides` (variable name -> value; None values are ignored) take precedence over `env`:
@@ -272,20 +275,25 @@ def load_settings(env: Mapping[str, str] | None = None,
         sse_buffer=_int(env, "SSE_BUFFER", 256, minimum=1),
         sse_max_clients=_int(env, "SSE_MAX_CLIENTS", 1000, minimum=1),
         job_rate_limit=rate_limit,
-        job_rate_burst=_int(env, "JOB_RATE_BURST", max(1, math.ceil(rate_limit)), minimum=1,
-                            maximum=1_000_000),
+        job_rate_burst=_int(
+            env, "JOB_RATE_BURST", max(1, math.ceil(rate_limit)), minimum=1, maximum=1_000_000
+        ),
         retention_days=_float(env, "RETENTION_DAYS", 0.0),
         retention_max_jobs=_int(env, "RETENTION_MAX_JOBS", 0, minimum=0),
         worker_forget_after=_float(env, "WORKER_FORGET_AFTER", 86400.0),
         priority_aging_seconds=_float(env, "PRIORITY_AGING_SECONDS", 60.0),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
-        media_roots=tuple(Path(p).expanduser() for p in
-                          (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep) if p.strip()),
+        media_roots=tuple(
+            Path(p).expanduser()
+            for p in (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep)
+            if p.strip()
+        ),
         worker_id=env.get("WORKER_ID") or "worker-default",
         plugin_isolation=_choice(env, "PLUGIN_ISOLATION", PLUGIN_ISOLATION_MODES),
         plugin_memory_limit_mb=_int(env, "PLUGIN_MEMORY_LIMIT_MB", 4096, minimum=0),
-        worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"]) if env.get("WORKER_SUPPORTED_TASKS")
+        worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"])
+        if env.get("WORKER_SUPPORTED_TASKS")
         else None,
         server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),

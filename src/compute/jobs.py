@@ -40,14 +40,17 @@ def sdk_status(status: str) -> str:
 
 
 #: The statuses a job may move to from each status.
-NEXT: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType({
-    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELLED}),
-    JobStatus.PROCESSING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.QUEUED,
-                                     JobStatus.CANCELLED}),
-    JobStatus.COMPLETED: frozenset(),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),  # an operator's retry
-    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),  # an operator's retry
-})
+NEXT: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
+    {
+        JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELLED}),
+        JobStatus.PROCESSING: frozenset(
+            {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.QUEUED, JobStatus.CANCELLED}
+        ),
+        JobStatus.COMPLETED: frozenset(),
+        JobStatus.FAILED: frozenset({JobStatus.QUEUED}),  # an operator's retry
+        JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),  # an operator's retry
+    }
+)
 #: Finished: no worker, rescue or cancel changes these; only an operator's retry (see NEXT).
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 #: Not finished: a worker's event, a rescue or a cancel may still move the job, as stored.

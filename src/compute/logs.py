@@ -56,6 +56,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     for noisy in ("gmqtt", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
+
 BURST = 5
 INTERVAL = 60.0  # seconds
 MAX_KEYS = 256
@@ -72,8 +73,9 @@ class _Window:
 class LogLimiter:
     """`warning(key, msg, *args)` and friends, at most `burst` lines per key per `interval`."""
 
-    def __init__(self, logger: logging.Logger, burst: int = BURST, interval: float = INTERVAL,
-                 max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self, logger: logging.Logger, burst: int = BURST, interval: float = INTERVAL, max_keys: int = MAX_KEYS
+    ) -> None:
         self.logger = logger
         self.burst = burst
         self.interval = interval
@@ -82,8 +84,15 @@ class LogLimiter:
         #: Lines held back since start, per key (for tests and health checks).
         self.suppressed_total = 0
 
-    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False,
-            extra: Mapping[str, object] | None = None) -> bool:
+    def log(
+        self,
+        level: int,
+        key: str,
+        msg: str,
+        *args: Any,
+        exc_info: bool = False,
+        extra: Mapping[str, object] | None = None,
+    ) -> bool:
         """Log unless `key` used up its burst in this interval; True when the line was written.
         `extra`: fields for structured (JSON) logs, e.g. job_id and worker_id."""
         if not self.logger.isEnabledFor(level):
@@ -124,5 +133,10 @@ class LogLimiter:
 
     def _summarise(self, level: int, key: str, window: _Window, now: float) -> None:
         if window.suppressed:
-            self.logger.log(level, "suppressed %d more '%s' lines in the last %.0f s", window.suppressed,
-                            key, now - window.started)
+            self.logger.log(
+                level,
+                "suppressed %d more '%s' lines in the last %.0f s",
+                window.suppressed,
+                key,
+                now - window.started,
+            )

@@ -59,24 +59,26 @@ def password_line(username: str, password: str) -> str:
 
 def config_text(host: str, port: int, password_file: Path) -> str:
     """The child's configuration. Queue settings as in deploy/mosquitto (see there for why)."""
-    return "\n".join([
-        "per_listener_settings false",
-        f"listener {port} {host}",
-        "allow_anonymous false",
-        f"password_file {password_file}",
-        # Run as whoever runs the server: as root, Mosquitto would switch to the `mosquitto` user,
-        # which cannot read our private folder.
-        f"user {getpass.getuser()}",
-        # Without it every forwarded message can wait ~40 ms for a delayed ACK.
-        "set_tcp_nodelay true",
-        "max_inflight_messages 100",
-        "max_queued_messages 100000",
-        "persistence false",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "",
-    ])
+    return "\n".join(
+        [
+            "per_listener_settings false",
+            f"listener {port} {host}",
+            "allow_anonymous false",
+            f"password_file {password_file}",
+            # Run as whoever runs the server: as root, Mosquitto would switch to the `mosquitto` user,
+            # which cannot read our private folder.
+            f"user {getpass.getuser()}",
+            # Without it every forwarded message can wait ~40 ms for a delayed ACK.
+            "set_tcp_nodelay true",
+            "max_inflight_messages 100",
+            "max_queued_messages 100000",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "",
+        ]
+    )
 
 
 class MosquittoBroker:
@@ -107,8 +109,13 @@ class MosquittoBroker:
         (self._dir / "mosquitto.conf").write_text(config_text(self.host, self.port, passwd))
         await self._spawn()
         self._watch = asyncio.create_task(self._keep_running(), name="mosquitto")
-        log.info("embedded MQTT broker (Mosquitto, pid %s) listening on %s:%s, user %s, no anonymous "
-                 "access", self.pid, self.host, self.port, self._username)
+        log.info(
+            "embedded MQTT broker (Mosquitto, pid %s) listening on %s:%s, user %s, no anonymous access",
+            self.pid,
+            self.host,
+            self.port,
+            self._username,
+        )
 
     async def _spawn(self) -> None:
         """Start the child and wait until it accepts connections; ConfigError with its output if
@@ -121,17 +128,23 @@ class MosquittoBroker:
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 output = self._output()
                 await self._end()
-                raise ConfigError(f"the embedded Mosquitto ({self.executable}) did not start on "
-                                  f"{self.host}:{self.port}: {output or 'no output'} (EMBEDDED_BROKER=amqtt "
-                                  "runs the Python broker instead)")
+                raise ConfigError(
+                    f"the embedded Mosquitto ({self.executable}) did not start on "
+                    f"{self.host}:{self.port}: {output or 'no output'} (EMBEDDED_BROKER=amqtt "
+                    "runs the Python broker instead)"
+                )
             await asyncio.sleep(0.02)
 
     def _launch(self) -> subprocess.Popen[bytes]:
         assert self._dir is not None
         with open(self._dir / "mosquitto.log", "ab") as out:  # the child keeps its own copy
-            return subprocess.Popen([self.executable, "-c", str(self._dir / "mosquitto.conf")],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=preexec())
+            return subprocess.Popen(
+                [self.executable, "-c", str(self._dir / "mosquitto.conf")],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec(),
+            )
 
     def _output(self, limit: int = 2000) -> str:
         """What the child wrote: its error lines when there are any (it also warns about running as
@@ -150,8 +163,11 @@ class MosquittoBroker:
             proc = self._proc
             if proc is not None:
                 code = await asyncio.to_thread(proc.wait)
-                log.error("embedded Mosquitto exited (code %s): %s; starting it again", code,
-                          self._output(500) or "no output")
+                log.error(
+                    "embedded Mosquitto exited (code %s): %s; starting it again",
+                    code,
+                    self._output(500) or "no output",
+                )
             self.restarts += 1
             await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self.restarts, 6)))
             try:

@@ -70,9 +70,7 @@ def _typed(task: str, values: dict[str, Any]) -> dict[str, Any]:
             number = int(value) if key == "max_retries" else float(value)
         except (TypeError, ValueError, OverflowError):
             number = None
-        if (number is None or isinstance(value, bool) or not math.isfinite(number)
-                or number < 0):
-            raise ConfigError(f"TASK_POLICIES[{task!r}].{key} must be a non-negative number, "
-                              f"got {value!r}")
+        if number is None or isinstance(value, bool) or not math.isfinite(number) or number < 0:
+            raise ConfigError(f"TASK_POLICIES[{task!r}].{key} must be a non-negative number, got {value!r}")
         out[key] = number
     return out

@@ -47,8 +47,9 @@ class KeyedLimiter:
     `per_minute` 0 turns the limit off.
     """
 
-    def __init__(self, per_minute: float, burst: int, max_keys: int = 10_000,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, per_minute: float, burst: int, max_keys: int = 10_000, clock: Clock = time.monotonic
+    ) -> None:
         self.per_minute, self.burst, self.max_keys, self.clock = per_minute, burst, max_keys, clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 

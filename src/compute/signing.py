@@ -46,8 +46,15 @@ def _canonical_output(output: dict[str, Any] | None) -> str:
 
 def _event_fields(ev: JobEvent) -> tuple[str, ...]:
     return (
-        ev.job_id, ev.worker_id, ev.event.value, str(ev.attempt), str(ev.seq), str(ev.progress),
-        str(ev.timestamp), "1" if ev.retryable else "0", ev.error if ev.error is not None else "-",
+        ev.job_id,
+        ev.worker_id,
+        ev.event.value,
+        str(ev.attempt),
+        str(ev.seq),
+        str(ev.progress),
+        str(ev.timestamp),
+        "1" if ev.retryable else "0",
+        ev.error if ev.error is not None else "-",
         _canonical_output(ev.task_output),
     )
 
@@ -71,8 +78,9 @@ def confirmation_signature(lease_token: str, job_id: str, attempt: int, status: 
     return _mac(lease_token, _confirm_fields(job_id, attempt, status, timestamp))
 
 
-def verify_confirmation(lease_token: str | None, job_id: str, attempt: int, status: str, timestamp: int,
-                        sig: str) -> bool:
+def verify_confirmation(
+    lease_token: str | None, job_id: str, attempt: int, status: str, timestamp: int, sig: str
+) -> bool:
     return _matches(lease_token, sig, _confirm_fields(job_id, attempt, status, timestamp))
 
 
@@ -93,9 +101,18 @@ def verify_cancel(lease_token: str | None, job_id: str, attempt: int, timestamp:
 
 def _info_fields(info: Any) -> tuple[str, ...]:
     """`info` is a topics.WorkerInfo (a dict); the Will signs the defaults parse_worker_info fills in."""
-    return ("info", info["worker_id"], info["session"], info["state"], ",".join(info["tasks"]),
-            "1" if info["idle"] else "0", info["hostname"], str(info["pid"]), str(info["started_at"]),
-            str(info["timestamp"]))
+    return (
+        "info",
+        info["worker_id"],
+        info["session"],
+        info["state"],
+        ",".join(info["tasks"]),
+        "1" if info["idle"] else "0",
+        info["hostname"],
+        str(info["pid"]),
+        str(info["started_at"]),
+        str(info["timestamp"]),
+    )
 
 
 def info_signature(secret: str, info: Any) -> str:

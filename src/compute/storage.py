@@ -58,7 +58,7 @@ class JobStorage:
 
     def job_dir(self, job_id: str) -> Path:
         if not valid_job_id(job_id):
-            raise PathOutsideJob(f"invalid job id {job_id[:MAX_JOB_ID + 1]!r}")
+            raise PathOutsideJob(f"invalid job id {job_id[: MAX_JOB_ID + 1]!r}")
         return self.jobs_root / job_id
 
     # -- cl_ml_tools FileStorage protocol --------------------------------------------------
@@ -91,17 +91,20 @@ class JobStorage:
                 while chunk := await file.read(CHUNK):
                     size += len(chunk)
                     if size > self.max_upload_bytes:
-                        raise UploadTooLarge(
-                            f"upload exceeds the limit of {self.max_upload_bytes} bytes"
-                        )
+                        raise UploadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
                     digest.update(chunk)
                     out.write(chunk)
         except BaseException:
             # Too large, a client that went away, a full disk: no half-stored job stays behind.
             self.cleanup_job(job_id)
             raise
-        return {"filename": target.name, "original_filename": filename, "path": str(target),
-                "size": size, "hash": digest.hexdigest()}
+        return {
+            "filename": target.name,
+            "original_filename": filename,
+            "path": str(target),
+            "size": size,
+            "hash": digest.hexdigest(),
+        }
 
     def cleanup_job(self, job_id: str) -> bool:
         job_dir = self.job_dir(job_id)
@@ -165,8 +168,7 @@ class JobStorage:
                 if not entry.is_dir(follow_symlinks=False) or not valid_job_id(entry.name):
                     continue
                 # The folder and its input/ change while an upload is stored: the newer counts.
-                changed = max(entry.stat(follow_symlinks=False).st_mtime,
-                              _mtime(Path(entry.path) / "input"))
+                changed = max(entry.stat(follow_symlinks=False).st_mtime, _mtime(Path(entry.path) / "input"))
             except OSError:  # removed meanwhile
                 continue
             yield entry.name, now - changed

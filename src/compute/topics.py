@@ -273,9 +273,17 @@ def parse_job_event(raw: bytes) -> JobEvent:
 
 
 def job_event_payload(ev: JobEvent, task_type: str) -> JobEventMessage:
-    payload = JobEventMessage(job_id=ev.job_id, task_type=task_type, worker_id=ev.worker_id,
-                              event=ev.event, progress=ev.progress, timestamp=ev.timestamp,
-                              attempt=ev.attempt, seq=ev.seq, sig=ev.sig)
+    payload = JobEventMessage(
+        job_id=ev.job_id,
+        task_type=task_type,
+        worker_id=ev.worker_id,
+        event=ev.event,
+        progress=ev.progress,
+        timestamp=ev.timestamp,
+        attempt=ev.attempt,
+        seq=ev.seq,
+        sig=ev.sig,
+    )
     if ev.retryable:
         payload["retryable"] = True
     if ev.task_output is not None:
@@ -318,8 +326,12 @@ def parse_worker_info(raw: bytes) -> WorkerInfo:
 
 def parse_cancel(raw: bytes) -> CancelRequest:
     data = decode_object(raw)
-    return CancelRequest(job_id=_field(data, "job_id", str), attempt=_field(data, "attempt", int),
-                         timestamp=_field(data, "timestamp", int), sig=_field(data, "sig", str))
+    return CancelRequest(
+        job_id=_field(data, "job_id", str),
+        attempt=_field(data, "attempt", int),
+        timestamp=_field(data, "timestamp", int),
+        sig=_field(data, "sig", str),
+    )
 
 
 def parse_confirmation(raw: bytes) -> Confirmation:

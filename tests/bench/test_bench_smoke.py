@@ -36,9 +36,23 @@ def _dist(d: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "compute_bench", "--quick", "--sections", ",".join(SECTIONS),
-                           "--stand-in-models", "--json", str(out)],
-                          capture_output=True, text=True, timeout=540, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compute_bench",
+            "--quick",
+            "--sections",
+            ",".join(SECTIONS),
+            "--stand-in-models",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Targets" in proc.stdout
     assert "7. Plugins" in proc.stdout and standins.LABEL in proc.stdout
@@ -50,8 +64,13 @@ def test_pickup(result: dict[str, Any]) -> None:
     for kind in ("bench_noop", "image_conversion"):
         p = result["pickup"][kind]
         assert p["completed"] == p["jobs"] > 0
-        for key in ("submit_to_task_start_ms", "submit_to_started_event_ms", "created_to_claim_ms",
-                    "submit_call_ms", "submit_to_done_ms"):
+        for key in (
+            "submit_to_task_start_ms",
+            "submit_to_started_event_ms",
+            "created_to_claim_ms",
+            "submit_call_ms",
+            "submit_to_done_ms",
+        ):
             _dist(p[key])
 
 
@@ -80,8 +99,14 @@ def test_progress(result: dict[str, Any]) -> None:
 def test_idle(result: dict[str, Any]) -> None:
     idle = result["idle"]
     assert idle["workers"] == 4
-    for key in ("window_s", "statements", "statements_per_min", "worker_sweeps",
-                "worker_statements_outside_sweeps", "server_statements"):
+    for key in (
+        "window_s",
+        "statements",
+        "statements_per_min",
+        "worker_sweeps",
+        "worker_statements_outside_sweeps",
+        "server_statements",
+    ):
         assert _number(idle[key]), key
 
 

@@ -37,6 +37,8 @@ def test_claim_uses_the_claim_index(engine: Any) -> None:
 def test_plan_kind_reads_plans() -> None:
     assert scale.plan_kind(["SCAN jobs"]) == "full scan"
     assert scale.plan_kind(["Seq Scan on jobs  (cost=0.00..1.00 rows=1 width=4)"]) == "full scan"
-    assert scale.plan_kind(["SEARCH jobs USING INDEX ix_jobs_status (status=?)",
-                            "USE TEMP B-TREE FOR ORDER BY"]) == "sort of queued rows"
+    assert (
+        scale.plan_kind(["SEARCH jobs USING INDEX ix_jobs_status (status=?)", "USE TEMP B-TREE FOR ORDER BY"])
+        == "sort of queued rows"
+    )
     assert scale.plan_kind(["SCAN jobs USING INDEX ix_jobs_claim_order"]) == "claim index"

@@ -31,9 +31,26 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     if not port_answers("127.0.0.1", 6379):
         pytest.skip("Redis does not answer on 127.0.0.1:6379 (the Celery peers need it)")
     out = tmp_path_factory.mktemp("peers") / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "compute_bench", "--peers", "--workers", "1",
-                           "--sections", "pickup,throughput", "--jobs", TINY, "--json", str(out)],
-                          capture_output=True, text=True, timeout=280, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compute_bench",
+            "--peers",
+            "--workers",
+            "1",
+            "--sections",
+            "pickup,throughput",
+            "--jobs",
+            TINY,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, json.loads(Path(out).read_text())
 
@@ -60,7 +77,7 @@ def test_report_prints_each_figure_with_its_ratios(run: tuple[str, dict[str, Any
         assert name in header and f"ratio to {name}" in header
     for label, *_ in PEER_FIGURES:
         row = next(line for line in section.splitlines() if line.startswith(label))
-        assert any(ch.isdigit() for ch in row[len(label):]), row
+        assert any(ch.isdigit() for ch in row[len(label) :]), row
 
 
 def test_peer_targets_evaluated(run: tuple[str, dict[str, Any]]) -> None:

@@ -44,8 +44,9 @@ def test_every_plugin_is_measured() -> None:
     assert set(MODEL_TASKS) < set(plugins.NAMES)
 
 
-def test_model_plugins_without_models_are_skipped_with_the_reason(photo_only: inputs.Inputs,
-                                                                  tmp_path: Path) -> None:
+def test_model_plugins_without_models_are_skipped_with_the_reason(
+    photo_only: inputs.Inputs, tmp_path: Path
+) -> None:
     empty = tmp_path / "no-models"
     empty.mkdir()
     plans = {p.plugin.task: p for p in plugins.plan(photo_only, empty, None)}
@@ -58,8 +59,9 @@ def test_model_plugins_without_models_are_skipped_with_the_reason(photo_only: in
     assert {r["task"] for r in rows} >= set(MODEL_TASKS)
 
 
-def test_stand_ins_pass_the_plugins_own_checks(photo_only: inputs.Inputs, tmp_path: Path,
-                                               plugin_models: Path) -> None:
+def test_stand_ins_pass_the_plugins_own_checks(
+    photo_only: inputs.Inputs, tmp_path: Path, plugin_models: Path
+) -> None:
     empty = tmp_path / "no-models"
     empty.mkdir()
     plans = {p.plugin.task: p for p in plugins.plan(photo_only, empty, plugin_models)}
@@ -77,8 +79,9 @@ def test_real_models_are_used_where_present(photo_only: inputs.Inputs, tmp_path:
     bench = tmp_path / "bench-models"
     plans = {p.plugin.task: p for p in plugins.plan(photo_only, real, bench)}
     assert plans["clip_embedding"].model == "real"
-    assert (bench / MODELS["clip_embedding"].filename).resolve() == \
-        (real / MODELS["clip_embedding"].filename).resolve()
+    assert (bench / MODELS["clip_embedding"].filename).resolve() == (
+        real / MODELS["clip_embedding"].filename
+    ).resolve()
     assert plans["dino_embedding"].model == "stand-in"
 
 
@@ -94,17 +97,23 @@ def test_the_standard_photo(tmp_path: Path) -> None:
     assert pixels.std() > 20  # content, not a flat frame
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None,
-                    reason="ffmpeg not installed")
+@pytest.mark.skipif(
+    shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None, reason="ffmpeg not installed"
+)
 def test_the_standard_video(tmp_path: Path) -> None:
     import json
     import subprocess
 
     path = tmp_path / "video.mp4"
     assert inputs.write_video(path, 1.0) == ""
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True).stdout)
+    probe = json.loads(
+        subprocess.run(
+            ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     streams = {s["codec_type"]: s for s in probe["streams"]}
     assert streams["video"]["codec_name"] == "h264"
     assert (streams["video"]["width"], streams["video"]["height"]) == (1280, 720)

@@ -43,8 +43,9 @@ def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Processes]:
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @dataclass
@@ -61,11 +62,21 @@ class Served:
 async def start_server(procs: Processes, *flags: str) -> Served:
     """compute-server (embedded broker) on free ports, once it answers with its bus connected."""
     http_port, mqtt_port = free_port(), free_port()
-    server = procs.start("server", "compute-server", *flags, "--host", "127.0.0.1",
-                         "--port", str(http_port), "--mqtt-port", str(mqtt_port))
+    server = procs.start(
+        "server",
+        "compute-server",
+        *flags,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(http_port),
+        "--mqtt-port",
+        str(mqtt_port),
+    )
 
     served = Served(server, http_port, mqtt_port)
     async with httpx.AsyncClient(base_url=served.base, timeout=5) as client:
+
         async def healthy() -> bool:
             assert server.poll() is None, procs.log("server")
             try:
@@ -102,9 +113,18 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
             await probe.subscribe("inference/#")
             waiting = await submit()  # queued before any worker exists
 
-            worker = procs.start("worker", "compute-worker", "--port", str(http_port),
-                                 "--mqtt-port", str(mqtt_port), "--worker-id", "e2e-1",
-                                     "--tasks", "image_conversion,image_resize")
+            worker = procs.start(
+                "worker",
+                "compute-worker",
+                "--port",
+                str(http_port),
+                "--mqtt-port",
+                str(mqtt_port),
+                "--worker-id",
+                "e2e-1",
+                "--tasks",
+                "image_conversion,image_resize",
+            )
 
             async def done(job_id: str) -> bool:
                 assert worker.poll() is None, procs.log("worker")
@@ -112,10 +132,17 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
 
             await wait_for(lambda: done(waiting), timeout=60, interval=0.1, what="the waiting job")
             # Its events went through the bus, so CL Server clients heard about it.
-            await probe.expect(lambda m: m.topic == "inference/events" and m.json()["job_id"] == waiting
-                               and m.json()["event_type"] == "completed", what="legacy completed")
+            await probe.expect(
+                lambda m: (
+                    m.topic == "inference/events"
+                    and m.json()["job_id"] == waiting
+                    and m.json()["event_type"] == "completed"
+                ),
+                what="legacy completed",
+            )
             capability = await probe.expect(
-                lambda m: m.topic == "inference/workers/e2e-1" and bool(m.payload), what="capability")
+                lambda m: m.topic == "inference/workers/e2e-1" and bool(m.payload), what="capability"
+            )
             assert capability.json()["id"] == "e2e-1"
             assert sorted(capability.json()["capabilities"]) == ["image_conversion", "image_resize"]
 
@@ -124,8 +151,9 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
                 caps = (await client.get("/capabilities")).json()
                 return bool(caps["num_workers"] == 1 and caps["capabilities"]["image_conversion"] == 1)
 
-            await wait_for(idle_worker_listed, timeout=10, interval=0.05,
-                           what="/capabilities to list the idle worker")
+            await wait_for(
+                idle_worker_listed, timeout=10, interval=0.05, what="/capabilities to list the idle worker"
+            )
 
             job_id = await submit()
             await wait_for(lambda: done(job_id), timeout=30, interval=0.05, what="the second job")
@@ -137,11 +165,14 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
             assert (image.format, image.size) == ("WEBP", (48, 32))
 
             worker.send_signal(signal.SIGTERM)
-            assert await wait_for(lambda: worker.poll() is not None, timeout=20,
-                                  what="the worker to exit on SIGTERM")
+            assert await wait_for(
+                lambda: worker.poll() is not None, timeout=20, what="the worker to exit on SIGTERM"
+            )
             assert worker.returncode == 0, procs.log("worker")
-            await probe.expect(lambda m: m.topic == "inference/workers/e2e-1" and m.payload == b"",
-                               what="the retained capability to be cleared")
+            await probe.expect(
+                lambda m: m.topic == "inference/workers/e2e-1" and m.payload == b"",
+                what="the retained capability to be cleared",
+            )
 
         async def no_workers() -> bool:
             num_workers: int = (await client.get("/capabilities")).json()["num_workers"]
@@ -161,8 +192,9 @@ async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str
 
 
 def test_server_refuses_an_unmigrated_database(env: dict[str, str]) -> None:
-    result = run(env, "compute-server", "--no-auth", "--port", str(free_port()),
-                 "--mqtt-port", str(free_port()))
+    result = run(
+        env, "compute-server", "--no-auth", "--port", str(free_port()), "--mqtt-port", str(free_port())
+    )
     assert result.returncode != 0
     assert "compute-migrate" in result.stderr
 
@@ -170,8 +202,16 @@ def test_server_refuses_an_unmigrated_database(env: dict[str, str]) -> None:
 def test_worker_without_a_server_exits_with_a_clear_message(env: dict[str, str]) -> None:
     Path(env["CL_SERVER_DIR"]).mkdir()
     port = free_port()
-    result = run(env, "compute-worker", "--port", str(port), "--mqtt-port", str(free_port()),
-                 "--worker-id", "e2e-lonely")
+    result = run(
+        env,
+        "compute-worker",
+        "--port",
+        str(port),
+        "--mqtt-port",
+        str(free_port()),
+        "--worker-id",
+        "e2e-lonely",
+    )
     assert result.returncode != 0
     assert f"compute server does not answer at http://127.0.0.1:{port}" in result.stderr
 
@@ -205,13 +245,25 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["term", "int", "kill"])
-async def test_server_workers_end_with_the_server(procs: Processes, env: dict[str, str],
-                                                  how: signal.Signals) -> None:
+async def test_server_workers_end_with_the_server(
+    procs: Processes, env: dict[str, str], how: signal.Signals
+) -> None:
     """compute-server --workers N: its workers (and its embedded Mosquitto, when installed) stop on
     SIGTERM and SIGINT, and die if it is killed."""
     assert run(env, "compute-migrate").returncode == 0
-    server = procs.start("server", "compute-server", "--no-auth", "--host", "127.0.0.1", "--workers", "1",
-                         "--port", str(free_port()), "--mqtt-port", str(free_port()))
+    server = procs.start(
+        "server",
+        "compute-server",
+        "--no-auth",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        "1",
+        "--port",
+        str(free_port()),
+        "--mqtt-port",
+        str(free_port()),
+    )
 
     def worker_started() -> list[int]:
         assert server.poll() is None, procs.log("server")
@@ -223,5 +275,9 @@ async def test_server_workers_end_with_the_server(procs: Processes, env: dict[st
     server.send_signal(how)
     assert await wait_for(lambda: server.poll() is not None, timeout=30, what="the server to exit")
     for child in children:
-        await wait_for(lambda: not _alive(child), timeout=30, interval=0.1,  # noqa: B023 - awaited here
-                       what=f"its {_command(child)} to end after the server's {how.name}")
+        await wait_for(
+            lambda: not _alive(child),  # noqa: B023 - awaited here
+            timeout=30,
+            interval=0.1,
+            what=f"its {_command(child)} to end after the server's {how.name}",
+        )

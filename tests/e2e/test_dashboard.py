@@ -40,17 +40,25 @@ async def browser() -> AsyncIterator[Browser]:
         await browser.close()
 
 
-async def submit(client: httpx.AsyncClient, task: str, size: tuple[int, int],
-                 headers: dict[str, str] | None = None) -> str:
+async def submit(
+    client: httpx.AsyncClient, task: str, size: tuple[int, int], headers: dict[str, str] | None = None
+) -> str:
     data = {"format": "webp"} if task == "image_conversion" else {"width": "16", "height": "12"}
-    response = await client.post(f"/jobs/{task}", data=data, headers=headers or {},
-                                 files={"file": ("photo.png", png_bytes(size), "image/png")})
+    response = await client.post(
+        f"/jobs/{task}",
+        data=data,
+        headers=headers or {},
+        files={"file": ("photo.png", png_bytes(size), "image/png")},
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["job_id"])
 
 
 async def test_dashboard_shows_workers_queues_and_live_progress(
-        procs: Processes, env: dict[str, str], browser: Browser) -> None:  # noqa: F811
+    procs: Processes,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    browser: Browser,
+) -> None:
     assert run(env, "compute-migrate").returncode == 0
     served = await start_server(procs, "--no-auth")
     base, http_port, mqtt_port = served.base, served.http_port, served.mqtt_port
@@ -72,8 +80,18 @@ async def test_dashboard_shows_workers_queues_and_live_progress(
             row = page.locator(f'#jobs tr[data-job="{job_id}"]')
             await expect(row).to_have_attribute("data-status", "queued", timeout=WAIT_MS)
 
-        procs.start("worker", "compute-worker", "--port", str(http_port), "--mqtt-port", str(mqtt_port),
-                    "--worker-id", "dash-1", "--tasks", "image_conversion,image_resize")
+        procs.start(
+            "worker",
+            "compute-worker",
+            "--port",
+            str(http_port),
+            "--mqtt-port",
+            str(mqtt_port),
+            "--worker-id",
+            "dash-1",
+            "--tasks",
+            "image_conversion,image_resize",
+        )
         await expect(page.locator('#workers tr[data-worker="dash-1"]')).to_be_visible(timeout=WAIT_MS)
         for job_id in waiting:
             row = page.locator(f'#jobs tr[data-job="{job_id}"]')
@@ -84,8 +102,9 @@ async def test_dashboard_shows_workers_queues_and_live_progress(
         # A job submitted with the page open: it appears, and its bar fills to 100 %.
         job_id = await submit(client, "image_conversion", (320, 240))
         row = page.locator(f'#jobs tr[data-job="{job_id}"]')
-        await expect(row.locator('[role="progressbar"]')).to_have_attribute("aria-valuenow", "100",
-                                                                            timeout=WAIT_MS)
+        await expect(row.locator('[role="progressbar"]')).to_have_attribute(
+            "aria-valuenow", "100", timeout=WAIT_MS
+        )
         await expect(row).to_have_attribute("data-status", "completed")
         await expect(row.locator("td.worker")).to_have_text("dash-1", timeout=WAIT_MS)
         # The throughput chart counts the five finished jobs.
@@ -100,15 +119,21 @@ async def test_dashboard_shows_workers_queues_and_live_progress(
         # SIGTERM with the page's live view open: the stream is ended, so the server exits
         # (uvicorn would otherwise wait for it for ever), and the page notices.
         served.proc.send_signal(signal.SIGTERM)
-        assert await wait_for(lambda: served.proc.poll() is not None, timeout=20,
-                              what="compute-server to exit with a live view open")
+        assert await wait_for(
+            lambda: served.proc.poll() is not None,
+            timeout=20,
+            what="compute-server to exit with a live view open",
+        )
         assert served.proc.returncode == 0, procs.log("server")
         await expect(page.locator("#live-state")).not_to_have_attribute("data-state", "live")
 
 
 async def test_dashboard_asks_for_a_token_when_auth_is_on(
-        procs: Processes, env: dict[str, str], browser: Browser,  # noqa: F811
-        signing_key: SigningKey) -> None:  # noqa: F811
+    procs: Processes,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    browser: Browser,
+    signing_key: SigningKey,  # noqa: F811
+) -> None:
     assert run(env, "compute-migrate").returncode == 0
     procs.env = {**env, "PUBLIC_KEY_PATH": str(signing_key[1])}
     base = (await start_server(procs)).base
@@ -129,8 +154,10 @@ async def test_dashboard_asks_for_a_token_when_auth_is_on(
         await expect(page.locator("#token-form")).to_be_hidden()
         alices = await submit(client, "image_conversion", (32, 24), alice)  # heard live
         await expect(page.locator(f'#jobs tr[data-job="{alices}"]')).to_have_attribute(
-            "data-status", "queued", timeout=WAIT_MS)
+            "data-status", "queued", timeout=WAIT_MS
+        )
         await expect(page.locator('#queues tr[data-task="image_conversion"] td.queued')).to_have_text(
-            "2", timeout=WAIT_MS)  # queue depth counts everyone's jobs, as the retained topic does
+            "2", timeout=WAIT_MS
+        )  # queue depth counts everyone's jobs, as the retained topic does
         await expect(page.locator(f'#jobs tr[data-job="{bobs}"]')).to_have_count(0)
         await expect(page.locator("#jobs tbody tr")).to_have_count(1)

@@ -37,8 +37,15 @@ STARTUP = 90.0
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path, broker_kind: str, broker_port: int, http_port: int,
-                 database_url: str | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        broker_kind: str,
+        broker_port: int,
+        http_port: int,
+        database_url: str | None = None,
+        **settings: str,
+    ) -> None:
         self.tmp = tmp_path
         self.broker_kind = broker_kind
         self.broker_port = broker_port
@@ -46,9 +53,16 @@ class Cluster:
         self.url = f"http://127.0.0.1:{http_port}"
         cl_dir = tmp_path / "cl_server"
         self.database_url = database_url or f"sqlite:///{cl_dir / 'compute.db'}"
-        self.env = {**scrubbed_environ(), "CL_SERVER_DIR": str(cl_dir), "DATABASE_URL": self.database_url,
-                    "MQTT_BROKER": "127.0.0.1", "MQTT_PORT": str(broker_port),
-                    "AUTH_DISABLED": "true", "LOG_LEVEL": "INFO", **settings}
+        self.env = {
+            **scrubbed_environ(),
+            "CL_SERVER_DIR": str(cl_dir),
+            "DATABASE_URL": self.database_url,
+            "MQTT_BROKER": "127.0.0.1",
+            "MQTT_PORT": str(broker_port),
+            "AUTH_DISABLED": "true",
+            "LOG_LEVEL": "INFO",
+            **settings,
+        }
         self.processes = Processes(tmp_path, self.env)
         self.broker: subprocess.Popen[bytes] | None = None
         self.server: subprocess.Popen[bytes] | None = None
@@ -72,13 +86,20 @@ class Cluster:
         wait_until(lambda: not port_answers("127.0.0.1", self.broker_port), 5, "broker port to close")
 
     def migrate(self) -> None:
-        done = subprocess.run([str(BIN / "compute-migrate")], env=self.env, capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [str(BIN / "compute-migrate")],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
 
     def start_server(self) -> None:
-        self.server = self.processes.spawn("server", [*LAUNCH, "server", "--port",
-                                                      str(self.http_port), "--host", "127.0.0.1"])
+        self.server = self.processes.spawn(
+            "server", [*LAUNCH, "server", "--port", str(self.http_port), "--host", "127.0.0.1"]
+        )
         wait_until(self.healthy, STARTUP, "server to answer and reach the broker")
 
     def healthy(self) -> bool:
@@ -90,8 +111,10 @@ class Cluster:
         self.server.wait()
 
     def start_worker(self, worker_id: str, tasks: str = TASK) -> subprocess.Popen[bytes]:
-        proc = self.processes.spawn(worker_id, [*LAUNCH, "worker", "--port", str(self.http_port),
-                                                "--worker-id", worker_id, "--tasks", tasks])
+        proc = self.processes.spawn(
+            worker_id,
+            [*LAUNCH, "worker", "--port", str(self.http_port), "--worker-id", worker_id, "--tasks", tasks],
+        )
         self.workers[worker_id] = proc
         return proc
 
@@ -115,12 +138,15 @@ class Cluster:
         async def go() -> list[str]:
             sem = asyncio.Semaphore(concurrency)
             async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+
                 async def one() -> str:
                     async with sem:
-                        r = await client.post(f"/jobs/{TASK}",
-                                              data={"steps": str(steps), "step_ms": str(step_ms)})
+                        r = await client.post(
+                            f"/jobs/{TASK}", data={"steps": str(steps), "step_ms": str(step_ms)}
+                        )
                         r.raise_for_status()
                         return str(r.json()["job_id"])
+
                 return list(await asyncio.gather(*(one() for _ in range(count))))
 
         return asyncio.run(go())

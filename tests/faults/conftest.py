@@ -15,10 +15,12 @@ from tests.faults.cluster import Cluster
 #: Short leases and keepalives so faults show within seconds, but not so short that a loaded
 #: 2-core VM misses them: a keepalive of 2 s there made live workers look gone (their Last Will
 #: fired), and their jobs were rescued and run twice, as the README says they may be.
-FAST = {"JOB_LEASE_SECONDS": "10", "MQTT_KEEPALIVE": "10", "WORKER_SWEEP_INTERVAL": "2",
-        "MQTT_HEARTBEAT_INTERVAL": "5"}
-
-
+FAST = {
+    "JOB_LEASE_SECONDS": "10",
+    "MQTT_KEEPALIVE": "10",
+    "WORKER_SWEEP_INTERVAL": "2",
+    "MQTT_HEARTBEAT_INTERVAL": "5",
+}
 
 
 @pytest.fixture(params=["amqtt+sqlite", "mosquitto+sqlite", "mosquitto+postgresql"])

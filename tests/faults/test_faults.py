@@ -98,25 +98,35 @@ def test_restarted_worker_keeps_its_jobs_when_the_old_will_arrives(cluster: Clus
     old = cluster.start_worker("same-id")
     cluster.wait_workers(1)
     [first] = cluster.submit(1, steps=40, step_ms=100)
-    wait_until(lambda: cluster.count(f"job_id='{first}' AND status='processing'"), 10 * SLACK,
-               "first claimed")
+    wait_until(
+        lambda: cluster.count(f"job_id='{first}' AND status='processing'"), 10 * SLACK, "first claimed"
+    )
     [old_session] = [r["worker_session"] for r in cluster.rows(f"job_id='{first}'")]
     old.send_signal(signal.SIGSTOP)  # frozen: its connections stay open, its Will is pending
     try:
         new = cluster.start_worker("same-id")
         [second] = cluster.submit(1, steps=30, step_ms=100)
-        wait_until(lambda: cluster.count(f"job_id='{second}' AND status='processing'"), 15 * SLACK,
-                   "second claimed by the new run")
+        wait_until(
+            lambda: cluster.count(f"job_id='{second}' AND status='processing'"),
+            15 * SLACK,
+            "second claimed by the new run",
+        )
         [row] = cluster.rows(f"job_id='{second}'")
         assert row["worker_session"] != old_session
         # The old session's Will arrives (takeover or keepalive): only its own job is rescued.
         wait_until(lambda: cluster.count(f"job_id='{first}' AND attempt = 2"), 20 * SLACK, "old job rescued")
-        wait_until(lambda: cluster.count(f"job_id='{second}' AND status='completed'"), 20 * SLACK,
-                   "new run's job completed")
+        wait_until(
+            lambda: cluster.count(f"job_id='{second}' AND status='completed'"),
+            20 * SLACK,
+            "new run's job completed",
+        )
         [row] = cluster.rows(f"job_id='{second}'")
         assert row["attempt"] == 1, "the new run's job was rescued by the old Will"
-        wait_until(lambda: cluster.count(f"job_id='{first}' AND status='completed'"), 20 * SLACK,
-                   "old job completed by the new run")
+        wait_until(
+            lambda: cluster.count(f"job_id='{first}' AND status='completed'"),
+            20 * SLACK,
+            "old job completed by the new run",
+        )
         assert cluster.capabilities()["num_workers"] == 1
         assert new.poll() is None
     finally:

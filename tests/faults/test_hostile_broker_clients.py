@@ -35,6 +35,7 @@ def claimed(cluster: Cluster, job_id: str) -> dict[str, object]:
 
 def attack(cluster: Cluster, scenario: object) -> None:
     """Run `scenario(probe)` with an MQTT client of the cluster's broker."""
+
     async def go() -> None:
         async with MqttProbe("127.0.0.1", cluster.broker_port) as probe:
             await scenario(probe)  # type: ignore[operator]
@@ -83,17 +84,30 @@ def test_forged_cancels_confirmations_and_a_junk_flood_change_nothing(cluster: C
 
     async def scenario(probe: MqttProbe) -> None:
         probe.publish("compute/workers/flooded/cancel", json.dumps({"job_id": job_id, "timestamp": 1}))
-        probe.publish("compute/workers/flooded/cancel",
-                      json.dumps({"job_id": job_id, "attempt": 1, "timestamp": 1, "sig": "ab" * 32}))
+        probe.publish(
+            "compute/workers/flooded/cancel",
+            json.dumps({"job_id": job_id, "attempt": 1, "timestamp": 1, "sig": "ab" * 32}),
+        )
         for i in range(junk):
             if i % 4 == 0:
-                probe.publish("compute/workers/flooded/confirm",
-                              json.dumps({"job_id": job_id, "status": "completed", "timestamp": i}))
+                probe.publish(
+                    "compute/workers/flooded/confirm",
+                    json.dumps({"job_id": job_id, "status": "completed", "timestamp": i}),
+                )
             elif i % 4 == 1:
-                probe.publish(f"compute/workers/ghost-{i}/info",
-                              json.dumps({"worker_id": f"ghost-{i}", "session": uuid.uuid4().hex[:12],
-                                          "state": "online", "tasks": [TASK], "idle": True,
-                                          "timestamp": i}))
+                probe.publish(
+                    f"compute/workers/ghost-{i}/info",
+                    json.dumps(
+                        {
+                            "worker_id": f"ghost-{i}",
+                            "session": uuid.uuid4().hex[:12],
+                            "state": "online",
+                            "tasks": [TASK],
+                            "idle": True,
+                            "timestamp": i,
+                        }
+                    ),
+                )
             else:
                 probe.publish(f"compute/events/{TASK}/{job_id}", f"junk {i}".encode())
             if i % 1000 == 999:
@@ -127,9 +141,14 @@ def test_workers_outlive_a_locked_sqlite_database(cluster: Cluster) -> None:
     try:
         # Held until both workers met it: longer than their database wait (5 s), so that claims,
         # renewals and result writes fail, as when another process holds the lock for a while.
-        wait_until(lambda: all("database is locked" in cluster.log(name) for name in cluster.workers)
-                   or any(p.poll() is not None for p in cluster.workers.values()), 30 * SLACK,
-                   "both workers to meet the lock")
+        wait_until(
+            lambda: (
+                all("database is locked" in cluster.log(name) for name in cluster.workers)
+                or any(p.poll() is not None for p in cluster.workers.values())
+            ),
+            30 * SLACK,
+            "both workers to meet the lock",
+        )
     finally:
         lock.execute("ROLLBACK")
         lock.close()

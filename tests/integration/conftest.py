@@ -31,18 +31,26 @@ SigningKey = tuple[bytes, Path]
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
     """(private key PEM, path of the public key PEM), as CL Server's auth service writes it."""
     key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path = tmp_path_factory.mktemp("keys") / "public_key.pem"
-    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return private, path
 
 
 def bearer(signing_key: SigningKey, user: str, *permissions: str, **claims: Any) -> dict[str, str]:
     """Headers of a request by `user` (permission `ai_inference_support` unless others are given)."""
-    payload = {"id": user, "permissions": list(permissions or ["ai_inference_support"]),
-               "exp": int(time.time()) + 300, **claims}
+    payload = {
+        "id": user,
+        "permissions": list(permissions or ["ai_inference_support"]),
+        "exp": int(time.time()) + 300,
+        **claims,
+    }
     return {"Authorization": "Bearer " + jwt.encode(payload, signing_key[0], algorithm="ES256")}
 
 
@@ -54,8 +62,9 @@ def secured(settings: Settings, signing_key: SigningKey) -> Settings:
 def add_job(server: Server, task: str, *, by: str | None = None, priority: int = 5) -> str:
     """A job stored and hinted as a plugin route would, without an upload (params empty)."""
     job_id = str(uuid.uuid4())
-    server.services.submitter.add_job(Job(job_id=job_id, task_type=task, params={}), created_by=by,
-                                      priority=priority)
+    server.services.submitter.add_job(
+        Job(job_id=job_id, task_type=task, params={}), created_by=by, priority=priority
+    )
     return job_id
 
 

@@ -53,8 +53,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 needs_mosquitto = pytest.mark.skipif(
-    MOSQUITTO is None or MOSQUITTO_PASSWD is None,
-    reason="mosquitto and mosquitto_passwd are not installed")
+    MOSQUITTO is None or MOSQUITTO_PASSWD is None, reason="mosquitto and mosquitto_passwd are not installed"
+)
 
 W1, W2 = "acl-w1", "acl-w2"
 TASK = "image_conversion"
@@ -103,10 +103,20 @@ def private_config(folder: Path, port: int) -> str:
 
 
 def add_user(folder: Path, *args: str, password: str) -> None:
-    env = {**os.environ, "PASSWORD": password, "PASSWD_FILE": str(folder / "compute.passwd"),
-           "ACL_FILE": str(folder / "compute.acl")}
-    result = subprocess.run(["sh", str(DEPLOY / "add-user.sh"), *args], env=env, capture_output=True,
-                            text=True, timeout=30, check=False)
+    env = {
+        **os.environ,
+        "PASSWORD": password,
+        "PASSWD_FILE": str(folder / "compute.passwd"),
+        "ACL_FILE": str(folder / "compute.acl"),
+    }
+    result = subprocess.run(
+        ["sh", str(DEPLOY / "add-user.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -124,11 +134,15 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
     port = free_port()
     (folder / "mosquitto.conf").write_text(private_config(folder, port))
     log = folder / "mosquitto.log"
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(folder / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
-        wait_until(lambda: proc.poll() is not None or port_answers("127.0.0.1", port), timeout=20,
-                      what="the private Mosquitto to listen")
+        wait_until(
+            lambda: proc.poll() is not None or port_answers("127.0.0.1", port),
+            timeout=20,
+            what="the private Mosquitto to listen",
+        )
         assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''!r}"
         yield PrivateMosquitto(port, passwords, log)
     finally:
@@ -157,8 +171,12 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def connect_packet(client_id: str, username: str | None = None, password: str | None = None,
-                   will: tuple[str, bytes] | None = None) -> bytes:
+def connect_packet(
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    will: tuple[str, bytes] | None = None,
+) -> bytes:
     flags = 0x02  # clean session
     payload = _string(client_id)
     if will is not None:
@@ -175,9 +193,13 @@ def connect_packet(client_id: str, username: str | None = None, password: str | 
 
 
 @contextlib.asynccontextmanager
-async def raw_connection(port: int, client_id: str, username: str | None = None,
-                         password: str | None = None,
-                         will: tuple[str, bytes] | None = None) -> AsyncIterator[int]:
+async def raw_connection(
+    port: int,
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    will: tuple[str, bytes] | None = None,
+) -> AsyncIterator[int]:
     """Yield the CONNACK return code (0 = accepted, 5 = not authorised, -1 = closed without one);
     leave by dropping the TCP connection without DISCONNECT, which makes the broker send the Will."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -226,8 +248,9 @@ async def test_mosquitto_refuses_anonymous_and_wrong_passwords(mosquitto: Privat
 # -- Mosquitto: what each role may publish -----------------------------------------------------
 
 
-async def assert_none_arrive(forger: MqttProbe, observer: MqttProbe, server: ServerProbe,
-                             forged: dict[str, bool], marker_topic: str) -> None:
+async def assert_none_arrive(
+    forger: MqttProbe, observer: MqttProbe, server: ServerProbe, forged: dict[str, bool], marker_topic: str
+) -> None:
     """`forger` publishes a unique payload on each topic (retained where True); none reaches `observer`."""
     payload = f"forged-{uuid.uuid4().hex}".encode()
     for topic, retain in forged.items():
@@ -247,8 +270,9 @@ class ServerProbe(MqttProbe):
 
 
 def server_probe(mosquitto: PrivateMosquitto) -> ServerProbe:
-    return ServerProbe("127.0.0.1", mosquitto.port, username="compute-server",
-                       password=mosquitto.passwords["compute-server"])
+    return ServerProbe(
+        "127.0.0.1", mosquitto.port, username="compute-server", password=mosquitto.passwords["compute-server"]
+    )
 
 
 def command_topics(worker: str) -> dict[str, bool]:
@@ -276,8 +300,11 @@ def worker_topics(worker: str) -> dict[str, bool]:
 
 @needs_mosquitto
 async def test_dashboard_reads_everything_and_cannot_publish_a_command(mosquitto: PrivateMosquitto) -> None:
-    async with mosquitto.probe("dashboard") as observer, mosquitto.probe("dashboard") as forger, \
-            server_probe(mosquitto) as server:
+    async with (
+        mosquitto.probe("dashboard") as observer,
+        mosquitto.probe("dashboard") as forger,
+        server_probe(mosquitto) as server,
+    ):
         await observer.subscribe("compute/#")
         await observer.subscribe("inference/#")
         # It reads: the server's real commands reach the dashboard.
@@ -296,8 +323,11 @@ async def test_dashboard_reads_everything_and_cannot_publish_a_command(mosquitto
 
 @needs_mosquitto
 async def test_worker_cannot_speak_for_another_worker_or_the_server(mosquitto: PrivateMosquitto) -> None:
-    async with mosquitto.probe("dashboard") as observer, mosquitto.probe(W1) as w1, \
-            server_probe(mosquitto) as server:
+    async with (
+        mosquitto.probe("dashboard") as observer,
+        mosquitto.probe(W1) as w1,
+        server_probe(mosquitto) as server,
+    ):
         await observer.subscribe("compute/#")
         await observer.subscribe("inference/#")
         # Its own topics and job events go through ...
@@ -320,16 +350,21 @@ async def test_worker_reads_only_its_own_commands(mosquitto: PrivateMosquitto) -
             server.publish(f"compute/workers/{worker}/cancel", f"cancel-{worker}".encode())
             server.publish(f"compute/workers/{worker}/confirm", f"confirm-{worker}".encode())
         await w1.expect(lambda m: m.payload == f"confirm-{W1}".encode(), what="its own confirm")
-        assert sorted(m.payload for m in w1.messages) == sorted([f"cancel-{W1}".encode(),
-                                                                 f"confirm-{W1}".encode()])
+        assert sorted(m.payload for m in w1.messages) == sorted(
+            [f"cancel-{W1}".encode(), f"confirm-{W1}".encode()]
+        )
 
 
 @needs_mosquitto
 async def test_server_clears_a_gone_workers_retained_topics_and_flags_paused_tasks(
-        mosquitto: PrivateMosquitto) -> None:
+    mosquitto: PrivateMosquitto,
+) -> None:
     """What the server's forgetting and pausing publish goes through the restricted broker."""
-    async with mosquitto.probe(W1) as w1, mosquitto.probe("dashboard") as observer, \
-            server_probe(mosquitto) as server:
+    async with (
+        mosquitto.probe(W1) as w1,
+        mosquitto.probe("dashboard") as observer,
+        server_probe(mosquitto) as server,
+    ):
         await observer.subscribe("compute/#")
         for topic in worker_topics(W1):
             w1.publish(topic, b"left-behind", retain=True)
@@ -356,8 +391,9 @@ async def test_a_will_on_another_workers_topic_is_dropped(mosquitto: PrivateMosq
         for user, target in (("dashboard", W1), (W2, W1), (W1, W1)):  # the last one is allowed
             client_id = f"will-{uuid.uuid4().hex[:8]}"
             will = (f"compute/workers/{target}/info", forged + user.encode())
-            async with raw_connection(mosquitto.port, client_id, user, mosquitto.passwords[user],
-                                      will=will) as code:
+            async with raw_connection(
+                mosquitto.port, client_id, user, mosquitto.passwords[user], will=will
+            ) as code:
                 assert code == 0
             # Taking the client id over proves the broker is done with the dropped connection and its Will.
             async with raw_connection(mosquitto.port, client_id, user, mosquitto.passwords[user]) as code:
@@ -371,9 +407,17 @@ async def test_a_will_on_another_workers_topic_is_dropped(mosquitto: PrivateMosq
 
 
 def base_settings(tmp_path: Path, database_url: str, **changes: object) -> Settings:
-    return replace(Settings(cl_server_dir=tmp_path, database_url=database_url,
-                            storage_dir=tmp_path / "storage", auth_disabled=True,
-                            sweep_interval=30.0, heartbeat_interval=30.0), **changes)  # type: ignore[arg-type]
+    return replace(
+        Settings(
+            cl_server_dir=tmp_path,
+            database_url=database_url,
+            storage_dir=tmp_path / "storage",
+            auth_disabled=True,
+            sweep_interval=30.0,
+            heartbeat_interval=30.0,
+        ),
+        **changes,  # type: ignore[arg-type]
+    )
 
 
 @contextlib.asynccontextmanager
@@ -403,12 +447,19 @@ async def complete_one_job(server: Server, worker: WorkerService) -> None:
 
 @needs_mosquitto
 async def test_server_and_worker_complete_a_job_through_the_restricted_broker(
-        mosquitto: PrivateMosquitto, tmp_path: Path, sqlite_url: str) -> None:
-    settings = base_settings(tmp_path, sqlite_url, mqtt_broker="127.0.0.1", mqtt_port=mosquitto.port,
-                             mqtt_username="compute-server",
-                             mqtt_password=mosquitto.passwords["compute-server"])
-    worker_settings = replace(settings, worker_id=W1, worker_tasks=(TASK,), mqtt_username=W1,
-                              mqtt_password=mosquitto.passwords[W1])
+    mosquitto: PrivateMosquitto, tmp_path: Path, sqlite_url: str
+) -> None:
+    settings = base_settings(
+        tmp_path,
+        sqlite_url,
+        mqtt_broker="127.0.0.1",
+        mqtt_port=mosquitto.port,
+        mqtt_username="compute-server",
+        mqtt_password=mosquitto.passwords["compute-server"],
+    )
+    worker_settings = replace(
+        settings, worker_id=W1, worker_tasks=(TASK,), mqtt_username=W1, mqtt_password=mosquitto.passwords[W1]
+    )
     async with mosquitto.probe("dashboard") as dashboard:
         await dashboard.subscribe("inference/events")
         async with running_server(settings) as server, running_worker(worker_settings) as worker:
@@ -465,8 +516,9 @@ EMBEDDED_KINDS = pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 
 
 @EMBEDDED_KINDS
-async def test_embedded_broker_refuses_anonymous_and_wrong_passwords(kind: str,
-                                                                     switch_interval: None) -> None:
+async def test_embedded_broker_refuses_anonymous_and_wrong_passwords(
+    kind: str, switch_interval: None
+) -> None:
     port = free_port()
     broker = embedded(kind, "127.0.0.1", port, "compute", "s3cret-password")
     await broker.start()
@@ -483,8 +535,9 @@ async def test_embedded_broker_refuses_anonymous_and_wrong_passwords(kind: str,
         await broker.stop()
 
 
-def test_auto_embeds_mosquitto_when_installed_and_amqtt_otherwise(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_embeds_mosquitto_when_installed_and_amqtt_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = embedded_credentials(base_settings(tmp_path, "sqlite://", mqtt_broker=None))
     assert settings.embedded_broker == "auto"
     monkeypatch.setattr(broker_module, "find_mosquitto", lambda: "/usr/sbin/mosquitto")
@@ -520,8 +573,11 @@ async def test_embedded_mosquitto_is_started_again_when_it_dies() -> None:
         first = broker.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        await wait_for(lambda: broker.pid not in (None, first) and port_answers("127.0.0.1", port),
-                       timeout=20, what="a new Mosquitto")
+        await wait_for(
+            lambda: broker.pid not in (None, first) and port_answers("127.0.0.1", port),
+            timeout=20,
+            what="a new Mosquitto",
+        )
         assert broker.restarts == 1
         async with raw_connection(port, "ok", "compute", "pw") as code:
             assert code == 0
@@ -531,8 +587,9 @@ async def test_embedded_mosquitto_is_started_again_when_it_dies() -> None:
 
 
 @EMBEDDED_KINDS
-async def test_server_and_worker_work_with_the_embedded_broker(kind: str, tmp_path: Path, sqlite_url: str,
-                                                               switch_interval: None) -> None:
+async def test_server_and_worker_work_with_the_embedded_broker(
+    kind: str, tmp_path: Path, sqlite_url: str, switch_interval: None
+) -> None:
     """What `compute-server --workers 1` does with no MQTT_BROKER: its broker with a generated password."""
     if kind == "mosquitto" and find_mosquitto() is None:
         pytest.skip("mosquitto is not installed")
@@ -549,7 +606,12 @@ async def test_server_and_worker_work_with_the_embedded_broker(kind: str, tmp_pa
             # A worker as the server starts it: only CL_SERVER_DIR and MQTT_PORT in its environment.
             env = load_settings({"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": str(port)})
             assert env.mqtt_password == (tmp_path / EMBEDDED_PASSWORD_FILE).read_text().strip()
-            worker_settings = replace(settings, worker_id=W1, worker_tasks=(TASK,),
-                                      mqtt_username=env.mqtt_username, mqtt_password=env.mqtt_password)
+            worker_settings = replace(
+                settings,
+                worker_id=W1,
+                worker_tasks=(TASK,),
+                mqtt_username=env.mqtt_username,
+                mqtt_password=env.mqtt_password,
+            )
             async with running_worker(worker_settings) as worker:
                 await complete_one_job(server, worker)

@@ -57,13 +57,27 @@ def _json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-async def test_submit_wait_and_download_a_conversion(settings: Settings, start_worker: WorkerFactory,
-                                                     photo: Path, tmp_path: Path) -> None:
+async def test_submit_wait_and_download_a_conversion(
+    settings: Settings, start_worker: WorkerFactory, photo: Path, tmp_path: Path
+) -> None:
     async with serving(settings) as (_srv, url):
         await start_worker()
         saved = tmp_path / "results"
-        result = await compute(url, "--json", "submit", "image_conversion", str(photo), "-f", "format=jpg",
-                               "--priority", "7", "--wait", "--quiet", "--download", str(saved))
+        result = await compute(
+            url,
+            "--json",
+            "submit",
+            "image_conversion",
+            str(photo),
+            "-f",
+            "format=jpg",
+            "--priority",
+            "7",
+            "--wait",
+            "--quiet",
+            "--download",
+            str(saved),
+        )
         assert result.exit_code == 0, result.output
         job = _json(result)
         assert job["status"] == "completed" and job["priority"] == 7
@@ -84,8 +98,9 @@ async def test_submit_prints_the_job_id_and_status_shows_it(settings: Settings, 
         assert shown.exit_code == 0 and _json(shown)["job_id"] == job_id
 
 
-async def test_a_cancelled_job_exits_5_and_a_failed_one_1(settings: Settings, start_worker: WorkerFactory,
-                                                          tmp_path: Path, photo: Path) -> None:
+async def test_a_cancelled_job_exits_5_and_a_failed_one_1(
+    settings: Settings, start_worker: WorkerFactory, tmp_path: Path, photo: Path
+) -> None:
     async with serving(settings) as (_srv, url):
         submitted = await compute(url, "submit", "image_conversion", str(photo), "-f", "format=png")
         queued = submitted.stdout.strip()
@@ -97,14 +112,16 @@ async def test_a_cancelled_job_exits_5_and_a_failed_one_1(settings: Settings, st
         noise = Image.effect_noise((256, 256), 64).convert("RGB")  # incompressible: a long body
         noise.save(broken, "PNG")
         broken.write_bytes(broken.read_bytes()[:20_000])  # the header reads, the pixels do not
-        result = await compute(url, "--json", "submit", "image_conversion", str(broken), "-f", "format=jpg",
-                               "--wait", "-q")
+        result = await compute(
+            url, "--json", "submit", "image_conversion", str(broken), "-f", "format=jpg", "--wait", "-q"
+        )
         assert result.exit_code == EXIT_FAILED, result.output
         assert _json(result)["error_message"]
 
 
-async def test_jobs_and_workers_are_listed(settings: Settings, start_worker: WorkerFactory,
-                                           photo: Path) -> None:
+async def test_jobs_and_workers_are_listed(
+    settings: Settings, start_worker: WorkerFactory, photo: Path
+) -> None:
     async with serving(settings) as (_srv, url):
         submit = ("submit", "image_conversion", str(photo), "-f", "format=png")
         first = (await compute(url, *submit)).stdout.strip()
@@ -147,8 +164,9 @@ async def test_an_unreachable_server_exits_3(photo: Path) -> None:
     assert result.exit_code == EXIT_UNREACHABLE and "cannot reach" in result.stderr
 
 
-async def test_the_file_listing_shows_input_and_outputs(settings: Settings, start_worker: WorkerFactory,
-                                                       photo: Path) -> None:
+async def test_the_file_listing_shows_input_and_outputs(
+    settings: Settings, start_worker: WorkerFactory, photo: Path
+) -> None:
     async with serving(settings) as (srv, _url):
         await start_worker()
         job_id = (await srv.submit("image_conversion", {"format": "jpg"}))["job_id"]

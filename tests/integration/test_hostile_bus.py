@@ -63,8 +63,13 @@ async def fast_server(settings: Settings) -> AsyncIterator[Server]:
 async def start_gated(start_worker: WorkerFactory, **changes: Any) -> tuple[RunningWorker, GatedNoop]:
     plugin = GatedNoop()
     # On a thread: the test holds the plugin's gate, which a plugin process could not share.
-    running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: plugin}, lease_seconds=LEASE,
-                                 plugin_isolation="thread", **changes)
+    running = await start_worker(
+        tasks=(TASK_TYPE,),
+        plugins={TASK_TYPE: plugin},
+        lease_seconds=LEASE,
+        plugin_isolation="thread",
+        **changes,
+    )
     return running, plugin
 
 
@@ -109,8 +114,10 @@ async def test_a_forged_will_never_requeues_a_running_job(
     info = await retained_info(probe, server.topics, worker_id)
     forged = {"worker_id": worker_id, "session": info["session"], "state": "offline", "timestamp": 1}
     probe.publish(server.topics.worker_info(worker_id), json.dumps(forged), retain=True)
-    await wait_for(lambda: registry.dropped >= 1 or rescuer.rescued
-                   or registry.capabilities()["num_workers"] == 0, what="the forged Will to be handled")
+    await wait_for(
+        lambda: registry.dropped >= 1 or rescuer.rescued or registry.capabilities()["num_workers"] == 0,
+        what="the forged Will to be handled",
+    )
     assert rescuer.rescued == 0 and (await server.job(job["job_id"]))["status"] == "processing"
     assert registry.rejected["bad signature"] == 1 and registry.capabilities()["num_workers"] == 1
 
@@ -145,10 +152,14 @@ async def test_a_dead_workers_will_still_speeds_its_rescue(
                 task.cancel()
         victim.bus.abort()
         await wait_for(lambda: server.services.rescuer.rescued == 1, timeout=LEASE * 3, what="the rescue")
-        await events.expect(lambda m: m.topic == server.topics.legacy_events
-                            and json.loads(m.payload) == {**json.loads(m.payload), "job_id": job["job_id"],
-                                                          "event_type": "queued"},
-                            what="the requeue on inference/events")
+        await events.expect(
+            lambda m: (
+                m.topic == server.topics.legacy_events
+                and json.loads(m.payload)
+                == {**json.loads(m.payload), "job_id": job["job_id"], "event_type": "queued"}
+            ),
+            what="the requeue on inference/events",
+        )
     row = stored(server.services.repo, job["job_id"])
     assert row.status == "queued" and "went offline" in row.attempt_errors[0]["error"]
     victim.worker.stop()  # before the plugin returns, so that it claims nothing more
@@ -175,9 +186,12 @@ async def test_connecting_under_a_workers_old_client_id_fires_no_will(
         intruders.append(intruder)
     await probe.sync(f"{topics.root}/_sync")  # the broker handled both connects before this
     try:
-        wills = [m for m in probe.messages if m.topic in (topics.worker_info(worker_id),
-                                                          topics.worker_status(worker_id))
-                 and b"offline" in m.payload]
+        wills = [
+            m
+            for m in probe.messages
+            if m.topic in (topics.worker_info(worker_id), topics.worker_status(worker_id))
+            and b"offline" in m.payload
+        ]
         assert wills == [], "the broker fired the worker's Will"
         assert running.bus.connects == 1 and running.service.presence.connects == 1
         assert (await server.job(job["job_id"]))["status"] == "processing"
@@ -207,8 +221,10 @@ async def test_a_forged_cancel_is_ignored_and_a_real_one_still_works(
     guessed = cancel_signature("0" * 32, job_id, 1, 2)
     probe.publish(topic, json.dumps({"job_id": job_id, "attempt": 1, "timestamp": 2, "sig": guessed}))
     probe.publish(topic, b"\x00junk")
-    await wait_for(lambda: getattr(worker, "rejected_cancels", 0) >= 3 or worker.current is None,
-                   what="the forged cancels to be handled")
+    await wait_for(
+        lambda: getattr(worker, "rejected_cancels", 0) >= 3 or worker.current is None,
+        what="the forged cancels to be handled",
+    )
     assert worker.current is not None and worker.current.job_id == job_id, "a forged cancel stopped the job"
     plugin.gate.set()
     await server.wait_status(job_id, "completed")
@@ -246,16 +262,25 @@ async def test_forged_confirmations_never_make_a_worker_forget_its_result(
     forgeries: list[bytes | str] = [
         json.dumps({"job_id": job_id, "status": "completed", "timestamp": 1}),  # the forgery
         encode({"job_id": job_id, "attempt": 1, "status": "completed", "timestamp": 1, "sig": "ab" * 32}),
-        encode({"job_id": job_id, "attempt": 1, "status": "completed", "timestamp": 1,
-                "sig": confirmation_signature("0" * 32, job_id, 1, "completed", 1)}),
+        encode(
+            {
+                "job_id": job_id,
+                "attempt": 1,
+                "status": "completed",
+                "timestamp": 1,
+                "sig": confirmation_signature("0" * 32, job_id, 1, "completed", 1),
+            }
+        ),
     ]
     flood = 600  # below Mosquitto's default queue per client (1,000): every one must arrive
     with caplog.at_level(logging.WARNING, logger="compute"):
         for i in range(flood):
             probe.publish(topic, forgeries[i % 3] if i % 2 else f"junk {i}".encode())
-        await wait_for(lambda: getattr(outbox, "rejected", 0) >= flood or job_id not in outbox.pending,
-                       timeout=30,
-                       what="the flood to be handled")
+        await wait_for(
+            lambda: getattr(outbox, "rejected", 0) >= flood or job_id not in outbox.pending,
+            timeout=30,
+            what="the flood to be handled",
+        )
         assert job_id in outbox.pending, "a forged confirmation made the worker forget its result"
         assert claim is not None and claim.status == "processing"
 
@@ -282,14 +307,29 @@ async def test_a_junk_flood_costs_no_result_and_no_log_flood(
     with caplog.at_level(logging.WARNING, logger="compute"):
         for i in range(flood):
             probe.publish(events_topic, f"junk {i}".encode())
-            forged = {"job_id": job["job_id"], "worker_id": running.settings.worker_id, "event": "completed",
-                      "progress": 100, "timestamp": i, "attempt": 1, "seq": 99 + i, "sig": "cd" * 32}
+            forged = {
+                "job_id": job["job_id"],
+                "worker_id": running.settings.worker_id,
+                "event": "completed",
+                "progress": 100,
+                "timestamp": i,
+                "attempt": 1,
+                "seq": 99 + i,
+                "sig": "cd" * 32,
+            }
             probe.publish(events_topic, json.dumps(forged))
             probe.publish(f"{root}/workers/ghost-{i}/info", json.dumps({"worker_id": f"ghost-{i}"}))
             probe.publish(f"{root}/workers/ghost-{i}/info", json.dumps({"worker_id": f"ghost-{i}"}))
         plugin.gate.set()  # the real result goes out while the flood is still arriving
-        await wait_for(lambda: ingest.rejected["malformed"] >= flood and registry.dropped >= 2 * flood
-                       and ingest.rejected["bad signature"] >= flood, timeout=60, what="the flood to arrive")
+        await wait_for(
+            lambda: (
+                ingest.rejected["malformed"] >= flood
+                and registry.dropped >= 2 * flood
+                and ingest.rejected["bad signature"] >= flood
+            ),
+            timeout=60,
+            what="the flood to arrive",
+        )
         done = await server.wait_status(job["job_id"], "completed", timeout=30)
         # One more job after the flood: its result is not stuck behind junk either.
         after = add_job(server)
@@ -307,8 +347,17 @@ async def test_ghost_workers_never_reach_capabilities(
     ghosts = 2000
 
     def ghost(i: int, **extra: Any) -> bytes:
-        return encode({"worker_id": f"ghost-{i}", "session": uuid.uuid4().hex[:12], "state": "online",
-                       "tasks": ["image_resize"], "idle": True, "timestamp": 1, **extra})
+        return encode(
+            {
+                "worker_id": f"ghost-{i}",
+                "session": uuid.uuid4().hex[:12],
+                "state": "online",
+                "tasks": ["image_resize"],
+                "idle": True,
+                "timestamp": 1,
+                **extra,
+            }
+        )
 
     for i in range(ghosts):  # retained, so that the server finds them when it starts
         probe.publish(topics.worker_info(f"ghost-{i}"), ghost(i), retain=True)
@@ -323,8 +372,11 @@ async def test_ghost_workers_never_reach_capabilities(
             # Mosquitto queues at most 1,000 messages per client (max_queued_messages): the server
             # sees at least that many of the retained ghosts. A real worker's info published while
             # that queue is full would be dropped too (and sent again at its next heartbeat).
-            await wait_for(lambda: registry.dropped + len(registry.workers) >= 1000, timeout=20,
-                           what="the retained ghosts to reach the server")
+            await wait_for(
+                lambda: registry.dropped + len(registry.workers) >= 1000,
+                timeout=20,
+                what="the retained ghosts to reach the server",
+            )
             for i in range(ghosts + 20, ghosts + 40):  # and some while it runs, with forged signatures
                 probe.publish(topics.worker_info(f"ghost-{i}"), ghost(i, sig="ef" * 32))
             # A short heartbeat: an info that a full broker queue dropped comes again soon.
@@ -359,8 +411,9 @@ async def test_a_worker_outlives_a_locked_database_and_then_runs_the_queued_jobs
     running, plugin = await start_gated(start_worker)
     worker, outbox = running.worker, running.worker.outbox
     # Wait at most 0.3 s for a lock (instead of seconds), so that this test stays short.
-    event.listen(running.service.engine, "connect",
-                 lambda conn, _record: conn.execute("PRAGMA busy_timeout=300"))
+    event.listen(
+        running.service.engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout=300")
+    )
     running.service.engine.dispose()  # pooled connections reconnect with the short timeout
     outbox.confirm_timeout = 0.5  # no server: the worker writes its result itself
 
@@ -378,8 +431,11 @@ async def test_a_worker_outlives_a_locked_database_and_then_runs_the_queued_jobs
     lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
         plugin.gate.set()  # the first job finishes: its result cannot be written, claims fail
-        await wait_for(lambda: getattr(worker, "db_errors", 0) >= 3 or running.task.done(), timeout=20,
-                       what="the worker to hit the locked database")
+        await wait_for(
+            lambda: getattr(worker, "db_errors", 0) >= 3 or running.task.done(),
+            timeout=20,
+            what="the worker to hit the locked database",
+        )
         assert not running.task.done(), f"the worker exited: {running.task.exception()!r}"
         assert first in outbox.pending  # kept, not lost
     finally:

@@ -78,8 +78,12 @@ async def test_odd_job_ids_and_file_paths_are_4xx(server: Server) -> None:
         response = await server.client.get(url)
         assert response.status_code == status, (url[:80], response.status_code, response.text[:200])
         assert "detail" in response.json()
-    for method, url in (("DELETE", f"/jobs/{'x' * 10_000}"), ("POST", f"/jobs/{'y' * 10_000}/cancel"),
-                        ("DELETE", "/jobs/%00"), ("POST", "/jobs/%00/cancel")):
+    for method, url in (
+        ("DELETE", f"/jobs/{'x' * 10_000}"),
+        ("POST", f"/jobs/{'y' * 10_000}/cancel"),
+        ("DELETE", "/jobs/%00"),
+        ("POST", "/jobs/%00/cancel"),
+    ):
         response = await server.client.request(method, url)
         assert response.status_code == 404, (method, url[:40], response.status_code)
     assert (await server.client.get(f"/jobs/{job_id}")).status_code == 200  # untouched
@@ -93,23 +97,26 @@ async def test_cleanup_days_are_bounded(server: Server, days: str) -> None:
 
 @pytest.mark.parametrize("timeout", ["1e308", "inf", "-inf", "nan", "0", "-5", "86401", "x"])
 async def test_plugin_timeout_is_finite_and_bounded(server: Server, timeout: str) -> None:
-    response = await server.client.post("/jobs/image_conversion", params={"timeout": timeout},
-                                        data=FORM, files=FILES)
+    response = await server.client.post(
+        "/jobs/image_conversion", params={"timeout": timeout}, data=FORM, files=FILES
+    )
     assert response.status_code == 422, response.text
     assert job_rows(server) == set() and job_folders(server) == set()
 
 
 async def test_a_day_is_the_longest_timeout(server: Server) -> None:
-    response = await server.client.post("/jobs/image_conversion", params={"timeout": "86400"},
-                                        data=FORM, files=FILES)
+    response = await server.client.post(
+        "/jobs/image_conversion", params={"timeout": "86400"}, data=FORM, files=FILES
+    )
     assert response.status_code == 200
     assert server.services.repo.get(response.json()["job_id"]).timeout_seconds == 86400  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("priority", ["11", "-1", "99999999999999999999", "nan"])
 async def test_priority_is_bounded(server: Server, priority: str) -> None:
-    response = await server.client.post("/jobs/image_conversion", data={**FORM, "priority": priority},
-                                        files=FILES)
+    response = await server.client.post(
+        "/jobs/image_conversion", data={**FORM, "priority": priority}, files=FILES
+    )
     assert response.status_code == 422
 
 
@@ -131,8 +138,10 @@ async def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(setting
                 yield chunk
 
         response = await server.client.post(
-            "/jobs/image_conversion", content=body(),
-            headers={"Content-Type": "multipart/form-data; boundary=b"})
+            "/jobs/image_conversion",
+            content=body(),
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
         assert response.status_code == 413, response.text
         assert response.headers["connection"] == "close"
         assert pulled <= limit + len(chunk), pulled
@@ -143,18 +152,29 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(settin
     async with running_server(replace(settings, max_upload_bytes=1000)) as server:
         for length in (str(10**6), "9" * 5000):
             response = await server.client.post(
-                "/jobs/image_conversion", content=b"",
-                headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Length": length})
+                "/jobs/image_conversion",
+                content=b"",
+                headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Length": length},
+            )
             assert response.status_code == 413
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(app: FastAPI, http: Literal["httptools", "h11"] = "httptools",
-                          ) -> AsyncIterator[uvicorn.Server]:
+async def uvicorn_serving(
+    app: FastAPI,
+    http: Literal["httptools", "h11"] = "httptools",
+) -> AsyncIterator[uvicorn.Server]:
     """The app (lifespan already running) behind a real uvicorn, as compute-server runs it."""
     timeout = app.state.services.settings.header_read_timeout
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off",
-                            log_level="warning", http=http_protocol(timeout, http), loop="asyncio")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=free_port(),
+        lifespan="off",
+        log_level="warning",
+        http=http_protocol(timeout, http),
+        loop="asyncio",
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started, what="uvicorn started")
@@ -168,12 +188,16 @@ async def uvicorn_serving(app: FastAPI, http: Literal["httptools", "h11"] = "htt
 async def test_stalled_uploads_get_408_and_their_connections_are_closed(settings: Settings) -> None:
     """A body that stops sending is answered and closed, so stalled uploads cannot pile up
     (1,100 of them used to exhaust the file descriptors and take GET / down)."""
-    async with running_server(replace(settings, upload_idle_timeout=1.0)) as srv, \
-            uvicorn_serving(srv.app) as web:
+    async with (
+        running_server(replace(settings, upload_idle_timeout=1.0)) as srv,
+        uvicorn_serving(srv.app) as web,
+    ):
         port = web.config.port
-        head = (b"POST /jobs/image_conversion HTTP/1.1\r\nHost: compute\r\n"
-                b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
-                b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\npartial')
+        head = (
+            b"POST /jobs/image_conversion HTTP/1.1\r\nHost: compute\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\npartial'
+        )
         stalled = []
         for _ in range(8):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -190,8 +214,9 @@ async def test_stalled_uploads_get_408_and_their_connections_are_closed(settings
                 assert b"stalled" in answer
             for _, writer in stalled:
                 writer.close()
-            await wait_for(lambda: not web.server_state.connections - _idle(web),
-                           what="the stalled connections released")
+            await wait_for(
+                lambda: not web.server_state.connections - _idle(web), what="the stalled connections released"
+            )
             assert (await client.get("/")).status_code == 200
         assert job_rows(srv) == set() and job_folders(srv) == set()
 
@@ -204,11 +229,15 @@ def _idle(web: uvicorn.Server) -> set[Any]:
 
 
 async def test_a_chunked_upload_on_a_real_server_is_cut_off_early(settings: Settings) -> None:
-    async with running_server(replace(settings, max_upload_bytes=1000)) as srv, \
-            uvicorn_serving(srv.app) as web:
+    async with (
+        running_server(replace(settings, max_upload_bytes=1000)) as srv,
+        uvicorn_serving(srv.app) as web,
+    ):
         reader, writer = await asyncio.open_connection("127.0.0.1", web.config.port)
-        writer.write(b"POST /jobs/image_conversion HTTP/1.1\r\nHost: compute\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"POST /jobs/image_conversion HTTP/1.1\r\nHost: compute\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
         writer.write(b"%x\r\n%s\r\n" % (len(part), part))
         chunk = b"x" * 65_536
@@ -257,8 +286,7 @@ async def test_orphan_folders_are_swept_in_the_background(settings: Settings) ->
     async with running_server(replace(settings, orphan_grace_seconds=0.5)) as server:
         kept_job = (await server.submit())["job_id"]
         _make_folder(server, "orphan", age=3600)
-        await wait_for(lambda: job_folders(server) == {kept_job}, timeout=10,
-                       what="the orphan folder swept")
+        await wait_for(lambda: job_folders(server) == {kept_job}, timeout=10, what="the orphan folder swept")
 
 
 # -- Idempotency-Key ----------------------------------------------------------------------------
@@ -271,23 +299,28 @@ async def test_a_retry_with_the_same_idempotency_key_gets_the_same_job(server: S
     assert first.status_code == again.status_code == 200
     assert again.json()["job_id"] == first.json()["job_id"]
     assert again.json()["task_type"] == "image_conversion"
-    other = await server.client.post("/jobs/image_conversion", data=FORM, files=FILES,
-                                     headers={"Idempotency-Key": "retry-2"})
+    other = await server.client.post(
+        "/jobs/image_conversion", data=FORM, files=FILES, headers={"Idempotency-Key": "retry-2"}
+    )
     assert other.json()["job_id"] != first.json()["job_id"]
     assert job_rows(server) == job_folders(server) == {first.json()["job_id"], other.json()["job_id"]}
     record = server.services.repo.get(first.json()["job_id"])
     assert record is not None
     with server.services.repo.engine.connect() as conn:
-        stored = conn.execute(select(jobs_table.c.idempotency_key)
-                              .where(jobs_table.c.job_id == record.job_id)).scalar_one()
+        stored = conn.execute(
+            select(jobs_table.c.idempotency_key).where(jobs_table.c.job_id == record.job_id)
+        ).scalar_one()
     assert stored == "-:retry-1"  # no user: auth is off
 
 
 async def test_concurrent_retries_make_one_job_and_leave_one_folder(server: Server) -> None:
     headers = {"Idempotency-Key": "race"}
-    replies = await asyncio.gather(*(
-        server.client.post("/jobs/image_conversion", data=FORM, files=FILES, headers=headers)
-        for _ in range(6)))
+    replies = await asyncio.gather(
+        *(
+            server.client.post("/jobs/image_conversion", data=FORM, files=FILES, headers=headers)
+            for _ in range(6)
+        )
+    )
     assert {r.status_code for r in replies} == {200}
     ids = {r.json()["job_id"] for r in replies}
     assert len(ids) == 1
@@ -296,8 +329,9 @@ async def test_concurrent_retries_make_one_job_and_leave_one_folder(server: Serv
 
 @pytest.mark.parametrize("key", ["k" * 201, ""])
 async def test_bad_idempotency_keys_are_400(server: Server, key: str) -> None:
-    response = await server.client.post("/jobs/image_conversion", data=FORM, files=FILES,
-                                        headers={"Idempotency-Key": key})
+    response = await server.client.post(
+        "/jobs/image_conversion", data=FORM, files=FILES, headers={"Idempotency-Key": key}
+    )
     assert response.status_code == 400
     assert job_rows(server) == set() and job_folders(server) == set()
 
@@ -305,8 +339,9 @@ async def test_bad_idempotency_keys_are_400(server: Server, key: str) -> None:
 async def test_an_idempotency_key_of_another_task_is_409(server: Server) -> None:
     headers = {"Idempotency-Key": "one-key"}
     first = await server.client.post("/jobs/image_conversion", data=FORM, files=FILES, headers=headers)
-    other = await server.client.post("/jobs/image_resize", data={"width": "4", "height": "4"},
-                                     files=FILES, headers=headers)
+    other = await server.client.post(
+        "/jobs/image_resize", data={"width": "4", "height": "4"}, files=FILES, headers=headers
+    )
     assert other.status_code == 409 and first.json()["job_id"] in other.json()["detail"]
     assert job_rows(server) == job_folders(server) == {first.json()["job_id"]}
 
@@ -330,8 +365,9 @@ def write_lock(url: str) -> Iterator[None]:
         return
     import psycopg
 
-    with psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username,
-                         dbname=parsed.database) as pg:
+    with psycopg.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+    ) as pg:
         pg.execute("LOCK TABLE jobs IN EXCLUSIVE MODE")
         try:
             yield
@@ -346,8 +382,7 @@ async def test_a_locked_database_leaves_the_server_answering(settings: Settings)
         assert (await server.client.get("/")).json()["database"] == "ok"
         db = server.services.db
         with write_lock(settings.database_url):
-            post = asyncio.create_task(server.client.post(
-                "/jobs/image_conversion", data=FORM, files=FILES))
+            post = asyncio.create_task(server.client.post("/jobs/image_conversion", data=FORM, files=FILES))
             await wait_for(lambda: db.in_flight > 0, what="the submit waiting for the database")
             started = time.monotonic()
             health = await server.client.get("/")
@@ -377,8 +412,16 @@ async def test_background_database_work_never_stalls_the_loop(settings: Settings
         job_id = (await server.submit())["job_id"]
         ingest = server.services.ingest
         with write_lock(settings.database_url):
-            forged = {"job_id": job_id, "worker_id": "w", "event": "progress", "progress": 5,
-                      "timestamp": 1, "attempt": 1, "seq": 1, "sig": "cd" * 32}
+            forged = {
+                "job_id": job_id,
+                "worker_id": "w",
+                "event": "progress",
+                "progress": 5,
+                "timestamp": 1,
+                "attempt": 1,
+                "seq": 1,
+                "sig": "cd" * 32,
+            }
             probe.publish(server.topics.job_event("image_conversion", job_id), json.dumps(forged))
             until = time.monotonic() + 2.5  # the event's arrival, and longer than the sweep interval
             slowest = 0.0
@@ -404,8 +447,9 @@ async def test_reads_behind_a_lock_wait_off_the_loop(settings: Settings) -> None
         rescuer, queues = server.services.rescuer, server.services.queues
         import psycopg
 
-        with psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username,
-                             dbname=parsed.database) as pg:
+        with psycopg.connect(
+            host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+        ) as pg:
             # Ended by the database after 20 s: a look-up stuck on the loop cannot hold the test for ever.
             pg.execute("SET idle_in_transaction_session_timeout = '20s'")
             pg.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
@@ -428,7 +472,8 @@ async def _database_state(server: Server) -> bool:
 
 
 async def test_users_see_and_act_on_their_own_jobs_only(
-        settings: Settings, signing_key: tuple[bytes, Path]) -> None:
+    settings: Settings, signing_key: tuple[bytes, Path]
+) -> None:
     secured = replace(settings, auth_disabled=False, public_key_path=signing_key[1])
     alice, bob = bearer(signing_key, "alice"), bearer(signing_key, "bob")
     admin = bearer(signing_key, "root", "ai_inference_support", "admin")
@@ -438,8 +483,9 @@ async def test_users_see_and_act_on_their_own_jobs_only(
 
         async def submit(headers: dict[str, str], key: str | None = None) -> str:
             extra = {"Idempotency-Key": key} if key else {}
-            response = await client.post("/jobs/image_conversion", data=FORM, files=FILES,
-                                         headers={**headers, **extra})
+            response = await client.post(
+                "/jobs/image_conversion", data=FORM, files=FILES, headers={**headers, **extra}
+            )
             assert response.status_code == 200, response.text
             return str(response.json()["job_id"])
 

@@ -47,8 +47,11 @@ async def test_missing_file_is_422(server: Server) -> None:
 
 
 async def test_unknown_job_is_404(server: Server) -> None:
-    for method, path in (("GET", "/jobs/nope"), ("DELETE", "/jobs/nope"),
-                         ("GET", "/jobs/nope/files/output/x.png")):
+    for method, path in (
+        ("GET", "/jobs/nope"),
+        ("DELETE", "/jobs/nope"),
+        ("GET", "/jobs/nope/files/output/x.png"),
+    ):
         response = await server.client.request(method, path)
         assert response.status_code == 404, (method, path)
         assert "nope" in response.json()["detail"]
@@ -101,7 +104,8 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
     claimed = repo.claim_next(["image_conversion"], "w1")
     assert claimed is not None and claimed.job_id == done  # the older of two equal-priority jobs
     server.services.transitions.apply_events(
-        [signed(claimed, EventType.COMPLETED, 1, progress=100, task_output={}, ts=1000)])
+        [signed(claimed, EventType.COMPLETED, 1, progress=100, task_output={}, ts=1000)]
+    )
     size = (await server.client.get("/admin/jobs/storage/size")).json()
     assert size["job_count"] == 2 and size["total_size"] == 2 * len(png_bytes())
 
@@ -134,6 +138,7 @@ async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Ser
         assert (await server.client.get(f"/jobs/{deleted}")).status_code == 404  # the SDK's poll raises
 
         for job_id in (cancelled, deleted):
+
             def terminal(m: Message, j: str = job_id) -> bool:
                 return bool(m.json()["job_id"] == j and m.json()["event_type"] != "queued")
 

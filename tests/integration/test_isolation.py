@@ -44,11 +44,16 @@ def no_retries(settings: Settings) -> Settings:
     return replace(settings, task_policies=Policies(TaskPolicy(max_retries=0)))
 
 
-async def start(start_worker: WorkerFactory, settings: Settings,
-                **changes: Any) -> tuple[RunningWorker, PluginProcess]:
-    running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: StallTask()},
-                                 plugin_isolation="process", task_policies=no_retries(settings).task_policies,
-                                 **changes)
+async def start(
+    start_worker: WorkerFactory, settings: Settings, **changes: Any
+) -> tuple[RunningWorker, PluginProcess]:
+    running = await start_worker(
+        tasks=(TASK_TYPE,),
+        plugins={TASK_TYPE: StallTask()},
+        plugin_isolation="process",
+        task_policies=no_retries(settings).task_policies,
+        **changes,
+    )
     host = running.worker.runner.host
     assert isinstance(host, PluginProcess)
     return running, host
@@ -66,6 +71,7 @@ def add_job(server: Server, timeout: float | None = None, **params: Any) -> str:
 
 async def started(server: Server, job_id: str) -> None:
     """Wait until the plugin runs (it reports progress 1 before anything else)."""
+
     async def running() -> bool:
         job = await server.job(job_id)
         return bool(job["status"] == "processing" and job["progress"] >= 1)
@@ -97,7 +103,8 @@ async def next_job_completes(server: Server) -> dict[str, Any]:
 
 
 async def test_a_cancel_kills_a_plugin_that_ignores_it_and_the_worker_runs_the_next_job(
-        once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
+    once: Server, start_worker: WorkerFactory, settings: Settings
+) -> None:
     running, host = await start(start_worker, settings)
     stuck, pid = await held_job(once, host)
 
@@ -113,7 +120,8 @@ async def test_a_cancel_kills_a_plugin_that_ignores_it_and_the_worker_runs_the_n
 
 
 async def test_a_timeout_kills_the_plugin_and_fails_the_attempt(
-        once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
+    once: Server, start_worker: WorkerFactory, settings: Settings
+) -> None:
     _, host = await start(start_worker, settings)
     stuck = add_job(once, timeout=1.0, hold_s=FOREVER)
 
@@ -126,7 +134,8 @@ async def test_a_timeout_kills_the_plugin_and_fails_the_attempt(
 
 
 async def test_a_plugin_past_the_memory_cap_fails_with_the_reason(
-        once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
+    once: Server, start_worker: WorkerFactory, settings: Settings
+) -> None:
     _, host = await start(start_worker, settings, plugin_memory_limit_mb=CAP_MB)
     hog = add_job(once, allocate_mb=2 * CAP_MB)
 
@@ -138,7 +147,8 @@ async def test_a_plugin_past_the_memory_cap_fails_with_the_reason(
 
 
 async def test_a_plugin_process_killed_mid_job_is_a_crash_and_the_worker_goes_on(
-        once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
+    once: Server, start_worker: WorkerFactory, settings: Settings
+) -> None:
     _, host = await start(start_worker, settings)
     doomed, pid = await held_job(once, host)
 
@@ -151,7 +161,8 @@ async def test_a_plugin_process_killed_mid_job_is_a_crash_and_the_worker_goes_on
 
 
 async def test_the_plugin_process_and_its_models_outlive_a_job(
-        once: Server, start_worker: WorkerFactory, settings: Settings) -> None:
+    once: Server, start_worker: WorkerFactory, settings: Settings
+) -> None:
     _, host = await start(start_worker, settings)
     first = await next_job_completes(once)
     second = await next_job_completes(once)

@@ -52,12 +52,15 @@ async def test_a_queued_jobs_priority_changes_and_a_raise_is_hinted(server: Serv
     response = await server.client.patch(f"/jobs/{job_id}", json={"priority": 9})
     assert response.status_code == 200, response.text
     assert response.json()["priority"] == 9 and response.json()["status"] == "queued"
-    hint = await probe.expect(lambda m: m.json().get("job_id") == job_id and m.json()["priority"] == 9,
-                              what="a hint for the raised job")
+    hint = await probe.expect(
+        lambda m: m.json().get("job_id") == job_id and m.json()["priority"] == 9,
+        what="a hint for the raised job",
+    )
     assert hint.topic == topics.job_available(TASK_TYPE)
     with server.services.repo.engine.connect() as conn:
-        entry = conn.execute(select(queue_entries_table.c.priority)
-                             .where(queue_entries_table.c.job_id == job_id)).scalar()
+        entry = conn.execute(
+            select(queue_entries_table.c.priority).where(queue_entries_table.c.job_id == job_id)
+        ).scalar()
     assert entry == 9  # CL Server's queue record follows
 
     lower = add(server, priority=5)
@@ -67,8 +70,17 @@ async def test_a_queued_jobs_priority_changes_and_a_raise_is_hinted(server: Serv
 
 
 @one_broker
-@pytest.mark.parametrize("body", [{"priority": 11}, {"priority": -1}, {"priority": "high"}, {},
-                                  {"priority": 5, "status": "completed"}, {"priority": 2.5}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"priority": 11},
+        {"priority": -1},
+        {"priority": "high"},
+        {},
+        {"priority": 5, "status": "completed"},
+        {"priority": 2.5},
+    ],
+)
 async def test_priority_is_bounded_like_the_submit_routes(server: Server, body: dict[str, Any]) -> None:
     job_id = add(server)
     assert (await server.client.patch(f"/jobs/{job_id}", json=body)).status_code == 422
@@ -112,8 +124,9 @@ async def test_a_failed_job_is_retried_as_the_same_job(server: Server, start_wor
 
 
 @one_broker
-async def test_a_cancelled_job_is_retried_and_cl_server_clients_hear_it(server: Server,
-                                                                       probe: MqttProbe) -> None:
+async def test_a_cancelled_job_is_retried_and_cl_server_clients_hear_it(
+    server: Server, probe: MqttProbe
+) -> None:
     job_id = add(server)
     queued_again = await server.client.post(f"/jobs/{job_id}/retry")
     assert queued_again.status_code == 409 and "queued" in queued_again.json()["detail"]
@@ -123,8 +136,10 @@ async def test_a_cancelled_job_is_retried_and_cl_server_clients_hear_it(server: 
     response = await server.client.post(f"/jobs/{job_id}/retry")
     assert response.status_code == 200
     assert response.json()["status"] == "queued" and response.json()["cancelled"] is False
-    await probe.expect(lambda m: m.json() == {**m.json(), "job_id": job_id, "event_type": "queued"},
-                       what="queued on inference/events")
+    await probe.expect(
+        lambda m: m.json() == {**m.json(), "job_id": job_id, "event_type": "queued"},
+        what="queued on inference/events",
+    )
     assert (await server.client.post("/jobs/nope/retry")).status_code == 404
 
 
@@ -154,10 +169,15 @@ async def test_downloads_carry_the_files_type(server: Server) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("master.m3u8", "segment_000.ts", "embedding.npy", "exif.json", "bundle.tar.gz", "noext"):
         (folder / name).write_bytes(b"x")
-    expected = {"input/upload.png": "image/png", "output/master.m3u8": "application/vnd.apple.mpegurl",
-                "output/segment_000.ts": "video/mp2t", "output/embedding.npy": "application/octet-stream",
-                "output/exif.json": "application/json", "output/bundle.tar.gz": "application/octet-stream",
-                "output/noext": "application/octet-stream"}
+    expected = {
+        "input/upload.png": "image/png",
+        "output/master.m3u8": "application/vnd.apple.mpegurl",
+        "output/segment_000.ts": "video/mp2t",
+        "output/embedding.npy": "application/octet-stream",
+        "output/exif.json": "application/json",
+        "output/bundle.tar.gz": "application/octet-stream",
+        "output/noext": "application/octet-stream",
+    }
     for path, media_type in expected.items():
         response = await server.client.get(f"/jobs/{job_id}/files/{path}")
         assert response.status_code == 200
@@ -170,21 +190,25 @@ async def test_downloads_carry_the_files_type(server: Server) -> None:
 
 
 @one_broker
-async def test_users_change_and_retry_their_own_jobs_only(settings: Settings,
-                                                         signing_key: SigningKey) -> None:
+async def test_users_change_and_retry_their_own_jobs_only(
+    settings: Settings, signing_key: SigningKey
+) -> None:
     alice, bob = bearer(signing_key, "alice"), bearer(signing_key, "bob")
     admin = bearer(signing_key, "root", "ai_inference_support", "admin")
     async with running_server(secured(settings, signing_key)) as server:
         queued, failed = add(server, by="alice"), add(server, by="alice")
         set_columns(server, failed, status="failed")
-        for method, url, body in (("PATCH", f"/jobs/{queued}", {"priority": 1}),
-                                  ("POST", f"/jobs/{failed}/retry", None)):
+        for method, url, body in (
+            ("PATCH", f"/jobs/{queued}", {"priority": 1}),
+            ("POST", f"/jobs/{failed}/retry", None),
+        ):
             refused = await server.client.request(method, url, json=body, headers=bob)
             assert refused.status_code == 404, (method, url)
             assert refused.json()["detail"] == f"job {url.split('/')[2]} not found"
         assert (await server.client.get(f"/jobs/{queued}", headers=alice)).json()["priority"] == 5
-        assert (await server.client.patch(f"/jobs/{queued}", json={"priority": 1},
-                                          headers=alice)).status_code == 200
+        assert (
+            await server.client.patch(f"/jobs/{queued}", json={"priority": 1}, headers=alice)
+        ).status_code == 200
         assert (await server.client.post(f"/jobs/{failed}/retry", headers=admin)).status_code == 200
 
 
@@ -196,10 +220,12 @@ async def test_job_creation_is_rate_limited_per_user(settings: Settings, signing
     alice, bob = bearer(signing_key, "alice"), bearer(signing_key, "bob")
     limited = replace(secured(settings, signing_key), job_rate_limit=1.0, job_rate_burst=2)
     async with running_server(limited) as server:
+
         def submit(headers: dict[str, str], key: str | None = None) -> Any:
             extra = {"Idempotency-Key": key} if key else {}
-            return server.client.post("/jobs/image_conversion", data=FORM, files=FILES,
-                                      headers={**headers, **extra})
+            return server.client.post(
+                "/jobs/image_conversion", data=FORM, files=FILES, headers={**headers, **extra}
+            )
 
         first = await submit(alice, "k1")
         assert first.status_code == 200 and (await submit(alice)).status_code == 200

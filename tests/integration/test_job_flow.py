@@ -15,8 +15,9 @@ from tests.support import MqttProbe, ms_now, png_bytes
 async def test_image_conversion_end_to_end(server: Server, start_worker: WorkerFactory) -> None:
     worker = await start_worker()
     before = ms_now()
-    created = await server.submit("image_conversion", {"format": "jpg", "quality": "90"},
-                                  png_bytes((40, 30)), filename="photo.png")
+    created = await server.submit(
+        "image_conversion", {"format": "jpg", "quality": "90"}, png_bytes((40, 30)), filename="photo.png"
+    )
     assert created["status"] == "queued" and created["task_type"] == "image_conversion"
     assert set(created) == {"job_id", "status", "task_type"}
     job_id = created["job_id"]
@@ -64,14 +65,17 @@ async def test_worker_claims_only_its_own_tasks(server: Server, start_worker: Wo
     assert running.worker.jobs_run == 1
 
 
-async def test_legacy_events_follow_the_job(server: Server, start_worker: WorkerFactory,
-                                            probe: MqttProbe) -> None:
+async def test_legacy_events_follow_the_job(
+    server: Server, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
     topic = server.settings.mqtt_topic
     await probe.subscribe(topic)
     await start_worker()
     job_id = (await server.submit())["job_id"]
-    await probe.expect(lambda m: m.topic == topic and json.loads(m.payload)["event_type"] == "completed",
-                       what="legacy completed event")
+    await probe.expect(
+        lambda m: m.topic == topic and json.loads(m.payload)["event_type"] == "completed",
+        what="legacy completed event",
+    )
     events = [m.json() for m in probe.on_topic(topic) if m.json()["job_id"] == job_id]
     assert set(events[0]) == {"job_id", "event_type", "progress", "timestamp"}
     # One event per state: image_conversion reports progress(100) as it returns, and that report

@@ -29,8 +29,9 @@ def add(server: Server, *, task: str = "image_conversion", by: str | None = None
     return add_job(server, task, by=by, priority=priority)
 
 
-async def walk(server: Server, limit: int, headers: dict[str, str] | None = None,
-               during: Any = None, **params: Any) -> list[str]:
+async def walk(
+    server: Server, limit: int, headers: dict[str, str] | None = None, during: Any = None, **params: Any
+) -> list[str]:
     """Every page's job ids in order; `during()` runs after each page (to add jobs meanwhile)."""
     seen: list[str] = []
     cursor = None
@@ -62,7 +63,7 @@ async def test_pages_walk_every_job_once_while_jobs_are_added(server: Server) ->
 
     oldest = await walk(server, 4, sort="created_at", during=add_more)
     everything = ids + added
-    assert oldest == everything[:len(oldest)] and set(ids) <= set(oldest)  # new ones at the end
+    assert oldest == everything[: len(oldest)] and set(ids) <= set(oldest)  # new ones at the end
     assert len(oldest) == len(set(oldest))
 
     urgent = await walk(server, 6, sort="-priority")
@@ -110,12 +111,19 @@ def test_each_filter_is_an_index_range(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     queries = JobQueries(engine)
     cursor = encode_cursor(JobSort.NEWEST, [1, 2])
-    cases = [JobFilter(statuses=("queued",)), JobFilter(task_types=("hash",)),
-             JobFilter(created_by="alice"), JobFilter(worker_id="w"), JobFilter(created_after=5), JobFilter()]
+    cases = [
+        JobFilter(statuses=("queued",)),
+        JobFilter(task_types=("hash",)),
+        JobFilter(created_by="alice"),
+        JobFilter(worker_id="w"),
+        JobFilter(created_after=5),
+        JobFilter(),
+    ]
     for filters in cases:
         for everything, owner in ((True, None), (False, None), (False, "alice")):
-            stmt = queries.statement(filters, everything=everything, owner=owner, sort=JobSort.NEWEST,
-                                     limit=50, cursor=cursor)
+            stmt = queries.statement(
+                filters, everything=everything, owner=owner, sort=JobSort.NEWEST, limit=50, cursor=cursor
+            )
             sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
             with engine.connect() as conn:
                 plan = " | ".join(row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
@@ -123,21 +131,35 @@ def test_each_filter_is_an_index_range(sqlite_url: str) -> None:
 
 
 @one_broker
-@pytest.mark.parametrize("params", [
-    {"cursor": "garbage"}, {"cursor": "W10"}, {"cursor": "x" * 300},
-    {"cursor": encode_cursor(JobSort.OLDEST, [1, 2])},  # another sort's
-    {"cursor": encode_cursor(JobSort.NEWEST, [1])},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"cursor": "garbage"},
+        {"cursor": "W10"},
+        {"cursor": "x" * 300},
+        {"cursor": encode_cursor(JobSort.OLDEST, [1, 2])},  # another sort's
+        {"cursor": encode_cursor(JobSort.NEWEST, [1])},
+    ],
+)
 async def test_a_bad_cursor_is_400(server: Server, params: dict[str, str]) -> None:
     response = await server.client.get("/jobs", params=params)
     assert response.status_code == 400 and "cursor" in response.json()["detail"]
 
 
 @one_broker
-@pytest.mark.parametrize("params", [
-    {"limit": "201"}, {"limit": "0"}, {"limit": "-1"}, {"status": "running"}, {"sort": "name"},
-    {"created_after": "-1"}, {"created_before": str(2**63)}, {"task_type": "x" * 201},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "201"},
+        {"limit": "0"},
+        {"limit": "-1"},
+        {"status": "running"},
+        {"sort": "name"},
+        {"created_after": "-1"},
+        {"created_before": str(2**63)},
+        {"task_type": "x" * 201},
+    ],
+)
 async def test_out_of_bounds_parameters_are_422(server: Server, params: dict[str, str]) -> None:
     assert (await server.client.get("/jobs", params=params)).status_code == 422
 
@@ -162,8 +184,9 @@ async def test_users_list_their_own_jobs_only(settings: Settings, signing_key: S
 
 
 @one_broker
-async def test_workers_shows_what_the_database_vouches_for(server: Server,
-                                                          start_worker: WorkerFactory) -> None:
+async def test_workers_shows_what_the_database_vouches_for(
+    server: Server, start_worker: WorkerFactory
+) -> None:
     plugin = GatedNoop()
     # Thread mode: the test opens the plugin's gate, which a plugin process would not share.
     running = await start_worker(tasks=(TASK_TYPE,), plugins={TASK_TYPE: plugin}, plugin_isolation="thread")

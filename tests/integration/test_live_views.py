@@ -48,9 +48,9 @@ async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
         elif line.startswith(":"):
             frame.comment = line[1:].strip()
         elif line.startswith("event: "):
-            frame.event = line[len("event: "):]
+            frame.event = line[len("event: ") :]
         elif line.startswith("data: "):
-            frame.data = json.loads(line[len("data: "):])
+            frame.data = json.loads(line[len("data: ") :])
 
 
 async def next_frame(stream: AsyncIterator[Frame], timeout: float = 15.0) -> Frame:
@@ -60,8 +60,15 @@ async def next_frame(stream: AsyncIterator[Frame], timeout: float = 15.0) -> Fra
 @contextlib.asynccontextmanager
 async def http(server: Server) -> AsyncIterator[tuple[httpx.AsyncClient, StreamClosingServer]]:
     """The app (lifespan running) behind uvicorn as compute-server runs it, and a client."""
-    config = uvicorn.Config(server.app, host="127.0.0.1", port=free_port(), lifespan="off",
-                            log_level="warning", http="httptools", loop="asyncio")
+    config = uvicorn.Config(
+        server.app,
+        host="127.0.0.1",
+        port=free_port(),
+        lifespan="off",
+        log_level="warning",
+        http="httptools",
+        loop="asyncio",
+    )
     web = StreamClosingServer(config, server.app.state.services.changes.close)
     task = asyncio.create_task(web.serve())
     await wait_for(lambda: web.started, what="uvicorn started")
@@ -74,8 +81,12 @@ async def http(server: Server) -> AsyncIterator[tuple[httpx.AsyncClient, StreamC
 
 
 async def submit(client: httpx.AsyncClient, headers: dict[str, str] | None = None) -> str:
-    response = await client.post("/jobs/image_conversion", data=FORM, headers=headers or {},
-                                 files={"file": ("a.png", png_bytes(), "image/png")})
+    response = await client.post(
+        "/jobs/image_conversion",
+        data=FORM,
+        headers=headers or {},
+        files={"file": ("a.png", png_bytes(), "image/png")},
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["job_id"])
 
@@ -91,8 +102,13 @@ async def test_a_job_stream_follows_the_job_to_the_end(server: Server, start_wor
             assert (await next_frame(stream)).comment == "connected"
             first = await next_frame(stream)  # the state when the client came
             assert first.event == "job"
-            assert first.data == {"job_id": job_id, "status": "queued", "progress": 0,
-                                  "task_type": "image_conversion", "timestamp": first.data["timestamp"]}
+            assert first.data == {
+                "job_id": job_id,
+                "status": "queued",
+                "progress": 0,
+                "task_type": "image_conversion",
+                "timestamp": first.data["timestamp"],
+            }
             await start_worker(wait_idle=False)
             seen: list[tuple[str, int]] = []
             while (frame := await next_frame(stream)).event == "job":
@@ -111,10 +127,14 @@ async def test_a_job_stream_follows_the_job_to_the_end(server: Server, start_wor
         assert server.app.state.services.changes.subscribers == set()  # nothing left behind
 
 
-async def test_all_events_carry_every_change_and_heartbeats(settings: Settings,
-                                                            start_worker: WorkerFactory) -> None:
-    async with running_server(replace(settings, sse_heartbeat=0.2)) as server, \
-            http(server) as (client, _web), client.stream("GET", "/events") as response:
+async def test_all_events_carry_every_change_and_heartbeats(
+    settings: Settings, start_worker: WorkerFactory
+) -> None:
+    async with (
+        running_server(replace(settings, sse_heartbeat=0.2)) as server,
+        http(server) as (client, _web),
+        client.stream("GET", "/events") as response,
+    ):
         stream = frames(response)
         assert (await next_frame(stream)).comment == "connected"
         assert (await next_frame(stream)).comment == "heartbeat"  # nothing happens: still alive
@@ -154,8 +174,11 @@ async def test_the_server_ends_open_streams_when_it_shuts_down(server: Server) -
 
 async def test_stream_input_errors_are_4xx(server: Server) -> None:
     async with http(server) as (client, _web):
-        for path in ("/jobs/nope/events", "/jobs/" + "x" * 300 + "/events",
-                     "/jobs/00000000-0000-0000-0000-000000000000/events"):
+        for path in (
+            "/jobs/nope/events",
+            "/jobs/" + "x" * 300 + "/events",
+            "/jobs/00000000-0000-0000-0000-000000000000/events",
+        ):
             response = await client.get(path)
             assert response.status_code == 404, path
         response = await client.get("/events", params={"access_token": "x" * 20_000})
@@ -174,6 +197,7 @@ async def test_each_user_sees_only_their_own_jobs_live(settings: Settings, signi
     alice, bob = token(signing_key, "alice"), token(signing_key, "bob")
     admin = token(signing_key, "root", "ai_inference_support", "admin")
     async with running_server(secured(settings, signing_key)) as server, http(server) as (client, _web):
+
         def header(t: str) -> dict[str, str]:
             return {"Authorization": f"Bearer {t}"}
 
@@ -185,12 +209,19 @@ async def test_each_user_sees_only_their_own_jobs_live(settings: Settings, signi
         # Someone else's job answers like a job that does not exist.
         assert (await client.get(f"/jobs/{bobs_job}/events", headers=header(alice))).status_code == 404
 
-        async with client.stream("GET", "/events", params={"access_token": alice}) as as_alice, \
-                client.stream("GET", "/events", headers=header(admin)) as as_admin, \
-                client.stream("GET", "/events", headers=header(bob),  # the header wins
-                              params={"access_token": "ignored"}) as as_bob:
-            streams = {name: frames(r) for name, r in
-                       (("alice", as_alice), ("admin", as_admin), ("bob", as_bob))}
+        async with (
+            client.stream("GET", "/events", params={"access_token": alice}) as as_alice,
+            client.stream("GET", "/events", headers=header(admin)) as as_admin,
+            client.stream(
+                "GET",
+                "/events",
+                headers=header(bob),  # the header wins
+                params={"access_token": "ignored"},
+            ) as as_bob,
+        ):
+            streams = {
+                name: frames(r) for name, r in (("alice", as_alice), ("admin", as_admin), ("bob", as_bob))
+            }
             for stream in streams.values():
                 assert (await next_frame(stream)).comment == "connected"
             bobs = await submit(client, header(bob))
@@ -209,8 +240,7 @@ async def test_each_user_sees_only_their_own_jobs_live(settings: Settings, signi
             assert await jobs_seen(streams["bob"], bobs) == [bobs]
             assert await jobs_seen(streams["admin"], alices) == [bobs, alices]
 
-        async with client.stream("GET", f"/jobs/{alices}/events",
-                                 params={"access_token": alice}) as response:
+        async with client.stream("GET", f"/jobs/{alices}/events", params={"access_token": alice}) as response:
             assert response.status_code == 200
             first = await next_frame(frames(response))
             assert first.comment == "connected"
@@ -223,7 +253,9 @@ async def test_queues_count_open_jobs_per_task(server: Server) -> None:
     await server.submit("image_resize")
     queues = (await server.client.get("/queues")).json()
     assert [(q["task_type"], q["queued"], q["running"]) for q in queues] == [
-        ("image_conversion", 2, 0), ("image_resize", 1, 0)]
+        ("image_conversion", 2, 0),
+        ("image_resize", 1, 0),
+    ]
     assert all(q["oldest_queued_age_ms"] >= 0 for q in queues)
 
 

@@ -20,16 +20,20 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
     response = await client.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-async def test_metrics_match_the_jobs_that_ran(server: Server, start_worker: WorkerFactory,
-                                               probe: MqttProbe) -> None:
+async def test_metrics_match_the_jobs_that_ran(
+    server: Server, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
     worker = await start_worker(tasks=("image_conversion",))
     await wait_for(lambda: server.services.registry.workers, what="the server to list the worker")
     ids = [(await server.submit("image_conversion"))["job_id"] for _ in range(3)]
@@ -40,15 +44,29 @@ async def test_metrics_match_the_jobs_that_ran(server: Server, start_worker: Wor
     assert (await server.client.get("/jobs/not-a-job")).status_code == 404
     # Junk and a forgery on the event topics: dropped and counted by reason.
     probe.publish(server.topics.job_event("image_conversion", ids[0]), b"not json")
-    probe.publish(server.topics.job_event("image_conversion", ids[0]), json.dumps({
-        "job_id": ids[0], "task_type": "image_conversion", "worker_id": worker.settings.worker_id,
-        "event": "progress", "progress": 50, "timestamp": ms_now(), "attempt": 1, "seq": 99,
-        "sig": "0" * 64}).encode())
+    probe.publish(
+        server.topics.job_event("image_conversion", ids[0]),
+        json.dumps(
+            {
+                "job_id": ids[0],
+                "task_type": "image_conversion",
+                "worker_id": worker.settings.worker_id,
+                "event": "progress",
+                "progress": 50,
+                "timestamp": ms_now(),
+                "attempt": 1,
+                "seq": 99,
+                "sig": "0" * 64,
+            }
+        ).encode(),
+    )
 
     async def counted() -> Samples | None:
         samples = await scrape(server.client)
-        rejected = [value(samples, "compute_mqtt_rejected_total", kind="job_event", reason=r)
-                    for r in ("malformed", "bad signature")]
+        rejected = [
+            value(samples, "compute_mqtt_rejected_total", kind="job_event", reason=r)
+            for r in ("malformed", "bad signature")
+        ]
         return samples if rejected == [1, 1] else None
 
     samples = await wait_for(counted, what="both dropped events counted")
@@ -68,12 +86,30 @@ async def test_metrics_match_the_jobs_that_ran(server: Server, start_worker: Wor
     assert value(samples, "compute_workers", state="idle") == 1
     assert value(samples, "compute_workers", state="busy") == 0
     # HTTP, by route template: the three submissions, one 404 on the job route.
-    assert value(samples, "compute_http_request_duration_seconds_count", method="POST",
-                 route="/jobs/image_conversion", status="200") == 3
-    assert value(samples, "compute_http_request_duration_seconds_count", method="GET",
-                 route="/jobs/{job_id}", status="404") == 1
-    assert not any(name.startswith("compute_http") and ("route", f"/jobs/{waiting}") in labels
-                   for name, labels in samples)
+    assert (
+        value(
+            samples,
+            "compute_http_request_duration_seconds_count",
+            method="POST",
+            route="/jobs/image_conversion",
+            status="200",
+        )
+        == 3
+    )
+    assert (
+        value(
+            samples,
+            "compute_http_request_duration_seconds_count",
+            method="GET",
+            route="/jobs/{job_id}",
+            status="404",
+        )
+        == 1
+    )
+    assert not any(
+        name.startswith("compute_http") and ("route", f"/jobs/{waiting}") in labels
+        for name, labels in samples
+    )
 
 
 @pytest.mark.parametrize("header, status", [(None, 401), ("Bearer wrong", 401), ("Bearer s3cret", 200)])

@@ -53,19 +53,29 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     tmp = tmp_path_factory.mktemp("fuzz")
     shutil.copyfile(sqlite_template, tmp / "compute.db")
     # No broker answers on that port: the server keeps serving HTTP and retries in the background.
-    settings = make_settings(tmp, f"sqlite:///{tmp / 'compute.db'}",
-                             BrokerInfo("none", "127.0.0.1", free_port()), f"fuzz{uuid.uuid4().hex[:8]}")
+    settings = make_settings(
+        tmp,
+        f"sqlite:///{tmp / 'compute.db'}",
+        BrokerInfo("none", "127.0.0.1", free_port()),
+        f"fuzz{uuid.uuid4().hex[:8]}",
+    )
     app = create_app(settings, start_broker=False)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           http="httptools", loop="asyncio"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", http="httptools", loop="asyncio"
+        )
+    )
     thread = threading.Thread(target=server.run, name="fuzzed-server", daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout=20, what="the server started")
     base_url = f"http://127.0.0.1:{port}"
     try:
-        seeded = httpx.post(f"{base_url}/jobs/image_conversion", data={"format": "jpg"},
-                            files={"file": ("photo.png", png_bytes(), "image/png")})
+        seeded = httpx.post(
+            f"{base_url}/jobs/image_conversion",
+            data={"format": "jpg"},
+            files={"file": ("photo.png", png_bytes(), "image/png")},
+        )
         assert seeded.status_code == 200, seeded.text
         yield Served(base_url, seeded.json()["job_id"])
     finally:
@@ -80,19 +90,29 @@ def test_no_input_gets_a_server_error(served: Served) -> None:
     api = _from_url(f"{served.base_url}/openapi.json")
     # The live views (SSE) never answer a complete body while their job is open: their bad
     # input is tested in test_live_views.
-    operations = [op for op in (result.ok() for result in api.get_all_operations())
-                  if not op.path.endswith("/events")]
+    operations = [
+        op for op in (result.ok() for result in api.get_all_operations()) if not op.path.endswith("/events")
+    ]
     assert len(operations) >= 10  # the job, admin and plugin routes are all there
     errors: list[tuple[Any, ...]] = []
     calls: Counter[int] = Counter()
 
     modes = list(getattr(schemathesis, "GenerationMode", [None]))  # valid data, then invalid
-    strategies = [operation.as_strategy() if mode is None else operation.as_strategy(generation_mode=mode)
-                  for operation in operations for mode in modes]
+    strategies = [
+        operation.as_strategy() if mode is None else operation.as_strategy(generation_mode=mode)
+        for operation in operations
+        for mode in modes
+    ]
     for strategy in strategies:
+
         @given(case=strategy)
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def call(case: Any) -> None:
             attempts = [dict(case.path_parameters or {})]
             if "job_id" in attempts[0] and case.method.upper() == "GET":
@@ -102,8 +122,9 @@ def test_no_input_gets_a_server_error(served: Served) -> None:
                 response = case.call(base_url=served.base_url, timeout=30)
                 calls[response.status_code] += 1
                 if response.status_code >= 500:
-                    errors.append((case.method, case.formatted_path, response.status_code,
-                                   response.text[:300]))
+                    errors.append(
+                        (case.method, case.formatted_path, response.status_code, response.text[:300])
+                    )
 
         with contextlib.suppress(Unsatisfiable):  # nothing invalid to make (no parameters)
             call()

@@ -40,12 +40,26 @@ async def test_retention_prunes_old_finished_jobs_and_their_folders_only(setting
     async with running_server(replace(settings, retention_days=1)) as server:
         engine = server.services.repo.engine
         storage = server.services.storage
-        ids = {name: (await server.submit())["job_id"] for name in
-               ("old_done", "old_failed", "old_cancelled", "recent_done", "old_queued", "old_running")}
+        ids = {
+            name: (await server.submit())["job_id"]
+            for name in (
+                "old_done",
+                "old_failed",
+                "old_cancelled",
+                "recent_done",
+                "old_queued",
+                "old_running",
+            )
+        }
         old = now_ms() - 2 * DAY_MS
         for name in ("old_done", "old_failed", "old_cancelled"):
-            set_job(engine, ids[name], status=name.removeprefix("old_").replace("done", "completed"),
-                    created_at=old, completed_at=old + 1)
+            set_job(
+                engine,
+                ids[name],
+                status=name.removeprefix("old_").replace("done", "completed"),
+                created_at=old,
+                completed_at=old + 1,
+            )
         set_job(engine, ids["recent_done"], status="completed", created_at=old, completed_at=now_ms())
         set_job(engine, ids["old_queued"], created_at=old)
         set_job(engine, ids["old_running"], status="processing", created_at=old, started_at=old)
@@ -79,8 +93,9 @@ async def test_retention_runs_in_the_background(server: Server) -> None:
     engine = server.services.repo.engine
     job_id = (await server.submit())["job_id"]
     set_job(engine, job_id, status="failed", completed_at=now_ms() - 3 * DAY_MS)
-    sweeper = RetentionSweeper(engine, server.services.storage, RetentionPolicy(days=1, max_jobs=0),
-                               interval=0.05)
+    sweeper = RetentionSweeper(
+        engine, server.services.storage, RetentionPolicy(days=1, max_jobs=0), interval=0.05
+    )
     task = asyncio.create_task(sweeper.run())
     try:
         folder = server.services.storage.job_dir(job_id)
@@ -95,13 +110,22 @@ async def test_retention_runs_in_the_background(server: Server) -> None:
 
 def register_old_session(engine: Engine, worker_id: str, last_seen: int) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(sessions).values(session=f"s-{worker_id}", worker_id=worker_id, secret="x",
-                                             tasks="[]", started_at=last_seen, last_seen=last_seen,
-                                             stopped_at=last_seen))
+        conn.execute(
+            insert(sessions).values(
+                session=f"s-{worker_id}",
+                worker_id=worker_id,
+                secret="x",
+                tasks="[]",
+                started_at=last_seen,
+                last_seen=last_seen,
+                stopped_at=last_seen,
+            )
+        )
 
 
 async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
-        settings: Settings, start_worker: WorkerFactory, broker: BrokerInfo) -> None:
+    settings: Settings, start_worker: WorkerFactory, broker: BrokerInfo
+) -> None:
     async with running_server(replace(settings, worker_forget_after=10 * DAY_MS / 1000)) as server:
         topics = server.topics
         live = (await start_worker()).settings.worker_id
@@ -109,8 +133,10 @@ async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
         gone, recent = f"{settings.worker_id}-gone", f"{settings.worker_id}-recent"
         register_old_session(engine, gone, now_ms() - 20 * DAY_MS)
         register_old_session(engine, recent, now_ms() - 5 * DAY_MS)
-        retained = {w: [topics.worker_status(w), topics.worker_info(w), topics.legacy_worker(w)]
-                    for w in (gone, recent)}
+        retained = {
+            w: [topics.worker_status(w), topics.worker_info(w), topics.legacy_worker(w)]
+            for w in (gone, recent)
+        }
         async with MqttProbe(broker.host, broker.port) as leftover:
             for topic in retained[gone] + retained[recent]:
                 leftover.publish(topic, b"offline", retain=True)
@@ -122,8 +148,10 @@ async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
         async with MqttProbe(broker.host, broker.port) as late:
             await late.subscribe(f"{topics.root}/workers/#")
             await late.subscribe(topics.legacy_worker("+"))
-            await late.expect(lambda m: m.topic == topics.worker_info(live) and bool(m.payload),
-                              what="the live worker's info")
+            await late.expect(
+                lambda m: m.topic == topics.worker_info(live) and bool(m.payload),
+                what="the live worker's info",
+            )
             await late.sync(f"{topics.root}/workers/_sync/x")
             still = {m.topic for m in late.messages if m.retained and m.payload}
         assert not set(retained[gone]) & still
@@ -138,7 +166,8 @@ async def test_server_clears_the_retained_topics_of_workers_gone_too_long(
 
 
 async def test_a_paused_task_queues_but_is_not_claimed_until_resumed(
-        server: Server, start_worker: WorkerFactory, broker: BrokerInfo) -> None:
+    server: Server, start_worker: WorkerFactory, broker: BrokerInfo
+) -> None:
     running = await start_worker()
     topics = server.topics
     flag = topics.task_paused("image_conversion")
@@ -152,8 +181,11 @@ async def test_a_paused_task_queues_but_is_not_claimed_until_resumed(
         assert [t["task_type"] for t in listed] == ["image_conversion"]
 
         # A forged "resumed" flag on the bus changes nothing: the database decides.
-        watcher.publish(flag, json.dumps({"task_type": "image_conversion", "paused": False,
-                                          "timestamp": now_ms()}), retain=True)
+        watcher.publish(
+            flag,
+            json.dumps({"task_type": "image_conversion", "paused": False, "timestamp": now_ms()}),
+            retain=True,
+        )
         passes = running.worker.empty_claims
         paused_job = (await server.submit("image_conversion"))["job_id"]
         other_job = (await server.submit("image_resize"))["job_id"]
@@ -164,19 +196,28 @@ async def test_a_paused_task_queues_but_is_not_claimed_until_resumed(
 
         reply = await server.client.post("/admin/tasks/image_conversion/resume")
         assert reply.status_code == 200 and reply.json() == {
-            "task_type": "image_conversion", "paused": False, "paused_at": None, "changed": True}
+            "task_type": "image_conversion",
+            "paused": False,
+            "paused_at": None,
+            "changed": True,
+        }
         await server.wait_status(paused_job, "completed")  # woken by the resume's hint
-        await watcher.expect(lambda m: m.topic == flag and json.loads(m.payload)["paused"] is False,
-                             what="the resumed flag")
+        await watcher.expect(
+            lambda m: m.topic == flag and json.loads(m.payload)["paused"] is False, what="the resumed flag"
+        )
     assert (await server.client.get("/admin/tasks")).json() == {"paused": []}
 
 
 async def test_a_forged_paused_flag_pauses_nothing(
-        server: Server, start_worker: WorkerFactory, probe: MqttProbe) -> None:
+    server: Server, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
     await start_worker()
     flag = server.topics.task_paused("image_conversion")
-    probe.publish(flag, json.dumps({"task_type": "image_conversion", "paused": True, "timestamp": now_ms()}),
-                  retain=True)
+    probe.publish(
+        flag,
+        json.dumps({"task_type": "image_conversion", "paused": True, "timestamp": now_ms()}),
+        retain=True,
+    )
     job = (await server.submit("image_conversion"))["job_id"]
     await server.wait_status(job, "completed")
     assert (await server.client.get("/admin/tasks/image_conversion")).json()["paused"] is False

@@ -52,13 +52,18 @@ async def test_a_stopping_worker_clears_its_retained_topics_itself(
     running = await start_worker()
     topics = Topics.for_settings(settings)
     worker_id = running.settings.worker_id
-    legacy, info, status = (topics.legacy_worker(worker_id), topics.worker_info(worker_id),
-                            topics.worker_status(worker_id))
+    legacy, info, status = (
+        topics.legacy_worker(worker_id),
+        topics.worker_info(worker_id),
+        topics.worker_status(worker_id),
+    )
     for topic in (legacy, info, status):
         await probe.subscribe(topic)
     await probe.expect(lambda m: m.topic == status and m.payload == b"online", what="online")
     assert (await probe.expect(lambda m: m.topic == info and bool(m.payload))).json()["tasks"] == [
-        "image_conversion", "image_resize"]
+        "image_conversion",
+        "image_resize",
+    ]
     await probe.expect(lambda m: m.topic == legacy and bool(m.payload), what="capability")
 
     await running.shutdown()
@@ -76,8 +81,10 @@ async def test_capabilities_follow_the_running_workers(server: Server, start_wor
     await start_worker(tasks=("image_resize",))
 
     async def both_listed() -> bool:
-        return await capabilities() == {"num_workers": 2,
-                                        "capabilities": {"image_conversion": 1, "image_resize": 2}}
+        return await capabilities() == {
+            "num_workers": 2,
+            "capabilities": {"image_conversion": 1, "image_resize": 2},
+        }
 
     await wait_for(both_listed, what="two workers in /capabilities")
     await first.shutdown()
@@ -95,14 +102,17 @@ async def test_a_crashed_worker_leaves_through_its_last_will(
     topics = Topics.for_settings(running.settings)
     worker_id = running.settings.worker_id
     await probe.subscribe(topics.legacy_worker(worker_id))
-    await wait_for(lambda: server.services.registry.capabilities()["num_workers"] == 1,
-                   what="worker registered")
+    await wait_for(
+        lambda: server.services.registry.capabilities()["num_workers"] == 1, what="worker registered"
+    )
 
     # Kill the link without a DISCONNECT (what a crash looks like to the broker).
     running.bus.abort()
 
-    await wait_for(lambda: server.services.registry.capabilities()["num_workers"] == 0,
-                   what="the Will to remove the worker")
+    await wait_for(
+        lambda: server.services.registry.capabilities()["num_workers"] == 0,
+        what="the Will to remove the worker",
+    )
     # The server clears the CL Server capability the Will could not.
     await probe.expect(lambda m: m.payload == b"", what="capability cleared by the server")
 
@@ -124,8 +134,10 @@ async def test_retained_queue_summary_counts_queued_jobs(
         assert (state["queued"], state["running"]) == (2, 0) and state["oldest_queued_age_ms"] >= 0
 
     await start_worker(wait_idle=False)
-    await probe.expect(lambda m: (_json(m.payload).get("queued"), _json(m.payload).get("running")) == (0, 0),
-                       what="queue drained")
+    await probe.expect(
+        lambda m: (_json(m.payload).get("queued"), _json(m.payload).get("running")) == (0, 0),
+        what="queue drained",
+    )
 
 
 async def test_a_worker_run_registers_its_session_and_signs_its_info(
@@ -135,8 +147,11 @@ async def test_a_worker_run_registers_its_session_and_signs_its_info(
     sessions = running.service.sessions
     row = sessions.get(running.worker.session)
     assert row is not None and row.stopped_at is None
-    assert (row.worker_id, row.tasks, row.pid) == (running.settings.worker_id,
-                                                   ("image_conversion", "image_resize"), os.getpid())
+    assert (row.worker_id, row.tasks, row.pid) == (
+        running.settings.worker_id,
+        ("image_conversion", "image_resize"),
+        os.getpid(),
+    )
     assert row.secret == running.service.secret and row.version and row.last_seen >= row.started_at
     # Its retained info verifies with the registered secret, and carries no secret itself.
     topic = Topics.for_settings(settings).worker_info(running.settings.worker_id)

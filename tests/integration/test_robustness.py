@@ -30,15 +30,25 @@ async def test_malformed_and_foreign_events_are_dropped(
     ingest = server.services.ingest
     waiting = (await server.submit())["job_id"]
     root = server.settings.mqtt_topic_root
-    foreign = {"job_id": waiting, "worker_id": "intruder", "event": "completed", "progress": 100,
-               "timestamp": now_ms(), "task_output": {"forged": True}, "attempt": 1, "seq": 1,
-               "sig": "0" * 64}
+    foreign = {
+        "job_id": waiting,
+        "worker_id": "intruder",
+        "event": "completed",
+        "progress": 100,
+        "timestamp": now_ms(),
+        "task_output": {"forged": True},
+        "attempt": 1,
+        "seq": 1,
+        "sig": "0" * 64,
+    }
     probe.publish(f"{root}/events/x/y", b"\x00not json at all")
     probe.publish(f"{root}/events/x/y", json.dumps({"hello": "world"}))
     probe.publish(f"{root}/events/x/y", json.dumps({**foreign, "job_id": "not-y"}))  # topic says y
     probe.publish(f"{root}/events/image_conversion/{waiting}", json.dumps(foreign))  # no claim
-    await wait_for(lambda: ingest.rejected["malformed"] == 3 and ingest.rejected["bad signature"] == 1,
-                   what="3 malformed dropped, 1 forged refused")
+    await wait_for(
+        lambda: ingest.rejected["malformed"] == 3 and ingest.rejected["bad signature"] == 1,
+        what="3 malformed dropped, 1 forged refused",
+    )
 
     assert (await server.client.get("/")).status_code == 200
     job = await server.job(waiting)
@@ -67,8 +77,9 @@ class GatedConversion(ImageConversionTask):  # type: ignore[misc]  # cl_ml_tools
 async def test_graceful_stop_finishes_the_current_job(server: Server, start_worker: WorkerFactory) -> None:
     plugin = GatedConversion()
     # On a thread: the test holds the plugin's gate, which a plugin process could not share.
-    running = await start_worker(tasks=("image_conversion",), plugins={"image_conversion": plugin},
-                                 plugin_isolation="thread")
+    running = await start_worker(
+        tasks=("image_conversion",), plugins={"image_conversion": plugin}, plugin_isolation="thread"
+    )
     current = (await server.submit())["job_id"]
     await wait_for(plugin.entered.is_set, what="the job to start")
     following = (await server.submit())["job_id"]

@@ -35,10 +35,13 @@ async def test_a_hint_never_published_is_picked_up_by_the_sweep(
         storage.create_job_directory("silent-job")
         (storage.get_input_path("silent-job") / "in.png").write_bytes(png_bytes())
         target = storage.get_output_path("silent-job") / "out.png"
-        JobRepository(engine).add_job(Job(  # params relative to the job folder, as the route writes them
-            job_id="silent-job", task_type="image_conversion",
-            params={"input_path": "input/in.png", "output_path": "output/out.png", "format": "png"},
-        ))
+        JobRepository(engine).add_job(
+            Job(  # params relative to the job folder, as the route writes them
+                job_id="silent-job",
+                task_type="image_conversion",
+                params={"input_path": "input/in.png", "output_path": "output/out.png", "format": "png"},
+            )
+        )
     finally:
         engine.dispose()
     assert server.services.dispatcher.unsent == 0  # nothing went through the dispatcher

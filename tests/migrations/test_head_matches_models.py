@@ -21,8 +21,12 @@ def _differences(engine: Any) -> list[Any]:
 def _expression_index(diff: Any) -> bool:
     """Alembic cannot compare an index on an expression (`priority DESC`) and reports it as
     removed and added again; the claim-order index is checked by name below instead."""
-    return (isinstance(diff, tuple) and diff[0] in ("add_index", "remove_index")
-            and isinstance(diff[1], Index) and diff[1].name == "ix_jobs_claim_order")
+    return (
+        isinstance(diff, tuple)
+        and diff[0] in ("add_index", "remove_index")
+        and isinstance(diff[1], Index)
+        and diff[1].name == "ix_jobs_claim_order"
+    )
 
 
 def test_migrations_at_head_equal_the_models(engine: Any) -> None:

@@ -50,8 +50,9 @@ def media_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, db_url: str, broker: BrokerInfo, prefix: str, models_dir: Path,
-             media_root: Path) -> Iterator[Settings]:
+def settings(
+    tmp_path: Path, db_url: str, broker: BrokerInfo, prefix: str, models_dir: Path, media_root: Path
+) -> Iterator[Settings]:
     s = make_settings(tmp_path, db_url, broker, prefix, models_dir=models_dir, media_roots=(media_root,))
     environment.configure(s)
     models.forget()
@@ -65,12 +66,20 @@ def plugin_env(settings: Settings) -> environment.PluginEnvironment:
     return environment.current()
 
 
-async def run_job(server: Server, task: str, content: bytes, filename: str = "upload.bin",
-                  data: dict[str, str] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+async def run_job(
+    server: Server,
+    task: str,
+    content: bytes,
+    filename: str = "upload.bin",
+    data: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Submit as CL Server's SDK does (multipart `file` + string form fields), wait, return the job."""
     response = await server.client.post(
-        f"/jobs/{task}", data={"priority": "5", **(data or {})},
-        files={"file": (filename, content, "application/octet-stream")})
+        f"/jobs/{task}",
+        data={"priority": "5", **(data or {})},
+        files={"file": (filename, content, "application/octet-stream")},
+    )
     assert response.status_code == 200, response.text
     created = response.json()
     assert set(created) == {"job_id", "status", "task_type"} and created["task_type"] == task

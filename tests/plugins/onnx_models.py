@@ -49,9 +49,19 @@ class TinyEmbedder:
         return out.reshape(n, self.tokens, self.dim) if self.tokens else out
 
 
-def embedder(path: Path, *, size: tuple[int, int], dim: int, layout: str = "NCHW",
-             input_name: str = "input", output_name: str = "output", tokens: int = 0, grid: int = 8,
-             dynamic: bool = False, seed: int = 0) -> TinyEmbedder:
+def embedder(
+    path: Path,
+    *,
+    size: tuple[int, int],
+    dim: int,
+    layout: str = "NCHW",
+    input_name: str = "input",
+    output_name: str = "output",
+    tokens: int = 0,
+    grid: int = 8,
+    dynamic: bool = False,
+    seed: int = 0,
+) -> TinyEmbedder:
     """Write a tiny embedding model to `path`.
 
     size: (height, width) it is built for (a multiple of `grid`). dynamic: declare the batch
@@ -83,12 +93,15 @@ def embedder(path: Path, *, size: tuple[int, int], dim: int, layout: str = "NCHW
         initializers.append(numpy_helper.from_array(np.array([-1, tokens, dim], np.int64), "token_shape"))
 
     graph = helper.make_graph(
-        nodes, "tiny_embedder",
+        nodes,
+        "tiny_embedder",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(in_shape))],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(out_shape))],
-        initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="compute-tests")
+        initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="compute-tests"
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -100,21 +113,42 @@ def embedder(path: Path, *, size: tuple[int, int], dim: int, layout: str = "NCHW
 
 def clip(models_dir: Path, *, dim: int = 512, dynamic: bool = False, seed: int = 1) -> TinyEmbedder:
     """MobileCLIP-S2 image encoder: [1,3,256,256] -> [1,512]."""
-    return embedder(models_dir / "mobileclip_s2_image_encoder.onnx", size=(256, 256), dim=dim,
-                    input_name="image", output_name="image_embeds", dynamic=dynamic, seed=seed)
+    return embedder(
+        models_dir / "mobileclip_s2_image_encoder.onnx",
+        size=(256, 256),
+        dim=dim,
+        input_name="image",
+        output_name="image_embeds",
+        dynamic=dynamic,
+        seed=seed,
+    )
 
 
 def dino(models_dir: Path, *, dim: int = 384, tokens: int = 5, seed: int = 2) -> TinyEmbedder:
     """DINOv2 ViT-S/14: [1,3,224,224] -> [1,T,384], a token sequence with CLS first (the real
     export has T=257: CLS + 16x16 patches; 5 keeps the weights small), or [1,384] with tokens=0
     (exports that return the CLS token only)."""
-    return embedder(models_dir / "dinov2_vits14.onnx", size=(224, 224), dim=dim, tokens=tokens,
-                    input_name="input", output_name="output", seed=seed)
+    return embedder(
+        models_dir / "dinov2_vits14.onnx",
+        size=(224, 224),
+        dim=dim,
+        tokens=tokens,
+        input_name="input",
+        output_name="output",
+        seed=seed,
+    )
 
 
 def arcface(models_dir: Path, *, layout: str = "NHWC", dim: int = 512, seed: int = 3) -> TinyEmbedder:
     """ArcFace: onnx-community's NHWC [1,112,112,3] export, or InsightFace's NCHW [1,3,112,112]
     (w600k_r50, installed under the same file name); -> [1,512]."""
     names = ("input_1", "embedding") if layout == "NHWC" else ("input.1", "683")
-    return embedder(models_dir / "arcface.onnx", size=(112, 112), dim=dim, layout=layout,
-                    input_name=names[0], output_name=names[1], seed=seed)
+    return embedder(
+        models_dir / "arcface.onnx",
+        size=(112, 112),
+        dim=dim,
+        layout=layout,
+        input_name=names[0],
+        output_name=names[1],
+        seed=seed,
+    )

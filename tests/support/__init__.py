@@ -25,8 +25,9 @@ from compute_bench.harness import free_port, wait_until
 __all__ = ["Message", "MqttProbe", "free_port", "ms_now", "png_bytes", "signed", "wait_for", "wait_until"]
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-                   what: str = "condition") -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
     """Poll `predicate` (sync or async) until it returns something truthy; return that value.
 
     The asyncio twin of wait_until (which blocks, for code outside an event loop).
@@ -69,8 +70,9 @@ class Message:
 class MqttProbe:
     """A plain gmqtt client that records every message it receives, for assertions."""
 
-    def __init__(self, host: str, port: int, username: str | None = None,
-                 password: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, username: str | None = None, password: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.messages: list[Message] = []
@@ -113,8 +115,9 @@ class MqttProbe:
     def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain)
 
-    async def expect(self, predicate: Callable[[Message], bool], timeout: float = 10.0,
-                     what: str = "message") -> Message:
+    async def expect(
+        self, predicate: Callable[[Message], bool], timeout: float = 10.0, what: str = "message"
+    ) -> Message:
         """The first message so far (or to come) that satisfies `predicate`."""
         deadline = time.monotonic() + timeout
         seen = 0
@@ -146,15 +149,29 @@ class MqttProbe:
         return [m for m in self.messages if m.topic == topic]
 
 
-def signed(job: Any, kind: Any, seq: int, *, token: str | None = None, worker: str | None = None,
-           ts: int | None = None, **fields: Any) -> Any:
+def signed(
+    job: Any,
+    kind: Any,
+    seq: int,
+    *,
+    token: str | None = None,
+    worker: str | None = None,
+    ts: int | None = None,
+    **fields: Any,
+) -> Any:
     """A worker event for `job`'s current claim, signed with its lease token (or `token`)."""
     from dataclasses import replace
 
     from compute.jobs import JobEvent, now_ms
     from compute.signing import signature
 
-    unsigned = JobEvent(job_id=job.job_id, worker_id=worker or job.worker_id or "", event=kind,
-                        timestamp=now_ms() if ts is None else ts, attempt=job.attempt, seq=seq,
-                        **fields)
+    unsigned = JobEvent(
+        job_id=job.job_id,
+        worker_id=worker or job.worker_id or "",
+        event=kind,
+        timestamp=now_ms() if ts is None else ts,
+        attempt=job.attempt,
+        seq=seq,
+        **fields,
+    )
     return replace(unsigned, sig=signature(token or job.lease_token or "", unsigned))

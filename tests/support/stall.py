@@ -44,8 +44,9 @@ class StallTask(ComputeModule):  # type: ignore[misc]
     def get_schema(self) -> type[BaseJobParams]:
         return StallParams
 
-    async def execute(self, job: Job, params: BaseJobParams,
-                      progress_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
+    async def execute(
+        self, job: Job, params: BaseJobParams, progress_callback: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
         assert isinstance(params, StallParams)
         if progress_callback is not None:
             progress_callback(1)

@@ -60,8 +60,9 @@ def test_topic_table_equals_the_channels() -> None:
     table = {_address(topic): (int(qos), retained == "yes") for topic, qos, retained in rows}
     channels = {}
     for key, channel in DOC["channels"].items():
-        binding = DOC["operations"][next(k for k, op in DOC["operations"].items()
-                                         if op["channel"]["$ref"] == f"#/channels/{key}")]["bindings"]["mqtt"]
+        binding = DOC["operations"][
+            next(k for k, op in DOC["operations"].items() if op["channel"]["$ref"] == f"#/channels/{key}")
+        ]["bindings"]["mqtt"]
         channels[channel["address"]] = (binding["qos"], binding["retain"])
     assert table == channels
 
@@ -72,8 +73,12 @@ def test_every_section_documents_its_channel_field_for_field() -> None:
     assert set(sections) == set(channels)
     for address, text in sections.items():
         documented = set(re.findall(rf"^\| `(\w+)` \| {CELL} \| {CELL} \|$", text, flags=re.M))
-        typed = {name for m in _messages(channels[address]) if m["contentType"] == asyncapi.JSON
-                 for name in _schema(m)["properties"]}
+        typed = {
+            name
+            for m in _messages(channels[address])
+            if m["contentType"] == asyncapi.JSON
+            for name in _schema(m)["properties"]
+        }
         assert documented == typed, address
 
 
@@ -85,8 +90,11 @@ def test_every_example_in_topics_md_validates() -> None:
         for fence, body in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S):
             if fence not in ("json", ""):
                 continue
-            topic = address.replace("{task_type}", "image_conversion").replace(
-                "{job_id}", "0b6c5e0e").replace("{worker_id}", "worker-a")
+            topic = (
+                address.replace("{task_type}", "image_conversion")
+                .replace("{job_id}", "0b6c5e0e")
+                .replace("{worker_id}", "worker-a")
+            )
             assert checker.problem(Topics(), topic, body.strip()) is None, (address, body)
             assert address in channels
             examples += 1
@@ -98,12 +106,24 @@ def test_required_fields_and_types_are_enforced() -> None:
     topic = Topics().job_available("hash")
     good = {"job_id": "j", "task_type": "hash", "priority": 5, "timestamp": 1}
     assert checker.problem(Topics(), topic, json.dumps(good)) is None
-    for bad in ({k: v for k, v in good.items() if k != "priority"}, {**good, "priority": "5"},
-                {**good, "undocumented": 1}):
+    for bad in (
+        {k: v for k, v in good.items() if k != "priority"},
+        {**good, "priority": "5"},
+        {**good, "undocumented": 1},
+    ):
         assert checker.problem(Topics(), topic, json.dumps(bad)) is not None, bad
     event = Topics().job_event("hash", "j")
-    payload = {"job_id": "j", "task_type": "hash", "worker_id": "w", "event": "exploded", "progress": 1,
-               "timestamp": 1, "attempt": 1, "seq": 1, "sig": "x"}
+    payload = {
+        "job_id": "j",
+        "task_type": "hash",
+        "worker_id": "w",
+        "event": "exploded",
+        "progress": 1,
+        "timestamp": 1,
+        "attempt": 1,
+        "seq": 1,
+        "sig": "x",
+    }
     assert "exploded" in (checker.problem(Topics(), event, json.dumps(payload)) or "")
     assert checker.problem(Topics(), Topics().worker_status("w"), "maybe") is not None
     assert checker.problem(Topics(), Topics().worker_info("w"), b"") is None  # cleared
@@ -118,8 +138,11 @@ def test_addresses_follow_the_deployments_topic_names(root: str) -> None:
     addresses = {c["address"] for c in doc["channels"].values()}
     assert f"{root}/jobs/available/{{task_type}}" in addresses
     assert {"cl/inference/events", "cl/inference/workers/{worker_id}"} <= addresses
-    assert doc["servers"]["broker"] == {"host": "mqtt.example:8883", "protocol": "mqtt",
-                                        "protocolVersion": "5"}
+    assert doc["servers"]["broker"] == {
+        "host": "mqtt.example:8883",
+        "protocol": "mqtt",
+        "protocolVersion": "5",
+    }
 
 
 def test_cl_server_contract_topics_are_unchanged() -> None:

@@ -32,10 +32,12 @@ class Keys:
 
 def _pair() -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return private, public
 
 
@@ -47,11 +49,20 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return Keys(private, public, path)
 
 
-def token(keys: Keys, permissions: list[str] | None = None, expires_in: float = 300,
-          key: bytes | None = None, **claims: Any) -> str:
+def token(
+    keys: Keys,
+    permissions: list[str] | None = None,
+    expires_in: float = 300,
+    key: bytes | None = None,
+    **claims: Any,
+) -> str:
     """An ES256 token; a claim given as None is left out."""
-    payload = {"id": "user-1", "permissions": permissions if permissions is not None else
-               ["ai_inference_support"], "exp": int(time.time() + expires_in), **claims}
+    payload = {
+        "id": "user-1",
+        "permissions": permissions if permissions is not None else ["ai_inference_support"],
+        "exp": int(time.time() + expires_in),
+        **claims,
+    }
     payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode(payload, key or keys.private_pem, algorithm="ES256")
 
@@ -61,10 +72,14 @@ def _b64(data: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-async def secured(tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo, prefix: str,
-                  keys: Keys) -> AsyncIterator[Server]:
-    settings = replace(make_settings(tmp_path, sqlite_url, amqtt_broker, prefix),
-                       auth_disabled=False, public_key_path=keys.public_path)
+async def secured(
+    tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo, prefix: str, keys: Keys
+) -> AsyncIterator[Server]:
+    settings = replace(
+        make_settings(tmp_path, sqlite_url, amqtt_broker, prefix),
+        auth_disabled=False,
+        public_key_path=keys.public_path,
+    )
     async with running_server(settings) as server:
         repo: JobRepository = server.services.repo
         repo.add_job(Job(job_id="job-1", task_type="image_resize", params={}), created_by="user-1")
@@ -87,8 +102,12 @@ async def test_sub_claim_is_accepted_as_user_id(secured: Server, keys: Keys) -> 
 
 
 async def test_null_id_falls_back_to_sub(secured: Server, keys: Keys) -> None:
-    payload = {"id": None, "sub": "user-1", "permissions": ["ai_inference_support"],
-               "exp": int(time.time() + 300)}
+    payload = {
+        "id": None,
+        "sub": "user-1",
+        "permissions": ["ai_inference_support"],
+        "exp": int(time.time() + 300),
+    }
     bearer = jwt.encode(payload, keys.private_pem, algorithm="ES256")
     assert (await get_job(secured, bearer)).status_code == 200
 
@@ -104,12 +123,22 @@ async def test_missing_token(secured: Server) -> None:
     [
         pytest.param(lambda k: token(k, expires_in=-60), id="expired"),
         pytest.param(lambda k: token(k, key=_pair()[0]), id="wrong-key"),
-        pytest.param(lambda k: _b64({"alg": "none", "typ": "JWT"}) + "."
-                     + _b64({"id": "u", "permissions": ["admin"], "exp": int(time.time()) + 300}) + ".",
-                     id="alg-none"),
+        pytest.param(
+            lambda k: (
+                _b64({"alg": "none", "typ": "JWT"})
+                + "."
+                + _b64({"id": "u", "permissions": ["admin"], "exp": int(time.time()) + 300})
+                + "."
+            ),
+            id="alg-none",
+        ),
         pytest.param(lambda k: _hs256_with_public_key(k), id="hs256-with-public-key"),
-        pytest.param(lambda k: jwt.encode({"id": "u", "permissions": ["ai_inference_support"]},
-                                          k.private_pem, algorithm="ES256"), id="no-exp"),
+        pytest.param(
+            lambda k: jwt.encode(
+                {"id": "u", "permissions": ["ai_inference_support"]}, k.private_pem, algorithm="ES256"
+            ),
+            id="no-exp",
+        ),
         pytest.param(lambda k: token(k, id=None), id="no-user-id"),
         pytest.param(lambda k: token(k, permissions="ai_inference_support"), id="permissions-not-list"),  # type: ignore[arg-type]
         pytest.param(lambda k: "not-a-jwt", id="garbage"),
@@ -145,11 +174,15 @@ async def test_job_creation_needs_the_permission(secured: Server, keys: Keys) ->
     data = {"format": "png"}
     no_token = await secured.client.post("/jobs/image_conversion", data=data, files=files)
     assert no_token.status_code == 401
-    ok = await secured.client.post("/jobs/image_conversion", data=data, files=files,
-                                   headers={"Authorization": f"Bearer {token(keys)}"})
+    ok = await secured.client.post(
+        "/jobs/image_conversion", data=data, files=files, headers={"Authorization": f"Bearer {token(keys)}"}
+    )
     assert ok.status_code == 200
-    job = (await secured.client.get(f"/jobs/{ok.json()['job_id']}",
-                                    headers={"Authorization": f"Bearer {token(keys)}"})).json()
+    job = (
+        await secured.client.get(
+            f"/jobs/{ok.json()['job_id']}", headers={"Authorization": f"Bearer {token(keys)}"}
+        )
+    ).json()
     assert job["created_by"] == "user-1"
 
 
@@ -180,7 +213,8 @@ async def test_health_needs_no_token_and_tells_clients_about_auth(secured: Serve
 
 
 async def test_guest_mode_is_admin_only_and_opens_job_routes_not_admin_ones(
-        secured: Server, keys: Keys) -> None:
+    secured: Server, keys: Keys
+) -> None:
     url = "/admin/pref/guest-mode"
     admin = {"Authorization": f"Bearer {token(keys, permissions=['admin'], id='boss')}"}
     user = {"Authorization": f"Bearer {token(keys)}"}
@@ -207,10 +241,14 @@ async def test_guest_mode_is_admin_only_and_opens_job_routes_not_admin_ones(
     assert (await get_job(secured, None)).status_code == 401
 
 
-async def test_guest_mode_survives_a_restart(tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo,
-                                             prefix: str, keys: Keys) -> None:
-    settings = replace(make_settings(tmp_path, sqlite_url, amqtt_broker, prefix),
-                       auth_disabled=False, public_key_path=keys.public_path)
+async def test_guest_mode_survives_a_restart(
+    tmp_path: Path, sqlite_url: str, amqtt_broker: BrokerInfo, prefix: str, keys: Keys
+) -> None:
+    settings = replace(
+        make_settings(tmp_path, sqlite_url, amqtt_broker, prefix),
+        auth_disabled=False,
+        public_key_path=keys.public_path,
+    )
     admin = {"Authorization": f"Bearer {token(keys, is_admin=True)}"}
     async with running_server(settings) as first:
         assert (await first.client.get("/")).json()["guestMode"] == "off"
@@ -222,13 +260,15 @@ async def test_guest_mode_survives_a_restart(tmp_path: Path, sqlite_url: str, am
 def test_missing_public_key_is_a_config_error(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, "sqlite://", BrokerInfo("amqtt", "127.0.0.1", 1), "p")
     with pytest.raises(ConfigError, match="PUBLIC_KEY_PATH"):
-        TokenVerifier.from_settings(replace(settings, auth_disabled=False,
-                                            public_key_path=tmp_path / "absent.pem"))
+        TokenVerifier.from_settings(
+            replace(settings, auth_disabled=False, public_key_path=tmp_path / "absent.pem")
+        )
     assert TokenVerifier.from_settings(replace(settings, auth_disabled=True)).disabled
 
 
 def test_key_is_read_where_the_auth_service_writes_it_and_from_the_old_place(
-        tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
     from compute.config import load_settings
 
     settings = load_settings({"CL_SERVER_DIR": str(tmp_path)})

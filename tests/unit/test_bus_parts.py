@@ -119,20 +119,39 @@ def queues(repo: JobRepository, bus: FakeBus) -> QueueReporter:
     return QueueReporter(bus, T, repo)
 
 
-def register(sessions: WorkerSessions, worker_id: str, session: str = "s",
-             tasks: tuple[str, ...] = ("image_resize", "image_conversion")) -> str:
+def register(
+    sessions: WorkerSessions,
+    worker_id: str,
+    session: str = "s",
+    tasks: tuple[str, ...] = ("image_resize", "image_conversion"),
+) -> str:
     """Register a worker session as a worker does at start; returns its secret."""
     secret = SECRETS[sid(session)] = new_secret()
     sessions.register(sid(session), worker_id, secret, list(tasks), "host", 1, "test")
     return secret
 
 
-def info(worker_id: str, tasks: list[str], idle: bool, session: str = "s", secret: str | None = None,
-         timestamp: int | None = None) -> bytes:
+def info(
+    worker_id: str,
+    tasks: list[str],
+    idle: bool,
+    session: str = "s",
+    secret: str | None = None,
+    timestamp: int | None = None,
+) -> bytes:
     """A worker's info, signed with its session's secret (or `secret`)."""
-    message = WorkerInfo(worker_id=worker_id, session=sid(session), state="online", tasks=tasks, idle=idle,
-                         hostname="host", pid=1, started_at=1,
-                         timestamp=now_ms() if timestamp is None else timestamp, sig="")
+    message = WorkerInfo(
+        worker_id=worker_id,
+        session=sid(session),
+        state="online",
+        tasks=tasks,
+        idle=idle,
+        hostname="host",
+        pid=1,
+        started_at=1,
+        timestamp=now_ms() if timestamp is None else timestamp,
+        sig="",
+    )
     key = SECRETS.get(sid(session), "none") if secret is None else secret
     message["sig"] = info_signature(key, message)
     return encode(message)
@@ -153,8 +172,9 @@ class LostWorkers:
         self.lost.append((worker_id, session))
 
 
-def make_registry(bus: FakeBus, sessions: WorkerSessions, **kwargs: Any
-                  ) -> tuple[WorkerRegistry, list[tuple[str, str]]]:
+def make_registry(
+    bus: FakeBus, sessions: WorkerSessions, **kwargs: Any
+) -> tuple[WorkerRegistry, list[tuple[str, str]]]:
     rescue = LostWorkers()
     reg = WorkerRegistry(bus, T, sessions, cast(Rescuer, rescue), **kwargs)
     return reg, rescue.lost
@@ -164,11 +184,14 @@ def test_registry_counts_verified_workers_and_idle_per_task(bus: FakeBus, sessio
     reg, lost = make_registry(bus, sessions)
     register(sessions, "a", "sa")
     register(sessions, "b", "sb", ("image_resize",))
-    bus.deliver(T.worker_info("a"), info("a", ["image_resize", "image_conversion"], True, "sa"),
-                retained=True)
+    bus.deliver(
+        T.worker_info("a"), info("a", ["image_resize", "image_conversion"], True, "sa"), retained=True
+    )
     bus.deliver(T.worker_info("b"), info("b", ["image_resize"], False, "sb"))
-    assert reg.capabilities() == {"num_workers": 2,
-                                  "capabilities": {"image_resize": 1, "image_conversion": 1}}
+    assert reg.capabilities() == {
+        "num_workers": 2,
+        "capabilities": {"image_resize": 1, "image_conversion": 1},
+    }
     bus.deliver(T.worker_info("a"), will("a", "sa"))
     assert reg.capabilities() == {"num_workers": 1, "capabilities": {"image_resize": 0}}
     # An offline worker's CL Server capability is cleared for it (its Will could not), and its
@@ -208,8 +231,10 @@ def test_registry_believes_only_what_the_database_confirms(bus: FakeBus, session
         (T.worker_info("a"), info("a", ["image_resize"], True, "sa", timestamp=stale)),  # old, retained
         (T.worker_info("a"), b"x" * (MAX_INFO_BYTES + 1)),
         # A forged Last Will: the session is public, the secret is not.
-        (T.worker_info("a"), encode({"worker_id": "a", "session": sid("sa"), "state": "offline",
-                                     "timestamp": 1})),
+        (
+            T.worker_info("a"),
+            encode({"worker_id": "a", "session": sid("sa"), "state": "offline", "timestamp": 1}),
+        ),
         (T.worker_info("a"), will("a", "sa", secret="guessed")),
     ]:
         bus.deliver(topic, payload)
@@ -219,8 +244,9 @@ def test_registry_believes_only_what_the_database_confirms(bus: FakeBus, session
     assert reg.capabilities()["num_workers"] == 1
 
 
-def test_registry_keeps_a_worker_whose_info_someone_else_cleared(bus: FakeBus,
-                                                                  sessions: WorkerSessions) -> None:
+def test_registry_keeps_a_worker_whose_info_someone_else_cleared(
+    bus: FakeBus, sessions: WorkerSessions
+) -> None:
     reg, _ = make_registry(bus, sessions)
     register(sessions, "a", "sa")
     bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True, "sa"))
@@ -262,24 +288,29 @@ def test_registry_memory_stays_bounded_under_ghosts(bus: FakeBus, sessions: Work
     assert set(reg.workers) == {"real-2", "real-3", "real-4"}
 
 
-def test_registry_refresh_drops_stopped_and_silent_sessions(bus: FakeBus, sessions: WorkerSessions,
-                                                           engine: Any) -> None:
+def test_registry_refresh_drops_stopped_and_silent_sessions(
+    bus: FakeBus, sessions: WorkerSessions, engine: Any
+) -> None:
     reg, _ = make_registry(bus, sessions)
     for name in ("a", "b", "c"):
         register(sessions, name, f"s{name}")
         bus.deliver(T.worker_info(name), info(name, ["image_resize"], True, f"s{name}"))
     sessions.stop(sid("sa"))
     with engine.begin() as conn:  # b crashed long ago: its heartbeat stopped
-        conn.execute(update(worker_sessions_table).where(worker_sessions_table.c.session == sid("sb"))
-                     .values(last_seen=now_ms() - reg.stale_after_ms - 1))
+        conn.execute(
+            update(worker_sessions_table)
+            .where(worker_sessions_table.c.session == sid("sb"))
+            .values(last_seen=now_ms() - reg.stale_after_ms - 1)
+        )
     assert sessions.touch(sid("sc")) and not sessions.touch(sid("sa"))
     reg.refresh()
     assert set(reg.workers) == {"c"}
     assert {t for t, p, _ in bus.sent if p == b""} == {T.legacy_worker("a"), T.legacy_worker("b")}
 
 
-def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: FakeBus,
-                                                      queues: QueueReporter) -> None:
+def test_dispatcher_publishes_hint_and_legacy_queued(
+    repo: JobRepository, bus: FakeBus, queues: QueueReporter
+) -> None:
     dispatcher = Dispatcher(bus, T, queues, unheard())
     submitter = JobSubmitter(repo, dispatcher, RouteDatabase(5.0))
     submitter.add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
@@ -290,12 +321,14 @@ def test_dispatcher_publishes_hint_and_legacy_queued(repo: JobRepository, bus: F
     assert queues.dirty and dispatcher.unsent == 0
 
 
-async def test_concurrent_submissions_share_transactions_and_hints(repo: JobRepository, bus: FakeBus,
-                                                                    queues: QueueReporter) -> None:
+async def test_concurrent_submissions_share_transactions_and_hints(
+    repo: JobRepository, bus: FakeBus, queues: QueueReporter
+) -> None:
     submitter = JobSubmitter(repo, Dispatcher(bus, T, queues, unheard()), RouteDatabase(5.0))
     ids = [f"j{i}" for i in range(60)]
-    stored = await asyncio.gather(*(submitter.submit(Job(job_id=i, task_type="image_resize", params={}))
-                                    for i in ids))
+    stored = await asyncio.gather(
+        *(submitter.submit(Job(job_id=i, task_type="image_resize", params={})) for i in ids)
+    )
     assert stored == ids and all(repo.get(i) is not None for i in ids)
     # The first request is a batch of one; the 59 that came while it was written share the next.
     assert submitter.batched_jobs == 60 and submitter.batches < 60
@@ -303,18 +336,19 @@ async def test_concurrent_submissions_share_transactions_and_hints(repo: JobRepo
     assert sorted(e["job_id"] for e in bus.on(T.legacy_events)) == sorted(ids)  # each job's queued
 
 
-async def test_a_failed_batch_fails_each_of_its_requests(repo: JobRepository, bus: FakeBus,
-                                                       queues: QueueReporter,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_batch_fails_each_of_its_requests(
+    repo: JobRepository, bus: FakeBus, queues: QueueReporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     submitter = JobSubmitter(repo, Dispatcher(bus, T, queues, unheard()), RouteDatabase(5.0))
 
     def locked(_rows: object) -> None:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
     monkeypatch.setattr(repo, "insert_rows", locked)
-    outcomes = await asyncio.gather(*(submitter.submit(Job(job_id=f"j{i}", task_type="image_resize",
-                                                           params={})) for i in range(5)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(submitter.submit(Job(job_id=f"j{i}", task_type="image_resize", params={})) for i in range(5)),
+        return_exceptions=True,
+    )
     assert all(isinstance(o, DatabaseUnavailable) for o in outcomes), outcomes
     assert bus.on(T.job_available("image_resize")) == [] and bus.on(T.legacy_events) == []
     monkeypatch.undo()  # the database is back: the next submission is stored
@@ -323,8 +357,9 @@ async def test_a_failed_batch_fails_each_of_its_requests(repo: JobRepository, bu
 
 def test_dispatcher_counts_unsent_hints(repo: JobRepository, queues: QueueReporter) -> None:
     dispatcher = Dispatcher(FakeBus(connected=False), T, queues, unheard())
-    JobSubmitter(repo, dispatcher, RouteDatabase(5.0)).add_job(Job(job_id="j1", task_type="image_resize",
-                                                                    params={}))
+    JobSubmitter(repo, dispatcher, RouteDatabase(5.0)).add_job(
+        Job(job_id="j1", task_type="image_resize", params={})
+    )
     assert dispatcher.unsent == 1
 
 
@@ -367,8 +402,7 @@ def make_ingest(repo: JobRepository, bus: FakeBus) -> tuple[EventIngest, list[st
     transitions = JobTransitions(repo.engine, repo.policies)
     queues = QueueReporter(bus, T, repo)
     dispatcher = RequeueRecorder(bus, queues)
-    return EventIngest(transitions, bus, T, dispatcher, queues,
-                       metrics=ServerMetrics()), dispatcher.requeued
+    return EventIngest(transitions, bus, T, dispatcher, queues, metrics=ServerMetrics()), dispatcher.requeued
 
 
 def claim_one(repo: JobRepository, job_id: str = "j1") -> JobRecord:
@@ -387,8 +421,10 @@ def test_ingest_persists_confirms_and_republishes(repo: JobRepository, bus: Fake
         event = signed(job, kind, seq, progress=progress, task_output={"ok": 1} if progress == 100 else None)
         bus.deliver(T.job_event("image_resize", "j1"), encode(job_event_payload(event, "image_resize")))
     bus.deliver(T.job_event("image_resize", "j1"), b"garbage")
-    bus.deliver(T.job_event("image_resize", "other"), encode(job_event_payload(
-        signed(job, EventType.FAILED, 9, error="x"), "image_resize")))  # topic/payload differ
+    bus.deliver(
+        T.job_event("image_resize", "other"),
+        encode(job_event_payload(signed(job, EventType.FAILED, 9, error="x"), "image_resize")),
+    )  # topic/payload differ
     assert ingest.rejected["malformed"] == 2 and ingest.queue.qsize() == 3
     ingest.persist([ingest.queue.get_nowait() for _ in range(3)])
     stored = repo.get("j1")
@@ -439,8 +475,9 @@ def attempt_of(outbox: ResultOutbox, job: JobRecord) -> Attempt:
     return Attempt(job, "w1", outbox.bus, T)
 
 
-def confirmation(job: JobRecord, status: str = "completed", token: str | None = None,
-                 attempt: int | None = None) -> bytes:
+def confirmation(
+    job: JobRecord, status: str = "completed", token: str | None = None, attempt: int | None = None
+) -> bytes:
     attempt = job.attempt if attempt is None else attempt
     sig = confirmation_signature(token or job.lease_token or "", job.job_id, attempt, status, 5)
     return encode({"job_id": job.job_id, "attempt": attempt, "status": status, "timestamp": 5, "sig": sig})
@@ -466,10 +503,12 @@ def test_outbox_forgets_a_result_only_on_a_verified_confirmation(repo: JobReposi
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
     outbox.send(attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={}))
-    for forged in (b"junk", encode({"job_id": "j1", "attempt": 1, "status": "completed", "timestamp": 1,
-                                    "sig": "00" * 32}),
-                   confirmation(job, token="f" * 32),  # a guessed token
-                   confirmation(job, attempt=2)):  # signed, but for another attempt
+    for forged in (
+        b"junk",
+        encode({"job_id": "j1", "attempt": 1, "status": "completed", "timestamp": 1, "sig": "00" * 32}),
+        confirmation(job, token="f" * 32),  # a guessed token
+        confirmation(job, attempt=2),
+    ):  # signed, but for another attempt
         bus.deliver(T.worker_confirm("w1"), forged)
     assert list(outbox.pending) == ["j1"] and outbox.rejected == 4
     bus.deliver(T.worker_confirm("w1"), confirmation(job, status="queued"))
@@ -479,7 +518,8 @@ def test_outbox_forgets_a_result_only_on_a_verified_confirmation(repo: JobReposi
 
 
 def test_outbox_keeps_a_result_the_database_refused_and_writes_it_later(
-        repo: JobRepository, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo: JobRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bus = FakeBus(connected=False)
     outbox = make_outbox(repo, bus)
     job = claim_one(repo)
@@ -489,8 +529,9 @@ def test_outbox_keeps_a_result_the_database_refused_and_writes_it_later(
         raise OperationalError("UPDATE jobs", {}, Exception("database is locked"))
 
     monkeypatch.setattr(outbox.transitions, "apply_events", locked)
-    outbox.send(attempt_of(outbox, job),
-                signed(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}))
+    outbox.send(
+        attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1})
+    )
     assert list(outbox.pending) == ["j1"]  # kept: nothing accepted is lost
     monkeypatch.setattr(outbox.transitions, "apply_events", real)
     outbox.check()
@@ -501,8 +542,9 @@ def test_outbox_writes_the_result_itself_when_the_broker_is_gone(repo: JobReposi
     bus = FakeBus()
     outbox = make_outbox(repo, bus)
     j1, j2 = claim_one(repo, "j1"), claim_one(repo, "j2")
-    outbox.send(attempt_of(outbox, j1),
-                signed(j1, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}))
+    outbox.send(
+        attempt_of(outbox, j1), signed(j1, EventType.COMPLETED, 1, progress=100, task_output={"a": 1})
+    )
     bus.is_connected = False
     outbox.send(attempt_of(outbox, j2), signed(j2, EventType.FAILED, 1, error="bad"))
     assert repo.get("j2").status == "failed"  # type: ignore[union-attr]  # at once, nobody to send to
@@ -518,7 +560,8 @@ def test_outbox_announces_what_it_wrote_itself(repo: JobRepository, bus: FakeBus
     outbox.send(attempt_of(outbox, job), signed(job, EventType.COMPLETED, 1, progress=100, task_output={}))
     outbox.check()  # no confirmation in time: written by the worker, and said on inference/events
     assert [(m["job_id"], m["event_type"], m["progress"]) for m in bus.on(T.legacy_events)] == [
-        ("j1", "completed", 100)]
+        ("j1", "completed", 100)
+    ]
 
 
 def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeBus) -> None:
@@ -529,8 +572,9 @@ def test_outbox_flush_writes_unconfirmed_results(repo: JobRepository, bus: FakeB
     assert repo.get("j1").status == "completed"  # type: ignore[union-attr]
 
 
-def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: FakeBus,
-                                                  queues: QueueReporter) -> None:
+def test_cancel_requests_are_signed_for_the_claim(
+    repo: JobRepository, bus: FakeBus, queues: QueueReporter
+) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
     dispatcher = Dispatcher(bus, T, queues, unheard())
     canceller = Canceller(transitions, bus, T, dispatcher, queues)
@@ -545,7 +589,8 @@ def test_cancel_requests_are_signed_for_the_claim(repo: JobRepository, bus: Fake
 
 
 async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_rest(
-        repo: JobRepository, bus: FakeBus, queues: QueueReporter) -> None:
+    repo: JobRepository, bus: FakeBus, queues: QueueReporter
+) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
     dispatcher = Dispatcher(bus, T, queues, unheard())
     rescuer = Rescuer(transitions, dispatcher, queues, lease_seconds=0.6, metrics=ServerMetrics())
@@ -574,8 +619,7 @@ async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBu
     repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=0)))
     queues = QueueReporter(bus, T, repo)
     dispatcher = Dispatcher(bus, T, queues, unheard())
-    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60,
-                      metrics=ServerMetrics())
+    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60, metrics=ServerMetrics())
     repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None
     assert [r.status for r in rescuer.sweep()] == ["failed"]
@@ -598,7 +642,8 @@ def test_log_limiter_holds_back_floods_and_says_how_many(caplog: pytest.LogCaptu
         limiter.flush()
     assert sorted(r.getMessage() for r in caplog.records) == [
         "suppressed 7 more '(other reasons)' lines in the last 0 s",
-        "suppressed 997 more 'junk' lines in the last 0 s"]
+        "suppressed 997 more 'junk' lines in the last 0 s",
+    ]
 
 
 def test_announcer_online_info_and_goodbye(bus: FakeBus) -> None:

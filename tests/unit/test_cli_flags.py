@@ -11,8 +11,16 @@ import pytest
 from compute import cli
 from compute.config import Settings, load_settings
 
-FLAG_VARS = ("MQTT_BROKER", "MQTT_PORT", "LOG_LEVEL", "AUTH_DISABLED", "COMPUTE_PORT", "WORKER_ID",
-             "WORKER_SUPPORTED_TASKS", "COMPUTE_SERVER_URL")
+FLAG_VARS = (
+    "MQTT_BROKER",
+    "MQTT_PORT",
+    "LOG_LEVEL",
+    "AUTH_DISABLED",
+    "COMPUTE_PORT",
+    "WORKER_ID",
+    "WORKER_SUPPORTED_TASKS",
+    "COMPUTE_SERVER_URL",
+)
 
 
 class _Stop(Exception):
@@ -39,8 +47,9 @@ def loaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
 def test_server_flags_override_settings_without_touching_environ(loaded: list[Settings]) -> None:
     before = dict(os.environ)
     with pytest.raises(_Stop):
-        cli.server_main(["--mqtt-broker", "b.local", "--mqtt-port", "1234", "--log-level", "debug",
-                         "--no-auth"])
+        cli.server_main(
+            ["--mqtt-broker", "b.local", "--mqtt-port", "1234", "--log-level", "debug", "--no-auth"]
+        )
     [s] = loaded
     assert (s.mqtt_broker, s.mqtt_port, s.log_level, s.auth_disabled) == ("b.local", 1234, "DEBUG", True)
     assert dict(os.environ) == before
@@ -56,12 +65,25 @@ def test_server_without_flags_reads_the_environment(loaded: list[Settings]) -> N
 def test_worker_flags_override_settings_without_touching_environ(loaded: list[Settings]) -> None:
     before = dict(os.environ)
     with pytest.raises(_Stop):
-        cli.worker_main(["--mqtt-broker", "b.local", "--mqtt-port", "1234", "--log-level", "debug",
-                         "--port", "9000", "--worker-id", "w-1", "--tasks", "hash,exif"])
+        cli.worker_main(
+            [
+                "--mqtt-broker",
+                "b.local",
+                "--mqtt-port",
+                "1234",
+                "--log-level",
+                "debug",
+                "--port",
+                "9000",
+                "--worker-id",
+                "w-1",
+                "--tasks",
+                "hash,exif",
+            ]
+        )
     [s] = loaded
     assert (s.mqtt_broker, s.mqtt_port, s.log_level) == ("b.local", 1234, "DEBUG")
-    assert (s.server_url, s.worker_id, s.worker_tasks) == ("http://127.0.0.1:9000", "w-1",
-                                                           ("hash", "exif"))
+    assert (s.server_url, s.worker_id, s.worker_tasks) == ("http://127.0.0.1:9000", "w-1", ("hash", "exif"))
     assert dict(os.environ) == before
 
 
@@ -75,8 +97,9 @@ def test_worker_without_an_id_loads_no_pid_based_one(loaded: list[Settings]) -> 
 
 
 @pytest.mark.parametrize("main", [cli.server_main, cli.worker_main])
-def test_bad_flag_value_is_a_config_error(main: Any, monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_flag_value_is_a_config_error(
+    main: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CL_SERVER_DIR", str(tmp_path))
     monkeypatch.delenv("MQTT_PORT", raising=False)
     assert main(["--mqtt-port", "70000"]) == 2

@@ -30,21 +30,23 @@ def test_defaults_live_under_cl_server_dir(tmp_path: Path) -> None:
 
 
 def test_values_from_env(tmp_path: Path) -> None:
-    s = load_settings({
-        "CL_SERVER_DIR": str(tmp_path),
-        "DATABASE_URL": "postgresql+psycopg://u@h/db",
-        "MQTT_BROKER": "broker.local",
-        "MQTT_PORT": "1999",
-        "MQTT_TOPIC_ROOT": "/site/compute/",
-        "CAPABILITY_TOPIC_PREFIX": "x/workers/",
-        "WORKER_SWEEP_INTERVAL": "0.5",
-        "WORKER_WAKE_EVENTS": "false",
-        "AUTH_DISABLED": "yes",
-        "WORKER_SUPPORTED_TASKS": " image_resize , ,image_conversion",
-        "COMPUTE_PORT": "9000",
-        "LOG_LEVEL": "debug",
-        "MAX_UPLOAD_BYTES": "10",
-    })
+    s = load_settings(
+        {
+            "CL_SERVER_DIR": str(tmp_path),
+            "DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "MQTT_BROKER": "broker.local",
+            "MQTT_PORT": "1999",
+            "MQTT_TOPIC_ROOT": "/site/compute/",
+            "CAPABILITY_TOPIC_PREFIX": "x/workers/",
+            "WORKER_SWEEP_INTERVAL": "0.5",
+            "WORKER_WAKE_EVENTS": "false",
+            "AUTH_DISABLED": "yes",
+            "WORKER_SUPPORTED_TASKS": " image_resize , ,image_conversion",
+            "COMPUTE_PORT": "9000",
+            "LOG_LEVEL": "debug",
+            "MAX_UPLOAD_BYTES": "10",
+        }
+    )
     assert s.database_url == "postgresql+psycopg://u@h/db"
     assert (s.mqtt_broker, s.mqtt_port, s.broker_host) == ("broker.local", 1999, "broker.local")
     assert s.mqtt_topic_root == "site/compute"
@@ -57,8 +59,13 @@ def test_values_from_env(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MQTT_PORT", "abc"), ("COMPUTE_PORT", "80.5"), ("MAX_UPLOAD_BYTES", "1MB"),
-     ("MQTT_KEEPALIVE", "x"), ("WORKER_SWEEP_INTERVAL", "soon")],
+    [
+        ("MQTT_PORT", "abc"),
+        ("COMPUTE_PORT", "80.5"),
+        ("MAX_UPLOAD_BYTES", "1MB"),
+        ("MQTT_KEEPALIVE", "x"),
+        ("WORKER_SWEEP_INTERVAL", "soon"),
+    ],
 )
 def test_bad_numbers_raise_config_error_naming_the_variable(name: str, value: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -72,24 +79,45 @@ def test_empty_values_fall_back_to_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("JOB_LEASE_SECONDS", "0"), ("JOB_LEASE_SECONDS", "-5"),
-     ("JOB_TIMEOUT", "-1"), ("JOB_TIMEOUT", "nan"),
-     ("JOB_MAX_RETRIES", "-1"), ("RETRY_BACKOFF_BASE", "-0.5"), ("RETRY_BACKOFF_MAX", "-1"),
-     ("DB_REQUEST_TIMEOUT", "0"), ("DB_REQUEST_TIMEOUT", "-1"),
-     ("UPLOAD_IDLE_TIMEOUT", "0"), ("UPLOAD_IDLE_TIMEOUT", "inf"), ("HEADER_READ_TIMEOUT", "0"),
-     ("ORPHAN_GRACE_SECONDS", "-1"),
-     ("MQTT_KEEPALIVE", "0"), ("MQTT_KEEPALIVE", "-10"),
-     ("WORKER_SWEEP_INTERVAL", "0"), ("WORKER_SWEEP_INTERVAL", "-1"),
-     ("MQTT_HEARTBEAT_INTERVAL", "0"), ("MQTT_HEARTBEAT_INTERVAL", "-1"),
-     ("MAX_UPLOAD_BYTES", "0"), ("MAX_UPLOAD_BYTES", "-1"),
-     ("MAX_IMAGE_PIXELS", "0"), ("MAX_IMAGE_PIXELS", "-1"),
-     ("MQTT_PORT", "0"), ("MQTT_PORT", "65536"), ("MQTT_PORT", "-1"),
-     ("COMPUTE_PORT", "0"), ("COMPUTE_PORT", "70000"),
-     ("MQTT_VERSION", "3"), ("MQTT_VERSION", "6"),
-     ("JOB_RATE_LIMIT", "-1"), ("JOB_RATE_LIMIT", "inf"), ("JOB_RATE_BURST", "0")],
+    [
+        ("JOB_LEASE_SECONDS", "0"),
+        ("JOB_LEASE_SECONDS", "-5"),
+        ("JOB_TIMEOUT", "-1"),
+        ("JOB_TIMEOUT", "nan"),
+        ("JOB_MAX_RETRIES", "-1"),
+        ("RETRY_BACKOFF_BASE", "-0.5"),
+        ("RETRY_BACKOFF_MAX", "-1"),
+        ("DB_REQUEST_TIMEOUT", "0"),
+        ("DB_REQUEST_TIMEOUT", "-1"),
+        ("UPLOAD_IDLE_TIMEOUT", "0"),
+        ("UPLOAD_IDLE_TIMEOUT", "inf"),
+        ("HEADER_READ_TIMEOUT", "0"),
+        ("ORPHAN_GRACE_SECONDS", "-1"),
+        ("MQTT_KEEPALIVE", "0"),
+        ("MQTT_KEEPALIVE", "-10"),
+        ("WORKER_SWEEP_INTERVAL", "0"),
+        ("WORKER_SWEEP_INTERVAL", "-1"),
+        ("MQTT_HEARTBEAT_INTERVAL", "0"),
+        ("MQTT_HEARTBEAT_INTERVAL", "-1"),
+        ("MAX_UPLOAD_BYTES", "0"),
+        ("MAX_UPLOAD_BYTES", "-1"),
+        ("MAX_IMAGE_PIXELS", "0"),
+        ("MAX_IMAGE_PIXELS", "-1"),
+        ("MQTT_PORT", "0"),
+        ("MQTT_PORT", "65536"),
+        ("MQTT_PORT", "-1"),
+        ("COMPUTE_PORT", "0"),
+        ("COMPUTE_PORT", "70000"),
+        ("MQTT_VERSION", "3"),
+        ("MQTT_VERSION", "6"),
+        ("JOB_RATE_LIMIT", "-1"),
+        ("JOB_RATE_LIMIT", "inf"),
+        ("JOB_RATE_BURST", "0"),
+    ],
 )
 def test_out_of_range_values_raise_config_error_naming_the_variable(
-        name: str, value: str, tmp_path: Path) -> None:
+    name: str, value: str, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"CL_SERVER_DIR": str(tmp_path), name: value})
 
@@ -104,10 +132,21 @@ def test_the_job_rate_limit_is_off_by_default_and_bursts_a_minute_when_on(tmp_pa
 
 
 def test_boundary_values_are_accepted(tmp_path: Path) -> None:
-    s = load_settings({"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "65535", "COMPUTE_PORT": "1",
-                       "MQTT_VERSION": "5", "JOB_TIMEOUT": "0", "JOB_MAX_RETRIES": "0",
-                       "RETRY_BACKOFF_BASE": "0", "MQTT_KEEPALIVE": "1", "MAX_UPLOAD_BYTES": "1",
-                       "JOB_LEASE_SECONDS": "0.5", "ORPHAN_GRACE_SECONDS": "0"})
+    s = load_settings(
+        {
+            "CL_SERVER_DIR": str(tmp_path),
+            "MQTT_PORT": "65535",
+            "COMPUTE_PORT": "1",
+            "MQTT_VERSION": "5",
+            "JOB_TIMEOUT": "0",
+            "JOB_MAX_RETRIES": "0",
+            "RETRY_BACKOFF_BASE": "0",
+            "MQTT_KEEPALIVE": "1",
+            "MAX_UPLOAD_BYTES": "1",
+            "JOB_LEASE_SECONDS": "0.5",
+            "ORPHAN_GRACE_SECONDS": "0",
+        }
+    )
     assert (s.mqtt_port, s.mqtt_version, s.mqtt_keepalive, s.max_upload_bytes) == (65535, 5, 1, 1)
     assert s.task_policies.default.timeout == 0 and s.task_policies.default.max_retries == 0
     assert s.lease_seconds == 0.5 and s.server_url == "http://127.0.0.1:1"
@@ -115,9 +154,14 @@ def test_boundary_values_are_accepted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "policy",
-    ['{"hash": {"max_retries": -1}}', '{"hash": {"timeout": -1}}',
-     '{"hash": {"backoff_base": -1}}', '{"hash": {"backoff_max": -0.1}}',
-     '{"hash": {"timeout": "soon"}}', '{"hash": {"max_retries": null}}'],
+    [
+        '{"hash": {"max_retries": -1}}',
+        '{"hash": {"timeout": -1}}',
+        '{"hash": {"backoff_base": -1}}',
+        '{"hash": {"backoff_max": -0.1}}',
+        '{"hash": {"timeout": "soon"}}',
+        '{"hash": {"max_retries": null}}',
+    ],
 )
 def test_bad_task_policies_raise_config_error(policy: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"TASK_POLICIES\['hash'\]"):
@@ -125,8 +169,9 @@ def test_bad_task_policies_raise_config_error(policy: str, tmp_path: Path) -> No
 
 
 def test_task_policies_override_defaults(tmp_path: Path) -> None:
-    s = load_settings({"CL_SERVER_DIR": str(tmp_path),
-                       "TASK_POLICIES": '{"hash": {"max_retries": 0, "timeout": 5}}'})
+    s = load_settings(
+        {"CL_SERVER_DIR": str(tmp_path), "TASK_POLICIES": '{"hash": {"max_retries": 0, "timeout": 5}}'}
+    )
     assert s.task_policies.for_task("hash").max_retries == 0
     assert s.task_policies.for_task("hash").timeout == 5.0
     assert s.task_policies.for_task("exif").max_retries == 3
@@ -134,8 +179,7 @@ def test_task_policies_override_defaults(tmp_path: Path) -> None:
 
 def test_overrides_take_precedence_and_are_validated(tmp_path: Path) -> None:
     env = {"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "1999", "MQTT_BROKER": "a"}
-    s = load_settings(env, overrides={"MQTT_PORT": "1234", "MQTT_BROKER": None,
-                                      "COMPUTE_PORT": "9000"})
+    s = load_settings(env, overrides={"MQTT_PORT": "1234", "MQTT_BROKER": None, "COMPUTE_PORT": "9000"})
     assert (s.mqtt_port, s.mqtt_broker, s.server_url) == (1234, "a", "http://127.0.0.1:9000")
     assert env == {"CL_SERVER_DIR": str(tmp_path), "MQTT_PORT": "1999", "MQTT_BROKER": "a"}
     with pytest.raises(ConfigError, match="MQTT_PORT"):
@@ -158,4 +202,3 @@ def _readme_settings() -> set[str]:
 def test_variable_names_are_the_settings_readme_documents() -> None:
     """variable_names() sees every variable load_settings reads, and README lists each of them."""
     assert variable_names() == _readme_settings()
-

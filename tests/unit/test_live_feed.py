@@ -113,8 +113,9 @@ async def test_a_client_that_takes_no_data_is_cut_off() -> None:
     feed = ChangeFeed(OWNERS.get)
     sub = feed.subscribe(EVERYTHING)
     closed: list[bool] = []
-    response = EventStream(frames(sub, heartbeat=0.01), on_close=lambda: closed.append(True),
-                           write_timeout=0.1)
+    response = EventStream(
+        frames(sub, heartbeat=0.01), on_close=lambda: closed.append(True), write_timeout=0.1
+    )
     sent: list[Message] = []
     stuck = asyncio.Event()
 

@@ -17,8 +17,11 @@ from tests.support import signed
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
 
 
 def value(text: bytes, name: str, **labels: str) -> float | None:
@@ -33,13 +36,19 @@ def test_terminal_events_give_run_and_pickup_times_and_retries(engine: Any) -> N
     first = repo.claim_next(["image_resize"], "w1", "s1")
     assert first is not None
     # A crash: retried (attempt 1 of 2), then it fails for good.
-    metrics.events_applied(transitions.apply_events([
-        signed(first, EventType.STARTED, 1),
-        signed(first, EventType.FAILED, 2, error="boom", retryable=True)]))
+    metrics.events_applied(
+        transitions.apply_events(
+            [
+                signed(first, EventType.STARTED, 1),
+                signed(first, EventType.FAILED, 2, error="boom", retryable=True),
+            ]
+        )
+    )
     second = repo.claim_next(["image_resize"], "w1", "s1")
     assert second is not None and second.attempt == 2
-    metrics.events_applied(transitions.apply_events([signed(second, EventType.FAILED, 1, error="boom",
-                                                            retryable=True)]))
+    metrics.events_applied(
+        transitions.apply_events([signed(second, EventType.FAILED, 1, error="boom", retryable=True)])
+    )
     repo.add_job(Job(job_id="j2", task_type="image_resize", params={}))
     third = repo.claim_next(["image_resize"], "w1", "s1")
     assert third is not None
@@ -59,10 +68,16 @@ def test_terminal_events_give_run_and_pickup_times_and_retries(engine: Any) -> N
 def test_scrape_time_gauges_and_counters() -> None:
     rejected: Counter[str] = Counter({"bad signature": 3, "malformed": 1})
     metrics = ServerMetrics(["hash", "image_resize"])
-    metrics.jobs_rescued([Rescued("a", "hash", "queued"), Rescued("b", "hash", "failed"),
-                          Rescued("c", "hash", "queued")])
-    text = metrics.render(ScrapeState([QueueSummary("image_resize", 4, 1, oldest_queued_at=1)],
-                                      [True, True, False], [("job_event", rejected), ("worker_info", {})]))
+    metrics.jobs_rescued(
+        [Rescued("a", "hash", "queued"), Rescued("b", "hash", "failed"), Rescued("c", "hash", "queued")]
+    )
+    text = metrics.render(
+        ScrapeState(
+            [QueueSummary("image_resize", 4, 1, oldest_queued_at=1)],
+            [True, True, False],
+            [("job_event", rejected), ("worker_info", {})],
+        )
+    )
     assert value(text, "compute_queue_depth", task_type="image_resize") == 4
     assert value(text, "compute_jobs_running", task_type="image_resize") == 1
     age = value(text, "compute_queue_oldest_age_seconds", task_type="image_resize")

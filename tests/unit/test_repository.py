@@ -30,12 +30,18 @@ def queue_rows(repo: JobRepository) -> int:
 
 
 def test_add_and_get(repo: JobRepository) -> None:
-    record, created = repo.insert_job(Job(job_id="a", task_type="image_resize", params={"w": 1}),
-                                      created_by="u1", priority=7)
+    record, created = repo.insert_job(
+        Job(job_id="a", task_type="image_resize", params={"w": 1}), created_by="u1", priority=7
+    )
     job = repo.get("a")
     assert job is not None
     assert (job.status, job.progress, job.priority, job.params, job.created_by) == (
-        "queued", 0, 7, {"w": 1}, "u1")
+        "queued",
+        0,
+        7,
+        {"w": 1},
+        "u1",
+    )
     assert job.created_at > 1_600_000_000_000  # milliseconds
     assert created and record == job  # what insert_job returns is what a read finds
     assert repo.get("missing") is None and repo.get_job("missing") is None
@@ -136,10 +142,16 @@ def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
     done, failed, _running = (repo.claim_next(["image_resize"], "w1") for _ in range(3))  # by age
     assert done is not None and failed is not None
     with write_transaction(repo.engine) as conn:  # finished long ago
-        conn.execute(update(jobs_table).where(jobs_table.c.job_id == done.job_id)
-                     .values(status="completed", completed_at=1000))
-        conn.execute(update(jobs_table).where(jobs_table.c.job_id == failed.job_id)
-                     .values(status="failed", completed_at=2000))
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.job_id == done.job_id)
+            .values(status="completed", completed_at=1000)
+        )
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.job_id == failed.job_id)
+            .values(status="failed", completed_at=2000)
+        )
     assert sorted(repo.finished_before(1500)) == ["done"]
     assert sorted(repo.finished_before(10**15)) == ["done", "failed"]
     assert repo.delete_many(repo.finished_before(10**15)) == 2

@@ -38,8 +38,14 @@ def test_resolve_inside_the_job(storage: JobStorage) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["../job2/output/out.png", "output/../../job2", "../../../etc/passwd", "/etc/passwd", "..",
-     "output/../../job1x/secret"],
+    [
+        "../job2/output/out.png",
+        "output/../../job2",
+        "../../../etc/passwd",
+        "/etc/passwd",
+        "..",
+        "output/../../job1x/secret",
+    ],
 )
 def test_resolve_refuses_escapes(storage: JobStorage, path: str) -> None:
     storage.create_job_directory("job2")
@@ -62,8 +68,9 @@ def test_resolve_refuses_symlink_out_of_the_job(storage: JobStorage, tmp_path: P
         storage.resolve("job1", "output/link")
 
 
-@pytest.mark.parametrize("job_id", ["", ".", "..", "a/b", "a\\b", "a\x00b", "x" * 129, "a b", "-rf",
-                                    "\u00e9t\u00e9"])
+@pytest.mark.parametrize(
+    "job_id", ["", ".", "..", "a/b", "a\\b", "a\x00b", "x" * 129, "a b", "-rf", "\u00e9t\u00e9"]
+)
 def test_invalid_job_ids(storage: JobStorage, job_id: str) -> None:
     assert not valid_job_id(job_id)
     with pytest.raises(PathOutsideJob):
@@ -79,15 +86,22 @@ async def test_upload_is_stored_under_a_generated_name_with_hash(storage: JobSto
     data = b"x" * 1000
     info = await storage.save_input_file("job1", "../../evil.PNG", UploadFile(io.BytesIO(data)))
     saved = storage.get_input_path("job1") / "upload.png"
-    assert info == {"filename": "upload.png", "original_filename": "../../evil.PNG", "path": str(saved),
-                    "size": 1000, "hash": hashlib.sha256(data).hexdigest()}
+    assert info == {
+        "filename": "upload.png",
+        "original_filename": "../../evil.PNG",
+        "path": str(saved),
+        "size": 1000,
+        "hash": hashlib.sha256(data).hexdigest(),
+    }
     assert saved.read_bytes() == data
     second = await storage.save_input_file("job1", "other.png", UploadFile(io.BytesIO(b"2")))
     assert second["filename"] == "upload-2.png"  # never over the first
 
 
-@pytest.mark.parametrize("name", ["a\x00.png", "n" * 300 + ".png", "x." + "e" * 300, "photo.p\x00g",
-                                  "../../../etc/passwd", "\udcff.png"])
+@pytest.mark.parametrize(
+    "name",
+    ["a\x00.png", "n" * 300 + ".png", "x." + "e" * 300, "photo.p\x00g", "../../../etc/passwd", "\udcff.png"],
+)
 async def test_names_the_file_system_would_refuse_are_only_data(storage: JobStorage, name: str) -> None:
     """A NUL or a 300-character name used to reach open(): 500. Now it is never a file name."""
     info = await storage.save_input_file("job1", name, UploadFile(io.BytesIO(b"abc")))

@@ -31,8 +31,16 @@ from compute.topics import (
     parse_worker_info,
 )
 
-GOOD_EVENT = {"job_id": "j1", "worker_id": "w1", "event": "progress", "progress": 40, "timestamp": 1,
-              "attempt": 2, "seq": 3, "sig": "ab" * 32}
+GOOD_EVENT = {
+    "job_id": "j1",
+    "worker_id": "w1",
+    "event": "progress",
+    "progress": 40,
+    "timestamp": 1,
+    "attempt": 2,
+    "seq": 3,
+    "sig": "ab" * 32,
+}
 GOOD_INFO = {"worker_id": "w1", "session": "s", "tasks": ["image_resize"], "idle": True, "timestamp": 5}
 
 
@@ -96,7 +104,14 @@ def test_job_event_round_trips() -> None:
 def test_parse_job_event_reads_fields() -> None:
     ev = parse_job_event(json.dumps(GOOD_EVENT).encode())
     assert (ev.job_id, ev.worker_id, ev.event, ev.progress, ev.timestamp, ev.attempt, ev.seq) == (
-        "j1", "w1", EventType.PROGRESS, 40, 1, 2, 3)
+        "j1",
+        "w1",
+        EventType.PROGRESS,
+        40,
+        1,
+        2,
+        3,
+    )
     assert ev.sig == "ab" * 32 and ev.retryable is False
 
 
@@ -152,10 +167,20 @@ def test_parse_worker_info() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"tasks": "image_resize"}, {"tasks": [1]}, {"idle": "yes"}, {"worker_id": None},
-                {"timestamp": 1.5}, {"state": "gone"}, {"session": None}, {"session": "a/b"},
-                {"tasks": ["bad/task"]}, {"tasks": [f"t{i}" for i in range(MAX_TASKS + 1)]},
-                {"hostname": "x" * MAX_INFO_BYTES}],
+    "changes",
+    [
+        {"tasks": "image_resize"},
+        {"tasks": [1]},
+        {"idle": "yes"},
+        {"worker_id": None},
+        {"timestamp": 1.5},
+        {"state": "gone"},
+        {"session": None},
+        {"session": "a/b"},
+        {"tasks": ["bad/task"]},
+        {"tasks": [f"t{i}" for i in range(MAX_TASKS + 1)]},
+        {"hostname": "x" * MAX_INFO_BYTES},
+    ],
 )
 def test_malformed_worker_info_raises(changes: dict[str, object]) -> None:
     with pytest.raises(MalformedMessage):
@@ -167,8 +192,13 @@ def test_worker_info_signature_binds_every_field() -> None:
     info["sig"] = info_signature("secret", info)
     assert verify_info("secret", info)
     assert not verify_info("other secret", info) and not verify_info(None, info)
-    for field, value in (("idle", False), ("tasks", ["image_resize", "x"]), ("session", "t"),
-                         ("state", "offline"), ("timestamp", 6)):
+    for field, value in (
+        ("idle", False),
+        ("tasks", ["image_resize", "x"]),
+        ("session", "t"),
+        ("state", "offline"),
+        ("timestamp", 6),
+    ):
         assert not verify_info("secret", {**info, field: value}), field
     # The Will is signed over the defaults the parser fills in for its missing fields.
     will = parse_worker_info(encode({"worker_id": "w1", "session": "s", "state": "offline", "timestamp": 1}))
@@ -179,10 +209,18 @@ def test_worker_info_signature_binds_every_field() -> None:
 
 def test_parse_confirmation_and_cancel() -> None:
     raw = encode({"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3, "sig": "ab"})
-    assert parse_confirmation(raw) == {"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3,
-                                       "sig": "ab"}
-    for bad in (b'{"job_id": "j"}', encode({"job_id": "j", "status": "completed", "timestamp": 3}),
-                encode({"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3})):
+    assert parse_confirmation(raw) == {
+        "job_id": "j",
+        "attempt": 2,
+        "status": "completed",
+        "timestamp": 3,
+        "sig": "ab",
+    }
+    for bad in (
+        b'{"job_id": "j"}',
+        encode({"job_id": "j", "status": "completed", "timestamp": 3}),
+        encode({"job_id": "j", "attempt": 2, "status": "completed", "timestamp": 3}),
+    ):
         with pytest.raises(MalformedMessage):
             parse_confirmation(bad)
     assert parse_cancel(encode({"job_id": "j", "attempt": 1, "timestamp": 3, "sig": "cd"}))["sig"] == "cd"
@@ -194,9 +232,13 @@ def test_confirmation_and_cancel_signatures_bind_claim_and_kind() -> None:
     sig = confirmation_signature("token", "j", 2, "completed", 3)
     assert verify_confirmation("token", "j", 2, "completed", 3, sig)
     wrong: list[tuple[str | None, str, int, str, int]] = [
-        ("other", "j", 2, "completed", 3), ("token", "k", 2, "completed", 3),
-        ("token", "j", 1, "completed", 3), ("token", "j", 2, "failed", 3),
-        ("token", "j", 2, "completed", 4), (None, "j", 2, "completed", 3)]
+        ("other", "j", 2, "completed", 3),
+        ("token", "k", 2, "completed", 3),
+        ("token", "j", 1, "completed", 3),
+        ("token", "j", 2, "failed", 3),
+        ("token", "j", 2, "completed", 4),
+        (None, "j", 2, "completed", 3),
+    ]
     for args in wrong:
         assert not verify_confirmation(*args, sig)
     assert not verify_confirmation("token", "j", 2, "completed", 3, "")

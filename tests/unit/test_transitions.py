@@ -54,11 +54,13 @@ def test_signed_events_apply_in_order(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
-    outcomes = transitions.apply_events([
-        event(job, EventType.STARTED, 1),
-        event(job, EventType.PROGRESS, 2, progress=40),
-        event(job, EventType.COMPLETED, 3, progress=100, task_output={"ok": 1}),
-    ])
+    outcomes = transitions.apply_events(
+        [
+            event(job, EventType.STARTED, 1),
+            event(job, EventType.PROGRESS, 2, progress=40),
+            event(job, EventType.COMPLETED, 3, progress=100, task_output={"ok": 1}),
+        ]
+    )
     assert [o.verdict for o in outcomes] == [Verdict.APPLIED] * 3
     stored = repo.get(job.job_id)
     assert stored is not None
@@ -66,8 +68,7 @@ def test_signed_events_apply_in_order(stores: Stores) -> None:
 
 
 @pytest.mark.parametrize("tamper", ["forged", "wrong_key", "other_worker", "old_attempt", "edited"])
-def test_forged_or_stale_events_change_nothing(stores: Stores,
-                                               tamper: str) -> None:
+def test_forged_or_stale_events_change_nothing(stores: Stores, tamper: str) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
@@ -80,8 +81,9 @@ def test_forged_or_stale_events_change_nothing(stores: Stores,
     elif tamper == "old_attempt":
         bad = event(replace(job, attempt=job.attempt + 1), EventType.COMPLETED, 1, progress=100)
     else:  # a valid signature over different content
-        bad = replace(event(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}),
-                      task_output={"a": 2})
+        bad = replace(
+            event(job, EventType.COMPLETED, 1, progress=100, task_output={"a": 1}), task_output={"a": 2}
+        )
     [outcome] = transitions.apply_events([bad])
     assert outcome.verdict is Verdict.REJECTED
     assert repo.get(job.job_id) == job
@@ -94,7 +96,10 @@ def test_replayed_and_reordered_events_are_dropped(stores: Stores) -> None:
     p2 = event(job, EventType.PROGRESS, 2, progress=20)
     p3 = event(job, EventType.PROGRESS, 3, progress=30)
     assert [o.verdict for o in transitions.apply_events([p3, p2, p3])] == [
-        Verdict.APPLIED, Verdict.REJECTED, Verdict.REJECTED]
+        Verdict.APPLIED,
+        Verdict.REJECTED,
+        Verdict.REJECTED,
+    ]
     stored = repo.get(job.job_id)
     assert stored is not None and stored.progress == 30
 
@@ -140,8 +145,12 @@ def test_events_for_unknown_or_unclaimed_jobs_change_nothing(
     waiting = repo.get("waiting")
     assert waiting is not None
     ghost = replace(waiting, job_id="ghost")
-    outcomes = transitions.apply_events([event(waiting, EventType.COMPLETED, 1, token="a" * 32),
-                                         event(ghost, EventType.COMPLETED, 1, token="a" * 32)])
+    outcomes = transitions.apply_events(
+        [
+            event(waiting, EventType.COMPLETED, 1, token="a" * 32),
+            event(ghost, EventType.COMPLETED, 1, token="a" * 32),
+        ]
+    )
     assert [o.verdict for o in outcomes] == [Verdict.REJECTED, Verdict.REJECTED]
     assert repo.get("waiting") == waiting
 

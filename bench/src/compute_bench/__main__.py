@@ -42,34 +42,59 @@ def _sizes(base: scenarios.Sizes, spec: str | None) -> scenarios.Sizes:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compute-bench", description=__doc__)
     parser.add_argument("--workers", type=int, default=2, help="workers for pickup/throughput/polling")
-    parser.add_argument("--broker", type=_broker, help="host:port of a running MQTT broker "
-                        "(default: compute-server's embedded broker on a free port)")
-    parser.add_argument("--embedded-broker", choices=EMBEDDED_BROKERS, default="auto",
-                        help="the server's embedded broker without --broker (EMBEDDED_BROKER): auto runs "
-                             "Mosquitto when installed, else amqtt")
-    parser.add_argument("--database-url", help="a database of the benchmark's own "
-                        "(default: SQLite in a temporary CL_SERVER_DIR)")
-    parser.add_argument("--jobs", help="sizes, e.g. pickup=300,pickup_image=100,burst=5000,"
-                        "burst_image=1000,progress=50,progress_spaced=20,polling=25,idle_seconds=60,"
-                        "concurrency=24,warmup=10,plugins=20,plugins_video=3,video_seconds=10")
+    parser.add_argument(
+        "--broker",
+        type=_broker,
+        help="host:port of a running MQTT broker (default: compute-server's embedded broker on a free port)",
+    )
+    parser.add_argument(
+        "--embedded-broker",
+        choices=EMBEDDED_BROKERS,
+        default="auto",
+        help="the server's embedded broker without --broker (EMBEDDED_BROKER): auto runs "
+        "Mosquitto when installed, else amqtt",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="a database of the benchmark's own (default: SQLite in a temporary CL_SERVER_DIR)",
+    )
+    parser.add_argument(
+        "--jobs",
+        help="sizes, e.g. pickup=300,pickup_image=100,burst=5000,"
+        "burst_image=1000,progress=50,progress_spaced=20,polling=25,idle_seconds=60,"
+        "concurrency=24,warmup=10,plugins=20,plugins_video=3,video_seconds=10",
+    )
     parser.add_argument("--quick", action="store_true", help="few jobs, short windows: a smoke test")
-    parser.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but plugins)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but plugins)",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--dir", type=Path, help="where to create the temporary CL_SERVER_DIRs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories and logs")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy the server and one worker during the two bursts (raw stacks of "
-                             "the thread holding the GIL: where the Python CPU goes)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the server and one worker during the two bursts (raw stacks of "
+        "the thread holding the GIL: where the Python CPU goes)",
+    )
     parser.add_argument("--label", help="name of this configuration in the report")
-    parser.add_argument("--stand-in-models", action="store_true",
-                        help="plugins section: tiny stand-in ONNX models (real I/O names and shapes) for "
-                             "model files missing from COMPUTE_MODELS_DIR; measures pre/post-processing "
-                             "and service overhead, not the real networks")
-    parser.add_argument("--peers", action="store_true",
-                        help="also run Celery + Redis, Celery behind FastAPI and Procrastinate + PostgreSQL "
-                             "at the same measurement points, and print every figure's ratio to each "
-                             "(needs `uv sync --group peers`, Redis on 6379, PostgreSQL on 5432)")
+    parser.add_argument(
+        "--stand-in-models",
+        action="store_true",
+        help="plugins section: tiny stand-in ONNX models (real I/O names and shapes) for "
+        "model files missing from COMPUTE_MODELS_DIR; measures pre/post-processing "
+        "and service overhead, not the real networks",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run Celery + Redis, Celery behind FastAPI and Procrastinate + PostgreSQL "
+        "at the same measurement points, and print every figure's ratio to each "
+        "(needs `uv sync --group peers`, Redis on 6379, PostgreSQL on 5432)",
+    )
     args = parser.parse_args(argv)
 
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -77,11 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     base = scenarios.QUICK if args.quick else scenarios.Sizes()
-    cfg = Config(workers=args.workers, broker=args.broker, embedded_broker=args.embedded_broker,
-                 database_url=args.database_url,
-                 sizes=_sizes(base, args.jobs), quick=args.quick, sections=sections,
-                 base_dir=args.dir, keep=args.keep, profile_dir=args.profile, label=args.label,
-                 stand_in_models=args.stand_in_models, peers=args.peers)
+    cfg = Config(
+        workers=args.workers,
+        broker=args.broker,
+        embedded_broker=args.embedded_broker,
+        database_url=args.database_url,
+        sizes=_sizes(base, args.jobs),
+        quick=args.quick,
+        sections=sections,
+        base_dir=args.dir,
+        keep=args.keep,
+        profile_dir=args.profile,
+        label=args.label,
+        stand_in_models=args.stand_in_models,
+        peers=args.peers,
+    )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:

@@ -42,11 +42,13 @@ class Submitter:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.concurrency),
-                timeout=aiohttp.ClientTimeout(total=120.0))
+                timeout=aiohttp.ClientTimeout(total=120.0),
+            )
         return self._session
 
-    async def _post(self, task: str, form: dict[str, str] | None = None,
-                    file: tuple[str, bytes, str] | None = None) -> str:
+    async def _post(
+        self, task: str, form: dict[str, str] | None = None, file: tuple[str, bytes, str] | None = None
+    ) -> str:
         data: aiohttp.FormData | None = None
         if form or file:
             data = aiohttp.FormData()
@@ -66,8 +68,9 @@ class Submitter:
         return await self._post("bench_noop", form)
 
     async def image(self) -> str:
-        return await self._post("image_conversion", {"format": "jpg", "quality": "85"},
-                                ("bench.png", self.png, "image/png"))
+        return await self._post(
+            "image_conversion", {"format": "jpg", "quality": "85"}, ("bench.png", self.png, "image/png")
+        )
 
     async def upload(self, task: str, form: dict[str, str], filename: str, content: bytes, mime: str) -> str:
         """POST /jobs/<task> with `content` as the multipart `file`, as CL Server clients send it."""

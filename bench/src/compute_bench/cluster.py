@@ -68,8 +68,9 @@ class Observer:
     """The benchmark's own MQTT client (the product's MqttBus): readiness and job events."""
 
     def __init__(self, env: dict[str, str], root: str, legacy_topic: str, observe_jobs: bool) -> None:
-        self.bus = MqttBus(load_settings(env), client_id=f"compute-bench-{os.getpid()}-{root}",
-                           name="bench-observer")
+        self.bus = MqttBus(
+            load_settings(env), client_id=f"compute-bench-{os.getpid()}-{root}", name="bench-observer"
+        )
         self.workers: set[str] = set()
         self.started: dict[str, int] = {}  # job_id -> ns the "started" event arrived
         self.done: dict[str, int] = {}  # job_id -> ns the server's completed/failed event arrived
@@ -134,18 +135,20 @@ class Cluster:
 
     def env(self, role: str) -> dict[str, str]:
         env = scrubbed_environ()  # nothing of the caller's shell points them elsewhere
-        env.update({
-            "CL_SERVER_DIR": str(self.dir / "cl_server"),
-            "AUTH_DISABLED": "true",
-            "LOG_LEVEL": "INFO",
-            "MQTT_PORT": str(self.mqtt_port),
-            "MQTT_TOPIC_ROOT": self.root,
-            "MQTT_TOPIC": f"{self.root}/inference/events",
-            "CAPABILITY_TOPIC_PREFIX": f"{self.root}/inference/workers",
-            "COMPUTE_PORT": str(self.http_port),
-            "WORKER_SUPPORTED_TASKS": self.spec.tasks,
-            "WORKER_WAKE_EVENTS": "true" if self.spec.wake_events else "false",
-        })
+        env.update(
+            {
+                "CL_SERVER_DIR": str(self.dir / "cl_server"),
+                "AUTH_DISABLED": "true",
+                "LOG_LEVEL": "INFO",
+                "MQTT_PORT": str(self.mqtt_port),
+                "MQTT_TOPIC_ROOT": self.root,
+                "MQTT_TOPIC": f"{self.root}/inference/events",
+                "CAPABILITY_TOPIC_PREFIX": f"{self.root}/inference/workers",
+                "COMPUTE_PORT": str(self.http_port),
+                "WORKER_SUPPORTED_TASKS": self.spec.tasks,
+                "WORKER_WAKE_EVENTS": "true" if self.spec.wake_events else "false",
+            }
+        )
         if self.spec.broker is not None:
             env["MQTT_BROKER"] = self.mqtt_host
         else:
@@ -179,11 +182,13 @@ class Cluster:
             raise ClusterError(f"migration of {self.database_url} failed: {exc}") from exc
         self.db = self._reader()
         self._refuse_open_jobs()
-        self.server = self._spawn("server", [*_launch("server"), "--host", "127.0.0.1",
-                                             "--port", str(self.http_port), "--no-auth"])
+        self.server = self._spawn(
+            "server", [*_launch("server"), "--host", "127.0.0.1", "--port", str(self.http_port), "--no-auth"]
+        )
         await self._wait_server()
-        self.observer = Observer(self.env("observer"), self.root, f"{self.root}/inference/events",
-                                 self.spec.observe_jobs)
+        self.observer = Observer(
+            self.env("observer"), self.root, f"{self.root}/inference/events", self.spec.observe_jobs
+        )
         await self.observer.bus.start()
         if not await self.observer.bus.wait_connected(15):
             raise ClusterError(f"benchmark cannot reach the broker at {self.mqtt_host}:{self.mqtt_port}")
@@ -196,9 +201,18 @@ class Cluster:
         for name in names:
             worker_id = f"{self.root}-{name}"
             ids.append(worker_id)
-            self.workers[worker_id] = self._spawn(name, [
-                *_launch("worker"), "--port", str(self.http_port), "--worker-id", worker_id,
-                "--tasks", tasks or self.spec.tasks])
+            self.workers[worker_id] = self._spawn(
+                name,
+                [
+                    *_launch("worker"),
+                    "--port",
+                    str(self.http_port),
+                    "--worker-id",
+                    worker_id,
+                    "--tasks",
+                    tasks or self.spec.tasks,
+                ],
+            )
         assert self.observer is not None
         deadline = time.monotonic() + 60
         try:
@@ -229,8 +243,10 @@ class Cluster:
         return self.processes.spawn(name, cmd, env=self.env(role), cwd=self.dir)
 
     def _check_alive(self) -> None:
-        procs = {"server": self.server, **{wid.rsplit("-", 1)[1]: p for wid, p in self.workers.items()
-                                           if wid not in self.retired}}
+        procs = {
+            "server": self.server,
+            **{wid.rsplit("-", 1)[1]: p for wid, p in self.workers.items() if wid not in self.retired},
+        }
         for name, proc in procs.items():
             if proc is not None and proc.poll() is not None:
                 log = self.logs / f"{name}.log"
@@ -276,8 +292,11 @@ class Cluster:
         for log in self.logs.glob("w*.log"):
             text = log.read_text(errors="replace")
             for m in _STOPPED.finditer(text):
-                found[m.group(1)] = {"jobs_run": int(m.group(2)), "empty_claims": int(m.group(3)),
-                                     "results_written_by_worker": text.count(_DIRECT)}
+                found[m.group(1)] = {
+                    "jobs_run": int(m.group(2)),
+                    "empty_claims": int(m.group(3)),
+                    "results_written_by_worker": text.count(_DIRECT),
+                }
         return found
 
     def read_probes(self) -> list[dict[str, Any]]:
@@ -300,8 +319,10 @@ class Cluster:
     def _reader(self) -> Engine:
         if self.is_sqlite:
             path = self.dir / "cl_server" / "compute.db"
-            return create_engine("sqlite://", creator=lambda: sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+            return create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False),
+            )
         return create_engine(self.database_url, pool_size=2)
 
     def _refuse_open_jobs(self) -> None:
@@ -309,7 +330,8 @@ class Cluster:
         if open_jobs:
             raise ClusterError(
                 f"the database has {open_jobs} queued/processing jobs; the benchmark's workers would "
-                "take them. Point --database-url at a database of its own.")
+                "take them. Point --database-url at a database of its own."
+            )
 
     def scalar(self, sql: str, **params: Any) -> Any:
         assert self.db is not None
@@ -322,12 +344,15 @@ class Cluster:
         ids = list(job_ids)
         with self.db.connect() as conn:
             for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
+                chunk = ids[i : i + 500]
                 marks = ", ".join(f":j{k}" for k in range(len(chunk)))
-                result = conn.execute(text(
-                    "SELECT job_id, status, created_at, started_at, completed_at, task_output, "
-                    f"worker_id FROM jobs WHERE job_id IN ({marks})"),
-                    {f"j{k}": v for k, v in enumerate(chunk)})
+                result = conn.execute(
+                    text(
+                        "SELECT job_id, status, created_at, started_at, completed_at, task_output, "
+                        f"worker_id FROM jobs WHERE job_id IN ({marks})"
+                    ),
+                    {f"j{k}": v for k, v in enumerate(chunk)},
+                )
                 for row in result.mappings():
                     data = dict(row)
                     data["task_output"] = json.loads(data["task_output"]) if data["task_output"] else None

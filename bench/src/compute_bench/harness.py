@@ -29,8 +29,18 @@ from compute.config import variable_names
 from compute.ports import port_answers
 from compute_bench import probes
 
-__all__ = ["LAUNCH", "Processes", "amqtt_command", "amqtt_config", "free_port", "mosquitto_command",
-           "port_answers", "scrubbed_environ", "server_ready", "wait_until"]
+__all__ = [
+    "LAUNCH",
+    "Processes",
+    "amqtt_command",
+    "amqtt_config",
+    "free_port",
+    "mosquitto_command",
+    "port_answers",
+    "scrubbed_environ",
+    "server_ready",
+    "wait_until",
+]
 
 #: `python -m compute_bench.launch {server|worker} [options of compute-server / compute-worker]`.
 LAUNCH = (sys.executable, "-m", "compute_bench.launch")
@@ -45,8 +55,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
-               interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.05
+) -> Any:
     """Call `predicate` until it returns something truthy (returned); AssertionError at the deadline.
 
     Blocking: for code outside an event loop (tests.support.wait_for is the asyncio twin).
@@ -117,8 +128,9 @@ class Processes:
         self.env = dict(env)
         self.started: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `cmd` as `name` (a name started again gets a fresh log: name-2, name-3 ...)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         key, n = name, 1
@@ -127,8 +139,13 @@ class Processes:
             key = f"{name}-{n}"
         out = open(self.logs / f"{key}.log", "wb")  # noqa: SIM115 - the child keeps its own copy
         try:
-            proc = subprocess.Popen(list(cmd), env=dict(self.env if env is None else env), stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=cwd)
+            proc = subprocess.Popen(
+                list(cmd),
+                env=dict(self.env if env is None else env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+            )
         finally:
             out.close()
         self.started[key] = proc
@@ -136,10 +153,16 @@ class Processes:
 
     def log(self, name: str) -> str:
         """Everything the processes started as `name` wrote, oldest first."""
-        keys = [k for k in self.started if k == name or (k.startswith(f"{name}-")
-                and k[len(name) + 1:].isdigit())]
-        return "\n".join((self.logs / f"{k}.log").read_text(errors="replace") for k in keys
-                         if (self.logs / f"{k}.log").exists())
+        keys = [
+            k
+            for k in self.started
+            if k == name or (k.startswith(f"{name}-") and k[len(name) + 1 :].isdigit())
+        ]
+        return "\n".join(
+            (self.logs / f"{k}.log").read_text(errors="replace")
+            for k in keys
+            if (self.logs / f"{k}.log").exists()
+        )
 
     @staticmethod
     def end(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:

@@ -35,11 +35,13 @@ class Inputs:
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {
             "photo": f"{WIDTH}x{HEIGHT} JPEG q90, {self.photo.stat().st_size // 1024} KiB, "
-                     f"{self.photo_source}",
+            f"{self.photo_source}",
         }
         if self.video is not None:
-            out["video"] = (f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} H.264+AAC MP4, {self.video_seconds:g} s, "
-                            f"{self.video.stat().st_size // 1024} KiB, ffmpeg testsrc2 + sine")
+            out["video"] = (
+                f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} H.264+AAC MP4, {self.video_seconds:g} s, "
+                f"{self.video.stat().st_size // 1024} KiB, ffmpeg testsrc2 + sine"
+            )
         else:
             out["video"] = f"none: {self.video_problem}"
         return out
@@ -56,8 +58,14 @@ def _astronaut() -> Image.Image | None:
 def _gradient() -> Image.Image:
     x = np.linspace(0, 255, WIDTH, dtype=np.float32)[np.newaxis, :]
     y = np.linspace(0, 255, HEIGHT, dtype=np.float32)[:, np.newaxis]
-    rgb = np.stack([np.broadcast_to(x, (HEIGHT, WIDTH)), np.broadcast_to(y, (HEIGHT, WIDTH)),
-                    np.broadcast_to((x + y) / 2, (HEIGHT, WIDTH))], axis=-1)
+    rgb = np.stack(
+        [
+            np.broadcast_to(x, (HEIGHT, WIDTH)),
+            np.broadcast_to(y, (HEIGHT, WIDTH)),
+            np.broadcast_to((x + y) / 2, (HEIGHT, WIDTH)),
+        ],
+        axis=-1,
+    )
     return Image.fromarray(rgb.astype(np.uint8))
 
 
@@ -68,7 +76,8 @@ def photo_image() -> tuple[Image.Image, str]:
         base, source = _gradient(), "colour gradient with noise (scikit-image not installed)"
     else:
         base = astronaut.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC).filter(
-            ImageFilter.GaussianBlur(24))
+            ImageFilter.GaussianBlur(24)
+        )
         base.paste(astronaut.resize((HEIGHT, HEIGHT), Image.Resampling.LANCZOS), ((WIDTH - HEIGHT) // 2, 0))
         source = "scikit-image astronaut scaled to 1080 px over a blurred copy, with noise"
     pixels = np.asarray(base, dtype=np.int16)
@@ -107,11 +116,38 @@ def write_video(path: Path, seconds: float) -> str:
     if ffmpeg is None:
         return "ffmpeg not found on PATH"
     width, height = VIDEO_SIZE
-    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate=30",
-           "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-           "-t", f"{seconds:g}", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-           "-g", "60", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(path)]
+    cmd = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={width}x{height}:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        f"{seconds:g}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "60",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-movflags",
+        "+faststart",
+        str(path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         return f"ffmpeg could not make the test video: {proc.stderr.strip()[-300:]}"

@@ -23,7 +23,8 @@ from compute.worker import plugin_process
 from compute_bench import noop, probes
 
 ROLES: dict[str, Callable[[Sequence[str] | None], int]] = {
-    "server": cli.server_main, "worker": cli.worker_main,
+    "server": cli.server_main,
+    "worker": cli.worker_main,
 }
 
 
@@ -40,8 +41,11 @@ def prepare(role: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in ROLES:
-        print("usage: python -m compute_bench.launch {server|worker} [options of compute-server "
-              "or compute-worker]", file=sys.stderr)
+        print(
+            "usage: python -m compute_bench.launch {server|worker} [options of compute-server "
+            "or compute-worker]",
+            file=sys.stderr,
+        )
         return 2
     role = args[0]
     prepare(role)

@@ -34,8 +34,9 @@ class BenchNoopTask(ComputeModule):  # type: ignore[misc]
     def get_schema(self) -> type[BaseJobParams]:
         return BenchNoopParams
 
-    async def execute(self, job: Job, params: BaseJobParams,
-                      progress_callback: Callable[[int], None] | None = None) -> dict[str, Any]:
+    async def execute(
+        self, job: Job, params: BaseJobParams, progress_callback: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
         started_ns = time.time_ns()
         assert isinstance(params, BenchNoopParams)
         reported: list[int] = []
@@ -45,14 +46,21 @@ class BenchNoopTask(ComputeModule):  # type: ignore[misc]
             if progress_callback is not None:
                 reported.append(time.time_ns())
                 progress_callback(i * 100 // params.steps)
-        return {"status": "ok", "task_output": {
-            "started_ns": started_ns, "finished_ns": time.time_ns(), "pid": os.getpid(),
-            "steps": params.steps, "progress_ns": reported,
-        }}
+        return {
+            "status": "ok",
+            "task_output": {
+                "started_ns": started_ns,
+                "finished_ns": time.time_ns(),
+                "pid": os.getpid(),
+                "steps": params.steps,
+                "progress_ns": reported,
+            },
+        }
 
 
-def create_router(repository: JobRepository, file_storage: FileStorage,
-                  get_current_user: Callable[..., Any]) -> APIRouter:
+def create_router(
+    repository: JobRepository, file_storage: FileStorage, get_current_user: Callable[..., Any]
+) -> APIRouter:
     """POST /jobs/bench_noop: optional form fields, no file."""
     router = APIRouter()
 

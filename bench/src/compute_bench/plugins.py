@@ -90,8 +90,9 @@ def user_models_dir() -> Path:
     return load_settings(os.environ).models_dir
 
 
-def plan(inputs: Inputs, models_dir: Path, stand_in_dir: Path | None,
-         only: tuple[str, ...] = NAMES) -> list[Plan]:
+def plan(
+    inputs: Inputs, models_dir: Path, stand_in_dir: Path | None, only: tuple[str, ...] = NAMES
+) -> list[Plan]:
     """What to run, and why a plugin is skipped. With `stand_in_dir`, missing models get stand-ins
     there and present ones are linked in, so the workers read that folder."""
     installed = installed_tasks()
@@ -157,8 +158,9 @@ class RssSampler:
         while not self._stop.is_set():
             for pid in self.pids:
                 self.worker_peak_kb = max(self.worker_peak_kb, status_kb(pid) or 0)
-                tools = sum(status_kb(child) or 0 for child in descendants(pid)
-                            if _exe(child) != self.exes[pid])
+                tools = sum(
+                    status_kb(child) or 0 for child in descendants(pid) if _exe(child) != self.exes[pid]
+                )
                 self.tools_peak_kb = max(self.tools_peak_kb, tools)
             self.samples += 1
             with contextlib.suppress(TimeoutError):
@@ -248,8 +250,9 @@ async def start_workers(cluster: Cluster, tasks: str, fresh: bool) -> Workers:
     return Workers(ids, pids, [status_kb(pid) or 0 for pid in pids], round(start_s, 2), fresh)
 
 
-async def measure(cluster: Cluster, sub: Submitter, p: Plan, inputs: Inputs, n: int,
-                  shared: Workers | None = None) -> dict[str, Any]:
+async def measure(
+    cluster: Cluster, sub: Submitter, p: Plan, inputs: Inputs, n: int, shared: Workers | None = None
+) -> dict[str, Any]:
     plugin = p.plugin
     source = Source(plugin, inputs)
     load_before = _loadavg()
@@ -280,11 +283,15 @@ async def measure(cluster: Cluster, sub: Submitter, p: Plan, inputs: Inputs, n: 
             row = rows.get(j, {})
             commit = commits.get(j)
             out["run"].append(None if start is None or end is None else (end - start) / NS_PER_MS)
-            out["pickup"].append(None if start is None or row.get("created_at") is None
-                                 else start / NS_PER_MS - row["created_at"])
+            out["pickup"].append(
+                None
+                if start is None or row.get("created_at") is None
+                else start / NS_PER_MS - row["created_at"]
+            )
             out["persist"].append(None if end is None or commit is None else (commit - end) / NS_PER_MS)
-            out["claim"].append(None if row.get("started_at") is None
-                                else row["started_at"] - row["created_at"])
+            out["claim"].append(
+                None if row.get("started_at") is None else row["started_at"] - row["created_at"]
+            )
         return out
 
     seq = per_job(sequential)
@@ -296,17 +303,31 @@ async def measure(cluster: Cluster, sub: Submitter, p: Plan, inputs: Inputs, n: 
     statuses = [rows.get(j, {}).get("status") for j in sequential + burst]
     completed = sum(1 for s in statuses if s == "completed")
     spec = MODELS.get(plugin.task)
-    loads = [m for s in probes for name, m in (s.get("models") or {}).items()
-             if spec is not None and name == spec.filename]
+    loads = [
+        m
+        for s in probes
+        for name, m in (s.get("models") or {}).items()
+        if spec is not None and name == spec.filename
+    ]
     result: dict[str, Any] = {
-        "task": plugin.task, "input": plugin.input, "form": plugin.form, "model": p.model,
+        "task": plugin.task,
+        "input": plugin.input,
+        "form": plugin.form,
+        "model": p.model,
         "note": standins.LABEL if p.model == "stand-in" else "",
-        "workers": WORKERS, "warmup": plugin.warmup, "jobs": len(sequential) + len(burst),
-        "sequential": len(sequential), "burst": len(burst), "completed": completed,
-        "failed": len(statuses) - completed, "first_error": _first_error(cluster, sequential + burst),
+        "workers": WORKERS,
+        "warmup": plugin.warmup,
+        "jobs": len(sequential) + len(burst),
+        "sequential": len(sequential),
+        "burst": len(burst),
+        "completed": completed,
+        "failed": len(statuses) - completed,
+        "first_error": _first_error(cluster, sequential + burst),
         "jobs_per_s": round(len(burst) / burst_s, 2) if burst and burst_s > 0 else None,
         "burst_s": round(burst_s, 3),
-        "run_ms": run, "pickup_ms": pickup, "persist_ms": persist,
+        "run_ms": run,
+        "pickup_ms": pickup,
+        "persist_ms": persist,
         "created_to_claim_ms": summary(seq["claim"]),
         "run_under_load_ms": summary(loaded["run"]),
         "overhead_pct": overhead,
@@ -322,8 +343,16 @@ async def measure(cluster: Cluster, sub: Submitter, p: Plan, inputs: Inputs, n: 
         "tools_peak_rss_mb": _mb(sampler.tools_peak_kb),
         "rss_samples": sampler.samples,
         "loadavg_1min": [load_before, _loadavg()],
-        "output": _scalars(next((r.get("task_output") for j in sequential
-                                 if (r := rows.get(j, {})).get("status") == "completed"), None)),
+        "output": _scalars(
+            next(
+                (
+                    r.get("task_output")
+                    for j in sequential
+                    if (r := rows.get(j, {})).get("status") == "completed"
+                ),
+                None,
+            )
+        ),
     }
     return result
 
@@ -344,16 +373,20 @@ def _scalars(output: dict[str, Any] | None) -> dict[str, Any]:
     """The task output's short scalar fields, to show the jobs did their work."""
     if not isinstance(output, dict):
         return {}
-    return {k: v for k, v in output.items()
-            if isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) <= 40)}
+    return {
+        k: v
+        for k, v in output.items()
+        if isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) <= 40)
+    }
 
 
 def _first_error(cluster: Cluster, ids: list[str]) -> str | None:
     if not ids:
         return None
     marks = ", ".join(f"'{j}'" for j in ids)  # uuids the server made
-    error = cluster.scalar(f"SELECT error_message FROM jobs WHERE job_id IN ({marks}) "
-                           "AND error_message IS NOT NULL LIMIT 1")
+    error = cluster.scalar(
+        f"SELECT error_message FROM jobs WHERE job_id IN ({marks}) AND error_message IS NOT NULL LIMIT 1"
+    )
     return None if error is None else str(error)
 
 
@@ -361,8 +394,15 @@ def skipped_row(p: Plan) -> dict[str, Any]:
     return {"task": p.plugin.task, "input": p.plugin.input, "skipped": p.skipped}
 
 
-async def run_all(cluster: Cluster, sub: Submitter, plans: list[Plan], inputs: Inputs, n: int,
-                  n_video: int, fresh: bool = True) -> list[dict[str, Any]]:
+async def run_all(
+    cluster: Cluster,
+    sub: Submitter,
+    plans: list[Plan],
+    inputs: Inputs,
+    n: int,
+    n_video: int,
+    fresh: bool = True,
+) -> list[dict[str, Any]]:
     """Every plan in turn. fresh: 2 new workers per plugin; else one pair runs them all (--quick:
     6-8 s of worker start-up per plugin on a busy 2-core machine is most of a smoke run)."""
     shared = None
@@ -379,8 +419,14 @@ async def run_all(cluster: Cluster, sub: Submitter, plans: list[Plan], inputs: I
             try:
                 results.append(await measure(cluster, sub, p, inputs, jobs, shared))
             except ClusterError as exc:  # a model file that does not load: the worker refuses to start
-                results.append({"task": p.plugin.task, "input": p.plugin.input, "model": p.model,
-                                "error": str(exc).splitlines()[-1][:300] if str(exc) else "ClusterError"})
+                results.append(
+                    {
+                        "task": p.plugin.task,
+                        "input": p.plugin.input,
+                        "model": p.model,
+                        "error": str(exc).splitlines()[-1][:300] if str(exc) else "ClusterError",
+                    }
+                )
     finally:
         if shared is not None:
             await cluster.stop_workers(shared.ids)

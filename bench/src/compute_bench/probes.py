@@ -87,8 +87,9 @@ class _Stats:
     def before_execute(self, conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self._add(conn, _label(statement))
 
-    def after_execute(self, conn: Any, cursor: Any, statement: str, _params: Any, context: Any,
-                      _many: bool) -> None:
+    def after_execute(
+        self, conn: Any, cursor: Any, statement: str, _params: Any, context: Any, _many: bool
+    ) -> None:
         if statement.startswith("UPDATE jobs SET progress") and context is not None:
             params = context.compiled_parameters[0] if context.compiled_parameters else {}
             if cursor.rowcount > 0:
@@ -110,9 +111,14 @@ class _Stats:
                 return
             self.closed = final
             with self.lock:
-                data: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "final": final,
-                                        "written_ns": time.time_ns(), "counts": dict(self.counts),
-                                        "units": dict(self.units)}
+                data: dict[str, Any] = {
+                    "role": self.role,
+                    "pid": os.getpid(),
+                    "final": final,
+                    "written_ns": time.time_ns(),
+                    "counts": dict(self.counts),
+                    "units": dict(self.units),
+                }
                 if final:
                     data["progress"] = list(self.progress)
                 # Small, and read while the process runs: a worker's plugin process may be
@@ -131,7 +137,6 @@ class _Stats:
                 self.write()
             except OSError:
                 return
-
 
     def on_audit(self, name: str, args: tuple[Any, ...]) -> None:
         if name == "open" and isinstance(args[0], str) and "/input/" in args[0]:
@@ -232,8 +237,11 @@ def _time_commits(stats: _Stats) -> None:
             for outcome in outcomes:
                 event = getattr(outcome, "event", None)
                 kind = str(getattr(getattr(event, "event", None), "value", ""))
-                if getattr(getattr(outcome, "verdict", None), "value", None) == "applied" and \
-                        kind in ("completed", "failed") and event is not None:
+                if (
+                    getattr(getattr(outcome, "verdict", None), "value", None) == "applied"
+                    and kind in ("completed", "failed")
+                    and event is not None
+                ):
                     stats.commits.setdefault(event.job_id, now)
         return outcomes
 

@@ -10,10 +10,18 @@ from compute_bench import standins
 TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
     ("pickup p50, no file (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"), "<=", 4),
     ("pickup p99, no file (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"), "<=", 8),
-    ("pickup p50, image_conversion (ms)",
-     ("pickup", "image_conversion", "submit_to_task_start_ms", "p50"), "<=", 5),
-    ("pickup p99, image_conversion (ms)",
-     ("pickup", "image_conversion", "submit_to_task_start_ms", "p99"), "<=", 10),
+    (
+        "pickup p50, image_conversion (ms)",
+        ("pickup", "image_conversion", "submit_to_task_start_ms", "p50"),
+        "<=",
+        5,
+    ),
+    (
+        "pickup p99, image_conversion (ms)",
+        ("pickup", "image_conversion", "submit_to_task_start_ms", "p99"),
+        "<=",
+        10,
+    ),
     ("row created -> claim p50 (ms)", ("pickup", "bench_noop", "created_to_claim_ms", "p50"), "<=", 1.5),
     ("no-op jobs/s, 2 workers", ("throughput", "bench_noop", "jobs_per_s"), ">=", 600),
     ("image_conversion jobs/s", ("throughput", "image_conversion", "jobs_per_s"), ">=", 300),
@@ -27,28 +35,74 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
 #: The issue's targets against the peers, measured in the same run:
 #: (name, Compute's figure, peer, peer's figure, comparison, factor): Compute op factor x peer.
 PEER_TARGETS: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...], str, float], ...] = (
-    ("no-op jobs/s vs Celery + Redis", ("throughput", "bench_noop", "jobs_per_s"),
-     "celery", ("throughput", "jobs_per_s"), ">=", 1.0),
-    ("no-op jobs/s vs Celery behind FastAPI", ("throughput", "bench_noop", "jobs_per_s"),
-     "fastapi_celery", ("throughput", "jobs_per_s"), ">=", 2.0),
-    ("pickup p50 vs Celery + Redis", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
-     "celery", ("pickup", "submit_to_task_start_ms", "p50"), "<=", 1.0),
-    ("pickup p99 vs Celery + Redis", ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"),
-     "celery", ("pickup", "submit_to_task_start_ms", "p99"), "<=", 2.0),
-    ("image_conversion jobs/s vs Celery behind FastAPI", ("throughput", "image_conversion", "jobs_per_s"),
-     "fastapi_celery", ("throughput_image", "jobs_per_s"), ">=", 2.0),
+    (
+        "no-op jobs/s vs Celery + Redis",
+        ("throughput", "bench_noop", "jobs_per_s"),
+        "celery",
+        ("throughput", "jobs_per_s"),
+        ">=",
+        1.0,
+    ),
+    (
+        "no-op jobs/s vs Celery behind FastAPI",
+        ("throughput", "bench_noop", "jobs_per_s"),
+        "fastapi_celery",
+        ("throughput", "jobs_per_s"),
+        ">=",
+        2.0,
+    ),
+    (
+        "pickup p50 vs Celery + Redis",
+        ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
+        "celery",
+        ("pickup", "submit_to_task_start_ms", "p50"),
+        "<=",
+        1.0,
+    ),
+    (
+        "pickup p99 vs Celery + Redis",
+        ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"),
+        "celery",
+        ("pickup", "submit_to_task_start_ms", "p99"),
+        "<=",
+        2.0,
+    ),
+    (
+        "image_conversion jobs/s vs Celery behind FastAPI",
+        ("throughput", "image_conversion", "jobs_per_s"),
+        "fastapi_celery",
+        ("throughput_image", "jobs_per_s"),
+        ">=",
+        2.0,
+    ),
 )
 #: Rows of the peers table: (label, Compute's figure, the peer's figure, higher is better).
 PEER_FIGURES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], bool], ...] = (
-    ("pickup p50 (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
-     ("pickup", "submit_to_task_start_ms", "p50"), False),
-    ("pickup p99 (ms)", ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"),
-     ("pickup", "submit_to_task_start_ms", "p99"), False),
-    ("submit call p50 (ms)", ("pickup", "bench_noop", "submit_call_ms", "p50"),
-     ("pickup", "submit_call_ms", "p50"), False),
+    (
+        "pickup p50 (ms)",
+        ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
+        ("pickup", "submit_to_task_start_ms", "p50"),
+        False,
+    ),
+    (
+        "pickup p99 (ms)",
+        ("pickup", "bench_noop", "submit_to_task_start_ms", "p99"),
+        ("pickup", "submit_to_task_start_ms", "p99"),
+        False,
+    ),
+    (
+        "submit call p50 (ms)",
+        ("pickup", "bench_noop", "submit_call_ms", "p50"),
+        ("pickup", "submit_call_ms", "p50"),
+        False,
+    ),
     ("no-op jobs/s", ("throughput", "bench_noop", "jobs_per_s"), ("throughput", "jobs_per_s"), True),
-    ("image_conversion jobs/s", ("throughput", "image_conversion", "jobs_per_s"),
-     ("throughput_image", "jobs_per_s"), True),
+    (
+        "image_conversion jobs/s",
+        ("throughput", "image_conversion", "jobs_per_s"),
+        ("throughput_image", "jobs_per_s"),
+        True,
+    ),
 )
 
 
@@ -77,8 +131,14 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         met = None if value is None else (value <= target if op == "<=" else value >= target)
         out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "met": met})
     value = _get(result, ("throughput", "bench_noop", "server_cpu_ms_per_job"))
-    out.append({"target": "server CPU per no-op job in the burst (ms)", "value": value, "goal": "<= 1.5",
-                "met": None if value is None else value <= 1.5})
+    out.append(
+        {
+            "target": "server CPU per no-op job in the burst (ms)",
+            "value": value,
+            "goal": "<= 1.5",
+            "met": None if value is None else value <= 1.5,
+        }
+    )
     peers = result.get("peers") or {}
     for name, ours, peer, theirs, op, factor in PEER_TARGETS if peers else ():
         r = ratio(_get(result, ours), _get(peers.get(peer), theirs))
@@ -88,9 +148,14 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     for row in section.get("plugins", []):
         if "overhead_pct" in row:
             stand_in = " (stand-in model)" if row.get("model") == "stand-in" else ""
-            out.append({"target": f"{row['task']}{stand_in}: pickup + persistence, % of run p50",
-                        "value": row["overhead_pct"], "goal": f"< {section['target_pct']:g}",
-                        "met": row["overhead_met"]})
+            out.append(
+                {
+                    "target": f"{row['task']}{stand_in}: pickup + persistence, % of run p50",
+                    "value": row["overhead_pct"],
+                    "goal": f"< {section['target_pct']:g}",
+                    "met": row["overhead_met"],
+                }
+            )
     return out
 
 
@@ -105,9 +170,12 @@ def _fmt(v: Any) -> str:
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [headers, *[[_fmt(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                           strict=True)))
-             for r in cells]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -120,11 +188,13 @@ def _dist_row(name: str, d: dict[str, Any] | None) -> list[Any]:
 def render(result: dict[str, Any]) -> str:
     meta = result["meta"]
     st = meta["storage"]
-    parts = [f"== compute-bench: {meta['label']} ==",
-             f"broker: {meta['broker']}; database: {meta['database']}; workers: {meta['workers']}",
-             f"storage: {st['path']} on {st['mount']} ({st['type']}, {st['device']}); "
-             f"machine: {meta['machine']['cpus']} CPUs {meta['machine']['cpu_model']}; load average "
-             f"at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}"]
+    parts = [
+        f"== compute-bench: {meta['label']} ==",
+        f"broker: {meta['broker']}; database: {meta['database']}; workers: {meta['workers']}",
+        f"storage: {st['path']} on {st['mount']} ({st['type']}, {st['device']}); "
+        f"machine: {meta['machine']['cpus']} CPUs {meta['machine']['cpu_model']}; load average "
+        f"at start {meta.get('loadavg_start')}, at end {meta.get('loadavg_end')}",
+    ]
     dist_headers = ["", "n", "p50", "p90", "p99", "max"]
     if "pickup" in result:
         rows = []
@@ -135,80 +205,170 @@ def render(result: dict[str, Any]) -> str:
             rows.append(_dist_row(f"{kind}: created_at -> started_at (ms)", p["created_to_claim_ms"]))
             rows.append(_dist_row(f"{kind}: submit HTTP call (ms)", p["submit_call_ms"]))
             rows.append(_dist_row(f"{kind}: submit -> completed persisted (ms)", p["submit_to_done_ms"]))
-        parts += ["", "1. Pickup latency (sequential jobs; task start = bench_noop's own stamp, or when "
-                      "image_conversion opens its input)", _table(dist_headers, rows)]
+        parts += [
+            "",
+            "1. Pickup latency (sequential jobs; task start = bench_noop's own stamp, or when "
+            "image_conversion opens its input)",
+            _table(dist_headers, rows),
+        ]
     if "throughput" in result:
-        rows = [[k, t["jobs"], t["finished"], t["failed"] + t["submit_errors"], t["concurrency"],
-                 t["workers"], t["submit_per_s"], t["jobs_per_s"], t["elapsed_s"]]
-                for k, t in result["throughput"].items()]
-        parts += ["", "2. Throughput (burst over HTTP)",
-                  _table(["", "jobs", "done", "errors", "clients", "workers", "submit/s", "jobs/s",
-                          "seconds"], rows)]
+        rows = [
+            [
+                k,
+                t["jobs"],
+                t["finished"],
+                t["failed"] + t["submit_errors"],
+                t["concurrency"],
+                t["workers"],
+                t["submit_per_s"],
+                t["jobs_per_s"],
+                t["elapsed_s"],
+            ]
+            for k, t in result["throughput"].items()
+        ]
+        parts += [
+            "",
+            "2. Throughput (burst over HTTP)",
+            _table(
+                ["", "jobs", "done", "errors", "clients", "workers", "submit/s", "jobs/s", "seconds"], rows
+            ),
+        ]
         for k, t in result["throughput"].items():
-            parts.append(f"   CPU seconds during {k} burst: " +
-                         ", ".join(f"{n.split('-')[-1]} {v}" for n, v in t["cpu_seconds"].items()))
+            parts.append(
+                f"   CPU seconds during {k} burst: "
+                + ", ".join(f"{n.split('-')[-1]} {v}" for n, v in t["cpu_seconds"].items())
+            )
     if "progress" in result:
-        rows = [[v["label"], v["jobs"], v["reported_per_job"], v["db_updates_per_job"]["p50"],
-                 v["lag_ms"]["p50"], v["lag_ms"]["p99"], v["lag_ms"]["max"], v["task_ms"]["p50"],
-                 v["submit_to_done_ms"]["p50"]] for v in result["progress"]["variants"]]
-        parts += ["", f"3. Progress ({result['progress']['workers']} workers; lag = commit of the DB update "
-                      "minus the task's report)",
-                  _table(["", "jobs", "reported", "DB updates p50", "lag p50", "lag p99", "lag max",
-                          "task ms p50", "submit->done p50"], rows)]
+        rows = [
+            [
+                v["label"],
+                v["jobs"],
+                v["reported_per_job"],
+                v["db_updates_per_job"]["p50"],
+                v["lag_ms"]["p50"],
+                v["lag_ms"]["p99"],
+                v["lag_ms"]["max"],
+                v["task_ms"]["p50"],
+                v["submit_to_done_ms"]["p50"],
+            ]
+            for v in result["progress"]["variants"]
+        ]
+        parts += [
+            "",
+            f"3. Progress ({result['progress']['workers']} workers; lag = commit of the DB update "
+            "minus the task's report)",
+            _table(
+                [
+                    "",
+                    "jobs",
+                    "reported",
+                    "DB updates p50",
+                    "lag p50",
+                    "lag p99",
+                    "lag max",
+                    "task ms p50",
+                    "submit->done p50",
+                ],
+                rows,
+            ),
+        ]
     if "idle" in result:
         i = result["idle"]
-        parts += ["", f"4. Idle cost ({i['workers']} idle workers, {i['window_s']} s window, "
-                      f"sweep every {i['sweep_interval_s']:g} s, {i['database']})",
-                  _table(["", "value"], [
-                      ["DB statements (all processes)", i["statements"]],
-                      ["DB statements per minute", i["statements_per_min"]],
-                      ["worker sweeps (empty claims)", i["worker_sweeps"]],
-                      ["expected sweeps", i["expected_sweeps"]],
-                      ["worker statements outside sweeps", i["worker_statements_outside_sweeps"]],
-                      ["server statements", i["server_statements"]],
-                  ])]
+        parts += [
+            "",
+            f"4. Idle cost ({i['workers']} idle workers, {i['window_s']} s window, "
+            f"sweep every {i['sweep_interval_s']:g} s, {i['database']})",
+            _table(
+                ["", "value"],
+                [
+                    ["DB statements (all processes)", i["statements"]],
+                    ["DB statements per minute", i["statements_per_min"]],
+                    ["worker sweeps (empty claims)", i["worker_sweeps"]],
+                    ["expected sweeps", i["expected_sweeps"]],
+                    ["worker statements outside sweeps", i["worker_statements_outside_sweeps"]],
+                    ["server statements", i["server_statements"]],
+                ],
+            ),
+        ]
     if "polling" in result:
         p = result["polling"]
         poll = p["polling"]
-        parts += ["", f"5. Polling mode (WORKER_WAKE_EVENTS=false, sweep {p['sweep_interval_s']:g} s, "
-                      f"{p['workers']} workers) vs events",
-                  _table(dist_headers, [
-                      _dist_row("polling: submit -> task start (ms)", poll.get("submit_to_task_start_ms")),
-                      _dist_row("polling: created_at -> started_at (ms)", poll.get("created_to_claim_ms")),
-                  ]),
-                  f"   median ratio polling/events: {_fmt(p['median_ratio'])} "
-                  f"(events p50 {_fmt(p['events_p50_ms'])} ms)"]
+        parts += [
+            "",
+            f"5. Polling mode (WORKER_WAKE_EVENTS=false, sweep {p['sweep_interval_s']:g} s, "
+            f"{p['workers']} workers) vs events",
+            _table(
+                dist_headers,
+                [
+                    _dist_row("polling: submit -> task start (ms)", poll.get("submit_to_task_start_ms")),
+                    _dist_row("polling: created_at -> started_at (ms)", poll.get("created_to_claim_ms")),
+                ],
+            ),
+            f"   median ratio polling/events: {_fmt(p['median_ratio'])} "
+            f"(events p50 {_fmt(p['events_p50_ms'])} ms)",
+        ]
     if "plugins" in result:
         parts += ["", *_plugins(result["plugins"])]
     if result.get("empty_claims"):
-        rows = [[name, e["workers"], "events" if e["wake_events"] else "polling", e["jobs_run"],
-                 e["empty_claims"], e["empty_per_job"], e["results_written_by_worker"]]
-                for name, e in result["empty_claims"].items()]
-        parts += ["", "6. Empty claims (Worker.empty_claims, logged at exit; includes start-up drains and "
-                      "sweeps)",
-                  _table(["cluster", "workers", "mode", "jobs run", "empty claims", "per job",
-                          "results unconfirmed >10 s"], rows)]
+        rows = [
+            [
+                name,
+                e["workers"],
+                "events" if e["wake_events"] else "polling",
+                e["jobs_run"],
+                e["empty_claims"],
+                e["empty_per_job"],
+                e["results_written_by_worker"],
+            ]
+            for name, e in result["empty_claims"].items()
+        ]
+        parts += [
+            "",
+            "6. Empty claims (Worker.empty_claims, logged at exit; includes start-up drains and sweeps)",
+            _table(
+                [
+                    "cluster",
+                    "workers",
+                    "mode",
+                    "jobs run",
+                    "empty claims",
+                    "per job",
+                    "results unconfirmed >10 s",
+                ],
+                rows,
+            ),
+        ]
     parts += _scale(result)
     if "peers" in result:
         parts += ["", *_peers(result)]
-    rows = [[t["target"], t["goal"], t["value"], {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
-            for t in result.get("targets", [])]
-    parts += ["", "Targets", _table(["", "goal", "measured", ""], rows),
-              f"(total {result['meta'].get('seconds')} s)"]
+    rows = [
+        [t["target"], t["goal"], t["value"], {True: "met", False: "MISSED", None: "n/a"}[t["met"]]]
+        for t in result.get("targets", [])
+    ]
+    parts += [
+        "",
+        "Targets",
+        _table(["", "goal", "measured", ""], rows),
+        f"(total {result['meta'].get('seconds')} s)",
+    ]
     return "\n".join(parts)
 
 
 def _plugins(section: dict[str, Any]) -> list[str]:
     ins = section["inputs"]
     fresh = "fresh workers per plugin" if section.get("fresh_workers", True) else "workers for all plugins"
-    lines = [f"7. Plugins ({section['workers']} {fresh}; run, pickup and persistence at p50 "
-             f"over {section['jobs']} sequential jobs ({section['jobs_video']} for hls_streaming), jobs/s "
-             "over as many submitted at once)",
-             f"   inputs: photo {ins['photo']}; video {ins['video']}",
-             f"   models: {section['models_dir']}"]
+    lines = [
+        f"7. Plugins ({section['workers']} {fresh}; run, pickup and persistence at p50 "
+        f"over {section['jobs']} sequential jobs ({section['jobs_video']} for hls_streaming), jobs/s "
+        "over as many submitted at once)",
+        f"   inputs: photo {ins['photo']}; video {ins['video']}",
+        f"   models: {section['models_dir']}",
+    ]
     if not section.get("fresh_workers", True):
-        lines.append("   --quick: one pair of workers runs every plugin; RSS loaded = with every model, "
-                     "RSS peak = sampled during the plugin's jobs")
+        lines.append(
+            "   --quick: one pair of workers runs every plugin; RSS loaded = with every model, "
+            "RSS peak = sampled during the plugin's jobs"
+        )
     rows = []
     notes = []
     for r in section["plugins"]:
@@ -221,21 +381,56 @@ def _plugins(section: dict[str, Any]) -> list[str]:
         model = {"real": "real", "stand-in": "stand-in*", None: "-"}[r["model"]]
         met = {True: "met", False: "MISSED", None: "n/a"}[r["overhead_met"]]
         done = f"{r['completed']}/{r['jobs']}"
-        rows.append([r["task"], r["input"], model, done, r["jobs_per_s"], r["run_ms"]["p50"],
-                     r["pickup_ms"]["p50"], r["persist_ms"]["p50"], r["overhead_pct"], met,
-                     r["model_load_ms"], r["rss_after_load_mb"], r["peak_rss_mb"], r["tools_peak_rss_mb"]])
+        rows.append(
+            [
+                r["task"],
+                r["input"],
+                model,
+                done,
+                r["jobs_per_s"],
+                r["run_ms"]["p50"],
+                r["pickup_ms"]["p50"],
+                r["persist_ms"]["p50"],
+                r["overhead_pct"],
+                met,
+                r["model_load_ms"],
+                r["rss_after_load_mb"],
+                r["peak_rss_mb"],
+                r["tools_peak_rss_mb"],
+            ]
+        )
         if r["failed"]:
             notes.append(f"   {r['task']}: {r['failed']} jobs failed: {r['first_error']}")
     if rows:
-        lines.append(_table(["", "input", "model", "done", "jobs/s", "run ms", "pickup ms", "persist ms",
-                             "overhead %", f"<{section['target_pct']:g}%", "load ms", "RSS loaded MB",
-                             "RSS peak MB", "tools peak MB"], rows))
+        lines.append(
+            _table(
+                [
+                    "",
+                    "input",
+                    "model",
+                    "done",
+                    "jobs/s",
+                    "run ms",
+                    "pickup ms",
+                    "persist ms",
+                    "overhead %",
+                    f"<{section['target_pct']:g}%",
+                    "load ms",
+                    "RSS loaded MB",
+                    "RSS peak MB",
+                    "tools peak MB",
+                ],
+                rows,
+            )
+        )
     if any(r.get("model") == "stand-in" for r in section["plugins"]):
         notes.append(f"   * {standins.LABEL}")
     lines += notes
-    lines.append("   overhead = (pickup p50 + persistence p50) / run p50; run = the plugin's execute in the "
-                 "worker; load = first models.session() in the worker; RSS peak = workers' VmHWM, tools = "
-                 "ffmpeg/exiftool children, sampled")
+    lines.append(
+        "   overhead = (pickup p50 + persistence p50) / run p50; run = the plugin's execute in the "
+        "worker; load = first models.session() in the worker; RSS peak = workers' VmHWM, tools = "
+        "ffmpeg/exiftool children, sampled"
+    )
     return lines
 
 
@@ -243,11 +438,15 @@ def _peers(result: dict[str, Any]) -> list[str]:
     """Compute beside each peer, and each figure's ratio Compute / peer."""
     peers = result["peers"]
     names = [n for n in peers["describe"] if n in peers]
-    lines = ["8. Peers, same run, same measurement points (pickup: start of the submit call -> first "
-             "line of the task body; jobs/s: burst, until every job is done)"]
-    lines += [f"   {n}: {peers['describe'][n]}" + (f" -- skipped: {peers[n]['skipped']}"
-                                                   if "skipped" in peers[n] else "")
-              for n in names]
+    lines = [
+        "8. Peers, same run, same measurement points (pickup: start of the submit call -> first "
+        "line of the task body; jobs/s: burst, until every job is done)"
+    ]
+    lines += [
+        f"   {n}: {peers['describe'][n]}"
+        + (f" -- skipped: {peers[n]['skipped']}" if "skipped" in peers[n] else "")
+        for n in names
+    ]
     live = [n for n in names if "skipped" not in peers[n]]
     headers = ["", "Compute", *live, *[f"ratio to {n}" for n in live]]
     rows = []
@@ -257,14 +456,17 @@ def _peers(result: dict[str, Any]) -> list[str]:
         rows.append([label, mine, *values, *[ratio(mine, v) for v in values]])
     rows.extend(_cpu_rows(result, peers, live))
     lines.append(_table(headers, rows))
-    lines.append("   ratio = Compute / peer: above 1 is better for jobs/s, below 1 for times. Everything "
-                 "shares the machine with the client: compare ratios within one run, not absolute "
-                 "figures across runs.")
+    lines.append(
+        "   ratio = Compute / peer: above 1 is better for jobs/s, below 1 for times. Everything "
+        "shares the machine with the client: compare ratios within one run, not absolute "
+        "figures across runs."
+    )
     return lines
 
 
 def _cpu_rows(result: dict[str, Any], peers: dict[str, Any], live: list[str]) -> list[list[Any]]:
     """CPU ms per no-op job in the burst: the front (Compute's server, uvicorn) and every process."""
+
     def per_job(t: dict[str, Any] | None, keys: tuple[str, ...] | None) -> float | None:
         if not t or not t.get("finished"):
             return None
@@ -276,32 +478,56 @@ def _cpu_rows(result: dict[str, Any], peers: dict[str, Any], live: list[str]) ->
     mine = (result.get("throughput") or {}).get("bench_noop")
     front = [per_job(mine, ("server",)), *[per_job(peers[n].get("throughput"), ("web",)) for n in live]]
     total = [per_job(mine, None), *[per_job(peers[n].get("throughput"), None) for n in live]]
-    return [["CPU ms per no-op job, server / web", *front, *[ratio(front[0], v) for v in front[1:]]],
-            ["CPU ms per no-op job, all processes", *total, *[ratio(total[0], v) for v in total[1:]]]]
+    return [
+        ["CPU ms per no-op job, server / web", *front, *[ratio(front[0], v) for v in front[1:]]],
+        ["CPU ms per no-op job, all processes", *total, *[ratio(total[0], v) for v in total[1:]]],
+    ]
 
 
 def _scale(result: dict[str, Any]) -> list[str]:
     parts: list[str] = []
     if "claim_scale" in result:
         c = result["claim_scale"]
-        rows = [[s["table"], s["fill_s"], s["claim_ms"]["n"], s["claim_ms"]["p50"], s["claim_ms"]["p99"],
-                 s["plan_kind"]] for s in c["steps"]]
-        parts += ["", f"9. Claim cost against the size of jobs ({c['database']}; claim_next in the "
-                      "benchmark's process, one claim per statement)",
-                  _table(["jobs table", "fill s", "claims", "claim p50 ms", "claim p99 ms", "plan"], rows)]
+        rows = [
+            [
+                s["table"],
+                s["fill_s"],
+                s["claim_ms"]["n"],
+                s["claim_ms"]["p50"],
+                s["claim_ms"]["p99"],
+                s["plan_kind"],
+            ]
+            for s in c["steps"]
+        ]
+        parts += [
+            "",
+            f"9. Claim cost against the size of jobs ({c['database']}; claim_next in the "
+            "benchmark's process, one claim per statement)",
+            _table(["jobs table", "fill s", "claims", "claim p50 ms", "claim p99 ms", "plan"], rows),
+        ]
         parts += [f"   plan, {c['steps'][-1]['table']}: " + " | ".join(c["steps"][-1]["plan"])]
     if "workers_scale" in result:
-        rows = [[w["workers"], w["jobs"], w["submit_per_s"], w["jobs_per_s"], w["server_cpu_ms_per_job"]]
-                for w in result["workers_scale"]]
-        parts += ["", "10. No-op burst with more workers (one cluster, workers added between bursts)",
-                  _table(["workers", "jobs", "submit/s", "jobs/s", "server CPU ms/job"], rows)]
+        rows = [
+            [w["workers"], w["jobs"], w["submit_per_s"], w["jobs_per_s"], w["server_cpu_ms_per_job"]]
+            for w in result["workers_scale"]
+        ]
+        parts += [
+            "",
+            "10. No-op burst with more workers (one cluster, workers added between bursts)",
+            _table(["workers", "jobs", "submit/s", "jobs/s", "server CPU ms/job"], rows),
+        ]
     if "backlog" in result:
         b = result["backlog"]
-        rows = [[name, p["idle_mb"], p["peak_mb"], p["end_mb"], p["growth_mb"], p["samples"]]
-                for name, p in b["processes"].items()]
-        parts += ["", f"11. Backlog: {b['submitted']:,} jobs queued with no worker (server RSS "
-                      f"{_fmt(b['server_idle_mb'])} -> {_fmt(b['server_after_submit_mb'])} MiB), then "
-                      f"drained by {b['workers']} fresh workers in {b['drain_s']} s "
-                      f"({_fmt(b['drain_jobs_per_s'])} jobs/s)",
-                  _table(["process", "idle MiB", "peak MiB", "end MiB", "end - idle", "samples"], rows)]
+        rows = [
+            [name, p["idle_mb"], p["peak_mb"], p["end_mb"], p["growth_mb"], p["samples"]]
+            for name, p in b["processes"].items()
+        ]
+        parts += [
+            "",
+            f"11. Backlog: {b['submitted']:,} jobs queued with no worker (server RSS "
+            f"{_fmt(b['server_idle_mb'])} -> {_fmt(b['server_after_submit_mb'])} MiB), then "
+            f"drained by {b['workers']} fresh workers in {b['drain_s']} s "
+            f"({_fmt(b['drain_jobs_per_s'])} jobs/s)",
+            _table(["process", "idle MiB", "peak MiB", "end MiB", "end - idle", "samples"], rows),
+        ]
     return parts

@@ -24,8 +24,17 @@ from compute_bench.peers.runner import Peers
 from compute_bench.report import evaluate_targets
 from compute_bench.stats import filesystem_of, machine
 
-SECTIONS = ("pickup", "throughput", "progress", "idle", "polling", "plugins", "claim_scale",
-            "workers_scale", "backlog")
+SECTIONS = (
+    "pickup",
+    "throughput",
+    "progress",
+    "idle",
+    "polling",
+    "plugins",
+    "claim_scale",
+    "workers_scale",
+    "backlog",
+)
 #: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
 #: need real models or --stand-in-models. So do the scale sections (how cost grows): several
 #: minutes each at full size.
@@ -66,23 +75,41 @@ class Run:
 
     def _meta(self) -> dict[str, Any]:
         cfg = self.cfg
-        db = ("sqlite (WAL), file in CL_SERVER_DIR" if cfg.database_url is None
-              else make_url(cfg.database_url).render_as_string(hide_password=True))
+        db = (
+            "sqlite (WAL), file in CL_SERVER_DIR"
+            if cfg.database_url is None
+            else make_url(cfg.database_url).render_as_string(hide_password=True)
+        )
         embedded = embedded_kind(cfg.embedded_broker)
-        broker = (f"embedded {embedded} (compute-server's)" if cfg.broker is None
-                  else f"external broker {cfg.broker[0]}:{cfg.broker[1]}")
+        broker = (
+            f"embedded {embedded} (compute-server's)"
+            if cfg.broker is None
+            else f"external broker {cfg.broker[0]}:{cfg.broker[1]}"
+        )
         return {
-            "label": cfg.label or f"{embedded if cfg.broker is None else 'external broker'} + "
-                                  f"{'sqlite' if cfg.database_url is None else 'postgresql'}",
-            "broker": broker, "database": db, "workers": cfg.workers, "quick": cfg.quick,
-            "sizes": asdict(cfg.sizes), "storage": filesystem_of(self.base),
-            "machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "label": cfg.label
+            or f"{embedded if cfg.broker is None else 'external broker'} + "
+            f"{'sqlite' if cfg.database_url is None else 'postgresql'}",
+            "broker": broker,
+            "database": db,
+            "workers": cfg.workers,
+            "quick": cfg.quick,
+            "sizes": asdict(cfg.sizes),
+            "storage": filesystem_of(self.base),
+            "machine": machine(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "loadavg_start": _loadavg(),
         }
 
     def spec(self, name: str, workers: int, **kw: Any) -> ClusterSpec:
-        return ClusterSpec(name, workers, self.cfg.broker, self.cfg.database_url,
-                           embedded_broker=self.cfg.embedded_broker, **kw)
+        return ClusterSpec(
+            name,
+            workers,
+            self.cfg.broker,
+            self.cfg.database_url,
+            embedded_broker=self.cfg.embedded_broker,
+            **kw,
+        )
 
     @contextlib.asynccontextmanager
     async def cluster(self, spec: ClusterSpec) -> AsyncIterator[tuple[Cluster, Submitter]]:
@@ -100,7 +127,8 @@ class Run:
             self.last_stop = stopped
             exits = stopped["workers"]
             self.result["empty_claims"][spec.name] = {
-                "workers": len(cluster.workers), "wake_events": spec.wake_events,
+                "workers": len(cluster.workers),
+                "wake_events": spec.wake_events,
                 "jobs_run": sum(e["jobs_run"] for e in exits.values()),
                 "empty_claims": sum(e["empty_claims"] for e in exits.values()),
                 "reported_by": len(exits),
@@ -120,25 +148,30 @@ class Run:
                 spec = self.spec("pickup", cfg.workers, observe_jobs=True, probes={"worker": "open"})
                 async with self.cluster(spec) as (c, sub):
                     noop = await scenarios.sequential(c, sub, "bench_noop", sizes.pickup, sizes.warmup)
-                    image = await scenarios.sequential(c, sub, "image_conversion", sizes.pickup_image,
-                                                       sizes.warmup)
+                    image = await scenarios.sequential(
+                        c, sub, "image_conversion", sizes.pickup_image, sizes.warmup
+                    )
                 scenarios.add_open_times(image, self.last_stop["probes"])
-                self.result["pickup"] = {"bench_noop": scenarios.pickup_summary(noop),
-                                         "image_conversion": scenarios.pickup_summary(image)}
+                self.result["pickup"] = {
+                    "bench_noop": scenarios.pickup_summary(noop),
+                    "image_conversion": scenarios.pickup_summary(image),
+                }
             if "throughput" in cfg.sections:
                 async with self.cluster(self.spec("throughput", cfg.workers)) as (c, sub):
                     self.result["throughput"] = {
-                        "bench_noop": await scenarios.burst(c, sub, "bench_noop", sizes.burst,
-                                                            sizes.concurrency, cfg.profile_dir),
-                        "image_conversion": await scenarios.burst(c, sub, "image_conversion",
-                                                                  sizes.burst_image, sizes.concurrency,
-                                                                  cfg.profile_dir),
+                        "bench_noop": await scenarios.burst(
+                            c, sub, "bench_noop", sizes.burst, sizes.concurrency, cfg.profile_dir
+                        ),
+                        "image_conversion": await scenarios.burst(
+                            c, sub, "image_conversion", sizes.burst_image, sizes.concurrency, cfg.profile_dir
+                        ),
                     }
             if "idle" in cfg.sections or "progress" in cfg.sections:
                 await self._idle_and_progress()
             if "polling" in cfg.sections:
-                spec = self.spec("polling", cfg.workers, wake_events=False, sweep_interval=POLL_SWEEP,
-                                 observe_jobs=True)
+                spec = self.spec(
+                    "polling", cfg.workers, wake_events=False, sweep_interval=POLL_SWEEP, observe_jobs=True
+                )
                 async with self.cluster(spec) as (c, sub):
                     poll = await scenarios.polling(c, sub, sizes.polling)
                 self.result["polling"] = self._compare_polling(poll)
@@ -146,17 +179,24 @@ class Run:
                 await self._plugins()
             if "claim_scale" in cfg.sections:
                 self.result["claim_scale"] = await asyncio.to_thread(
-                    scale.claim_scale, cfg.database_url, self.base, sizes.claim_rows, sizes.claim_backlog,
-                    sizes.claims)
+                    scale.claim_scale,
+                    cfg.database_url,
+                    self.base,
+                    sizes.claim_rows,
+                    sizes.claim_backlog,
+                    sizes.claims,
+                )
             if "workers_scale" in cfg.sections:
                 counts = SCALE_WORKERS[:2] if cfg.quick else SCALE_WORKERS
                 async with self.cluster(self.spec("workers_scale", counts[0])) as (c, sub):
                     self.result["workers_scale"] = await scale.workers_scale(
-                        c, sub, counts, sizes.scale_burst, sizes.concurrency)
+                        c, sub, counts, sizes.scale_burst, sizes.concurrency
+                    )
             if "backlog" in cfg.sections:
                 async with self.cluster(self.spec("backlog", 0)) as (c, sub):
-                    self.result["backlog"] = await scale.backlog(c, sub, sizes.backlog, BACKLOG_WORKERS,
-                                                                 sizes.concurrency)
+                    self.result["backlog"] = await scale.backlog(
+                        c, sub, sizes.backlog, BACKLOG_WORKERS, sizes.concurrency
+                    )
             if cfg.peers:
                 self.result["peers"] = await Peers(self.base, self.run_id, sizes).run()
         finally:
@@ -170,13 +210,15 @@ class Run:
     async def _idle_and_progress(self) -> None:
         """Idle window first (4 workers, statement counters on), then the progress jobs."""
         sections = self.cfg.sections
-        spec = self.spec("idle_progress", IDLE_WORKERS, observe_jobs=True,
-                         probes={"server": "sql", "worker": "sql"})
+        spec = self.spec(
+            "idle_progress", IDLE_WORKERS, observe_jobs=True, probes={"server": "sql", "worker": "sql"}
+        )
         runs = None
         async with self.cluster(spec) as (c, sub):
             if "idle" in sections:
-                self.result["idle"] = await scenarios.idle(c, self.cfg.sizes.idle_seconds,
-                                                           Settings.sweep_interval)
+                self.result["idle"] = await scenarios.idle(
+                    c, self.cfg.sizes.idle_seconds, Settings.sweep_interval
+                )
                 self.result["idle"]["database"] = "sqlite" if c.is_sqlite else "postgresql"
             if "progress" in sections:
                 runs = await scenarios.progress_runs(c, sub, self.cfg.sizes)
@@ -193,19 +235,29 @@ class Run:
         plans = await asyncio.to_thread(plugins.plan, made, models_dir, stand_ins)
         used = stand_ins or models_dir
         doc: dict[str, Any] = {
-            "inputs": made.describe(), "models_dir": str(used), "stand_in_models": cfg.stand_in_models,
-            "workers": plugins.WORKERS, "target_pct": plugins.OVERHEAD_TARGET_PCT,
-            "jobs": sizes.plugins, "jobs_video": sizes.plugins_video, "fresh_workers": not cfg.quick,
+            "inputs": made.describe(),
+            "models_dir": str(used),
+            "stand_in_models": cfg.stand_in_models,
+            "workers": plugins.WORKERS,
+            "target_pct": plugins.OVERHEAD_TARGET_PCT,
+            "jobs": sizes.plugins,
+            "jobs_video": sizes.plugins_video,
+            "fresh_workers": not cfg.quick,
         }
         if all(p.skipped for p in plans):
             doc["plugins"] = [plugins.skipped_row(p) for p in plans]
         else:
-            spec = self.spec("plugins", 0, observe_jobs=True,
-                             probes={"server": "commits", "worker": "runs,commits"},
-                             extra_env={"COMPUTE_MODELS_DIR": str(used)})
+            spec = self.spec(
+                "plugins",
+                0,
+                observe_jobs=True,
+                probes={"server": "commits", "worker": "runs,commits"},
+                extra_env={"COMPUTE_MODELS_DIR": str(used)},
+            )
             async with self.cluster(spec) as (c, sub):
-                doc["plugins"] = await plugins.run_all(c, sub, plans, made, sizes.plugins,
-                                                       sizes.plugins_video, fresh=not cfg.quick)
+                doc["plugins"] = await plugins.run_all(
+                    c, sub, plans, made, sizes.plugins, sizes.plugins_video, fresh=not cfg.quick
+                )
         self.result["plugins"] = doc
 
     def _compare_polling(self, poll: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +266,13 @@ class Run:
         ratio = None
         if events.get("p50") and polled.get("p50") is not None:
             ratio = round(polled["p50"] / events["p50"], 1)
-        return {"sweep_interval_s": POLL_SWEEP, "workers": self.cfg.workers, "polling": poll,
-                "events_p50_ms": events.get("p50"), "median_ratio": ratio}
+        return {
+            "sweep_interval_s": POLL_SWEEP,
+            "workers": self.cfg.workers,
+            "polling": poll,
+            "events_p50_ms": events.get("p50"),
+            "median_ratio": ratio,
+        }
 
 
 def _loadavg() -> list[float]:

@@ -71,9 +71,13 @@ def _rolled_back_claims(repo: JobRepository) -> Iterator[None]:
         before = conn.execute(text("SELECT id FROM jobs WHERE status = 'processing'")).scalars().all()
     yield
     with repo.engine.begin() as conn:
-        conn.execute(text("UPDATE jobs SET status = 'queued', attempt = 0, lease_token = NULL, "
-                          "worker_id = NULL, started_at = NULL WHERE status = 'processing'"
-                          + (" AND id NOT IN (" + ",".join(map(str, before)) + ")" if before else "")))
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = 'queued', attempt = 0, lease_token = NULL, "
+                "worker_id = NULL, started_at = NULL WHERE status = 'processing'"
+                + (" AND id NOT IN (" + ",".join(map(str, before)) + ")" if before else "")
+            )
+        )
 
 
 def fill(engine: Engine, status: str, count: int, start: int) -> None:
@@ -83,19 +87,32 @@ def fill(engine: Engine, status: str, count: int, start: int) -> None:
     while done < count:
         n = min(_FILL_CHUNK, count - done)
         lo = start + done
-        series = ("WITH RECURSIVE s(i) AS (SELECT :lo UNION ALL SELECT i + 1 FROM s WHERE i < :hi) "
-                  "SELECT i FROM s") if sqlite else \
-            "SELECT i FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS s(i)"
+        series = (
+            (
+                "WITH RECURSIVE s(i) AS (SELECT :lo UNION ALL SELECT i + 1 FROM s WHERE i < :hi) "
+                "SELECT i FROM s"
+            )
+            if sqlite
+            else "SELECT i FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS s(i)"
+        )
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO jobs (job_id, task_type, params, status, progress, priority, created_at, "
-                "updated_at, completed_at, retry_count, max_retries, attempt, event_seq) "
-                f"SELECT 'scale-' || i, :task, '{{}}', :status, :progress, 5, i, i, :done, 0, 3, "
-                f":attempt, 0 FROM ({series}) AS t"),
-                {"lo": lo, "hi": lo + n - 1, "task": TASK, "status": status,
-                 "progress": 100 if status == "completed" else 0,
-                 "done": lo if status == "completed" else None,
-                 "attempt": 1 if status == "completed" else 0})
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (job_id, task_type, params, status, progress, priority, created_at, "
+                    "updated_at, completed_at, retry_count, max_retries, attempt, event_seq) "
+                    f"SELECT 'scale-' || i, :task, '{{}}', :status, :progress, 5, i, i, :done, 0, 3, "
+                    f":attempt, 0 FROM ({series}) AS t"
+                ),
+                {
+                    "lo": lo,
+                    "hi": lo + n - 1,
+                    "task": TASK,
+                    "status": status,
+                    "progress": 100 if status == "completed" else 0,
+                    "done": lo if status == "completed" else None,
+                    "attempt": 1 if status == "completed" else 0,
+                },
+            )
         done += n
 
 
@@ -119,8 +136,9 @@ def scratch_database(database_url: str | None, base: Path) -> Iterator[str]:
         return
     url = make_url(database_url)
     name = f"compute_bench_scale_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(url.set(database="postgres").render_as_string(hide_password=False),
-                        isolation_level="AUTOCOMMIT")
+    admin = make_engine(
+        url.set(database="postgres").render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+    )
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -131,8 +149,7 @@ def scratch_database(database_url: str | None, base: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def claim_scale(database_url: str | None, base: Path, rows: int, backlog: int, claims: int
-                ) -> dict[str, Any]:
+def claim_scale(database_url: str | None, base: Path, rows: int, backlog: int, claims: int) -> dict[str, Any]:
     """Claim cost (claim_next, in this process) at three sizes of `jobs`: small, `rows` finished
     rows, and `backlog` queued ones; with the claim's query plan at each."""
     with scratch_database(database_url, base) as url:
@@ -159,9 +176,15 @@ def claim_scale(database_url: str | None, base: Path, rows: int, backlog: int, c
                         conn.execute(text("ANALYZE jobs"))
                 filled = time.monotonic() - t0
                 query_plan = claim_plan(engine, repo)
-                steps.append({"table": label, "fill_s": round(filled, 1),
-                              "claim_ms": time_claims(repo, claims), "plan": query_plan,
-                              "plan_kind": plan_kind(query_plan)})
+                steps.append(
+                    {
+                        "table": label,
+                        "fill_s": round(filled, 1),
+                        "claim_ms": time_claims(repo, claims),
+                        "plan": query_plan,
+                        "plan_kind": plan_kind(query_plan),
+                    }
+                )
                 with engine.begin() as conn:  # back to a queue holding only what the next step adds
                     conn.execute(text("UPDATE jobs SET status = 'completed' WHERE status <> 'completed'"))
             return {"database": engine.dialect.name, "claims_per_step": claims, "steps": steps}
@@ -187,8 +210,9 @@ def plan_kind(plan: Sequence[str]) -> str:
 # -- jobs/s with 1, 2, 4, 8 workers ----------------------------------------------------------
 
 
-async def workers_scale(cluster: Cluster, sub: Submitter, counts: Sequence[int], n: int,
-                        concurrency: int) -> list[dict[str, Any]]:
+async def workers_scale(
+    cluster: Cluster, sub: Submitter, counts: Sequence[int], n: int, concurrency: int
+) -> list[dict[str, Any]]:
     """The same no-op burst with more workers each time (workers added to one cluster)."""
     out = []
     for count in counts:
@@ -196,9 +220,15 @@ async def workers_scale(cluster: Cluster, sub: Submitter, counts: Sequence[int],
         if missing > 0:
             await cluster.add_workers(missing)
         result = await burst(cluster, sub, TASK, n, concurrency)
-        out.append({"workers": count, "jobs": result["finished"], "jobs_per_s": result["jobs_per_s"],
-                    "submit_per_s": result["submit_per_s"],
-                    "server_cpu_ms_per_job": result["server_cpu_ms_per_job"]})
+        out.append(
+            {
+                "workers": count,
+                "jobs": result["finished"],
+                "jobs_per_s": result["jobs_per_s"],
+                "submit_per_s": result["submit_per_s"],
+                "server_cpu_ms_per_job": result["server_cpu_ms_per_job"],
+            }
+        )
     return out
 
 
@@ -237,8 +267,7 @@ def _mb(kb: int | None) -> float | None:
     return None if kb is None else round(kb / 1024, 1)
 
 
-async def backlog(cluster: Cluster, sub: Submitter, n: int, workers: int, concurrency: int
-                  ) -> dict[str, Any]:
+async def backlog(cluster: Cluster, sub: Submitter, n: int, workers: int, concurrency: int) -> dict[str, Any]:
     """Idle RSS; n jobs submitted with no worker running (the backlog); then `workers` fresh
     workers drain it while RSS is sampled; RSS once drained. The cluster starts without workers."""
     await asyncio.sleep(1.0)
@@ -269,14 +298,23 @@ async def backlog(cluster: Cluster, sub: Submitter, n: int, workers: int, concur
     for name, series in sampler.samples.items():
         role = "server" if name == "server" else "worker"
         idle_mb = server_idle if role == "server" else worker_idle.get(name)
-        procs[name] = {"role": role, "idle_mb": idle_mb, "peak_mb": max(series), "end_mb": end.get(name),
-                       "samples": len(series),
-                       "growth_mb": None if idle_mb is None or end.get(name) is None
-                       else round(end[name] - idle_mb, 1)}  # type: ignore[operator]
+        procs[name] = {
+            "role": role,
+            "idle_mb": idle_mb,
+            "peak_mb": max(series),
+            "end_mb": end.get(name),
+            "samples": len(series),
+            "growth_mb": None if idle_mb is None or end.get(name) is None else round(end[name] - idle_mb, 1),  # type: ignore[operator]
+        }
     return {
-        "jobs": n, "submitted": submitted["submitted"], "submit_per_s": submitted["submit_per_s"],
-        "drained": done, "drain_s": round(drain_s, 1),
-        "drain_jobs_per_s": round(done / drain_s, 1) if drain_s else None, "workers": workers,
-        "server_idle_mb": server_idle, "server_after_submit_mb": server_after_submit,
+        "jobs": n,
+        "submitted": submitted["submitted"],
+        "submit_per_s": submitted["submit_per_s"],
+        "drained": done,
+        "drain_s": round(drain_s, 1),
+        "drain_jobs_per_s": round(done / drain_s, 1) if drain_s else None,
+        "workers": workers,
+        "server_idle_mb": server_idle,
+        "server_after_submit_mb": server_after_submit,
         "processes": procs,
     }

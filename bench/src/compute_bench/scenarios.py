@@ -50,10 +50,26 @@ class Sizes:
     backlog: int = 20_000
 
 
-QUICK = Sizes(pickup=20, pickup_image=10, burst=300, burst_image=100, progress=3, progress_spaced=2,
-              polling=3, idle_seconds=3.0, concurrency=16, warmup=3, plugins=3, plugins_video=1,
-              video_seconds=2.0, claim_rows=5000, claim_backlog=2000, claims=50, scale_burst=100,
-              backlog=200)
+QUICK = Sizes(
+    pickup=20,
+    pickup_image=10,
+    burst=300,
+    burst_image=100,
+    progress=3,
+    progress_spaced=2,
+    polling=3,
+    idle_seconds=3.0,
+    concurrency=16,
+    warmup=3,
+    plugins=3,
+    plugins_video=1,
+    video_seconds=2.0,
+    claim_rows=5000,
+    claim_backlog=2000,
+    claims=50,
+    scale_burst=100,
+    backlog=200,
+)
 
 
 def _ms(ns: int | None, since: int | None) -> float | None:
@@ -63,8 +79,9 @@ def _ms(ns: int | None, since: int | None) -> float | None:
 # -- 1. pickup latency ----------------------------------------------------------------------
 
 
-async def sequential(cluster: Cluster, sub: Submitter, kind: str, n: int, warmup: int,
-                     **noop: Any) -> list[dict[str, Any]]:
+async def sequential(
+    cluster: Cluster, sub: Submitter, kind: str, n: int, warmup: int, **noop: Any
+) -> list[dict[str, Any]]:
     """Submit one job at a time, waiting for the server's 'completed' before the next."""
     assert cluster.observer is not None
     out: list[dict[str, Any]] = []
@@ -92,7 +109,8 @@ def pickup_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "completed": sum(1 for row in rows if row.get("status") == "completed"),
         "submit_to_started_event_ms": summary(_ms(r["t_started_event"], r["t_submit"]) for r in records),
         "created_to_claim_ms": summary(
-            row["started_at"] - row["created_at"] for row in rows if row.get("started_at") is not None),
+            row["started_at"] - row["created_at"] for row in rows if row.get("started_at") is not None
+        ),
         "submit_call_ms": summary(_ms(r["t_replied"], r["t_submit"]) for r in records),
         "submit_to_done_ms": summary(_ms(r["t_done"], r["t_submit"]) for r in records),
     }
@@ -122,13 +140,19 @@ async def _settle(cluster: Cluster, kind: str, since_ms: int, want: int, timeout
 
 
 def finished_since(cluster: Cluster, kind: str, since_ms: int) -> int:
-    return int(cluster.scalar(
-        "SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s "
-        "AND status IN ('completed', 'failed')", t=kind, s=since_ms))
+    return int(
+        cluster.scalar(
+            "SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s "
+            "AND status IN ('completed', 'failed')",
+            t=kind,
+            s=since_ms,
+        )
+    )
 
 
-async def burst(cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency: int,
-                profile_dir: Path | None = None) -> dict[str, Any]:
+async def burst(
+    cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency: int, profile_dir: Path | None = None
+) -> dict[str, Any]:
     """n jobs by `concurrency` submitters; done when the DB shows every one finished."""
     warm_from = time.time_ns() // NS_PER_MS
     await asyncio.gather(*(sub.submit(kind) for _ in range(2 * concurrency)))
@@ -145,18 +169,30 @@ async def burst(cluster: Cluster, sub: Submitter, kind: str, n: int, concurrency
         result = await drive(lambda: sub.submit(kind), finished, n, concurrency, cluster.pids())
     finally:
         _stop_profilers(profilers)
-    result["failed"] = int(cluster.scalar(
-        "SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s AND status = 'failed'",
-        t=kind, s=start_ms))
+    result["failed"] = int(
+        cluster.scalar(
+            "SELECT count(*) FROM jobs WHERE task_type = :t AND created_at >= :s AND status = 'failed'",
+            t=kind,
+            s=start_ms,
+        )
+    )
     result["workers"] = len(cluster.workers)
     server_cpu = result["cpu_seconds"].get("server")
-    result["server_cpu_ms_per_job"] = (round(server_cpu * 1000 / result["finished"], 3)
-                                       if server_cpu is not None and result["finished"] else None)
+    result["server_cpu_ms_per_job"] = (
+        round(server_cpu * 1000 / result["finished"], 3)
+        if server_cpu is not None and result["finished"]
+        else None
+    )
     return result
 
 
-async def drive(submit: Callable[[], Awaitable[Any]], finished: Callable[[], Awaitable[int]], n: int,
-                concurrency: int, pids: dict[str, int]) -> dict[str, Any]:
+async def drive(
+    submit: Callable[[], Awaitable[Any]],
+    finished: Callable[[], Awaitable[int]],
+    n: int,
+    concurrency: int,
+    pids: dict[str, int],
+) -> dict[str, Any]:
     """The burst itself, for Compute and its peers alike: `concurrency` submitters share n
     submissions; it ends when `finished()` counts every submitted job. CPU seconds per process
     (with its children: Celery's prefork pool) and of the benchmark client itself."""
@@ -194,10 +230,15 @@ async def drive(submit: Callable[[], Awaitable[Any]], finished: Callable[[], Awa
     elapsed = (t_done - t_first) / 1e9
     submit_elapsed = (max(submitted) - t_first) / 1e9 if submitted else float("nan")
     return {
-        "jobs": n, "submitted": len(submitted), "finished": done, "failed": 0,
-        "submit_errors": len(errors), "first_error": errors[0] if errors else None,
+        "jobs": n,
+        "submitted": len(submitted),
+        "finished": done,
+        "failed": 0,
+        "submit_errors": len(errors),
+        "first_error": errors[0] if errors else None,
         "concurrency": concurrency,
-        "elapsed_s": round(elapsed, 3), "jobs_per_s": round(done / elapsed, 1),
+        "elapsed_s": round(elapsed, 3),
+        "jobs_per_s": round(done / elapsed, 1),
         "submit_elapsed_s": round(submit_elapsed, 3),
         "submit_per_s": round(len(submitted) / submit_elapsed, 1) if submitted else None,
         "cpu_seconds": cpu,
@@ -219,9 +260,26 @@ def _start_profilers(cluster: Cluster, out: Path, kind: str) -> list[subprocess.
     targets = {"server": cluster.pids()["server"], "worker": next(iter(cluster.workers.values())).pid}
     for name, pid in targets.items():
         path = out / f"{cluster.spec.name}-{kind}-{name}.txt"
-        procs.append(subprocess.Popen([*exe, "record", "--pid", str(pid), "--rate", "250", "--format",
-                                       "raw", "--nonblocking", "--gil", "--output", str(path)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *exe,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--gil",
+                    "--output",
+                    str(path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     time.sleep(1.0)  # py-spy attaches
     return procs
 
@@ -250,8 +308,9 @@ async def progress_runs(cluster: Cluster, sub: Submitter, sizes: Sizes) -> list[
     runs = []
     for label, steps, step_ms in PROGRESS_VARIANTS:
         n = sizes.progress_spaced if step_ms else sizes.progress
-        records = await sequential(cluster, sub, "bench_noop", n, min(2, sizes.warmup), steps=steps,
-                                   step_ms=step_ms)
+        records = await sequential(
+            cluster, sub, "bench_noop", n, min(2, sizes.warmup), steps=steps, step_ms=step_ms
+        )
         runs.append({"label": label, "steps": steps, "step_ms": step_ms, "records": records})
     return runs
 
@@ -274,15 +333,22 @@ def progress_summary(runs: list[dict[str, Any]], server_stats: list[dict[str, An
             per_job.append(len(updates))
             lags.extend((ns - reported[p]) / NS_PER_MS for p, ns in updates if p in reported)
         recs = run["records"]
-        variants.append({
-            "label": run["label"], "steps": run["steps"], "step_ms": run["step_ms"], "jobs": len(recs),
-            "reported_per_job": min(run["steps"], 99),
-            "db_updates_per_job": summary(per_job),
-            "lag_ms": summary(lags),
-            "task_ms": summary(_ms((r["row"].get("task_output") or {}).get("finished_ns"),
-                                   r["t_task_start"]) for r in recs),
-            "submit_to_done_ms": summary(_ms(r["t_done"], r["t_submit"]) for r in recs),
-        })
+        variants.append(
+            {
+                "label": run["label"],
+                "steps": run["steps"],
+                "step_ms": run["step_ms"],
+                "jobs": len(recs),
+                "reported_per_job": min(run["steps"], 99),
+                "db_updates_per_job": summary(per_job),
+                "lag_ms": summary(lags),
+                "task_ms": summary(
+                    _ms((r["row"].get("task_output") or {}).get("finished_ns"), r["t_task_start"])
+                    for r in recs
+                ),
+                "submit_to_done_ms": summary(_ms(r["t_done"], r["t_submit"]) for r in recs),
+            }
+        )
     return {"variants": variants}
 
 
@@ -314,8 +380,9 @@ async def idle(cluster: Cluster, seconds: float, sweep_interval: float) -> dict[
         total = sum(b["counts"].values()) - sum(a["counts"].values())
         claims = b["counts"].get("claim", 0) - a["counts"].get("claim", 0)
         outside = b["units"].get("other", 0) - a["units"].get("other", 0)
-        agg = per_role.setdefault(key[0], {"processes": 0, "statements": 0, "claims": 0,
-                                           "statements_outside_sweeps": 0})
+        agg = per_role.setdefault(
+            key[0], {"processes": 0, "statements": 0, "claims": 0, "statements_outside_sweeps": 0}
+        )
         agg["processes"] += 1
         agg["statements"] += total
         agg["claims"] += claims
@@ -323,7 +390,9 @@ async def idle(cluster: Cluster, seconds: float, sweep_interval: float) -> dict[
     total = sum(r["statements"] for r in per_role.values())
     workers = per_role.get("worker", {})
     return {
-        "window_s": round(window, 2), "workers": len(cluster.workers), "sweep_interval_s": sweep_interval,
+        "window_s": round(window, 2),
+        "workers": len(cluster.workers),
+        "sweep_interval_s": sweep_interval,
         "statements": total,
         "statements_per_min": round(total / window * 60, 1) if window else None,
         "worker_sweeps": workers.get("claims", 0),

@@ -37,8 +37,18 @@ IR_VERSION = 8
 SCORE_SCALE = 0.71
 
 
-def _embedder(path: Path, *, size: tuple[int, int], dim: int, layout: str, input_name: str,
-              output_name: str, tokens: int = 0, grid: int = 8, seed: int = 0) -> None:
+def _embedder(
+    path: Path,
+    *,
+    size: tuple[int, int],
+    dim: int,
+    layout: str,
+    input_name: str,
+    output_name: str,
+    tokens: int = 0,
+    grid: int = 8,
+    seed: int = 0,
+) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -62,11 +72,15 @@ def _embedder(path: Path, *, size: tuple[int, int], dim: int, layout: str, input
         nodes.append(helper.make_node("Reshape", ["projected", "token_shape"], [output_name]))
         inits.append(numpy_helper.from_array(np.array([-1, tokens, dim], np.int64), "token_shape"))
     graph = helper.make_graph(
-        nodes, "standin_embedder",
+        nodes,
+        "standin_embedder",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="compute-bench stand-in")
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="compute-bench stand-in"
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -90,26 +104,47 @@ def _yunet(path: Path) -> None:
         conv: dict[str, Any] = {"kernel_shape": [stride, stride], "strides": [stride, stride]}
         nodes.append(helper.make_node("Conv", ["input", f"score_w_{stride}"], [f"score_{stride}"], **conv))
         for kind, width_k, bias in (("bbox", 4, bbox), ("kps", 10, kps)):
-            inits.append(numpy_helper.from_array(np.zeros((width_k, 3, stride, stride), np.float32),
-                                                 f"{kind}_w_{stride}"))
+            inits.append(
+                numpy_helper.from_array(
+                    np.zeros((width_k, 3, stride, stride), np.float32), f"{kind}_w_{stride}"
+                )
+            )
             inits.append(numpy_helper.from_array(np.array(bias, np.float32), f"{kind}_b_{stride}"))
-            nodes.append(helper.make_node("Conv", ["input", f"{kind}_w_{stride}", f"{kind}_b_{stride}"],
-                                          [f"{kind}_map_{stride}"], **conv))
-            nodes.append(helper.make_node("Transpose", [f"{kind}_map_{stride}"], [f"{kind}_hwc_{stride}"],
-                                          perm=[0, 2, 3, 1]))
-        for kind, source, width_k in (("cls", "score", 1), ("obj", "score", 1), ("bbox", "bbox_hwc", 4),
-                                      ("kps", "kps_hwc", 10)):
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    ["input", f"{kind}_w_{stride}", f"{kind}_b_{stride}"],
+                    [f"{kind}_map_{stride}"],
+                    **conv,
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "Transpose", [f"{kind}_map_{stride}"], [f"{kind}_hwc_{stride}"], perm=[0, 2, 3, 1]
+                )
+            )
+        for kind, source, width_k in (
+            ("cls", "score", 1),
+            ("obj", "score", 1),
+            ("bbox", "bbox_hwc", 4),
+            ("kps", "kps_hwc", 10),
+        ):
             name = f"{kind}_{stride}"
             inits.append(numpy_helper.from_array(np.array([1, -1, width_k], np.int64), f"{name}_shape"))
             nodes.append(helper.make_node("Reshape", [f"{source}_{stride}", f"{name}_shape"], [name]))
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
-                                                         [1, f"cells_{stride}", width_k]))
+            outputs.append(
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, f"cells_{stride}", width_k])
+            )
     graph = helper.make_graph(
-        nodes, "standin_yunet",
+        nodes,
+        "standin_yunet",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])],
-        outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
-                              producer_name="compute-bench stand-in")
+        outputs,
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="compute-bench stand-in"
+    )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -120,14 +155,36 @@ def write(task: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODELS[task].filename
     if task == "clip_embedding":
-        _embedder(path, size=(256, 256), dim=512, layout="NCHW", input_name="image",
-                  output_name="image_embeds", seed=1)
+        _embedder(
+            path,
+            size=(256, 256),
+            dim=512,
+            layout="NCHW",
+            input_name="image",
+            output_name="image_embeds",
+            seed=1,
+        )
     elif task == "dino_embedding":
-        _embedder(path, size=(224, 224), dim=384, layout="NCHW", input_name="input",
-                  output_name="output", tokens=5, seed=2)
+        _embedder(
+            path,
+            size=(224, 224),
+            dim=384,
+            layout="NCHW",
+            input_name="input",
+            output_name="output",
+            tokens=5,
+            seed=2,
+        )
     elif task == "face_embedding":
-        _embedder(path, size=(112, 112), dim=512, layout="NHWC", input_name="input_1",
-                  output_name="embedding", seed=3)
+        _embedder(
+            path,
+            size=(112, 112),
+            dim=512,
+            layout="NHWC",
+            input_name="input_1",
+            output_name="embedding",
+            seed=3,
+        )
     elif task == "face_detection":
         _yunet(path)
     else:

@@ -160,8 +160,13 @@ class MqttBus:
         if s.mqtt_tls:
             tls = ssl.create_default_context(cafile=s.mqtt_tls_ca_file)
         await asyncio.wait_for(
-            client.connect(s.broker_host, s.mqtt_port, ssl=tls, keepalive=s.mqtt_keepalive,
-                           version=MQTTv50 if s.mqtt_version == 5 else MQTTv311),
+            client.connect(
+                s.broker_host,
+                s.mqtt_port,
+                ssl=tls,
+                keepalive=s.mqtt_keepalive,
+                version=MQTTv50 if s.mqtt_version == 5 else MQTTv311,
+            ),
             CONNECT_TIMEOUT,
         )
         return client
@@ -182,7 +187,10 @@ class MqttBus:
                     log.error(
                         "%s: cannot reach the MQTT broker at %s:%s (%s); retrying with backoff. "
                         "Set MQTT_BROKER/MQTT_PORT to a running broker.",
-                        self._name, s.broker_host, s.mqtt_port, exc or type(exc).__name__,
+                        self._name,
+                        s.broker_host,
+                        s.mqtt_port,
+                        exc or type(exc).__name__,
                     )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -228,6 +236,10 @@ class MqttBus:
                     handler(topic, payload, retained)
                 except Exception:
                     self.handler_errors += 1
-                    limited.exception(f"{self._name} handler", "%s: handler for %s failed; message dropped",
-                                      self._name, topic[:200])
+                    limited.exception(
+                        f"{self._name} handler",
+                        "%s: handler for %s failed; message dropped",
+                        self._name,
+                        topic[:200],
+                    )
         return 0

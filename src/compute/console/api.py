@@ -37,17 +37,26 @@ def _detail(response: httpx.Response) -> str:
         return response.text[:500] or response.reason_phrase
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list):  # FastAPI's validation errors
-        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
-                         for d in detail if isinstance(d, dict))
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
+            for d in detail
+            if isinstance(d, dict)
+        )
     return str(detail)
 
 
 class ComputeApi:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -69,13 +78,15 @@ class ComputeApi:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def submit(self, task: str, file: Path, fields: dict[str, str],
-               idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, task: str, file: Path, fields: dict[str, str], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """POST /jobs/<task> with the file as `file` and `fields` as form fields."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with file.open("rb") as body:
-            response = self._request("POST", f"/jobs/{task}", data=fields,
-                                     files={"file": (file.name, body)}, headers=headers)
+            response = self._request(
+                "POST", f"/jobs/{task}", data=fields, files={"file": (file.name, body)}, headers=headers
+            )
         return response.json()  # type: ignore[no-any-return]
 
     def job(self, job_id: str) -> dict[str, Any]:

@@ -30,8 +30,11 @@ from compute.console.api import ApiError, ComputeApi, ServerUnreachable
 
 EXIT_FAILED, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 3, 4, 5, 130
 
-app = typer.Typer(help="Submit jobs to a Compute server, follow them, fetch their results.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Submit jobs to a Compute server, follow them, fetch their results.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -49,10 +52,12 @@ class Context:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    server: Annotated[str, typer.Option(envvar="COMPUTE_URL", help="the server's base URL")]
-        = "http://localhost:8002",
-    token: Annotated[str | None, typer.Option(envvar="COMPUTE_TOKEN",
-                                              help="a JWT, when the server wants one")] = None,
+    server: Annotated[
+        str, typer.Option(envvar="COMPUTE_URL", help="the server's base URL")
+    ] = "http://localhost:8002",
+    token: Annotated[
+        str | None, typer.Option(envvar="COMPUTE_TOKEN", help="a JWT, when the server wants one")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
 ) -> None:
     ctx.obj = Context(server, token, as_json)
@@ -102,10 +107,16 @@ def _print_job(ctx: typer.Context, job: dict[str, Any]) -> None:
         return
     status = "cancelled" if job.get("cancelled") else job["status"]
     table = Table.grid(padding=(0, 2))
-    for name, value in (("job", job["job_id"]), ("task", job["task_type"]), ("status", status),
-                        ("progress", f"{job['progress']}%"), ("priority", job["priority"]),
-                        ("worker", job.get("worker_id") or "-"), ("created", _when(job["created_at"])),
-                        ("finished", _when(job.get("completed_at")))):
+    for name, value in (
+        ("job", job["job_id"]),
+        ("task", job["task_type"]),
+        ("status", status),
+        ("progress", f"{job['progress']}%"),
+        ("priority", job["priority"]),
+        ("worker", job.get("worker_id") or "-"),
+        ("created", _when(job["created_at"])),
+        ("finished", _when(job.get("completed_at"))),
+    ):
         table.add_row(f"[bold]{name}[/bold]", str(value))
     if job.get("error_message"):
         table.add_row("[bold]error[/bold]", f"[red]{job['error_message']}[/red]")
@@ -117,12 +128,20 @@ def _print_job(ctx: typer.Context, job: dict[str, Any]) -> None:
 def _follow(api: ComputeApi, job_id: str, quiet: bool) -> dict[str, Any]:
     """Follow the job to its end with a progress bar (on stderr, so stdout stays parseable)."""
     job: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TimeElapsedColumn(), console=err, disable=quiet, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=False,
+    ) as progress:
         bar = progress.add_task(job_id, total=100)
         for job in api.follow(job_id):
-            progress.update(bar, completed=job["progress"],
-                            description=f"{job_id[:8]} {job['task_type']} {job['status']}")
+            progress.update(
+                bar, completed=job["progress"], description=f"{job_id[:8]} {job['task_type']} {job['status']}"
+            )
     return job
 
 
@@ -135,15 +154,18 @@ def _download(api: ComputeApi, job_id: str, target: Path, everything: bool) -> l
 def submit(
     ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="task type, e.g. image_conversion")],
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
-                                         help="the file to process")],
-    field: Annotated[list[str] | None, typer.Option("--field", "-f",
-                                                    help="a form field key=value (repeat)")] = None,
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="the file to process")
+    ],
+    field: Annotated[
+        list[str] | None, typer.Option("--field", "-f", help="a form field key=value (repeat)")
+    ] = None,
     priority: Annotated[int | None, typer.Option(help="0-10, higher runs first")] = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="follow the job until it ends")] = False,
     download: Annotated[Path | None, typer.Option(help="with --wait: save its outputs here")] = None,
-    idempotency_key: Annotated[str | None, typer.Option(
-        help="send again with the same key and get the same job, not a second one")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="send again with the same key and get the same job, not a second one")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Submit FILE to TASK and print the job id (with --wait: follow it, exit by its outcome)."""
@@ -173,7 +195,8 @@ def status(ctx: typer.Context, job_id: str) -> None:
 
 @app.command()
 def wait(
-    ctx: typer.Context, job_id: str,
+    ctx: typer.Context,
+    job_id: str,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Follow a job with a progress bar until it ends; the exit code says how it ended."""
@@ -185,7 +208,8 @@ def wait(
 
 @app.command()
 def download(
-    ctx: typer.Context, job_id: str,
+    ctx: typer.Context,
+    job_id: str,
     to: Annotated[Path, typer.Option(help="folder to save into (job paths kept below it)")] = Path("."),
     everything: Annotated[bool, typer.Option("--all", help="also the uploaded input")] = False,
 ) -> None:
@@ -221,9 +245,15 @@ def list_jobs(
         return
     table = Table("job", "task", "status", "progress", "priority", "worker", "created")
     for job in page["jobs"]:
-        table.add_row(job["job_id"], job["task_type"],
-                      "cancelled" if job.get("cancelled") else job["status"], f"{job['progress']}%",
-                      str(job["priority"]), job.get("worker_id") or "-", _when(job["created_at"]))
+        table.add_row(
+            job["job_id"],
+            job["task_type"],
+            "cancelled" if job.get("cancelled") else job["status"],
+            f"{job['progress']}%",
+            str(job["priority"]),
+            job.get("worker_id") or "-",
+            _when(job["created_at"]),
+        )
     out.print(table)
     if page.get("next_cursor"):
         err.print(f"more: compute jobs --cursor {page['next_cursor']}")

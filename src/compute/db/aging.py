@@ -25,13 +25,20 @@ def age_queued(engine: Engine, now_ms: int, step_ms: int, limit: int = 500) -> i
 
     One short write transaction; returns how many jobs moved up (call again while it is `limit`).
     """
-    due = (select(jobs.c.id)
-           .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.priority < MAX_PRIORITY,
-                  func.coalesce(jobs.c.updated_at, jobs.c.created_at) <= now_ms - step_ms)
-           .limit(limit).scalar_subquery())
-    statement = (update(jobs)
-                 .where(jobs.c.id.in_(due), jobs.c.status == JobStatus.QUEUED.value,
-                        jobs.c.priority < MAX_PRIORITY)
-                 .values(priority=jobs.c.priority + 1, updated_at=now_ms))
+    due = (
+        select(jobs.c.id)
+        .where(
+            jobs.c.status == JobStatus.QUEUED.value,
+            jobs.c.priority < MAX_PRIORITY,
+            func.coalesce(jobs.c.updated_at, jobs.c.created_at) <= now_ms - step_ms,
+        )
+        .limit(limit)
+        .scalar_subquery()
+    )
+    statement = (
+        update(jobs)
+        .where(jobs.c.id.in_(due), jobs.c.status == JobStatus.QUEUED.value, jobs.c.priority < MAX_PRIORITY)
+        .values(priority=jobs.c.priority + 1, updated_at=now_ms)
+    )
     with write_transaction(engine) as conn:
         return int(conn.execute(statement).rowcount)

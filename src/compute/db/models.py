@@ -56,8 +56,7 @@ class JobRow(Base):
     #: JSON list of {"attempt", "error", "at"}, one per failed attempt.
     attempt_errors: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: "<created_by or ->:<Idempotency-Key header>": a retried submit finds the job it created.
-    idempotency_key: Mapped[str | None] = mapped_column(String, nullable=True, unique=True,
-                                                        index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String, nullable=True, unique=True, index=True)
 
     __table_args__ = (
         # Serves the claim: the queued rows only, already in claim order.

@@ -40,8 +40,11 @@ class PausedTasks:
         """Pause `task_type`; False if it already was."""
         try:
             with write_transaction(self.engine) as conn:
-                conn.execute(prefs.insert().values(key=PREFIX + task_type, value=json.dumps(True),
-                                                   updated_at=now_ms(), updated_by=by))
+                conn.execute(
+                    prefs.insert().values(
+                        key=PREFIX + task_type, value=json.dumps(True), updated_at=now_ms(), updated_by=by
+                    )
+                )
         except IntegrityError:
             return False
         return True

@@ -143,12 +143,21 @@ class JobQueries:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def page(self, filters: JobFilter, *, everything: bool, owner: str | None = None,
-             sort: JobSort = JobSort.NEWEST, limit: int = 50, cursor: str | None = None) -> JobPage:
+    def page(
+        self,
+        filters: JobFilter,
+        *,
+        everything: bool,
+        owner: str | None = None,
+        sort: JobSort = JobSort.NEWEST,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
         """One page of the jobs the caller may see (all of them when `everything`, else those
         `owner` created); BadCursor for a cursor that is not ours."""
-        stmt = self.statement(filters, everything=everything, owner=owner, sort=sort, limit=limit,
-                              cursor=cursor)
+        stmt = self.statement(
+            filters, everything=everything, owner=owner, sort=sort, limit=limit, cursor=cursor
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
         more = len(rows) > limit
@@ -160,8 +169,15 @@ class JobQueries:
         return JobPage([JobRecord.from_row(r) for r in rows], next_cursor)
 
     @staticmethod
-    def statement(filters: JobFilter, *, everything: bool, owner: str | None, sort: JobSort,
-                  limit: int, cursor: str | None) -> Select[Any]:
+    def statement(
+        filters: JobFilter,
+        *,
+        everything: bool,
+        owner: str | None,
+        sort: JobSort,
+        limit: int,
+        cursor: str | None,
+    ) -> Select[Any]:
         """The SELECT of `page`: limit + 1 rows, the extra one telling whether more follow."""
         where = _where(filters, everything, owner)
         if cursor is not None:
@@ -173,12 +189,13 @@ class JobQueries:
         """Running jobs per worker session: [(job_id, created_by)], for GET /workers."""
         if not sessions:
             return {}
-        stmt = (select(jobs.c.worker_session, jobs.c.job_id, jobs.c.created_by)
-                .where(jobs.c.status == JobStatus.PROCESSING.value, jobs.c.worker_session.in_(list(sessions)))
-                .order_by(jobs.c.started_at))
+        stmt = (
+            select(jobs.c.worker_session, jobs.c.job_id, jobs.c.created_by)
+            .where(jobs.c.status == JobStatus.PROCESSING.value, jobs.c.worker_session.in_(list(sessions)))
+            .order_by(jobs.c.started_at)
+        )
         found: dict[str, list[tuple[str, str | None]]] = {}
         with self.engine.connect() as conn:
             for session, job_id, created_by in conn.execute(stmt):
                 found.setdefault(session, []).append((job_id, created_by))
         return found
-

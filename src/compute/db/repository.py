@@ -127,7 +127,8 @@ class QueueSummary:
 job_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_timeout", default=None)
 #: The client's Idempotency-Key for the next add_job, set by the plugin route wrapper.
 job_idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "job_idempotency_key", default=None)
+    "job_idempotency_key", default=None
+)
 
 
 def idempotency_scope(created_by: str | None, key: str) -> str:
@@ -174,8 +175,9 @@ class JobRepository:
             "idempotency_key": None if raw_key is None else idempotency_scope(created_by, raw_key),
         }
 
-    def insert_job(self, job: Job, created_by: str | None = None,
-                   priority: int | None = None) -> tuple[JobRecord, bool]:
+    def insert_job(
+        self, job: Job, created_by: str | None = None, priority: int | None = None
+    ) -> tuple[JobRecord, bool]:
         """Commit a new queued job; returns it, and whether it is new.
 
         With an Idempotency-Key in `job_idempotency_key`, a second job for the same user and key
@@ -201,9 +203,13 @@ class JobRepository:
         """
         with write_transaction(self.engine) as conn:
             conn.execute(insert(jobs), list(rows))
-            conn.execute(insert(queue_entries), [
-                {"job_id": r["job_id"], "priority": r["priority"], "enqueued_at": r["created_at"]}
-                for r in rows])
+            conn.execute(
+                insert(queue_entries),
+                [
+                    {"job_id": r["job_id"], "priority": r["priority"], "enqueued_at": r["created_at"]}
+                    for r in rows
+                ],
+            )
         return [JobRecord.from_row(_with_defaults(r)) for r in rows]
 
     def get_job(self, job_id: str) -> Job | None:
@@ -211,8 +217,16 @@ class JobRepository:
         return None if record is None else record.to_job()
 
     def update_job(self, job_id: str, **fields: Any) -> bool:
-        allowed = {"status", "progress", "task_output", "error_message", "started_at",
-                   "completed_at", "priority", "worker_id"}
+        allowed = {
+            "status",
+            "progress",
+            "task_output",
+            "error_message",
+            "started_at",
+            "completed_at",
+            "priority",
+            "worker_id",
+        }
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update job fields: {sorted(unknown)}")
@@ -237,8 +251,9 @@ class JobRepository:
 
     # -- claims and leases -------------------------------------------------------------------
 
-    def claim_next(self, task_types: Sequence[str], worker_id: str, session: str = "",
-                   lease_ms: int = 60_000) -> JobRecord | None:
+    def claim_next(
+        self, task_types: Sequence[str], worker_id: str, session: str = "", lease_ms: int = 60_000
+    ) -> JobRecord | None:
         """Atomically move the most urgent ready job of these types to `processing`.
 
         One statement: UPDATE ... WHERE id = (SELECT ... LIMIT 1 [FOR UPDATE SKIP LOCKED])
@@ -258,13 +273,18 @@ class JobRepository:
             row = conn.exec_driver_sql(sql, args).mappings().first()
         return None if row is None else JobRecord.from_row(row)
 
-    def _claim_args(self, task_types: Sequence[str], worker_id: str, session: str,
-                    lease_ms: int) -> tuple[str, Any]:
+    def _claim_args(
+        self, task_types: Sequence[str], worker_id: str, session: str, lease_ms: int
+    ) -> tuple[str, Any]:
         """The claim's SQL and its parameters, in the form this database's driver takes them."""
         now = now_ms()
         sql, positions, fixed = self._claim_sql(len(task_types))
         params: dict[str, Any] = {
-            **fixed, "now": now, "worker_id": worker_id, "session": session, "expires": now + lease_ms,
+            **fixed,
+            "now": now,
+            "worker_id": worker_id,
+            "session": session,
+            "expires": now + lease_ms,
             "token": secrets.token_hex(16),
             **{f"type_{i}": t for i, t in enumerate(task_types)},
         }
@@ -285,16 +305,22 @@ class JobRepository:
         statement = (
             update(jobs)
             .where(jobs.c.id == candidate, jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
-            .values(status=literal_column(f"'{JobStatus.PROCESSING.value}'"), started_at=now,
-                    updated_at=now, worker_id=bindparam("worker_id"),
-                    worker_session=bindparam("session"), attempt=jobs.c.attempt + literal_column("1"),
-                    retry_count=jobs.c.attempt, lease_token=bindparam("token"),
-                    lease_expires_at=bindparam("expires"), event_seq=literal_column("0"),
-                    next_attempt_at=literal_column("NULL"))
+            .values(
+                status=literal_column(f"'{JobStatus.PROCESSING.value}'"),
+                started_at=now,
+                updated_at=now,
+                worker_id=bindparam("worker_id"),
+                worker_session=bindparam("session"),
+                attempt=jobs.c.attempt + literal_column("1"),
+                retry_count=jobs.c.attempt,
+                lease_token=bindparam("token"),
+                lease_expires_at=bindparam("expires"),
+                event_seq=literal_column("0"),
+                next_attempt_at=literal_column("NULL"),
+            )
             .returning(*jobs.c)
         )
-        compiled = statement.compile(dialect=self.engine.dialect,
-                                     compile_kwargs={"render_postcompile": True})
+        compiled = statement.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
         positions = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
         fixed = {k: v for k, v in compiled.params.items() if v is not None}
         self._claim_cache[types] = (compiled.string, positions, fixed)
@@ -310,8 +336,11 @@ class JobRepository:
             for job_id, token in leases:
                 held += conn.execute(
                     update(jobs)
-                    .where(jobs.c.job_id == job_id, jobs.c.lease_token == token,
-                           jobs.c.status == JobStatus.PROCESSING.value)
+                    .where(
+                        jobs.c.job_id == job_id,
+                        jobs.c.lease_token == token,
+                        jobs.c.status == JobStatus.PROCESSING.value,
+                    )
                     .values(lease_expires_at=expires)
                 ).rowcount
         return held
@@ -334,7 +363,7 @@ class JobRepository:
         found: set[str] = set()
         with self.engine.connect() as conn:
             for start in range(0, len(job_ids), 500):  # bounded IN lists
-                chunk = list(job_ids[start:start + 500])
+                chunk = list(job_ids[start : start + 500])
                 found.update(conn.execute(select(jobs.c.job_id).where(jobs.c.job_id.in_(chunk))).scalars())
         return found
 
@@ -413,5 +442,11 @@ def _candidate(type_params: Sequence[str]) -> Any:
 
 
 def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
-    return {"started_at": None, "completed_at": None, "task_output": None, "error_message": None,
-            "worker_id": None, **values}
+    return {
+        "started_at": None,
+        "completed_at": None,
+        "task_output": None,
+        "error_message": None,
+        "worker_id": None,
+        **values,
+    }

@@ -24,16 +24,25 @@ _finished_at = func.coalesce(jobs.c.completed_at, jobs.c.created_at)
 
 def finished_before(engine: Engine, cutoff_ms: int, limit: int) -> list[str]:
     """Up to `limit` ids of jobs that reached a terminal state before `cutoff_ms`, oldest first."""
-    stmt = (select(jobs.c.job_id).where(jobs.c.status.in_(_TERMINAL), _finished_at < cutoff_ms)
-            .order_by(_finished_at, jobs.c.id).limit(limit))
+    stmt = (
+        select(jobs.c.job_id)
+        .where(jobs.c.status.in_(_TERMINAL), _finished_at < cutoff_ms)
+        .order_by(_finished_at, jobs.c.id)
+        .limit(limit)
+    )
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
 
 
 def finished_beyond(engine: Engine, keep: int, limit: int) -> list[str]:
     """Up to `limit` ids of finished jobs older than the newest `keep` finished ones."""
-    stmt = (select(jobs.c.job_id).where(jobs.c.status.in_(_TERMINAL))
-            .order_by(_finished_at.desc(), jobs.c.id.desc()).offset(keep).limit(limit))
+    stmt = (
+        select(jobs.c.job_id)
+        .where(jobs.c.status.in_(_TERMINAL))
+        .order_by(_finished_at.desc(), jobs.c.id.desc())
+        .offset(keep)
+        .limit(limit)
+    )
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
 
@@ -46,9 +55,13 @@ def delete_finished(engine: Engine, job_ids: Sequence[str]) -> list[str]:
     if not job_ids:
         return []
     with write_transaction(engine) as conn:
-        deleted = list(conn.execute(
-            delete(jobs).where(jobs.c.job_id.in_(list(job_ids)), jobs.c.status.in_(_TERMINAL))
-            .returning(jobs.c.job_id)).scalars())
+        deleted = list(
+            conn.execute(
+                delete(jobs)
+                .where(jobs.c.job_id.in_(list(job_ids)), jobs.c.status.in_(_TERMINAL))
+                .returning(jobs.c.job_id)
+            ).scalars()
+        )
         if deleted:
             conn.execute(delete(queue_entries).where(queue_entries.c.job_id.in_(deleted)))
     return deleted
@@ -57,9 +70,13 @@ def delete_finished(engine: Engine, job_ids: Sequence[str]) -> list[str]:
 def workers_gone_since(engine: Engine, cutoff_ms: int, limit: int) -> list[str]:
     """Worker ids none of whose sessions has been seen since `cutoff_ms` (a live session
     heartbeats `last_seen`; a stopped one set it when it stopped)."""
-    stmt = (select(sessions.c.worker_id).group_by(sessions.c.worker_id)
-            .having(func.max(sessions.c.last_seen) < cutoff_ms)
-            .order_by(sessions.c.worker_id).limit(limit))
+    stmt = (
+        select(sessions.c.worker_id)
+        .group_by(sessions.c.worker_id)
+        .having(func.max(sessions.c.last_seen) < cutoff_ms)
+        .order_by(sessions.c.worker_id)
+        .limit(limit)
+    )
     with engine.connect() as conn:
         return list(conn.execute(stmt).scalars())
 
@@ -70,5 +87,10 @@ def forget_sessions(engine: Engine, worker_ids: Sequence[str], cutoff_ms: int) -
     if not worker_ids:
         return 0
     with write_transaction(engine) as conn:
-        return int(conn.execute(delete(sessions).where(
-            sessions.c.worker_id.in_(list(worker_ids)), sessions.c.last_seen < cutoff_ms)).rowcount)
+        return int(
+            conn.execute(
+                delete(sessions).where(
+                    sessions.c.worker_id.in_(list(worker_ids)), sessions.c.last_seen < cutoff_ms
+                )
+            ).rowcount
+        )

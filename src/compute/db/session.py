@@ -47,8 +47,7 @@ def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine
             # lock_timeout: a row or table lock held elsewhere; statement_timeout: a server that
             # accepts but does not answer. Both as startup options, so every connection has them.
             options = f"-c lock_timeout={wait_ms} -c statement_timeout={max(wait_ms, 30_000)}"
-            kwargs.setdefault("connect_args", {"connect_timeout": max(1, round(wait)),
-                                              "options": options})
+            kwargs.setdefault("connect_args", {"connect_timeout": max(1, round(wait)), "options": options})
         return create_engine(url, pool_pre_ping=True, **kwargs)
     engine = create_engine(
         url,
@@ -149,6 +148,4 @@ def check_migrated(engine: Engine) -> None:
         raise NotMigrated(f"cannot read the database ({exc}); run `compute-migrate` first") from exc
     missing = [t for t in REQUIRED_TABLES if t not in names]
     if missing:
-        raise NotMigrated(
-            f"database tables missing ({', '.join(missing)}): run `compute-migrate` first"
-        )
+        raise NotMigrated(f"database tables missing ({', '.join(missing)}): run `compute-migrate` first")

@@ -172,8 +172,11 @@ class JobTransitions:
                 claim = read[job_id]
                 conn.execute(
                     update(jobs)
-                    .where(jobs.c.job_id == job_id, jobs.c.lease_token == claim.lease_token,
-                           jobs.c.attempt == claim.attempt)
+                    .where(
+                        jobs.c.job_id == job_id,
+                        jobs.c.lease_token == claim.lease_token,
+                        jobs.c.attempt == claim.attempt,
+                    )
                     .values(**values)
                 )
         return outcomes
@@ -191,8 +194,9 @@ class JobTransitions:
         if status != JobStatus.PROCESSING.value:
             # Already finished (or requeued) under this claim: a re-sent result is confirmed again.
             verdict = Verdict.DUPLICATE if terminal_event else Verdict.REJECTED
-            return Outcome(ev, verdict, status, "job no longer running", task_type,
-                           lease_token=claim.lease_token), {}
+            return Outcome(
+                ev, verdict, status, "job no longer running", task_type, lease_token=claim.lease_token
+            ), {}
         if ev.seq <= claim.event_seq:
             return Outcome(ev, Verdict.REJECTED, status, "replayed or out of order", task_type), {}
 
@@ -203,14 +207,26 @@ class JobTransitions:
         if ev.event is EventType.PROGRESS and ev.progress > claim.progress:
             values["progress"] = ev.progress
         elif ev.event is EventType.COMPLETED:
-            values.update(status=JobStatus.COMPLETED.value, progress=100, completed_at=happened,
-                          error_message=None, task_output=dumps(ev.task_output))
+            values.update(
+                status=JobStatus.COMPLETED.value,
+                progress=100,
+                completed_at=happened,
+                error_message=None,
+                task_output=dumps(ev.task_output),
+            )
         elif ev.event is EventType.FAILED:
             failed, retry_at = self._fail(claim, ev.error or "unknown error", ev.retryable, happened)
             values.update(failed)
-        return Outcome(ev, Verdict.APPLIED, values.get("status", status), task_type=task_type,
-                       retry_at=retry_at, lease_token=claim.lease_token, created_at=claim.created_at,
-                       started_at=claim.started_at), values
+        return Outcome(
+            ev,
+            Verdict.APPLIED,
+            values.get("status", status),
+            task_type=task_type,
+            retry_at=retry_at,
+            lease_token=claim.lease_token,
+            created_at=claim.created_at,
+            started_at=claim.started_at,
+        ), values
 
     def _fail(self, claim: Claim, error: str, retryable: bool, now: int) -> tuple[dict[str, Any], int | None]:
         """A failed attempt's columns: requeued with backoff while attempts remain, else failed.
@@ -223,12 +239,22 @@ class JobTransitions:
         retry = (retryable or policy.retry_plugin_errors) and claim.attempt <= claim.max_retries
         if retry:
             retry_at = now + policy.backoff_ms(claim.attempt)
-            values.update(status=JobStatus.QUEUED.value, next_attempt_at=retry_at, worker_id=None,
-                          lease_expires_at=None, error_message=error, progress=0)
+            values.update(
+                status=JobStatus.QUEUED.value,
+                next_attempt_at=retry_at,
+                worker_id=None,
+                lease_expires_at=None,
+                error_message=error,
+                progress=0,
+            )
             return values, retry_at
-        values.update(status=JobStatus.FAILED.value, completed_at=now,
-                      error_message=error if claim.attempt <= 1 else
-                      f"{error} (attempt {claim.attempt} of {claim.max_retries + 1})")
+        values.update(
+            status=JobStatus.FAILED.value,
+            completed_at=now,
+            error_message=error
+            if claim.attempt <= 1
+            else f"{error} (attempt {claim.attempt} of {claim.max_retries + 1})",
+        )
         return values, None
 
     # -- orphans -------------------------------------------------------------------------------
@@ -236,11 +262,16 @@ class JobTransitions:
     def session_leases(self, worker_id: str, session: str) -> LeaseSnapshot:
         """The running claims of one worker session, to see later whether they still renew."""
         stmt = select(jobs.c.job_id, jobs.c.lease_token, jobs.c.lease_expires_at).where(
-            jobs.c.status == JobStatus.PROCESSING.value, jobs.c.worker_id == worker_id,
-            jobs.c.worker_session == session)
+            jobs.c.status == JobStatus.PROCESSING.value,
+            jobs.c.worker_id == worker_id,
+            jobs.c.worker_session == session,
+        )
         with self.engine.connect() as conn:
-            return {r.job_id: (r.lease_token, r.lease_expires_at) for r in conn.execute(stmt)
-                    if r.lease_token is not None and r.lease_expires_at is not None}
+            return {
+                r.job_id: (r.lease_token, r.lease_expires_at)
+                for r in conn.execute(stmt)
+                if r.lease_token is not None and r.lease_expires_at is not None
+            }
 
     def rescue_stalled(self, snapshot: LeaseSnapshot, reason: str) -> list[Rescued]:
         """Rescue the claims in `snapshot` whose lease has not moved since it was taken.
@@ -250,9 +281,10 @@ class JobTransitions:
         """
         if not snapshot:
             return []
-        unchanged = [(jobs.c.job_id == job_id) & (jobs.c.lease_token == token)
-                     & (jobs.c.lease_expires_at == expires)
-                     for job_id, (token, expires) in snapshot.items()]
+        unchanged = [
+            (jobs.c.job_id == job_id) & (jobs.c.lease_token == token) & (jobs.c.lease_expires_at == expires)
+            for job_id, (token, expires) in snapshot.items()
+        ]
         return self._rescue((jobs.c.status == JobStatus.PROCESSING.value) & or_(*unchanged), reason)
 
     def rescue_expired(self) -> list[Rescued]:
@@ -270,9 +302,11 @@ class JobTransitions:
                 values, _ = self._fail(claim, error, retryable=True, now=now)
                 values["updated_at"] = now
                 values.pop("next_attempt_at", None)  # a lost worker is no reason to wait
-                conn.execute(update(jobs).where(jobs.c.job_id == claim.job_id,
-                                                jobs.c.lease_token == claim.lease_token)
-                             .values(**values))
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id == claim.job_id, jobs.c.lease_token == claim.lease_token)
+                    .values(**values)
+                )
                 rescued.append(Rescued(claim.job_id, claim.task_type, values["status"]))
         if rescued:
             log.warning("rescued %d job(s): %s", len(rescued), reason)
@@ -288,9 +322,17 @@ class JobTransitions:
                 return None
             if may_move(claim.status, JobStatus.CANCELLED):
                 now = now_ms()
-                conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
-                    status=JobStatus.CANCELLED.value, completed_at=now, updated_at=now,
-                    error_message="cancelled", next_attempt_at=None))
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id == job_id)
+                    .values(
+                        status=JobStatus.CANCELLED.value,
+                        completed_at=now,
+                        updated_at=now,
+                        error_message="cancelled",
+                        next_attempt_at=None,
+                    )
+                )
         return Cancelled(claim.status, claim.worker_id, claim.attempt, claim.lease_token)
 
     # -- operators' changes ----------------------------------------------------------------------
@@ -304,10 +346,12 @@ class JobTransitions:
                 return None
             queued = claim.status == JobStatus.QUEUED.value
             if queued:
-                conn.execute(update(jobs).where(jobs.c.job_id == job_id)
-                             .values(priority=priority, updated_at=now_ms()))
-                conn.execute(update(queue_entries).where(queue_entries.c.job_id == job_id)
-                             .values(priority=priority))
+                conn.execute(
+                    update(jobs).where(jobs.c.job_id == job_id).values(priority=priority, updated_at=now_ms())
+                )
+                conn.execute(
+                    update(queue_entries).where(queue_entries.c.job_id == job_id).values(priority=priority)
+                )
         return Changed(claim.status, claim.task_type, claim.priority, queued)
 
     def retry(self, job_id: str) -> Changed | None:
@@ -327,9 +371,24 @@ class JobTransitions:
             retryable = claim.status in TERMINAL and may_move(claim.status, JobStatus.QUEUED)
             if retryable:
                 policy = self.policies.for_task(claim.task_type)
-                conn.execute(update(jobs).where(jobs.c.job_id == job_id).values(
-                    status=JobStatus.QUEUED.value, progress=0, started_at=None, completed_at=None,
-                    task_output=None, error_message=None, worker_id=None, worker_session=None,
-                    lease_token=None, lease_expires_at=None, event_seq=0, next_attempt_at=None,
-                    max_retries=claim.attempt + policy.max_retries, updated_at=now_ms()))
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.job_id == job_id)
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        progress=0,
+                        started_at=None,
+                        completed_at=None,
+                        task_output=None,
+                        error_message=None,
+                        worker_id=None,
+                        worker_session=None,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        event_seq=0,
+                        next_attempt_at=None,
+                        max_retries=claim.attempt + policy.max_retries,
+                        updated_at=now_ms(),
+                    )
+                )
         return Changed(claim.status, claim.task_type, claim.priority, retryable)

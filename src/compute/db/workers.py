@@ -41,10 +41,18 @@ class WorkerSession:
     @classmethod
     def from_row(cls, row: Any) -> WorkerSession:
         tasks = json.loads(row["tasks"] or "[]")
-        return cls(session=row["session"], worker_id=row["worker_id"], secret=row["secret"],
-                   tasks=tuple(t for t in tasks if isinstance(t, str)), hostname=row["hostname"],
-                   pid=row["pid"], version=row["version"], started_at=row["started_at"],
-                   last_seen=row["last_seen"], stopped_at=row["stopped_at"])
+        return cls(
+            session=row["session"],
+            worker_id=row["worker_id"],
+            secret=row["secret"],
+            tasks=tuple(t for t in tasks if isinstance(t, str)),
+            hostname=row["hostname"],
+            pid=row["pid"],
+            version=row["version"],
+            started_at=row["started_at"],
+            last_seen=row["last_seen"],
+            stopped_at=row["stopped_at"],
+        )
 
 
 def new_secret() -> str:
@@ -57,26 +65,49 @@ class WorkerSessions:
 
     # -- the worker's side -------------------------------------------------------------------
 
-    def register(self, session: str, worker_id: str, secret: str, tasks: list[str], hostname: str,
-                 pid: int, version: str) -> None:
+    def register(
+        self,
+        session: str,
+        worker_id: str,
+        secret: str,
+        tasks: list[str],
+        hostname: str,
+        pid: int,
+        version: str,
+    ) -> None:
         now = now_ms()
         with write_transaction(self.engine) as conn:
-            conn.execute(insert(sessions).values(
-                session=session, worker_id=worker_id, secret=secret, tasks=json.dumps(tasks),
-                hostname=hostname, pid=pid, version=version, started_at=now, last_seen=now))
+            conn.execute(
+                insert(sessions).values(
+                    session=session,
+                    worker_id=worker_id,
+                    secret=secret,
+                    tasks=json.dumps(tasks),
+                    hostname=hostname,
+                    pid=pid,
+                    version=version,
+                    started_at=now,
+                    last_seen=now,
+                )
+            )
 
     def touch(self, session: str) -> bool:
         """Heartbeat: this session is still alive. False if it is unknown or stopped."""
         with write_transaction(self.engine) as conn:
-            return bool(conn.execute(
-                update(sessions).where(sessions.c.session == session, sessions.c.stopped_at.is_(None))
-                .values(last_seen=now_ms())).rowcount)
+            return bool(
+                conn.execute(
+                    update(sessions)
+                    .where(sessions.c.session == session, sessions.c.stopped_at.is_(None))
+                    .values(last_seen=now_ms())
+                ).rowcount
+            )
 
     def stop(self, session: str) -> None:
         now = now_ms()
         with write_transaction(self.engine) as conn:
-            conn.execute(update(sessions).where(sessions.c.session == session)
-                         .values(stopped_at=now, last_seen=now))
+            conn.execute(
+                update(sessions).where(sessions.c.session == session).values(stopped_at=now, last_seen=now)
+            )
 
     # -- the server's side -------------------------------------------------------------------
 
@@ -99,6 +130,7 @@ def server_client_suffix(engine: Engine) -> str:
     Fixed across restarts (the broker keeps the server's persistent session under it), yet not
     guessable from outside: whoever connects under the server's client id takes its session.
     """
+
     def read() -> str | None:
         with engine.connect() as conn:
             raw = conn.execute(select(prefs.c.value).where(prefs.c.key == CLIENT_SUFFIX_KEY)).scalar()
@@ -109,8 +141,14 @@ def server_client_suffix(engine: Engine) -> str:
         return found
     try:
         with write_transaction(engine) as conn:
-            conn.execute(insert(prefs).values(key=CLIENT_SUFFIX_KEY, value=json.dumps(secrets.token_hex(8)),
-                                              updated_at=now_ms(), updated_by="compute-server"))
+            conn.execute(
+                insert(prefs).values(
+                    key=CLIENT_SUFFIX_KEY,
+                    value=json.dumps(secrets.token_hex(8)),
+                    updated_at=now_ms(),
+                    updated_by="compute-server",
+                )
+            )
     except IntegrityError:  # another server process drew one first: use theirs
         pass
     return read() or ""

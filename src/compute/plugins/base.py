@@ -79,8 +79,9 @@ class PluginTask(ComputeModule):  # type: ignore[misc]
         """Why this task cannot run on this machine (missing tool or model), or None."""
         return None
 
-    async def execute(self, job: Job, params: BaseJobParams,
-                      progress_callback: Progress | None = None) -> dict[str, Any]:
+    async def execute(
+        self, job: Job, params: BaseJobParams, progress_callback: Progress | None = None
+    ) -> dict[str, Any]:
         assert isinstance(params, self.params)
         try:
             output = await self.run(JobFiles(job.job_id), params, progress_callback or _no_progress)

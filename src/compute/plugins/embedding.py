@@ -88,8 +88,10 @@ def l2_normalise(vector: Vector) -> Vector:
 
 def check_dim(vector: Vector, expected: int, spec: ModelSpec) -> None:
     if vector.shape[0] != expected:
-        raise WrongModel(f"model file {spec.filename} gives {vector.shape[0]}-dimensional embeddings, "
-                         f"expected {expected}; this task needs {spec.title}")
+        raise WrongModel(
+            f"model file {spec.filename} gives {vector.shape[0]}-dimensional embeddings, "
+            f"expected {expected}; this task needs {spec.title}"
+        )
 
 
 def static_dim(session: Any, cls_token: bool) -> int | None:
@@ -112,13 +114,22 @@ def model_problem(spec: ModelSpec, expected_dim: int, *, cls_token: bool = False
         return missing
     declared = static_dim(models.session(spec), cls_token)
     if declared is not None and declared != expected_dim:
-        return (f"model file {spec.filename} declares {declared}-dimensional embeddings, "
-                f"expected {expected_dim}; this task needs {spec.title}")
+        return (
+            f"model file {spec.filename} declares {declared}-dimensional embeddings, "
+            f"expected {expected_dim}; this task needs {spec.title}"
+        )
     return None
 
 
-def embed(spec: ModelSpec, image: Image.Image, prep: Preprocess, expected_dim: int, *,
-          normalize: bool, cls_token: bool = False) -> Vector:
+def embed(
+    spec: ModelSpec,
+    image: Image.Image,
+    prep: Preprocess,
+    expected_dim: int,
+    *,
+    normalize: bool,
+    cls_token: bool = False,
+) -> Vector:
     """The embedding of `image` by the model of `spec`; ModelUnavailable if it cannot be had."""
     session = models.session(spec)
     tensor = to_tensor(image, prep, input_size(session, prep))

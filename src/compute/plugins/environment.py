@@ -33,8 +33,9 @@ class PluginEnvironment:
         return self.storage_dir / "jobs" / job_id
 
 
-_current = PluginEnvironment(storage_dir=Path.home() / ".cl_server" / "compute",
-                             models_dir=Path.home() / ".cl_server" / "models")
+_current = PluginEnvironment(
+    storage_dir=Path.home() / ".cl_server" / "compute", models_dir=Path.home() / ".cl_server" / "models"
+)
 
 
 def configure(settings: Settings) -> None:
@@ -45,9 +46,12 @@ def configure(settings: Settings) -> None:
     # Pillow warns past this and refuses past twice this; our own check (media.check_pixels)
     # refuses past it, and this covers third-party plugins that call Pillow directly.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-    _current = PluginEnvironment(settings.storage_dir.resolve(), settings.models_dir,
-                                 settings.max_image_pixels,
-                                 tuple(p.resolve() for p in settings.media_roots))
+    _current = PluginEnvironment(
+        settings.storage_dir.resolve(),
+        settings.models_dir,
+        settings.max_image_pixels,
+        tuple(p.resolve() for p in settings.media_roots),
+    )
 
 
 def current() -> PluginEnvironment:

@@ -61,8 +61,9 @@ async def job_folder(storage: JobStorage) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def new_job(storage: JobStorage, file: UploadFile,
-                  accepts: Collection[MediaKind]) -> AsyncIterator[NewJob]:
+async def new_job(
+    storage: JobStorage, file: UploadFile, accepts: Collection[MediaKind]
+) -> AsyncIterator[NewJob]:
     """Store `file` in a new job folder and check it; the folder goes away if anything fails."""
     original = check_name(file.filename)
     async with job_folder(storage) as job_id:
@@ -102,17 +103,20 @@ def media_path(raw: str, *, must_exist: bool) -> Path:
     roots = current().media_roots
     resolved = path.resolve()
     if not any(resolved == root or root in resolved.parents for root in roots):
-        raise HTTPException(403, "the path is outside the media roots this server may use "
-                                 "(COMPUTE_MEDIA_ROOTS)")
+        raise HTTPException(
+            403, "the path is outside the media roots this server may use (COMPUTE_MEDIA_ROOTS)"
+        )
     if must_exist and not resolved.is_file():
         raise HTTPException(404, "no file at that path")
     return resolved
 
 
-def enqueue(repository: Any, job_id: str, task_type: str, params: dict[str, Any],
-            priority: int, user: Any) -> dict[str, str]:
+def enqueue(
+    repository: Any, job_id: str, task_type: str, params: dict[str, Any], priority: int, user: Any
+) -> dict[str, str]:
     """Commit the job (the repository then publishes its hint); the reply CL Server clients read."""
     created_by = getattr(user, "id", None) if user is not None else None
-    repository.add_job(Job(job_id=job_id, task_type=task_type, params=params),
-                       created_by=created_by, priority=priority)
+    repository.add_job(
+        Job(job_id=job_id, task_type=task_type, params=params), created_by=created_by, priority=priority
+    )
     return {"job_id": job_id, "status": "queued", "task_type": task_type}

@@ -104,16 +104,19 @@ def sniff_bytes(head: bytes, ts_sync: bytes = b"") -> MediaKind | None:
 def check_pixels(width: int, height: int, what: str = "image") -> None:
     limit = current().max_image_pixels
     if width * height > limit:
-        raise ImageTooLarge(f"{what} of {width}x{height} = {width * height} pixels exceeds the "
-                            f"limit of {limit} (MAX_IMAGE_PIXELS)")
+        raise ImageTooLarge(
+            f"{what} of {width}x{height} = {width * height} pixels exceeds the "
+            f"limit of {limit} (MAX_IMAGE_PIXELS)"
+        )
 
 
 def _bomb(exc: Image.DecompressionBombError) -> ImageTooLarge:
     """Pillow refuses to even open past twice its limit; say so as our limit error."""
     counted = re.search(r"\((\d+) pixels\)", str(exc))
     pixels = f"{counted.group(1)} pixels" if counted else "its size"
-    return ImageTooLarge(f"image of {pixels} exceeds the limit of {current().max_image_pixels} "
-                         "(MAX_IMAGE_PIXELS)")
+    return ImageTooLarge(
+        f"image of {pixels} exceeds the limit of {current().max_image_pixels} (MAX_IMAGE_PIXELS)"
+    )
 
 
 def image_size(path: Path) -> tuple[int, int]:

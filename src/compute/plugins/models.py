@@ -48,20 +48,30 @@ class ModelSpec:
 #: Every model a plugin of this project uses, by task type.
 MODELS: dict[str, ModelSpec] = {
     "clip_embedding": ModelSpec(
-        "mobileclip_s2_image_encoder.onnx", "MobileCLIP-S2 image encoder (512-d)",
+        "mobileclip_s2_image_encoder.onnx",
+        "MobileCLIP-S2 image encoder (512-d)",
         "huggingface.co/apple/MobileCLIP-S2-onnx, file image_encoder.onnx",
-        "Apple AMLR licence; read the model card"),
+        "Apple AMLR licence; read the model card",
+    ),
     "dino_embedding": ModelSpec(
-        "dinov2_vits14.onnx", "DINOv2 ViT-S/14 (384-d CLS token)",
-        "huggingface.co/sefaburak/dinov2-small-onnx, file dinov2_vits14.onnx", "Apache-2.0"),
+        "dinov2_vits14.onnx",
+        "DINOv2 ViT-S/14 (384-d CLS token)",
+        "huggingface.co/sefaburak/dinov2-small-onnx, file dinov2_vits14.onnx",
+        "Apache-2.0",
+    ),
     "face_detection": ModelSpec(
-        "face_detection_yunet_2023mar.onnx", "YuNet face detector (boxes and 5 landmarks)",
+        "face_detection_yunet_2023mar.onnx",
+        "YuNet face detector (boxes and 5 landmarks)",
         "github.com/opencv/opencv_zoo, models/face_detection_yunet/face_detection_yunet_2023mar.onnx",
-        "MIT"),
+        "MIT",
+    ),
     "face_embedding": ModelSpec(
-        "arcface.onnx", "ArcFace face embedder (512-d from 112x112 crops)",
+        "arcface.onnx",
+        "ArcFace face embedder (512-d from 112x112 crops)",
         "huggingface.co/onnx-community/arcface-onnx, file arcface.onnx (or InsightFace w600k_r50.onnx "
-        "renamed)", "read the model card; InsightFace's own weights are for non-commercial research"),
+        "renamed)",
+        "read the model card; InsightFace's own weights are for non-commercial research",
+    ),
 }
 
 
@@ -101,19 +111,21 @@ def problem(spec: ModelSpec) -> str | None:
 
 def _load(spec: ModelSpec, path: Path) -> Any:
     if not path.is_file():
-        raise ModelUnavailable(f"model file {spec.filename} is missing from the models folder "
-                               f"(COMPUTE_MODELS_DIR); see `compute-models`")
+        raise ModelUnavailable(
+            f"model file {spec.filename} is missing from the models folder "
+            f"(COMPUTE_MODELS_DIR); see `compute-models`"
+        )
     import onnxruntime as ort
 
     try:
         sess = ort.InferenceSession(str(path), providers=execution_providers())
     except Exception as exc:
-        raise ModelUnavailable(f"model file {spec.filename} cannot be loaded: "
-                               f"{type(exc).__name__}") from None
+        raise ModelUnavailable(f"model file {spec.filename} cannot be loaded: {type(exc).__name__}") from None
     shape = sess.get_inputs()[0].shape
     if len(shape) != spec.input_rank:
-        raise ModelUnavailable(f"model file {spec.filename} has an input of rank {len(shape)}, "
-                               f"expected {spec.input_rank}")
+        raise ModelUnavailable(
+            f"model file {spec.filename} has an input of rank {len(shape)}, expected {spec.input_rank}"
+        )
     log.info("loaded model %s (%s)", spec.filename, ", ".join(sess.get_providers()))
     return sess
 

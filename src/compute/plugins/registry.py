@@ -72,8 +72,13 @@ def _load_group(group: str) -> dict[str, Any]:
         try:
             loaded[name] = ep.load()
         except Exception as exc:
-            log.error("plugin %s (%s) failed to load and is left out: %s: %s",
-                      name, ep.value, type(exc).__name__, exc)
+            log.error(
+                "plugin %s (%s) failed to load and is left out: %s: %s",
+                name,
+                ep.value,
+                type(exc).__name__,
+                exc,
+            )
     return loaded
 
 

@@ -45,8 +45,12 @@ async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ())
     when the process running the plugin dies: a killed plugin process leaves no ffmpeg behind.
     """
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL, preexec_fn=deathsignal.preexec(signal.SIGKILL))
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        preexec_fn=deathsignal.preexec(signal.SIGKILL),
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException as exc:  # timeout or cancellation: do not leave the tool running

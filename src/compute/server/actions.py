@@ -33,7 +33,8 @@ class JobActions:
         if changed is not None and changed.applied:
             now = now_ms()
             self.dispatcher.hint(changed.task_type, job_id, changed.priority, now)
-            self.dispatcher.job_changed(job_id, JobStatus.QUEUED.value, timestamp=now,
-                                         task_type=changed.task_type)
+            self.dispatcher.job_changed(
+                job_id, JobStatus.QUEUED.value, timestamp=now, task_type=changed.task_type
+            )
             self.queues.mark_dirty()
         return changed

@@ -22,8 +22,14 @@ BATCH = 500
 
 
 class PriorityAging:
-    def __init__(self, engine: Engine, step_seconds: float, on_change: Callable[[], None],
-                 batch: int = BATCH, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        step_seconds: float,
+        on_change: Callable[[], None],
+        batch: int = BATCH,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.engine = engine
         self.step_ms = int(step_seconds * 1000)
         self.on_change = on_change

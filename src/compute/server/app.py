@@ -41,8 +41,11 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.state.services = services  # read by server/deps.py
 
     # Bodies are counted and timed while they stream (413, 408), chunked ones too.
-    app.add_middleware(RequestBodyGuard, max_body_bytes=settings.max_upload_bytes + UPLOAD_SLACK,
-                       idle_timeout=settings.upload_idle_timeout)
+    app.add_middleware(
+        RequestBodyGuard,
+        max_body_bytes=settings.max_upload_bytes + UPLOAD_SLACK,
+        idle_timeout=settings.upload_idle_timeout,
+    )
     # Outermost: times every request, those the body guard refuses included.
     app.add_middleware(HttpMetrics, metrics=services.metrics)
     install_error_handlers(app)

@@ -70,7 +70,9 @@ class TokenVerifier:
         assert self.public_key is not None
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self.public_key, algorithms=[ALGORITHM],
+                token,
+                self.public_key,
+                algorithms=[ALGORITHM],
                 options={"require": ["exp"]},
             )
         except jwt.ExpiredSignatureError:
@@ -85,8 +87,12 @@ class TokenVerifier:
         perms = claims.get("permissions") or []
         if not isinstance(perms, list):
             raise _unauthorized("token 'permissions' is not a list")
-        return User(str(user_id), frozenset(map(str, perms)), bool(claims.get("is_admin", False)),
-                    float(claims["exp"]))
+        return User(
+            str(user_id),
+            frozenset(map(str, perms)),
+            bool(claims.get("is_admin", False)),
+            float(claims["exp"]),
+        )
 
 
 def _unauthorized(reason: str) -> HTTPException:
@@ -125,8 +131,9 @@ def require(permission: str, guests: bool = False) -> Callable[..., Any]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> User | None:
-        return await authenticate(request, credentials.credentials if credentials else None,
-                                  permission, guests)
+        return await authenticate(
+            request, credentials.credentials if credentials else None, permission, guests
+        )
 
     return dependency
 

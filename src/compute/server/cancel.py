@@ -17,8 +17,14 @@ from compute.topics import CancelRequest, Topics, encode
 
 
 class Canceller:
-    def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics, dispatcher: Dispatcher,
-                 queues: QueueReporter) -> None:
+    def __init__(
+        self,
+        transitions: JobTransitions,
+        bus: Bus,
+        topics: Topics,
+        dispatcher: Dispatcher,
+        queues: QueueReporter,
+    ) -> None:
         self.transitions = transitions
         self.bus = bus
         self.topics = topics

@@ -213,8 +213,11 @@ class ChangeFeed:
             change = JobChange(change.job_id, change.status, change.progress, change.timestamp, task_type)
         for sub in list(self.subscribers):
             # A job nobody owns as far as we know goes to subscribers that see everything only.
-            if (known is not None or sub.scope.everything) and sub.wants(change, owner) \
-                    and not sub.offer(change):
+            if (
+                (known is not None or sub.scope.everything)
+                and sub.wants(change, owner)
+                and not sub.offer(change)
+            ):
                 self.unsubscribe(sub)
                 self.slow_subscribers += 1
                 limited.warning("sse slow", "ended a live view that fell %d changes behind", sub.limit)

@@ -97,8 +97,9 @@ class RouteDatabase:
                 await self._slots.acquire()
         except TimeoutError:
             self._failed("every database thread is waiting for the database")
-            raise DatabaseUnavailable(f"{self.reason}; retry in {self.retry_after} s",
-                                      self.retry_after) from None
+            raise DatabaseUnavailable(
+                f"{self.reason}; retry in {self.retry_after} s", self.retry_after
+            ) from None
         try:
             context = contextvars.copy_context()
             bound = functools.partial(context.run, fn, *args, **kwargs)
@@ -108,8 +109,9 @@ class RouteDatabase:
             if not is_unavailable(exc):
                 raise
             self._failed(_reason(exc))
-            raise DatabaseUnavailable(f"{self.reason}; retry in {self.retry_after} s",
-                                      self.retry_after) from exc
+            raise DatabaseUnavailable(
+                f"{self.reason}; retry in {self.retry_after} s", self.retry_after
+            ) from exc
         finally:
             self._slots.release()
         self._succeeded()
@@ -133,8 +135,11 @@ class RouteDatabase:
 
     def current_state(self) -> DatabaseState:
         """The state as last seen; a failed database is re-checked in the background."""
-        if self.state == "unavailable" and self._ping is not None and (
-                time.monotonic() - self._checked_at >= RECHECK_INTERVAL):
+        if (
+            self.state == "unavailable"
+            and self._ping is not None
+            and (time.monotonic() - self._checked_at >= RECHECK_INTERVAL)
+        ):
             self.in_background(self._ping)
         return self.state
 

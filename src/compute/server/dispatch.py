@@ -42,23 +42,27 @@ class Dispatcher:
             if job.task_type not in hinted:
                 hinted.add(job.task_type)
                 self.hint(job.task_type, job.job_id, job.priority, job.created_at)
-            self.job_changed(job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at,
-                             task_type=job.task_type)
+            self.job_changed(
+                job.job_id, JobStatus.QUEUED.value, timestamp=job.created_at, task_type=job.task_type
+            )
         self.queues.mark_dirty()
 
-    def job_changed(self, job_id: str, status: str, progress: int = 0, timestamp: int = 0,
-                    task_type: str = "") -> None:
+    def job_changed(
+        self, job_id: str, status: str, progress: int = 0, timestamp: int = 0, task_type: str = ""
+    ) -> None:
         """Tell CL Server clients (`inference/events`) and live views that a job's status is now
         `status` (with its `task_type` when known: live views look it up otherwise)."""
         timestamp = timestamp or now_ms()
-        legacy = LegacyJobEvent(job_id=job_id, event_type=sdk_status(status), progress=progress,
-                                timestamp=timestamp)
+        legacy = LegacyJobEvent(
+            job_id=job_id, event_type=sdk_status(status), progress=progress, timestamp=timestamp
+        )
         self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
         self.feed.publish(JobChange(job_id, status, progress, timestamp, task_type))
 
     def hint(self, task_type: str, job_id: str = "", priority: int = 5, timestamp: int = 0) -> None:
-        payload = JobAvailable(job_id=job_id, task_type=task_type, priority=priority,
-                               timestamp=timestamp or now_ms())
+        payload = JobAvailable(
+            job_id=job_id, task_type=task_type, priority=priority, timestamp=timestamp or now_ms()
+        )
         if not self.bus.publish(self.topics.job_available(task_type), encode(payload), qos=1):
             self.unsent += 1
             limited.warning("hint unsent", "broker unreachable: %s job waits for a worker sweep", task_type)

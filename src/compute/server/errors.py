@@ -33,8 +33,13 @@ def _detail(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 
 def _bug(request: Request, exc: BaseException) -> JSONResponse:
     error_id = uuid.uuid4().hex[:12]
-    log.error("%s %s failed (error id %s)", request.method, request.url.path[:200], error_id,
-              exc_info=(type(exc), exc, exc.__traceback__))
+    log.error(
+        "%s %s failed (error id %s)",
+        request.method,
+        request.url.path[:200],
+        error_id,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
     return _detail(500, f"internal error; the server log has the details under id {error_id}")
 
 
@@ -60,8 +65,11 @@ def install_error_handlers(app: FastAPI) -> None:
         # Calls made outside RouteDatabase (a plugin's own reads, guest mode) end up here.
         if is_unavailable(exc):
             db = request.app.state.services.db
-            return _detail(503, f"the database does not answer now; retry in {db.retry_after} s",
-                           {"Retry-After": str(db.retry_after)})
+            return _detail(
+                503,
+                f"the database does not answer now; retry in {db.retry_after} s",
+                {"Retry-After": str(db.retry_after)},
+            )
         if isinstance(exc, IntegrityError):
             return _detail(409, "conflicts with a stored record")
         return _bug(request, exc)

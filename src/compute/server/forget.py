@@ -33,8 +33,9 @@ MAX_INTERVAL = 3600.0
 
 
 class WorkerForgetter:
-    def __init__(self, engine: Engine, bus: Bus, topics: Topics, forget_after: float,
-                 batch: int = BATCH) -> None:
+    def __init__(
+        self, engine: Engine, bus: Bus, topics: Topics, forget_after: float, batch: int = BATCH
+    ) -> None:
         self.engine = engine
         self.bus = bus
         self.topics = topics
@@ -47,8 +48,11 @@ class WorkerForgetter:
     def clear(self, worker_id: str) -> bool:
         """Empty retained payloads on every retained topic of `worker_id`; False if one was not sent."""
         sent = True
-        for topic in (self.topics.worker_status(worker_id), self.topics.worker_info(worker_id),
-                      self.topics.legacy_worker(worker_id)):
+        for topic in (
+            self.topics.worker_status(worker_id),
+            self.topics.worker_info(worker_id),
+            self.topics.legacy_worker(worker_id),
+        ):
             sent = self.bus.publish(topic, b"", qos=1, retain=True) and sent
         return sent
 
@@ -62,8 +66,12 @@ class WorkerForgetter:
         if cleared:
             await asyncio.to_thread(db.forget_sessions, self.engine, cleared, cutoff)
             self.forgotten += len(cleared)
-            log.info("forgot %d workers silent for %.0f s: %s", len(cleared), self.forget_after,
-                     ", ".join(cleared[:10]) + (" ..." if len(cleared) > 10 else ""))
+            log.info(
+                "forgot %d workers silent for %.0f s: %s",
+                len(cleared),
+                self.forget_after,
+                ", ".join(cleared[:10]) + (" ..." if len(cleared) > 10 else ""),
+            )
         return cleared
 
     async def run(self) -> None:

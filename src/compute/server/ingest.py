@@ -36,8 +36,16 @@ _TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 
 class EventIngest:
-    def __init__(self, transitions: JobTransitions, bus: Bus, topics: Topics, dispatcher: Dispatcher,
-                 queues: QueueReporter, *, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        transitions: JobTransitions,
+        bus: Bus,
+        topics: Topics,
+        dispatcher: Dispatcher,
+        queues: QueueReporter,
+        *,
+        metrics: ServerMetrics,
+    ) -> None:
         self.transitions = transitions
         self.metrics = metrics
         self.bus = bus
@@ -58,8 +66,13 @@ class EventIngest:
                 raise MalformedMessage(f"topic names job {job_id}, payload {event.job_id}")
         except (MalformedMessage, ValueError) as exc:
             self.rejected["malformed"] += 1
-            limited.warning("malformed", "dropped malformed job event on %s: %s", topic[:200], str(exc)[:200],
-                            extra={"topic": topic[:200]})
+            limited.warning(
+                "malformed",
+                "dropped malformed job event on %s: %s",
+                topic[:200],
+                str(exc)[:200],
+                extra={"topic": topic[:200]},
+            )
             return
         try:
             self.queue.put_nowait(event)
@@ -93,9 +106,15 @@ class EventIngest:
             ev = outcome.event
             if outcome.verdict is Verdict.REJECTED:
                 self.rejected[outcome.reason] += 1
-                limited.warning(outcome.reason, "dropped %s event for job %s from %s: %s", ev.event.value,
-                                ev.job_id[:100], ev.worker_id[:100], outcome.reason,
-                                extra={"job_id": ev.job_id[:100], "worker_id": ev.worker_id[:100]})
+                limited.warning(
+                    outcome.reason,
+                    "dropped %s event for job %s from %s: %s",
+                    ev.event.value,
+                    ev.job_id[:100],
+                    ev.worker_id[:100],
+                    outcome.reason,
+                    extra={"job_id": ev.job_id[:100], "worker_id": ev.worker_id[:100]},
+                )
                 continue
             if outcome.verdict is Verdict.APPLIED:
                 self.applied += 1
@@ -120,6 +139,10 @@ class EventIngest:
         ev = outcome.event
         if ev.event is EventType.PROGRESS and outcome.status != JobStatus.PROCESSING.value:
             return
-        self.dispatcher.job_changed(ev.job_id, outcome.status or JobStatus.PROCESSING.value,
-                                    progress=100 if ev.event is EventType.COMPLETED else ev.progress,
-                                    timestamp=ev.timestamp, task_type=outcome.task_type)
+        self.dispatcher.job_changed(
+            ev.job_id,
+            outcome.status or JobStatus.PROCESSING.value,
+            progress=100 if ev.event is EventType.COMPLETED else ev.progress,
+            timestamp=ev.timestamp,
+            task_type=outcome.task_type,
+        )

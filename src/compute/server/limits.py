@@ -75,8 +75,9 @@ class _Guarded:
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self.guard.max_body_bytes:
-                await self._refuse(413, f"request body exceeds the limit of {self.guard.max_body_bytes}"
-                                        " bytes")
+                await self._refuse(
+                    413, f"request body exceeds the limit of {self.guard.max_body_bytes} bytes"
+                )
                 return DISCONNECT
             self.body_done = not message.get("more_body", False)
         else:
@@ -107,8 +108,15 @@ def _content_length(scope: Scope) -> int | None:
 
 async def _reply(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

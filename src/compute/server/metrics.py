@@ -41,22 +41,39 @@ class ServerMetrics:
         """`task_types`: the installed ones, reported with zeros while they have no jobs."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.pickup = Histogram(
-            "compute_job_pickup_seconds", "Job created until its first attempt started (observed when that "
-            "attempt's result is persisted).", ["task_type"], buckets=PICKUP_BUCKETS, registry=self.registry)
+            "compute_job_pickup_seconds",
+            "Job created until its first attempt started (observed when that attempt's result is persisted).",
+            ["task_type"],
+            buckets=PICKUP_BUCKETS,
+            registry=self.registry,
+        )
         self.run = Histogram(
-            "compute_job_run_seconds", "An attempt's start until its result; status completed or failed "
-            "(a failed attempt that is retried counts as failed).", ["task_type", "status"],
-            buckets=RUN_BUCKETS, registry=self.registry)
+            "compute_job_run_seconds",
+            "An attempt's start until its result; status completed or failed "
+            "(a failed attempt that is retried counts as failed).",
+            ["task_type", "status"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
         self.retries = PromCounter(
-            "compute_job_retries", "Failed attempts put back in the queue to run again.", ["task_type"],
-            registry=self.registry)
+            "compute_job_retries",
+            "Failed attempts put back in the queue to run again.",
+            ["task_type"],
+            registry=self.registry,
+        )
         self.rescues = PromCounter(
-            "compute_job_rescues", "Claims of lost workers rescued; outcome queued (runs again) or failed "
-            "(no attempts left).", ["task_type", "outcome"], registry=self.registry)
+            "compute_job_rescues",
+            "Claims of lost workers rescued; outcome queued (runs again) or failed (no attempts left).",
+            ["task_type", "outcome"],
+            registry=self.registry,
+        )
         self.http = Histogram(
-            "compute_http_request_duration_seconds", "HTTP requests by route template and status (streamed "
-            "event responses: until their headers).", ["method", "route", "status"], buckets=HTTP_BUCKETS,
-            registry=self.registry)
+            "compute_http_request_duration_seconds",
+            "HTTP requests by route template and status (streamed event responses: until their headers).",
+            ["method", "route", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
         self._scrape = _ScrapeTime(tuple(task_types))
         self.registry.register(self._scrape)
 
@@ -119,11 +136,14 @@ class _ScrapeTime(Collector):
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("compute_queue_depth", "Jobs waiting to be claimed.", labels=["task_type"])
-        running = GaugeMetricFamily("compute_jobs_running", "Jobs claimed and not finished.",
-                                    labels=["task_type"])
-        oldest = GaugeMetricFamily("compute_queue_oldest_age_seconds",
-                                   "How long the oldest waiting job has waited (0 when none waits).",
-                                   labels=["task_type"])
+        running = GaugeMetricFamily(
+            "compute_jobs_running", "Jobs claimed and not finished.", labels=["task_type"]
+        )
+        oldest = GaugeMetricFamily(
+            "compute_queue_oldest_age_seconds",
+            "How long the oldest waiting job has waited (0 when none waits).",
+            labels=["task_type"],
+        )
         by_task = {q.task_type: q for q in self.state.queues}
         for task in sorted(set(self.task_types) | set(by_task)):
             q = by_task.get(task)
@@ -134,15 +154,19 @@ class _ScrapeTime(Collector):
         yield from (depth, running, oldest)
 
         idle = self.state.idle_flags
-        workers = GaugeMetricFamily("compute_workers", "Live workers the server verified, by state.",
-                                    labels=["state"])
+        workers = GaugeMetricFamily(
+            "compute_workers", "Live workers the server verified, by state.", labels=["state"]
+        )
         workers.add_metric(["idle"], sum(1 for i in idle if i))
         workers.add_metric(["busy"], sum(1 for i in idle if not i))
         yield workers
 
         rejected = CounterMetricFamily(
-            "compute_mqtt_rejected", "MQTT messages dropped: kind job_event (forged, replayed, stale, "
-            "malformed, queue full) or worker_info (unverified presence).", labels=["kind", "reason"])
+            "compute_mqtt_rejected",
+            "MQTT messages dropped: kind job_event (forged, replayed, stale, "
+            "malformed, queue full) or worker_info (unverified presence).",
+            labels=["kind", "reason"],
+        )
         for kind, counts in self.state.rejected:
             for reason, n in sorted(counts.items()):
                 rejected.add_metric([kind, reason], n)
@@ -173,8 +197,9 @@ class HttpMetrics:
                 state["observed"] = True
                 route = scope.get("route")
                 template = getattr(route, "path", None) or UNMATCHED
-                self.metrics.request_done(scope["method"], template, state["status"],
-                                          time.perf_counter() - start)
+                self.metrics.request_done(
+                    scope["method"], template, state["status"], time.perf_counter() - start
+                )
 
         async def send_and_time(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -47,8 +47,9 @@ class OrphanSweeper:
         return removed, freed
 
     async def run(self) -> None:
-        await every(min(MAX_INTERVAL, max(1.0, self.grace / 2)), self._one_pass, "orphan folder sweep",
-                    limited)
+        await every(
+            min(MAX_INTERVAL, max(1.0, self.grace / 2)), self._one_pass, "orphan folder sweep", limited
+        )
 
     async def _one_pass(self) -> None:
         try:

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from compute.logs import LogLimiter
 
 
-async def every(interval: float, one_pass: Callable[[], Awaitable[object]], what: str,
-                limited: LogLimiter) -> None:
+async def every(
+    interval: float, one_pass: Callable[[], Awaitable[object]], what: str, limited: LogLimiter
+) -> None:
     """`await one_pass()` every `interval` seconds until cancelled; failures are logged by
     `limited` (under the reason `what`) and do not end the loop."""
     while True:

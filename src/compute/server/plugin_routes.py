@@ -60,7 +60,8 @@ class _PendingAdd:
 
 #: Inside a plugin request: the jobs its endpoint asked to add, committed by the wrapper.
 _pending: contextvars.ContextVar[list[_PendingAdd] | None] = contextvars.ContextVar(
-    "pending_adds", default=None)
+    "pending_adds", default=None
+)
 #: Inside a plugin request: the job an earlier request with the same Idempotency-Key created.
 _replay: contextvars.ContextVar[JobRecord | None] = contextvars.ContextVar("replay", default=None)
 
@@ -90,8 +91,13 @@ def _reply(job: JobRecord, task_type: str) -> dict[str, Any]:
     return {"job_id": job.job_id, "status": sdk_status(job.status), "task_type": task_type}
 
 
-def _wrapped(endpoint: Callable[..., Any], task_type: str, submitter: JobSubmitter, storage: JobStorage,
-             db: RouteDatabase) -> Callable[..., Any]:
+def _wrapped(
+    endpoint: Callable[..., Any],
+    task_type: str,
+    submitter: JobSubmitter,
+    storage: JobStorage,
+    db: RouteDatabase,
+) -> Callable[..., Any]:
     """The plugin endpoint with replays, the off-loop commit and `task_type` in the reply.
 
     functools.wraps keeps the signature, so FastAPI still sees the plugin's form fields.
@@ -134,8 +140,13 @@ def _wrapped(endpoint: Callable[..., Any], task_type: str, submitter: JobSubmitt
 
 
 async def _timeout_param(
-    timeout: float | None = Query(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False,
-                                  description="execution limit for this job, seconds (at most a day)"),
+    timeout: float | None = Query(
+        None,
+        gt=0,
+        le=MAX_TIMEOUT,
+        allow_inf_nan=False,
+        description="execution limit for this job, seconds (at most a day)",
+    ),
 ) -> None:
     """`?timeout=` on a plugin route: handed to JobRepository.add_job through a context variable.
 
@@ -146,11 +157,17 @@ async def _timeout_param(
 
 def _idempotency_param(task_type: str) -> Callable[..., Any]:
     async def idempotency(
-        user: JobUser, repo: RepoDep, db: DbDep,
-        key: Annotated[str | None, Header(
-            alias="Idempotency-Key",
-            description=f"a retry with the same key (at most {MAX_IDEMPOTENCY_KEY} characters) gets "
-                        "the job the first request created instead of a second one")] = None,
+        user: JobUser,
+        repo: RepoDep,
+        db: DbDep,
+        key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                description=f"a retry with the same key (at most {MAX_IDEMPOTENCY_KEY} characters) gets "
+                "the job the first request created instead of a second one",
+            ),
+        ] = None,
     ) -> None:
         """`Idempotency-Key`: checked, handed to add_job, and an earlier job with it looked up."""
         job_idempotency_key.set(None)
@@ -158,15 +175,16 @@ def _idempotency_param(task_type: str) -> Callable[..., Any]:
         if key is None:
             return
         if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-            raise HTTPException(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable "
-                                     "characters")
+            raise HTTPException(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
         job_idempotency_key.set(key)
-        earlier = await db.call(repo.find_by_idempotency_key,
-                                idempotency_scope(getattr(user, "id", None), key))
+        earlier = await db.call(
+            repo.find_by_idempotency_key, idempotency_scope(getattr(user, "id", None), key)
+        )
         if earlier is not None:
             if earlier.task_type != task_type:
-                raise HTTPException(409, f"this Idempotency-Key was used for a {earlier.task_type} job "
-                                         f"({earlier.job_id})")
+                raise HTTPException(
+                    409, f"this Idempotency-Key was used for a {earlier.task_type} job ({earlier.job_id})"
+                )
             _replay.set(earlier)
 
     return idempotency
@@ -186,9 +204,12 @@ async def _rate_limit(request: Request, user: JobUser) -> None:
     wait = limiter.acquire(key)
     if wait > 0:
         seconds = math.ceil(wait)
-        raise HTTPException(429, f"too many jobs: at most {limiter.per_minute:g} a minute "
-                                 f"({limiter.burst} at once); retry in {seconds} s",
-                            headers={"Retry-After": str(seconds)})
+        raise HTTPException(
+            429,
+            f"too many jobs: at most {limiter.per_minute:g} a minute "
+            f"({limiter.burst} at once); retry in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterable[APIRoute]:
@@ -212,17 +233,25 @@ def plugin_router(submitter: JobSubmitter, storage: JobStorage, db: RouteDatabas
             task_type = route.path.removeprefix("/jobs/")
             known.append(task_type)
             router.add_api_route(
-                route.path, _wrapped(route.endpoint, task_type, submitter, storage, db),
-                methods=sorted(route.methods or ()), response_model=JobCreated, tags=[name],
+                route.path,
+                _wrapped(route.endpoint, task_type, submitter, storage, db),
+                methods=sorted(route.methods or ()),
+                response_model=JobCreated,
+                tags=[name],
                 name=route.name,
-                dependencies=[Depends(_timeout_param), Depends(_idempotency_param(task_type)),
-                              Depends(_rate_limit)],
-                summary=route.summary, description=route.description,
+                dependencies=[
+                    Depends(_timeout_param),
+                    Depends(_idempotency_param(task_type)),
+                    Depends(_rate_limit),
+                ],
+                summary=route.summary,
+                description=route.description,
             )
 
     @router.post("/jobs/{task_type}", tags=["plugins"], include_in_schema=False)
     def unknown_task(task_type: str, _user: JobUser) -> None:
-        raise HTTPException(404, f"unknown task type '{task_type[:100]}'; available: "
-                                 f"{', '.join(sorted(known))}")
+        raise HTTPException(
+            404, f"unknown task type '{task_type[:100]}'; available: {', '.join(sorted(known))}"
+        )
 
     return router

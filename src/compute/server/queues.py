@@ -71,8 +71,12 @@ class QueueReporter:
             oldest = s.oldest_queued_at if s else None
             if (queued, running) == self._last.get(task_type) and not queued:
                 continue
-            state = QueueState(task_type=task_type, queued=queued, running=running,
-                               oldest_queued_age_ms=None if oldest is None else max(0, now - oldest),
-                               timestamp=now)
+            state = QueueState(
+                task_type=task_type,
+                queued=queued,
+                running=running,
+                oldest_queued_age_ms=None if oldest is None else max(0, now - oldest),
+                timestamp=now,
+            )
             if self.bus.publish(self.topics.queue(task_type), encode(state), qos=1, retain=True):
                 self._last[task_type] = (queued, running)

@@ -32,8 +32,15 @@ MAX_PENDING_CHECKS = 1024
 
 
 class Rescuer:
-    def __init__(self, transitions: JobTransitions, dispatcher: Dispatcher, queues: QueueReporter,
-                 lease_seconds: float, *, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        transitions: JobTransitions,
+        dispatcher: Dispatcher,
+        queues: QueueReporter,
+        lease_seconds: float,
+        *,
+        metrics: ServerMetrics,
+    ) -> None:
         self.transitions = transitions
         self.metrics = metrics
         self.dispatcher = dispatcher
@@ -66,8 +73,10 @@ class Rescuer:
                 # The session's claims and their leases as the Will arrives.
                 snapshot = await asyncio.to_thread(self.transitions.session_leases, worker_id, session)
             except Exception:
-                limited.exception("will lookup", "could not read the claims of a lost worker; the "
-                                                 "lease sweep will rescue them")
+                limited.exception(
+                    "will lookup",
+                    "could not read the claims of a lost worker; the lease sweep will rescue them",
+                )
                 return
             await asyncio.sleep(self.grace)
             reason = f"worker {worker_id} went offline"

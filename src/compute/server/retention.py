@@ -45,8 +45,14 @@ class RetentionPolicy:
 
 
 class RetentionSweeper:
-    def __init__(self, engine: Engine, storage: JobStorage, policy: RetentionPolicy,
-                 batch: int = BATCH, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        storage: JobStorage,
+        policy: RetentionPolicy,
+        batch: int = BATCH,
+        interval: float = INTERVAL,
+    ) -> None:
         self.engine = engine
         self.storage = storage
         self.policy = policy

@@ -36,11 +36,20 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, job: JobRecord) -> JobPublic:
         return cls(
-            job_id=job.job_id, task_type=job.task_type, status=sdk_status(job.status),
-            cancelled=job.status == JobStatus.CANCELLED.value, progress=job.progress,
-            priority=job.priority, params=job.params, task_output=job.task_output,
-            error_message=job.error_message, created_by=job.created_by, worker_id=job.worker_id,
-            created_at=job.created_at, updated_at=job.updated_at, started_at=job.started_at,
+            job_id=job.job_id,
+            task_type=job.task_type,
+            status=sdk_status(job.status),
+            cancelled=job.status == JobStatus.CANCELLED.value,
+            progress=job.progress,
+            priority=job.priority,
+            params=job.params,
+            task_output=job.task_output,
+            error_message=job.error_message,
+            created_by=job.created_by,
+            worker_id=job.worker_id,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
             completed_at=job.completed_at,
         )
 

@@ -111,15 +111,21 @@ def build_services(settings: Settings) -> Services:
     topics = Topics.for_settings(settings)
     # A fixed client id (unguessable: its suffix is kept in the database, set in `running`)
     # and a persistent session: the broker keeps worker events for the server while it restarts.
-    bus = MqttBus(settings, client_id=settings.server_client_id, clean_session=False,
-                  will=(topics.server_status, OFFLINE, True), name="server-bus")
+    bus = MqttBus(
+        settings,
+        client_id=settings.server_client_id,
+        clean_session=False,
+        will=(topics.server_status, OFFLINE, True),
+        name="server-bus",
+    )
 
     def announce_online() -> None:
         bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
 
     bus.on_connect(announce_online)
-    presence_bus = MqttBus(settings, client_id=f"{settings.server_client_id}-presence",
-                           name="server-presence")
+    presence_bus = MqttBus(
+        settings, client_id=f"{settings.server_client_id}-presence", name="server-presence"
+    )
     # Route code runs on database threads; what it publishes (add_job's hint, a cancel's
     # messages) and marks goes through the event loop, where the bus lives.
     hop = LoopHop()
@@ -127,8 +133,11 @@ def build_services(settings: Settings) -> Services:
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
     repo = JobRepository(route_engine, policies=settings.task_policies)
     queues = QueueReporter(bus, topics, repo, hop)
-    changes = ChangeFeed(lambda job_id: owner_of(repo, job_id), buffer=settings.sse_buffer,
-                         max_subscribers=settings.sse_max_clients)
+    changes = ChangeFeed(
+        lambda job_id: owner_of(repo, job_id),
+        buffer=settings.sse_buffer,
+        max_subscribers=settings.sse_max_clients,
+    )
     dispatcher = Dispatcher(safe_bus, topics, queues, changes)
     transitions = JobTransitions(engine, settings.task_policies)
     # Every installed task type is reported, with zeros while it has no jobs.
@@ -143,25 +152,42 @@ def build_services(settings: Settings) -> Services:
 
     bus.on_connect(announce_paused)
     return Services(
-        settings=settings, topics=topics, engine=engine, route_engine=route_engine, db=db, hop=hop,
-        bus=bus, presence_bus=presence_bus,
+        settings=settings,
+        topics=topics,
+        engine=engine,
+        route_engine=route_engine,
+        db=db,
+        hop=hop,
+        bus=bus,
+        presence_bus=presence_bus,
         verifier=TokenVerifier.from_settings(settings),
         guest=GuestMode(PreferenceStore(route_engine), settings.guest_mode),
-        storage=storage, repo=repo, queues=queues, changes=changes, dispatcher=dispatcher,
+        storage=storage,
+        repo=repo,
+        queues=queues,
+        changes=changes,
+        dispatcher=dispatcher,
         submitter=JobSubmitter(repo, dispatcher, db),
         transitions=transitions,
         canceller=Canceller(route_transitions, safe_bus, topics, dispatcher, queues),
         actions=JobActions(route_transitions, dispatcher, queues),
         rescuer=rescuer,
         ingest=EventIngest(transitions, bus, topics, dispatcher, queues, metrics=metrics),
-        registry=WorkerRegistry(bus, topics, WorkerSessions(engine), rescuer, listen=presence_bus,
-                                heartbeat_interval=settings.heartbeat_interval),
+        registry=WorkerRegistry(
+            bus,
+            topics,
+            WorkerSessions(engine),
+            rescuer,
+            listen=presence_bus,
+            heartbeat_interval=settings.heartbeat_interval,
+        ),
         orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
         queries=JobQueries(route_engine),
         route_sessions=WorkerSessions(route_engine),
         job_rate=KeyedLimiter(settings.job_rate_limit, settings.job_rate_burst),
-        retention=RetentionSweeper(engine, storage, RetentionPolicy(settings.retention_days,
-                                                                    settings.retention_max_jobs)),
+        retention=RetentionSweeper(
+            engine, storage, RetentionPolicy(settings.retention_days, settings.retention_max_jobs)
+        ),
         forgetter=WorkerForgetter(engine, bus, topics, settings.worker_forget_after),
         aging=PriorityAging(engine, settings.priority_aging_seconds, queues.mark_dirty),
         pauses=pauses,
@@ -179,18 +205,21 @@ async def running(services: Services, *, start_broker: bool) -> AsyncIterator[No
     s.settings.storage_dir.mkdir(parents=True, exist_ok=True)
     broker = await start_embedded_if_needed(s.settings) if start_broker else None
     s.bus.client_id, s.presence_bus.client_id = server_client_ids(
-        s.settings.mqtt_client_id, s.settings.server_client_id, s.engine)
+        s.settings.mqtt_client_id, s.settings.server_client_id, s.engine
+    )
     await s.bus.start()
     await s.presence_bus.start()
-    tasks = [asyncio.create_task(s.registry.run(), name="worker-sessions"),
-             asyncio.create_task(s.ingest.run(), name="ingest"),
-             asyncio.create_task(s.queues.run(), name="queue-summary"),
-             asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
-             asyncio.create_task(s.orphans.run(), name="orphan-sweep"),
-             asyncio.create_task(s.changes.run(), name="live-views"),
-             asyncio.create_task(s.retention.run(), name="retention"),
-             asyncio.create_task(s.forgetter.run(), name="forget-workers"),
-             asyncio.create_task(s.aging.run(), name="priority-aging")]
+    tasks = [
+        asyncio.create_task(s.registry.run(), name="worker-sessions"),
+        asyncio.create_task(s.ingest.run(), name="ingest"),
+        asyncio.create_task(s.queues.run(), name="queue-summary"),
+        asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
+        asyncio.create_task(s.orphans.run(), name="orphan-sweep"),
+        asyncio.create_task(s.changes.run(), name="live-views"),
+        asyncio.create_task(s.retention.run(), name="retention"),
+        asyncio.create_task(s.forgetter.run(), name="forget-workers"),
+        asyncio.create_task(s.aging.run(), name="priority-aging"),
+    ]
     try:
         yield
     finally:

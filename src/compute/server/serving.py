@@ -36,8 +36,10 @@ class StreamClosingServer(uvicorn.Server):
 # a kept-alive connection), and closed with a 408 when it passes. A request whose headers are in
 # is the app's from then on: the deadline does nothing while a request is being served.
 
-HEADER_TIMEOUT_REPLY = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                        b"content-length: 26\r\nconnection: close\r\n\r\nrequest headers too slow\r\n")
+HEADER_TIMEOUT_REPLY = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 26\r\nconnection: close\r\n\r\nrequest headers too slow\r\n"
+)
 
 
 class _HeaderDeadline:

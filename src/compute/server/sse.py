@@ -42,11 +42,15 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, frames: AsyncIterator[str], on_close: Callable[[], None],
-                 write_timeout: float = WRITE_TIMEOUT) -> None:
+    def __init__(
+        self, frames: AsyncIterator[str], on_close: Callable[[], None], write_timeout: float = WRITE_TIMEOUT
+    ) -> None:
         # no-cache: a proxy must not keep the stream; X-Accel-Buffering: nginx must not buffer it.
-        super().__init__(frames, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            frames,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         self.on_close = on_close
         self.write_timeout = write_timeout
 
@@ -58,14 +62,16 @@ class EventStream(StreamingResponse):
             await super().stream_response(send_in_time)
         except TimeoutError:
             # Returning without finishing the response makes the server close the connection.
-            limited.warning("sse stuck", "closed a live view whose client took no data for %.0f s",
-                            self.write_timeout)
+            limited.warning(
+                "sse stuck", "closed a live view whose client took no data for %.0f s", self.write_timeout
+            )
         finally:
             self.on_close()
 
 
-async def frames(sub: Subscription, heartbeat: float, first: list[JobChange] | None = None,
-                 until: float | None = None) -> AsyncIterator[str]:
+async def frames(
+    sub: Subscription, heartbeat: float, first: list[JobChange] | None = None, until: float | None = None
+) -> AsyncIterator[str]:
     """The frames of one subscription: `first` (a snapshot), then each change; a per-job
     subscription (`sub.job_id`) ends after a terminal change, every one at `until` (epoch
     seconds: when the caller's token expires)."""
@@ -85,8 +91,12 @@ async def frames(sub: Subscription, heartbeat: float, first: list[JobChange] | N
             if until is None or time.time() < until:
                 yield ": heartbeat\n\n"
             continue
-        if sub.job_id is not None and last is not None and change.status == last.status \
-                and change.progress <= last.progress:
+        if (
+            sub.job_id is not None
+            and last is not None
+            and change.status == last.status
+            and change.progress <= last.progress
+        ):
             continue  # a change from before the snapshot, or a repeat
         last = change
         yield frame("job", change.as_dict())
@@ -95,6 +105,11 @@ async def frames(sub: Subscription, heartbeat: float, first: list[JobChange] | N
             return
 
 
-def stream(feed: ChangeFeed, sub: Subscription, heartbeat: float,
-           first: list[JobChange] | None = None, until: float | None = None) -> EventStream:
+def stream(
+    feed: ChangeFeed,
+    sub: Subscription,
+    heartbeat: float,
+    first: list[JobChange] | None = None,
+    until: float | None = None,
+) -> EventStream:
     return EventStream(frames(sub, heartbeat, first, until), on_close=lambda: feed.unsubscribe(sub))

@@ -46,9 +46,17 @@ NEGATIVE_TTL, NEGATIVE_MAX = 10.0, 4096
 
 
 class WorkerRegistry:
-    def __init__(self, bus: Bus, topics: Topics, sessions: WorkerSessions, rescuer: Rescuer, *,
-                 listen: Bus | None = None, heartbeat_interval: float = 30.0,
-                 max_workers: int = MAX_WORKERS) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Topics,
+        sessions: WorkerSessions,
+        rescuer: Rescuer,
+        *,
+        listen: Bus | None = None,
+        heartbeat_interval: float = 30.0,
+        max_workers: int = MAX_WORKERS,
+    ) -> None:
         """`bus` publishes (clearing a lost worker's CL Server capability); `listen` (default
         `bus`) carries the `info` subscription, so that a flood there cannot delay job events.
         A verified Will goes to `rescuer.worker_lost`."""
@@ -125,8 +133,9 @@ class WorkerRegistry:
     def _online(self, worker_id: str, info: WorkerInfo) -> None:
         if worker_id not in self.workers and len(self.workers) >= self.max_workers:
             quietest = min(self._heard, key=self._heard.__getitem__)
-            limited.warning("full", "tracking %d workers: forgetting %s, the longest silent",
-                            self.max_workers, quietest)
+            limited.warning(
+                "full", "tracking %d workers: forgetting %s, the longest silent", self.max_workers, quietest
+            )
             self._forget(quietest)
         self.workers[worker_id] = info
         self._heard[worker_id] = time.monotonic()
@@ -138,8 +147,13 @@ class WorkerRegistry:
             self._forget(worker_id)
             # A connection has one Last Will; clear the worker's CL Server capability for it.
             self.bus.publish(self.topics.legacy_worker(worker_id), b"", qos=1, retain=True)
-        limited.info("offline", "worker %s session %s went offline%s", worker_id, info["session"],
-                     " (an older session; the current one stays)" if stale else "")
+        limited.info(
+            "offline",
+            "worker %s session %s went offline%s",
+            worker_id,
+            info["session"],
+            " (an older session; the current one stays)" if stale else "",
+        )
         self.rescuer.worker_lost(worker_id, info["session"])
 
     def _cleared(self, worker_id: str, topic: str) -> None:
@@ -207,8 +221,12 @@ class WorkerRegistry:
             if row is not None and row.stopped_at is None and now - row.last_seen <= self.stale_after_ms:
                 self._known[session] = row
                 continue
-            log.info("worker %s session %s is gone (%s)", worker_id, session,
-                     "stopped" if row is not None and row.stopped_at else "no heartbeat in the database")
+            log.info(
+                "worker %s session %s is gone (%s)",
+                worker_id,
+                session,
+                "stopped" if row is not None and row.stopped_at else "no heartbeat in the database",
+            )
             self._forget(worker_id)
             self.bus.publish(self.topics.legacy_worker(worker_id), b"", qos=1, retain=True)
 

@@ -47,15 +47,40 @@ def new_client_suffix() -> str:
 
 def offline_will(worker_id: str, session: str, secret: str) -> bytes:
     """The main connection's Last Will: this session is gone. Signed like an `info`."""
-    will = WorkerInfo(worker_id=worker_id, session=session, state=OFFLINE, tasks=[], idle=False,
-                      hostname="", pid=0, started_at=0, timestamp=now_ms(), sig="")
-    return encode(WorkerWill(worker_id=worker_id, session=session, state=OFFLINE,
-                             timestamp=will["timestamp"], sig=info_signature(secret, will)))
+    will = WorkerInfo(
+        worker_id=worker_id,
+        session=session,
+        state=OFFLINE,
+        tasks=[],
+        idle=False,
+        hostname="",
+        pid=0,
+        started_at=0,
+        timestamp=now_ms(),
+        sig="",
+    )
+    return encode(
+        WorkerWill(
+            worker_id=worker_id,
+            session=session,
+            state=OFFLINE,
+            timestamp=will["timestamp"],
+            sig=info_signature(secret, will),
+        )
+    )
 
 
 class Announcer:
-    def __init__(self, bus: Bus, presence: Bus | None, topics: Topics, worker_id: str,
-                 tasks: list[str], session: str, secret: str) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        presence: Bus | None,
+        topics: Topics,
+        worker_id: str,
+        tasks: list[str],
+        session: str,
+        secret: str,
+    ) -> None:
         self.bus = bus
         self.presence = presence
         self.topics = topics
@@ -89,9 +114,18 @@ class Announcer:
 
     def info(self) -> WorkerInfo:
         """This run's signed `info` as of now."""
-        info = WorkerInfo(worker_id=self.worker_id, session=self.session, state=ONLINE,
-                          tasks=self.tasks, idle=self.idle, hostname=socket.gethostname(),
-                          pid=os.getpid(), started_at=self.started_at, timestamp=now_ms(), sig="")
+        info = WorkerInfo(
+            worker_id=self.worker_id,
+            session=self.session,
+            state=ONLINE,
+            tasks=self.tasks,
+            idle=self.idle,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            timestamp=now_ms(),
+            sig="",
+        )
         info["sig"] = info_signature(self.secret, info)
         return info
 
@@ -100,8 +134,13 @@ class Announcer:
             return
         info = self.info()
         self.bus.publish(self.topics.worker_info(self.worker_id), encode(info), qos=1, retain=True)
-        legacy = LegacyCapability(worker_id=self.worker_id, id=self.worker_id, capabilities=self.tasks,
-                                  idle_count=1 if self.idle else 0, timestamp=info["timestamp"])
+        legacy = LegacyCapability(
+            worker_id=self.worker_id,
+            id=self.worker_id,
+            capabilities=self.tasks,
+            idle_count=1 if self.idle else 0,
+            timestamp=info["timestamp"],
+        )
         self.bus.publish(self.topics.legacy_worker(self.worker_id), encode(legacy), qos=1, retain=True)
 
     def publish_offline(self) -> None:

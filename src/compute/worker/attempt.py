@@ -46,14 +46,25 @@ class Attempt:
 
     def log_fields(self) -> dict[str, object]:
         """Structured-log fields (`extra`) for lines about this attempt: JSON logs carry them."""
-        return {"job_id": self.job_id, "worker_id": self.worker_id, "task_type": self.task_type,
-                "attempt": self.number}
+        return {
+            "job_id": self.job_id,
+            "worker_id": self.worker_id,
+            "task_type": self.task_type,
+            "attempt": self.number,
+        }
 
     def event(self, kind: EventType, **fields: Any) -> JobEvent:
         """A signed event of this claim, with the next sequence number."""
         self.seq += 1
-        unsigned = JobEvent(job_id=self.job_id, worker_id=self.worker_id, event=kind, timestamp=now_ms(),
-                            attempt=self.number, seq=self.seq, **fields)
+        unsigned = JobEvent(
+            job_id=self.job_id,
+            worker_id=self.worker_id,
+            event=kind,
+            timestamp=now_ms(),
+            attempt=self.number,
+            seq=self.seq,
+            **fields,
+        )
         return JobEvent(**{**unsigned.__dict__, "sig": signature(self.lease_token, unsigned)})
 
     def publish(self, event: JobEvent) -> bool:
@@ -63,13 +74,21 @@ class Attempt:
 
     def verifies_cancel(self, request: CancelRequest) -> bool:
         """True if the server signed `request` for this claim (its lease token and attempt)."""
-        return (request["job_id"] == self.job_id and request["attempt"] == self.number
-                and verify_cancel(self.lease_token, request["job_id"], request["attempt"],
-                                  request["timestamp"], request["sig"]))
+        return (
+            request["job_id"] == self.job_id
+            and request["attempt"] == self.number
+            and verify_cancel(
+                self.lease_token, request["job_id"], request["attempt"], request["timestamp"], request["sig"]
+            )
+        )
 
     def verifies_confirmation(self, confirmation: Confirmation) -> bool:
         """True if the server signed `confirmation` for this claim's result."""
         c = confirmation
-        return (c["job_id"] == self.job_id and c["attempt"] == self.number
-                and verify_confirmation(self.lease_token, c["job_id"], c["attempt"], c["status"],
-                                        c["timestamp"], c["sig"]))
+        return (
+            c["job_id"] == self.job_id
+            and c["attempt"] == self.number
+            and verify_confirmation(
+                self.lease_token, c["job_id"], c["attempt"], c["status"], c["timestamp"], c["sig"]
+            )
+        )

@@ -34,10 +34,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, repo: JobRepository, bus: Bus, topics: Topics,
-                 tasks: dict[str, ComputeModule], *, presence: Bus | None = None,
-                 session: str | None = None, secret: str = "",
-                 sessions: WorkerSessions | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: JobRepository,
+        bus: Bus,
+        topics: Topics,
+        tasks: dict[str, ComputeModule],
+        *,
+        presence: Bus | None = None,
+        session: str | None = None,
+        secret: str = "",
+        sessions: WorkerSessions | None = None,
+    ) -> None:
         self.settings = settings
         self.repo = repo
         self.bus = bus
@@ -47,8 +56,9 @@ class Worker:
         self.task_types = list(tasks)
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.announcer = Announcer(bus, presence, topics, self.worker_id, self.task_types, self.session,
-                                   secret)
+        self.announcer = Announcer(
+            bus, presence, topics, self.worker_id, self.task_types, self.session, secret
+        )
         transitions = JobTransitions(repo.engine, settings.task_policies)
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
         self.runner = JobRunner(tasks, self.outbox, plugin_host(settings, tasks))
@@ -84,11 +94,17 @@ class Worker:
             # Not for the running claim, or not from the server: a job stops only on the
             # server's word (signed with the lease token) or when its lease is gone.
             self.rejected_cancels += 1
-            limited.warning("unverified cancel", "ignored a cancel request for job %s: not signed for the "
-                            "running claim", request["job_id"][:100])
+            limited.warning(
+                "unverified cancel",
+                "ignored a cancel request for job %s: not signed for the running claim",
+                request["job_id"][:100],
+            )
             return
-        log.info("job %s: cancelled by the server", request["job_id"],
-                 extra={"job_id": request["job_id"], "worker_id": self.worker_id})
+        log.info(
+            "job %s: cancelled by the server",
+            request["job_id"],
+            extra={"job_id": request["job_id"], "worker_id": self.worker_id},
+        )
         self.runner.cancel(request["job_id"])
 
     def stop(self) -> None:
@@ -98,9 +114,11 @@ class Worker:
 
     async def run(self) -> None:
         self.runner.host.warm_up()
-        side = [asyncio.create_task(self.outbox.run(), name="outbox"),
-                asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                asyncio.create_task(self._extend_leases(), name="leases")]
+        side = [
+            asyncio.create_task(self.outbox.run(), name="outbox"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._extend_leases(), name="leases"),
+        ]
         try:
             while not self.stopping.is_set():
                 self.wake.clear()
@@ -176,8 +194,9 @@ class Worker:
                     self.sessions.touch(self.session)
                 except DB_ERRORS as exc:
                     self.db_errors += 1
-                    limited.warning("heartbeat", "could not refresh this session in the database (%s)",
-                                    _first_line(exc))
+                    limited.warning(
+                        "heartbeat", "could not refresh this session in the database (%s)", _first_line(exc)
+                    )
             self.announcer.publish_info()
 
     async def _extend_leases(self) -> None:
@@ -196,16 +215,20 @@ class Worker:
             pending = self.outbox.held_leases()
             try:
                 if running and not self.repo.extend_leases(running, self.settings.lease_ms):
-                    log.warning("job %s: lease lost (rescued or cancelled); stopping it", running[0][0],
-                                extra={"job_id": running[0][0], "worker_id": self.worker_id})
+                    log.warning(
+                        "job %s: lease lost (rescued or cancelled); stopping it",
+                        running[0][0],
+                        extra={"job_id": running[0][0], "worker_id": self.worker_id},
+                    )
                     self.runner.cancel(running[0][0])
                 if pending:
                     self.repo.extend_leases(pending, self.settings.lease_ms)
             except DB_ERRORS as exc:
                 self.db_errors += 1
                 delay = backoff.next()
-                limited.warning("lease", "could not renew leases (%s); retrying in %.1f s",
-                                _first_line(exc), delay)
+                limited.warning(
+                    "lease", "could not renew leases (%s); retrying in %.1f s", _first_line(exc), delay
+                )
                 continue
             except Exception:
                 limited.exception("lease", "could not renew leases")

@@ -39,14 +39,20 @@ def memory_limit_reason(limit_mb: int) -> str:
     return f"plugin exceeded the memory limit of {limit_mb} MB"
 
 
-def main(conn: Connection, settings: Settings, tasks: dict[str, ComputeModule],
-         setups: Sequence[Callable[[], None]]) -> None:
+def main(
+    conn: Connection,
+    settings: Settings,
+    tasks: dict[str, ComputeModule],
+    setups: Sequence[Callable[[], None]],
+) -> None:
     """The child's entry point (a multiprocessing target, forked by the fork server)."""
     os.setpgid(0, 0)
     deathsignal.die_with_parent(signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s [plugins %(process)d] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [plugins %(process)d] %(name)s: %(message)s",
+    )
     limit = settings.plugin_memory_limit_mb
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit * MB, limit * MB))
@@ -69,14 +75,18 @@ async def _serve(conn: Connection, tasks: dict[str, ComputeModule], limit_mb: in
         send(("ready",))
         while True:
             task_type, job, params = conn.recv()
-            send(await _run(tasks[task_type], job, params, lambda percent: send(("progress", percent)),
-                            limit_mb))
+            send(
+                await _run(
+                    tasks[task_type], job, params, lambda percent: send(("progress", percent)), limit_mb
+                )
+            )
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the worker closed the pipe: it is stopping, or gone
 
 
-async def _run(plugin: ComputeModule, job: Any, params: Any, report: Callable[[int], None],
-               limit_mb: int) -> tuple[Any, ...]:
+async def _run(
+    plugin: ComputeModule, job: Any, params: Any, report: Callable[[int], None], limit_mb: int
+) -> tuple[Any, ...]:
     try:
         result = await plugin.execute(job, params, report)
     except MemoryError:

@@ -73,7 +73,8 @@ class PluginProcess:
         except Exception as exc:
             raise ConfigError(
                 f"PLUGIN_ISOLATION=process needs plugins a child process can import by name "
-                f"({type(exc).__name__}: {exc}); use PLUGIN_ISOLATION=thread") from None
+                f"({type(exc).__name__}: {exc}); use PLUGIN_ISOLATION=thread"
+            ) from None
         self.settings = settings
         self.tasks = tasks
         # The worker process runs no plugin now: the sessions its availability check loaded
@@ -125,8 +126,9 @@ class PluginProcess:
                 raise
             child.ready = kind == "ready"
 
-    async def execute(self, plugin: ComputeModule, job: JobRecord, params: Any,
-                      report: Callable[[int], None]) -> Any:
+    async def execute(
+        self, plugin: ComputeModule, job: JobRecord, params: Any, report: Callable[[int], None]
+    ) -> Any:
         """Run `job` in the child; the plugin's result, or PluginCrashed.
 
         Cancelling the calling task kills the child before the cancellation goes on.
@@ -159,8 +161,11 @@ class PluginProcess:
     def _start(self) -> _Child:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=plugin_child.main, args=(theirs, self.settings, self.tasks, list(child_setups)),
-            name=f"plugins-{self.settings.worker_id}", daemon=True)
+            target=plugin_child.main,
+            args=(theirs, self.settings, self.tasks, list(child_setups)),
+            name=f"plugins-{self.settings.worker_id}",
+            daemon=True,
+        )
         process.start()
         theirs.close()
         self.started += 1

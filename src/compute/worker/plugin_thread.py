@@ -53,8 +53,9 @@ class PluginThreadHost:
     async def ready(self) -> None:
         """Nothing to wait for: the thread is there."""
 
-    async def execute(self, plugin: ComputeModule, job: JobRecord, params: Any,
-                      report: Callable[[int], None]) -> Any:
+    async def execute(
+        self, plugin: ComputeModule, job: JobRecord, params: Any, report: Callable[[int], None]
+    ) -> Any:
         """The plugin's result; what it raises is raised here.
 
         Cancelling the calling task cancels the plugin, waits up to STOP_GRACE for it to stop,

@@ -43,8 +43,14 @@ class _Pending:
 
 
 class ResultOutbox:
-    def __init__(self, bus: Bus, topics: Topics, transitions: JobTransitions, worker_id: str,
-                 confirm_timeout: float = CONFIRM_TIMEOUT) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Topics,
+        transitions: JobTransitions,
+        worker_id: str,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
+    ) -> None:
         self.bus = bus
         self.topics = topics
         self.transitions = transitions
@@ -80,8 +86,12 @@ class ResultOutbox:
             return  # a second confirmation of a result already safe
         if not pending.attempt.verifies_confirmation(c):
             self.rejected += 1
-            limited.warning("forged", "ignored a confirmation for job %s that does not verify; the result "
-                                      "stays until the server or the database has it", c["job_id"][:100])
+            limited.warning(
+                "forged",
+                "ignored a confirmation for job %s that does not verify; the result "
+                "stays until the server or the database has it",
+                c["job_id"][:100],
+            )
             return
         del self.pending[c["job_id"]]
 
@@ -94,23 +104,34 @@ class ResultOutbox:
         try:
             [outcome] = self.transitions.apply_events([event])
         except DB_ERRORS as exc:
-            limited.warning("db", "job %s: could not write the result (%s); it stays pending", event.job_id,
-                            str(exc).splitlines()[0][:200],
-                            extra={"job_id": event.job_id, "worker_id": event.worker_id})
+            limited.warning(
+                "db",
+                "job %s: could not write the result (%s); it stays pending",
+                event.job_id,
+                str(exc).splitlines()[0][:200],
+                extra={"job_id": event.job_id, "worker_id": event.worker_id},
+            )
             return False
         except Exception:
             limited.exception("write", "job %s: could not write the result; it stays pending", event.job_id)
             return False
         self.pending.pop(event.job_id, None)
         self.written_directly += 1
-        log.info("job %s: result written to the database by the worker (%s%s)", event.job_id,
-                 outcome.verdict.value, f": {outcome.reason}" if outcome.reason else "",
-                 extra={"job_id": event.job_id, "worker_id": event.worker_id})
+        log.info(
+            "job %s: result written to the database by the worker (%s%s)",
+            event.job_id,
+            outcome.verdict.value,
+            f": {outcome.reason}" if outcome.reason else "",
+            extra={"job_id": event.job_id, "worker_id": event.worker_id},
+        )
         if outcome.verdict is Verdict.APPLIED and outcome.status is not None:
             # The server never saw this change: tell CL Server clients ourselves (best effort).
-            legacy = LegacyJobEvent(job_id=event.job_id, event_type=sdk_status(outcome.status),
-                                    progress=100 if event.event is EventType.COMPLETED else 0,
-                                    timestamp=now_ms())
+            legacy = LegacyJobEvent(
+                job_id=event.job_id,
+                event_type=sdk_status(outcome.status),
+                progress=100 if event.event is EventType.COMPLETED else 0,
+                timestamp=now_ms(),
+            )
             self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
         return True
 

@@ -28,6 +28,7 @@ from compute.worker.results import ResultOutbox
 
 log = logging.getLogger(__name__)
 
+
 class PluginHost(Protocol):
     def warm_up(self) -> None:
         """Get ready for the next job in the background (a plugin process starts)."""
@@ -35,8 +36,9 @@ class PluginHost(Protocol):
     async def ready(self) -> None:
         """Wait until the host can start a plugin at once (a fresh process is set up)."""
 
-    async def execute(self, plugin: ComputeModule, job: JobRecord, params: Any,
-                      report: Callable[[int], None]) -> Any:
+    async def execute(
+        self, plugin: ComputeModule, job: JobRecord, params: Any, report: Callable[[int], None]
+    ) -> Any:
         """The plugin's result. Cancelling the caller stops the plugin (as well as the host can)."""
 
     def close(self) -> None: ...
@@ -94,16 +96,26 @@ class JobRunner:
     async def run(self, attempt: Attempt) -> JobEvent | None:
         """Execute `attempt`; the terminal event goes to the outbox. None when it was cancelled."""
         fields = attempt.log_fields()
-        log.info("job %s (%s, attempt %d): started", attempt.job_id, attempt.task_type, attempt.number,
-                 extra=fields)
+        log.info(
+            "job %s (%s, attempt %d): started",
+            attempt.job_id,
+            attempt.task_type,
+            attempt.number,
+            extra=fields,
+        )
         started = time.monotonic()
         try:
             attempt.publish(attempt.event(EventType.STARTED))
             outcome = await self._execute(attempt)
             if outcome is not None:
-                log.info("job %s: %s in %.0f ms%s", attempt.job_id, outcome.event.value,
-                         (time.monotonic() - started) * 1000, f" ({outcome.error})" if outcome.error else "",
-                         extra={**fields, "event": outcome.event.value})
+                log.info(
+                    "job %s: %s in %.0f ms%s",
+                    attempt.job_id,
+                    outcome.event.value,
+                    (time.monotonic() - started) * 1000,
+                    f" ({outcome.error})" if outcome.error else "",
+                    extra={**fields, "event": outcome.event.value},
+                )
                 self.outbox.send(attempt, outcome)
             return outcome
         finally:
@@ -123,8 +135,9 @@ class JobRunner:
         try:
             result = await running
         except TimeoutError:
-            return attempt.event(EventType.FAILED, retryable=True,
-                                 error=f"timed out after {job.timeout_seconds:g} s")
+            return attempt.event(
+                EventType.FAILED, retryable=True, error=f"timed out after {job.timeout_seconds:g} s"
+            )
         except asyncio.CancelledError:
             if job.job_id in self._cancelled:
                 log.info("job %s cancelled", job.job_id, extra=attempt.log_fields())
@@ -135,25 +148,31 @@ class JobRunner:
             return attempt.event(EventType.FAILED, retryable=True, error=_without_paths(job, str(exc)))
         except Exception as exc:
             log.exception("job %s: plugin %s raised", job.job_id, job.task_type, extra=attempt.log_fields())
-            return attempt.event(EventType.FAILED, retryable=True,
-                                 error=_without_paths(job, f"{type(exc).__name__}: {exc}"))
+            return attempt.event(
+                EventType.FAILED, retryable=True, error=_without_paths(job, f"{type(exc).__name__}: {exc}")
+            )
         finally:
             self._current = None
         if isinstance(result, dict) and result.get("status") == "ok":
             output = result.get("task_output")
-            return attempt.event(EventType.COMPLETED, progress=100,
-                                 task_output=output if isinstance(output, dict) else {"result": output})
+            return attempt.event(
+                EventType.COMPLETED,
+                progress=100,
+                task_output=output if isinstance(output, dict) else {"result": output},
+            )
         error = result.get("error") if isinstance(result, dict) else None
-        return attempt.event(EventType.FAILED,
-                             error=_without_paths(job, str(error or f"plugin returned {result!r}")))
+        return attempt.event(
+            EventType.FAILED, error=_without_paths(job, str(error or f"plugin returned {result!r}"))
+        )
 
     async def _run_plugin(self, plugin: ComputeModule, attempt: Attempt, params: Any) -> Any:
         job = attempt.job
         await self.host.ready()  # a plugin process being set up is not the job's time
         # On timeout, wait_for cancels the run and waits until the host has stopped it.
         report = self._progress_reporter(attempt)
-        return await asyncio.wait_for(self.host.execute(plugin, job, params, report),
-                                      job.timeout_seconds or None)
+        return await asyncio.wait_for(
+            self.host.execute(plugin, job, params, report), job.timeout_seconds or None
+        )
 
 
 def _without_paths(job: JobRecord, message: str) -> str:

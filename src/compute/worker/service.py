@@ -58,25 +58,41 @@ class WorkerService:
     secret: str
 
     @classmethod
-    def build(cls, settings: Settings, tasks: dict[str, ComputeModule], *,
-              db_wait: float = DB_WAIT) -> WorkerService:
+    def build(
+        cls, settings: Settings, tasks: dict[str, ComputeModule], *, db_wait: float = DB_WAIT
+    ) -> WorkerService:
         plugin_environment.configure(settings)
         topics = Topics.for_settings(settings)
         worker_id = settings.worker_id
         session, secret = new_session(), new_secret()
         main_id, presence_id = client_ids(worker_id, new_client_suffix())
         # Two connections, each with its own Last Will (see worker/announce.py).
-        bus = MqttBus(settings, client_id=main_id,
-                      will=(topics.worker_info(worker_id), offline_will(worker_id, session, secret), True),
-                      name=f"worker-{worker_id}")
-        presence = MqttBus(settings, client_id=presence_id,
-                           will=(topics.worker_status(worker_id), OFFLINE, True),
-                           name=f"presence-{worker_id}")
+        bus = MqttBus(
+            settings,
+            client_id=main_id,
+            will=(topics.worker_info(worker_id), offline_will(worker_id, session, secret), True),
+            name=f"worker-{worker_id}",
+        )
+        presence = MqttBus(
+            settings,
+            client_id=presence_id,
+            will=(topics.worker_status(worker_id), OFFLINE, True),
+            name=f"presence-{worker_id}",
+        )
         engine = make_engine(settings.database_url, wait=db_wait)
         repo = JobRepository(engine, policies=settings.task_policies)
         sessions = WorkerSessions(engine)
-        worker = Worker(settings, repo, bus, topics, tasks, presence=presence, session=session,
-                        secret=secret, sessions=sessions)
+        worker = Worker(
+            settings,
+            repo,
+            bus,
+            topics,
+            tasks,
+            presence=presence,
+            session=session,
+            secret=secret,
+            sessions=sessions,
+        )
         return cls(worker, bus, presence, engine, sessions, secret)
 
     async def register(self) -> bool:
@@ -88,17 +104,28 @@ class WorkerService:
         backoff = Backoff()
         while not worker.stopping.is_set():
             try:
-                self.sessions.register(worker.session, worker.worker_id, self.secret, worker.task_types,
-                                       socket.gethostname(), os.getpid(), __version__)
+                self.sessions.register(
+                    worker.session,
+                    worker.worker_id,
+                    self.secret,
+                    worker.task_types,
+                    socket.gethostname(),
+                    os.getpid(),
+                    __version__,
+                )
                 return True
             except DB_ERRORS as exc:
                 if isinstance(exc, ProgrammingError) or "no such table" in str(exc):
                     # Not transient: a database from before worker_sessions existed.
-                    raise NotMigrated(f"cannot register this worker ({str(exc).splitlines()[0]}): "
-                                      "run `compute-migrate`") from exc
+                    raise NotMigrated(
+                        f"cannot register this worker ({str(exc).splitlines()[0]}): run `compute-migrate`"
+                    ) from exc
                 worker.db_errors += 1
-                limited.warning("register", "could not register this worker session (%s); retrying",
-                                (str(exc).splitlines() or ["?"])[0][:200])
+                limited.warning(
+                    "register",
+                    "could not register this worker session (%s); retrying",
+                    (str(exc).splitlines() or ["?"])[0][:200],
+                )
             try:
                 await asyncio.wait_for(worker.stopping.wait(), backoff.next())
             except TimeoutError:

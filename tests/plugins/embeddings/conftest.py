@@ -35,8 +35,9 @@ def coffee_jpeg() -> bytes:
 @pytest.fixture
 def local_env(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The plugin environment pointing at `models_dir`, no model loaded; yields models_dir."""
-    saved = environment.replace_current(environment.PluginEnvironment(
-        storage_dir=tmp_path / "storage", models_dir=models_dir))
+    saved = environment.replace_current(
+        environment.PluginEnvironment(storage_dir=tmp_path / "storage", models_dir=models_dir)
+    )
     models.forget()
     yield models_dir
     models.forget()

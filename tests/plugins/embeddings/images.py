@@ -39,8 +39,14 @@ def png_claiming(width: int, height: int) -> bytes:
     return bytes(raw)
 
 
-def reference_tensor(image: Image.Image, size: tuple[int, int], resample: Image.Resampling,
-                     mean: list[float], std: list[float], layout: str = "NCHW") -> NDArray[np.float64]:
+def reference_tensor(
+    image: Image.Image,
+    size: tuple[int, int],
+    resample: Image.Resampling,
+    mean: list[float],
+    std: list[float],
+    layout: str = "NCHW",
+) -> NDArray[np.float64]:
     """What cl_ml_tools feeds its models: resized straight to size=(width, height), /255,
     (x - mean) / std, batch of one, channels first (NCHW) or last (NHWC)."""
     pixels = np.asarray(image.convert("RGB").resize(size, resample), dtype=np.float64) / 255.0

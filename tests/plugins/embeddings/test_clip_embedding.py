@@ -33,8 +33,9 @@ def write(tmp_path: Path, content: bytes, name: str = "photo.jpg") -> Path:
 # -- algorithm ---------------------------------------------------------------------------------
 
 
-def test_embedding_of_a_photo_matches_the_upstream_pipeline(local_env: Path, tmp_path: Path,
-                                                            wide_jpeg: bytes) -> None:
+def test_embedding_of_a_photo_matches_the_upstream_pipeline(
+    local_env: Path, tmp_path: Path, wide_jpeg: bytes
+) -> None:
     tiny = onnx_models.clip(local_env)
     vector = clip_embedding(write(tmp_path, wide_jpeg))
     assert vector.shape == (512,) and vector.dtype == np.float32
@@ -46,23 +47,26 @@ def test_embedding_of_a_photo_matches_the_upstream_pipeline(local_env: Path, tmp
     np.testing.assert_allclose(raw, expected_clip(tiny, wide_jpeg), rtol=1e-4, atol=1e-4)
 
 
-def test_different_photos_give_different_embeddings(local_env: Path, tmp_path: Path, astronaut_jpeg: bytes,
-                                                    coffee_jpeg: bytes) -> None:
+def test_different_photos_give_different_embeddings(
+    local_env: Path, tmp_path: Path, astronaut_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
     onnx_models.clip(local_env)
     a = clip_embedding(write(tmp_path, astronaut_jpeg, "a.jpg"))
     b = clip_embedding(write(tmp_path, coffee_jpeg, "b.jpg"))
     assert float(a @ b) < 0.99
 
 
-def test_a_model_with_dynamic_spatial_dims_gets_256x256(local_env: Path, tmp_path: Path,
-                                                       astronaut_jpeg: bytes) -> None:
+def test_a_model_with_dynamic_spatial_dims_gets_256x256(
+    local_env: Path, tmp_path: Path, astronaut_jpeg: bytes
+) -> None:
     tiny = onnx_models.clip(local_env, dynamic=True)
     vector = clip_embedding(write(tmp_path, astronaut_jpeg))
     np.testing.assert_allclose(vector, unit(expected_clip(tiny, astronaut_jpeg)), atol=2e-5)
 
 
-def test_the_input_size_is_read_from_the_model(local_env: Path, tmp_path: Path,
-                                               astronaut_jpeg: bytes) -> None:
+def test_the_input_size_is_read_from_the_model(
+    local_env: Path, tmp_path: Path, astronaut_jpeg: bytes
+) -> None:
     tiny = onnx_models.embedder(MODELS["clip_embedding"].path(), size=(224, 224), dim=512)
     vector = clip_embedding(write(tmp_path, astronaut_jpeg))
     np.testing.assert_allclose(vector, unit(expected_clip(tiny, astronaut_jpeg, size=224)), atol=2e-5)
@@ -85,16 +89,24 @@ def test_unavailable_names_a_model_of_the_wrong_size(local_env: Path) -> None:
 # -- route -> worker -> result ------------------------------------------------------------------
 
 
-async def test_job_writes_a_unit_512_vector(server: Server, start_worker: WorkerFactory, models_dir: Path,
-                                            wide_jpeg: bytes) -> None:
+async def test_job_writes_a_unit_512_vector(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, wide_jpeg: bytes
+) -> None:
     tiny = onnx_models.clip(models_dir)
     await start_worker(tasks=("clip_embedding",))
     job = await run_job(server, "clip_embedding", wide_jpeg, "holiday.jpg")
 
-    assert job["params"] == {"input_path": "input/upload.jpg", "output_path": "output/clip_embedding.npy",
-                             "normalize": True, "original_filename": "holiday.jpg"}
-    assert job["task_output"] == {"embedding_dim": 512, "normalized": True,
-                                  "embedding_path": "output/clip_embedding.npy"}
+    assert job["params"] == {
+        "input_path": "input/upload.jpg",
+        "output_path": "output/clip_embedding.npy",
+        "normalize": True,
+        "original_filename": "holiday.jpg",
+    }
+    assert job["task_output"] == {
+        "embedding_dim": 512,
+        "normalized": True,
+        "embedding_path": "output/clip_embedding.npy",
+    }
     assert job["progress"] == 100 and job["error_message"] is None
     vector = np.load(io.BytesIO(await download(server, job["job_id"], "output/clip_embedding.npy")))
     assert vector.shape == (512,) and vector.dtype == np.float32
@@ -102,8 +114,9 @@ async def test_job_writes_a_unit_512_vector(server: Server, start_worker: Worker
     np.testing.assert_allclose(vector, unit(expected_clip(tiny, wide_jpeg)), atol=2e-5)
 
 
-async def test_job_without_normalisation(server: Server, start_worker: WorkerFactory, models_dir: Path,
-                                         astronaut_jpeg: bytes) -> None:
+async def test_job_without_normalisation(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, astronaut_jpeg: bytes
+) -> None:
     tiny = onnx_models.clip(models_dir)
     await start_worker(tasks=("clip_embedding",))
     job = await run_job(server, "clip_embedding", astronaut_jpeg, "a.jpg", data={"normalize": "false"})

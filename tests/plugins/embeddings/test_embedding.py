@@ -20,8 +20,9 @@ from tests.plugins.embeddings.images import (
     reference_tensor,
 )
 
-CLIP_PREP = embedding.Preprocess((256, 256), Image.Resampling.BICUBIC, embedding.CLIP_MEAN,
-                                 embedding.CLIP_STD)
+CLIP_PREP = embedding.Preprocess(
+    (256, 256), Image.Resampling.BICUBIC, embedding.CLIP_MEAN, embedding.CLIP_STD
+)
 
 
 def test_constants_are_the_upstream_ones() -> None:
@@ -110,8 +111,9 @@ def test_embed_runs_the_model_on_the_preprocessed_image(local_env: Path, wide_jp
     tiny = onnx_models.clip(local_env)
     image = decoded(wide_jpeg)
     raw = embedding.embed(spec, image, CLIP_PREP, 512, normalize=False)
-    expected = tiny.expected(reference_tensor(image, (256, 256), Image.Resampling.BICUBIC, CLIP_MEAN,
-                                              CLIP_STD)).reshape(-1)
+    expected = tiny.expected(
+        reference_tensor(image, (256, 256), Image.Resampling.BICUBIC, CLIP_MEAN, CLIP_STD)
+    ).reshape(-1)
     np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-4)
     unit = embedding.embed(spec, image, CLIP_PREP, 512, normalize=True)
     assert np.linalg.norm(unit) == pytest.approx(1.0, abs=1e-5)
@@ -121,8 +123,11 @@ def test_embed_runs_the_model_on_the_preprocessed_image(local_env: Path, wide_jp
 def test_embed_refuses_an_output_of_another_size(local_env: Path, astronaut_jpeg: bytes) -> None:
     spec = MODELS["clip_embedding"]
     onnx_models.clip(local_env, dim=256)
-    with pytest.raises(embedding.WrongModel, match=r"mobileclip_s2_image_encoder\.onnx gives "
-                                                   r"256-dimensional embeddings, expected 512"):
+    with pytest.raises(
+        embedding.WrongModel,
+        match=r"mobileclip_s2_image_encoder\.onnx gives "
+        r"256-dimensional embeddings, expected 512",
+    ):
         embedding.embed(spec, decoded(astronaut_jpeg), CLIP_PREP, 512, normalize=True)
 
 

@@ -61,15 +61,17 @@ def no_job_folders(server: Server) -> None:
 
 async def submit(server: Server, task: str, content: bytes, filename: str = "photo.jpg") -> Any:
     """As the SDK does: multipart `file` and priority "5", nothing else."""
-    return await server.client.post(f"/jobs/{task}", data={"priority": "5"},
-                                    files={"file": (filename, content, "image/jpeg")})
+    return await server.client.post(
+        f"/jobs/{task}", data={"priority": "5"}, files={"file": (filename, content, "image/jpeg")}
+    )
 
 
 # -- the SDK's view -----------------------------------------------------------------------------
 
 
-async def test_the_sdk_contract(server: Server, start_worker: WorkerFactory, models_dir: Path,
-                                astronaut_jpeg: bytes) -> None:
+async def test_the_sdk_contract(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, astronaut_jpeg: bytes
+) -> None:
     for embedder in EMBEDDERS:
         embedder.write_model(models_dir)
     await start_worker(tasks=tuple(e.task for e in EMBEDDERS))
@@ -125,8 +127,9 @@ async def test_a_pixel_bomb_is_refused(server: Server, embedder: Embedder) -> No
 
 
 @by_task
-async def test_a_corrupt_image_fails_the_job(server: Server, start_worker: WorkerFactory, models_dir: Path,
-                                             astronaut_jpeg: bytes, embedder: Embedder) -> None:
+async def test_a_corrupt_image_fails_the_job(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, astronaut_jpeg: bytes, embedder: Embedder
+) -> None:
     embedder.write_model(models_dir)
     await start_worker(tasks=(embedder.task,))
     truncated = astronaut_jpeg[: len(astronaut_jpeg) // 3]
@@ -139,7 +142,8 @@ async def test_a_corrupt_image_fails_the_job(server: Server, start_worker: Worke
 
 @by_task
 async def test_a_missing_model_fails_the_job_naming_the_file(
-        server: Server, start_worker: WorkerFactory, astronaut_jpeg: bytes, embedder: Embedder) -> None:
+    server: Server, start_worker: WorkerFactory, astronaut_jpeg: bytes, embedder: Embedder
+) -> None:
     # The plugin handed to the worker directly, as if the model vanished after it started.
     await start_worker(tasks=(embedder.task,), plugins={embedder.task: embedder.plugin()})
     response = await submit(server, embedder.task, astronaut_jpeg)
@@ -150,21 +154,24 @@ async def test_a_missing_model_fails_the_job_naming_the_file(
 
 
 @by_task
-async def test_a_model_of_the_wrong_size_fails_the_job(server: Server, start_worker: WorkerFactory,
-                                                       models_dir: Path, astronaut_jpeg: bytes,
-                                                       embedder: Embedder) -> None:
+async def test_a_model_of_the_wrong_size_fails_the_job(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, astronaut_jpeg: bytes, embedder: Embedder
+) -> None:
     embedder.write_model(models_dir, dim=256)
     await start_worker(tasks=(embedder.task,), plugins={embedder.task: embedder.plugin()})
     response = await submit(server, embedder.task, astronaut_jpeg)
     job = await server.wait_status(response.json()["job_id"], "failed", timeout=15)
-    assert (f"model file {embedder.filename} gives 256-dimensional embeddings, expected {embedder.dim}"
-            in job["error_message"])
+    assert (
+        f"model file {embedder.filename} gives 256-dimensional embeddings, expected {embedder.dim}"
+        in job["error_message"]
+    )
     no_server_paths(job["error_message"], server)
 
 
 @by_task
-async def test_a_worker_does_not_take_a_task_without_its_model(server: Server, models_dir: Path,
-                                                               embedder: Embedder) -> None:
+async def test_a_worker_does_not_take_a_task_without_its_model(
+    server: Server, models_dir: Path, embedder: Embedder
+) -> None:
     with pytest.raises(UnavailableTasks, match=f"{embedder.task}: model file {embedder.filename} is missing"):
         load_tasks([embedder.task])
     embedder.write_model(models_dir, dim=128)
@@ -175,8 +182,9 @@ async def test_a_worker_does_not_take_a_task_without_its_model(server: Server, m
     assert list(load_tasks([embedder.task])) == [embedder.task]
 
 
-async def test_a_job_waits_for_a_worker_with_the_model(server: Server, start_worker: WorkerFactory,
-                                                       models_dir: Path, astronaut_jpeg: bytes) -> None:
+async def test_a_job_waits_for_a_worker_with_the_model(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, astronaut_jpeg: bytes
+) -> None:
     """Uploads are taken while no worker has the model; one that has it runs them later."""
     embedder = EMBEDDERS[0]
     response = await submit(server, embedder.task, astronaut_jpeg)

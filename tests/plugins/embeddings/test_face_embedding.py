@@ -67,8 +67,9 @@ def test_both_published_layouts(local_env: Path, tmp_path: Path, face_jpeg: byte
     np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_different_faces_give_different_embeddings(local_env: Path, tmp_path: Path, face_jpeg: bytes,
-                                                   coffee_jpeg: bytes) -> None:
+def test_different_faces_give_different_embeddings(
+    local_env: Path, tmp_path: Path, face_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
     onnx_models.arcface(local_env)
     a = face_embedding(write(tmp_path, face_jpeg)).vector
     b = face_embedding(write(tmp_path, coffee_jpeg)).vector
@@ -88,8 +89,9 @@ def test_quality_score_is_the_upstream_measure(face_jpeg: bytes) -> None:
     assert quality_score(Image.fromarray(data.astronaut())) == 1.0  # type: ignore[no-untyped-call]
 
 
-def test_quality_is_measured_on_the_crop_as_uploaded(local_env: Path, tmp_path: Path,
-                                                     face_jpeg: bytes) -> None:
+def test_quality_is_measured_on_the_crop_as_uploaded(
+    local_env: Path, tmp_path: Path, face_jpeg: bytes
+) -> None:
     onnx_models.arcface(local_env)
     blurred = decoded(face_jpeg).filter(ImageFilter.GaussianBlur(2))
     buf = io.BytesIO()
@@ -106,14 +108,19 @@ def test_unavailable(local_env: Path) -> None:
     assert reason is not None and "128-dimensional" in reason and "expected 512" in reason
 
 
-async def test_job_writes_a_unit_512_vector_and_a_quality(server: Server, start_worker: WorkerFactory,
-                                                          models_dir: Path, soft_face_jpeg: bytes) -> None:
+async def test_job_writes_a_unit_512_vector_and_a_quality(
+    server: Server, start_worker: WorkerFactory, models_dir: Path, soft_face_jpeg: bytes
+) -> None:
     tiny = onnx_models.arcface(models_dir)
     await start_worker(tasks=("face_embedding",))
     job = await run_job(server, "face_embedding", soft_face_jpeg, "face_0.jpg")
 
-    assert job["params"] == {"input_path": "input/upload.jpg", "output_path": "output/face_embedding.npy",
-                             "normalize": True, "original_filename": "face_0.jpg"}
+    assert job["params"] == {
+        "input_path": "input/upload.jpg",
+        "output_path": "output/face_embedding.npy",
+        "normalize": True,
+        "original_filename": "face_0.jpg",
+    }
     output = job["task_output"]
     assert output["embedding_dim"] == 512 and output["normalized"] is True
     assert output["embedding_path"] == "output/face_embedding.npy"

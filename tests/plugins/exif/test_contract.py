@@ -10,8 +10,9 @@ pytestmark = needs_exiftool
 
 
 async def submit(server: Server, content: bytes) -> str:
-    response = await server.client.post("/jobs/exif", data={"priority": "5"},
-                                        files={"file": ("photo.jpg", content, "image/jpeg")})
+    response = await server.client.post(
+        "/jobs/exif", data={"priority": "5"}, files={"file": ("photo.jpg", content, "image/jpeg")}
+    )
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["status"] == "queued"

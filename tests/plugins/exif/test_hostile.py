@@ -27,8 +27,11 @@ async def test_unknown_file_is_415(server: Server) -> None:
     assert jobs_left(server) == []
 
 
-@pytest.mark.parametrize("tags", ["Make,-w", "Make;Model", "if $x", "EXIF:Make", ",".join(["Make"] * 201)],
-                         ids=["option", "semicolon", "expression", "group", "too-many"])
+@pytest.mark.parametrize(
+    "tags",
+    ["Make,-w", "Make;Model", "if $x", "EXIF:Make", ",".join(["Make"] * 201)],
+    ids=["option", "semicolon", "expression", "group", "too-many"],
+)
 async def test_impossible_tag_names_are_422(server: Server, tags: str) -> None:
     status, text = await post(server, photo(), {"tags": tags})
     assert status == 422, text
@@ -53,8 +56,9 @@ async def test_unreadable_file_fails_without_paths(server: Server, start_worker:
     assert str(server.settings.storage_dir) not in message and "/jobs/" not in message
 
 
-async def test_without_exiftool_the_task_says_why(plugin_env: PluginEnvironment, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_exiftool_the_task_says_why(
+    plugin_env: PluginEnvironment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))

@@ -15,8 +15,9 @@ from tests.plugins.exif.samples import needs_exiftool, photo, tiny_mp4
 pytestmark = needs_exiftool
 
 
-async def test_photo_video_and_selected_tags(server: Server, start_worker: WorkerFactory,
-                                             tmp_path: Path) -> None:
+async def test_photo_video_and_selected_tags(
+    server: Server, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
     await start_worker(tasks=("exif",))
 
     job = await run_job(server, "exif", photo(), "IMG_0001.JPG")

@@ -68,8 +68,9 @@ def test_normalised_output_is_clamped_to_the_image(dynamic: ort.InferenceSession
     out = describe(face, 640, 480, "faces/face_0.png")
 
     want = expected(32, 10, 17)
-    assert out["bbox"] == pytest.approx({"x1": want.box[0] / 640, "y1": want.box[1] / 480,
-                                         "x2": 1.0, "y2": 1.0})
+    assert out["bbox"] == pytest.approx(
+        {"x1": want.box[0] / 640, "y1": want.box[1] / 480, "x2": 1.0, "y2": 1.0}
+    )
     assert list(out) == ["bbox", "confidence", "landmarks", "file_path"]
     assert out["confidence"] == pytest.approx(1.0)
     assert list(out["landmarks"]) == list(LANDMARK_NAMES)
@@ -130,7 +131,7 @@ def test_the_aligned_crop_puts_each_landmark_on_the_arcface_template(dynamic: or
     want = expected(32, 1, 1)
     for (x, y), colour in zip(want.landmarks, DOT_COLOURS, strict=True):
         cx, cy = round(x), round(y)
-        image[cy - 2:cy + 3, cx - 2:cx + 3] = colour  # too small to be a face of its own
+        image[cy - 2 : cy + 3, cx - 2 : cx + 3] = colour  # too small to be a face of its own
 
     [face] = detect(dynamic, image, 0.5, 0.4)
     crop = align(image, face.landmarks)
@@ -153,8 +154,11 @@ def test_a_model_without_yunet_outputs_is_refused() -> None:
 
 
 def test_an_output_of_the_wrong_size_is_refused() -> None:
-    outputs = {f"{k}_{s}": np.zeros((1, 3, w), np.float32)
-               for s in (8, 16, 32) for k, w in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))}
+    outputs = {
+        f"{k}_{s}": np.zeros((1, 3, w), np.float32)
+        for s in (8, 16, 32)
+        for k, w in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))
+    }
     with pytest.raises(UnexpectedModel, match=r"cls_8 has shape \[1, 3, 1\], expected \[1, 4, 1\]"):
         decode(outputs, 16, 16, 0.5)
 

@@ -34,8 +34,9 @@ def in_unit(value: object) -> bool:
     return isinstance(value, float | int) and 0.0 <= value <= 1.0
 
 
-async def test_sdk_request_and_every_field_it_reads(server: Server, start_worker: WorkerFactory,
-                                                    models_dir: Path) -> None:
+async def test_sdk_request_and_every_field_it_reads(
+    server: Server, start_worker: WorkerFactory, models_dir: Path
+) -> None:
     (models_dir / MODEL.filename).write_bytes(build())
     await start_worker(tasks=("face_detection",))
 

@@ -38,19 +38,25 @@ def face_picture() -> bytes:
     image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
     mark(image, 32, row=1, col=1)
     for (x, y), colour in zip(expected(32, 1, 1).landmarks, DOT_COLOURS, strict=True):
-        image[round(y) - 2:round(y) + 3, round(x) - 2:round(x) + 3] = colour
+        image[round(y) - 2 : round(y) + 3, round(x) - 2 : round(x) + 3] = colour
     ok, png = cv2.imencode(".png", image)
     assert ok
     return png.tobytes()
 
 
 async def test_route_worker_result_with_boxes_landmarks_and_aligned_crops(
-        server: Server, start_worker: WorkerFactory, models_dir: Path) -> None:
+    server: Server, start_worker: WorkerFactory, models_dir: Path
+) -> None:
     install_model(models_dir)
     await start_worker(tasks=("face_detection",))
 
-    job = await run_job(server, "face_detection", face_picture(), "group.png",
-                        {"confidence_threshold": "0.5", "nms_threshold": "0.3"})
+    job = await run_job(
+        server,
+        "face_detection",
+        face_picture(),
+        "group.png",
+        {"confidence_threshold": "0.5", "nms_threshold": "0.3"},
+    )
 
     params = job["params"]
     assert params["input_path"] == "input/upload.png"
@@ -60,8 +66,15 @@ async def test_route_worker_result_with_boxes_landmarks_and_aligned_crops(
     assert (output["num_faces"], output["image_width"], output["image_height"]) == (1, WIDTH, HEIGHT)
     [face] = output["faces"]
     want = expected(32, 1, 1)
-    assert face["bbox"] == pytest.approx({"x1": want.box[0] / WIDTH, "y1": want.box[1] / HEIGHT,
-                                          "x2": want.box[2] / WIDTH, "y2": want.box[3] / HEIGHT}, abs=1e-5)
+    assert face["bbox"] == pytest.approx(
+        {
+            "x1": want.box[0] / WIDTH,
+            "y1": want.box[1] / HEIGHT,
+            "x2": want.box[2] / WIDTH,
+            "y2": want.box[3] / HEIGHT,
+        },
+        abs=1e-5,
+    )
     assert face["confidence"] == pytest.approx(1.0, abs=1e-5)
     for name, (x, y) in zip(LANDMARK_NAMES, want.landmarks, strict=True):
         assert face["landmarks"][name] == pytest.approx([x / WIDTH, y / HEIGHT], abs=1e-5)
@@ -78,7 +91,8 @@ async def test_route_worker_result_with_boxes_landmarks_and_aligned_crops(
 
 
 async def test_an_image_without_faces_completes_with_none(
-        server: Server, start_worker: WorkerFactory, models_dir: Path) -> None:
+    server: Server, start_worker: WorkerFactory, models_dir: Path
+) -> None:
     install_model(models_dir)
     await start_worker(tasks=("face_detection",))
     blank = io.BytesIO()
@@ -90,7 +104,8 @@ async def test_an_image_without_faces_completes_with_none(
 
 
 async def test_a_missing_model_fails_the_job_at_once_naming_the_file(
-        server: Server, start_worker: WorkerFactory, models_dir: Path) -> None:
+    server: Server, start_worker: WorkerFactory, models_dir: Path
+) -> None:
     task = FaceDetectionTask()
     reason = task.unavailable()
     assert reason is not None and MODEL.filename in reason and str(models_dir) not in reason
@@ -107,12 +122,13 @@ async def test_a_missing_model_fails_the_job_at_once_naming_the_file(
 
 
 async def test_a_corrupt_image_fails_with_a_reason_and_no_server_path(
-        server: Server, start_worker: WorkerFactory, models_dir: Path) -> None:
+    server: Server, start_worker: WorkerFactory, models_dir: Path
+) -> None:
     install_model(models_dir)
     await start_worker(tasks=("face_detection",))
     whole = io.BytesIO()
     Image.effect_noise((256, 256), 64).convert("RGB").save(whole, format="JPEG")
-    truncated = whole.getvalue()[:len(whole.getvalue()) // 3]  # the header passes, the pixels do not
+    truncated = whole.getvalue()[: len(whole.getvalue()) // 3]  # the header passes, the pixels do not
 
     created = await server.submit("face_detection", data={}, content=truncated, filename="cut.jpg")
     job = await server.wait_status(created["job_id"], "failed", timeout=15)
@@ -124,8 +140,10 @@ async def test_a_corrupt_image_fails_with_a_reason_and_no_server_path(
 
 async def test_a_file_that_is_not_an_image_is_refused_with_415(server: Server) -> None:
     response = await server.client.post(
-        "/jobs/face_detection", data={"priority": "5"},
-        files={"file": ("faces.jpg", b"just some text, named like a photo", "image/jpeg")})
+        "/jobs/face_detection",
+        data={"priority": "5"},
+        files={"file": ("faces.jpg", b"just some text, named like a photo", "image/jpeg")},
+    )
 
     assert response.status_code == 415
     assert "image/jpeg" in response.json()["detail"]
@@ -136,8 +154,10 @@ async def test_a_file_that_is_not_an_image_is_refused_with_415(server: Server) -
 async def test_a_pixel_bomb_is_refused_with_413(server: Server) -> None:
     # 144 Mpx: over MAX_IMAGE_PIXELS (100 Mpx), which intake checks from the header alone.
     response = await server.client.post(
-        "/jobs/face_detection", data={"priority": "5"},
-        files={"file": ("bomb.png", png_header_only(12000, 12000), "image/png")})
+        "/jobs/face_detection",
+        data={"priority": "5"},
+        files={"file": ("bomb.png", png_header_only(12000, 12000), "image/png")},
+    )
 
     assert response.status_code == 413
     assert "12000x12000" in response.json()["detail"]
@@ -148,8 +168,10 @@ async def test_a_giant_pixel_bomb_is_refused(server: Server) -> None:
     # 400 Mpx: over twice the limit, where Pillow itself refuses to open it (DecompressionBombError);
     # still a 413 that names the limit.
     response = await server.client.post(
-        "/jobs/face_detection", data={"priority": "5"},
-        files={"file": ("bomb.png", png_header_only(20000, 20000), "image/png")})
+        "/jobs/face_detection",
+        data={"priority": "5"},
+        files={"file": ("bomb.png", png_header_only(20000, 20000), "image/png")},
+    )
 
     assert response.status_code == 413
     assert "400000000 pixels" in response.json()["detail"]
@@ -157,12 +179,16 @@ async def test_a_giant_pixel_bomb_is_refused(server: Server) -> None:
     assert job_folders(server) == []
 
 
-@pytest.mark.parametrize("field, value", [("confidence_threshold", "1.5"), ("nms_threshold", "-0.1"),
-                                          ("confidence_threshold", "high")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("confidence_threshold", "1.5"), ("nms_threshold", "-0.1"), ("confidence_threshold", "high")],
+)
 async def test_thresholds_out_of_range_are_refused_with_422(server: Server, field: str, value: str) -> None:
     response = await server.client.post(
-        "/jobs/face_detection", data={"priority": "5", field: value},
-        files={"file": ("face.png", face_picture(), "image/png")})
+        "/jobs/face_detection",
+        data={"priority": "5", field: value},
+        files={"file": ("face.png", face_picture(), "image/png")},
+    )
 
     assert response.status_code == 422
     assert field in response.text

@@ -32,8 +32,9 @@ BBOX = (FACE_CELLS / 2, FACE_CELLS / 2, math.log(FACE_CELLS), math.log(FACE_CELL
 KPS = tuple(float(v) for v in (ARCFACE_TEMPLATE * FACE_CELLS / CROP_SIZE).reshape(-1))
 
 
-def build(fixed: tuple[int, int] | None = None, batchless: bool = False,
-          rename: dict[str, str] | None = None) -> bytes:
+def build(
+    fixed: tuple[int, int] | None = None, batchless: bool = False, rename: dict[str, str] | None = None
+) -> bytes:
     """The model as bytes. `fixed`: a static (height, width) input instead of a dynamic one;
     `batchless`: outputs [N, k] instead of [1, N, k]; `rename`: output names to change."""
     rename = rename or {}
@@ -47,24 +48,47 @@ def build(fixed: tuple[int, int] | None = None, batchless: bool = False,
         inits.append(numpy_helper.from_array(np.array(dims, dtype=np.int64), name))
 
     for stride in STRIDES:
-        cells: int | str = (f"cells_{stride}" if not fixed
-                            else (fixed[0] // stride) * (fixed[1] // stride))
+        cells: int | str = f"cells_{stride}" if not fixed else (fixed[0] // stride) * (fixed[1] // stride)
         score_w = np.zeros((1, 3, stride, stride), np.float32)
         score_w[0, CHANNEL[stride]] = 1.0 / (stride * stride * 255.0)
         inits.append(numpy_helper.from_array(score_w, f"score_w_{stride}"))
         kernel = [stride, stride]
-        nodes.append(helper.make_node("Conv", ["input", f"score_w_{stride}"], [f"score_{stride}"],
-                                      kernel_shape=kernel, strides=kernel))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                ["input", f"score_w_{stride}"],
+                [f"score_{stride}"],
+                kernel_shape=kernel,
+                strides=kernel,
+            )
+        )
         for kind, width_k, bias in (("bbox", 4, BBOX), ("kps", 10, KPS)):
-            inits.append(numpy_helper.from_array(np.zeros((width_k, 3, stride, stride), np.float32),
-                                                 f"{kind}_w_{stride}"))
+            inits.append(
+                numpy_helper.from_array(
+                    np.zeros((width_k, 3, stride, stride), np.float32), f"{kind}_w_{stride}"
+                )
+            )
             inits.append(numpy_helper.from_array(np.array(bias, np.float32), f"{kind}_b_{stride}"))
-            nodes.append(helper.make_node("Conv", ["input", f"{kind}_w_{stride}", f"{kind}_b_{stride}"],
-                                          [f"{kind}_map_{stride}"], kernel_shape=kernel, strides=kernel))
-            nodes.append(helper.make_node("Transpose", [f"{kind}_map_{stride}"], [f"{kind}_hwc_{stride}"],
-                                          perm=[0, 2, 3, 1]))
-        for kind, source, width_k in (("cls", "score", 1), ("obj", "score", 1), ("bbox", "bbox_hwc", 4),
-                                      ("kps", "kps_hwc", 10)):
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    ["input", f"{kind}_w_{stride}", f"{kind}_b_{stride}"],
+                    [f"{kind}_map_{stride}"],
+                    kernel_shape=kernel,
+                    strides=kernel,
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "Transpose", [f"{kind}_map_{stride}"], [f"{kind}_hwc_{stride}"], perm=[0, 2, 3, 1]
+                )
+            )
+        for kind, source, width_k in (
+            ("cls", "score", 1),
+            ("obj", "score", 1),
+            ("bbox", "bbox_hwc", 4),
+            ("kps", "kps_hwc", 10),
+        ):
             name = rename.get(f"{kind}_{stride}", f"{kind}_{stride}")
             dims = [-1, width_k] if batchless else [1, -1, width_k]
             shape_const(f"{name}_shape", dims)
@@ -72,9 +96,12 @@ def build(fixed: tuple[int, int] | None = None, batchless: bool = False,
             out_shape: list[int | str] = [cells, width_k] if batchless else [1, cells, width_k]
             outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, out_shape))
     graph = helper.make_graph(
-        nodes, "tiny_yunet",
+        nodes,
+        "tiny_yunet",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, height, width])],
-        outputs, inits)
+        outputs,
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -98,9 +125,10 @@ def expected(stride: int, row: int, col: int) -> Expected:
     return Expected((x0, y0, x0 + side, y0 + side), landmarks)
 
 
-def mark(image: npt.NDArray[np.uint8], stride: int, row: int, col: int, value: int = 255,
-         cell: int | None = None) -> None:
+def mark(
+    image: npt.NDArray[np.uint8], stride: int, row: int, col: int, value: int = 255, cell: int | None = None
+) -> None:
     """Fill grid cell (row, col) of `stride` with `value` in the stride's channel. `cell`: the cell's
     size in image pixels when the image is scaled before the model sees it (default: stride)."""
     size = cell or stride
-    image[row * size:(row + 1) * size, col * size:(col + 1) * size, CHANNEL[stride]] = value
+    image[row * size : (row + 1) * size, col * size : (col + 1) * size, CHANNEL[stride]] = value

@@ -30,6 +30,23 @@ def tiny_mp4(folder: Path) -> bytes:
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
     target = folder / "tiny.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10",
-                    "-t", "1", "-c:v", "mpeg4", str(target)], check=True, timeout=30)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=10",
+            "-t",
+            "1",
+            "-c:v",
+            "mpeg4",
+            str(target),
+        ],
+        check=True,
+        timeout=30,
+    )
     return target.read_bytes()

@@ -13,8 +13,10 @@ HEX64 = re.compile(r"^[0-9a-f]{16}$")
 async def test_sdk_request_and_every_field_read(server: Server, start_worker: WorkerFactory) -> None:
     await start_worker(tasks=("hash",))
     response = await server.client.post(
-        "/jobs/hash", data={"priority": "5"},
-        files={"file": ("photo.jpg", encoded(blocks(7), "JPEG"), "image/jpeg")})
+        "/jobs/hash",
+        data={"priority": "5"},
+        files={"file": ("photo.jpg", encoded(blocks(7), "JPEG"), "image/jpeg")},
+    )
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["status"] == "queued"

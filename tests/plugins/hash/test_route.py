@@ -11,8 +11,9 @@ from tests.plugins.conftest import download, run_job
 from tests.plugins.hash.samples import blocks, encoded, tiny_mp4
 
 
-async def test_image_and_video_through_a_worker(server: Server, start_worker: WorkerFactory,
-                                                tmp_path: Path) -> None:
+async def test_image_and_video_through_a_worker(
+    server: Server, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
     await start_worker(tasks=("hash",))
 
     png = encoded(blocks(5), "PNG")
@@ -31,5 +32,9 @@ async def test_image_and_video_through_a_worker(server: Server, start_worker: Wo
 
     mp4 = tiny_mp4(tmp_path)
     video = (await run_job(server, "hash", mp4, "clip.mp4"))["task_output"]
-    assert video == {"media_type": "video", "algorithm": "sha512",
-                     "hash_value": hashlib.sha512(mp4).hexdigest(), "sha512": hashlib.sha512(mp4).hexdigest()}
+    assert video == {
+        "media_type": "video",
+        "algorithm": "sha512",
+        "hash_value": hashlib.sha512(mp4).hexdigest(),
+        "sha512": hashlib.sha512(mp4).hexdigest(),
+    }

@@ -37,9 +37,21 @@ def silent_video(videos: Path) -> Path:
 
 def ffprobe(path: Path) -> dict[str, Any]:
     """Streams and format of `path` (a playlist works: ffprobe reads the segments)."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", "-show_entries",
-                          "stream=codec_type,codec_name,width,height:format=duration", str(path)],
-                         check=True, capture_output=True, timeout=30).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height:format=duration",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 
 

@@ -39,8 +39,10 @@ async def test_variants_with_sound_and_the_original(small_video: Path, tmp_path:
         assert codecs(tmp_path / name) == {"h264", "aac"}
         # A keyframe every 2 s: 3 s of video is a 2 s segment and a 1 s one.
         assert segment_durations(tmp_path / name) == pytest.approx([2.0, 1.0], abs=0.05)
-    assert files_like(tmp_path, "adaptive-240p-500-*.ts") == ["adaptive-240p-500-000.ts",
-                                                              "adaptive-240p-500-001.ts"]
+    assert files_like(tmp_path, "adaptive-240p-500-*.ts") == [
+        "adaptive-240p-500-000.ts",
+        "adaptive-240p-500-001.ts",
+    ]
     assert result.total_segments == 4
     assert heights(tmp_path / "adaptive-orig.m3u8") == [240] and (tmp_path / "adaptive-orig-000.ts").is_file()
 
@@ -56,8 +58,9 @@ async def test_silent_video_gets_no_audio(silent_video: Path, tmp_path: Path) ->
 
 
 async def test_no_upscaling(silent_video: Path, tmp_path: Path) -> None:
-    result = await make_hls(silent_video, tmp_path, [Variant(720, 3500), Variant(480, 1500)], False,
-                            lambda _: None)
+    result = await make_hls(
+        silent_video, tmp_path, [Variant(720, 3500), Variant(480, 1500)], False, lambda _: None
+    )
     assert result.variants == [Variant(240, 375)]
     assert heights(tmp_path / "adaptive-240p-375.m3u8") == [240]
     assert files_like(tmp_path, "adaptive-720p*") == files_like(tmp_path, "adaptive-480p*") == []
@@ -69,8 +72,9 @@ async def test_corrupt_video_fails_with_ffmpegs_reason(tmp_path: Path) -> None:
     source.write_bytes(CORRUPT_MP4)
     (tmp_path / "output").mkdir()
     with pytest.raises(ToolFailed) as caught:
-        await make_hls(source, tmp_path / "output", [Variant(240, 400)], True, lambda _: None,
-                       hide=[tmp_path])
+        await make_hls(
+            source, tmp_path / "output", [Variant(240, 400)], True, lambda _: None, hide=[tmp_path]
+        )
     message = str(caught.value)
     assert "moov atom not found" in message and "input/bad.mp4" in message
     assert str(tmp_path) not in message
@@ -78,16 +82,36 @@ async def test_corrupt_video_fails_with_ffmpegs_reason(tmp_path: Path) -> None:
 
 
 def test_probe_reads_rotation_and_skips_cover_pictures() -> None:
-    report = {"format": {"duration": "12.5"}, "streams": [
-        {"index": 0, "codec_type": "video", "width": 600, "height": 600, "disposition": {"attached_pic": 1}},
-        {"index": 1, "codec_type": "video", "width": 1920, "height": 1080, "disposition": {"attached_pic": 0},
-         "side_data_list": [{"rotation": -90}]},
-        {"index": 2, "codec_type": "audio"}]}
+    report = {
+        "format": {"duration": "12.5"},
+        "streams": [
+            {
+                "index": 0,
+                "codec_type": "video",
+                "width": 600,
+                "height": 600,
+                "disposition": {"attached_pic": 1},
+            },
+            {
+                "index": 1,
+                "codec_type": "video",
+                "width": 1920,
+                "height": 1080,
+                "disposition": {"attached_pic": 0},
+                "side_data_list": [{"rotation": -90}],
+            },
+            {"index": 2, "codec_type": "audio"},
+        ],
+    }
     info = parse_probe(report)
     assert (info.stream, info.width, info.height) == (1, 1080, 1920)
     assert (info.has_audio, info.duration) == (True, 12.5)
-    old_style = {"format": {}, "streams": [{"index": 0, "codec_type": "video", "width": 640, "height": 480,
-                                            "tags": {"rotate": "270"}}]}
+    old_style = {
+        "format": {},
+        "streams": [
+            {"index": 0, "codec_type": "video", "width": 640, "height": 480, "tags": {"rotate": "270"}}
+        ],
+    }
     assert (parse_probe(old_style).height, parse_probe(old_style).duration) == (640, 0.0)
     with pytest.raises(NoVideoStream):
         parse_probe({"streams": [{"index": 0, "codec_type": "audio"}]})
@@ -95,8 +119,9 @@ def test_probe_reads_rotation_and_skips_cover_pictures() -> None:
 
 async def test_ffmpegs_progress_report_is_followed(small_video: Path, tmp_path: Path) -> None:
     seconds: list[float] = []
-    await run_ffmpeg(["-y", "-i", str(small_video), "-f", "null", "-"], cwd=tmp_path, timeout=30,
-                     on_seconds=seconds.append)
+    await run_ffmpeg(
+        ["-y", "-i", str(small_video), "-f", "null", "-"], cwd=tmp_path, timeout=30, on_seconds=seconds.append
+    )
     # ffmpeg reports twice a second and once at the end, whatever the speed.
     assert seconds and seconds == sorted(seconds) and seconds[-1] == pytest.approx(3.0, abs=0.1)
 

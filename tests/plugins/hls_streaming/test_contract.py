@@ -11,12 +11,15 @@ from tests.conftest import Server, WorkerFactory
 from tests.plugins.hls_streaming.conftest import heights
 
 
-async def test_sdk_request_and_every_field_read(server: Server, start_worker: WorkerFactory,
-                                                hd_video_bytes: bytes) -> None:
+async def test_sdk_request_and_every_field_read(
+    server: Server, start_worker: WorkerFactory, hd_video_bytes: bytes
+) -> None:
     await start_worker(tasks=("hls_streaming",))
     response = await server.client.post(
-        "/jobs/hls_streaming", data={"include_original": "true", "priority": "5"},
-        files={"file": ("video_1080p_10s.mp4", hd_video_bytes, "video/mp4")})
+        "/jobs/hls_streaming",
+        data={"include_original": "true", "priority": "5"},
+        files={"file": ("video_1080p_10s.mp4", hd_video_bytes, "video/mp4")},
+    )
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["status"] == "queued" and reply["task_type"] == "hls_streaming"

@@ -47,8 +47,9 @@ async def test_bad_variants_are_422_with_the_reason(server: Server, variants: st
     assert jobs_left(server) == []
 
 
-async def test_paths_outside_the_media_roots_are_403(server: Server, media_root: Path, tmp_path: Path,
-                                                     small_video: Path) -> None:
+async def test_paths_outside_the_media_roots_are_403(
+    server: Server, media_root: Path, tmp_path: Path, small_video: Path
+) -> None:
     outside = tmp_path / "private" / "secret.mp4"
     outside.parent.mkdir()
     shutil.copy(small_video, outside)
@@ -57,10 +58,12 @@ async def test_paths_outside_the_media_roots_are_403(server: Server, media_root:
     inside = media_root / "fine.mp4"
     shutil.copy(small_video, inside)
 
-    for data in ({"input_absolute_path": str(outside)},
-                 {"input_absolute_path": str(link)},
-                 {"input_absolute_path": f"{media_root}/../private/secret.mp4"},
-                 {"input_absolute_path": str(inside), "output_absolute_path": str(tmp_path / "out")}):
+    for data in (
+        {"input_absolute_path": str(outside)},
+        {"input_absolute_path": str(link)},
+        {"input_absolute_path": f"{media_root}/../private/secret.mp4"},
+        {"input_absolute_path": str(inside), "output_absolute_path": str(tmp_path / "out")},
+    ):
         status, reason = await post(server, data)
         assert status == 403 and "COMPUTE_MEDIA_ROOTS" in reason, data
         assert str(outside) not in reason

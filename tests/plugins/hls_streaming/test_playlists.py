@@ -29,20 +29,27 @@ def test_complete_hls_is_read(tmp_path: Path) -> None:
     assert (low.name, low.segments) == ("low.m3u8", ("a.ts", "b.ts"))
 
 
-@pytest.mark.parametrize(("files", "reason"), [
-    ({"low.m3u8": media("a.ts"), "a.ts": b"x"}, "master.m3u8 is missing"),
-    ({"master.m3u8": "hello\n"}, "does not start with #EXTM3U"),
-    ({"master.m3u8": "#EXTM3U\n"}, "lists no variant streams"),
-    ({"master.m3u8": MASTER}, "low.m3u8 is missing"),
-    ({"master.m3u8": MASTER, "low.m3u8": media()}, "low.m3u8 lists no segments"),
-    ({"master.m3u8": MASTER, "low.m3u8": media("a.ts"), "a.ts": b""}, "lists a.ts, which is missing or"),
-    ({"master.m3u8": MASTER, "low.m3u8": media("a.ts", "b.ts"), "a.ts": b"x"}, "lists b.ts, which is miss"),
-    ({"master.m3u8": MASTER, "low.m3u8": media("a.ts", ended=False), "a.ts": b"x"}, "no #EXT-X-ENDLIST"),
-    ({"master.m3u8": MASTER, "low.m3u8": media("../a.ts")}, "not a file beside it"),
-    ({"master.m3u8": MASTER.replace("low.m3u8", "/etc/low.m3u8")}, "not a file beside it"),
-])
-def test_broken_hls_is_refused_with_the_reason(tmp_path: Path, files: dict[str, str | bytes],
-                                               reason: str) -> None:
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({"low.m3u8": media("a.ts"), "a.ts": b"x"}, "master.m3u8 is missing"),
+        ({"master.m3u8": "hello\n"}, "does not start with #EXTM3U"),
+        ({"master.m3u8": "#EXTM3U\n"}, "lists no variant streams"),
+        ({"master.m3u8": MASTER}, "low.m3u8 is missing"),
+        ({"master.m3u8": MASTER, "low.m3u8": media()}, "low.m3u8 lists no segments"),
+        ({"master.m3u8": MASTER, "low.m3u8": media("a.ts"), "a.ts": b""}, "lists a.ts, which is missing or"),
+        (
+            {"master.m3u8": MASTER, "low.m3u8": media("a.ts", "b.ts"), "a.ts": b"x"},
+            "lists b.ts, which is miss",
+        ),
+        ({"master.m3u8": MASTER, "low.m3u8": media("a.ts", ended=False), "a.ts": b"x"}, "no #EXT-X-ENDLIST"),
+        ({"master.m3u8": MASTER, "low.m3u8": media("../a.ts")}, "not a file beside it"),
+        ({"master.m3u8": MASTER.replace("low.m3u8", "/etc/low.m3u8")}, "not a file beside it"),
+    ],
+)
+def test_broken_hls_is_refused_with_the_reason(
+    tmp_path: Path, files: dict[str, str | bytes], reason: str
+) -> None:
     write(tmp_path, files)
     with pytest.raises(InvalidHls, match=reason.replace("#", "\\#")):
         master_playlist(tmp_path, "master.m3u8")

@@ -13,20 +13,30 @@ from tests.plugins.hls_streaming.conftest import heights
 LADDER = json.dumps([{"resolution": 160, "bitrate": 250}, {"resolution": 240, "bitrate": 500}])
 
 
-async def test_upload_with_a_custom_ladder(server: Server, start_worker: WorkerFactory,
-                                           small_video_bytes: bytes) -> None:
+async def test_upload_with_a_custom_ladder(
+    server: Server, start_worker: WorkerFactory, small_video_bytes: bytes
+) -> None:
     await start_worker(tasks=("hls_streaming",))
-    job = await run_job(server, "hls_streaming", small_video_bytes, "holiday.mp4",
-                        {"variants": LADDER, "include_original": "false"})
+    job = await run_job(
+        server,
+        "hls_streaming",
+        small_video_bytes,
+        "holiday.mp4",
+        {"variants": LADDER, "include_original": "false"},
+    )
     assert job["params"]["input_path"] == "input/upload.mp4" and job["params"]["output_path"] == "output"
-    assert job["params"]["variants"] == [{"resolution": 240, "bitrate": 500},
-                                         {"resolution": 160, "bitrate": 250}]
+    assert job["params"]["variants"] == [
+        {"resolution": 240, "bitrate": 500},
+        {"resolution": 160, "bitrate": 250},
+    ]
     assert job["params"]["include_original"] is False
     assert job["task_output"] == {
         "master_playlist": "output/adaptive.m3u8",
         "variants_generated": 2,
-        "variants": [{"resolution": 240, "bitrate": 500, "playlist": "output/adaptive-240p-500.m3u8"},
-                     {"resolution": 160, "bitrate": 250, "playlist": "output/adaptive-160p-250.m3u8"}],
+        "variants": [
+            {"resolution": 240, "bitrate": 500, "playlist": "output/adaptive-240p-500.m3u8"},
+            {"resolution": 160, "bitrate": 250, "playlist": "output/adaptive-160p-250.m3u8"},
+        ],
         "total_segments": 4,
         "include_original": False,
         "duration_seconds": 3.0,
@@ -37,17 +47,25 @@ async def test_upload_with_a_custom_ladder(server: Server, start_worker: WorkerF
     assert segment[:1] == b"\x47"  # MPEG-TS sync byte
 
 
-async def test_video_on_disk_to_a_folder_on_disk(server: Server, start_worker: WorkerFactory,
-                                                 silent_video: Path, media_root: Path) -> None:
+async def test_video_on_disk_to_a_folder_on_disk(
+    server: Server, start_worker: WorkerFactory, silent_video: Path, media_root: Path
+) -> None:
     source = media_root / "camera" / "clip.mp4"
     source.parent.mkdir()
     shutil.copy(silent_video, source)
     target = media_root / "streams" / "clip"  # not there yet: the worker makes it
     await start_worker(tasks=("hls_streaming",))
 
-    response = await server.client.post("/jobs/hls_streaming", data={
-        "priority": "5", "input_absolute_path": str(source), "output_absolute_path": str(target),
-        "include_original": "true", "variants": '[{"resolution": 240, "bitrate": 400}]'})
+    response = await server.client.post(
+        "/jobs/hls_streaming",
+        data={
+            "priority": "5",
+            "input_absolute_path": str(source),
+            "output_absolute_path": str(target),
+            "include_original": "true",
+            "variants": '[{"resolution": 240, "bitrate": 400}]',
+        },
+    )
     assert response.status_code == 200, response.text
     job = await server.wait_status(response.json()["job_id"], "completed", timeout=30)
 

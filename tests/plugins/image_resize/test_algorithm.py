@@ -14,16 +14,20 @@ from compute.plugins.media import ImageTooLarge, NotAnImage
 EXIF_ORIENTATION = 0x0112
 
 
-@pytest.mark.parametrize(("source", "box", "keep", "expected"), [
-    ((400, 200), (100, 100), True, (100, 50)),    # wide: width limits
-    ((200, 400), (100, 100), True, (50, 100)),    # tall: height limits
-    ((40, 20), (200, 300), True, (200, 100)),     # small: scaled up to fit
-    ((400, 200), (100, 100), False, (100, 100)),  # exact, shape ignored
-    ((3000, 1), (10, 10), True, (10, 1)),         # never below one pixel
-    ((300, 200), (150, 100), True, (150, 100)),   # same shape: both sides exact
-])
-def test_target_size(source: tuple[int, int], box: tuple[int, int], keep: bool,
-                     expected: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("source", "box", "keep", "expected"),
+    [
+        ((400, 200), (100, 100), True, (100, 50)),  # wide: width limits
+        ((200, 400), (100, 100), True, (50, 100)),  # tall: height limits
+        ((40, 20), (200, 300), True, (200, 100)),  # small: scaled up to fit
+        ((400, 200), (100, 100), False, (100, 100)),  # exact, shape ignored
+        ((3000, 1), (10, 10), True, (10, 1)),  # never below one pixel
+        ((300, 200), (150, 100), True, (150, 100)),  # same shape: both sides exact
+    ],
+)
+def test_target_size(
+    source: tuple[int, int], box: tuple[int, int], keep: bool, expected: tuple[int, int]
+) -> None:
     assert target_size(source, *box, keep) == expected
 
 

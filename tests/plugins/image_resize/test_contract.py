@@ -17,8 +17,9 @@ from tests.support import png_bytes
 async def test_sdk_request_and_every_field_read(server: Server, start_worker: WorkerFactory) -> None:
     await start_worker(tasks=("image_resize",))
     form = {"priority": "5", "width": "16", "height": "12", "maintain_aspect_ratio": "True"}
-    response = await server.client.post("/jobs/image_resize", data=form,
-                                        files={"file": ("photo.png", png_bytes((64, 48)), "image/png")})
+    response = await server.client.post(
+        "/jobs/image_resize", data=form, files={"file": ("photo.png", png_bytes((64, 48)), "image/png")}
+    )
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["status"] == "queued" and reply["task_type"] == "image_resize"

@@ -53,10 +53,17 @@ async def test_requested_output_over_the_limit_is_413(server: Server) -> None:
     assert jobs_left(server) == []
 
 
-@pytest.mark.parametrize("data", [{"width": "0", "height": "8"}, {"width": "8", "height": "-1"},
-                                  {"width": "wide", "height": "8"}, {"width": "8"},
-                                  {"width": "8", "height": "8", "maintain_aspect_ratio": "maybe"}],
-                         ids=["zero", "negative", "not-a-number", "missing", "bad-bool"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"width": "0", "height": "8"},
+        {"width": "8", "height": "-1"},
+        {"width": "wide", "height": "8"},
+        {"width": "8"},
+        {"width": "8", "height": "8", "maintain_aspect_ratio": "maybe"},
+    ],
+    ids=["zero", "negative", "not-a-number", "missing", "bad-bool"],
+)
 async def test_bad_sizes_are_422(server: Server, data: dict[str, str]) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")

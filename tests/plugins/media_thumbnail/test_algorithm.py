@@ -16,14 +16,17 @@ from tests.plugins.media_thumbnail.videos import CORRUPT_MP4, without_keyframes
 EXIF_ORIENTATION = 0x0112
 
 
-@pytest.mark.parametrize(("source", "box", "expected"), [
-    ((400, 200), Box(100, 100), (100, 50)),          # wide: width limits
-    ((200, 400), Box(100, 100), (50, 100)),          # tall: height limits
-    ((40, 20), Box(256, 256), (40, 20)),             # small: never enlarged
-    ((400, 200), Box(100, 100, False), (100, 100)),  # exact box, shape ignored
-    ((40, 20), Box(256, 128, False), (256, 128)),    # exact box may enlarge
-    ((3000, 1), Box(10, 10), (10, 1)),               # never below one pixel
-])
+@pytest.mark.parametrize(
+    ("source", "box", "expected"),
+    [
+        ((400, 200), Box(100, 100), (100, 50)),  # wide: width limits
+        ((200, 400), Box(100, 100), (50, 100)),  # tall: height limits
+        ((40, 20), Box(256, 256), (40, 20)),  # small: never enlarged
+        ((400, 200), Box(100, 100, False), (100, 100)),  # exact box, shape ignored
+        ((40, 20), Box(256, 128, False), (256, 128)),  # exact box may enlarge
+        ((3000, 1), Box(10, 10), (10, 1)),  # never below one pixel
+    ],
+)
 def test_fitted(source: tuple[int, int], box: Box, expected: tuple[int, int]) -> None:
     assert fitted(source, box) == expected
 
@@ -47,8 +50,9 @@ def test_image_fits_the_box_as_jpeg(plugin_env: PluginEnvironment, tmp_path: Pat
 
 
 def test_exact_box(plugin_env: PluginEnvironment, tmp_path: Path) -> None:
-    written = image_thumbnail(halves(tmp_path / "in.jpg", (800, 400), "JPEG"), tmp_path / "t.jpg",
-                              Box(64, 96, keep_aspect=False))
+    written = image_thumbnail(
+        halves(tmp_path / "in.jpg", (800, 400), "JPEG"), tmp_path / "t.jpg", Box(64, 96, keep_aspect=False)
+    )
     with Image.open(written) as out:
         assert out.size == (64, 96)
 
@@ -61,8 +65,9 @@ def test_orientation_is_applied(plugin_env: PluginEnvironment, tmp_path: Path) -
         assert out.size == (50, 100)
 
 
-def test_transparency_gives_png_and_opaque_alpha_gives_jpeg(plugin_env: PluginEnvironment,
-                                                           tmp_path: Path) -> None:
+def test_transparency_gives_png_and_opaque_alpha_gives_jpeg(
+    plugin_env: PluginEnvironment, tmp_path: Path
+) -> None:
     see_through = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     see_through.paste((255, 255, 255, 255), (0, 0, 32, 64))
     see_through.save(tmp_path / "clear.png")
@@ -88,8 +93,11 @@ def cells(sheet: Image.Image) -> list[float]:
     """Mean brightness of each cell of the sheet, row by row."""
     gray = sheet.convert("L")
     w, h = gray.width // GRID, gray.height // GRID
-    return [ImageStat.Stat(gray.crop((c * w, r * h, (c + 1) * w, (r + 1) * h))).mean[0]
-            for r in range(GRID) for c in range(GRID)]
+    return [
+        ImageStat.Stat(gray.crop((c * w, r * h, (c + 1) * w, (r + 1) * h))).mean[0]
+        for r in range(GRID)
+        for c in range(GRID)
+    ]
 
 
 async def test_video_sheet_has_sixteen_keyframes(sheet_video: Path, tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from tests.support import MqttProbe
 
 
 async def submit(server: Server, content: bytes, name: str, form: dict[str, str]) -> str:
-    response = await server.client.post("/jobs/media_thumbnail", data=form,
-                                        files={"file": (name, content, "video/mp4")})
+    response = await server.client.post(
+        "/jobs/media_thumbnail", data=form, files={"file": (name, content, "video/mp4")}
+    )
     assert response.status_code == 200, response.text
     reply = response.json()
     assert reply["status"] == "queued" and reply["task_type"] == "media_thumbnail"
@@ -26,22 +27,30 @@ async def submit(server: Server, content: bytes, name: str, form: dict[str, str]
     return str(reply["job_id"])
 
 
-async def test_sdk_requests_and_every_field_read(server: Server, start_worker: WorkerFactory,
-                                                 sheet_video_bytes: bytes) -> None:
+async def test_sdk_requests_and_every_field_read(
+    server: Server, start_worker: WorkerFactory, sheet_video_bytes: bytes
+) -> None:
     settings = server.settings
     async with MqttProbe(settings.broker_host, settings.mqtt_port) as probe:
         await probe.subscribe(settings.mqtt_topic)
         await start_worker(tasks=("media_thumbnail",))
-        sized = await submit(server, sheet_video_bytes, "video.mp4",
-                             {"priority": "5", "width": "256", "height": "256"})
+        sized = await submit(
+            server, sheet_video_bytes, "video.mp4", {"priority": "5", "width": "256", "height": "256"}
+        )
         job = await server.wait_status(sized, "completed", timeout=30)
-        await probe.expect(lambda m: m.topic == settings.mqtt_topic and m.json()["job_id"] == sized
-                           and m.json()["event_type"] == "completed", what="the completed event")
+        await probe.expect(
+            lambda m: (
+                m.topic == settings.mqtt_topic
+                and m.json()["job_id"] == sized
+                and m.json()["event_type"] == "completed"
+            ),
+            what="the completed event",
+        )
 
         events = [m.json() for m in probe.on_topic(settings.mqtt_topic) if m.json()["job_id"] == sized]
         kinds = [e["event_type"] for e in events]
         assert "completed" in kinds
-        before = events[:kinds.index("completed")]
+        before = events[: kinds.index("completed")]
         assert any(e["event_type"] == "processing" and e["progress"] > 0 for e in before), events
 
     assert job["progress"] == 100 and job["priority"] == 5 and job["error_message"] is None
@@ -61,8 +70,12 @@ async def test_sdk_requests_and_every_field_read(server: Server, start_worker: W
     job = await server.wait_status(bare, "completed", timeout=30)
     assert job["progress"] == 100
     assert (job["params"]["width"], job["params"]["height"]) == (256, 256)
-    assert job["task_output"] == {"thumbnail_path": "output/thumbnail.jpg", "media_type": "image",
-                                  "width": 256, "height": 128}
+    assert job["task_output"] == {
+        "thumbnail_path": "output/thumbnail.jpg",
+        "media_type": "image",
+        "width": 256,
+        "height": 128,
+    }
 
     for job_id in (sized, bare):
         assert (await server.client.delete(f"/jobs/{job_id}")).status_code in (200, 204)

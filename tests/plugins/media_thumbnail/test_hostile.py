@@ -43,9 +43,17 @@ async def test_box_over_the_pixel_limit_is_413(server: Server) -> None:
     assert jobs_left(server) == []
 
 
-@pytest.mark.parametrize("data", [{"width": "0"}, {"height": "-5"}, {"width": "wide"},
-                                  {"maintain_aspect_ratio": "maybe"}, {"priority": "11"}],
-                         ids=["zero", "negative", "not-a-number", "bad-bool", "bad-priority"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"width": "0"},
+        {"height": "-5"},
+        {"width": "wide"},
+        {"maintain_aspect_ratio": "maybe"},
+        {"priority": "11"},
+    ],
+    ids=["zero", "negative", "not-a-number", "bad-bool", "bad-priority"],
+)
 async def test_bad_fields_are_422(server: Server, data: dict[str, str]) -> None:
     status, _ = await post(server, png_bytes(), data)
     assert status == 422

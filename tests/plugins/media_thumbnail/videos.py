@@ -8,11 +8,28 @@ from pathlib import Path
 TS_PACKET = 188
 
 
-def make_video(path: Path, size: tuple[int, int] = (320, 240), seconds: float = 2.0, *,
-               audio: bool = True, keyframe_every: int | None = None, rate: int = 30) -> Path:
+def make_video(
+    path: Path,
+    size: tuple[int, int] = (320, 240),
+    seconds: float = 2.0,
+    *,
+    audio: bool = True,
+    keyframe_every: int | None = None,
+    rate: int = 30,
+) -> Path:
     """An H.264 (+ AAC) video in the container `path`'s suffix names; `keyframe_every` frames."""
-    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc=size={size[0]}x{size[1]}:rate={rate}"]
+    args = [
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size={size[0]}x{size[1]}:rate={rate}",
+    ]
     if audio:
         args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]
     args += ["-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
@@ -28,15 +45,43 @@ def without_keyframes(path: Path, size: tuple[int, int] = (320, 240), seconds: f
     """An MPEG-TS cut out of an intra-refresh stream: decodable, yet no frame is a keyframe
     (as a recording joined mid-broadcast is). Parameter sets ride on every packet."""
     whole = path.with_name("whole.ts")
-    subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-                    "-f", "lavfi", "-i", f"testsrc=size={size[0]}x{size[1]}:rate=30", "-t", str(seconds),
-                    "-c:v", "libx264", "-preset", "ultrafast", "-flags", "+global_header",
-                    "-x264-params", "intra-refresh=1:keyint=30", "-bsf:v", "dump_extra=freq=all",
-                    "-pix_fmt", "yuv420p", "-f", "mpegts", str(whole)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=size={size[0]}x{size[1]}:rate=30",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-flags",
+            "+global_header",
+            "-x264-params",
+            "intra-refresh=1:keyint=30",
+            "-bsf:v",
+            "dump_extra=freq=all",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mpegts",
+            str(whole),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     data = whole.read_bytes()
     packets = len(data) // TS_PACKET
-    path.write_bytes(data[TS_PACKET * (packets // 3):])  # drop the one IDR frame at the start
+    path.write_bytes(data[TS_PACKET * (packets // 3) :])  # drop the one IDR frame at the start
     whole.unlink()
     return path
 

@@ -17,7 +17,9 @@ from compute_bench.peers import stamps
 app = Celery("compute_bench_peers", broker=stamps.redis_url(), backend=stamps.redis_url())
 app.conf.update(
     task_default_queue=stamps.namespace(),
-    task_serializer="json", result_serializer="json", accept_content=["json"],
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
     result_expires=600,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,

@@ -15,8 +15,11 @@ from compute_bench.peers import stamps
 
 PG_ENV = "COMPUTE_BENCH_PEER_PG"
 
-app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-    conninfo=os.environ.get(PG_ENV, "postgresql://postgres@127.0.0.1:5432/compute_bench_peers")))
+app = procrastinate.App(
+    connector=procrastinate.PsycopgConnector(
+        conninfo=os.environ.get(PG_ENV, "postgresql://postgres@127.0.0.1:5432/compute_bench_peers")
+    )
+)
 
 
 @app.task(name="bench_noop", queue="bench")

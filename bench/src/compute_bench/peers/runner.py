@@ -34,7 +34,7 @@ PEERS = {
     "celery": f"Celery + Redis, no HTTP (1 worker, prefork x{CELERY_CONCURRENCY})",
     "fastapi_celery": "Celery behind FastAPI (uvicorn, uvloop, httptools; upload stored, then delay)",
     "procrastinate": f"Procrastinate + PostgreSQL, no HTTP ({PROCRASTINATE_WORKERS} workers "
-                     f"x{PROCRASTINATE_CONCURRENCY})",
+    f"x{PROCRASTINATE_CONCURRENCY})",
 }
 
 
@@ -52,9 +52,14 @@ class Peers:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({stamps.REDIS_ENV: self.redis_url, stamps.NS_ENV: self.ns,
-                    "COMPUTE_BENCH_PEER_DIR": str(self.dir / "uploads"),
-                    "COMPUTE_BENCH_PEER_PG": f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}"})
+        env.update(
+            {
+                stamps.REDIS_ENV: self.redis_url,
+                stamps.NS_ENV: self.ns,
+                "COMPUTE_BENCH_PEER_DIR": str(self.dir / "uploads"),
+                "COMPUTE_BENCH_PEER_PG": f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}",
+            }
+        )
         return env
 
     async def run(self) -> dict[str, Any]:
@@ -71,8 +76,9 @@ class Peers:
             async with self._celery_worker() as celery_pid:
                 out["celery"] = await self._celery(celery_pid)
                 async with self._uvicorn() as (base_url, web_pid):
-                    out["fastapi_celery"] = await self._fastapi(base_url, {"web": web_pid,
-                                                                           "celery worker": celery_pid})
+                    out["fastapi_celery"] = await self._fastapi(
+                        base_url, {"web": web_pid, "celery worker": celery_pid}
+                    )
             try:
                 out["procrastinate"] = await self._procrastinate()
             except _Unavailable as exc:
@@ -104,22 +110,44 @@ class Peers:
     def _check(self, proc: subprocess.Popen[bytes], name: str) -> None:
         if proc.poll() is not None:
             log = self.logs / f"{name}.log"
-            raise ClusterError(f"peer {name} exited with {proc.returncode}:\n"
-                               f"{log.read_text(errors='replace')[-1500:]}")
+            raise ClusterError(
+                f"peer {name} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-1500:]}"
+            )
 
     @asynccontextmanager
     async def _celery_worker(self) -> Any:
         from compute_bench.peers import celery_app
 
-        celery_app.app.conf.update(broker_url=self.redis_url, result_backend=self.redis_url,
-                                   task_default_queue=self.ns)
-        proc = self._spawn("celery", [
-            sys.executable, "-m", "celery", "-A", "compute_bench.peers.celery_app", "worker",
-            "--pool", "prefork", "--concurrency", str(CELERY_CONCURRENCY), "--loglevel", "WARNING",
-            "-Q", self.ns, "--without-gossip", "--without-mingle", "-n", f"{self.ns}@%h"])
+        celery_app.app.conf.update(
+            broker_url=self.redis_url, result_backend=self.redis_url, task_default_queue=self.ns
+        )
+        proc = self._spawn(
+            "celery",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "compute_bench.peers.celery_app",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(CELERY_CONCURRENCY),
+                "--loglevel",
+                "WARNING",
+                "-Q",
+                self.ns,
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                f"{self.ns}@%h",
+            ],
+        )
         try:
-            await self._ready(lambda job: _call(celery_app.noop.apply_async, (job,), task_id=job),
-                              proc, "celery")
+            await self._ready(
+                lambda job: _call(celery_app.noop.apply_async, (job,), task_id=job), proc, "celery"
+            )
             yield proc.pid
         finally:
             await self._stop(proc)
@@ -127,10 +155,26 @@ class Peers:
     @asynccontextmanager
     async def _uvicorn(self) -> Any:
         port = free_port()
-        proc = self._spawn("uvicorn", [
-            sys.executable, "-m", "uvicorn", "compute_bench.peers.web:app", "--host", "127.0.0.1",
-            "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
-            "--no-access-log"])
+        proc = self._spawn(
+            "uvicorn",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "compute_bench.peers.web:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+        )
         base_url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + START_TIMEOUT
@@ -147,8 +191,9 @@ class Peers:
         finally:
             await self._stop(proc)
 
-    async def _ready(self, submit: Callable[[str], Awaitable[Any]], proc: subprocess.Popen[bytes],
-                     name: str) -> None:
+    async def _ready(
+        self, submit: Callable[[str], Awaitable[Any]], proc: subprocess.Popen[bytes], name: str
+    ) -> None:
         """A first job goes through: the worker is consuming."""
         job = f"ready-{uuid.uuid4()}"
         await self.redis.delete(self.keys["finished"])
@@ -185,14 +230,17 @@ class Peers:
         started = await self.redis.hmget(self.keys["started"], [job for job, _, _ in records])
         return {
             "jobs": len(records),
-            "submit_to_task_start_ms": summary((int(s) - t0) / NS_PER_MS
-                                               for (_, t0, _), s in zip(records, started, strict=True)
-                                               if s is not None),
+            "submit_to_task_start_ms": summary(
+                (int(s) - t0) / NS_PER_MS
+                for (_, t0, _), s in zip(records, started, strict=True)
+                if s is not None
+            ),
             "submit_call_ms": summary((t1 - t0) / NS_PER_MS for _, t0, t1 in records),
         }
 
-    async def _burst(self, submit: Callable[[], Awaitable[Any]], n: int, pids: dict[str, int]
-                     ) -> dict[str, Any]:
+    async def _burst(
+        self, submit: Callable[[], Awaitable[Any]], n: int, pids: dict[str, int]
+    ) -> dict[str, Any]:
         concurrency = self.sizes.concurrency
         base = int(await self.redis.get(self.keys["done"]) or 0)
         warm = 2 * concurrency
@@ -222,8 +270,10 @@ class Peers:
             await _call(celery_app.noop.apply_async, (job,), task_id=job)
             return job
 
-        return {"pickup": await self._pickup(submit),
-                "throughput": await self._burst(submit, self.sizes.burst, {"celery worker": worker_pid})}
+        return {
+            "pickup": await self._pickup(submit),
+            "throughput": await self._burst(submit, self.sizes.burst, {"celery worker": worker_pid}),
+        }
 
     async def _fastapi(self, base_url: str, pids: dict[str, int]) -> dict[str, Any]:
         sub = Submitter(base_url, max(32, self.sizes.concurrency))
@@ -244,17 +294,31 @@ class Peers:
             from procrastinate.tasks import configure_task
 
             # The bench's own client app, on the run's database; the workers import the task.
-            app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-                conninfo=self.env()["COMPUTE_BENCH_PEER_PG"]))
+            app = procrastinate.App(
+                connector=procrastinate.PsycopgConnector(conninfo=self.env()["COMPUTE_BENCH_PEER_PG"])
+            )
             await stack.enter_async_context(app.open_async())
             task = configure_task(name="bench_noop", job_manager=app.job_manager, queue="bench")
             await app.schema_manager.apply_schema_async()
             procs = []
             for i in range(PROCRASTINATE_WORKERS):
-                proc = self._spawn(f"procrastinate-{i + 1}", [
-                    sys.executable, "-m", "procrastinate", "--app",
-                    "compute_bench.peers.procrastinate_app.app", "--log-level", "warning", "worker",
-                    "--concurrency", str(PROCRASTINATE_CONCURRENCY), "--queues", "bench"])
+                proc = self._spawn(
+                    f"procrastinate-{i + 1}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "procrastinate",
+                        "--app",
+                        "compute_bench.peers.procrastinate_app.app",
+                        "--log-level",
+                        "warning",
+                        "worker",
+                        "--concurrency",
+                        str(PROCRASTINATE_CONCURRENCY),
+                        "--queues",
+                        "bench",
+                    ],
+                )
                 procs.append(proc)
                 stack.push_async_callback(self._stop, proc)
 
@@ -264,11 +328,12 @@ class Peers:
                 return job
 
             for i, proc in enumerate(procs):
-                await self._ready(lambda job: task.defer_async(job=job), proc,
-                                  f"procrastinate-{i + 1}")
+                await self._ready(lambda job: task.defer_async(job=job), proc, f"procrastinate-{i + 1}")
             pids = {f"procrastinate worker {i + 1}": p.pid for i, p in enumerate(procs)}
-            return {"pickup": await self._pickup(submit),
-                    "throughput": await self._burst(submit, self.sizes.burst, pids)}
+            return {
+                "pickup": await self._pickup(submit),
+                "throughput": await self._burst(submit, self.sizes.burst, pids),
+            }
         raise AssertionError("unreachable")
 
     async def _create_database(self) -> None:

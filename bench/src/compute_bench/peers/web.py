@@ -28,16 +28,18 @@ async def health() -> dict[str, str]:
 
 
 @app.post("/jobs/bench_noop")
-async def submit_noop(steps: Annotated[int, Form()] = 0,
-                      step_ms: Annotated[float, Form()] = 0.0) -> dict[str, str]:
+async def submit_noop(
+    steps: Annotated[int, Form()] = 0, step_ms: Annotated[float, Form()] = 0.0
+) -> dict[str, str]:
     job = str(uuid.uuid4())
     noop.apply_async((job,), task_id=job)
     return {"job_id": job, "status": "queued"}
 
 
 @app.post("/jobs/image_conversion")
-async def submit_image(file: UploadFile, format: Annotated[str, Form()] = "jpg",
-                       quality: Annotated[int, Form()] = 85) -> dict[str, str]:
+async def submit_image(
+    file: UploadFile, format: Annotated[str, Form()] = "jpg", quality: Annotated[int, Form()] = 85
+) -> dict[str, str]:
     job = str(uuid.uuid4())
     path = _uploads / f"{job}{Path(file.filename or 'upload').suffix}"
     path.write_bytes(await file.read())

@@ -13,8 +13,9 @@ from compute.plugins.models import MODELS
 SPEC = MODELS["clip_embedding"]
 DIM = 512
 #: 256x256 unless the model's input shape says otherwise; bicubic, CLIP mean/std, NCHW.
-PREPROCESS = embedding.Preprocess((256, 256), Image.Resampling.BICUBIC, embedding.CLIP_MEAN,
-                                  embedding.CLIP_STD)
+PREPROCESS = embedding.Preprocess(
+    (256, 256), Image.Resampling.BICUBIC, embedding.CLIP_MEAN, embedding.CLIP_STD
+)
 
 
 def unavailable() -> str | None:

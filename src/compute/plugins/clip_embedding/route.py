@@ -23,8 +23,12 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
     ) -> dict[str, str]:
         """A 512-d MobileCLIP-S2 embedding of the image, saved as `output/clip_embedding.npy`."""
         async with intake.new_job(file_storage, file, DECODABLE_IMAGES) as job:
-            params = {"input_path": job.relative, "output_path": "output/clip_embedding.npy",
-                      "normalize": normalize, "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": "output/clip_embedding.npy",
+                "normalize": normalize,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "clip_embedding", params, priority, user)
 
     return router

@@ -23,8 +23,12 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
     ) -> dict[str, str]:
         """A 384-d DINOv2 embedding (CLS token) of the image, saved as `output/dino_embedding.npy`."""
         async with intake.new_job(file_storage, file, DECODABLE_IMAGES) as job:
-            params = {"input_path": job.relative, "output_path": "output/dino_embedding.npy",
-                      "normalize": normalize, "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": "output/dino_embedding.npy",
+                "normalize": normalize,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "dino_embedding", params, priority, user)
 
     return router

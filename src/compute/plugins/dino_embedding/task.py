@@ -25,5 +25,8 @@ class DinoEmbeddingTask(PluginTask):
         progress(90)
         embedding.save(vector, files.output(params.output_path))
         progress(100)
-        return {"embedding_dim": int(vector.shape[0]), "normalized": params.normalize,
-                "embedding_path": params.output_path}
+        return {
+            "embedding_dim": int(vector.shape[0]),
+            "normalized": params.normalize,
+            "embedding_path": params.output_path,
+        }

@@ -21,16 +21,38 @@ TIMEOUT_SECONDS = 30.0
 
 #: Tags about the server's copy of the file, not the media: exiftool's System group (all but
 #: FileSize) and its ExifTool group (all but Warning). `exiftool -list -System:All` lists them.
-HIDDEN_TAGS = frozenset({
-    "SourceFile",
-    # ExifTool group
-    "ExifToolVersion", "Now", "NewGUID", "FileSequence", "ProcessingTime",
-    # System group
-    "BaseName", "Directory", "FileAccessDate", "FileAttributes", "FileBlockCount", "FileBlockSize",
-    "FileCreateDate", "FileDeviceID", "FileDeviceNumber", "FileGroupID", "FileHardLinks",
-    "FileInodeChangeDate", "FileInodeNumber", "FileModifyDate", "FileName", "FilePath",
-    "FilePermissions", "FileUserID", "ResourceForkSize", "ZoneIdentifier",
-})
+HIDDEN_TAGS = frozenset(
+    {
+        "SourceFile",
+        # ExifTool group
+        "ExifToolVersion",
+        "Now",
+        "NewGUID",
+        "FileSequence",
+        "ProcessingTime",
+        # System group
+        "BaseName",
+        "Directory",
+        "FileAccessDate",
+        "FileAttributes",
+        "FileBlockCount",
+        "FileBlockSize",
+        "FileCreateDate",
+        "FileDeviceID",
+        "FileDeviceNumber",
+        "FileGroupID",
+        "FileHardLinks",
+        "FileInodeChangeDate",
+        "FileInodeNumber",
+        "FileModifyDate",
+        "FileName",
+        "FilePath",
+        "FilePermissions",
+        "FileUserID",
+        "ResourceForkSize",
+        "ZoneIdentifier",
+    }
+)
 
 #: What a tag name may look like: ExifTool names are letters, digits, `_` and `-`, never a leading `-`.
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -157,4 +179,3 @@ def _scrubbed(value: Any, hide: Sequence[Path]) -> Any:
     if isinstance(value, dict):
         return {k: _scrubbed(v, hide) for k, v in value.items()}
     return value
-

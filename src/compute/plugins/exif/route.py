@@ -32,16 +32,21 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
     @router.post("/jobs/exif")
     async def create_exif_job(
         file: UploadFile = File(..., description="the image or video to read metadata from"),
-        tags: str = Form("", description="comma-separated ExifTool tag names, e.g. Make,Model; "
-                                         "empty: all tags"),
+        tags: str = Form(
+            "", description="comma-separated ExifTool tag names, e.g. Make,Model; empty: all tags"
+        ),
         priority: int = Form(5, ge=0, le=10, description="higher runs first"),
         user: Any = Depends(get_current_user),
     ) -> dict[str, str]:
         """Read a file's metadata; `task_output` holds the tags by ExifTool name and typed summary fields."""
         wanted = parse_tags(tags)  # before the upload is stored: a refused request leaves nothing
         async with intake.new_job(file_storage, file, WITH_METADATA) as job:
-            params = {"input_path": job.relative, "output_path": "output/exif.json", "tags": wanted,
-                      "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": "output/exif.json",
+                "tags": wanted,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "exif", params, priority, user)
 
     return router

@@ -29,8 +29,10 @@ LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_lef
 #: Every output the decoding reads, by the names YuNet 2023mar gives them.
 OUTPUT_NAMES = tuple(f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in STRIDES)
 #: Where ArcFace expects the 5 landmarks in a 112x112 crop (InsightFace's template).
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
 CROP_SIZE = 112
 #: A model with a dynamic input sees images at most this long (larger ones are scaled down):
 #: faces small enough to vanish at this size are too small to be of use, and time grows with area.
@@ -82,8 +84,9 @@ def fixed_input_size(session: Any) -> tuple[int, int] | None:
     return None
 
 
-def prepare(image: npt.NDArray[np.uint8], fixed: tuple[int, int] | None,
-            max_side: int = MAX_SIDE) -> ModelInput:
+def prepare(
+    image: npt.NDArray[np.uint8], fixed: tuple[int, int] | None, max_side: int = MAX_SIDE
+) -> ModelInput:
     """The model's input: the image scaled (aspect ratio kept) and zero-padded right and bottom.
 
     Dynamic input: scaled down to `max_side` if longer, padded to a multiple of 32.
@@ -103,8 +106,9 @@ def prepare(image: npt.NDArray[np.uint8], fixed: tuple[int, int] | None,
     resized: npt.NDArray[Any] = image
     if (new_w, new_h) != (width, height):
         shrinking = new_w < width or new_h < height
-        resized = cv2.resize(image, (new_w, new_h),
-                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        resized = cv2.resize(
+            image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        )
     canvas = np.zeros((pad_h, pad_w, 3), dtype=np.float32)
     canvas[:new_h, :new_w] = resized
     blob = np.ascontiguousarray(canvas.transpose(2, 0, 1)[np.newaxis])
@@ -115,13 +119,16 @@ def _rows(outputs: Mapping[str, npt.NDArray[Any]], name: str, cells: int, width:
     """Output `name` as (cells, width), whether or not it has its batch dimension."""
     value = np.asarray(outputs[name], dtype=np.float32)
     if value.size != cells * width:
-        raise UnexpectedModel(f"face detection model output {name} has shape {list(value.shape)}, "
-                              f"expected [1, {cells}, {width}]")
+        raise UnexpectedModel(
+            f"face detection model output {name} has shape {list(value.shape)}, "
+            f"expected [1, {cells}, {width}]"
+        )
     return value.reshape(cells, width)
 
 
-def decode(outputs: Mapping[str, npt.NDArray[Any]], height: int, width: int,
-           threshold: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+def decode(
+    outputs: Mapping[str, npt.NDArray[Any]], height: int, width: int, threshold: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Boxes (n, 4: x1 y1 x2 y2), scores (n,) and landmarks (n, 5, 2) of every grid cell whose
     score reaches `threshold`, in pixels of the model's `height` x `width` input."""
     boxes: list[FloatArray] = []
@@ -146,16 +153,20 @@ def decode(outputs: Mapping[str, npt.NDArray[Any]], height: int, width: int,
             w = np.exp(bbox[:, 2]) * stride
             h = np.exp(bbox[:, 3]) * stride
         box = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        points = np.stack([(kps[:, :, 0] + col_f[:, None]) * stride,
-                           (kps[:, :, 1] + row_f[:, None]) * stride], axis=2)
+        points = np.stack(
+            [(kps[:, :, 0] + col_f[:, None]) * stride, (kps[:, :, 1] + row_f[:, None]) * stride], axis=2
+        )
         finite = np.isfinite(box).all(axis=1) & np.isfinite(points).all(axis=(1, 2))
         boxes.append(box[finite].astype(np.float32))
         scores.append(score[index][finite])
         landmarks.append(points[finite])
     if not boxes:
         return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
-    return (np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32),
-            np.concatenate(landmarks).astype(np.float32))
+    return (
+        np.concatenate(boxes).astype(np.float32),
+        np.concatenate(scores).astype(np.float32),
+        np.concatenate(landmarks).astype(np.float32),
+    )
 
 
 def suppress(boxes: FloatArray, scores: FloatArray, threshold: float, top_k: int = TOP_K) -> list[int]:
@@ -180,19 +191,26 @@ def suppress(boxes: FloatArray, scores: FloatArray, threshold: float, top_k: int
     return kept
 
 
-def detect(session: Any, image: npt.NDArray[np.uint8], confidence_threshold: float,
-           nms_threshold: float, max_side: int = MAX_SIDE) -> list[Face]:
+def detect(
+    session: Any,
+    image: npt.NDArray[np.uint8],
+    confidence_threshold: float,
+    nms_threshold: float,
+    max_side: int = MAX_SIDE,
+) -> list[Face]:
     """The faces YuNet finds in a BGR image, best first, in the image's pixels."""
     present = {output.name for output in session.get_outputs()}
     missing = [name for name in OUTPUT_NAMES if name not in present]
     if missing:
-        raise UnexpectedModel(f"face detection model lacks the outputs {', '.join(missing)} "
-                              f"(expected YuNet 2023mar)")
+        raise UnexpectedModel(
+            f"face detection model lacks the outputs {', '.join(missing)} (expected YuNet 2023mar)"
+        )
     prepared = prepare(image, fixed_input_size(session), max_side)
     values = session.run(list(OUTPUT_NAMES), {session.get_inputs()[0].name: prepared.blob})
     _, _, height, width = prepared.blob.shape
-    boxes, scores, landmarks = decode(dict(zip(OUTPUT_NAMES, values, strict=True)), height, width,
-                                      confidence_threshold)
+    boxes, scores, landmarks = decode(
+        dict(zip(OUTPUT_NAMES, values, strict=True)), height, width, confidence_threshold
+    )
     kept = suppress(boxes, scores, nms_threshold)
     back = np.array([prepared.scale_x, prepared.scale_y], dtype=np.float32)
     return [Face(boxes[i] / np.tile(back, 2), float(scores[i]), landmarks[i] / back) for i in kept]
@@ -201,8 +219,9 @@ def detect(session: Any, image: npt.NDArray[np.uint8], confidence_threshold: flo
 def align(image: npt.NDArray[np.uint8], landmarks: FloatArray) -> npt.NDArray[np.uint8]:
     """The 112x112 crop ArcFace expects: the similarity transform that best maps the 5 landmarks
     onto the ArcFace template, applied to the image (black outside it)."""
-    matrix, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), ARCFACE_TEMPLATE,
-                                            ransacReprojThreshold=1000)
+    matrix, _ = cv2.estimateAffinePartial2D(
+        np.asarray(landmarks, np.float32), ARCFACE_TEMPLATE, ransacReprojThreshold=1000
+    )
     if matrix is None or not np.isfinite(matrix).all():
         raise AlignmentFailed("no similarity transform maps the face's landmarks onto the template")
     crop = cv2.warpAffine(image, matrix, (CROP_SIZE, CROP_SIZE), borderValue=0)
@@ -225,10 +244,16 @@ def describe(face: Face, width: int, height: int, file_path: str) -> dict[str, A
     x1, y1, x2, y2 = (float(v) for v in face.box)
     points: Sequence[FloatArray] = list(face.landmarks)
     return {
-        "bbox": {"x1": _unit(x1 / width), "y1": _unit(y1 / height),
-                 "x2": _unit(x2 / width), "y2": _unit(y2 / height)},
+        "bbox": {
+            "x1": _unit(x1 / width),
+            "y1": _unit(y1 / height),
+            "x2": _unit(x2 / width),
+            "y2": _unit(y2 / height),
+        },
         "confidence": _unit(face.score),
-        "landmarks": {name: [_unit(float(point[0]) / width), _unit(float(point[1]) / height)]
-                      for name, point in zip(LANDMARK_NAMES, points, strict=True)},
+        "landmarks": {
+            name: [_unit(float(point[0]) / width), _unit(float(point[1]) / height)]
+            for name, point in zip(LANDMARK_NAMES, points, strict=True)
+        },
         "file_path": file_path,
     }

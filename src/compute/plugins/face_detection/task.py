@@ -55,8 +55,12 @@ class FaceDetectionTask(PluginTask):
             relative = crop_path(index)
             files.output(relative).write_bytes(encode_png(crop))
             described.append(describe(face, width, height, relative))
-        output = {"faces": described, "num_faces": len(described),
-                  "image_width": width, "image_height": height}
+        output = {
+            "faces": described,
+            "num_faces": len(described),
+            "image_width": width,
+            "image_height": height,
+        }
         files.output(params.output_path).write_text(json.dumps(output, indent=2))
         progress(100)
         return output

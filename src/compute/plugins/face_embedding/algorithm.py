@@ -24,8 +24,9 @@ SIZE = (112, 112)
 #: onnx-community arcface.onnx: channels last, 0..1, no mean/std.
 NHWC_0_1 = embedding.Preprocess(SIZE, Image.Resampling.BILINEAR, layout="NHWC")
 #: InsightFace: channels first, (x/255 - 0.5) / 0.5 == (x - 127.5) / 127.5.
-NCHW_PLUS_MINUS_1 = embedding.Preprocess(SIZE, Image.Resampling.BILINEAR, (0.5, 0.5, 0.5),
-                                         (0.5, 0.5, 0.5), layout="NCHW")
+NCHW_PLUS_MINUS_1 = embedding.Preprocess(
+    SIZE, Image.Resampling.BILINEAR, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), layout="NCHW"
+)
 #: The variance of the Laplacian that counts as fully sharp (cl_ml_tools' scale).
 SHARP_VARIANCE = 100.0
 

@@ -23,8 +23,12 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
     ) -> dict[str, str]:
         """A 512-d ArcFace embedding of a face crop (`output/face_embedding.npy`) and its sharpness."""
         async with intake.new_job(file_storage, file, DECODABLE_IMAGES) as job:
-            params = {"input_path": job.relative, "output_path": "output/face_embedding.npy",
-                      "normalize": normalize, "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": "output/face_embedding.npy",
+                "normalize": normalize,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "face_embedding", params, priority, user)
 
     return router

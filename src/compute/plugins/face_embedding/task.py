@@ -25,5 +25,9 @@ class FaceEmbeddingTask(PluginTask):
         progress(90)
         embedding.save(face.vector, files.output(params.output_path))
         progress(100)
-        return {"embedding_dim": int(face.vector.shape[0]), "normalized": params.normalize,
-                "quality_score": face.quality_score, "embedding_path": params.output_path}
+        return {
+            "embedding_dim": int(face.vector.shape[0]),
+            "normalized": params.normalize,
+            "quality_score": face.quality_score,
+            "embedding_path": params.output_path,
+        }

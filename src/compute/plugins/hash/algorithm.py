@@ -17,8 +17,9 @@ CHUNK_BYTES = 1 << 20
 ByteProgress = Callable[[int, int], None]
 
 
-def file_digests(path: Path, algorithms: Iterable[str],
-                 on_progress: ByteProgress | None = None) -> dict[str, str]:
+def file_digests(
+    path: Path, algorithms: Iterable[str], on_progress: ByteProgress | None = None
+) -> dict[str, str]:
     """Hex digests of the file's bytes, one per algorithm, in a single pass over the file."""
     # usedforsecurity=False: md5 here identifies files; it must work on FIPS-restricted builds too.
     hashers = {name: hashlib.new(name, usedforsecurity=False) for name in dict.fromkeys(algorithms)}

@@ -26,8 +26,11 @@ class HashTask(PluginTask):
     async def run(self, files: JobFiles, params: HashParams, progress: Progress) -> dict[str, Any]:
         source = files.path(params.input_path)
         kind = sniff(source)
-        digests = file_digests(source, [params.algorithm, "sha512"],
-                               lambda done, total: progress(done * DIGEST_SHARE // max(total, 1)))
+        digests = file_digests(
+            source,
+            [params.algorithm, "sha512"],
+            lambda done, total: progress(done * DIGEST_SHARE // max(total, 1)),
+        )
         output: dict[str, Any] = {
             "media_type": kind.family if kind is not None else "other",
             "algorithm": params.algorithm,

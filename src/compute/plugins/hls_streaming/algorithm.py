@@ -62,8 +62,14 @@ def _rotation(stream: dict[str, Any]) -> int:
 def parse_probe(report: dict[str, Any]) -> VideoInfo:
     """ffprobe's JSON (see `probe`) as VideoInfo."""
     streams = [s for s in report.get("streams") or [] if isinstance(s, dict)]
-    videos = [s for s in streams if s.get("codec_type") == "video"
-              and not (s.get("disposition") or {}).get("attached_pic") and s.get("width") and s.get("height")]
+    videos = [
+        s
+        for s in streams
+        if s.get("codec_type") == "video"
+        and not (s.get("disposition") or {}).get("attached_pic")
+        and s.get("width")
+        and s.get("height")
+    ]
     if not videos:
         raise NoVideoStream()
     video = videos[0]
@@ -74,16 +80,27 @@ def parse_probe(report: dict[str, Any]) -> VideoInfo:
         duration = float((report.get("format") or {}).get("duration") or 0.0)
     except ValueError:
         duration = 0.0
-    return VideoInfo(int(video["index"]), width, height,
-                     any(s.get("codec_type") == "audio" for s in streams), duration)
+    return VideoInfo(
+        int(video["index"]), width, height, any(s.get("codec_type") == "audio" for s in streams), duration
+    )
 
 
 async def probe(source: Path, hide: Sequence[Path] = ()) -> VideoInfo:
     out = await tools.run(
-        ["ffprobe", "-v", "error", "-of", "json", "-show_entries",
-         "format=duration:stream=index,codec_type,width,height:stream_disposition=attached_pic"
-         ":stream_tags=rotate:stream_side_data=rotation", str(source)],
-        timeout=PROBE_TIMEOUT, hide=hide)
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_entries",
+            "format=duration:stream=index,codec_type,width,height:stream_disposition=attached_pic"
+            ":stream_tags=rotate:stream_side_data=rotation",
+            str(source),
+        ],
+        timeout=PROBE_TIMEOUT,
+        hide=hide,
+    )
     return parse_probe(json.loads(out))
 
 
@@ -100,27 +117,73 @@ def variant_args(source: Path, info: VideoInfo, variants: Sequence[Variant]) -> 
         maps += ["-map", f"[v{i}]"]
         if info.has_audio:
             maps += ["-map", "0:a:0"]  # upstream maps audio unconditionally and fails without it
-        rates += [f"-b:v:{i}", f"{v.bitrate}k", f"-maxrate:v:{i}", f"{v.bitrate}k",
-                  f"-bufsize:v:{i}", f"{2 * v.bitrate}k"]
+        rates += [
+            f"-b:v:{i}",
+            f"{v.bitrate}k",
+            f"-maxrate:v:{i}",
+            f"{v.bitrate}k",
+            f"-bufsize:v:{i}",
+            f"{2 * v.bitrate}k",
+        ]
         streams.append(f"v:{i},a:{i},name:{v.name}" if info.has_audio else f"v:{i},name:{v.name}")
     audio = ["-c:a", "aac", "-b:a", f"{AUDIO_KBPS}k", "-ac", "2"] if info.has_audio else []
-    return ["-y", "-i", str(source), "-filter_complex", ";".join(graph), *maps,
-            "-c:v", "libx264", "-preset", X264_PRESET, *rates,
-            # A keyframe every 2 s whatever the frame rate, none elsewhere: segments cut evenly.
-            "-force_key_frames", f"expr:gte(t,n_forced*{SEGMENT_SECONDS})", "-sc_threshold", "0",
-            *audio, *_hls_options("adaptive-%v-%03d.ts"),
-            "-master_pl_name", MASTER, "-var_stream_map", " ".join(streams), "adaptive-%v.m3u8"]
+    return [
+        "-y",
+        "-i",
+        str(source),
+        "-filter_complex",
+        ";".join(graph),
+        *maps,
+        "-c:v",
+        "libx264",
+        "-preset",
+        X264_PRESET,
+        *rates,
+        # A keyframe every 2 s whatever the frame rate, none elsewhere: segments cut evenly.
+        "-force_key_frames",
+        f"expr:gte(t,n_forced*{SEGMENT_SECONDS})",
+        "-sc_threshold",
+        "0",
+        *audio,
+        *_hls_options("adaptive-%v-%03d.ts"),
+        "-master_pl_name",
+        MASTER,
+        "-var_stream_map",
+        " ".join(streams),
+        "adaptive-%v.m3u8",
+    ]
 
 
 def original_args(source: Path, info: VideoInfo) -> list[str]:
     """ffmpeg arguments for the original streams, copied (not re-encoded) into HLS."""
-    return ["-y", "-i", str(source), "-map", f"0:{info.stream}", "-map", "0:a:0?", "-c", "copy",
-            *_hls_options("adaptive-orig-%03d.ts"), ORIGINAL]
+    return [
+        "-y",
+        "-i",
+        str(source),
+        "-map",
+        f"0:{info.stream}",
+        "-map",
+        "0:a:0?",
+        "-c",
+        "copy",
+        *_hls_options("adaptive-orig-%03d.ts"),
+        ORIGINAL,
+    ]
 
 
 def _hls_options(segment_template: str) -> list[str]:
-    return ["-f", "hls", "-hls_time", str(SEGMENT_SECONDS), "-hls_playlist_type", "vod",
-            "-hls_list_size", "0", "-hls_segment_filename", segment_template]
+    return [
+        "-f",
+        "hls",
+        "-hls_time",
+        str(SEGMENT_SECONDS),
+        "-hls_playlist_type",
+        "vod",
+        "-hls_list_size",
+        "0",
+        "-hls_segment_filename",
+        segment_template,
+    ]
 
 
 def encode_timeout(duration: float) -> float:
@@ -141,8 +204,14 @@ class TooSlow(ComputeError):
     """ffmpeg did not finish in time."""
 
 
-async def make_hls(source: Path, folder: Path, requested: Sequence[Variant], include_original: bool,
-                   progress: Progress, hide: Sequence[Path] = ()) -> HlsResult:
+async def make_hls(
+    source: Path,
+    folder: Path,
+    requested: Sequence[Variant],
+    include_original: bool,
+    progress: Progress,
+    hide: Sequence[Path] = (),
+) -> HlsResult:
     """Write `adaptive.m3u8` and its variants (and `adaptive-orig.m3u8`) into `folder`, checked."""
     try:
         info = await probe(source, hide)
@@ -155,17 +224,28 @@ async def make_hls(source: Path, folder: Path, requested: Sequence[Variant], inc
         def report(seconds: float) -> None:
             if info.duration > 0:
                 progress(start + int((end - start) * min(1.0, seconds / info.duration)))
+
         return report
 
     timeout = encode_timeout(info.duration)
     try:
-        await run_ffmpeg(variant_args(source, info, variants), cwd=folder, timeout=timeout,
-                         on_seconds=between(PROBED, ENCODED), hide=hide)
+        await run_ffmpeg(
+            variant_args(source, info, variants),
+            cwd=folder,
+            timeout=timeout,
+            on_seconds=between(PROBED, ENCODED),
+            hide=hide,
+        )
         progress(ENCODED)
         if include_original:
             try:
-                await run_ffmpeg(original_args(source, info), cwd=folder, timeout=timeout,
-                                 on_seconds=between(ENCODED, COPIED), hide=hide)
+                await run_ffmpeg(
+                    original_args(source, info),
+                    cwd=folder,
+                    timeout=timeout,
+                    on_seconds=between(ENCODED, COPIED),
+                    hide=hide,
+                )
             except tools.ToolFailed as exc:  # e.g. a codec MPEG-TS cannot carry: say which step
                 raise tools.ToolFailed(f"copying the original (include_original): {exc}") from None
             media_playlist(folder, ORIGINAL)

@@ -49,8 +49,9 @@ def parse_variants(raw: str | None) -> list[Variant]:
     except json.JSONDecodeError as exc:
         raise BadVariants(f"variants is not valid JSON: {exc.msg}") from None
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise BadVariants("variants must be a non-empty JSON list like "
-                          '[{"resolution": 720, "bitrate": 3500}]')
+        raise BadVariants(
+            'variants must be a non-empty JSON list like [{"resolution": 720, "bitrate": 3500}]'
+        )
     if len(items) > MAX_VARIANTS:
         raise BadVariants(f"variants: at most {MAX_VARIANTS}, got {len(items)}")
     variants = set()

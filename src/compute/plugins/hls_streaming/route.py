@@ -24,8 +24,9 @@ def _source(raw: str) -> Path:
         raise HTTPException(403, "input_absolute_path cannot be read") from None
     if kind not in VIDEOS:
         what = "an unrecognised format" if kind is None else kind.mime
-        raise HTTPException(415, f"input_absolute_path is {what}; this task takes "
-                                 f"{', '.join(sorted(k.mime for k in VIDEOS))}")
+        raise HTTPException(
+            415, f"input_absolute_path is {what}; this task takes {', '.join(sorted(k.mime for k in VIDEOS))}"
+        )
     return path
 
 
@@ -56,10 +57,14 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
         except BadVariants as exc:
             raise HTTPException(422, str(exc)) from None
         if (file is None) == (not input_absolute_path):
-            raise HTTPException(400, "send the video either as `file` or as `input_absolute_path`, "
-                                     "exactly one of them")
-        params: dict[str, Any] = {"variants": [v.as_dict() for v in ladder],
-                                  "include_original": include_original, "output_path": OUTPUT_FOLDER}
+            raise HTTPException(
+                400, "send the video either as `file` or as `input_absolute_path`, exactly one of them"
+            )
+        params: dict[str, Any] = {
+            "variants": [v.as_dict() for v in ladder],
+            "include_original": include_original,
+            "output_path": OUTPUT_FOLDER,
+        }
         if output_absolute_path:
             params |= {"output_absolute_path": str(_folder(output_absolute_path)), "output_path": ""}
         if file is not None:

@@ -24,21 +24,34 @@ async def _follow(stream: asyncio.StreamReader, on_seconds: OnSeconds) -> None:
             on_seconds(int(value) / 1_000_000)
 
 
-async def run_ffmpeg(args: Sequence[str], *, cwd: Path, timeout: float, on_seconds: OnSeconds,
-                     hide: Sequence[Path] = ()) -> None:
+async def run_ffmpeg(
+    args: Sequence[str], *, cwd: Path, timeout: float, on_seconds: OnSeconds, hide: Sequence[Path] = ()
+) -> None:
     """Run ffmpeg (`args` without the program and the progress options) with `cwd` as its folder.
 
     Output names relative to `cwd` keep a client's folder name out of ffmpeg's `%` templates.
     """
     proc = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
-        *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+        *args,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         async with asyncio.timeout(timeout):
-            _, err, _ = await asyncio.gather(_follow(proc.stdout, on_seconds), proc.stderr.read(),
-                                             proc.wait())
+            _, err, _ = await asyncio.gather(
+                _follow(proc.stdout, on_seconds), proc.stderr.read(), proc.wait()
+            )
     except BaseException:  # timeout or cancellation: do not leave ffmpeg running
         if proc.returncode is None:
             proc.kill()

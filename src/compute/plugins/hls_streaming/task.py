@@ -73,8 +73,14 @@ class HlsStreamingTask(PluginTask):
             """How the client finds a file: job-relative in the job folder, else folder-relative."""
             return file_name if params.output_absolute_path else files.relative(folder / file_name)
 
-        result = await make_hls(source, folder, requested, params.include_original, progress,
-                                hide=[files.root, *current().media_roots])
+        result = await make_hls(
+            source,
+            folder,
+            requested,
+            params.include_original,
+            progress,
+            hide=[files.root, *current().media_roots],
+        )
         playlists = [{**v.as_dict(), "playlist": named(f"adaptive-{v.name}.m3u8")} for v in result.variants]
         return {
             "master_playlist": named(MASTER),

@@ -8,8 +8,15 @@ from typing import Any
 from compute.plugins.media import open_image
 
 #: Format names clients send -> Pillow's format names.
-PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF",
-               "bmp": "BMP", "tiff": "TIFF"}
+PIL_FORMATS = {
+    "png": "PNG",
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "webp": "WEBP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tiff": "TIFF",
+}
 #: Formats that cannot store an alpha channel.
 NO_ALPHA = {"jpg", "jpeg", "bmp"}
 

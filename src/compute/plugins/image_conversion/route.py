@@ -26,8 +26,13 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
     ) -> dict[str, str]:
         """Convert an image to another format; `params.output_path` names the result."""
         async with intake.new_job(file_storage, file, DECODABLE_IMAGES) as job:
-            params = {"input_path": job.relative, "output_path": f"output/converted.{extension(format)}",
-                      "format": format, "quality": quality, "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": f"output/converted.{extension(format)}",
+                "format": format,
+                "quality": quality,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "image_conversion", params, priority, user)
 
     return router

@@ -22,7 +22,8 @@ class ImageConversionTask(PluginTask):
     params = ImageConversionParams
 
     async def run(self, files: JobFiles, params: ImageConversionParams, progress: Progress) -> dict[str, Any]:
-        convert(files.path(params.input_path), files.output(params.output_path), params.format,
-                params.quality)
+        convert(
+            files.path(params.input_path), files.output(params.output_path), params.format, params.quality
+        )
         progress(100)
         return {"output_path": params.output_path, "format": params.format, "quality": params.quality}

@@ -18,8 +18,9 @@ NO_ALPHA = {"jpg", "bmp"}
 LOSSY_QUALITY = 90
 
 
-def target_size(source: tuple[int, int], width: int, height: int,
-                maintain_aspect_ratio: bool) -> tuple[int, int]:
+def target_size(
+    source: tuple[int, int], width: int, height: int, maintain_aspect_ratio: bool
+) -> tuple[int, int]:
     """The output size: exactly `width` x `height`, or the source scaled (up or down) to fit inside it.
 
     When fitting, the side that limits the scale gets its requested length exactly and the
@@ -35,8 +36,14 @@ def target_size(source: tuple[int, int], width: int, height: int,
     return width, max(1, min(height, round(src_h * width / src_w)))
 
 
-def resize(source: Path, target: Path, width: int, height: int, maintain_aspect_ratio: bool,
-           on_decoded: Callable[[], None] | None = None) -> tuple[int, int]:
+def resize(
+    source: Path,
+    target: Path,
+    width: int,
+    height: int,
+    maintain_aspect_ratio: bool,
+    on_decoded: Callable[[], None] | None = None,
+) -> tuple[int, int]:
     """Write `source` resized to `target` (format from the target's extension); return the size written.
 
     The image is turned upright first (EXIF orientation), so "fit inside" applies to what a

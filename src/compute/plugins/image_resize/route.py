@@ -20,8 +20,10 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
         width: int = Form(..., gt=0, description="target width in pixels"),
         height: int = Form(..., gt=0, description="target height in pixels"),
         # False by default, as in cl_ml_tools' image_resize, whose clients this route serves.
-        maintain_aspect_ratio: bool = Form(False, description="true: fit inside width x height, keeping "
-                                                              "the shape; false: exactly width x height"),
+        maintain_aspect_ratio: bool = Form(
+            False,
+            description="true: fit inside width x height, keeping the shape; false: exactly width x height",
+        ),
         priority: int = Form(5, ge=0, le=10, description="higher runs first"),
         user: Any = Depends(get_current_user),
     ) -> dict[str, str]:
@@ -33,9 +35,14 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
             raise HTTPException(413, str(exc)) from None
         async with intake.new_job(file_storage, file, DECODABLE_IMAGES) as job:
             # The output's name comes from what the upload is, never from the name the client sent.
-            params = {"input_path": job.relative, "output_path": f"output/resized.{job.kind.extension}",
-                      "width": width, "height": height, "maintain_aspect_ratio": maintain_aspect_ratio,
-                      "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": f"output/resized.{job.kind.extension}",
+                "width": width,
+                "height": height,
+                "maintain_aspect_ratio": maintain_aspect_ratio,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "image_resize", params, priority, user)
 
     return router

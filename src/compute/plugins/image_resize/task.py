@@ -22,8 +22,13 @@ class ImageResizeTask(PluginTask):
     params = ImageResizeParams
 
     async def run(self, files: JobFiles, params: ImageResizeParams, progress: Progress) -> dict[str, Any]:
-        width, height = resize(files.path(params.input_path), files.output(params.output_path),
-                               params.width, params.height, params.maintain_aspect_ratio,
-                               on_decoded=lambda: progress(50))
+        width, height = resize(
+            files.path(params.input_path),
+            files.output(params.output_path),
+            params.width,
+            params.height,
+            params.maintain_aspect_ratio,
+            on_decoded=lambda: progress(50),
+        )
         progress(100)
         return {"output_path": params.output_path, "width": width, "height": height}

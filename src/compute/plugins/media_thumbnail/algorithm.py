@@ -63,8 +63,7 @@ def image_thumbnail(source: Path, target: Path, box: Box) -> Path:
 
 def _fit_filter(width: int, height: int) -> str:
     # Quoted: the commas inside min() would otherwise split the filter chain.
-    return (f"scale=w='min(iw,{width})':h='min(ih,{height})'"
-            ":force_original_aspect_ratio=decrease")
+    return f"scale=w='min(iw,{width})':h='min(ih,{height})':force_original_aspect_ratio=decrease"
 
 
 def sheet_filters(box: Box) -> str:
@@ -85,8 +84,26 @@ def frame_filters(box: Box) -> str:
 
 def _ffmpeg(source: Path, target: Path, filters: str, keyframes_only: bool) -> list[str]:
     skip = ["-skip_frame", "nokey"] if keyframes_only else []
-    return ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *skip, "-i", str(source),
-            "-map", "0:v:0", "-frames:v", "1", "-q:v", FFMPEG_JPEG_QUALITY, "-vf", filters, str(target)]
+    return [
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        *skip,
+        "-i",
+        str(source),
+        "-map",
+        "0:v:0",
+        "-frames:v",
+        "1",
+        "-q:v",
+        FFMPEG_JPEG_QUALITY,
+        "-vf",
+        filters,
+        str(target),
+    ]
 
 
 def _written(path: Path) -> bool:
@@ -103,13 +120,19 @@ async def video_thumbnail(source: Path, target: Path, box: Box, hide: Sequence[P
     # A leftover from an earlier attempt must not pass for this run's output.
     target.unlink(missing_ok=True)  # noqa: ASYNC240 (local disk, one call)
     try:
-        await tools.run(_ffmpeg(source, target, sheet_filters(box), keyframes_only=True),
-                        timeout=FFMPEG_TIMEOUT, hide=hide)
+        await tools.run(
+            _ffmpeg(source, target, sheet_filters(box), keyframes_only=True),
+            timeout=FFMPEG_TIMEOUT,
+            hide=hide,
+        )
     except tools.ToolFailed:
         pass  # no keyframe decoded ("Cannot determine format ... after EOF"): try every frame
     if not _written(target):
-        await tools.run(_ffmpeg(source, target, frame_filters(box), keyframes_only=False),
-                        timeout=FFMPEG_TIMEOUT, hide=hide)
+        await tools.run(
+            _ffmpeg(source, target, frame_filters(box), keyframes_only=False),
+            timeout=FFMPEG_TIMEOUT,
+            hide=hide,
+        )
     if not _written(target):
         raise NoVideoFrame()
     return target

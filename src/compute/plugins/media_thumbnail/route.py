@@ -32,9 +32,14 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
         except ImageTooLarge as exc:
             raise HTTPException(413, str(exc)) from None
         async with intake.new_job(file_storage, file, DECODABLE_IMAGES | VIDEOS) as job:
-            params = {"input_path": job.relative, "output_path": OUTPUT_PATH, "width": width,
-                      "height": height, "maintain_aspect_ratio": maintain_aspect_ratio,
-                      "original_filename": job.original_name}
+            params = {
+                "input_path": job.relative,
+                "output_path": OUTPUT_PATH,
+                "width": width,
+                "height": height,
+                "maintain_aspect_ratio": maintain_aspect_ratio,
+                "original_filename": job.original_name,
+            }
             return intake.enqueue(repository, job.job_id, "media_thumbnail", params, priority, user)
 
     return router

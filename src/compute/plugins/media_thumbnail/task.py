@@ -50,5 +50,9 @@ class MediaThumbnailTask(PluginTask):
                 raise ComputeError(f"ffmpeg did not finish within {FFMPEG_TIMEOUT:g} s") from None
         width, height = picture_size(written)
         progress(100)
-        return {"thumbnail_path": files.relative(written), "media_type": kind.family,
-                "width": width, "height": height}
+        return {
+            "thumbnail_path": files.relative(written),
+            "media_type": kind.family,
+            "width": width,
+            "height": height,
+        }

@@ -25,9 +25,14 @@ def storage_size(storage: StorageDep, _admin: AdminUser) -> StorageSize:
 
 
 @router.delete("/cleanup", response_model=CleanupResult)
-async def cleanup(repo: RepoDep, storage: StorageDep, db: DbDep, orphans: OrphansDep, _admin: AdminUser,
-                  days: int = Query(7, ge=0, le=MAX_DAYS,
-                                    description="delete finished jobs older than this")) -> CleanupResult:
+async def cleanup(
+    repo: RepoDep,
+    storage: StorageDep,
+    db: DbDep,
+    orphans: OrphansDep,
+    _admin: AdminUser,
+    days: int = Query(7, ge=0, le=MAX_DAYS, description="delete finished jobs older than this"),
+) -> CleanupResult:
     """Delete jobs that finished more than `days` days ago, with their files, and job folders
     left without a job (older than ORPHAN_GRACE_SECONDS)."""
 
@@ -54,10 +59,15 @@ def get_guest_mode(request: Request, _admin: AdminUser) -> GuestModeState:
 
 
 @prefs.put("/pref/guest-mode", response_model=GuestModeState)
-@prefs.put("/config/guest-mode", response_model=GuestModeState, deprecated=True,
-           summary="Set guest mode (the older CL Server path)")
-def set_guest_mode(request: Request, admin: AdminUser,
-                   guest_mode: bool = Form(..., description="true or false")) -> GuestModeState:
+@prefs.put(
+    "/config/guest-mode",
+    response_model=GuestModeState,
+    deprecated=True,
+    summary="Set guest mode (the older CL Server path)",
+)
+def set_guest_mode(
+    request: Request, admin: AdminUser, guest_mode: bool = Form(..., description="true or false")
+) -> GuestModeState:
     """Turn guest mode on or off; kept in the database."""
     _guest(request).set(guest_mode, by=admin.id if admin is not None else None)
     return GuestModeState(guest_mode=guest_mode)

@@ -17,8 +17,9 @@ router = APIRouter()
 
 @lru_cache(maxsize=16)
 def _document(settings: Settings) -> dict[str, Any]:
-    return asyncapi.document(Topics.for_settings(settings), f"{settings.broker_host}:{settings.mqtt_port}",
-                             settings.mqtt_version)
+    return asyncapi.document(
+        Topics.for_settings(settings), f"{settings.broker_host}:{settings.mqtt_port}", settings.mqtt_version
+    )
 
 
 @router.get("/asyncapi.json", tags=["docs"])

@@ -15,15 +15,24 @@ from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 #: The page may load only what this server serves; no inline script runs.
-_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 def install(app: FastAPI) -> None:
     @app.get("/dashboard", include_in_schema=False)
     def dashboard() -> FileResponse:
-        return FileResponse(STATIC / "dashboard.html", media_type="text/html",
-                            headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache",
-                                     "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            STATIC / "dashboard.html",
+            media_type="text/html",
+            headers={
+                "Content-Security-Policy": _CSP,
+                "Cache-Control": "no-cache",
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     app.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")

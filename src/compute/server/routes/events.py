@@ -24,18 +24,26 @@ from compute.server.routes.jobs import _not_found, _visible
 router = APIRouter(tags=["events"])
 
 _bearer = HTTPBearer(auto_error=False)
-_STREAM: dict[int | str, dict[str, Any]] = {200: {
-    "description": "text/event-stream: `job` events (a JobChange as JSON), heartbeat comments, "
-                   "a last `end` event with the reason",
-    "content": {"text/event-stream": {}}}}
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "text/event-stream: `job` events (a JobChange as JSON), heartbeat comments, "
+        "a last `end` event with the reason",
+        "content": {"text/event-stream": {}},
+    }
+}
 
 
 async def _stream_scope(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    access_token: Annotated[str | None, Query(
-        max_length=16_384, description="the JWT, for clients that cannot set the Authorization "
-        "header (a browser's EventSource); the header wins when both are given")] = None,
+    access_token: Annotated[
+        str | None,
+        Query(
+            max_length=16_384,
+            description="the JWT, for clients that cannot set the Authorization "
+            "header (a browser's EventSource); the header wins when both are given",
+        ),
+    ] = None,
 ) -> StreamCaller:
     token = credentials.credentials if credentials is not None else access_token
     user = await authenticate(request, token, JOB_PERMISSION, guests=True)
@@ -58,12 +66,12 @@ def _subscribe(request: Request, scope: JobScope, job_id: str | None = None) -> 
     except FeedClosed:
         raise HTTPException(503, "the server is shutting down") from None
     except TooManySubscribers:
-        raise HTTPException(503, "too many live views are open (SSE_MAX_CLIENTS)",
-                            headers={"Retry-After": "10"}) from None
+        raise HTTPException(
+            503, "too many live views are open (SSE_MAX_CLIENTS)", headers={"Retry-After": "10"}
+        ) from None
 
 
-@router.get("/events", response_class=sse.EventStream, status_code=200,
-            responses=_STREAM)
+@router.get("/events", response_class=sse.EventStream, status_code=200, responses=_STREAM)
 async def all_events(request: Request, caller: Caller) -> sse.EventStream:
     """Every change of every job the caller may see, as it happens, until the client leaves."""
     sub = _subscribe(request, caller.scope)
@@ -71,10 +79,10 @@ async def all_events(request: Request, caller: Caller) -> sse.EventStream:
     return sse.stream(services.changes, sub, services.settings.sse_heartbeat, until=caller.until)
 
 
-@router.get("/jobs/{job_id}/events", response_class=sse.EventStream, status_code=200,
-            responses=_STREAM)
-async def job_events(job_id: str, request: Request, repo: RepoDep, db: DbDep,
-                     caller: Caller) -> sse.EventStream:
+@router.get("/jobs/{job_id}/events", response_class=sse.EventStream, status_code=200, responses=_STREAM)
+async def job_events(
+    job_id: str, request: Request, repo: RepoDep, db: DbDep, caller: Caller
+) -> sse.EventStream:
     """One job: its state now, then each change, until it completes, fails or is cancelled."""
     # Subscribed before the read, so no change falls between the snapshot and the stream.
     scope = caller.scope

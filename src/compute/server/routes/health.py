@@ -19,10 +19,16 @@ async def health(request: Request, services: ServicesDep) -> Health:
     state as last seen ("unavailable" is re-checked in the background)."""
     db = services.db
     database = db.current_state()
-    return Health(status="healthy", service="compute", version=__version__,
-                  mqtt_connected=services.bus.connected, database=database,
-                  database_detail=db.reason, auth_required=not services.verifier.disabled,
-                  guestMode="on" if await guest_mode_on(request, wait=False) else "off")
+    return Health(
+        status="healthy",
+        service="compute",
+        version=__version__,
+        mqtt_connected=services.bus.connected,
+        database=database,
+        database_detail=db.reason,
+        auth_required=not services.verifier.disabled,
+        guestMode="on" if await guest_mode_on(request, wait=False) else "off",
+    )
 
 
 @router.get("/capabilities", response_model=Capabilities, tags=["workers"])

@@ -54,26 +54,41 @@ async def get_job(job_id: str, repo: RepoDep, db: DbDep, scope: CallerScope) -> 
 
 
 @router.patch("/{job_id}", response_model=JobPublic, responses={409: {"description": "not queued"}})
-async def change_job(job_id: str, change: JobPatch, repo: RepoDep, db: DbDep, actions: ActionsDep,
-                     scope: CallerScope) -> JobPublic:
+async def change_job(
+    job_id: str, change: JobPatch, repo: RepoDep, db: DbDep, actions: ActionsDep, scope: CallerScope
+) -> JobPublic:
     """Change a queued job's priority (0-10, higher runs first); 409 once a worker took it."""
-    job = await db.call(_act, repo, job_id, scope, lambda: actions.reprioritise(job_id, change.priority),
-                        "only a queued job's priority can change")
+    job = await db.call(
+        _act,
+        repo,
+        job_id,
+        scope,
+        lambda: actions.reprioritise(job_id, change.priority),
+        "only a queued job's priority can change",
+    )
     return JobPublic.of(job)
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"description": "not failed"}})
-async def retry_job(job_id: str, repo: RepoDep, db: DbDep, actions: ActionsDep,
-                    scope: CallerScope) -> JobPublic:
+async def retry_job(
+    job_id: str, repo: RepoDep, db: DbDep, actions: ActionsDep, scope: CallerScope
+) -> JobPublic:
     """Queue a failed or cancelled job again, as the same job: its attempts go on counting,
     `max_retries` grants the task's retries afresh, earlier attempts' errors are kept."""
-    job = await db.call(_act, repo, job_id, scope, lambda: actions.retry(job_id),
-                        "only a failed or cancelled job can be retried")
+    job = await db.call(
+        _act,
+        repo,
+        job_id,
+        scope,
+        lambda: actions.retry(job_id),
+        "only a failed or cancelled job can be retried",
+    )
     return JobPublic.of(job)
 
 
-def _act(repo: JobRepository, job_id: str, scope: JobScope, change: Callable[[], Changed | None],
-         refusal: str) -> JobRecord:
+def _act(
+    repo: JobRepository, job_id: str, scope: JobScope, change: Callable[[], Changed | None], refusal: str
+) -> JobRecord:
     """Apply `change` to a job the caller may see: the job after it, 404 or 409. Blocking."""
     if _visible(repo, job_id, scope) is None:
         raise _not_found(job_id)
@@ -86,10 +101,12 @@ def _act(repo: JobRepository, job_id: str, scope: JobScope, change: Callable[[],
     return job
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic,
-             responses={409: {"description": "already finished"}})
-async def cancel_job(job_id: str, repo: RepoDep, db: DbDep, canceller: CancellerDep,
-                     scope: CallerScope) -> JobPublic:
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, responses={409: {"description": "already finished"}}
+)
+async def cancel_job(
+    job_id: str, repo: RepoDep, db: DbDep, canceller: CancellerDep, scope: CallerScope
+) -> JobPublic:
     """Cancel a queued or running job (a running job's worker is told to stop it); 409 for a job
     that already finished (it is left as it was)."""
 
@@ -101,16 +118,18 @@ async def cancel_job(job_id: str, repo: RepoDep, db: DbDep, canceller: Canceller
         if previous is None or job is None:
             raise _not_found(job_id)
         if previous not in OPEN:
-            raise HTTPException(409, f"job {job_id} is already {previous}: only a queued or running "
-                                     "job can be cancelled")
+            raise HTTPException(
+                409, f"job {job_id} is already {previous}: only a queued or running job can be cancelled"
+            )
         return job
 
     return JobPublic.of(await db.call(cancel))
 
 
 @router.delete("/{job_id}", status_code=204)
-async def delete_job(job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep,
-                     canceller: CancellerDep, scope: CallerScope) -> Response:
+async def delete_job(
+    job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep, canceller: CancellerDep, scope: CallerScope
+) -> Response:
     """Delete a job and its files; a running job is cancelled first."""
 
     def delete() -> bool:
@@ -127,8 +146,9 @@ async def delete_job(job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep,
 
 
 @router.get("/{job_id}/files", response_model=JobFiles)
-async def list_job_files(job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep,
-                         scope: CallerScope) -> JobFiles:
+async def list_job_files(
+    job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep, scope: CallerScope
+) -> JobFiles:
     """Every file of the job's folder (its upload under `input/`, its results under `output/`)."""
     if await db.call(_visible, repo, job_id, scope) is None:
         raise _not_found(job_id)
@@ -137,8 +157,9 @@ async def list_job_files(job_id: str, repo: RepoDep, db: DbDep, storage: Storage
 
 
 @router.get("/{job_id}/files/{file_path:path}")
-async def get_job_file(job_id: str, file_path: str, repo: RepoDep, db: DbDep, storage: StorageDep,
-                       scope: CallerScope) -> FileResponse:
+async def get_job_file(
+    job_id: str, file_path: str, repo: RepoDep, db: DbDep, storage: StorageDep, scope: CallerScope
+) -> FileResponse:
     """Download a file of the job's folder, e.g. `output/converted_photo.png`."""
     if await db.call(_visible, repo, job_id, scope) is None:
         raise _not_found(job_id)
@@ -150,8 +171,12 @@ async def get_job_file(job_id: str, file_path: str, repo: RepoDep, db: DbDep, st
         raise HTTPException(400, str(exc)) from None
     if not storage.is_file(path):
         raise HTTPException(404, f"file {_shown(file_path)} not found in job {job_id}")
-    return FileResponse(path, media_type=media_type(path.name), filename=path.name,
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type=media_type(path.name),
+        filename=path.name,
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 def media_type(name: str) -> str:

@@ -29,21 +29,36 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
-    db: DbDep, queries: QueriesDep, scope: CallerScope,
-    status: Annotated[list[JobStatus] | None, Query(
-        max_length=MAX_VALUES, description="only jobs in these stored states (repeat for several); "
-        "`failed` excludes cancelled jobs, which read `failed` with `cancelled: true`")] = None,
+    db: DbDep,
+    queries: QueriesDep,
+    scope: CallerScope,
+    status: Annotated[
+        list[JobStatus] | None,
+        Query(
+            max_length=MAX_VALUES,
+            description="only jobs in these stored states (repeat for several); "
+            "`failed` excludes cancelled jobs, which read `failed` with `cancelled: true`",
+        ),
+    ] = None,
     task_type: Annotated[list[Name] | None, Query(max_length=MAX_VALUES)] = None,
-    created_by: Annotated[Name | None, Query(description="a user id (non-admins see only their own "
-                                                         "jobs whatever this says)")] = None,
+    created_by: Annotated[
+        Name | None, Query(description="a user id (non-admins see only their own jobs whatever this says)")
+    ] = None,
     worker_id: Annotated[Name | None, Query(description="jobs last claimed by this worker")] = None,
-    created_after: Annotated[int | None, Query(ge=0, le=MAX_MS,
-                                               description="ms since the epoch, inclusive")] = None,
-    created_before: Annotated[int | None, Query(ge=0, le=MAX_MS,
-                                                description="ms since the epoch, exclusive")] = None,
-    sort: Annotated[JobSort, Query(description="`-created_at` newest first, `created_at` oldest "
-                                   "first, `-priority` most urgent first (claim order), `priority` "
-                                   "least urgent first")] = JobSort.NEWEST,
+    created_after: Annotated[
+        int | None, Query(ge=0, le=MAX_MS, description="ms since the epoch, inclusive")
+    ] = None,
+    created_before: Annotated[
+        int | None, Query(ge=0, le=MAX_MS, description="ms since the epoch, exclusive")
+    ] = None,
+    sort: Annotated[
+        JobSort,
+        Query(
+            description="`-created_at` newest first, `created_at` oldest "
+            "first, `-priority` most urgent first (claim order), `priority` "
+            "least urgent first"
+        ),
+    ] = JobSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> JobList:
@@ -53,20 +68,32 @@ async def list_jobs(
     or skipped because of an insert.
     """
     filters = JobFilter(
-        statuses=tuple(s.value for s in status or ()), task_types=tuple(task_type or ()),
-        created_by=created_by, worker_id=worker_id, created_after=created_after,
-        created_before=created_before)
+        statuses=tuple(s.value for s in status or ()),
+        task_types=tuple(task_type or ()),
+        created_by=created_by,
+        worker_id=worker_id,
+        created_after=created_after,
+        created_before=created_before,
+    )
     try:
-        page = await db.call(queries.page, filters, everything=scope.everything, owner=scope.owner,
-                             sort=sort, limit=limit, cursor=cursor)
+        page = await db.call(
+            queries.page,
+            filters,
+            everything=scope.everything,
+            owner=scope.owner,
+            sort=sort,
+            limit=limit,
+            cursor=cursor,
+        )
     except BadCursor as exc:
         raise HTTPException(400, f"bad cursor: {exc}") from None
     return JobList(jobs=[JobPublic.of(job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
 @workers_router.get("/workers", response_model=WorkerList)
-async def list_workers(registry: RegistryDep, sessions: SessionsDep, queries: QueriesDep, db: DbDep,
-                       scope: CallerScope) -> WorkerList:
+async def list_workers(
+    registry: RegistryDep, sessions: SessionsDep, queries: QueriesDep, db: DbDep, scope: CallerScope
+) -> WorkerList:
     """Live workers: each run whose announcement verified and whose session the database still
     holds as running and heartbeating, with the jobs it runs now (those the caller may see)."""
     announced = dict(registry.workers)  # a snapshot on the loop, where the registry changes
@@ -89,7 +116,15 @@ async def list_workers(registry: RegistryDep, sessions: SessionsDep, queries: Qu
 
 def _public(worker_id: str, info: WorkerInfo, row: WorkerSession, jobs: list[str]) -> WorkerPublic:
     return WorkerPublic(
-        worker_id=worker_id, session=row.session, state="idle" if info["idle"] else "busy",
-        tasks=list(info["tasks"]), running_jobs=jobs, hostname=row.hostname, pid=row.pid,
-        version=row.version, started_at=row.started_at, last_heartbeat=row.last_seen,
-        last_announced=info["timestamp"])
+        worker_id=worker_id,
+        session=row.session,
+        state="idle" if info["idle"] else "busy",
+        tasks=list(info["tasks"]),
+        running_jobs=jobs,
+        hostname=row.hostname,
+        pid=row.pid,
+        version=row.version,
+        started_at=row.started_at,
+        last_heartbeat=row.last_seen,
+        last_announced=info["timestamp"],
+    )

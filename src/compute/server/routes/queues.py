@@ -19,7 +19,12 @@ async def queues(repo: RepoDep, db: DbDep, _user: JobUser) -> list[QueueDepth]:
     `<root>/queues/<task>` topics publish them), with the oldest queued job's age."""
     summary: list[QueueSummary] = await db.call(repo.queue_summary)
     now = now_ms()
-    return [QueueDepth(task_type=s.task_type, queued=s.queued, running=s.running,
-                       oldest_queued_age_ms=None if s.oldest_queued_at is None
-                       else max(0, now - s.oldest_queued_at))
-            for s in sorted(summary, key=lambda s: s.task_type)]
+    return [
+        QueueDepth(
+            task_type=s.task_type,
+            queued=s.queued,
+            running=s.running,
+            oldest_queued_age_ms=None if s.oldest_queued_at is None else max(0, now - s.oldest_queued_at),
+        )
+        for s in sorted(summary, key=lambda s: s.task_type)
+    ]

@@ -41,8 +41,9 @@ def _task(task_type: str) -> str:
 async def paused_tasks(request: Request, db: DbDep, _admin: AdminUser) -> PausedTaskList:
     """The paused task types: their queued jobs wait until they are resumed."""
     paused = await db.call(_pauses(request).paused)
-    return PausedTaskList(paused=[TaskPauseState(task_type=t, paused=True, paused_at=at)
-                                  for t, at in sorted(paused.items())])
+    return PausedTaskList(
+        paused=[TaskPauseState(task_type=t, paused=True, paused_at=at) for t, at in sorted(paused.items())]
+    )
 
 
 @router.get("/{task_type}", response_model=TaskPauseState)
