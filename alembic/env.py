@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from compute.config import load_settings
-from compute.db.models import Base
+from compute.db.tables import Base
 from compute.db.session import make_engine
 
 config = context.config

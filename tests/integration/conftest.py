@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import update
 
 from compute.config import Settings
-from compute.db.models import jobs_table
+from compute.db.tables import jobs_table
 from tests.asyncapi_check import published_payloads_follow_asyncapi
 from tests.conftest import Server
 

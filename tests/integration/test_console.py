@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from compute.config import Settings
-from compute.console.app import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, app
+from compute.console.commands import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, app
 from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
 from tests.integration.test_hostile_http import uvicorn_serving
 from tests.support import free_port, png_bytes, wait_for
@@ -183,4 +183,4 @@ def test_the_command_is_installed() -> None:
     from importlib.metadata import entry_points
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "compute"]
-    assert script.value == "compute.console.app:main"
+    assert script.value == "compute.console.commands:main"

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from compute.config import Settings
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.session import make_engine
-from compute.server.workers import NEGATIVE_MAX
+from compute.server.flow.workers import NEGATIVE_MAX
 from compute.signing import cancel_signature, confirmation_signature
 from compute.topics import Topics, encode
 from compute.worker.announce import offline_will

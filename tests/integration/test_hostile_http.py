@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
-from compute.db.models import jobs_table
+from compute.db.tables import jobs_table
 from compute.server.app import UPLOAD_SLACK
 from compute.server.serving import http_protocol
 from tests.conftest import Server, running_server

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from compute.config import Settings
-from compute.db.models import queue_entries_table
+from compute.db.tables import queue_entries_table
 from compute.topics import Topics
 from compute_bench.noop import TASK_TYPE, BenchNoopTask
 from tests.conftest import Server, WorkerFactory, running_server

@@ -10,13 +10,13 @@ from cl_ml_tools import Job
 from sqlalchemy import Engine, insert, select, update
 
 from compute.config import Settings
-from compute.db.models import jobs_table as jobs
-from compute.db.models import worker_sessions_table as sessions
 from compute.db.paused import PausedTasks
 from compute.db.repository import JobRepository
+from compute.db.tables import jobs_table as jobs
+from compute.db.tables import worker_sessions_table as sessions
 from compute.jobs import now_ms
-from compute.server.aging import PriorityAging
-from compute.server.retention import DAY_MS, RetentionPolicy, RetentionSweeper
+from compute.server.sweeps.priority_aging import PriorityAging
+from compute.server.sweeps.retention import DAY_MS, RetentionPolicy, RetentionSweeper
 from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
 from tests.support import MqttProbe, wait_for
 

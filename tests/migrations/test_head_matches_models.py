@@ -1,4 +1,4 @@
-"""The Alembic scripts at head build exactly the tables db/models.py describes, on SQLite and
+"""The Alembic scripts at head build exactly the tables db/tables.py describes, on SQLite and
 PostgreSQL: a model change without its migration (or the reverse) fails here."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Index
 
-from compute.db.models import Base
+from compute.db.tables import Base
 
 
 def _differences(engine: Any) -> list[Any]:

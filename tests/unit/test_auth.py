@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from compute.db.repository import JobRepository
 from compute.errors import ConfigError
-from compute.server.auth import TokenVerifier
+from compute.server.access import TokenVerifier
 from tests.conftest import BrokerInfo, Server, make_settings, running_server
 
 

@@ -16,24 +16,24 @@ from cl_ml_tools import Job
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from compute.bus.base import MessageHandler, topic_matches
-from compute.db.models import worker_sessions_table
+from compute.bus.interface import MessageHandler, topic_matches
 from compute.db.repository import JobRecord, JobRepository
+from compute.db.tables import worker_sessions_table
 from compute.db.transitions import JobTransitions, Outcome
-from compute.db.workers import WorkerSessions, new_secret
+from compute.db.worker_sessions import WorkerSessions, new_secret
 from compute.jobs import EventType, JobEvent, now_ms
 from compute.logs import LogLimiter
 from compute.policies import Policies, TaskPolicy
-from compute.server.cancel import Canceller
-from compute.server.changes import ChangeFeed
 from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
-from compute.server.dispatch import Dispatcher
-from compute.server.ingest import EventIngest
+from compute.server.flow.cancel import Canceller
+from compute.server.flow.dispatch import Dispatcher
+from compute.server.flow.ingest import EventIngest
+from compute.server.flow.rescue import Rescuer
+from compute.server.flow.submit import JobSubmitter
+from compute.server.flow.workers import LOOKUPS_PER_SECOND, NEGATIVE_MAX, WorkerRegistry
+from compute.server.live.changes import ChangeFeed
+from compute.server.live.queue_summary import QueueReporter
 from compute.server.metrics import ServerMetrics
-from compute.server.queues import QueueReporter
-from compute.server.rescue import Rescuer
-from compute.server.submit import JobSubmitter
-from compute.server.workers import LOOKUPS_PER_SECOND, NEGATIVE_MAX, WorkerRegistry
 from compute.signing import (
     confirmation_signature,
     info_signature,

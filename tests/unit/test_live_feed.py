@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.types import Message
 
-from compute.server.auth import JobScope
-from compute.server.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, JobChange, Subscription
-from compute.server.sse import EventStream, frames
+from compute.server.access import JobScope
+from compute.server.http.sse import EventStream, frames
+from compute.server.live.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, JobChange, Subscription
 from tests.support import wait_for
 
 EVERYTHING = JobScope(everything=True)

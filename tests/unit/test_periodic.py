@@ -1,4 +1,4 @@
-"""server/periodic.py: the background passes outlive their failures."""
+"""server/sweeps/periodic.py: the background passes outlive their failures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from compute.logs import LogLimiter
-from compute.server.periodic import every
+from compute.server.sweeps.periodic import every
 
 
 async def test_a_failed_pass_is_logged_and_the_next_one_runs(caplog: pytest.LogCaptureFixture) -> None:

@@ -13,9 +13,9 @@ from cl_ml_tools import Job
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.models import jobs_table, queue_entries_table
 from compute.db.repository import JobRepository, idempotency_scope, job_idempotency_key
 from compute.db.session import write_transaction
+from compute.db.tables import jobs_table, queue_entries_table
 
 T = TypeVar("T")
 

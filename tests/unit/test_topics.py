@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compute.bus.base import topic_matches
+from compute.bus.interface import topic_matches
 from compute.jobs import NEXT, OPEN, TERMINAL, EventType, JobEvent, JobStatus, may_move, now_ms
 from compute.signing import (
     cancel_signature,

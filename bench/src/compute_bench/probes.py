@@ -188,9 +188,9 @@ def _listen(stats: _Stats) -> None:
 
 def _time_runs(stats: _Stats) -> None:
     """Stamp each plugin run, and time each model file's first load in this process."""
-    from compute.plugins import base, models
+    from compute.plugins import models, plugin_task
 
-    execute = base.PluginTask.execute
+    execute = plugin_task.PluginTask.execute
 
     async def timed_execute(self: Any, job: Any, params: Any, progress_callback: Any = None) -> Any:
         start = time.time_ns()
@@ -201,7 +201,7 @@ def _time_runs(stats: _Stats) -> None:
             with stats.lock:
                 stats.runs[job.job_id] = [start, end]
 
-    base.PluginTask.execute = timed_execute  # type: ignore[method-assign]
+    plugin_task.PluginTask.execute = timed_execute  # type: ignore[method-assign]
 
     load = models._load
 

@@ -17,7 +17,7 @@ from typing import Any
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
-from compute.bus.base import ConnectHook, MessageHandler, topic_matches
+from compute.bus.interface import ConnectHook, MessageHandler, topic_matches
 from compute.config import Settings
 from compute.logs import LogLimiter
 

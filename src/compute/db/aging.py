@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, select, update
 
-from compute.db.models import jobs_table as jobs
 from compute.db.session import write_transaction
+from compute.db.tables import jobs_table as jobs
 from compute.jobs import JobStatus
 
 #: The highest priority a client may ask for; aging stops there.

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.models import preferences_table as prefs
 from compute.db.session import write_transaction
+from compute.db.tables import preferences_table as prefs
 from compute.jobs import now_ms
 
 PREFIX = "paused:"

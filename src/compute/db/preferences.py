@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.models import preferences_table as prefs
 from compute.db.session import write_transaction
+from compute.db.tables import preferences_table as prefs
 from compute.jobs import now_ms
 
 GUEST_MODE = "guest_mode"

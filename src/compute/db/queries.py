@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, or_, select, true
 
-from compute.db.models import jobs_table as jobs
 from compute.db.repository import JobRecord
+from compute.db.tables import jobs_table as jobs
 from compute.jobs import JobStatus
 
 CURSOR_VERSION = 1

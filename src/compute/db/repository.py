@@ -4,8 +4,8 @@ renewal, reads and cleanup. Implements cl_ml_tools' JobRepository protocol.
 The `db` package builds all the SQL, nothing outside it does; each of its modules holds the
 statements of its own subject: every change after the claim (worker events, rescue,
 cancellation, operators' changes) is in transitions.py, the listings for people in queries.py,
-paused task types in paused.py, priority aging in aging.py, retention cleanup in retention.py,
-worker sessions in workers.py and preferences in preferences.py.
+paused task types in paused.py, priority aging in aging.py, retention and forgetting in
+cleanup.py, worker sessions in worker_sessions.py and preferences in preferences.py.
 
 Calls are short and synchronous. The server's HTTP routes make them on a thread of their own
 (server/dbcalls.py), so a stalled database never stalls the event loop.
@@ -37,11 +37,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.models import dumps, loads
-from compute.db.models import jobs_table as jobs
-from compute.db.models import queue_entries_table as queue_entries
 from compute.db.paused import unpaused
 from compute.db.session import write_transaction
+from compute.db.tables import dumps, loads
+from compute.db.tables import jobs_table as jobs
+from compute.db.tables import queue_entries_table as queue_entries
 from compute.jobs import OPEN, TERMINAL, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
 
@@ -199,7 +199,7 @@ class JobRepository:
         """Commit new queued jobs (`new_row`s) in one transaction, all or none.
 
         Under a burst of submissions the server stores what arrived together this way: one
-        write lock and one commit for the lot instead of one each (server/submit.py).
+        write lock and one commit for the lot instead of one each (server/flow/submit.py).
         """
         with write_transaction(self.engine) as conn:
             conn.execute(insert(jobs), list(rows))

@@ -27,10 +27,10 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.engine import Connection
 
-from compute.db.models import dumps, loads
-from compute.db.models import jobs_table as jobs
-from compute.db.models import queue_entries_table as queue_entries
 from compute.db.session import write_transaction
+from compute.db.tables import dumps, loads
+from compute.db.tables import jobs_table as jobs
+from compute.db.tables import queue_entries_table as queue_entries
 from compute.jobs import TERMINAL, EventType, JobEvent, JobStatus, may_move, now_ms
 from compute.policies import Policies
 from compute.signing import verify

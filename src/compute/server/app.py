@@ -12,12 +12,22 @@ from compute import __version__
 from compute.broker import embedded_credentials
 from compute.config import Settings
 from compute.plugins import environment as plugin_environment
-from compute.server.errors import install_error_handlers
-from compute.server.limits import RequestBodyGuard
-from compute.server.metrics import HttpMetrics
-from compute.server.plugin_routes import plugin_router
-from compute.server.routes import admin, asyncapi, dashboard, events, health, jobs, listing, metrics, tasks
-from compute.server.routes import queues as queue_routes
+from compute.server.http.error_handlers import install_error_handlers
+from compute.server.http.limits import RequestBodyGuard
+from compute.server.http.plugin_routes import plugin_router
+from compute.server.http.timing import HttpMetrics
+from compute.server.routes import (
+    admin,
+    dashboard,
+    docs,
+    events,
+    health,
+    job,
+    listing,
+    prometheus,
+    queues,
+    tasks,
+)
 from compute.server.services import build_services, running
 
 log = logging.getLogger(__name__)
@@ -38,7 +48,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
             yield
 
     app = FastAPI(title="Compute", version=__version__, lifespan=lifespan)
-    app.state.services = services  # read by server/deps.py
+    app.state.services = services  # read by server/http/deps.py
 
     # Bodies are counted and timed while they stream (413, 408), chunked ones too.
     app.add_middleware(
@@ -54,13 +64,13 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
     app.include_router(plugin_router(services.submitter, services.storage, services.db))
     app.include_router(listing.router)
     app.include_router(listing.workers_router)
-    app.include_router(jobs.router)
+    app.include_router(job.router)
     app.include_router(admin.router)
     app.include_router(admin.prefs)
     app.include_router(tasks.router)
     app.include_router(events.router)
-    app.include_router(queue_routes.router)
-    app.include_router(asyncapi.router)
-    app.include_router(metrics.router)
+    app.include_router(queues.router)
+    app.include_router(docs.router)
+    app.include_router(prometheus.router)
     dashboard.install(app)
     return app

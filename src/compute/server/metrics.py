@@ -2,7 +2,7 @@
 
 Two kinds. What happens once is counted when it happens: job run and pickup times as the
 server persists terminal events (`EventIngest`), retries, rescues (`Rescuer`), HTTP requests
-(`HttpMetrics`, an ASGI wrapper). What is a state is read at scrape time, never kept up to date
+(`http/timing.py`, an ASGI wrapper). What is a state is read at scrape time, never kept up to date
 on every event: queue depth and oldest waiting age per task type come from one grouped query
 (`JobRepository.queue_summary`, the query the retained queue summaries use), live workers by
 state from the `WorkerRegistry`, rejected MQTT messages from the counters the ingest and the
@@ -12,10 +12,8 @@ fixed strings, routes are templates (`/jobs/{job_id}`), never a raw path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
@@ -32,7 +30,6 @@ PICKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 #: Seconds. A no-op runs in a millisecond, a video transcode in minutes.
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-UNMATCHED = "unmatched"
 _TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 
@@ -171,45 +168,3 @@ class _ScrapeTime(Collector):
             for reason, n in sorted(counts.items()):
                 rejected.add_metric([kind, reason], n)
         yield rejected
-
-
-class HttpMetrics:
-    """ASGI wrapper: every HTTP request's duration by method, route template and status.
-
-    The router puts the matched route in the scope (`scope["route"]`); requests that match none
-    (404s, bodies refused before routing) are labelled `unmatched`. A `text/event-stream` reply
-    is observed when its headers go out: its connection lasts as long as the client listens.
-    """
-
-    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        state: dict[str, Any] = {"status": 500, "observed": False}
-
-        def observe() -> None:
-            if not state["observed"]:
-                state["observed"] = True
-                route = scope.get("route")
-                template = getattr(route, "path", None) or UNMATCHED
-                self.metrics.request_done(
-                    scope["method"], template, state["status"], time.perf_counter() - start
-                )
-
-        async def send_and_time(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                headers = dict(message.get("headers") or [])
-                if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
-                    observe()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_time)
-        finally:
-            observe()

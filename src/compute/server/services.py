@@ -5,7 +5,7 @@ Read top to bottom, `build_services` is the data flow: a job submitted over HTTP
 summary); worker events come back through `EventIngest` (transitions, then confirmations and
 the dispatcher's hints for requeued jobs); a verified Will goes from `WorkerRegistry` to the
 `Rescuer`. Every part gets the parts it calls in its constructor, so nothing is patched in
-afterwards. The routes reach them through `server/deps.py` (`app.state.services`).
+afterwards. The routes reach them through `server/http/deps.py` (`app.state.services`).
 """
 
 from __future__ import annotations
@@ -26,27 +26,27 @@ from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine, ping
 from compute.db.transitions import JobTransitions
-from compute.db.workers import WorkerSessions, server_client_ids
+from compute.db.worker_sessions import WorkerSessions, server_client_ids
 from compute.plugins.registry import route_factories
 from compute.ratelimit import KeyedLimiter
-from compute.server.actions import JobActions
-from compute.server.aging import PriorityAging
-from compute.server.auth import TokenVerifier
-from compute.server.cancel import Canceller
-from compute.server.changes import ChangeFeed, owner_of
-from compute.server.dbcalls import LoopHop, LoopSafeBus, RouteDatabase
-from compute.server.dispatch import Dispatcher
-from compute.server.forget import WorkerForgetter
-from compute.server.guest import GuestMode
-from compute.server.ingest import EventIngest
+from compute.server.access import GuestMode, TokenVerifier
+from compute.server.dbcalls import RouteDatabase
+from compute.server.flow.actions import JobActions
+from compute.server.flow.cancel import Canceller
+from compute.server.flow.dispatch import Dispatcher
+from compute.server.flow.ingest import EventIngest
+from compute.server.flow.pause import TaskPauses
+from compute.server.flow.rescue import Rescuer
+from compute.server.flow.submit import JobSubmitter
+from compute.server.flow.workers import WorkerRegistry
+from compute.server.live.changes import ChangeFeed, owner_of
+from compute.server.live.queue_summary import QueueReporter
+from compute.server.loopsafe import LoopHop, LoopSafeBus
 from compute.server.metrics import ServerMetrics
-from compute.server.orphans import OrphanSweeper
-from compute.server.pause import TaskPauses
-from compute.server.queues import QueueReporter
-from compute.server.rescue import Rescuer
-from compute.server.retention import RetentionPolicy, RetentionSweeper
-from compute.server.submit import JobSubmitter
-from compute.server.workers import WorkerRegistry
+from compute.server.sweeps.forget import WorkerForgetter
+from compute.server.sweeps.orphans import OrphanSweeper
+from compute.server.sweeps.priority_aging import PriorityAging
+from compute.server.sweeps.retention import RetentionPolicy, RetentionSweeper
 from compute.storage import JobStorage
 from compute.topics import OFFLINE, ONLINE, Topics
 

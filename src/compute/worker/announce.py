@@ -27,7 +27,7 @@ import socket
 import time
 import uuid
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.jobs import now_ms
 from compute.signing import info_signature
 from compute.topics import OFFLINE, ONLINE, LegacyCapability, Topics, WorkerInfo, WorkerWill, encode

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.repository import JobRecord
 from compute.jobs import EventType, JobEvent, now_ms
 from compute.signing import signature, verify_cancel, verify_confirmation

@@ -12,11 +12,11 @@ import logging
 
 from cl_ml_tools import ComputeModule
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.config import Settings
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.transitions import JobTransitions, renewal_interval
-from compute.db.workers import WorkerSessions
+from compute.db.worker_sessions import WorkerSessions
 from compute.logs import LogLimiter
 from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session

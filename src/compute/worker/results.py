@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.transitions import JobTransitions, Verdict
 from compute.jobs import EventType, JobEvent, now_ms, sdk_status
 from compute.logs import LogLimiter

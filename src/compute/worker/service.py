@@ -23,7 +23,7 @@ from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
-from compute.db.workers import WorkerSessions, new_secret
+from compute.db.worker_sessions import WorkerSessions, new_secret
 from compute.errors import NotMigrated
 from compute.logs import LogLimiter
 from compute.plugins import environment as plugin_environment

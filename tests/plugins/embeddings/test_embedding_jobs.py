@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from compute.plugins import models
-from compute.plugins.base import PluginTask
 from compute.plugins.clip_embedding.task import ClipEmbeddingTask
 from compute.plugins.dino_embedding.task import DinoEmbeddingTask
 from compute.plugins.face_embedding.task import FaceEmbeddingTask
+from compute.plugins.plugin_task import PluginTask
 from compute.plugins.registry import UnavailableTasks, load_tasks
 from tests.conftest import Server, WorkerFactory
 from tests.plugins import onnx_models

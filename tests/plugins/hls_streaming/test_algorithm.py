@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from compute.plugins.hls_streaming.algorithm import COPIED, PROBED, NoVideoStream, make_hls, parse_probe
+from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant
-from compute.plugins.hls_streaming.runner import run_ffmpeg
 from compute.plugins.tools import ToolFailed
 from tests.plugins.hls_streaming.conftest import codecs, heights
 from tests.plugins.media_thumbnail.videos import CORRUPT_MP4

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from compute.plugins import embedding
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.clip_embedding.algorithm import clip_embedding, unavailable
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 
 class ClipEmbeddingParams(TaskParams):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from compute.plugins import embedding
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.dino_embedding.algorithm import dino_embedding, unavailable
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 
 class DinoEmbeddingParams(TaskParams):

@@ -8,9 +8,9 @@ from typing import Any
 from pydantic import Field
 
 from compute.plugins import tools
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.environment import current
 from compute.plugins.exif.algorithm import EXIFTOOL, metadata_output, read_tags
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 
 class ExifParams(TaskParams):

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import Field
 
 from compute.plugins import models
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.face_detection.algorithm import (
     AlignmentFailed,
     align,
@@ -17,6 +16,7 @@ from compute.plugins.face_detection.algorithm import (
     encode_png,
     load_bgr,
 )
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 MODEL = models.MODELS["face_detection"]
 OUTPUT_PATH = "output/face_detection.json"

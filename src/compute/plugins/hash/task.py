@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.hash.algorithm import file_digests, perceptual_hashes
 from compute.plugins.media import DECODABLE_IMAGES, sniff
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 Algorithm = Literal["sha512", "md5"]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from compute.errors import ComputeError
 from compute.plugins import tools
+from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant, fit_to_source
 from compute.plugins.hls_streaming.playlists import master_playlist, media_playlist
-from compute.plugins.hls_streaming.runner import run_ffmpeg
 
 MASTER = "adaptive.m3u8"
 ORIGINAL = "adaptive-orig.m3u8"

@@ -10,10 +10,10 @@ from pydantic import Field
 
 from compute.errors import ComputeError
 from compute.plugins import tools
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.environment import current
 from compute.plugins.hls_streaming.algorithm import MASTER, make_hls
 from compute.plugins.hls_streaming.ladder import BadVariants, parse_variants
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 #: Where the HLS goes when the client names no folder (upstream's `output_path`).
 OUTPUT_FOLDER = "output"

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.image_conversion.algorithm import convert
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 Format = Literal["png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.image_resize.algorithm import resize
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 
 class ImageResizeParams(TaskParams):

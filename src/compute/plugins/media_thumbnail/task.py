@@ -8,7 +8,6 @@ from pydantic import Field
 
 from compute.errors import ComputeError
 from compute.plugins import tools
-from compute.plugins.base import JobFiles, PluginTask, Progress, TaskParams
 from compute.plugins.media import sniff
 from compute.plugins.media_thumbnail.algorithm import (
     DEFAULT_SIZE,
@@ -18,6 +17,7 @@ from compute.plugins.media_thumbnail.algorithm import (
     picture_size,
     video_thumbnail,
 )
+from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 
 class MediaThumbnailParams(TaskParams):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, Query, Request
 
 from compute.jobs import now_ms
-from compute.server.auth import AdminUser
-from compute.server.deps import DbDep, OrphansDep, RepoDep, StorageDep, services_of
-from compute.server.guest import GuestMode
-from compute.server.schemas import CleanupResult, GuestModeState, StorageSize
+from compute.server.access import GuestMode
+from compute.server.http.auth import AdminUser
+from compute.server.http.deps import DbDep, OrphansDep, RepoDep, StorageDep, services_of
+from compute.server.http.schemas import CleanupResult, GuestModeState, StorageSize
 
 router = APIRouter(prefix="/admin/jobs", tags=["admin"])
 prefs = APIRouter(prefix="/admin", tags=["admin"])

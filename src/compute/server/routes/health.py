@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from compute import __version__
-from compute.server.auth import guest_mode_on
-from compute.server.deps import RegistryDep, ServicesDep
-from compute.server.schemas import Capabilities, Health
+from compute.server.http.auth import guest_mode_on
+from compute.server.http.deps import RegistryDep, ServicesDep
+from compute.server.http.schemas import Capabilities, Health
 
 router = APIRouter()
 

@@ -8,11 +8,11 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import StringConstraints
 
 from compute.db.queries import BadCursor, JobFilter, JobSort
-from compute.db.workers import WorkerSession
+from compute.db.worker_sessions import WorkerSession
 from compute.jobs import JobStatus, now_ms
-from compute.server.auth import CallerScope
-from compute.server.deps import DbDep, QueriesDep, RegistryDep, SessionsDep
-from compute.server.schemas import JobList, JobPublic, WorkerList, WorkerPublic
+from compute.server.http.auth import CallerScope
+from compute.server.http.deps import DbDep, QueriesDep, RegistryDep, SessionsDep
+from compute.server.http.schemas import JobList, JobPublic, WorkerList, WorkerPublic
 from compute.topics import WorkerInfo
 
 router = APIRouter(tags=["jobs"])

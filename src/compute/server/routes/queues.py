@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from compute.db.repository import QueueSummary
 from compute.jobs import now_ms
-from compute.server.auth import JobUser
-from compute.server.deps import DbDep, RepoDep
-from compute.server.schemas import QueueDepth
+from compute.server.http.auth import JobUser
+from compute.server.http.deps import DbDep, RepoDep
+from compute.server.http.schemas import QueueDepth
 
 router = APIRouter(tags=["workers"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 
-from compute.server.auth import AdminUser
-from compute.server.deps import DbDep, services_of
-from compute.server.pause import TaskPauses
+from compute.server.flow.pause import TaskPauses
+from compute.server.http.auth import AdminUser
+from compute.server.http.deps import DbDep, services_of
 from compute.topics import check_segment
 
 router = APIRouter(prefix="/admin/tasks", tags=["admin"])

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.repository import JobRepository, QueueSummary
 from compute.jobs import now_ms
-from compute.server.dbcalls import LoopHop
+from compute.server.loopsafe import LoopHop
 from compute.topics import QueueState, Topics, encode
 
 log = logging.getLogger(__name__)

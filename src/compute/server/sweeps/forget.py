@@ -16,11 +16,11 @@ import logging
 
 from sqlalchemy import Engine
 
-from compute.bus.base import Bus
-from compute.db import retention as db
+from compute.bus.interface import Bus
+from compute.db import cleanup as db
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
-from compute.server.periodic import every
+from compute.server.sweeps.periodic import every
 from compute.topics import Topics
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,13 @@ from fastapi import Depends, Request
 
 from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
-from compute.db.workers import WorkerSessions
-from compute.server.actions import JobActions
-from compute.server.cancel import Canceller
+from compute.db.worker_sessions import WorkerSessions
 from compute.server.dbcalls import RouteDatabase
-from compute.server.orphans import OrphanSweeper
+from compute.server.flow.actions import JobActions
+from compute.server.flow.cancel import Canceller
+from compute.server.flow.workers import WorkerRegistry
 from compute.server.services import Services
-from compute.server.workers import WorkerRegistry
+from compute.server.sweeps.orphans import OrphanSweeper
 from compute.storage import JobStorage
 
 

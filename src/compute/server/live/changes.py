@@ -22,7 +22,7 @@ from typing import Any
 from compute.db.repository import JobRepository
 from compute.jobs import TERMINAL
 from compute.logs import LogLimiter
-from compute.server.auth import JobScope
+from compute.server.access import JobScope
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)

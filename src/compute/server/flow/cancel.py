@@ -7,11 +7,11 @@ that verifies, so nobody else on the broker can make it drop one.
 
 from __future__ import annotations
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.transitions import JobTransitions
 from compute.jobs import JobStatus, now_ms
-from compute.server.dispatch import Dispatcher
-from compute.server.queues import QueueReporter
+from compute.server.flow.dispatch import Dispatcher
+from compute.server.live.queue_summary import QueueReporter
 from compute.signing import cancel_signature
 from compute.topics import CancelRequest, Topics, encode
 

@@ -21,7 +21,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Send
 
 from compute.logs import LogLimiter
-from compute.server.changes import ChangeFeed, JobChange, Subscription
+from compute.server.live.changes import ChangeFeed, JobChange, Subscription
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)

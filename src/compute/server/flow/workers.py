@@ -25,12 +25,12 @@ import logging
 import time
 from collections import Counter, OrderedDict
 
-from compute.bus.base import Bus
-from compute.db.workers import WorkerSession, WorkerSessions
+from compute.bus.interface import Bus
+from compute.db.worker_sessions import WorkerSession, WorkerSessions
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
 from compute.ratelimit import TokenBucket
-from compute.server.rescue import Rescuer
+from compute.server.flow.rescue import Rescuer
 from compute.signing import verify_info
 from compute.topics import OFFLINE, MalformedMessage, Topics, WorkerInfo, parse_worker_info
 

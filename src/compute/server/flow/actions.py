@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from compute.db.transitions import Changed, JobTransitions
 from compute.jobs import JobStatus, now_ms
-from compute.server.dispatch import Dispatcher
-from compute.server.queues import QueueReporter
+from compute.server.flow.dispatch import Dispatcher
+from compute.server.live.queue_summary import QueueReporter
 
 
 class JobActions:

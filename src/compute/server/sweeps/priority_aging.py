@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from compute.db.aging import age_queued
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
-from compute.server.periodic import every
+from compute.server.sweeps.periodic import every
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
 
-from compute.server.deps import ServicesDep
+from compute.server.http.deps import ServicesDep
 from compute.server.metrics import CONTENT_TYPE, ScrapeState
 
 router = APIRouter()

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.models import preferences_table as prefs
-from compute.db.models import worker_sessions_table as sessions
 from compute.db.session import write_transaction
+from compute.db.tables import preferences_table as prefs
+from compute.db.tables import worker_sessions_table as sessions
 from compute.jobs import now_ms
 
 #: server_preferences key of the random part of the server's persistent MQTT client id.

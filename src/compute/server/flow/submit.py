@@ -1,6 +1,6 @@
 """What POST /jobs/<task_type> does with the job a plugin built: store it, then tell the workers.
 
-`JobSubmitter.submit` is the request path (plugin_routes.py awaits it): jobs submitted while an
+`JobSubmitter.submit` is the request path (http/plugin_routes.py awaits it): jobs submitted while an
 earlier batch is being written wait and are committed together, in one transaction on a
 database thread (`JobRepository.insert_rows`), and then dispatched (`Dispatcher.jobs_added`:
 one hint per task type for the batch, and each job's CL Server `queued` event). Under a burst
@@ -23,7 +23,7 @@ from cl_ml_tools import Job
 
 from compute.db.repository import JobRecord, JobRepository, job_idempotency_key
 from compute.server.dbcalls import RouteDatabase
-from compute.server.dispatch import Dispatcher
+from compute.server.flow.dispatch import Dispatcher
 
 #: Most jobs committed in one transaction.
 MAX_BATCH = 100

@@ -16,9 +16,10 @@ from fastapi.responses import FileResponse
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.transitions import Changed
 from compute.jobs import OPEN
-from compute.server.auth import CallerScope, JobScope
-from compute.server.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StorageDep
-from compute.server.schemas import JobFile, JobFiles, JobPatch, JobPublic
+from compute.server.access import JobScope
+from compute.server.http.auth import CallerScope
+from compute.server.http.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StorageDep
+from compute.server.http.schemas import JobFile, JobFiles, JobPatch, JobPublic
 from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

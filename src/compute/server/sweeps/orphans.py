@@ -12,7 +12,7 @@ import logging
 from compute.db.repository import JobRepository
 from compute.logs import LogLimiter
 from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
-from compute.server.periodic import every
+from compute.server.sweeps.periodic import every
 from compute.storage import JobStorage
 
 log = logging.getLogger(__name__)

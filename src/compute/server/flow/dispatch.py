@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.repository import JobRecord
 from compute.jobs import JobStatus, now_ms, sdk_status
 from compute.logs import LogLimiter
-from compute.server.changes import ChangeFeed, JobChange
-from compute.server.queues import QueueReporter
+from compute.server.live.changes import ChangeFeed, JobChange
+from compute.server.live.queue_summary import QueueReporter
 from compute.topics import JobAvailable, LegacyJobEvent, Topics, encode
 
 log = logging.getLogger(__name__)

@@ -16,13 +16,13 @@ import asyncio
 import logging
 from collections import Counter
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.transitions import JobTransitions, Outcome, Verdict
 from compute.jobs import EventType, JobEvent, JobStatus, now_ms
 from compute.logs import LogLimiter
-from compute.server.dispatch import Dispatcher
+from compute.server.flow.dispatch import Dispatcher
+from compute.server.live.queue_summary import QueueReporter
 from compute.server.metrics import ServerMetrics
-from compute.server.queues import QueueReporter
 from compute.signing import confirmation_signature
 from compute.topics import Confirmation, MalformedMessage, Topics, encode, parse_job_event
 

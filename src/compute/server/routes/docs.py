@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from compute import asyncapi
 from compute.config import Settings
-from compute.server.deps import services_of
+from compute.server.http.deps import services_of
 from compute.topics import Topics
 
 router = APIRouter()

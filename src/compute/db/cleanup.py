@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, delete, func, select
 
-from compute.db.models import jobs_table as jobs
-from compute.db.models import queue_entries_table as queue_entries
-from compute.db.models import worker_sessions_table as sessions
 from compute.db.session import write_transaction
+from compute.db.tables import jobs_table as jobs
+from compute.db.tables import queue_entries_table as queue_entries
+from compute.db.tables import worker_sessions_table as sessions
 from compute.jobs import TERMINAL
 
 _TERMINAL = sorted(s.value for s in TERMINAL)

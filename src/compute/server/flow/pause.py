@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compute.bus.base import Bus
+from compute.bus.interface import Bus
 from compute.db.paused import PausedTasks
 from compute.jobs import now_ms
-from compute.server.dispatch import Dispatcher
+from compute.server.flow.dispatch import Dispatcher
 from compute.topics import TaskPaused, Topics, encode
 
 

@@ -19,10 +19,10 @@ import logging
 from compute.db.transitions import JobTransitions, Rescued, stall_grace
 from compute.jobs import JobStatus
 from compute.logs import LogLimiter
-from compute.server.dispatch import Dispatcher
+from compute.server.flow.dispatch import Dispatcher
+from compute.server.live.queue_summary import QueueReporter
 from compute.server.metrics import ServerMetrics
-from compute.server.periodic import every
-from compute.server.queues import QueueReporter
+from compute.server.sweeps.periodic import every
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)

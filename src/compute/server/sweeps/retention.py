@@ -1,7 +1,7 @@
 """Retention: finished jobs and their folders pruned by age (RETENTION_DAYS) and count
 (RETENTION_MAX_JOBS), in the background.
 
-Batches of `BATCH` jobs, each one short write transaction (db/retention.py), so a worker's claim
+Batches of `BATCH` jobs, each one short write transaction (db/cleanup.py), so a worker's claim
 never waits behind a large cleanup; a folder is removed only after its row is gone (a folder
 without a row is what the orphan sweep removes anyway, a row without its folder would be a job
 whose files vanished). Queued and running jobs are never touched: the delete is guarded by status.
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from compute.db import retention as db
+from compute.db import cleanup as db
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
-from compute.server.periodic import every
+from compute.server.sweeps.periodic import every
 from compute.storage import JobStorage
 
 log = logging.getLogger(__name__)

@@ -38,11 +38,11 @@ from compute.db.repository import (
 )
 from compute.jobs import sdk_status
 from compute.plugins.registry import route_factories
-from compute.server.auth import JobUser, require_jobs
 from compute.server.dbcalls import RouteDatabase
-from compute.server.deps import DbDep, RepoDep, services_of
-from compute.server.schemas import JobCreated
-from compute.server.submit import JobSubmitter
+from compute.server.flow.submit import JobSubmitter
+from compute.server.http.auth import JobUser, require_jobs
+from compute.server.http.deps import DbDep, RepoDep, services_of
+from compute.server.http.schemas import JobCreated
 from compute.storage import JobStorage, valid_job_id
 
 #: Longest per-job execution limit a client may ask for, seconds.

@@ -1,0 +1,1 @@
+"""The server's background passes: orphan folders, retention, forgetting workers, priority aging."""
