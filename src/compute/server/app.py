@@ -15,6 +15,7 @@ from compute.plugins import environment as plugin_environment
 from compute.server.http.error_handlers import install_error_handlers
 from compute.server.http.limits import RequestBodyGuard
 from compute.server.http.plugin_routes import plugin_router
+from compute.server.http.rendering import SafeJSONResponse
 from compute.server.http.timing import HttpMetrics
 from compute.server.routes import (
     admin,
@@ -47,7 +48,9 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         async with running(services, start_broker=start_broker):
             yield
 
-    app = FastAPI(title="Compute", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="Compute", version=__version__, lifespan=lifespan, default_response_class=SafeJSONResponse
+    )
     app.state.services = services  # read by server/http/deps.py
 
     # Bodies are counted and timed while they stream (413, 408), chunked ones too.

@@ -1,10 +1,14 @@
 """What the HTTP API answers when something raises: a clear status and reason, never a traceback.
 
 - the client's fault: an upload too large (413), a path outside the job (403) or one no file can
-  have (400: NUL, a name too long), a conflicting write (409);
+  have (400: NUL, a name too long), a value the database refuses (400: NUL on PostgreSQL), a
+  conflicting write (409);
 - a database that is locked or does not answer: 503 with `Retry-After` and the reason;
 - a full disk: 507;
 - anything else is a bug: 500 with an id to find the logged traceback by, nothing more.
+
+Every reply renders (`rendering.SafeJSONResponse`): a 422 that echoes a NaN or a lone surrogate
+from the request is still JSON.
 """
 
 from __future__ import annotations
@@ -14,10 +18,15 @@ import logging
 import uuid
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.utils import is_body_allowed_for_status_code
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from compute.server.dbcalls import DatabaseUnavailable, is_unavailable
+from compute.server.http.rendering import SafeJSONResponse as JSONResponse
 from compute.storage import BadPath, PathOutsideJob, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,18 @@ def _bug(request: Request, exc: BaseException) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # FastAPI's own two handlers answer with Starlette's JSONResponse, which cannot render a
+    # NaN or a lone surrogate echoed from the request: the same replies, through ours.
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException) -> Response:
+        if not is_body_allowed_for_status_code(exc.status_code):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(UploadTooLarge)
     async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
         return _detail(413, str(exc))
@@ -72,6 +93,10 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         if isinstance(exc, IntegrityError):
             return _detail(409, "conflicts with a stored record")
+        if isinstance(exc, DataError):
+            # The database refused a value the request carried (PostgreSQL: a NUL in text).
+            reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "invalid value"
+            return _detail(400, f"the request holds a value the database cannot take: {reason}")
         return _bug(request, exc)
 
     @app.exception_handler(OSError)
