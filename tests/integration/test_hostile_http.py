@@ -310,7 +310,7 @@ async def test_a_retry_with_the_same_idempotency_key_gets_the_same_job(server: S
         stored = conn.execute(
             select(jobs_table.c.idempotency_key).where(jobs_table.c.job_id == record.job_id)
         ).scalar_one()
-    assert stored == "-:retry-1"  # no user: auth is off
+    assert stored == "g:retry-1"  # no user: auth is off
 
 
 async def test_concurrent_retries_make_one_job_and_leave_one_folder(server: Server) -> None:
@@ -515,6 +515,30 @@ async def test_users_see_and_act_on_their_own_jobs_only(
         assert (await client.get(f"/jobs/{mine}")).status_code == 404
         assert (await client.get(f"/jobs/{guests}", headers=alice)).status_code == 404
         assert (await client.get(f"/jobs/{guests}", headers=admin)).status_code == 200
+
+
+async def test_idempotency_keys_of_users_never_collide(
+    settings: Settings, signing_key: tuple[bytes, Path]
+) -> None:
+    """Stored as `<user>:<key>`, user `alice:x` with key `y` got `alice`'s job for key `x:y`, and
+    a user named `-` the guests' jobs (issue 16)."""
+    secured = replace(settings, auth_disabled=False, public_key_path=signing_key[1])
+    admin = bearer(signing_key, "root", "ai_inference_support", "admin")
+    async with running_server(secured) as server:
+        await server.client.put("/admin/pref/guest-mode", data={"guest_mode": "true"}, headers=admin)
+
+        async def submit(user: str | None, key: str) -> str:
+            headers = {"Idempotency-Key": key, **(bearer(signing_key, user) if user is not None else {})}
+            response = await server.client.post(
+                "/jobs/image_conversion", data=FORM, files=FILES, headers=headers
+            )
+            assert response.status_code == 200, response.text
+            return str(response.json()["job_id"])
+
+        pairs = [("alice", "x:y"), ("alice:x", "y"), (None, "k"), ("-", "k"), ("g", "k"), ("u1", "u:k")]
+        first = [await submit(user, key) for user, key in pairs]
+        assert len(set(first)) == len(pairs)  # six pairs, six jobs
+        assert [await submit(user, key) for user, key in pairs] == first  # each retry its own job
 
 
 async def test_no_auth_mode_sees_every_job(server: Server) -> None:

@@ -193,7 +193,7 @@ def test_idempotency_key_returns_the_first_job(repo: JobRepository) -> None:
     assert queue_rows(repo) == 5
     found = repo.find_by_idempotency_key(idempotency_scope("alice", "k1"))
     assert found is not None and found.job_id == "first"
-    assert repo.find_by_idempotency_key("-:k1").job_id == "guest"  # type: ignore[union-attr]
+    assert repo.find_by_idempotency_key("g:k1").job_id == "guest"  # type: ignore[union-attr]
     assert repo.find_by_idempotency_key(idempotency_scope("alice", "nope")) is None
 
 
@@ -209,3 +209,21 @@ def test_existing_job_ids(repo: JobRepository) -> None:
     many = [f"none-{i}" for i in range(1200)] + ["a", "b"]  # more than one IN list
     assert repo.existing_job_ids(many) == {"a", "b"}
     assert repo.existing_job_ids([]) == set()
+
+
+def test_stored_idempotency_keys_name_one_user_and_key_each() -> None:
+    """No two (user, key) pairs share a stored key, whatever their characters: the stored form
+    is read back into the pair it came from."""
+
+    def parse(stored: str) -> tuple[str | None, str]:
+        if stored.startswith("g:"):
+            return None, stored[2:]
+        length, rest = stored[1:].split(":", 1)
+        user = rest[: int(length)]
+        assert rest[int(length)] == ":"
+        return user, rest[int(length) + 1 :]
+
+    parts = ["", ":", "-", "g", "u1", "a:b", "u3:a:b", "x:y", "1:", "\u00e9"]
+    for user in [None, *parts]:
+        for key in parts:
+            assert parse(idempotency_scope(user, key)) == (user, key)

@@ -132,8 +132,16 @@ job_idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar
 
 
 def idempotency_scope(created_by: str | None, key: str) -> str:
-    """The stored form of a client's Idempotency-Key: one user's key never finds another's job."""
-    return f"{created_by if created_by is not None else '-'}:{key}"
+    """The stored form of a client's Idempotency-Key: one user's key never finds another's job.
+
+    `u<length of the user id>:<user id>:<key>`, or `g:<key>` for a guest: the length says where
+    the user id ends, so no two (user, key) pairs share a stored form, whatever characters
+    either holds (`<user>:<key>` gave user `alice:x` with key `y` the job of `alice` with key
+    `x:y`, and a user named `-` the guests' jobs).
+    """
+    if created_by is None:
+        return f"g:{key}"
+    return f"u{len(created_by)}:{created_by}:{key}"
 
 
 class JobRepository:

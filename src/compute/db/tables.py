@@ -55,7 +55,8 @@ class JobRow(Base):
     next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: JSON list of {"attempt", "error", "at"}, one per failed attempt.
     attempt_errors: Mapped[str | None] = mapped_column(Text, nullable=True)
-    #: "<created_by or ->:<Idempotency-Key header>": a retried submit finds the job it created.
+    #: The Idempotency-Key header scoped to its user (repository.idempotency_scope): a retried
+    #: submit finds the job it created.
     idempotency_key: Mapped[str | None] = mapped_column(String, nullable=True, unique=True, index=True)
 
     __table_args__ = (
