@@ -67,7 +67,9 @@ def test_idempotency_keys_are_rewritten_to_the_unambiguous_form(empty_url: str) 
                 )
         command.upgrade(_alembic(empty_url), "head")
         with engine.connect() as conn:
-            stored = dict(conn.execute(text("SELECT job_id, idempotency_key FROM jobs")).all())
+            stored: dict[str, str | None] = dict(
+                conn.execute(text("SELECT job_id, idempotency_key FROM jobs")).all()
+            )
         assert stored == {
             "a": idempotency_scope("alice", "x:y"),
             "b": idempotency_scope("alice:x", "y2"),
@@ -77,7 +79,9 @@ def test_idempotency_keys_are_rewritten_to_the_unambiguous_form(empty_url: str) 
         }
         command.downgrade(_alembic(empty_url), "0005")
         with engine.connect() as conn:
-            back = dict(conn.execute(text("SELECT job_id, idempotency_key FROM jobs")).all())
+            back: dict[str, str | None] = dict(
+                conn.execute(text("SELECT job_id, idempotency_key FROM jobs")).all()
+            )
         assert back == {job_id: key for job_id, _, key in old}
     finally:
         engine.dispose()
