@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
 import re
 import shutil
@@ -48,6 +47,7 @@ from compute.server.app import create_app
 from compute.worker.service import WorkerService
 from tests.conftest import Server, running_server
 from tests.support import MqttProbe, free_port, wait_for, wait_until
+from tests.support.hosted import shipped_mosquitto_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto")
@@ -87,19 +87,7 @@ def shipped_settings() -> dict[str, str]:
 
 def private_config(folder: Path, port: int) -> str:
     """The shipped mosquitto.conf with this test's port, files and log; nothing else changed."""
-    rewrites = {
-        r"^listener 1883 127\.0\.0\.1$": f"listener {port} 127.0.0.1",
-        r"^password_file .*$": f"password_file {folder / 'compute.passwd'}",
-        r"^acl_file .*$": f"acl_file {folder / 'compute.acl'}",
-        r"^persistence_location .*$": f"persistence_location {folder}/",
-        r"^log_dest syslog$": f"log_dest file {folder / 'mosquitto.log'}",
-    }
-    text = (DEPLOY / "mosquitto.conf").read_text()
-    for pattern, value in rewrites.items():
-        text, count = re.subn(pattern, value, text, flags=re.MULTILINE)
-        assert count == 1, f"deploy/mosquitto/mosquitto.conf has no line matching {pattern}"
-    # Started as root, Mosquitto would switch to the `mosquitto` user, who cannot read the test's files.
-    return text + f"\nuser {getpass.getuser()}\n"
+    return shipped_mosquitto_config(folder, "127.0.0.1", port)
 
 
 def add_user(folder: Path, *args: str, password: str) -> None:

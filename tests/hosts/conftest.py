@@ -1,0 +1,154 @@
+"""Cross-host fixtures: hosts, PostgreSQL and inputs per session; a deployment of Compute per test.
+
+The session makes the LAN (tests.support.netns) with a server host, two worker hosts and a
+client host, and starts PostgreSQL on the server host. Each test gets `compute`: a database of
+its own, a fresh Mosquitto (users from deploy/mosquitto's add-user.sh), `compute-migrate` and a
+started `compute-server`; the test starts the workers it needs. At the end of each test every
+fault is undone (links up, nothing blocked, no cap) and everything it started is ended.
+
+A machine without root, iproute2, PostgreSQL's binaries or Mosquitto skips the whole directory
+with the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import netns
+from tests.support.hosted import (
+    BROKER,
+    CLIENT,
+    DATABASE,
+    SERVER,
+    SERVER_2,
+    WORKER_ADDRESSES,
+    HostedCompute,
+    Mosquitto,
+    Postgres,
+    Site,
+    missing_services,
+)
+from tests.support.netns import Lan
+
+#: Short leases and keepalives so a lost host shows within seconds, as in tests/faults (a
+#: keepalive of 2 s made live workers on a loaded 2-core VM look gone).
+FAST = {
+    "JOB_LEASE_SECONDS": "10",
+    "MQTT_KEEPALIVE": "10",
+    "WORKER_SWEEP_INTERVAL": "2",
+    "MQTT_HEARTBEAT_INTERVAL": "5",
+    "LOG_LEVEL": "INFO",
+}
+STAND_IN_TASKS = ("clip_embedding", "dino_embedding", "face_detection", "face_embedding")
+_tags = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    reason = netns.unavailable() or missing_services()
+    if reason:
+        pytest.skip(f"cross-host tests: {reason}")
+    netns.sweep_stale()
+    _interrupt_on_sigterm()
+    logs = tmp_path_factory.mktemp("hosts")
+    lan = Lan()
+    postgres: Postgres | None = None
+    try:
+        server = lan.host("server", SERVER, BROKER, DATABASE, SERVER_2)
+        workers = (
+            lan.host("worker-a", WORKER_ADDRESSES[0]),
+            lan.host("worker-b", WORKER_ADDRESSES[1]),
+        )
+        client = lan.host("client", CLIENT)
+        postgres = Postgres(server, DATABASE, lan.folder_of(server) / "postgresql", logs / "postgresql.log")
+        postgres.start()
+        models = _stand_in_models(logs / "models")
+        yield Site(lan, server, workers, client, postgres, models, logs)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+        lan.close()
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the fixtures' cleanup still runs.
+
+    Without it pytest dies on the spot and the namespaces wait for the next run's sweep.
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def interrupt(_sig: int, _frame: object) -> None:
+            raise KeyboardInterrupt("SIGTERM")
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _stand_in_models(folder: Path) -> Path:
+    """Tiny ONNX graphs with the real models' names and shapes, for the four ML plugins."""
+    from compute_bench import standins
+
+    for task in STAND_IN_TASKS:
+        standins.write(task, folder)
+    return folder
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keeps each phase's report on the test, so `compute` can show the logs of a failed one."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostedCompute]:
+    tag = f"t{next(_tags)}"
+    database = f"compute_{tag}"
+    url, _ = site.postgres.create_database(site.client, database)
+    broker = Mosquitto(
+        site.server, BROKER, site.lan.folder_of(site.server) / tag / "mosquitto", tmp_path / "mosquitto.log"
+    )
+    broker.add_user("server")
+    deployment = HostedCompute(
+        lan=site.lan,
+        server_host=site.server,
+        client=site.client,
+        postgres=site.postgres,
+        broker=broker,
+        database_url=url,
+        logs=tmp_path,
+        settings=dict(FAST),
+        tag=tag,
+        models=site.models,
+    )
+    try:
+        broker.start()
+        deployment.migrate()
+        deployment.start_server()
+        yield deployment
+    finally:
+        for host in site.workers:
+            host.heal()
+        deployment.stop()
+        for host in site.workers:
+            host.kill_all()
+            host.processes.clear()
+        broker.stop()
+        site.postgres.drop_database(site.client, database)
+        failed = getattr(request.node, "report_call", None)
+        if failed is not None and failed.failed:
+            _show_logs(tmp_path)
+
+
+def _show_logs(folder: Path) -> None:
+    """The end of every process's log, for a failed test's report (pytest shows what we print)."""
+    for log in sorted(folder.glob("*.log")):
+        tail = log.read_text(errors="replace")[-4000:]
+        print(f"\n----- {log.name} (last 4000 characters) -----\n{tail}")
