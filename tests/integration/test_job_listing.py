@@ -7,13 +7,18 @@ own jobs, and GET /workers shows what the database vouches for.
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cl_ml_tools import Job
 from sqlalchemy import text
 
 from compute.config import Settings
-from compute.db.queries import JobFilter, JobQueries, JobSort, encode_cursor
+from compute.db.queries import JobFilter, JobQueries, JobSort
+from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute_bench.noop import TASK_TYPE
 from tests.conftest import Server, WorkerFactory, running_server
@@ -110,7 +115,6 @@ async def test_filters(server: Server) -> None:
 def test_each_filter_is_an_index_range(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     queries = JobQueries(engine)
-    cursor = encode_cursor(JobSort.NEWEST, [1, 2])
     cases = [
         JobFilter(statuses=("queued",)),
         JobFilter(task_types=("hash",)),
@@ -122,7 +126,7 @@ def test_each_filter_is_an_index_range(sqlite_url: str) -> None:
     for filters in cases:
         for everything, owner in ((True, None), (False, None), (False, "alice")):
             stmt = queries.statement(
-                filters, everything=everything, owner=owner, sort=JobSort.NEWEST, limit=50, cursor=cursor
+                filters, everything=everything, owner=owner, sort=JobSort.NEWEST, limit=50, after=[1, 2]
             )
             sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
             with engine.connect() as conn:
@@ -130,20 +134,58 @@ def test_each_filter_is_an_index_range(sqlite_url: str) -> None:
             assert "INDEX" in plan and "SCAN jobs" not in plan.replace("SCAN jobs USING", ""), (filters, plan)
 
 
+def _unsealed(*values: Any) -> str:
+    """A cursor as the first version wrote them: base64url of plain JSON."""
+    return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).rstrip(b"=").decode()
+
+
 @one_broker
 @pytest.mark.parametrize(
-    "params",
+    "cursor",
     [
-        {"cursor": "garbage"},
-        {"cursor": "W10"},
-        {"cursor": "x" * 300},
-        {"cursor": encode_cursor(JobSort.OLDEST, [1, 2])},  # another sort's
-        {"cursor": encode_cursor(JobSort.NEWEST, [1])},
+        lambda _seal: "garbage",
+        lambda _seal: "W10",
+        lambda _seal: "x" * 300,
+        lambda seal: seal.encode(JobSort.OLDEST, [1, 2]),  # another sort's
+        lambda seal: seal.encode(JobSort.NEWEST, [1]),
+        lambda _seal: _unsealed(1, "-created_at", 1, 2),  # the first, readable form
+        lambda _seal: _unsealed(2, "-created_at", 1, 2),
     ],
 )
-async def test_a_bad_cursor_is_400(server: Server, params: dict[str, str]) -> None:
-    response = await server.client.get("/jobs", params=params)
+async def test_a_bad_cursor_is_400(server: Server, cursor: Callable[[Any], str]) -> None:
+    response = await server.client.get("/jobs", params={"cursor": cursor(server.services.queries.seal)})
     assert response.status_code == 400 and "cursor" in response.json()["detail"]
+
+
+@one_broker
+async def test_cursors_are_sealed_against_reading_and_tampering(server: Server) -> None:
+    """A cursor held the internal row id in plain base64: anyone could read how many jobs
+    everyone had created (issue 16). Sealed, it shows nothing, and any change to it is a 400."""
+    for _ in range(3):
+        add(server)
+    page = (await server.client.get("/jobs", params={"limit": 1})).json()
+    cursor = page["next_cursor"]
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert b"created_at" not in raw and b"[" not in raw  # no readable JSON inside
+    again = (await server.client.get("/jobs", params={"limit": 1})).json()["next_cursor"]
+    assert again != cursor  # a fresh nonce each time: equal positions do not compare equal either
+    for n in (0, len(cursor) // 2, len(cursor) - 2):
+        flipped = cursor[:n] + ("A" if cursor[n] != "A" else "B") + cursor[n + 1 :]
+        response = await server.client.get("/jobs", params={"cursor": flipped})
+        assert response.status_code == 400, (n, response.text)
+    assert (await server.client.get("/jobs", params={"cursor": cursor})).status_code == 200
+
+
+async def test_every_server_process_reads_the_others_cursors(engine: Any) -> None:
+    """The key lives in the database: a page's cursor from one process works on another."""
+    repo = JobRepository(engine)
+    for n in range(3):
+        repo.add_job(Job(job_id=f"job-{n}", task_type="hash", params={}))
+    one, other = JobQueries(engine), JobQueries(engine)
+    first = one.page(JobFilter(), everything=True, limit=1)
+    assert first.next_cursor is not None
+    second = other.page(JobFilter(), everything=True, limit=1, cursor=first.next_cursor)
+    assert [j.job_id for j in first.jobs + second.jobs] == ["job-2", "job-1"]
 
 
 @one_broker

@@ -1,11 +1,13 @@
-"""Server preferences an admin changes at run time (guest mode), kept in `server_preferences`."""
+"""Server preferences an admin changes at run time (guest mode), and values drawn once and then
+shared by every server process (`drawn_once`), kept in `server_preferences`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from compute.db.session import write_transaction
@@ -34,3 +36,27 @@ class PreferenceStore:
                         conn.execute(prefs.insert().values(key=key, **values))
                 except IntegrityError:  # inserted meanwhile by another server process
                     conn.execute(update(prefs).where(prefs.c.key == key).values(**values))
+
+
+def drawn_once(engine: Engine, key: str, draw: Callable[[], str]) -> str:
+    """The value kept under `key`; `draw()` stored there first when there is none. Two processes
+    that draw at once agree: the second insert fails and both read the first one's value."""
+
+    def read() -> str | None:
+        with engine.connect() as conn:
+            raw = conn.execute(select(prefs.c.value).where(prefs.c.key == key)).scalar()
+        return None if raw is None else str(json.loads(raw))
+
+    found = read()
+    if found:
+        return found
+    try:
+        with write_transaction(engine) as conn:
+            conn.execute(
+                insert(prefs).values(
+                    key=key, value=json.dumps(draw()), updated_at=now_ms(), updated_by="compute-server"
+                )
+            )
+    except IntegrityError:  # another server process drew one first: use theirs
+        pass
+    return read() or ""

@@ -6,9 +6,12 @@ the last row's sort keys, never at an offset, so rows inserted or deleted meanwh
 repeat nor skip a row: a new job has a higher `id` and a later `created_at`, so it lands before
 the first page of a newest-first listing and at the end of an oldest-first one.
 
-The cursor is opaque to clients: base64url of a small JSON list `[version, sort, key...]`.
-It is not signed, because it grants nothing: the scope and the filters are applied again to
-every page, so a forged cursor only moves the start.
+The cursor is opaque: a small JSON list `[version, sort, key...]` sealed with AES-GCM under a
+key drawn once and kept in `server_preferences` (so every server process reads the others'
+cursors), then base64url. Sealed rather than signed because the keys include the row's internal
+`id`, which counts every job anyone created: a client must not read it. A cursor that does not
+open (altered, another deployment's, made up) is a BadCursor (400). It grants nothing either
+way: the scope and the filters are applied again to every page.
 """
 
 from __future__ import annotations
@@ -16,20 +19,30 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import ColumnElement, Engine, Select, and_, or_, select, true
 
+from compute.db.preferences import drawn_once
 from compute.db.repository import JobRecord
 from compute.db.tables import jobs_table as jobs
 from compute.jobs import JobStatus
 
-CURSOR_VERSION = 1
-#: Longest cursor accepted, characters: a real one is about 60.
+CURSOR_VERSION = 2
+#: Longest cursor accepted, characters: a real one is about 100.
 MAX_CURSOR = 256
+#: server_preferences key of the cursors' AES-256 key (hex).
+CURSOR_KEY = "cursor_key"
+_NONCE = 12
+#: Bound into every seal, so nothing else sealed under the same key reads as a cursor.
+_PURPOSE = b"compute job listing cursor"
 
 
 class JobSort(StrEnum):
@@ -76,28 +89,41 @@ class JobPage:
     next_cursor: str | None
 
 
-def encode_cursor(sort: JobSort, keys: Sequence[int]) -> str:
-    raw = json.dumps([CURSOR_VERSION, sort.value, *keys], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+class CursorSeal:
+    """Seals and opens cursors with one AES-GCM key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def encode(self, sort: JobSort, keys: Sequence[int]) -> str:
+        raw = json.dumps([CURSOR_VERSION, sort.value, *keys], separators=(",", ":")).encode()
+        nonce = os.urandom(_NONCE)
+        sealed = nonce + self._aead.encrypt(nonce, raw, _PURPOSE)
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+    def decode(self, cursor: str, sort: JobSort) -> list[int]:
+        """The sort keys a cursor holds; BadCursor when it is not one of ours for `sort`."""
+        if not cursor or len(cursor) > MAX_CURSOR:
+            raise BadCursor(f"a cursor is 1-{MAX_CURSOR} characters")
+        try:
+            sealed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            raw = self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _PURPOSE)
+            value = json.loads(raw)
+        except (binascii.Error, ValueError, InvalidTag):
+            raise BadCursor("not a cursor this server made") from None
+        if not isinstance(value, list) or len(value) < 2 or value[0] != CURSOR_VERSION:
+            raise BadCursor("not a cursor this server made")
+        if value[1] != sort.value:
+            raise BadCursor(f"the cursor belongs to sort={value[1]!s:.20}, not sort={sort.value}")
+        keys = value[2:]
+        if len(keys) != len(_KEYS[sort]) or not all(_is_int64(k) for k in keys):
+            raise BadCursor("not a cursor this server made")
+        return keys
 
 
-def decode_cursor(cursor: str, sort: JobSort) -> list[int]:
-    """The sort keys a cursor holds; BadCursor when it is not one of ours for `sort`."""
-    if not cursor or len(cursor) > MAX_CURSOR:
-        raise BadCursor(f"a cursor is 1-{MAX_CURSOR} characters")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise BadCursor("not a cursor this server made") from None
-    if not isinstance(value, list) or len(value) < 2 or value[0] != CURSOR_VERSION:
-        raise BadCursor("not a cursor this server made")
-    if value[1] != sort.value:
-        raise BadCursor(f"the cursor belongs to sort={value[1]!s:.20}, not sort={sort.value}")
-    keys = value[2:]
-    if len(keys) != len(_KEYS[sort]) or not all(_is_int64(k) for k in keys):
-        raise BadCursor("not a cursor this server made")
-    return keys
+def cursor_seal(engine: Engine) -> CursorSeal:
+    """The deployment's seal: its key drawn on first use and kept in the database."""
+    return CursorSeal(bytes.fromhex(drawn_once(engine, CURSOR_KEY, lambda: os.urandom(32).hex())))
 
 
 def _is_int64(value: Any) -> bool:
@@ -142,6 +168,16 @@ class JobQueries:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._seal: CursorSeal | None = None
+        self._seal_lock = threading.Lock()
+
+    @property
+    def seal(self) -> CursorSeal:
+        """The cursors' seal, its key read (or drawn) on first use. Blocking."""
+        with self._seal_lock:
+            if self._seal is None:
+                self._seal = cursor_seal(self.engine)
+            return self._seal
 
     def page(
         self,
@@ -155,8 +191,9 @@ class JobQueries:
     ) -> JobPage:
         """One page of the jobs the caller may see (all of them when `everything`, else those
         `owner` created); BadCursor for a cursor that is not ours."""
+        after = None if cursor is None else self.seal.decode(cursor, sort)
         stmt = self.statement(
-            filters, everything=everything, owner=owner, sort=sort, limit=limit, cursor=cursor
+            filters, everything=everything, owner=owner, sort=sort, limit=limit, after=after
         )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
@@ -165,7 +202,7 @@ class JobQueries:
         next_cursor = None
         if more and rows:
             last = rows[-1]
-            next_cursor = encode_cursor(sort, [last[c.name] for c, _ in _KEYS[sort]])
+            next_cursor = self.seal.encode(sort, [last[c.name] for c, _ in _KEYS[sort]])
         return JobPage([JobRecord.from_row(r) for r in rows], next_cursor)
 
     @staticmethod
@@ -176,12 +213,13 @@ class JobQueries:
         owner: str | None,
         sort: JobSort,
         limit: int,
-        cursor: str | None,
+        after: Sequence[int] | None = None,
     ) -> Select[Any]:
-        """The SELECT of `page`: limit + 1 rows, the extra one telling whether more follow."""
+        """The SELECT of `page`: limit + 1 rows after the sort keys `after` (a cursor's), the
+        extra one telling whether more follow."""
         where = _where(filters, everything, owner)
-        if cursor is not None:
-            where.append(_after(sort, decode_cursor(cursor, sort)))
+        if after is not None:
+            where.append(_after(sort, after))
         order = [c.desc() if descending else c.asc() for c, descending in _KEYS[sort]]
         return select(jobs).where(and_(true(), *where)).order_by(*order).limit(limit + 1)
 

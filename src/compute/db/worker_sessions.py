@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
+from compute.db.preferences import drawn_once
 from compute.db.session import write_transaction
-from compute.db.tables import preferences_table as prefs
 from compute.db.tables import worker_sessions_table as sessions
 from compute.jobs import now_ms
 
@@ -131,27 +130,7 @@ def server_client_suffix(engine: Engine) -> str:
     guessable from outside: whoever connects under the server's client id takes its session.
     """
 
-    def read() -> str | None:
-        with engine.connect() as conn:
-            raw = conn.execute(select(prefs.c.value).where(prefs.c.key == CLIENT_SUFFIX_KEY)).scalar()
-        return None if raw is None else str(json.loads(raw))
-
-    found = read()
-    if found:
-        return found
-    try:
-        with write_transaction(engine) as conn:
-            conn.execute(
-                insert(prefs).values(
-                    key=CLIENT_SUFFIX_KEY,
-                    value=json.dumps(secrets.token_hex(8)),
-                    updated_at=now_ms(),
-                    updated_by="compute-server",
-                )
-            )
-    except IntegrityError:  # another server process drew one first: use theirs
-        pass
-    return read() or ""
+    return drawn_once(engine, CLIENT_SUFFIX_KEY, lambda: secrets.token_hex(8))
 
 
 def server_client_ids(explicit: str | None, default_base: str, engine: Engine) -> tuple[str, str]:
