@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,34 @@ def tiny_mp4(folder: Path) -> bytes:
 
 #: An MPEG program stream header and then nonsense: exiftool reports "File format error".
 BROKEN_MPEG = b"\x00\x00\x01\xba" + b"garbage!" * 30
+
+
+def png_with_xmp(properties: str) -> bytes:
+    """A 1x1 PNG whose XMP (an iTXt chunk) holds `properties`, XML inside rdf:Description."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    xmp = (
+        '<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+        f'{properties}</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
+        + chunk(b"IDAT", zlib.compress(b"\x00\x00\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def xmp_description(text: str) -> str:
+    """An XMP dc:description (ExifTool's `Description`) of `text`."""
+    return f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{text}</rdf:li></rdf:Alt></dc:description>'
+
+
+def xmp_labels(count: int, length: int) -> str:
+    """`count` XMP properties (`Label0`, `Label1`, ...), each a value of `length` characters."""
+    return "".join(f"<xmp:Label{i}>{'v' * length}</xmp:Label{i}>" for i in range(count))

@@ -40,7 +40,7 @@ def no_server_details(tags: dict[str, Any], folder: Path) -> None:
 
 async def test_tags_come_back_by_name(tmp_path: Path) -> None:
     (tmp_path / "upload.jpg").write_bytes(photo())
-    tags = await read_tags(tmp_path / "upload.jpg", [tmp_path])
+    tags = (await read_tags(tmp_path / "upload.jpg", [tmp_path])).tags
     expected = {
         "Make": "Canon",
         "Model": "EOS 5D",

@@ -11,9 +11,10 @@ import pytest
 from cl_ml_tools import Job
 
 from compute.plugins.environment import PluginEnvironment
+from compute.plugins.exif.algorithm import TRUNCATED_FIELD
 from compute.plugins.exif.task import ExifParams, ExifTask
 from tests.conftest import Server, WorkerFactory
-from tests.plugins.exif.samples import BROKEN_MPEG, needs_exiftool, photo
+from tests.plugins.exif.samples import BROKEN_MPEG, needs_exiftool, photo, png_with_xmp, xmp_description
 from tests.plugins.hostile import jobs_left, png_header_only, submit
 
 
@@ -74,3 +75,25 @@ async def test_without_exiftool_the_task_says_why(
     params = ExifParams(input_path="input/upload.jpg", output_path="output/exif.json")
     result = await task.execute(Job(job_id=job_id, task_type="exif", params=params.model_dump()), params)
     assert result == {"status": "error", "error": reason}
+
+
+@needs_exiftool
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+async def test_a_metadata_bomb_gives_a_small_marked_result(
+    server: Server, start_worker: WorkerFactory, isolation: str
+) -> None:
+    """A 1x1 PNG with 20 MB of XMP: the job's result stays small and says what was cut; the
+    worker's exiftool serves the next job as usual."""
+    await start_worker(tasks=("exif",), plugin_isolation=isolation)
+    bomb = png_with_xmp(xmp_description("A" * 20_000_000))
+    status, text = await post(server, bomb)
+    assert status == 200, text
+    job = await server.wait_status(json.loads(text)["job_id"], "completed", timeout=60)
+    output = job["task_output"]
+    assert len(json.dumps(output)) < 16 * 1024
+    assert output["Description"].endswith("…[truncated: 20000002 bytes]")
+    assert output[TRUNCATED_FIELD]["cut_values"] == ["Description"]
+
+    status, text = await post(server, photo())
+    normal = await server.wait_status(json.loads(text)["job_id"], "completed", timeout=30)
+    assert normal["task_output"]["Make"] == "Canon" and TRUNCATED_FIELD not in normal["task_output"]

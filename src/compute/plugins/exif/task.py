@@ -30,9 +30,9 @@ class ExifTask(PluginTask):
         if reason is not None:  # removed since the worker started: fail the job, do not retry it
             raise tools.ToolFailed(reason)
         hide = [files.root, current().storage_dir]
-        tags = await read_tags(files.path(params.input_path), hide)
+        metadata = await read_tags(files.path(params.input_path), hide, params.tags)
         progress(50)
-        output = metadata_output(tags, params.tags)
+        output = metadata_output(metadata, params.tags)
         files.output(params.output_path).write_text(json.dumps(output, indent=2))
         progress(100)
         return output
