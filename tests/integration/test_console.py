@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from compute.console.commands import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, 
 from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
 from tests.integration.test_hostile_http import uvicorn_serving
 from tests.support import free_port, png_bytes, wait_for
+from tests.support.scripted_http import ScriptedServer
 
 
 @pytest.fixture
@@ -48,9 +51,13 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[Server, str]]:
 
 
 async def compute(url: str, *args: str) -> Result:
-    """`compute --server URL ARGS...` on a thread, as a person would run it."""
+    """`compute --server URL ARGS...` on a thread, as a person would run it in an 80-column terminal."""
     runner = CliRunner()
-    return await asyncio.to_thread(runner.invoke, app, ["--server", url, *args])
+    return await asyncio.to_thread(runner.invoke, app, ["--server", url, *args], env={"COLUMNS": "80"})
+
+
+def fits_80_columns(result: Result) -> bool:
+    return max(len(line) for line in result.stdout.splitlines()) <= 80
 
 
 def _json(result: Result) -> Any:
@@ -131,14 +138,62 @@ async def test_jobs_and_workers_are_listed(
         rest = _json(await compute(url, "--json", "jobs", "--cursor", page["next_cursor"]))
         assert [job["job_id"] for job in rest["jobs"]] == [first] and rest["next_cursor"] is None
         table = await compute(url, "jobs", "--status", "queued")
-        assert table.exit_code == 0 and first[:8] in table.stdout
+        assert table.exit_code == 0 and fits_80_columns(table)
+        assert first in table.stdout and second in table.stdout  # whole, to copy into `compute status`
 
         running = await start_worker(wait_idle=False)
 
-        async def listed() -> list[str]:
-            return [w["worker_id"] for w in _json(await compute(url, "--json", "workers"))]
+        async def listed() -> list[dict[str, Any]]:
+            return _json(await compute(url, "--json", "workers"))  # type: ignore[no-any-return]
 
-        assert await wait_for(listed, what="the worker listed") == [running.settings.worker_id]
+        (worker,) = await wait_for(listed, what="the worker listed")
+        assert worker["worker_id"] == running.settings.worker_id and worker["session"] and worker["pid"]
+
+        shown = await compute(url, "workers")
+        assert shown.exit_code == 0 and fits_80_columns(shown), shown.stdout
+        assert f"{worker['worker_id']}  {worker['state']}  last seen " in shown.stdout
+        assert re.search(r"last seen \d+ s ago", shown.stdout)
+        listed_tasks = " ".join(shown.stdout.split()).replace(", ", " ").split()
+        assert set(worker["tasks"]) <= set(listed_tasks)  # every task name whole
+        assert worker["session"] not in shown.stdout and str(worker["started_at"]) not in shown.stdout
+
+
+async def test_workers_for_a_person_at_80_columns() -> None:
+    """Long ids and a dozen tasks, on the server's clock: the worker and job ids whole, the task
+    list wrapped, `last seen` as an age; session, pid, host and raw times only under --json."""
+    now = 1_700_000_000
+    tasks = [f"{name}_embedding" for name in ("clip", "dino", "face", "text")] + [
+        "exif", "face_detection", "hash", "hls_streaming", "image_conversion", "image_resize",
+        "media_thumbnail",
+    ]  # fmt: skip
+    busy = {
+        "worker_id": "worker-compute-node-07.example.lan-1",
+        "session": "f" * 32,
+        "state": "busy",
+        "tasks": tasks,
+        "running_jobs": ["4f1c2a9e-0000-4000-8000-000000000001", "4f1c2a9e-0000-4000-8000-000000000002"],
+        "hostname": "compute-node-07.example.lan",
+        "pid": 48213,
+        "version": "0.1.0",
+        "started_at": now * 1000 - 3_600_000,
+        "last_heartbeat": now * 1000 - 12_000,
+        "last_announced": now * 1000 - 12_000,
+    }
+    idle = {**busy, "worker_id": "worker-pi-2", "state": "idle", "tasks": ["exif"], "running_jobs": []}
+    idle["last_heartbeat"] = now * 1000 - 125_000
+    with ScriptedServer() as server:
+        server.date = formatdate(now, usegmt=True)
+        server.json("/workers", {"workers": [busy, idle]})
+        shown = await compute(server.url, "workers")
+        assert shown.exit_code == 0 and fits_80_columns(shown), shown.stdout
+        assert "worker-compute-node-07.example.lan-1  busy  last seen 12 s ago" in shown.stdout
+        assert "worker-pi-2  idle  last seen 2 min ago" in shown.stdout
+        assert "4f1c2a9e-0000-4000-8000-000000000001" in shown.stdout
+        assert "4f1c2a9e-0000-4000-8000-000000000002" in shown.stdout
+        assert set(tasks) <= set(" ".join(shown.stdout.split()).replace(",", " ").split())
+        for raw in ("f" * 32, "48213", "compute-node-07.example.lan ", "0.1.0", str(now * 1000 - 12_000)):
+            assert raw not in shown.stdout
+        assert _json(await compute(server.url, "--json", "workers")) == [busy, idle]
 
 
 async def test_refusals_exit_4_with_the_servers_reason(settings: Settings, photo: Path) -> None:

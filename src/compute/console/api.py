@@ -1,20 +1,40 @@
 """The HTTP calls the `compute` command makes, with errors a person (or a script) can act on.
 
 Only the public HTTP API is used, so the command works against any Compute server (or CL
-Server's compute service, for the routes it shares) on any machine.
+Server's compute service, for the routes it shares) on any machine. That server may be hostile,
+so an answer is read as the size it is allowed to be, never as the size it claims: a JSON
+document larger than `max_document_bytes` (or slower than the timeout, all of it) is refused
+before it is parsed, nothing compressed is accepted (the command asks for none; a decompressed
+bomb would dodge the count), and its shape is checked (`answers.py`) before anything reads it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+from compute.console.answers import Capabilities, Created, FileList, Job, JobPage, WorkerList
+
+#: The largest JSON document the command reads by default (`--max-document-mb`): a page of 200
+#: jobs with their results is far below it. Parsed, 8 MiB of JSON made to cost the most
+#: (`[{},{},...]`) peaks at 266 MB of memory (325 MB printed back with --json); a 100 MB job,
+#: which used to take 450 MB, is refused at 8 MiB read.
+MAX_DOCUMENT_MB = 8
+#: What is read of an error answer: its reason is shown, cut to a few lines.
+MAX_ERROR_BYTES = 64 * 1024
 
 #: Statuses after which a job never changes (a cancelled job reads `failed`, `cancelled: true`).
 FINISHED = frozenset({"completed", "failed"})
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ServerUnreachable(Exception):
@@ -30,19 +50,32 @@ class ApiError(Exception):
         self.detail = detail
 
 
-def _detail(response: httpx.Response) -> str:
+class BadAnswer(Exception):
+    """The server's answer cannot be used: too large, too slow, not JSON, or not the API's shape."""
+
+
+def _detail(body: bytes, response: httpx.Response) -> str:
+    """The reason an error answer gives: FastAPI's `detail`, else the start of its text."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    detail = body.get("detail", body) if isinstance(body, dict) else body
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return body[:500].decode("utf-8", "replace") or response.reason_phrase
+    detail = document.get("detail", document) if isinstance(document, dict) else document
     if isinstance(detail, list):  # FastAPI's validation errors
         return "; ".join(
-            f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg')}"
+            f"{'.'.join(str(p) for p in loc)}: {d.get('msg')}"
             for d in detail
-            if isinstance(d, dict)
+            if isinstance(d, dict) and isinstance(loc := d.get("loc", ()), list | tuple)
         )
-    return str(detail)
+    return str(detail)[:2000]
+
+
+def _problems(exc: ValidationError) -> str:
+    """Which fields were wrong, without the values the server sent (they are shown nowhere)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'document'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)[:5]
+    )
 
 
 class ComputeApi:
@@ -52,11 +85,20 @@ class ComputeApi:
         token: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        max_document_bytes: int = MAX_DOCUMENT_MB * 1024 * 1024,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # identity: a compressed answer could inflate past any limit counted on what arrives.
+        headers = {"Accept-Encoding": "identity"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
         )
+        self._timeout = timeout
+        self._max_document = max_document_bytes
+        #: The server's clock when it sent its last answer (its Date header, else ours), in ms since
+        #: the epoch: ages are told on the clock that wrote the timestamps.
+        self.server_time_ms = int(time.time() * 1000)
 
     def close(self) -> None:
         self._http.close()
@@ -67,87 +109,151 @@ class ComputeApi:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
+        return ServerUnreachable(f"{self._http.base_url}: {exc or type(exc).__name__}")
+
+    def _read(self, response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+        """At most `limit` bytes of the body (and whether there was more), within the timeout."""
+        _refuse_encoded(response)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return b"", True
+        deadline = time.monotonic() + self._timeout
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks)[:limit], True
+            if time.monotonic() > deadline:
+                raise BadAnswer(f"the server took more than {self._timeout:g} s to send its answer")
+        return b"".join(chunks), False
+
+    def _call(self, model: type[Model], method: str, url: str, **kwargs: Any) -> tuple[Model, Any]:
+        """One request whose answer is a JSON document of `model`'s shape: (checked, as sent)."""
         try:
-            response = self._http.request(method, url, **kwargs)
+            with self._http.stream(method, url, **kwargs) as response:
+                _refuse_redirect(response)
+                if response.is_error:
+                    body, _more = self._read(response, MAX_ERROR_BYTES)
+                    raise ApiError(response.status_code, _detail(body, response))
+                body, more = self._read(response, self._max_document)
+                self.server_time_ms = _date_ms(response)
         except httpx.TransportError as exc:
-            raise ServerUnreachable(f"{self._http.base_url}: {exc or type(exc).__name__}") from None
-        if response.is_error:
-            raise ApiError(response.status_code, _detail(response))
-        return response
+            raise self._unreachable(exc) from None
+        if more:
+            mb = self._max_document / (1024 * 1024)
+            raise BadAnswer(
+                f"the server's answer to {method} {url} is larger than {mb:g} MB, the most this command"
+                " reads (--max-document-mb)"
+            )
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadAnswer(f"the server's answer to {method} {url} is not JSON") from None
+        try:
+            return model.model_validate(document), document
+        except ValidationError as exc:
+            raise BadAnswer(
+                f"the server's answer to {method} {url} is not what the API describes: {_problems(exc)}"
+            ) from None
 
     # -- jobs --------------------------------------------------------------------------------
 
     def submit(
         self, task: str, file: Path, fields: dict[str, str], idempotency_key: str | None = None
-    ) -> dict[str, Any]:
+    ) -> tuple[Created, Any]:
         """POST /jobs/<task> with the file as `file` and `fields` as form fields."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with file.open("rb") as body:
-            response = self._request(
-                "POST", f"/jobs/{task}", data=fields, files={"file": (file.name, body)}, headers=headers
+            return self._call(
+                Created,
+                "POST",
+                f"/jobs/{_segment(task)}",
+                data=fields,
+                files={"file": (file.name, body)},
+                headers=headers,
             )
-        return response.json()  # type: ignore[no-any-return]
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/jobs/{job_id}").json()  # type: ignore[no-any-return]
+    def job(self, job_id: str) -> tuple[Job, Any]:
+        return self._call(Job, "GET", f"/jobs/{_segment(job_id)}")
 
-    def jobs(self, **filters: Any) -> dict[str, Any]:
+    def jobs(self, **filters: Any) -> tuple[JobPage, Any]:
         """One page of GET /jobs; filters with a None value are left out."""
         params = {key: value for key, value in filters.items() if value is not None}
-        return self._request("GET", "/jobs", params=params).json()  # type: ignore[no-any-return]
+        return self._call(JobPage, "GET", "/jobs", params=params)
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/jobs/{job_id}/cancel").json()  # type: ignore[no-any-return]
+    def cancel(self, job_id: str) -> tuple[Job, Any]:
+        return self._call(Job, "POST", f"/jobs/{_segment(job_id)}/cancel")
 
-    def follow(self, job_id: str, interval: float = 0.5) -> Iterator[dict[str, Any]]:
+    def follow(self, job_id: str, interval: float = 0.5) -> Iterator[tuple[Job, Any]]:
         """The job each time it changes, until it is finished (polling GET /jobs/{id})."""
         last: tuple[Any, ...] | None = None
         while True:
-            job = self.job(job_id)
-            seen = (job["status"], job["progress"], job.get("updated_at"))
+            job, document = self.job(job_id)
+            seen = (job.status, job.progress, job.updated_at)
             if seen != last:
                 last = seen
-                yield job
-            if job["status"] in FINISHED:
+                yield job, document
+            if job.status in FINISHED:
                 return
             time.sleep(interval)
 
     # -- files -------------------------------------------------------------------------------
 
-    def files(self, job_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/jobs/{job_id}/files").json()["files"]  # type: ignore[no-any-return]
+    def files(self, job_id: str) -> FileList:
+        return self._call(FileList, "GET", f"/jobs/{_segment(job_id)}/files")[0]
 
-    def download(self, job_id: str, path: str, target: Path) -> Path:
-        """Stream one file of the job into `target` (written whole or not at all)."""
-        partial = target.with_name(target.name + ".part")
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def download(self, job_id: str, path: str, into: IO[bytes]) -> None:
+        """Stream one file of the job into `into`, as it arrives (files have no size limit)."""
+        url = f"/jobs/{_segment(job_id)}/files/{'/'.join(_segment(part) for part in path.split('/'))}"
         try:
-            with self._http.stream("GET", f"/jobs/{job_id}/files/{path}") as response:
+            with self._http.stream("GET", url) as response:
+                _refuse_redirect(response)
                 if response.is_error:
-                    response.read()
-                    raise ApiError(response.status_code, _detail(response))
-                with partial.open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
+                    body, _more = self._read(response, MAX_ERROR_BYTES)
+                    raise ApiError(response.status_code, _detail(body, response))
+                _refuse_encoded(response)
+                for chunk in response.iter_raw():
+                    into.write(chunk)
         except httpx.TransportError as exc:
-            partial.unlink(missing_ok=True)
-            raise ServerUnreachable(f"{self._http.base_url}: {exc or type(exc).__name__}") from None
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.replace(target)
-        return target
+            raise self._unreachable(exc) from None
 
     # -- workers -----------------------------------------------------------------------------
 
-    def workers(self) -> list[dict[str, Any]]:
-        """GET /workers; from a server without it, one row per task from /capabilities."""
+    def workers(self) -> tuple[WorkerList | Capabilities, Any]:
+        """GET /workers; from a server without it (CL Server's), GET /capabilities."""
         try:
-            body = self._request("GET", "/workers").json()
+            return self._call(WorkerList, "GET", "/workers")
         except ApiError as exc:
             if exc.status not in (404, 405):
                 raise
-            caps = self._request("GET", "/capabilities").json()["capabilities"]
-            return [{"task": task, "idle_workers": count} for task, count in sorted(caps.items())]
-        return body["workers"] if isinstance(body, dict) else body  # type: ignore[no-any-return]
+        return self._call(Capabilities, "GET", "/capabilities")
+
+
+def _segment(value: str) -> str:
+    """`value` as one path segment: a `/`, `?` or `..` in a job id cannot reach another route."""
+    if value in (".", ".."):  # unreserved characters, yet a client would resolve them as dot segments
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def _date_ms(response: httpx.Response) -> int:
+    try:
+        return int(parsedate_to_datetime(response.headers["date"]).timestamp() * 1000)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+        return int(time.time() * 1000)
+
+
+def _refuse_redirect(response: httpx.Response) -> None:
+    """Redirects are not followed: the token would go wherever the server points."""
+    if response.is_redirect:
+        where = response.headers.get("location", "")[:200]
+        raise BadAnswer(f"the server redirects to {where!r}; give that address as --server if you trust it")
+
+
+def _refuse_encoded(response: httpx.Response) -> None:
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadAnswer(f"the server sent a compressed answer ({encoding[:40]!r}); the command asks for none")
