@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+import numpy as np
+from PIL import Image
 
 from compute.errors import ComputeError
 from compute.plugins.environment import current
@@ -130,21 +132,160 @@ def image_size(path: Path) -> tuple[int, int]:
         raise NotAnImage(f"not a decodable image: {_reason(exc)}") from None
 
 
-def open_image(path: Path, mode: str = "RGB") -> Image.Image:
-    """Decode an image within the pixel limit, upright (EXIF orientation applied), in `mode`."""
-    try:
-        img = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise _bomb(exc) from None
-    except (OSError, ValueError) as exc:
-        raise NotAnImage(f"not a decodable image: {_reason(exc)}") from None
-    with img:
+#: EXIF tag of the orientation: 1 is upright, 2-8 a flip and/or rotation to undo.
+ORIENTATION = 0x0112
+_UNDO = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: Orientations that swap width and height.
+_SIDEWAYS = {5, 6, 7, 8}
+#: Pillow's modes for 16-bit (and 32-bit integer) grey; its own conversion to 8 bits clips at
+#: 255 instead of scaling, which turns most of a 16-bit picture white.
+_WIDE_GREY = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+#: The colour space an ICC profile must describe (its header's bytes 16-20) to go with a mode.
+_PROFILE_SPACES = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
+
+#: Given the picture's upright (width, height), the smallest upright size the caller needs.
+Needs = Callable[[tuple[int, int]], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An image decoded upright, and how it relates to the file."""
+
+    image: Image.Image
+    #: The picture's upright size in the file (before any reduced decode).
+    size: tuple[int, int]
+    #: The image is 1/scale of `size` per side (rounded up): libjpeg decoded it reduced.
+    scale: int = 1
+    #: libjpeg decoded the luma channel alone (mode "L" from a colour JPEG, or a grey JPEG).
+    luma: bool = False
+    #: The file's format as Pillow names it ("JPEG", "PNG", ...).
+    format: str = ""
+    #: The region of `image` that holds the picture, for `Image.resize(box=...)`: a reduced
+    #: decode rounds its size up, so its last row and column hold only part of a pixel.
+    box: tuple[float, float, float, float] | None = None
+
+    def resized(self, size: tuple[int, int], reducing_gap: float | None = None) -> Image.Image:
+        """The picture resized with LANCZOS to `size` (not a copy when it already is that size)."""
+        if size == self.image.size and self.scale == 1:
+            return self.image
+        return self.image.resize(size, Image.Resampling.LANCZOS, box=self.box, reducing_gap=reducing_gap)
+
+
+def decode(path: Path, mode: str = "RGB", *, keep_alpha: bool = False, needs: Needs | None = None) -> Decoded:
+    """Decode an image within the pixel limit, upright (EXIF orientation applied), in `mode`.
+
+    keep_alpha: RGBA (LA for "L") instead when the image has an alpha channel or a transparent
+    colour. needs: a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 of its size (DCT scaling: the
+    full-size pixels never exist) when that is still at least `needs(size)`; for "L" it decodes
+    the luma channel alone. Nothing is copied that the caller does not get: no same-mode convert,
+    no transpose of an upright image.
+    """
+    with open(path, "rb") as f:
+        try:
+            img = Image.open(f)
+        except Image.DecompressionBombError as exc:
+            raise _bomb(exc) from None
+        except (OSError, ValueError) as exc:
+            raise NotAnImage(f"not a decodable image: {_reason(exc)}") from None
         check_pixels(*img.size)
         try:
-            upright = ImageOps.exif_transpose(img)
-            return upright.convert(mode)
+            return _decode(img, mode, keep_alpha, needs)
         except (OSError, ValueError, SyntaxError) as exc:
             raise NotAnImage(f"corrupt image: {_reason(exc)}") from None
+
+
+def _decode(img: Image.Image, mode: str, keep_alpha: bool, needs: Needs | None) -> Decoded:
+    file_format = img.format or ""
+    orientation = img.getexif().get(ORIENTATION, 1)  # a PNG's eXIf may follow its pixels: this decodes it
+    sideways = orientation in _SIDEWAYS
+    width, height = img.size
+    upright = (height, width) if sideways else (width, height)
+    if keep_alpha and img.has_transparency_data:
+        mode = {"RGB": "RGBA", "L": "LA"}.get(mode, mode)
+    scale, luma = 1, False
+    box: tuple[float, float, float, float] | None = None
+    if file_format == "JPEG" and (needs is not None or mode == "L"):
+        want = None
+        if needs is not None:
+            w, h = needs(upright)
+            want = (max(1, h), max(1, w)) if sideways else (max(1, w), max(1, h))
+        drafted = img.draft(mode, want)
+        if drafted is not None:
+            x0, y0, x1, y1 = drafted[1]
+            box = (float(x0), float(y0), float(x1), float(y1))
+            scale = round(width / x1)
+        luma = img.mode == "L"
+    img.load()
+    if img.mode in _WIDE_GREY:
+        img = _to_8_bits(img)
+    if img.mode != mode:
+        img = img.convert(mode)
+    if orientation in _UNDO:
+        if box is not None:
+            box = _turned(box, img.size, orientation)
+        img = img.transpose(_UNDO[orientation])
+    return Decoded(img, upright, scale, luma, file_format, box)
+
+
+def _turned(
+    box: tuple[float, float, float, float], size: tuple[int, int], orientation: int
+) -> tuple[float, float, float, float]:
+    """`box` of an image of `size` where it lands once the orientation is undone."""
+    w, h = size
+
+    def move(x: float, y: float) -> tuple[float, float]:
+        return {
+            2: (w - x, y),
+            3: (w - x, h - y),
+            4: (x, h - y),
+            5: (y, x),
+            6: (h - y, x),
+            7: (h - y, w - x),
+            8: (y, w - x),
+        }[orientation]
+
+    (x0, y0), (x1, y1) = move(box[0], box[1]), move(box[2], box[3])
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _to_8_bits(img: Image.Image) -> Image.Image:
+    """16-bit grey scaled to 8 bits (its high byte), keeping a transparent grey level as alpha."""
+    wide = np.clip(np.asarray(img), 0, 0xFFFF)
+    grey = Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = Image.fromarray(np.where(wide == transparent, 0, 255).astype(np.uint8), "L")
+        grey = Image.merge("LA", (grey, alpha))
+    grey.info = {k: v for k, v in img.info.items() if k != "transparency"}
+    return grey
+
+
+def open_image(path: Path, mode: str = "RGB") -> Image.Image:
+    """Decode an image within the pixel limit, upright (EXIF orientation applied), in `mode`."""
+    return decode(path, mode).image
+
+
+def icc_profile(image: Image.Image) -> bytes | None:
+    """The image's embedded ICC profile when it describes the colour space of the image's mode
+    (RGB or grey), to be written with it; else None: a CMYK profile on pixels converted to RGB
+    would make viewers misrender them, and no profile means sRGB."""
+    icc = image.info.get("icc_profile")
+    if not isinstance(icc, bytes) or len(icc) < 20:
+        return None
+    space = icc[16:20]
+    if (image.mode in ("RGB", "RGBA") and space == b"RGB ") or (
+        image.mode in ("L", "LA") and space == b"GRAY"
+    ):
+        return icc
+    return None
 
 
 def _reason(exc: BaseException) -> str:

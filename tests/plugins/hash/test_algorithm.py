@@ -15,6 +15,7 @@ from compute.plugins.media import NotAnImage
 from tests.plugins.hash.samples import blocks, encoded
 
 EXIF_ORIENTATION = 0x0112
+HASHES = ("phash", "dhash", "ahash", "whash")
 
 
 def distance(a: str, b: str) -> int:
@@ -50,8 +51,9 @@ def test_same_pixels_other_encoding_hash_alike(plugin_env: PluginEnvironment, tm
     (tmp_path / "c.bmp").write_bytes(encoded(picture, "BMP"))
     hashes = [perceptual_hashes(tmp_path / name) for name in ("a.png", "b.webp", "c.bmp")]
     assert hashes[0] == hashes[1] == hashes[2]
-    assert set(hashes[0]) == {"phash", "dhash", "ahash", "whash"}
-    assert all(len(value) == 16 and int(value, 16) >= 0 for value in hashes[0].values())
+    assert set(hashes[0]) == {*HASHES, "perceptual_decode"}
+    assert hashes[0]["perceptual_decode"] == "full"
+    assert all(len(hashes[0][name]) == 16 and int(hashes[0][name], 16) >= 0 for name in HASHES)
     assert len({file_digests(tmp_path / n, ["sha512"])["sha512"] for n in ("a.png", "b.webp", "c.bmp")}) == 3
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.image_resize.algorithm import resize, target_size
 from compute.plugins.media import ImageTooLarge, NotAnImage
+from tests.plugins.photos import big_photo, psnr, reference_decode
 
 EXIF_ORIENTATION = 0x0112
 
@@ -88,3 +89,22 @@ def test_truncated_image_is_not_an_image(plugin_env: PluginEnvironment, tmp_path
     with pytest.raises(NotAnImage) as caught:
         resize(tmp_path / "cut.png", tmp_path / "out.png", 10, 10, True)
     assert str(tmp_path) not in str(caught.value)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_camera_jpeg_resized_from_a_reduced_decode_matches_the_full_one(
+    plugin_env: PluginEnvironment, tmp_path: Path, orientation: int
+) -> None:
+    """A 4000x3000 JPEG to 800 px is decoded at 1/2 (still twice the output): what LANCZOS makes
+    of it is what it makes of the full picture, within an invisible difference; the ICC profile
+    goes along."""
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    source = big_photo(tmp_path / "camera.jpg", icc_profile=profile, exif=exif)
+    size = resize(source, tmp_path / "out.png", 800, 800, True)
+    assert size == ((800, 600) if orientation == 1 else (600, 800))
+    reference = reference_decode(source, "RGB").resize(size, Image.Resampling.LANCZOS)
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.info.get("icc_profile") == profile
+        assert psnr(out.convert("RGB"), reference) > 40
