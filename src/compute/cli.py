@@ -25,7 +25,7 @@ import httpx
 from compute import deathsignal
 from compute.config import Settings, load_settings
 from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
-from compute.logs import setup_logging
+from compute.logs import logging_config, setup_logging
 from compute.worker.identity import WorkerSlot, claim_slot
 
 log = logging.getLogger("compute")
@@ -166,8 +166,9 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     # uvicorn shuts down on SIGTERM, then raises the signal again to the handler it found:
     # with the default one the process would die before stopping its workers.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # JSON logs: uvicorn's loggers keep no handlers of their own and reach the root's JSON one.
-    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    # Ours, not uvicorn's: the same lines (secrets redacted) from uvicorn, the app and the
+    # --reload child, which would otherwise log through uvicorn's handlers or through none.
+    log_config = logging_config(settings.log_level, settings.log_format)
     try:
         if args.reload:
             # uvicorn --reload builds the app in a subprocess, from the environment
@@ -181,6 +182,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                 reload=True,
                 log_level=settings.log_level.lower(),
                 http="compute.cli:http_protocol_from_env",
+                access_log=False,  # README: no access log (it would hold ?access_token=)
                 log_config=log_config,
             )
         else:

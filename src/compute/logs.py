@@ -9,12 +9,20 @@ number stays small; past `max_keys` every new key shares one bucket.
 `LOG_FORMAT=json` makes every line (ours, uvicorn's, the libraries') one JSON object; what a
 call passes as `extra` (job_id, worker_id ...) becomes fields of it, so a log pipeline can
 filter by job or worker without parsing messages.
+
+No secret reaches a log: both formats pass each finished line through `redact()`, which hides a
+JWT wherever it appears, the value of an `access_token=` query parameter, of a `Bearer` header
+and the password of a URL. The line is what is redacted, so this holds whoever logs it (uvicorn,
+a library, an exception's message in a traceback). `logging_config` is the one configuration of
+every process, uvicorn's `--reload` child included (uvicorn applies it there).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.config
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,8 +35,36 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+#: A JWT (its header always encodes `{"`, hence `eyJ`), the value of `access_token=` or of a
+#: `Bearer` credential, the password in `scheme://user:password@host`.
+_SECRETS = re.compile(
+    r"\beyJ[\w-]+\.[\w-]+\.[\w-]*"
+    r"|(?P<parameter>access_token=|\b[Bb]earer\s+)[^\s&#\"',]+"
+    r"|(?P<user>://[^/\s:@]*:)[^/\s@]+(?=@)"
+)
+REDACTED = "[redacted]"
+#: uvicorn's loggers (its own configuration gives them handlers that bypass the root's).
+_UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def redact(line: str) -> str:
+    """`line` with every secret `_SECRETS` knows replaced by `[redacted]`."""
+    return _SECRETS.sub(lambda m: (m["parameter"] or m["user"] or "") + REDACTED, line)
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT` lines, secrets redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the `extra` fields, exception."""
+    """One JSON object per line: time, level, logger, message, the `extra` fields, exception;
+    secrets redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -44,17 +80,34 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
+
+
+def logging_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """The `logging.config.dictConfig` of a command line: one handler, on the root, writing text
+    lines (or JSON lines, `fmt="json"`) to stderr; uvicorn's loggers keep none of their own and
+    reach it (uvicorn applies this configuration in its --reload child too)."""
+    number = logging.getLevelNamesMapping()[level.upper()]
+    formatter = "compute.logs.JsonFormatter" if fmt == "json" else "compute.logs.TextFormatter"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": {"()": formatter}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}
+        },
+        "root": {"level": number, "handlers": ["stderr"]},
+        "loggers": {
+            **{name: {"handlers": [], "propagate": True} for name in _UVICORN},
+            # gmqtt and amqtt narrate every packet at INFO.
+            **{noisy: {"level": max(logging.WARNING, number)} for noisy in ("gmqtt", "amqtt", "transitions")},
+        },
+    }
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
     """Root logging for a command line: text lines, or JSON lines with `fmt="json"`."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # gmqtt and amqtt narrate every packet at INFO.
-    for noisy in ("gmqtt", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.config.dictConfig(logging_config(level, fmt))
 
 
 BURST = 5

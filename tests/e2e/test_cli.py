@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
 from compute_bench import harness
@@ -31,8 +37,8 @@ def env(tmp_path: Path) -> dict[str, str]:
 class Processes(harness.Processes):
     """The installed command lines (`compute-server ...`), by name."""
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        return self.spawn(name, [str(BIN / args[0]), *args[1:]])
+    def start(self, name: str, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        return self.spawn(name, [str(BIN / args[0]), *args[1:]], cwd=cwd)
 
 
 @pytest.fixture
@@ -59,7 +65,7 @@ class Served:
         return f"http://127.0.0.1:{self.http_port}"
 
 
-async def start_server(procs: Processes, *flags: str) -> Served:
+async def start_server(procs: Processes, *flags: str, cwd: Path | None = None) -> Served:
     """compute-server (embedded broker) on free ports, once it answers with its bus connected."""
     http_port, mqtt_port = free_port(), free_port()
     server = procs.start(
@@ -72,6 +78,7 @@ async def start_server(procs: Processes, *flags: str) -> Served:
         str(http_port),
         "--mqtt-port",
         str(mqtt_port),
+        cwd=cwd,
     )
 
     served = Served(server, http_port, mqtt_port)
@@ -281,3 +288,70 @@ async def test_server_workers_end_with_the_server(
             interval=0.1,
             what=f"its {_command(child)} to end after the server's {how.name}",
         )
+
+
+def _signed_token(tmp_path: Path, user: str) -> tuple[str, Path]:
+    """An ES256 JWT for `user` (a CL Server token: `ai_inference_support`) and the public key file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "public_key.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    claims = {"id": user, "permissions": ["ai_inference_support"], "exp": int(time.time()) + 600}
+    return jwt.encode(claims, key, algorithm="ES256"), public
+
+
+async def _requests_carrying(base: str, token: str, forged: str) -> None:
+    """Every way a token reaches the server: the live views' `?access_token=` (valid, forged, on
+    a route that does not exist), the Authorization header, a request uvicorn cannot parse."""
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        for url in (f"/events?access_token={token}", "/jobs/no-such-job/events?access_token=" + token):
+            async with client.stream("GET", url) as live:
+                assert live.status_code in (200, 404)
+        assert (await client.get(f"/events?access_token={forged}")).status_code == 401
+        assert (await client.get(f"/nowhere?access_token={token}")).status_code == 404
+        assert (await client.get("/jobs", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+        assert (await client.get("/jobs", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /events?access_token={token} HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".encode())
+    await writer.drain()
+    await reader.read()  # the server answers 400 and closes
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [("text",), ("text", "--reload"), ("json",), ("json", "--reload"), ("json", "--workers", "1")],
+    ids=["text", "text-reload", "json", "json-reload", "json-workers"],
+)
+async def test_no_token_in_any_log(
+    procs: Processes, env: dict[str, str], tmp_path: Path, mode: tuple[str, ...]
+) -> None:
+    """At DEBUG, in every mode compute-server runs in, with its workers' lines in the same log:
+    the tokens the requests carried appear nowhere (README: no access log; a secret is redacted
+    from whatever logs it)."""
+    log_format, *flags = mode
+    token, public_key = _signed_token(tmp_path, "alice")
+    forged = token[:-8] + "AAAAAAAA"
+    env.update(LOG_LEVEL="DEBUG", LOG_FORMAT=log_format, PUBLIC_KEY_PATH=str(public_key))
+    procs.env = env
+    assert run(env, "compute-migrate").returncode == 0
+    workdir = tmp_path / "workdir"  # what --reload watches: not the repository
+    workdir.mkdir()
+    served = await start_server(procs, *flags, cwd=workdir)
+    await _requests_carrying(served.base, token, forged)
+
+    served.proc.send_signal(signal.SIGTERM)
+    assert await wait_for(lambda: served.proc.poll() is not None, timeout=30, what="the server to exit")
+    log = procs.log("server")
+    assert "embedded MQTT broker" in log and "listening on" in log, log  # the app logs, in every mode
+    _header, payload, signature = token.split(".")
+    leaked = [line for line in log.splitlines() if payload in line or signature in line or forged in line]
+    assert leaked == []
+    if log_format == "json":
+        ours = [line for line in log.splitlines() if line.startswith("{")]
+        assert any(json.loads(line)["logger"] in ("compute.mosquitto", "compute.broker") for line in ours)
+        assert any(json.loads(line)["logger"] == "uvicorn.error" for line in ours)

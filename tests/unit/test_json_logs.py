@@ -12,7 +12,7 @@ import pytest
 
 from compute.config import load_settings
 from compute.errors import ConfigError
-from compute.logs import JsonFormatter, LogLimiter
+from compute.logs import JsonFormatter, LogLimiter, TextFormatter, logging_config
 
 
 @pytest.fixture
@@ -63,3 +63,45 @@ def test_log_format_setting(tmp_path: Path) -> None:
         load_settings({"CL_SERVER_DIR": str(tmp_path), "LOG_FORMAT": "yaml"})
     assert load_settings({"CL_SERVER_DIR": str(tmp_path)}).metrics_token is None
     assert load_settings({"CL_SERVER_DIR": str(tmp_path), "METRICS_TOKEN": "t"}).metrics_token == "t"
+
+
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJpZCI6ImFsaWNlIn0.c2lnbmF0dXJl_-x"
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+def test_no_secret_survives_a_formatter(formatter: logging.Formatter) -> None:
+    """In the message, its arguments, an `extra` field or a traceback: whoever logged it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(f"compute.test_json_logs.secrets.{id(out)}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning('%s - "GET /events?access_token=%s HTTP/1.1" 200', "127.0.0.1:1", JWT)
+        logger.warning("header", extra={"authorization": "Bearer opaque-metrics-token"})  # json shows it
+        logger.warning("sent Authorization: Bearer %s", "opaque-metrics-token")
+        logger.warning("broker at mqtt://compute:hunter2@127.0.0.1:1883, server http://127.0.0.1:8002/")
+        try:
+            raise ValueError(f"bad token {JWT}")
+        except ValueError:
+            logger.exception("auth failed")
+    finally:
+        logger.removeHandler(handler)
+    written = out.getvalue()
+    for secret in (JWT, JWT.split(".")[2], "opaque-metrics-token", "hunter2"):
+        assert secret not in written
+    assert "access_token=[redacted]" in written and "Bearer [redacted]" in written
+    assert "mqtt://compute:[redacted]@127.0.0.1:1883" in written
+    assert "http://127.0.0.1:8002/" in written  # a port is no password
+
+
+def test_logging_config_sends_uvicorn_through_the_root() -> None:
+    config = logging_config("debug", "json")
+    assert config["root"]["level"] == logging.DEBUG
+    assert config["formatters"]["line"]["()"] == "compute.logs.JsonFormatter"
+    assert all(
+        config["loggers"][name] == {"handlers": [], "propagate": True}
+        for name in ("uvicorn", "uvicorn.access")
+    )
+    assert config["loggers"]["gmqtt"]["level"] == logging.WARNING
