@@ -6,11 +6,7 @@ import asyncio
 import io
 import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,82 +16,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
-from compute_bench import harness
-from compute_bench.harness import scrubbed_environ
-from tests.support import MqttProbe, free_port, png_bytes, wait_for
+from compute_bench.harness import free_port
+from tests.support.commands import Commands, run, start_server
+from tests.support.images import png_bytes
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {**scrubbed_environ(), "CL_SERVER_DIR": str(tmp_path / "cl_server"), "LOG_LEVEL": "INFO"}
-
-
-class Processes(harness.Processes):
-    """The installed command lines (`compute-server ...`), by name."""
-
-    def start(self, name: str, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        return self.spawn(name, [str(BIN / args[0]), *args[1:]], cwd=cwd)
-
-
-@pytest.fixture
-def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Processes]:
-    p = Processes(tmp_path, env)
-    yield p
-    p.stop()
-
-
-def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    mqtt_port: int
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-
-async def start_server(procs: Processes, *flags: str, cwd: Path | None = None) -> Served:
-    """compute-server (embedded broker) on free ports, once it answers with its bus connected."""
-    http_port, mqtt_port = free_port(), free_port()
-    server = procs.start(
-        "server",
-        "compute-server",
-        *flags,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--mqtt-port",
-        str(mqtt_port),
-        cwd=cwd,
-    )
-
-    served = Served(server, http_port, mqtt_port)
-    async with httpx.AsyncClient(base_url=served.base, timeout=5) as client:
-
-        async def healthy() -> bool:
-            assert server.poll() is None, procs.log("server")
-            try:
-                return bool((await client.get("/")).json()["mqtt_connected"])
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
-    return served
-
-
-async def test_job_end_to_end_and_worker_goodbye(procs: Processes, env: dict[str, str]) -> None:
+async def test_job_end_to_end_and_worker_goodbye(procs: Commands, env: dict[str, str]) -> None:
     migrated = run(env, "compute-migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "database ready" in migrated.stdout
@@ -253,7 +183,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["term", "int", "kill"])
 async def test_server_workers_end_with_the_server(
-    procs: Processes, env: dict[str, str], how: signal.Signals
+    procs: Commands, env: dict[str, str], how: signal.Signals
 ) -> None:
     """compute-server --workers N: its workers (and its embedded Mosquitto, when installed) stop on
     SIGTERM and SIGINT, and die if it is killed."""
@@ -328,7 +258,7 @@ async def _requests_carrying(base: str, token: str, forged: str) -> None:
     ids=["text", "text-reload", "json", "json-reload", "json-workers"],
 )
 async def test_no_token_in_any_log(
-    procs: Processes, env: dict[str, str], tmp_path: Path, mode: tuple[str, ...]
+    procs: Commands, env: dict[str, str], tmp_path: Path, mode: tuple[str, ...]
 ) -> None:
     """At DEBUG, in every mode compute-server runs in, with its workers' lines in the same log:
     the tokens the requests carried appear nowhere (README: no access log; a secret is redacted

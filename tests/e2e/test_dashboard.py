@@ -18,9 +18,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.e2e.test_cli import Processes, env, procs, run, start_server  # noqa: F401 - env, procs: fixtures
-from tests.integration.conftest import SigningKey, bearer, signing_key  # noqa: F401 - a fixture
-from tests.support import png_bytes, wait_for
+from tests.support.auth import SigningKey, bearer
+from tests.support.commands import Commands, run, start_server
+from tests.support.images import png_bytes
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,8 +56,8 @@ async def submit(
 
 
 async def test_dashboard_shows_workers_queues_and_live_progress(
-    procs: Processes,  # noqa: F811
-    env: dict[str, str],  # noqa: F811
+    procs: Commands,
+    env: dict[str, str],
     browser: Browser,
 ) -> None:
     assert run(env, "compute-migrate").returncode == 0
@@ -129,10 +130,10 @@ async def test_dashboard_shows_workers_queues_and_live_progress(
 
 
 async def test_dashboard_asks_for_a_token_when_auth_is_on(
-    procs: Processes,  # noqa: F811
-    env: dict[str, str],  # noqa: F811
+    procs: Commands,
+    env: dict[str, str],
     browser: Browser,
-    signing_key: SigningKey,  # noqa: F811
+    signing_key: SigningKey,
 ) -> None:
     assert run(env, "compute-migrate").returncode == 0
     procs.env = {**env, "PUBLIC_KEY_PATH": str(signing_key[1])}

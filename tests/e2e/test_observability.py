@@ -10,16 +10,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_cli import Processes, env, procs, run
-from tests.support import free_port, png_bytes, wait_for
+from compute_bench.harness import free_port
+from tests.support.commands import Commands, run
+from tests.support.images import png_bytes
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
 
-__all__ = ["env", "procs"]
-
 
 async def test_json_logs_metrics_and_asyncapi_over_real_processes(
-    procs: Processes, env: dict[str, str]
+    procs: Commands, env: dict[str, str]
 ) -> None:
     for variables in (env, procs.env):  # procs keeps a copy of the environment it was made with
         variables.update(LOG_FORMAT="json", WORKER_SUPPORTED_TASKS="image_conversion")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import Cluster
-from tests.support import wait_until
+from compute_bench.harness import wait_until
+from tests.support.fault_cluster import Cluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 

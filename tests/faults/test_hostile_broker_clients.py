@@ -18,8 +18,9 @@ import gmqtt
 import pytest
 from gmqtt.mqtt.constants import MQTTv311
 
-from tests.faults.cluster import TASK, Cluster
-from tests.support import MqttProbe, wait_until
+from compute_bench.harness import wait_until
+from tests.support.fault_cluster import TASK, Cluster
+from tests.support.mqtt import MqttProbe
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 

@@ -7,8 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from tests.support import png_bytes, wait_until
+from compute_bench.harness import wait_until
 from tests.support.hosted import HostedCompute, Site
+from tests.support.images import png_bytes
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 

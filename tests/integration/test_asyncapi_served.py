@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compute import asyncapi
-from tests.conftest import Server
+from tests.support.inprocess import Server
 
 
 async def test_asyncapi_document_is_served_with_this_deployments_topics(server: Server) -> None:

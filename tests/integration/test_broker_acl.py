@@ -45,9 +45,11 @@ from compute.plugins.registry import load_tasks
 from compute.ports import port_answers
 from compute.server.app import create_app
 from compute.worker.service import WorkerService
-from tests.conftest import Server, running_server
-from tests.support import MqttProbe, free_port, wait_for, wait_until
+from compute_bench.harness import free_port, wait_until
 from tests.support.hosted import shipped_mosquitto_config
+from tests.support.inprocess import Server, running_server
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto")

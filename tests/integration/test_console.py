@@ -21,20 +21,16 @@ from typer.testing import CliRunner, Result
 
 from compute.config import Settings
 from compute.console.commands import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, app
-from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
-from tests.integration.test_hostile_http import uvicorn_serving
-from tests.support import free_port, png_bytes, wait_for
+from compute_bench.harness import free_port
+from tests.support.backends import one_backend
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory, running_server, uvicorn_serving
 from tests.support.scripted_http import ScriptedServer
+from tests.support.waits import wait_for
 
 
-@pytest.fixture
-async def broker(amqtt_broker: BrokerInfo) -> AsyncIterator[BrokerInfo]:
-    yield amqtt_broker
-
-
-@pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    return sqlite_url
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    one_backend(metafunc)
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ import pytest
 import uvicorn
 
 from compute.config import Settings
-from tests.conftest import running_server
-from tests.integration.test_hostile_http import _idle, uvicorn_serving
-from tests.support import wait_for
+from tests.support.inprocess import idle_connections, running_server, uvicorn_serving
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
 
@@ -60,7 +59,8 @@ async def test_connections_stalled_in_their_headers_are_closed(
             for _, writer in stalled:
                 writer.close()
             await wait_for(
-                lambda: not web.server_state.connections - _idle(web), what="the stalled connections released"
+                lambda: not web.server_state.connections - idle_connections(web),
+                what="the stalled connections released",
             )
             assert (await client.get("/")).status_code == 200
 

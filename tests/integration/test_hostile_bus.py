@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,27 +30,15 @@ from compute.server.flow.workers import NEGATIVE_MAX
 from compute.signing import cancel_signature, confirmation_signature
 from compute.topics import Topics, encode
 from compute.worker.announce import offline_will
-from compute_bench.noop import TASK_TYPE, BenchNoopTask
-from tests.conftest import BrokerInfo, RunningWorker, Server, WorkerFactory, running_server
-from tests.support import MqttProbe, wait_for
+from compute_bench.noop import TASK_TYPE
+from tests.support.brokers import BrokerInfo
+from tests.support.fakes import GatedNoop
+from tests.support.inprocess import RunningWorker, Server, WorkerFactory, running_server
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 #: Short leases, so that a Will's lease check (half the lease) happens within a test.
 LEASE = 3.0
-
-
-class GatedNoop(BenchNoopTask):
-    """bench_noop, held at its start until the test opens the gate; counts its runs."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    async def execute(self, job: Any, params: Any, progress_callback: Any = None) -> dict[str, Any]:
-        self.runs += 1
-        self.entered.set()
-        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 30)
-        return await super().execute(job, params, progress_callback)
 
 
 @pytest.fixture

@@ -17,26 +17,24 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.db.tables import jobs_table
 from compute.server.app import UPLOAD_SLACK
-from compute.server.serving import http_protocol
-from tests.conftest import Server, running_server
-from tests.integration.conftest import bearer
-from tests.support import MqttProbe, free_port, png_bytes, wait_for
+from tests.support.auth import bearer
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, idle_connections, running_server, uvicorn_serving
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 if TYPE_CHECKING:
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    pass
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -159,32 +157,6 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(settin
             assert response.status_code == 413
 
 
-@contextlib.asynccontextmanager
-async def uvicorn_serving(
-    app: FastAPI,
-    http: Literal["httptools", "h11"] = "httptools",
-) -> AsyncIterator[uvicorn.Server]:
-    """The app (lifespan already running) behind a real uvicorn, as compute-server runs it."""
-    timeout = app.state.services.settings.header_read_timeout
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=free_port(),
-        lifespan="off",
-        log_level="warning",
-        http=http_protocol(timeout, http),
-        loop="asyncio",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, what="uvicorn started")
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_stalled_uploads_get_408_and_their_connections_are_closed(settings: Settings) -> None:
     """A body that stops sending is answered and closed, so stalled uploads cannot pile up
     (1,100 of them used to exhaust the file descriptors and take GET / down)."""
@@ -215,17 +187,11 @@ async def test_stalled_uploads_get_408_and_their_connections_are_closed(settings
             for _, writer in stalled:
                 writer.close()
             await wait_for(
-                lambda: not web.server_state.connections - _idle(web), what="the stalled connections released"
+                lambda: not web.server_state.connections - idle_connections(web),
+                what="the stalled connections released",
             )
             assert (await client.get("/")).status_code == 200
         assert job_rows(srv) == set() and job_folders(srv) == set()
-
-
-def _idle(web: uvicorn.Server) -> set[Any]:
-    """Connections that are between requests (the test client's keep-alive one)."""
-    # This server speaks plain HTTP only (no websockets): every connection is an HTTP protocol.
-    connections = cast("set[H11Protocol | HttpToolsProtocol]", web.server_state.connections)
-    return {c for c in connections if c.cycle is None or c.cycle.response_complete}
 
 
 async def test_a_chunked_upload_on_a_real_server_is_cut_off_early(settings: Settings) -> None:

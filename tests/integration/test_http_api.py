@@ -8,8 +8,10 @@ import pytest
 
 from compute.config import Settings
 from compute.jobs import EventType
-from tests.conftest import Server, running_server
-from tests.support import Message, png_bytes, signed
+from tests.support.events import signed
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, running_server
+from tests.support.mqtt import Message
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
@@ -120,7 +122,7 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
 
 async def test_a_cancelled_or_deleted_job_releases_cl_server_waiters(server: Server) -> None:
     """CL Server's SDK waits for `completed` or `failed` (polling and on inference/events)."""
-    from tests.support import MqttProbe
+    from tests.support.mqtt import MqttProbe
 
     settings = server.settings
     async with MqttProbe(settings.broker_host, settings.mqtt_port) as probe:

@@ -22,9 +22,9 @@ from compute.config import Settings
 from compute.db.repository import job_timeout
 from compute.policies import Policies, TaskPolicy
 from compute.worker.plugin_process import PluginProcess
-from tests.conftest import RunningWorker, Server, WorkerFactory, running_server
-from tests.support import wait_for
+from tests.support.inprocess import RunningWorker, Server, WorkerFactory, running_server
 from tests.support.stall import TASK_TYPE, StallTask
+from tests.support.waits import wait_for
 
 #: Seconds a plugin holds its thread in the tests that stop it: far longer than any test.
 FOREVER = 3600.0

@@ -15,9 +15,11 @@ from compute.config import Settings
 from compute.db.tables import queue_entries_table
 from compute.topics import Topics
 from compute_bench.noop import TASK_TYPE, BenchNoopTask
-from tests.conftest import Server, WorkerFactory, running_server
-from tests.integration.conftest import SigningKey, add_job, bearer, secured, set_columns
-from tests.support import MqttProbe, png_bytes
+from tests.support.auth import SigningKey, bearer, secured
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory, running_server
+from tests.support.jobs import add_job, set_columns
+from tests.support.mqtt import MqttProbe
 
 one_broker = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
 FORM = {"format": "jpg"}

@@ -8,8 +8,10 @@ import json
 from PIL import Image
 
 from compute.topics import Topics
-from tests.conftest import Server, WorkerFactory
-from tests.support import MqttProbe, ms_now, png_bytes
+from tests.support.events import ms_now
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.mqtt import MqttProbe
 
 
 async def test_image_conversion_end_to_end(server: Server, start_worker: WorkerFactory) -> None:

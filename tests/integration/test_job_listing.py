@@ -21,10 +21,11 @@ from compute.db.queries import JobFilter, JobQueries, JobSort
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute_bench.noop import TASK_TYPE
-from tests.conftest import Server, WorkerFactory, running_server
-from tests.integration.conftest import SigningKey, add_job, bearer, secured, set_columns
-from tests.integration.test_hostile_bus import GatedNoop
-from tests.support import wait_for
+from tests.support.auth import SigningKey, bearer, secured
+from tests.support.fakes import GatedNoop
+from tests.support.inprocess import Server, WorkerFactory, running_server
+from tests.support.jobs import add_job, set_columns
+from tests.support.waits import wait_for
 
 # The broker plays no part in these answers: one is enough (the database still varies).
 one_broker = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)

@@ -20,9 +20,11 @@ import uvicorn
 
 from compute.config import Settings
 from compute.server.serving import StreamClosingServer
-from tests.conftest import Server, WorkerFactory, running_server
-from tests.integration.conftest import SigningKey, bearer, secured
-from tests.support import free_port, png_bytes, wait_for
+from compute_bench.harness import free_port
+from tests.support.auth import SigningKey, bearer, secured
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory, running_server
+from tests.support.waits import wait_for
 
 # The broker plays no part in what is tested here: one is enough (the database still varies).
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)

@@ -10,8 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from compute.config import Settings
-from tests.conftest import Server, WorkerFactory, running_server
-from tests.support import MqttProbe, ms_now, wait_for
+from tests.support.events import ms_now
+from tests.support.inprocess import Server, WorkerFactory, running_server
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

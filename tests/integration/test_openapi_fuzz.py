@@ -25,8 +25,10 @@ import pytest
 import uvicorn
 
 from compute.server.app import create_app
-from tests.conftest import BrokerInfo, make_settings
-from tests.support import free_port, png_bytes, wait_until
+from compute_bench.harness import free_port, wait_until
+from tests.support.brokers import BrokerInfo
+from tests.support.images import png_bytes
+from tests.support.inprocess import make_settings
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402  # installed with schemathesis

@@ -17,8 +17,10 @@ from compute.db.tables import worker_sessions_table as sessions
 from compute.jobs import now_ms
 from compute.server.sweeps.priority_aging import PriorityAging
 from compute.server.sweeps.retention import DAY_MS, RetentionPolicy, RetentionSweeper
-from tests.conftest import BrokerInfo, Server, WorkerFactory, running_server
-from tests.support import MqttProbe, wait_for
+from tests.support.brokers import BrokerInfo
+from tests.support.inprocess import Server, WorkerFactory, running_server
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 HOUR_MS = 3600 * 1000
 

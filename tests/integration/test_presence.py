@@ -15,8 +15,10 @@ from compute.plugins.registry import load_tasks
 from compute.signing import verify_info
 from compute.topics import Topics, parse_worker_info
 from compute.worker.service import WorkerService
-from tests.conftest import BrokerInfo, Server, WorkerFactory, make_settings
-from tests.support import MqttProbe, wait_for
+from tests.support.brokers import BrokerInfo
+from tests.support.inprocess import Server, WorkerFactory, make_settings
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 
 def _json(payload: bytes) -> dict[str, object]:

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import pytest
 
 from compute.db.tables import dumps
-from tests.conftest import Server
-from tests.integration.conftest import add_job, set_columns
-from tests.support import png_bytes
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server
+from tests.support.jobs import add_job, set_columns
 
 pytestmark = pytest.mark.parametrize("broker", ["amqtt"], indirect=True)
 

@@ -12,16 +12,11 @@ import pytest
 from cl_ml_tools.plugins.image_conversion import ImageConversionTask
 
 from compute.jobs import now_ms
-from tests.conftest import (
-    AmqttBroker,
-    AmqttProcess,
-    BrokerInfo,
-    Server,
-    WorkerFactory,
-    make_settings,
-    running_server,
-)
-from tests.support import MqttProbe, free_port, wait_for
+from compute_bench.harness import free_port
+from tests.support.brokers import AmqttBroker, AmqttProcess, BrokerInfo
+from tests.support.inprocess import Server, WorkerFactory, make_settings, running_server
+from tests.support.mqtt import MqttProbe
+from tests.support.waits import wait_for
 
 
 async def test_malformed_and_foreign_events_are_dropped(

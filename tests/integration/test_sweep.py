@@ -6,8 +6,9 @@ from cl_ml_tools import Job
 
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
-from tests.conftest import Server, WorkerFactory
-from tests.support import png_bytes, wait_for
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.waits import wait_for
 
 
 async def test_without_wake_events_the_sweep_runs_the_job(

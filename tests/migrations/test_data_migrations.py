@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 
 from compute.db.migrate import alembic_dir
 from compute.db.repository import idempotency_scope
-from tests.conftest import PG_HOST, PG_PORT
+from tests.support.databases import PostgresUnavailable, fresh_pg_database
 
 
 def _alembic(url: str) -> Config:
@@ -27,21 +27,11 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'compute.db'}"
         return
-    psycopg = pytest.importorskip("psycopg")
     try:
-        admin = psycopg.connect(
-            f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres", autocommit=True
-        )
-    except psycopg.Error:
-        pytest.skip(f"PostgreSQL does not answer on {PG_HOST}:{PG_PORT}")
-    name = f"compute_mig_{tmp_path.name[-12:].lower().replace('-', '_')}"
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with fresh_pg_database("compute_mig") as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def test_idempotency_keys_are_rewritten_to_the_unambiguous_form(empty_url: str) -> None:

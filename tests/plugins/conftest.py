@@ -1,38 +1,35 @@
-"""Plugin tests: the real server, bus and worker over amqtt + SQLite only.
+"""Plugin tests: the real server, bus and worker over one backend (amqtt + SQLite).
 
 The broker/database matrix is the core suite's business; plugins are about media, tools and
 models, so one backend keeps these tests quick. `models_dir` is a fresh folder per test:
-tests put tiny ONNX models there (tests/plugins/onnx_models.py) as a deployment would put
+tests put tiny ONNX models there (tests/support/onnx_models.py) as a deployment would put
 the real ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from compute.config import Settings
 from compute.plugins import environment, models
-from tests.asyncapi_check import published_payloads_follow_asyncapi
-from tests.conftest import BrokerInfo, Server, make_settings
-
-#: Every payload the plugins' jobs make the system publish is checked against the AsyncAPI document.
-__all__ = ["published_payloads_follow_asyncapi"]
-
-
-@pytest.fixture
-async def broker(amqtt_broker: BrokerInfo) -> AsyncIterator[BrokerInfo]:
-    yield amqtt_broker
+from tests.support.asyncapi_payloads import PayloadChecker
+from tests.support.backends import one_backend
+from tests.support.brokers import BrokerInfo
+from tests.support.inprocess import make_settings
 
 
-@pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    return sqlite_url
+@pytest.hookimpl(tryfirst=True)  # before pytest parametrizes the fixtures by their params
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    one_backend(metafunc)
+
+
+@pytest.fixture(autouse=True)
+def _payloads_follow_asyncapi(published_payloads_follow_asyncapi: PayloadChecker) -> PayloadChecker:
+    """Every payload the plugins' jobs make the system publish follows the AsyncAPI document."""
+    return published_payloads_follow_asyncapi
 
 
 @pytest.fixture
@@ -64,34 +61,3 @@ def settings(
 def plugin_env(settings: Settings) -> environment.PluginEnvironment:
     """The plugin environment of `settings`, for algorithm tests that need no server."""
     return environment.current()
-
-
-async def run_job(
-    server: Server,
-    task: str,
-    content: bytes,
-    filename: str = "upload.bin",
-    data: dict[str, str] | None = None,
-    timeout: float = 60.0,
-) -> dict[str, Any]:
-    """Submit as CL Server's SDK does (multipart `file` + string form fields), wait, return the job."""
-    response = await server.client.post(
-        f"/jobs/{task}",
-        data={"priority": "5", **(data or {})},
-        files={"file": (filename, content, "application/octet-stream")},
-    )
-    assert response.status_code == 200, response.text
-    created = response.json()
-    assert set(created) == {"job_id", "status", "task_type"} and created["task_type"] == task
-    job = await server.wait_status(created["job_id"], "completed", timeout=timeout)
-    return job
-
-
-async def download(server: Server, job_id: str, path: str) -> bytes:
-    response: httpx.Response = await server.client.get(f"/jobs/{job_id}/files/{path}")
-    assert response.status_code == 200, (path, response.text)
-    return response.content
-
-
-def with_changes(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, **changes)

@@ -19,7 +19,7 @@ from compute.plugins import environment
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.media import ORIENTATION, ImageTooLarge, NotAnImage, decode, icc_profile
 from compute.plugins.media_thumbnail.algorithm import Box, fitted, image_thumbnail
-from tests.plugins.photos import STORED, big_photo, photo, psnr, reference_decode
+from tests.support.photos import STORED, big_photo, photo, psnr, reference_decode
 
 #: Reduced decodes against the full one, resized alike: invisible differences.
 MIN_PSNR = 40.0

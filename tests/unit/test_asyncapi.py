@@ -13,7 +13,7 @@ import pytest
 
 from compute import asyncapi
 from compute.topics import Topics
-from tests.asyncapi_check import PayloadChecker
+from tests.support.asyncapi_payloads import PayloadChecker
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The official AsyncAPI 3.0.0 JSON Schema (npm @asyncapi/specs 6.11.1, Apache-2.0), minified.

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from compute.db.repository import JobRepository
 from compute.errors import ConfigError
 from compute.server.access import TokenVerifier
-from tests.conftest import BrokerInfo, Server, make_settings, running_server
+from tests.support.brokers import BrokerInfo
+from tests.support.inprocess import Server, make_settings, running_server
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ async def test_missing_permission_is_403(secured: Server, keys: Keys) -> None:
 
 
 async def test_job_creation_needs_the_permission(secured: Server, keys: Keys) -> None:
-    from tests.support import png_bytes
+    from tests.support.images import png_bytes
 
     files = {"file": ("a.png", png_bytes(), "image/png")}
     data = {"format": "png"}

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -16,7 +16,6 @@ from cl_ml_tools import Job
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from compute.bus.interface import MessageHandler, topic_matches
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.tables import worker_sessions_table
 from compute.db.transitions import JobTransitions, Outcome
@@ -45,46 +44,10 @@ from compute.topics import MAX_INFO_BYTES, Topics, WorkerInfo, encode, job_event
 from compute.worker.announce import Announcer, offline_will
 from compute.worker.attempt import Attempt
 from compute.worker.results import ResultOutbox
-from tests.support import signed, wait_for, wait_until
-
-
-class FakeBus:
-    def __init__(self, connected: bool = True) -> None:
-        self.is_connected = connected
-        self.sent: list[tuple[str, bytes, bool]] = []
-        self.subs: list[tuple[str, MessageHandler]] = []
-        self.hooks: list[Callable[[], Awaitable[None] | None]] = []
-
-    @property
-    def connected(self) -> bool:
-        return self.is_connected
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        if not self.is_connected:
-            return False
-        self.sent.append((topic, payload.encode() if isinstance(payload, str) else payload, retain))
-        return True
-
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        self.subs.append((topic_filter, handler))
-
-    def on_connect(self, hook: Callable[[], Awaitable[None] | None]) -> None:
-        self.hooks.append(hook)
-
-    def deliver(self, topic: str, payload: bytes, retained: bool = False) -> None:
-        for topic_filter, handler in self.subs:
-            if topic_matches(topic_filter, topic):
-                handler(topic, payload, retained)
-
-    def on(self, topic: str) -> list[Any]:
-        return [json.loads(p) if p else p for t, p, _ in self.sent if t == topic]
-
+from compute_bench.harness import wait_until
+from tests.support.events import signed
+from tests.support.fakes import FakeBus
+from tests.support.waits import wait_for
 
 T = Topics()
 

@@ -14,7 +14,7 @@ from starlette.types import Message
 from compute.server.access import JobScope
 from compute.server.http.sse import EventStream, frames
 from compute.server.live.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, JobChange, Subscription
-from tests.support import wait_for
+from tests.support.waits import wait_for
 
 EVERYTHING = JobScope(everything=True)
 OWNERS = {"a1": ("alice", "t"), "b1": ("bob", "t")}

@@ -13,7 +13,7 @@ from compute.db.transitions import JobTransitions, Rescued
 from compute.jobs import EventType
 from compute.policies import Policies, TaskPolicy
 from compute.server.metrics import ScrapeState, ServerMetrics
-from tests.support import signed
+from tests.support.events import signed
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

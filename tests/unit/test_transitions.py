@@ -13,7 +13,7 @@ from compute.db.repository import JobRecord, JobRepository
 from compute.db.transitions import Cancelled, JobTransitions, Verdict, renewal_interval, stall_grace
 from compute.jobs import EventType, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
-from tests.support import signed
+from tests.support.events import signed
 
 POLICY = TaskPolicy(max_retries=1, timeout=0, backoff_base=0.0, backoff_max=0.0)
 

@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 from compute.plugins import environment, models
-from tests.plugins.embeddings.images import jpeg_bytes
+from tests.support.embedding_images import jpeg_bytes
 
 
 @pytest.fixture(scope="session")

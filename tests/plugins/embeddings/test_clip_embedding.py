@@ -12,10 +12,10 @@ from PIL import Image
 from compute.plugins.clip_embedding.algorithm import clip_embedding
 from compute.plugins.clip_embedding.task import ClipEmbeddingTask
 from compute.plugins.models import MODELS
-from tests.conftest import Server, WorkerFactory
-from tests.plugins import onnx_models
-from tests.plugins.conftest import download, run_job
-from tests.plugins.embeddings.images import CLIP_MEAN, CLIP_STD, decoded, reference_tensor, unit
+from tests.support import onnx_models
+from tests.support.embedding_images import CLIP_MEAN, CLIP_STD, decoded, reference_tensor, unit
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
 
 
 def expected_clip(tiny: onnx_models.TinyEmbedder, content: bytes, size: int = 256) -> np.ndarray:

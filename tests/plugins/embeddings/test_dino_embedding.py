@@ -11,10 +11,10 @@ from PIL import Image
 
 from compute.plugins.dino_embedding.algorithm import dino_embedding
 from compute.plugins.dino_embedding.task import DinoEmbeddingTask
-from tests.conftest import Server, WorkerFactory
-from tests.plugins import onnx_models
-from tests.plugins.conftest import download, run_job
-from tests.plugins.embeddings.images import IMAGENET_MEAN, IMAGENET_STD, decoded, reference_tensor, unit
+from tests.support import onnx_models
+from tests.support.embedding_images import IMAGENET_MEAN, IMAGENET_STD, decoded, reference_tensor, unit
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
 
 
 def expected_dino(tiny: onnx_models.TinyEmbedder, content: bytes) -> np.ndarray:

@@ -10,8 +10,8 @@ from PIL import Image
 
 from compute.plugins import embedding, models
 from compute.plugins.models import MODELS, ModelUnavailable
-from tests.plugins import onnx_models
-from tests.plugins.embeddings.images import (
+from tests.support import onnx_models
+from tests.support.embedding_images import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGENET_MEAN,

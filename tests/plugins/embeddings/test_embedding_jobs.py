@@ -18,10 +18,10 @@ from compute.plugins.dino_embedding.task import DinoEmbeddingTask
 from compute.plugins.face_embedding.task import FaceEmbeddingTask
 from compute.plugins.plugin_task import PluginTask
 from compute.plugins.registry import UnavailableTasks, load_tasks
-from tests.conftest import Server, WorkerFactory
-from tests.plugins import onnx_models
-from tests.plugins.conftest import download
-from tests.plugins.embeddings.images import png_claiming
+from tests.support import onnx_models
+from tests.support.images import png_header_only
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ async def test_a_file_that_is_not_an_image_is_refused(server: Server, embedder: 
 
 @by_task
 async def test_a_pixel_bomb_is_refused(server: Server, embedder: Embedder) -> None:
-    response = await submit(server, embedder.task, png_claiming(30_000, 30_000), "bomb.png")
+    response = await submit(server, embedder.task, png_header_only(30_000, 30_000), "bomb.png")
     assert response.status_code == 413
     assert "exceeds the limit" in response.json()["detail"]
     no_job_folders(server)

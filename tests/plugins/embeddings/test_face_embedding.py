@@ -14,10 +14,10 @@ from skimage import data
 
 from compute.plugins.face_embedding.algorithm import face_embedding, quality_score
 from compute.plugins.face_embedding.task import FaceEmbeddingTask
-from tests.conftest import Server, WorkerFactory
-from tests.plugins import onnx_models
-from tests.plugins.conftest import download, run_job
-from tests.plugins.embeddings.images import decoded, jpeg_bytes, unit
+from tests.support import onnx_models
+from tests.support.embedding_images import decoded, jpeg_bytes, unit
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from compute.plugins.exif.algorithm import (
     read_tags,
     summary,
 )
-from tests.plugins.exif.samples import BROKEN_MPEG, needs_exiftool, photo
+from tests.support.exif_samples import BROKEN_MPEG, needs_exiftool, photo
 
 pytestmark = needs_exiftool
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.exif.samples import needs_exiftool, photo
+from tests.support.exif_samples import needs_exiftool, photo
+from tests.support.inprocess import Server, WorkerFactory
 
 pytestmark = needs_exiftool
 

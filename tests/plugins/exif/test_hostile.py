@@ -13,13 +13,14 @@ from cl_ml_tools import Job
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.exif.algorithm import TRUNCATED_FIELD
 from compute.plugins.exif.task import ExifParams, ExifTask
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.exif.samples import BROKEN_MPEG, needs_exiftool, photo, png_with_xmp, xmp_description
-from tests.plugins.hostile import jobs_left, png_header_only, submit
+from tests.support.exif_samples import BROKEN_MPEG, needs_exiftool, photo, png_with_xmp, xmp_description
+from tests.support.images import png_header_only
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import jobs_left, post_job
 
 
 async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
-    return await submit(server, "exif", content, data)
+    return await post_job(server, "exif", content, data)
 
 
 async def test_unknown_file_is_415(server: Server) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from compute.plugins.exif.algorithm import HIDDEN_TAGS, SUMMARY
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.conftest import download, run_job
-from tests.plugins.exif.samples import needs_exiftool, photo, tiny_mp4
+from tests.support.exif_samples import needs_exiftool, photo, tiny_mp4
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
 
 pytestmark = needs_exiftool
 

@@ -20,8 +20,8 @@ from compute.plugins.exif.algorithm import (
     read_tags,
     shared_exiftool,
 )
-from tests.plugins.exif.samples import needs_exiftool, photo, png_with_xmp, xmp_description, xmp_labels
-from tests.support import wait_for
+from tests.support.exif_samples import needs_exiftool, photo, png_with_xmp, xmp_description, xmp_labels
+from tests.support.waits import wait_for
 
 pytestmark = needs_exiftool
 

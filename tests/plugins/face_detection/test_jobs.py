@@ -14,10 +14,10 @@ from PIL import Image
 from compute.plugins.face_detection.algorithm import ARCFACE_TEMPLATE, LANDMARK_NAMES
 from compute.plugins.face_detection.task import MODEL, FaceDetectionTask
 from compute.plugins.registry import UnavailableTasks, load_tasks
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.conftest import download, run_job
-from tests.plugins.face_detection.yunet_model import build, expected, mark
-from tests.plugins.hostile import png_header_only
+from tests.support.images import png_header_only
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
+from tests.support.yunet_model import build, expected, mark
 
 #: BGR colours of the dots drawn at the landmarks, in LANDMARK_NAMES order.
 DOT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]

@@ -12,7 +12,7 @@ from PIL import Image
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.hash.algorithm import CHUNK_BYTES, file_digests, perceptual_hashes
 from compute.plugins.media import NotAnImage
-from tests.plugins.hash.samples import blocks, encoded
+from tests.support.hash_samples import blocks, encoded
 
 EXIF_ORIENTATION = 0x0112
 HASHES = ("phash", "dhash", "ahash", "whash")

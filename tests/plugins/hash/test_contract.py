@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.hash.samples import blocks, encoded
+from tests.support.hash_samples import blocks, encoded
+from tests.support.inprocess import Server, WorkerFactory
 
 HEX64 = re.compile(r"^[0-9a-f]{16}$")
 

@@ -8,13 +8,14 @@ import random
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.hash.samples import encoded
-from tests.plugins.hostile import jobs_left, png_header_only, submit
+from tests.support.hash_samples import encoded
+from tests.support.images import png_header_only
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import jobs_left, post_job
 
 
 async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
-    return await submit(server, "hash", content, data)
+    return await post_job(server, "hash", content, data)
 
 
 async def test_unknown_file_is_415(server: Server) -> None:

@@ -6,9 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.conftest import download, run_job
-from tests.plugins.hash.samples import blocks, encoded, tiny_mp4
+from tests.support.hash_samples import blocks, encoded, tiny_mp4
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
 
 
 async def test_image_and_video_through_a_worker(

@@ -15,7 +15,7 @@ from PIL import Image
 from compute.plugins import environment
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.hash.algorithm import perceptual_hashes
-from tests.plugins.photos import Photo, big_photo, photos, reference_decode
+from tests.support.photos import Photo, big_photo, photos, reference_decode
 
 COUNT = 216
 #: Most bits a hash of the reduced decode may differ from the full-resolution one. Measured on

@@ -1,15 +1,12 @@
-"""Test videos for hls_streaming, made once per session, and an ffprobe look at what was written."""
+"""Test videos for hls_streaming, made once per session."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.plugins.media_thumbnail.videos import make_video
+from tests.support.videos import make_video
 
 
 @pytest.fixture(scope="session")
@@ -33,34 +30,6 @@ def small_video(videos: Path) -> Path:
 def silent_video(videos: Path) -> Path:
     """320x240, 2 s, no audio stream at all."""
     return make_video(videos / "silent.mp4", (320, 240), 2.0, audio=False)
-
-
-def ffprobe(path: Path) -> dict[str, Any]:
-    """Streams and format of `path` (a playlist works: ffprobe reads the segments)."""
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-of",
-            "json",
-            "-show_entries",
-            "stream=codec_type,codec_name,width,height:format=duration",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
-
-
-def heights(path: Path) -> list[int]:
-    return [s["height"] for s in ffprobe(path)["streams"] if s["codec_type"] == "video"]
-
-
-def codecs(path: Path) -> set[str]:
-    return {s["codec_name"] for s in ffprobe(path)["streams"]}
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ from compute.plugins.hls_streaming.algorithm import COPIED, PROBED, NoVideoStrea
 from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant
 from compute.plugins.tools import ToolFailed
-from tests.plugins.hls_streaming.conftest import codecs, heights
-from tests.plugins.media_thumbnail.videos import CORRUPT_MP4
+from tests.support.videos import CORRUPT_MP4, codecs, heights
 
 
 def files_like(folder: Path, pattern: str) -> list[str]:

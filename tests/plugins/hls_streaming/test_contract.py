@@ -7,8 +7,8 @@ default, lower-cased) and `priority`; its tests assert `"master_playlist"` and
 
 from __future__ import annotations
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.hls_streaming.conftest import heights
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.videos import heights
 
 
 async def test_sdk_request_and_every_field_read(

@@ -12,10 +12,10 @@ import pytest
 from compute.errors import ComputeError
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.hls_streaming.task import inside_media_roots
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.hostile import jobs_left
-from tests.plugins.media_thumbnail.videos import CORRUPT_MP4
-from tests.support import png_bytes
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import jobs_left
+from tests.support.videos import CORRUPT_MP4
 
 
 async def post(server: Server, data: dict[str, str], content: bytes | None = None) -> tuple[int, str]:

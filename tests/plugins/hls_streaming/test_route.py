@@ -6,9 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.conftest import download, run_job
-from tests.plugins.hls_streaming.conftest import heights
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
+from tests.support.videos import heights
 
 LADDER = json.dumps([{"resolution": 160, "bitrate": 250}, {"resolution": 240, "bitrate": 500}])
 

@@ -14,7 +14,7 @@ from compute.plugins import environment
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.image_conversion.algorithm import convert
 from compute.plugins.media import ORIENTATION
-from tests.plugins.photos import big_photo, psnr, reference_decode
+from tests.support.photos import big_photo, psnr, reference_decode
 
 
 @pytest.fixture(autouse=True)

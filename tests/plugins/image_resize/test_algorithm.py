@@ -10,7 +10,7 @@ from PIL import Image, ImageCms
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.image_resize.algorithm import resize, target_size
 from compute.plugins.media import ImageTooLarge, NotAnImage
-from tests.plugins.photos import big_photo, psnr, reference_decode
+from tests.support.photos import big_photo, psnr, reference_decode
 
 EXIF_ORIENTATION = 0x0112
 

@@ -10,8 +10,8 @@ import io
 
 from PIL import Image
 
-from tests.conftest import Server, WorkerFactory
-from tests.support import png_bytes
+from tests.support.images import png_bytes
+from tests.support.inprocess import Server, WorkerFactory
 
 
 async def test_sdk_request_and_every_field_read(server: Server, start_worker: WorkerFactory) -> None:

@@ -9,12 +9,13 @@ import random
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.hostile import jobs_left, png_header_only, submit
+from tests.support.images import png_header_only
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import jobs_left, post_job
 
 
 async def post(server: Server, content: bytes, data: dict[str, str]) -> tuple[int, str]:
-    return await submit(server, "image_resize", content, data, filename="x.png")
+    return await post_job(server, "image_resize", content, data, filename="x.png")
 
 
 async def test_not_an_image_is_415(server: Server) -> None:

@@ -6,8 +6,8 @@ import io
 
 from PIL import Image
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.conftest import download, run_job
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import download, run_job
 
 
 def image_bytes(size: tuple[int, int], fmt: str) -> bytes:

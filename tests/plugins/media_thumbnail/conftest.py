@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.media_thumbnail.videos import make_video
+from tests.support.videos import make_video
 
 
 @pytest.fixture(scope="session")

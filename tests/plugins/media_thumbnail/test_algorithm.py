@@ -11,7 +11,7 @@ from compute.plugins.environment import PluginEnvironment
 from compute.plugins.media import NotAnImage
 from compute.plugins.media_thumbnail.algorithm import GRID, Box, fitted, image_thumbnail, video_thumbnail
 from compute.plugins.tools import ToolFailed
-from tests.plugins.media_thumbnail.videos import CORRUPT_MP4, without_keyframes
+from tests.support.videos import CORRUPT_MP4, without_keyframes
 
 EXIF_ORIENTATION = 0x0112
 

@@ -11,8 +11,8 @@ import io
 
 from PIL import Image
 
-from tests.conftest import Server, WorkerFactory
-from tests.support import MqttProbe
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.mqtt import MqttProbe
 
 
 async def submit(server: Server, content: bytes, name: str, form: dict[str, str]) -> str:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from tests.conftest import Server, WorkerFactory
-from tests.plugins.hostile import jobs_left, png_header_only, submit
-from tests.plugins.media_thumbnail.videos import CORRUPT_MP4
-from tests.support import png_bytes
+from tests.support.images import png_bytes, png_header_only
+from tests.support.inprocess import Server, WorkerFactory
+from tests.support.jobs import jobs_left, post_job
+from tests.support.videos import CORRUPT_MP4
 
 
 async def post(server: Server, content: bytes, data: dict[str, str] | None = None) -> tuple[int, str]:
-    return await submit(server, "media_thumbnail", content, data, filename="x.mp4")
+    return await post_job(server, "media_thumbnail", content, data, filename="x.mp4")
 
 
 async def test_not_media_is_415(server: Server) -> None:

@@ -1,15 +1,16 @@
 """Every payload the system publishes, validated against the AsyncAPI document.
 
-`published_payloads_follow_asyncapi` (autouse in the integration and plugin tiers) wraps
-`MqttBus.publish` and the Last Wills given to `MqttBus`: each topic must belong to a channel of
-the document built for that bus's topic names, and its payload must validate against one of
-the channel's messages. Anything that does not fails the test at teardown, naming the topic and
-the payload. The tests publish their junk with their own probe client, never through MqttBus,
-so everything seen here is the product's.
+`checking_payloads` (behind the `published_payloads_follow_asyncapi` fixture, autouse in the
+integration and plugin tiers) wraps `MqttBus.publish` and the Last Wills given to `MqttBus`:
+each topic must belong to a channel of the document built for that bus's topic names, and its
+payload must validate against one of the channel's messages. Anything that does not fails the
+test at teardown, naming the topic and the payload. The tests publish their junk with their own
+probe client, never through MqttBus, so everything seen here is the product's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -74,8 +75,9 @@ def _mismatch(message: dict[str, Any], raw: bytes) -> str | None:
     return None if error is None else error.message[:200]
 
 
-@pytest.fixture(autouse=True)
-def published_payloads_follow_asyncapi(monkeypatch: pytest.MonkeyPatch) -> Iterator[PayloadChecker]:
+@contextlib.contextmanager
+def checking_payloads() -> Iterator[PayloadChecker]:
+    """Check what MqttBus publishes while this lasts; fail the test at the end if anything was off."""
     checker = PayloadChecker()
     publish, init = MqttBus.publish, MqttBus.__init__
 
@@ -91,9 +93,10 @@ def published_payloads_follow_asyncapi(monkeypatch: pytest.MonkeyPatch) -> Itera
         if will is not None:
             checker.check(Topics.for_settings(self.settings), will[0], will[1])
 
-    monkeypatch.setattr(MqttBus, "publish", checked_publish)
-    monkeypatch.setattr(MqttBus, "__init__", checked_init)
-    yield checker
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MqttBus, "publish", checked_publish)
+        patch.setattr(MqttBus, "__init__", checked_init)
+        yield checker
     if checker.failures:
         pytest.fail(
             "published payloads that do not follow the AsyncAPI document:\n"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,17 +24,6 @@ def jpeg_bytes(pixels: NDArray[np.uint8], quality: int = 92) -> bytes:
 def decoded(content: bytes) -> Image.Image:
     """The upload as a plugin decodes it (RGB)."""
     return Image.open(io.BytesIO(content)).convert("RGB")
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a pixel bomb: tiny file, huge decode)."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    raw = bytearray(buf.getvalue())
-    # After the 8-byte signature: length(4) "IHDR"(4) width(4) height(4) 5 more bytes, CRC(4).
-    raw[16:24] = struct.pack(">II", width, height)
-    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
-    return bytes(raw)
 
 
 def reference_tensor(

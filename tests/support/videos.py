@@ -1,9 +1,12 @@
-"""Short test videos made by ffmpeg from its own test sources (testsrc picture, sine tone)."""
+"""Short test videos made by ffmpeg from its own test sources (testsrc picture, sine tone), and
+an ffprobe look at what a plugin wrote."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any, cast
 
 TS_PACKET = 188
 
@@ -88,3 +91,31 @@ def without_keyframes(path: Path, size: tuple[int, int] = (320, 240), seconds: f
 
 #: An MP4 header followed by garbage: sniffs as video/mp4, ffmpeg cannot read it.
 CORRUPT_MP4 = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + bytes(range(256)) * 40
+
+
+def ffprobe(path: Path) -> dict[str, Any]:
+    """Streams and format of `path` (a playlist works: ffprobe reads the segments)."""
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_entries",
+            "stream=codec_type,codec_name,width,height:format=duration",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    ).stdout
+    return cast(dict[str, Any], json.loads(out))
+
+
+def heights(path: Path) -> list[int]:
+    return [s["height"] for s in ffprobe(path)["streams"] if s["codec_type"] == "video"]
+
+
+def codecs(path: Path) -> set[str]:
+    return {s["codec_name"] for s in ffprobe(path)["streams"]}
