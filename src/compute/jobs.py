@@ -1,4 +1,5 @@
-"""The job vocabulary, no I/O: statuses, which status may follow which, worker events, time.
+"""The job vocabulary, no I/O: statuses, which status may follow which, worker events, what a
+write changed (`JobChange`), time.
 
 `NEXT` is the state machine: the repository's claim moves queued -> processing; transitions.py
 moves a running job on by its worker's events (completed, failed, or queued again for a retry),
@@ -96,3 +97,64 @@ class JobEvent:
     seq: int = 0
     retryable: bool = False
     sig: str = ""
+
+
+class Cause(StrEnum):
+    """Why a job changed: the write that changed it."""
+
+    SUBMITTED = "submitted"
+    #: A worker's events (db/transitions.py `apply_events`); a failed attempt may queue the job again.
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    #: A lost worker's claim taken back: queued again, or failed when no attempts remain.
+    RESCUED = "rescued"
+    CANCELLED = "cancelled"
+    #: An operator queued a failed or cancelled job again.
+    RETRIED = "retried"
+    #: An operator gave a queued job a new priority.
+    REPRIORITISED = "reprioritised"
+
+
+#: What a client sees of a change: the fields of `inference/events` and of the live views.
+SHOWN_FIELDS = ("job_id", "status", "progress", "timestamp", "task_type")
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """What one write did to one job, as the database layer returns it: the job's state after
+    the write (the first five fields, what clients see: `as_dict`), why, and what the server's
+    announcer (server/flow/announcer.py) needs to act on it. `status` is Compute's own
+    (`cancelled` stays `cancelled`)."""
+
+    job_id: str
+    status: str
+    progress: int = 0
+    #: When it happened (ms); 0: when it is announced.
+    timestamp: int = 0
+    #: Empty when the writer did not know it: the live views look it up.
+    task_type: str = ""
+    cause: Cause | None = None
+    priority: int = 5
+    #: When workers should look for the job (ms; 0: now), None when it is not claimable.
+    wake_at: int | None = None
+    #: The job's creator, known when it was just submitted (live views' owner cache).
+    created_by: str | None = None
+    #: For a worker's event: its attempt, and the job's creation and the attempt's start (ms).
+    attempt: int = 0
+    created_at: int | None = None
+    started_at: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def shown(self) -> bool:
+        """Whether clients hear of it (a new priority is not a change they see)."""
+        return self.cause is not Cause.REPRIORITISED
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields clients see."""
+        return {name: getattr(self, name) for name in SHOWN_FIELDS}

@@ -19,7 +19,6 @@ import pytest
 from cl_ml_tools import Job
 
 from compute.config import Settings
-from compute.db.repository import job_timeout
 from compute.policies import Policies, TaskPolicy
 from compute.worker.plugin_process import PluginProcess
 from tests.support.inprocess import RunningWorker, Server, WorkerFactory, running_server
@@ -61,11 +60,7 @@ async def start(
 
 def add_job(server: Server, timeout: float | None = None, **params: Any) -> str:
     job_id = str(uuid.uuid4())
-    token = job_timeout.set(timeout)
-    try:
-        server.services.submitter.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params=params))
-    finally:
-        job_timeout.reset(token)
+    server.services.submitter.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params=params), timeout=timeout)
     return job_id
 
 

@@ -17,13 +17,15 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from compute.db.repository import JobRecord, JobRepository
+from compute.db.rules import Outcome
 from compute.db.tables import worker_sessions_table
-from compute.db.transitions import JobTransitions, Outcome
+from compute.db.transitions import JobTransitions
 from compute.db.worker_sessions import WorkerSessions, new_secret
 from compute.jobs import EventType, JobEvent, now_ms
 from compute.logs import LogLimiter
 from compute.policies import Policies, TaskPolicy
 from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
+from compute.server.flow.announcer import ChangeAnnouncer
 from compute.server.flow.cancel import Canceller
 from compute.server.flow.dispatch import Dispatcher
 from compute.server.flow.ingest import EventIngest
@@ -274,8 +276,8 @@ def test_registry_refresh_drops_stopped_and_silent_sessions(
 def test_dispatcher_publishes_hint_and_legacy_queued(
     repo: JobRepository, bus: FakeBus, queues: QueueReporter
 ) -> None:
-    dispatcher = Dispatcher(bus, T, queues, unheard())
-    submitter = JobSubmitter(repo, dispatcher, RouteDatabase(5.0))
+    dispatcher = Dispatcher(bus, T)
+    submitter = JobSubmitter(repo, announcer_for(bus, queues, dispatcher), RouteDatabase(5.0))
     submitter.add_job(Job(job_id="j1", task_type="image_resize", params={}), priority=8)
     [hint] = bus.on(T.job_available("image_resize"))
     assert hint["job_id"] == "j1" and hint["priority"] == 8
@@ -287,7 +289,7 @@ def test_dispatcher_publishes_hint_and_legacy_queued(
 async def test_concurrent_submissions_share_transactions_and_hints(
     repo: JobRepository, bus: FakeBus, queues: QueueReporter
 ) -> None:
-    submitter = JobSubmitter(repo, Dispatcher(bus, T, queues, unheard()), RouteDatabase(5.0))
+    submitter = JobSubmitter(repo, announcer_for(bus, queues), RouteDatabase(5.0))
     ids = [f"j{i}" for i in range(60)]
     stored = await asyncio.gather(
         *(submitter.submit(Job(job_id=i, task_type="image_resize", params={})) for i in ids)
@@ -302,7 +304,7 @@ async def test_concurrent_submissions_share_transactions_and_hints(
 async def test_a_failed_batch_fails_each_of_its_requests(
     repo: JobRepository, bus: FakeBus, queues: QueueReporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    submitter = JobSubmitter(repo, Dispatcher(bus, T, queues, unheard()), RouteDatabase(5.0))
+    submitter = JobSubmitter(repo, announcer_for(bus, queues), RouteDatabase(5.0))
 
     def locked(_rows: object) -> None:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
@@ -319,8 +321,9 @@ async def test_a_failed_batch_fails_each_of_its_requests(
 
 
 def test_dispatcher_counts_unsent_hints(repo: JobRepository, queues: QueueReporter) -> None:
-    dispatcher = Dispatcher(FakeBus(connected=False), T, queues, unheard())
-    JobSubmitter(repo, dispatcher, RouteDatabase(5.0)).add_job(
+    down = FakeBus(connected=False)
+    dispatcher = Dispatcher(down, T)
+    JobSubmitter(repo, announcer_for(down, queues, dispatcher), RouteDatabase(5.0)).add_job(
         Job(job_id="j1", task_type="image_resize", params={})
     )
     assert dispatcher.unsent == 1
@@ -350,11 +353,17 @@ def unheard() -> ChangeFeed:
     return ChangeFeed(lambda _job_id: None)
 
 
+def announcer_for(
+    bus: FakeBus, queues: QueueReporter, dispatcher: Dispatcher | None = None
+) -> ChangeAnnouncer:
+    return ChangeAnnouncer(bus, T, dispatcher or Dispatcher(bus, T), unheard(), queues, ServerMetrics())
+
+
 class RequeueRecorder(Dispatcher):
     """A Dispatcher that records the hints it is asked to send after a backoff."""
 
-    def __init__(self, bus: FakeBus, queues: QueueReporter) -> None:
-        super().__init__(bus, T, queues, unheard())
+    def __init__(self, bus: FakeBus) -> None:
+        super().__init__(bus, T)
         self.requeued: list[str] = []
 
     def hint_at(self, task_type: str, job_id: str, at_ms: int | None) -> None:
@@ -364,8 +373,8 @@ class RequeueRecorder(Dispatcher):
 def make_ingest(repo: JobRepository, bus: FakeBus) -> tuple[EventIngest, list[str]]:
     transitions = JobTransitions(repo.engine, repo.policies)
     queues = QueueReporter(bus, T, repo)
-    dispatcher = RequeueRecorder(bus, queues)
-    return EventIngest(transitions, bus, T, dispatcher, queues, metrics=ServerMetrics()), dispatcher.requeued
+    dispatcher = RequeueRecorder(bus)
+    return EventIngest(transitions, bus, T, announcer_for(bus, queues, dispatcher)), dispatcher.requeued
 
 
 def claim_one(repo: JobRepository, job_id: str = "j1") -> JobRecord:
@@ -539,8 +548,7 @@ def test_cancel_requests_are_signed_for_the_claim(
     repo: JobRepository, bus: FakeBus, queues: QueueReporter
 ) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
-    dispatcher = Dispatcher(bus, T, queues, unheard())
-    canceller = Canceller(transitions, bus, T, dispatcher, queues)
+    canceller = Canceller(transitions, bus, T, announcer_for(bus, queues))
     job = claim_one(repo)
     assert canceller.cancel("j1") == "processing"
     [request] = bus.on(T.worker_cancel("w1"))
@@ -555,8 +563,7 @@ async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_res
     repo: JobRepository, bus: FakeBus, queues: QueueReporter
 ) -> None:
     transitions = JobTransitions(repo.engine, repo.policies)
-    dispatcher = Dispatcher(bus, T, queues, unheard())
-    rescuer = Rescuer(transitions, dispatcher, queues, lease_seconds=0.6, metrics=ServerMetrics())
+    rescuer = Rescuer(transitions, announcer_for(bus, queues), lease_seconds=0.6)
     alive, dead = claim_one(repo, "alive"), claim_one(repo, "dead")
     rescuer.worker_lost("w1", "s1")  # a verified Will for the session of both
     assert repo.get("dead").status == "processing"  # type: ignore[union-attr]  # not at once
@@ -581,8 +588,7 @@ async def test_rescue_after_a_will_spares_a_renewing_lease_and_announces_the_res
 async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBus) -> None:
     repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=0)))
     queues = QueueReporter(bus, T, repo)
-    dispatcher = Dispatcher(bus, T, queues, unheard())
-    rescuer = Rescuer(JobTransitions(engine, repo.policies), dispatcher, queues, 60, metrics=ServerMetrics())
+    rescuer = Rescuer(JobTransitions(engine, repo.policies), announcer_for(bus, queues), 60)
     repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None
     assert [r.status for r in rescuer.sweep()] == ["failed"]

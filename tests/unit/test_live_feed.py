@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.types import Message
 
+from compute.jobs import JobChange
 from compute.server.access import JobScope
 from compute.server.http.sse import EventStream, frames
-from compute.server.live.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, JobChange, Subscription
+from compute.server.live.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, Subscription
 from tests.support.waits import wait_for
 
 EVERYTHING = JobScope(everything=True)

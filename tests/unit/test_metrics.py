@@ -9,8 +9,9 @@ from cl_ml_tools import Job
 from prometheus_client.parser import text_string_to_metric_families
 
 from compute.db.repository import JobRepository, QueueSummary
-from compute.db.transitions import JobTransitions, Rescued
-from compute.jobs import EventType
+from compute.db.rules import Outcome
+from compute.db.transitions import JobTransitions
+from compute.jobs import Cause, EventType, JobChange
 from compute.policies import Policies, TaskPolicy
 from compute.server.metrics import ScrapeState, ServerMetrics
 from tests.support.events import signed
@@ -28,6 +29,11 @@ def value(text: bytes, name: str, **labels: str) -> float | None:
     return samples(text).get((name, frozenset(labels.items())))
 
 
+def changes(outcomes: list[Outcome]) -> list[JobChange]:
+    """What the events changed, as the ingest hands it to the announcer."""
+    return [o.change for o in outcomes if o.change is not None]
+
+
 def test_terminal_events_give_run_and_pickup_times_and_retries(engine: Any) -> None:
     repo = JobRepository(engine, policies=Policies(TaskPolicy(max_retries=1, backoff_base=0)))
     transitions = JobTransitions(repo.engine, repo.policies)
@@ -36,25 +42,27 @@ def test_terminal_events_give_run_and_pickup_times_and_retries(engine: Any) -> N
     first = repo.claim_next(["image_resize"], "w1", "s1")
     assert first is not None
     # A crash: retried (attempt 1 of 2), then it fails for good.
-    metrics.events_applied(
-        transitions.apply_events(
-            [
-                signed(first, EventType.STARTED, 1),
-                signed(first, EventType.FAILED, 2, error="boom", retryable=True),
-            ]
+    metrics.jobs_changed(
+        changes(
+            transitions.apply_events(
+                [
+                    signed(first, EventType.STARTED, 1),
+                    signed(first, EventType.FAILED, 2, error="boom", retryable=True),
+                ]
+            )
         )
     )
     second = repo.claim_next(["image_resize"], "w1", "s1")
     assert second is not None and second.attempt == 2
-    metrics.events_applied(
-        transitions.apply_events([signed(second, EventType.FAILED, 1, error="boom", retryable=True)])
+    metrics.jobs_changed(
+        changes(transitions.apply_events([signed(second, EventType.FAILED, 1, error="boom", retryable=True)]))
     )
     repo.add_job(Job(job_id="j2", task_type="image_resize", params={}))
     third = repo.claim_next(["image_resize"], "w1", "s1")
     assert third is not None
     done = signed(third, EventType.COMPLETED, 1, task_output={})
-    metrics.events_applied(transitions.apply_events([done]))
-    metrics.events_applied(transitions.apply_events([done]))  # a re-sent result counts once
+    metrics.jobs_changed(changes(transitions.apply_events([done])))
+    metrics.jobs_changed(changes(transitions.apply_events([done])))  # a re-sent result counts once
 
     text = metrics.render(ScrapeState())
     assert value(text, "compute_job_retries_total", task_type="image_resize") == 1
@@ -68,8 +76,11 @@ def test_terminal_events_give_run_and_pickup_times_and_retries(engine: Any) -> N
 def test_scrape_time_gauges_and_counters() -> None:
     rejected: Counter[str] = Counter({"bad signature": 3, "malformed": 1})
     metrics = ServerMetrics(["hash", "image_resize"])
-    metrics.jobs_rescued(
-        [Rescued("a", "hash", "queued"), Rescued("b", "hash", "failed"), Rescued("c", "hash", "queued")]
+    metrics.jobs_changed(
+        [
+            JobChange(job_id, status, task_type="hash", cause=Cause.RESCUED)
+            for job_id, status in (("a", "queued"), ("b", "failed"), ("c", "queued"))
+        ]
     )
     text = metrics.render(
         ScrapeState(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextvars
 import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -13,7 +11,7 @@ from cl_ml_tools import Job
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from compute.db.repository import JobRepository, idempotency_scope, job_idempotency_key
+from compute.db.repository import JobRepository, idempotency_scope
 from compute.db.session import write_transaction
 from compute.db.tables import jobs_table, queue_entries_table
 
@@ -161,23 +159,12 @@ def test_cleanup_of_finished_jobs(repo: JobRepository) -> None:
     assert queue_rows(repo) == 2
 
 
-def _with_key(key: str | None, fn: Callable[[], T]) -> T:
-    """add_job as the plugin route wrapper runs it: the Idempotency-Key in the context."""
-    context = contextvars.copy_context()
-
-    def run() -> T:
-        job_idempotency_key.set(key)
-        return fn()
-
-    return context.run(run)
-
-
 def test_idempotency_key_returns_the_first_job(repo: JobRepository) -> None:
     added: list[str] = []
 
     def submit(job_id: str, user: str | None, key: str | None) -> str:
         job = Job(job_id=job_id, task_type="image_resize", params={})
-        record, created = _with_key(key, lambda: repo.insert_job(job, created_by=user))
+        record, created = repo.insert_job(job, created_by=user, idempotency_key=key)
         if created:
             added.append(record.job_id)
         return record.job_id

@@ -10,7 +10,8 @@ import pytest
 from cl_ml_tools import Job
 
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.transitions import Cancelled, JobTransitions, Verdict, renewal_interval, stall_grace
+from compute.db.rules import Verdict, renewal_interval, stall_grace
+from compute.db.transitions import Cancelled, JobTransitions
 from compute.jobs import EventType, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
 from tests.support.events import signed
@@ -234,7 +235,11 @@ def test_cancel_running_job_refuses_its_later_result(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
-    assert transitions.cancel(job.job_id) == Cancelled("processing", "w1", 1, job.lease_token)
+    found = transitions.cancel(job.job_id)
+    assert found is not None
+    assert Cancelled(found.previous, found.worker_id, found.attempt, found.lease_token) == Cancelled(
+        "processing", "w1", 1, job.lease_token
+    )
     [o] = transitions.apply_events([event(job, EventType.COMPLETED, 1, progress=100)])
     assert (o.verdict, o.status) == (Verdict.DUPLICATE, "cancelled")
     stored = repo.get(job.job_id)

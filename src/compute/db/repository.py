@@ -1,6 +1,9 @@
 """Jobs in SQL up to the claim: the insert (with its Idempotency-Key), the claim itself, lease
 renewal, reads and cleanup. Implements cl_ml_tools' JobRepository protocol.
 
+What a request asks for (creator, priority, timeout, Idempotency-Key) comes in as arguments; an
+insert returns what it changed (`JobChange`), for the server to announce.
+
 The `db` package builds all the SQL, nothing outside it does; each of its modules holds the
 statements of its own subject: every change after the claim (worker events, rescue,
 cancellation, operators' changes) is in transitions.py, the listings for people in queries.py,
@@ -13,7 +16,6 @@ Calls are short and synchronous. The server's HTTP routes make them on a thread 
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -42,7 +44,7 @@ from compute.db.session import write_transaction
 from compute.db.tables import dumps, loads
 from compute.db.tables import jobs_table as jobs
 from compute.db.tables import queue_entries_table as queue_entries
-from compute.jobs import OPEN, TERMINAL, JobStatus, now_ms
+from compute.jobs import OPEN, TERMINAL, Cause, JobChange, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
 
 log = logging.getLogger(__name__)
@@ -123,14 +125,6 @@ class QueueSummary:
     oldest_queued_at: int | None
 
 
-#: Per-request execution timeout (seconds) for the next add_job, set by the plugin route wrapper.
-job_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_timeout", default=None)
-#: The client's Idempotency-Key for the next add_job, set by the plugin route wrapper.
-job_idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "job_idempotency_key", default=None
-)
-
-
 def idempotency_scope(created_by: str | None, key: str) -> str:
     """The stored form of a client's Idempotency-Key: one user's key never finds another's job.
 
@@ -159,12 +153,20 @@ class JobRepository:
         """Commit a new queued job; returns its id (see `insert_job`)."""
         return self.insert_job(job, created_by, priority)[0].job_id
 
-    def new_row(self, job: Job, created_by: str | None = None, priority: int | None = None) -> dict[str, Any]:
-        """The `jobs` row a new queued job gets, with this context's Idempotency-Key and timeout."""
+    def new_row(
+        self,
+        job: Job,
+        created_by: str | None = None,
+        priority: int | None = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """The `jobs` row a new queued job gets. `timeout`: the client's execution limit
+        (seconds; None: the task's policy); `idempotency_key`: the client's key, as sent."""
         now = now_ms()
-        raw_key = job_idempotency_key.get()
         policy = self.policies.for_task(job.task_type)
-        timeout = job_timeout.get()
+        scoped_key = None if idempotency_key is None else idempotency_scope(created_by, idempotency_key)
         return {
             "job_id": job.job_id,
             "task_type": job.task_type,
@@ -180,31 +182,37 @@ class JobRepository:
             "attempt": 0,
             "event_seq": 0,
             "timeout_seconds": timeout if timeout is not None else (policy.timeout or None),
-            "idempotency_key": None if raw_key is None else idempotency_scope(created_by, raw_key),
+            "idempotency_key": scoped_key,
         }
 
     def insert_job(
-        self, job: Job, created_by: str | None = None, priority: int | None = None
-    ) -> tuple[JobRecord, bool]:
-        """Commit a new queued job; returns it, and whether it is new.
+        self,
+        job: Job,
+        created_by: str | None = None,
+        priority: int | None = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, JobChange | None]:
+        """Commit a new queued job; returns it, and what changed (None: nothing was stored).
 
-        With an Idempotency-Key in `job_idempotency_key`, a second job for the same user and key
-        is not created: the job the key already names is returned instead, with False (the
-        caller compares its id with `job.job_id` and drops what it prepared for the new one).
+        With an `idempotency_key`, a second job for the same user and key is not created: the
+        job the key already names is returned instead, with None (the caller compares its id
+        with `job.job_id` and drops what it prepared for the new one).
         """
-        row = self.new_row(job, created_by, priority)
+        row = self.new_row(job, created_by, priority, timeout=timeout, idempotency_key=idempotency_key)
         try:
-            [record] = self.insert_rows([row])
+            [change] = self.insert_rows([row])
         except IntegrityError:
             key = row["idempotency_key"]
             existing = None if key is None else self.find_by_idempotency_key(key)
             if existing is None:
                 raise
-            return existing, False  # a retry that raced the first request: the first one's job
-        return record, True
+            return existing, None  # a retry that raced the first request: the first one's job
+        return JobRecord.from_row(_with_defaults(row)), change
 
-    def insert_rows(self, rows: Sequence[dict[str, Any]]) -> list[JobRecord]:
-        """Commit new queued jobs (`new_row`s) in one transaction, all or none.
+    def insert_rows(self, rows: Sequence[dict[str, Any]]) -> list[JobChange]:
+        """Commit new queued jobs (`new_row`s) in one transaction, all or none; one change each.
 
         Under a burst of submissions the server stores what arrived together this way: one
         write lock and one commit for the lot instead of one each (server/flow/submit.py).
@@ -218,7 +226,19 @@ class JobRepository:
                     for r in rows
                 ],
             )
-        return [JobRecord.from_row(_with_defaults(r)) for r in rows]
+        return [
+            JobChange(
+                r["job_id"],
+                JobStatus.QUEUED.value,
+                timestamp=r["created_at"],
+                task_type=r["task_type"],
+                cause=Cause.SUBMITTED,
+                priority=r["priority"],
+                wake_at=0,
+                created_by=r["created_by"],
+            )
+            for r in rows
+        ]
 
     def get_job(self, job_id: str) -> Job | None:
         record = self.get(job_id)

@@ -1,4 +1,4 @@
-"""What every plugin route does with a request: take the upload, check it, queue the job.
+"""What every plugin route does with a request: take the upload, check it, add the job.
 
 The upload is stored under a generated name (`input/upload.<ext>`, the extension from what
 the bytes are, not from the name); the name the client sent is kept as data in
@@ -111,10 +111,16 @@ def media_path(raw: str, *, must_exist: bool) -> Path:
     return resolved
 
 
-def enqueue(
+def add_job(
     repository: Any, job_id: str, task_type: str, params: dict[str, Any], priority: int, user: Any
 ) -> dict[str, str]:
-    """Commit the job (the repository then publishes its hint); the reply CL Server clients read."""
+    """Hand the job to the route's repository (`add_job`, cl_ml_tools' protocol); the reply CL
+    Server clients read.
+
+    In compute-server that repository records the job for the request: the route wrapper
+    commits it once the endpoint returned, then the workers are woken, and the reply goes out
+    only after the commit (server/http/plugin_routes.py).
+    """
     created_by = getattr(user, "id", None) if user is not None else None
     repository.add_job(
         Job(job_id=job_id, task_type=task_type, params=params), created_by=created_by, priority=priority

@@ -1,13 +1,13 @@
 """Prometheus metrics for `GET /metrics`, in a registry of the app's own.
 
-Two kinds. What happens once is counted when it happens: job run and pickup times as the
-server persists terminal events (`EventIngest`), retries, rescues (`Rescuer`), HTTP requests
-(`http/timing.py`, an ASGI wrapper). What is a state is read at scrape time, never kept up to date
-on every event: queue depth and oldest waiting age per task type come from one grouped query
-(`JobRepository.queue_summary`, the query the retained queue summaries use), live workers by
-state from the `WorkerRegistry`, rejected MQTT messages from the counters the ingest and the
-registry keep anyway. Label values are bounded: task types are installed plugins, reasons are
-fixed strings, routes are templates (`/jobs/{job_id}`), never a raw path.
+Two kinds. What happens once is counted when it happens: job run and pickup times as the server
+persists terminal events, retries and rescues (from the changes the announcer hands it,
+flow/announcer.py), HTTP requests (`http/timing.py`, an ASGI wrapper). What is a state is read at
+scrape time, never kept up to date on every event: queue depth and oldest waiting age per task type
+come from one grouped query (`JobRepository.queue_summary`, the query the retained queue summaries
+use), live workers by state from the `WorkerRegistry`, rejected MQTT messages from the counters the
+ingest and the registry keep anyway. Label values are bounded: task types are installed plugins,
+reasons are fixed strings, routes are templates (`/jobs/{job_id}`), never a raw path.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from compute.db.repository import QueueSummary
-from compute.db.transitions import Outcome, Rescued, Verdict
-from compute.jobs import EventType, JobStatus, now_ms
+from compute.jobs import Cause, JobChange, JobStatus, now_ms
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Seconds. Pickup is milliseconds when workers wait on a hint, up to minutes under a backlog.
@@ -30,7 +29,7 @@ PICKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 #: Seconds. A no-op runs in a millisecond, a video transcode in minutes.
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-_TERMINAL = (EventType.COMPLETED, EventType.FAILED)
+_RESULTS = (Cause.COMPLETED, Cause.FAILED)
 
 
 class ServerMetrics:
@@ -76,24 +75,22 @@ class ServerMetrics:
 
     # -- events, as they happen ----------------------------------------------------------------
 
-    def events_applied(self, outcomes: Iterable[Outcome]) -> None:
-        """Observe the terminal events the ingest just persisted."""
-        for outcome in outcomes:
-            ev = outcome.event
-            if outcome.verdict is not Verdict.APPLIED or ev.event not in _TERMINAL:
+    def jobs_changed(self, changes: Iterable[JobChange]) -> None:
+        """Observe the results the server just persisted (run and pickup times, retries) and the
+        rescues it made."""
+        for change in changes:
+            task, cause = change.task_type, change.cause
+            if cause is Cause.RESCUED:
+                self.rescues.labels(task, change.status).inc()
+            if cause is None or cause not in _RESULTS:
                 continue
-            task = outcome.task_type
-            started = outcome.started_at
-            if started is not None and ev.attempt == 1 and outcome.created_at is not None:
-                self.pickup.labels(task).observe(max(0, started - outcome.created_at) / 1000)
-            if started is not None and ev.timestamp:
-                self.run.labels(task, ev.event.value).observe(max(0, ev.timestamp - started) / 1000)
-            if ev.event is EventType.FAILED and outcome.status == JobStatus.QUEUED.value:
+            started = change.started_at
+            if started is not None and change.attempt == 1 and change.created_at is not None:
+                self.pickup.labels(task).observe(max(0, started - change.created_at) / 1000)
+            if started is not None and change.timestamp:
+                self.run.labels(task, cause.value).observe(max(0, change.timestamp - started) / 1000)
+            if cause is Cause.FAILED and change.status == JobStatus.QUEUED.value:
                 self.retries.labels(task).inc()
-
-    def jobs_rescued(self, jobs: Iterable[Rescued]) -> None:
-        for job in jobs:
-            self.rescues.labels(job.task_type, job.status).inc()
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http.labels(method, route, str(status)).observe(seconds)

@@ -1,11 +1,12 @@
 """The server's parts, built once in dependency order (`build_services`) and run by `running`.
 
 Read top to bottom, `build_services` is the data flow: a job submitted over HTTP goes through
-`JobSubmitter` (the repository commits it, then the dispatcher hints it and marks the queue
-summary); worker events come back through `EventIngest` (transitions, then confirmations and
-the dispatcher's hints for requeued jobs); a verified Will goes from `WorkerRegistry` to the
-`Rescuer`. Every part gets the parts it calls in its constructor, so nothing is patched in
-afterwards. The routes reach them through `server/http/deps.py` (`app.state.services`).
+`JobSubmitter` (the repository commits it); worker events come back through `EventIngest`
+(transitions, then confirmations); a verified Will goes from `WorkerRegistry` to the `Rescuer`.
+Whatever the database changed, each of them hands to the one `ChangeAnnouncer` (hints,
+`inference/events`, live views, queue summaries, metrics). Every part gets the parts it calls
+in its constructor, so nothing is patched in afterwards. The routes reach them through
+`server/http/deps.py` (`app.state.services`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from compute.ratelimit import KeyedLimiter
 from compute.server.access import GuestMode, TokenVerifier
 from compute.server.dbcalls import RouteDatabase
 from compute.server.flow.actions import JobActions
+from compute.server.flow.announcer import ChangeAnnouncer
 from compute.server.flow.cancel import Canceller
 from compute.server.flow.dispatch import Dispatcher
 from compute.server.flow.ingest import EventIngest
@@ -74,7 +76,10 @@ class Services:
     queues: QueueReporter
     #: Every job change, for the live views (SSE).
     changes: ChangeFeed
+    #: Hints to the workers.
     dispatcher: Dispatcher
+    #: What every write changed, told to everyone who must know.
+    announcer: ChangeAnnouncer
     submitter: JobSubmitter
     transitions: JobTransitions
     canceller: Canceller
@@ -97,7 +102,7 @@ class Services:
     aging: PriorityAging
     #: Paused task types (in the database; the retained flag mirrors them).
     pauses: TaskPauses
-    #: What GET /metrics exposes; the ingest and the rescuer observe into it.
+    #: What GET /metrics exposes; the announcer observes into it.
     metrics: ServerMetrics
 
 
@@ -138,11 +143,12 @@ def build_services(settings: Settings) -> Services:
         buffer=settings.sse_buffer,
         max_subscribers=settings.sse_max_clients,
     )
-    dispatcher = Dispatcher(safe_bus, topics, queues, changes)
+    dispatcher = Dispatcher(safe_bus, topics)
     transitions = JobTransitions(engine, settings.task_policies)
     # Every installed task type is reported, with zeros while it has no jobs.
     metrics = ServerMetrics(sorted(route_factories()))
-    rescuer = Rescuer(transitions, dispatcher, queues, settings.lease_seconds, metrics=metrics)
+    announcer = ChangeAnnouncer(safe_bus, topics, dispatcher, changes, queues, metrics, hop)
+    rescuer = Rescuer(transitions, announcer, settings.lease_seconds)
     # The routes' changes wait for the database only as long as a request may.
     route_transitions = JobTransitions(route_engine, settings.task_policies)
     pauses = TaskPauses(PausedTasks(route_engine), safe_bus, topics, dispatcher)
@@ -167,12 +173,13 @@ def build_services(settings: Settings) -> Services:
         queues=queues,
         changes=changes,
         dispatcher=dispatcher,
-        submitter=JobSubmitter(repo, dispatcher, db),
+        announcer=announcer,
+        submitter=JobSubmitter(repo, announcer, db),
         transitions=transitions,
-        canceller=Canceller(route_transitions, safe_bus, topics, dispatcher, queues),
-        actions=JobActions(route_transitions, dispatcher, queues),
+        canceller=Canceller(route_transitions, safe_bus, topics, announcer),
+        actions=JobActions(route_transitions, announcer),
         rescuer=rescuer,
-        ingest=EventIngest(transitions, bus, topics, dispatcher, queues, metrics=metrics),
+        ingest=EventIngest(transitions, bus, topics, announcer),
         registry=WorkerRegistry(
             bus,
             topics,

@@ -15,7 +15,8 @@ from cl_ml_tools import ComputeModule
 from compute.bus.interface import Bus
 from compute.config import Settings
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.transitions import JobTransitions, renewal_interval
+from compute.db.rules import renewal_interval
+from compute.db.transitions import JobTransitions
 from compute.db.worker_sessions import WorkerSessions
 from compute.logs import LogLimiter
 from compute.topics import MalformedMessage, Topics, parse_cancel

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 
 from compute.bus.interface import Bus
-from compute.db.transitions import JobTransitions, Verdict
+from compute.db.rules import Verdict
+from compute.db.transitions import JobTransitions
 from compute.jobs import EventType, JobEvent, now_ms, sdk_status
 from compute.logs import LogLimiter
 from compute.topics import LegacyJobEvent, MalformedMessage, Topics, encode, parse_confirmation

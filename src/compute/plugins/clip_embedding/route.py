@@ -29,6 +29,6 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
                 "normalize": normalize,
                 "original_filename": job.original_name,
             }
-            return intake.enqueue(repository, job.job_id, "clip_embedding", params, priority, user)
+            return intake.add_job(repository, job.job_id, "clip_embedding", params, priority, user)
 
     return router

@@ -47,6 +47,6 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
                 "tags": wanted,
                 "original_filename": job.original_name,
             }
-            return intake.enqueue(repository, job.job_id, "exif", params, priority, user)
+            return intake.add_job(repository, job.job_id, "exif", params, priority, user)
 
     return router

@@ -34,6 +34,6 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
                 "nms_threshold": nms_threshold,
                 "original_filename": job.original_name,
             }
-            return intake.enqueue(repository, job.job_id, "face_detection", params, priority, user)
+            return intake.add_job(repository, job.job_id, "face_detection", params, priority, user)
 
     return router

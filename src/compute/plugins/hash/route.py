@@ -32,6 +32,6 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
                 "algorithm": algorithm,
                 "original_filename": job.original_name,
             }
-            return intake.enqueue(repository, job.job_id, "hash", params, priority, user)
+            return intake.add_job(repository, job.job_id, "hash", params, priority, user)
 
     return router

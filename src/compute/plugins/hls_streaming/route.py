@@ -70,10 +70,10 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
         if file is not None:
             async with intake.new_job(file_storage, file, VIDEOS) as job:
                 params |= {"input_path": job.relative, "original_filename": job.original_name}
-                return intake.enqueue(repository, job.job_id, "hls_streaming", params, priority, user)
+                return intake.add_job(repository, job.job_id, "hls_streaming", params, priority, user)
         assert input_absolute_path
         params["input_absolute_path"] = str(_source(input_absolute_path))
         async with intake.job_folder(file_storage) as job_id:
-            return intake.enqueue(repository, job_id, "hls_streaming", params, priority, user)
+            return intake.add_job(repository, job_id, "hls_streaming", params, priority, user)
 
     return router

@@ -33,6 +33,6 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
                 "quality": quality,
                 "original_filename": job.original_name,
             }
-            return intake.enqueue(repository, job.job_id, "image_conversion", params, priority, user)
+            return intake.add_job(repository, job.job_id, "image_conversion", params, priority, user)
 
     return router

@@ -43,6 +43,6 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
                 "maintain_aspect_ratio": maintain_aspect_ratio,
                 "original_filename": job.original_name,
             }
-            return intake.enqueue(repository, job.job_id, "image_resize", params, priority, user)
+            return intake.add_job(repository, job.job_id, "image_resize", params, priority, user)
 
     return router

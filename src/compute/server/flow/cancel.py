@@ -10,8 +10,7 @@ from __future__ import annotations
 from compute.bus.interface import Bus
 from compute.db.transitions import JobTransitions
 from compute.jobs import JobStatus, now_ms
-from compute.server.flow.dispatch import Dispatcher
-from compute.server.live.queue_summary import QueueReporter
+from compute.server.flow.announcer import ChangeAnnouncer
 from compute.signing import cancel_signature
 from compute.topics import CancelRequest, Topics, encode
 
@@ -22,14 +21,12 @@ class Canceller:
         transitions: JobTransitions,
         bus: Bus,
         topics: Topics,
-        dispatcher: Dispatcher,
-        queues: QueueReporter,
+        announcer: ChangeAnnouncer,
     ) -> None:
         self.transitions = transitions
         self.bus = bus
         self.topics = topics
-        self.dispatcher = dispatcher
-        self.queues = queues
+        self.announcer = announcer
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel `job_id`; returns its status before, or None when there is no such job.
@@ -39,12 +36,11 @@ class Canceller:
         found = self.transitions.cancel(job_id)
         if found is None:
             return None
-        if found.previous in (JobStatus.QUEUED.value, JobStatus.PROCESSING.value):
+        self.announcer.announce([found.change])
+        running = found.change is not None and found.previous == JobStatus.PROCESSING.value
+        if running and found.worker_id and found.lease_token:
             now = now_ms()
-            self.dispatcher.job_changed(job_id, JobStatus.CANCELLED.value, timestamp=now)
-            if found.previous == JobStatus.PROCESSING.value and found.worker_id and found.lease_token:
-                sig = cancel_signature(found.lease_token, job_id, found.attempt, now)
-                request = CancelRequest(job_id=job_id, attempt=found.attempt, timestamp=now, sig=sig)
-                self.bus.publish(self.topics.worker_cancel(found.worker_id), encode(request), qos=1)
-            self.queues.mark_dirty()
+            sig = cancel_signature(found.lease_token, job_id, found.attempt, now)
+            request = CancelRequest(job_id=job_id, attempt=found.attempt, timestamp=now, sig=sig)
+            self.bus.publish(self.topics.worker_cancel(found.worker_id), encode(request), qos=1)
         return found.previous

@@ -3,8 +3,9 @@
 The MQTT handler only parses and queues (a bounded queue: a flood cannot grow the server without
 limit; a dropped result is re-sent by its worker). One task drains the queue and applies
 everything waiting in one transaction (`JobTransitions.apply_events`), so a burst of completions
-costs one commit, not one each. Events that fail their signature, attempt or sequence check are
-dropped and counted, and logged at a limited rate. A terminal event is confirmed to its worker
+costs one commit, not one each, and what the batch changed goes to the announcer in one piece.
+Events that fail their signature, attempt or sequence check are dropped and counted, and logged
+at a limited rate. A terminal event is confirmed to its worker
 only after the commit, signed with the claim's lease token so that nobody else can make the
 worker forget a result: a worker re-sends until then, so an event acknowledged by MQTT but lost
 before the commit is sent again.
@@ -17,12 +18,11 @@ import logging
 from collections import Counter
 
 from compute.bus.interface import Bus
-from compute.db.transitions import JobTransitions, Outcome, Verdict
-from compute.jobs import EventType, JobEvent, JobStatus, now_ms
+from compute.db.rules import Outcome, Verdict
+from compute.db.transitions import JobTransitions
+from compute.jobs import EventType, JobEvent, now_ms
 from compute.logs import LogLimiter
-from compute.server.flow.dispatch import Dispatcher
-from compute.server.live.queue_summary import QueueReporter
-from compute.server.metrics import ServerMetrics
+from compute.server.flow.announcer import ChangeAnnouncer
 from compute.signing import confirmation_signature
 from compute.topics import Confirmation, MalformedMessage, Topics, encode, parse_job_event
 
@@ -41,17 +41,12 @@ class EventIngest:
         transitions: JobTransitions,
         bus: Bus,
         topics: Topics,
-        dispatcher: Dispatcher,
-        queues: QueueReporter,
-        *,
-        metrics: ServerMetrics,
+        announcer: ChangeAnnouncer,
     ) -> None:
         self.transitions = transitions
-        self.metrics = metrics
         self.bus = bus
         self.topics = topics
-        self.dispatcher = dispatcher
-        self.queues = queues
+        self.announcer = announcer
         self.queue: asyncio.Queue[JobEvent] = asyncio.Queue(QUEUE_MAX)
         #: Dropped events by reason ("malformed", "bad signature", "replayed or out of order" ...).
         self.rejected: Counter[str] = Counter()
@@ -99,9 +94,7 @@ class EventIngest:
         return self._handle(self.transitions.apply_events(batch))
 
     def _handle(self, outcomes: list[Outcome]) -> list[Outcome]:
-        """Counters, CL Server events, requeue hints and confirmations for applied events."""
-        self.metrics.events_applied(outcomes)
-        changed = False
+        """Rejections counted, what the batch changed announced, terminal events confirmed."""
         for outcome in outcomes:
             ev = outcome.event
             if outcome.verdict is Verdict.REJECTED:
@@ -115,17 +108,13 @@ class EventIngest:
                     outcome.reason,
                     extra={"job_id": ev.job_id[:100], "worker_id": ev.worker_id[:100]},
                 )
-                continue
-            if outcome.verdict is Verdict.APPLIED:
+            elif outcome.verdict is Verdict.APPLIED:
                 self.applied += 1
-                changed = True
-                self._announce(outcome)
-                if outcome.status == JobStatus.QUEUED.value:
-                    self.dispatcher.hint_at(outcome.task_type, ev.job_id, outcome.retry_at)
+        self.announcer.announce(outcome.change for outcome in outcomes)
+        for outcome in outcomes:
+            ev = outcome.event
             if ev.event in _TERMINAL and outcome.status is not None and outcome.lease_token:
                 self._confirm(ev, outcome.status, outcome.lease_token)
-        if changed:
-            self.queues.mark_dirty()
         return outcomes
 
     def _confirm(self, ev: JobEvent, status: str, lease_token: str) -> None:
@@ -133,16 +122,3 @@ class EventIngest:
         sig = confirmation_signature(lease_token, ev.job_id, ev.attempt, status, now)
         confirm = Confirmation(job_id=ev.job_id, attempt=ev.attempt, status=status, timestamp=now, sig=sig)
         self.bus.publish(self.topics.worker_confirm(ev.worker_id), encode(confirm), qos=1)
-
-    def _announce(self, outcome: Outcome) -> None:
-        """`inference/events` and the live views, through the dispatcher."""
-        ev = outcome.event
-        if ev.event is EventType.PROGRESS and outcome.status != JobStatus.PROCESSING.value:
-            return
-        self.dispatcher.job_changed(
-            ev.job_id,
-            outcome.status or JobStatus.PROCESSING.value,
-            progress=100 if ev.event is EventType.COMPLETED else ev.progress,
-            timestamp=ev.timestamp,
-            task_type=outcome.task_type,
-        )

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from compute.db.transitions import JobTransitions, Rescued, stall_grace
-from compute.jobs import JobStatus
+from compute.db.rules import stall_grace
+from compute.db.transitions import JobTransitions
+from compute.jobs import JobChange
 from compute.logs import LogLimiter
-from compute.server.flow.dispatch import Dispatcher
-from compute.server.live.queue_summary import QueueReporter
-from compute.server.metrics import ServerMetrics
+from compute.server.flow.announcer import ChangeAnnouncer
 from compute.server.sweeps.periodic import every
 
 log = logging.getLogger(__name__)
@@ -35,20 +34,15 @@ class Rescuer:
     def __init__(
         self,
         transitions: JobTransitions,
-        dispatcher: Dispatcher,
-        queues: QueueReporter,
+        announcer: ChangeAnnouncer,
         lease_seconds: float,
-        *,
-        metrics: ServerMetrics,
     ) -> None:
         self.transitions = transitions
-        self.metrics = metrics
-        self.dispatcher = dispatcher
+        self.announcer = announcer
         #: Check for expired leases this often: a quarter of the lease, between 1 and 15 s.
         self.interval = min(15.0, max(1.0, lease_seconds / 4))
         #: After a verified Will, wait this long for the session's leases to move.
         self.grace = stall_grace(lease_seconds)
-        self.queues = queues
         self.rescued = 0
         #: Will-triggered checks done (for tests: a Will was looked into, whatever it found).
         self.checks = 0
@@ -87,17 +81,11 @@ class Rescuer:
             self._pending -= 1
             self.checks += 1
 
-    def _announce(self, jobs: list[Rescued]) -> None:
-        self.metrics.jobs_rescued(jobs)
-        for job in jobs:
-            self.rescued += 1
-            self.dispatcher.job_changed(job.job_id, job.status, task_type=job.task_type)
-            if job.status == JobStatus.QUEUED.value:
-                self.dispatcher.hint(job.task_type, job.job_id)
-        if jobs:
-            self.queues.mark_dirty()
+    def _announce(self, jobs: list[JobChange]) -> None:
+        self.rescued += len(jobs)
+        self.announcer.announce(jobs)
 
-    def sweep(self) -> list[Rescued]:
+    def sweep(self) -> list[JobChange]:
         """Rescue every claim whose lease expired; announce them."""
         jobs = self.transitions.rescue_expired()
         self._announce(jobs)

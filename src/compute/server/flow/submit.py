@@ -2,8 +2,8 @@
 
 `JobSubmitter.submit` is the request path (http/plugin_routes.py awaits it): jobs submitted while an
 earlier batch is being written wait and are committed together, in one transaction on a
-database thread (`JobRepository.insert_rows`), and then dispatched (`Dispatcher.jobs_added`:
-one hint per task type for the batch, and each job's CL Server `queued` event). Under a burst
+database thread (`JobRepository.insert_rows`), and then announced (`ChangeAnnouncer`: one hint
+per task type for the batch, and each job's CL Server `queued` event). Under a burst
 this turns a write lock, a commit and a thread hop per job into one per batch; a lone request
 is a batch of one and waits for nothing. Each request still gets its answer only after its row
 committed, so nothing answered 200 is lost, and a failed batch fails each of its requests.
@@ -21,42 +21,63 @@ from typing import Any
 
 from cl_ml_tools import Job
 
-from compute.db.repository import JobRecord, JobRepository, job_idempotency_key
+from compute.db.repository import JobRepository
+from compute.jobs import JobChange
 from compute.server.dbcalls import RouteDatabase
-from compute.server.flow.dispatch import Dispatcher
+from compute.server.flow.announcer import ChangeAnnouncer
 
 #: Most jobs committed in one transaction.
 MAX_BATCH = 100
 
 
 class JobSubmitter:
-    def __init__(self, repo: JobRepository, dispatcher: Dispatcher, db: RouteDatabase) -> None:
+    def __init__(self, repo: JobRepository, announcer: ChangeAnnouncer, db: RouteDatabase) -> None:
         self.repo = repo
-        self.dispatcher = dispatcher
+        self.announcer = announcer
         self.db = db
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[JobRecord]]] = []
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[JobChange]]] = []
         self._writer: asyncio.Task[None] | None = None
         #: Transactions the request path committed, and the jobs in them (batching at work).
         self.batches = 0
         self.batched_jobs = 0
 
-    def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
-        """Commit a new queued job and hint it; returns its id (the earlier job's for a retry)."""
-        record, created = self.repo.insert_job(job, created_by, priority)
-        if created:
-            self.dispatcher.jobs_added([record])
+    def add_job(
+        self,
+        job: Job,
+        created_by: str | None = None,
+        priority: int | None = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Commit a new queued job and announce it; returns its id (the earlier job's for a
+        retry with the same `idempotency_key`). Blocking."""
+        record, change = self.repo.insert_job(
+            job, created_by, priority, timeout=timeout, idempotency_key=idempotency_key
+        )
+        self.announcer.announce([change])
         return record.job_id
 
-    async def submit(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
+    async def submit(
+        self,
+        job: Job,
+        created_by: str | None = None,
+        priority: int | None = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
         """`add_job` from a request, on the event loop: batched with concurrent submissions.
 
         Raises DatabaseUnavailable (503) like any route database call. Cancelling the caller
         does not cancel the write: it waits for its outcome first, as RouteDatabase.call does.
         """
-        if job_idempotency_key.get() is not None:
-            return await self.db.call(self.add_job, job, created_by=created_by, priority=priority)
-        stored: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
-        self._waiting.append((self.repo.new_row(job, created_by, priority), stored))
+        if idempotency_key is not None:
+            return await self.db.call(
+                self.add_job, job, created_by, priority, timeout=timeout, idempotency_key=idempotency_key
+            )
+        stored: asyncio.Future[JobChange] = asyncio.get_running_loop().create_future()
+        self._waiting.append((self.repo.new_row(job, created_by, priority, timeout=timeout), stored))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name="job-inserts")
         try:
@@ -72,7 +93,7 @@ class JobSubmitter:
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
                 try:
-                    records = await self.db.call(self._store, [row for row, _ in batch])
+                    changes = await self.db.call(self._store, [row for row, _ in batch])
                 except Exception as exc:  # DatabaseUnavailable (503) or a bug (500), for each request
                     for _, stored in batch:
                         if not stored.done():
@@ -82,16 +103,16 @@ class JobSubmitter:
                     for _, stored in batch:
                         stored.cancel()
                     raise
-                for (_, stored), record in zip(batch, records, strict=True):
+                for (_, stored), change in zip(batch, changes, strict=True):
                     if not stored.done():
-                        stored.set_result(record)
+                        stored.set_result(change)
         finally:
             self._writer = None
 
-    def _store(self, rows: list[dict[str, Any]]) -> list[JobRecord]:
-        """On a database thread: one transaction for the batch, then its hints and events."""
-        records = self.repo.insert_rows(rows)
+    def _store(self, rows: list[dict[str, Any]]) -> list[JobChange]:
+        """On a database thread: one transaction for the batch, then its announcement."""
+        changes = self.repo.insert_rows(rows)
         self.batches += 1
-        self.batched_jobs += len(records)
-        self.dispatcher.jobs_added(records)
-        return records
+        self.batched_jobs += len(changes)
+        self.announcer.announce(changes)
+        return changes

@@ -2,14 +2,15 @@
 
 Around every plugin endpoint the server adds what the plugins need not know about:
 
-- `?timeout=` (seconds, at most a day) and the `Idempotency-Key` header, handed to
-  JobRepository.add_job through context variables;
+- `?timeout=` (seconds, at most a day) and the `Idempotency-Key` header, read by their
+  dependencies and handed to `JobSubmitter.submit` with the job;
 - a retry with the same user and Idempotency-Key gets the job the first request created
   (same job_id, 200) and no second job; the retry's upload is removed again;
 - the database write happens off the event loop: the plugin's `repository.add_job` only
-  records the job (plugins call it synchronously inside `async` endpoints), and the wrapper
-  commits it (`JobSubmitter.submit`: the row, with whatever other requests submitted meanwhile,
-  then the hint) on a database thread with a deadline before the reply goes out. A stalled
+  records the job for the request (plugins call it synchronously inside `async` endpoints),
+  and the wrapper commits it after the endpoint returned (`JobSubmitter.submit`: the row, with
+  whatever other requests submitted meanwhile, then its announcement and hint) on a database
+  thread with a deadline before the reply goes out. A stalled
   database then answers 503 with Retry-After instead of stalling the server, and the job's
   folder is removed. The reply still comes only after the commit, so nothing answered 200 is
   lost;
@@ -30,12 +31,7 @@ from cl_ml_tools import Job
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.routing import APIRoute
 
-from compute.db.repository import (
-    JobRecord,
-    idempotency_scope,
-    job_idempotency_key,
-    job_timeout,
-)
+from compute.db.repository import JobRecord, idempotency_scope
 from compute.jobs import sdk_status
 from compute.plugins.registry import route_factories
 from compute.server.dbcalls import RouteDatabase
@@ -64,12 +60,16 @@ _pending: contextvars.ContextVar[list[_PendingAdd] | None] = contextvars.Context
 )
 #: Inside a plugin request: the job an earlier request with the same Idempotency-Key created.
 _replay: contextvars.ContextVar[JobRecord | None] = contextvars.ContextVar("replay", default=None)
+#: Inside a plugin request: its `?timeout=` and its `Idempotency-Key`, for the jobs it adds.
+_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_timeout", default=None)
+_idempotency_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("idempotency_key", default=None)
 
 
-class _DeferringRepository:
-    """The `repository` plugins get: add_job during a plugin request is recorded, not run.
+class _RecordingRepository:
+    """The `repository` plugins get: its `add_job` records the job for the request it runs in,
+    and the route wrapper commits it once the endpoint returned (then the workers hear of it).
 
-    add_job outside a request is submitted at once; everything else goes to the real repository.
+    add_job outside a request is committed at once; everything else goes to the real repository.
     """
 
     def __init__(self, submitter: JobSubmitter) -> None:
@@ -77,6 +77,7 @@ class _DeferringRepository:
         self._repo = submitter.repo
 
     def add_job(self, job: Job, created_by: str | None = None, priority: int | None = None) -> str:
+        """Record `job` for this request (cl_ml_tools' JobRepository protocol); its id."""
         pending = _pending.get()
         if pending is None:
             return self._submitter.add_job(job, created_by=created_by, priority=priority)
@@ -125,7 +126,13 @@ def _wrapped(
         reply = {**reply, "task_type": task_type}
         for i, add in enumerate(adds):
             try:
-                job_id = await submitter.submit(add.job, created_by=add.created_by, priority=add.priority)
+                job_id = await submitter.submit(
+                    add.job,
+                    add.created_by,
+                    add.priority,
+                    timeout=_timeout.get(),
+                    idempotency_key=_idempotency_key.get(),
+                )
             except BaseException:
                 discard(adds[i:])
                 raise
@@ -148,11 +155,11 @@ async def _timeout_param(
         description="execution limit for this job, seconds (at most a day)",
     ),
 ) -> None:
-    """`?timeout=` on a plugin route: handed to JobRepository.add_job through a context variable.
+    """`?timeout=` on a plugin route: kept for the jobs the request adds.
 
     Async, so it runs in the request's own context (a sync dependency would run in a thread).
     """
-    job_timeout.set(timeout)
+    _timeout.set(timeout)
 
 
 def _idempotency_param(task_type: str) -> Callable[..., Any]:
@@ -169,14 +176,15 @@ def _idempotency_param(task_type: str) -> Callable[..., Any]:
             ),
         ] = None,
     ) -> None:
-        """`Idempotency-Key`: checked, handed to add_job, and an earlier job with it looked up."""
-        job_idempotency_key.set(None)
+        """`Idempotency-Key`: checked, kept for the job the request adds, and an earlier job with
+        it looked up."""
+        _idempotency_key.set(None)
         _replay.set(None)
         if key is None:
             return
         if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
             raise HTTPException(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
-        job_idempotency_key.set(key)
+        _idempotency_key.set(key)
         earlier = await db.call(
             repo.find_by_idempotency_key, idempotency_scope(getattr(user, "id", None), key)
         )
@@ -225,9 +233,9 @@ def plugin_router(submitter: JobSubmitter, storage: JobStorage, db: RouteDatabas
     """Every installed plugin's routes (registry.route_factories), as CL Server clients call them."""
     router = APIRouter()
     known: list[str] = []
-    deferring = _DeferringRepository(submitter)
+    recording = _RecordingRepository(submitter)
     for name, create_router in route_factories().items():
-        for route in _api_routes(create_router(deferring, storage, require_jobs).routes):
+        for route in _api_routes(create_router(recording, storage, require_jobs).routes):
             if not route.path.startswith("/jobs/"):
                 continue
             task_type = route.path.removeprefix("/jobs/")

@@ -20,8 +20,9 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Send
 
+from compute.jobs import JobChange
 from compute.logs import LogLimiter
-from compute.server.live.changes import ChangeFeed, JobChange, Subscription
+from compute.server.live.changes import ChangeFeed, Subscription
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)

@@ -1,8 +1,9 @@
 """ChangeFeed: every job change this server learns, fanned out to live subscribers (SSE).
 
 The server already knows each change when it happens (a job stored, an event applied, a rescue, a
-cancel): the places that publish CL Server's `inference/events` also `publish()` a `JobChange`
-here. Nothing is read back from the bus, where anyone could publish a forged event.
+cancel): its announcer (server/flow/announcer.py), which publishes CL Server's
+`inference/events`, also `publish()`es each `JobChange` here. Nothing is read back from the bus,
+where anyone could publish a forged event.
 
 Each subscriber has a bounded buffer. A subscriber that falls behind (its buffer is full) is
 ended, never waited for: publishing never blocks, and a slow browser costs at most its buffer.
@@ -13,14 +14,14 @@ cache filled when the job is stored, or from the database on a thread for older 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from compute.db.repository import JobRepository
-from compute.jobs import TERMINAL
+from compute.jobs import JobChange
 from compute.logs import LogLimiter
 from compute.server.access import JobScope
 
@@ -34,24 +35,6 @@ OWNERS_MAX = 10_000
 
 #: Why a subscription ended.
 OVERFLOW, SHUTDOWN = "overflow", "shutdown"
-
-
-@dataclass(frozen=True)
-class JobChange:
-    """A job's state after a change. `status` is Compute's own (`cancelled` stays `cancelled`)."""
-
-    job_id: str
-    status: str
-    progress: int
-    timestamp: int
-    task_type: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 #: job id -> (created_by, task_type), or None when the job no longer exists. Blocking.
@@ -210,7 +193,7 @@ class ChangeFeed:
             known = await self._look_up(change.job_id)
         owner, task_type = known if known is not None else (None, change.task_type)
         if not change.task_type and task_type:
-            change = JobChange(change.job_id, change.status, change.progress, change.timestamp, task_type)
+            change = dataclasses.replace(change, task_type=task_type)
         for sub in list(self.subscribers):
             # A job nobody owns as far as we know goes to subscribers that see everything only.
             if (

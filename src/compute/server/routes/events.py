@@ -15,11 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from compute.jobs import JobChange
 from compute.server.access import JOB_PERMISSION, JobScope
 from compute.server.http import sse
 from compute.server.http.auth import authenticate, scope_of
 from compute.server.http.deps import DbDep, RepoDep, services_of
-from compute.server.live.changes import FeedClosed, JobChange, Subscription, TooManySubscribers
+from compute.server.live.changes import FeedClosed, Subscription, TooManySubscribers
 from compute.server.routes.job import _not_found, _visible
 
 router = APIRouter(tags=["events"])

@@ -1,0 +1,186 @@
+"""How a job moves on after its claim, decided in Python on what a transition read: no SQL here.
+
+`transitions.py` reads the affected rows as `Claim`s under the write lock and writes what these
+rules decide. The rules:
+
+* an event counts only if its HMAC verifies with the job's current lease token, its attempt
+  is the current attempt, and its sequence number is above the last accepted one;
+* progress only rises; a terminal state is final;
+* a retryable failure (exception, crash, timeout) or a lost worker requeues the job with
+  backoff while attempts remain (attempts = max_retries + 1); past that the job fails;
+* a lost worker's claim is rescued only when its lease has stopped renewing: expired, or (after
+  the worker's verified Last Will) unchanged for `stall_grace`. A Will alone never takes a job
+  from a worker that still renews it;
+* every failed attempt's error is kept in `attempt_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from compute.db.tables import dumps, loads
+from compute.jobs import Cause, EventType, JobChange, JobEvent, JobStatus
+from compute.policies import TaskPolicy
+from compute.signing import verify
+
+
+class Verdict(StrEnum):
+    APPLIED = "applied"  # the event moved the job
+    DUPLICATE = "duplicate"  # a terminal event for a job already finished: confirm again
+    REJECTED = "rejected"  # forged, replayed, stale or unknown: dropped
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one worker event."""
+
+    event: JobEvent
+    verdict: Verdict
+    #: The job's status after this event (None for rejected events of unknown jobs).
+    status: str | None = None
+    reason: str = ""
+    task_type: str = ""
+    #: The claim's lease token, for signing the confirmation (verified events only).
+    lease_token: str | None = None
+    #: What the event changed (applied events only).
+    change: JobChange | None = None
+
+    @property
+    def retry_at(self) -> int | None:
+        """For a requeued job: when it may run again (ms)."""
+        return None if self.change is None else self.change.wake_at
+
+
+#: A claim as the server saw it: (lease token, lease expiry ms), per job id.
+LeaseSnapshot = dict[str, tuple[str, int]]
+
+
+def renewal_interval(lease_seconds: float) -> float:
+    """How often a worker renews its leases: a third of the lease (at least 0.2 s)."""
+    return max(0.2, lease_seconds / 3)
+
+
+def stall_grace(lease_seconds: float) -> float:
+    """How long a lease must stay unrenewed, after a Will, before its job is rescued.
+
+    One and a half renewal intervals (half the lease): a live worker renews within one.
+    """
+    return renewal_interval(lease_seconds) * 1.5
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a transition reads of a job's row under the write lock (fields named as columns).
+
+    The claim itself (attempt, lease token, worker) is what the UPDATE is guarded by and never
+    changes within a transaction; `updated` carries status, progress, sequence and errors
+    forward from one event of a batch to the next.
+    """
+
+    job_id: str
+    task_type: str
+    status: str
+    progress: int
+    attempt: int
+    max_retries: int
+    lease_token: str | None
+    event_seq: int
+    attempt_errors: str | None  # JSON text, as stored
+    worker_id: str | None
+    priority: int
+    created_at: int
+    started_at: int | None
+
+    def updated(self, values: Mapping[str, Any]) -> Claim:
+        """The job as the next event of the batch sees it, once `values` (column -> value) apply."""
+        return replace(self, **{k: v for k, v in values.items() if k in _EVENT_STATE})
+
+
+#: What events change that later events of the same batch check.
+_EVENT_STATE = frozenset({"status", "progress", "event_seq", "attempt_errors"})
+
+
+def decide(ev: JobEvent, claim: Claim | None, policy: TaskPolicy, now: int) -> tuple[Outcome, dict[str, Any]]:
+    """The event's outcome, and the columns it changes (none unless applied)."""
+    if claim is None:
+        return Outcome(ev, Verdict.REJECTED, reason="unknown job"), {}
+    status, task_type = claim.status, claim.task_type
+    if not verify(claim.lease_token, ev):
+        return Outcome(ev, Verdict.REJECTED, status, "bad signature", task_type), {}
+    if ev.attempt != claim.attempt or ev.worker_id != claim.worker_id:
+        return Outcome(ev, Verdict.REJECTED, status, "not the current claim", task_type), {}
+    terminal_event = ev.event in (EventType.COMPLETED, EventType.FAILED)
+    if status != JobStatus.PROCESSING.value:
+        # Already finished (or requeued) under this claim: a re-sent result is confirmed again.
+        verdict = Verdict.DUPLICATE if terminal_event else Verdict.REJECTED
+        return Outcome(
+            ev, verdict, status, "job no longer running", task_type, lease_token=claim.lease_token
+        ), {}
+    if ev.seq <= claim.event_seq:
+        return Outcome(ev, Verdict.REJECTED, status, "replayed or out of order", task_type), {}
+
+    happened = ev.timestamp or now  # signed by the claim holder: when it really finished
+    values: dict[str, Any] = {"event_seq": ev.seq, "updated_at": now}
+    retry_at = None
+    if ev.event is EventType.PROGRESS and ev.progress > claim.progress:
+        values["progress"] = ev.progress
+    elif ev.event is EventType.COMPLETED:
+        values.update(
+            status=JobStatus.COMPLETED.value,
+            progress=100,
+            completed_at=happened,
+            error_message=None,
+            task_output=dumps(ev.task_output),
+        )
+    elif ev.event is EventType.FAILED:
+        failed, retry_at = failed_attempt(claim, ev.error or "unknown error", ev.retryable, happened, policy)
+        values.update(failed)
+    after = values.get("status", status)
+    change = JobChange(
+        ev.job_id,
+        after,
+        progress=100 if ev.event is EventType.COMPLETED else ev.progress,
+        timestamp=ev.timestamp,
+        task_type=task_type,
+        cause=Cause(ev.event.value),
+        priority=claim.priority,
+        wake_at=retry_at,
+        attempt=ev.attempt,
+        created_at=claim.created_at,
+        started_at=claim.started_at,
+    )
+    return Outcome(ev, Verdict.APPLIED, after, "", task_type, claim.lease_token, change), values
+
+
+def failed_attempt(
+    claim: Claim, error: str, retryable: bool, now: int, policy: TaskPolicy
+) -> tuple[dict[str, Any], int | None]:
+    """A failed attempt's columns: requeued with backoff while attempts remain, else failed.
+
+    Returns them and, when requeued, when the job may run again (ms).
+    """
+    errors = [*(loads(claim.attempt_errors) or []), {"attempt": claim.attempt, "error": error, "at": now}]
+    values: dict[str, Any] = {"attempt_errors": dumps(errors)}
+    retry = (retryable or policy.retry_plugin_errors) and claim.attempt <= claim.max_retries
+    if retry:
+        retry_at = now + policy.backoff_ms(claim.attempt)
+        values.update(
+            status=JobStatus.QUEUED.value,
+            next_attempt_at=retry_at,
+            worker_id=None,
+            lease_expires_at=None,
+            error_message=error,
+            progress=0,
+        )
+        return values, retry_at
+    values.update(
+        status=JobStatus.FAILED.value,
+        completed_at=now,
+        error_message=error
+        if claim.attempt <= 1
+        else f"{error} (attempt {claim.attempt} of {claim.max_retries + 1})",
+    )
+    return values, None
