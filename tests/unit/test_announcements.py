@@ -21,7 +21,6 @@ import pytest
 from cl_ml_tools import Job
 from sqlalchemy import select
 
-from compute.bus.interface import MessageHandler, topic_matches
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.tables import jobs_table
 from compute.db.transitions import JobTransitions
@@ -39,45 +38,14 @@ from compute.server.live.changes import ChangeFeed
 from compute.server.live.queue_summary import QueueReporter
 from compute.server.metrics import ServerMetrics
 from compute.topics import Topics, encode, job_event_payload
-from tests.support import signed, wait_for
+from tests.support.events import signed
+from tests.support.fakes import FakeBus
+from tests.support.waits import wait_for
 
 T = Topics()
 TASK = "image_resize"
 #: Per job id: (status, progress, priority) as stored.
 Rows = dict[str, tuple[str, int, int]]
-
-
-class RecordingBus:
-    """What the server publishes; subscribers get what a test delivers."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-        self.subs: list[tuple[str, MessageHandler]] = []
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        self.sent.append((topic, json.loads(payload) if payload else payload))
-        return True
-
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        self.subs.append((topic_filter, handler))
-
-    def on_connect(self, hook: Callable[[], Awaitable[None] | None]) -> None:
-        pass
-
-    def deliver(self, topic: str, payload: bytes) -> None:
-        for topic_filter, handler in self.subs:
-            if topic_matches(topic_filter, topic):
-                handler(topic, payload, False)
 
 
 class RecordingFeed(ChangeFeed):
@@ -90,7 +58,7 @@ class RecordingFeed(ChangeFeed):
 
 
 class RecordingQueues(QueueReporter):
-    def __init__(self, bus: RecordingBus, repo: JobRepository) -> None:
+    def __init__(self, bus: FakeBus, repo: JobRepository) -> None:
         super().__init__(bus, T, repo)
         self.marked = 0
 
@@ -116,7 +84,7 @@ class Server:
 
     def __init__(self, repo: JobRepository) -> None:
         self.repo = repo
-        self.bus = RecordingBus()
+        self.bus = FakeBus()
         self.feed = RecordingFeed()
         self.queues = RecordingQueues(self.bus, repo)
         transitions = JobTransitions(repo.engine, repo.policies)
@@ -156,7 +124,7 @@ async def check(server: Server, step: str, action: Callable[[], Awaitable[object
     marked, handed = server.queues.marked, len(server.announcer.handed)
     await action()
     after = server.rows()
-    published = server.bus.sent[sent:]
+    published = [(topic, json.loads(payload)) for topic, payload, _ in server.bus.sent[sent:] if payload]
     events = [m for t, m in published if t == T.legacy_events]
     hints = [m for t, m in published if t == T.job_available(TASK)]
     live = server.feed.shown[shown:]
