@@ -159,6 +159,9 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     missing = _schema_problem(settings.database_url)
     if missing:
         return _fail(missing)
+    from compute.server.descriptors import raise_open_file_limit
+
+    raise_open_file_limit()  # before anything opens: its children (--reload, workers) inherit it
 
     import uvicorn
 
@@ -199,10 +202,15 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                 port=args.port,
                 log_level=settings.log_level.lower(),
                 loop="uvloop",
-                http=http_protocol(settings.header_read_timeout),
+                http=http_protocol(
+                    settings.header_read_timeout,
+                    send_timeout=settings.http_send_timeout,
+                    max_connections=app.state.services.budget.connections,
+                ),
                 access_log=False,
                 log_config=log_config,
             )
+            log.info("open files: %s", app.state.services.budget.describe())
             StreamClosingServer(config, app.state.services.changes.close).run()
     finally:
         if workers is not None:
@@ -225,9 +233,15 @@ def http_protocol_from_env(**kwargs: Any) -> asyncio.Protocol:
 
 @functools.cache
 def _reload_protocol() -> type[asyncio.Protocol]:
+    from compute.server.descriptors import DescriptorBudget
     from compute.server.serving import http_protocol
 
-    return http_protocol(load_settings().header_read_timeout)
+    settings = load_settings()
+    return http_protocol(
+        settings.header_read_timeout,
+        send_timeout=settings.http_send_timeout,
+        max_connections=DescriptorBudget.for_process().connections,
+    )
 
 
 def _exit_on_sigterm(_sig: int, _frame: object) -> None:

@@ -75,8 +75,12 @@ class Settings:
     sse_heartbeat: float = 15.0
     #: Live views: changes buffered per client; a client further behind is disconnected.
     sse_buffer: int = 256
-    #: Live views: open streams at most (more answer 503).
+    #: Live views: open streams at most (more answer 503); also bounded by the descriptor budget.
     sse_max_clients: int = 1000
+    #: Live views one user (without a token: one client address) may hold at once (more: 429).
+    sse_max_per_user: int = 20
+    #: A connection whose client takes none of the data waiting for it this long is cut (seconds).
+    http_send_timeout: float = 30.0
     #: Jobs a user (or, without a token, a client address) may create per minute; 0 = no limit.
     job_rate_limit: float = 0.0
     #: How many of them at once, before the per-minute rate applies.
@@ -274,6 +278,8 @@ def load_settings(
         sse_heartbeat=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, positive=True),
         sse_buffer=_int(env, "SSE_BUFFER", 256, minimum=1),
         sse_max_clients=_int(env, "SSE_MAX_CLIENTS", 1000, minimum=1),
+        sse_max_per_user=_int(env, "SSE_MAX_PER_USER", 20, minimum=1),
+        http_send_timeout=_float(env, "HTTP_SEND_TIMEOUT", 30.0, positive=True),
         job_rate_limit=rate_limit,
         job_rate_burst=_int(
             env, "JOB_RATE_BURST", max(1, math.ceil(rate_limit)), minimum=1, maximum=1_000_000

@@ -19,7 +19,8 @@ import pytest
 import uvicorn
 
 from compute.config import Settings
-from compute.server.serving import StreamClosingServer
+from compute.db.preferences import GUEST_MODE, PreferenceStore
+from compute.server.serving import StreamClosingServer, http_protocol
 from compute_bench.harness import free_port
 from tests.support.auth import SigningKey, bearer, secured
 from tests.support.images import png_bytes
@@ -68,7 +69,9 @@ async def http(server: Server) -> AsyncIterator[tuple[httpx.AsyncClient, StreamC
         port=free_port(),
         lifespan="off",
         log_level="warning",
-        http="httptools",
+        http=http_protocol(
+            server.settings.header_read_timeout, send_timeout=server.settings.http_send_timeout
+        ),
         loop="asyncio",
     )
     web = StreamClosingServer(config, server.app.state.services.changes.close)
@@ -268,3 +271,57 @@ async def test_a_stream_ends_when_its_token_expires(settings: Settings, signing_
             assert response.status_code == 200
             got = [f async for f in frames(response) if f.event]
         assert [(f.event, f.data) for f in got] == [("end", {"reason": "expired"})]
+
+
+async def test_a_user_holds_at_most_sse_max_per_user_streams(
+    settings: Settings, signing_key: SigningKey
+) -> None:
+    """One user took every stream he asked for (1,000) and another user's got 503 (issue 16)."""
+    alice, bob = bearer(signing_key, "alice"), bearer(signing_key, "bob")
+    limited = replace(secured(settings, signing_key), sse_max_per_user=3)
+    async with running_server(limited) as server, http(server) as (client, _web):
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(3):
+                opened = await held.enter_async_context(client.stream("GET", "/events", headers=alice))
+                assert opened.status_code == 200
+            refused = await client.get("/events", headers=alice)
+            assert refused.status_code == 429 and refused.headers["retry-after"]
+            assert "SSE_MAX_PER_USER" in refused.json()["detail"]
+            refused = await client.get(f"/jobs/{await submit(client, alice)}/events", headers=alice)
+            assert refused.status_code == 429  # per-job streams count too
+            async with client.stream("GET", "/events", headers=bob) as other:
+                assert other.status_code == 200  # another user is not affected
+        await wait_for(lambda: not server.services.changes.subscribers, what="the streams closed")
+        async with client.stream("GET", "/events", headers=alice) as again:
+            assert again.status_code == 200  # closed ones free their places
+
+
+@pytest.mark.parametrize("where", ["this process", "another process"])
+async def test_a_guests_stream_ends_when_guest_mode_goes_off(
+    settings: Settings, signing_key: SigningKey, where: str
+) -> None:
+    """A guest's /events opened before guest mode went off delivered a job change 4 s later and
+    stayed open (issue 16, item 3). Off here ends it at once; off in another server process
+    sharing the database, within guest mode's refresh."""
+    admin = bearer(signing_key, "root", "ai_inference_support", "admin")
+    async with running_server(secured(settings, signing_key)) as server, http(server) as (client, _web):
+        on = await client.put("/admin/pref/guest-mode", data={"guest_mode": "true"}, headers=admin)
+        assert on.status_code == 200
+        async with (
+            client.stream("GET", "/events") as as_guest,
+            client.stream("GET", "/events", headers=admin) as as_admin,
+        ):
+            guest, watcher = frames(as_guest), frames(as_admin)
+            assert (await next_frame(guest)).comment == "connected"
+            assert (await next_frame(watcher)).comment == "connected"
+            if where == "this process":
+                await client.put("/admin/pref/guest-mode", data={"guest_mode": "false"}, headers=admin)
+            else:
+                PreferenceStore(server.services.route_engine).set(GUEST_MODE, False, "elsewhere")
+            end = await next_frame(guest, timeout=10)
+            assert end.event == "end" and end.data == {"reason": "revoked"}
+            with pytest.raises(StopAsyncIteration):
+                await next_frame(guest)
+            await submit(client, admin)  # the admin's view goes on
+            assert (await next_frame(watcher)).event == "job"
+        assert (await client.get("/events")).status_code == 401  # and no new guest stream opens

@@ -9,12 +9,21 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from starlette.types import Message
 
 from compute.jobs import JobChange
 from compute.server.access import JobScope
-from compute.server.http.sse import EventStream, frames
-from compute.server.live.changes import OVERFLOW, SHUTDOWN, ChangeFeed, FeedClosed, Subscription
+from compute.server.http.sse import frames
+from compute.server.live.changes import (
+    OVERFLOW,
+    REVOKED,
+    SHUTDOWN,
+    ChangeFeed,
+    FeedClosed,
+    Subscription,
+    TooManyForViewer,
+    TooManySubscribers,
+    Viewer,
+)
 from tests.support.waits import wait_for
 
 EVERYTHING = JobScope(everything=True)
@@ -110,26 +119,50 @@ async def test_close_ends_every_subscription_and_refuses_new_ones() -> None:
         feed.subscribe(EVERYTHING)
 
 
-async def test_a_client_that_takes_no_data_is_cut_off() -> None:
-    feed = ChangeFeed(OWNERS.get)
-    sub = feed.subscribe(EVERYTHING)
-    closed: list[bool] = []
-    response = EventStream(
-        frames(sub, heartbeat=0.01), on_close=lambda: closed.append(True), write_timeout=0.1
-    )
-    sent: list[Message] = []
-    stuck = asyncio.Event()
+async def test_changes_waiting_together_go_out_in_one_write_each_frame_made_once() -> None:
+    async with running(ChangeFeed(OWNERS.get)) as feed:
+        subs = [feed.subscribe(EVERYTHING) for _ in range(3)]
+        for progress in range(4):
+            feed.publish(change("a1", progress))
+        await wait_for(lambda: all(len(s._items) == 4 for s in subs), what="every change buffered")
+        # Every stream holds the same frame objects: each change serialised once.
+        assert all(a[1] is b[1] is c[1] for a, b, c in zip(*(s._items for s in subs), strict=True))
+        writes = [frames(s, heartbeat=5) for s in subs]
+        for stream in writes:
+            await anext(stream)  # connected
+        batches = [await anext(stream) for stream in writes]
+        assert batches[0].count("event: job") == 4 and len(set(batches)) == 1  # one write each
 
-    async def send(message: Message) -> None:
-        sent.append(message)
-        if message.get("type") == "http.response.body":
-            await stuck.wait()  # the client's window is full: this write never completes
 
-    await asyncio.wait_for(response.stream_response(send), 5)
-    assert closed == [True]
-    # Headers went out, the first frame never finished, and the response was not completed
-    # (uvicorn closes a connection whose response the app left unfinished).
-    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+async def test_a_viewer_holds_at_most_its_share_of_subscriptions() -> None:
+    feed = ChangeFeed(OWNERS.get, max_subscribers=5, max_per_viewer=2)
+    alice, bob = Viewer("alice"), Viewer("bob")
+    first = feed.subscribe(EVERYTHING, viewer=alice)
+    feed.subscribe(EVERYTHING, "a1", viewer=alice)
+    with pytest.raises(TooManyForViewer):
+        feed.subscribe(EVERYTHING, viewer=alice)
+    feed.subscribe(EVERYTHING, viewer=bob)
+    feed.unsubscribe(first)
+    feed.unsubscribe(first)  # twice: counted once
+    feed.subscribe(EVERYTHING, viewer=alice)  # a place freed
+    feed.subscribe(EVERYTHING, viewer=bob)
+    feed.subscribe(EVERYTHING)
+    with pytest.raises(TooManySubscribers):
+        feed.subscribe(EVERYTHING, viewer=Viewer("carol"))
+
+
+async def test_guests_streams_end_when_guest_mode_goes_off() -> None:
+    async with running(ChangeFeed(OWNERS.get)) as feed:
+        guest = feed.subscribe(JobScope(everything=False, owner=None), viewer=Viewer("address:h", guest=True))
+        user = feed.subscribe(JobScope(everything=False, owner="alice"), viewer=Viewer("alice"))
+        assert feed.has_guests
+        threading.Thread(target=feed.end_guests).start()  # from a route's thread
+        await wait_for(lambda: guest.ended is not None, what="the guest's view ended")
+        assert guest.ended == REVOKED and user.ended is None
+        assert feed.subscribers == {user} and not feed.has_guests
+        stream = frames(guest, heartbeat=5)
+        await anext(stream)
+        assert await anext(stream) == 'event: end\ndata: {"reason":"revoked"}\n\n'
 
 
 async def test_a_stream_ends_when_its_token_expires() -> None:

@@ -530,4 +530,27 @@ def _scale(result: dict[str, Any]) -> list[str]:
             f"({_fmt(b['drain_jobs_per_s'])} jobs/s)",
             _table(["process", "idle MiB", "peak MiB", "end MiB", "end - idle", "samples"], rows),
         ]
+    if "live_fanout" in result:
+        f = result["live_fanout"]
+        rows = [
+            [
+                name,
+                p["changes"],
+                p["server_cpu_ms_per_change"],
+                p["list_jobs_ms"]["n"],
+                p["list_jobs_ms"]["p50"],
+                p["list_jobs_ms"]["p99"],
+            ]
+            for name, p in (
+                ("no live view", f["no_streams"]),
+                (f"{f['streams']} live views", f["with_streams"]),
+            )
+        ]
+        parts += [
+            "",
+            f"12. Live views: {f['streams']} open GET /events streams (one audience) cost "
+            f"{_fmt(f['fanout_cpu_ms_per_change'])} ms of server CPU per job change "
+            f"({_fmt(f['fanout_cpu_us_per_stream_change'])} us per stream)",
+            _table(["phase", "changes", "server CPU ms/change", "GET /jobs n", "p50 ms", "p99 ms"], rows),
+        ]
     return parts

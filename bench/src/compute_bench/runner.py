@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.mosquitto import find_mosquitto
-from compute_bench import inputs, plugins, scale, scenarios
+from compute_bench import fanout, inputs, plugins, scale, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.peers.runner import Peers
@@ -34,6 +34,7 @@ SECTIONS = (
     "claim_scale",
     "workers_scale",
     "backlog",
+    "live_fanout",
 )
 #: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
 #: need real models or --stand-in-models. So do the scale sections (how cost grows): several
@@ -196,6 +197,13 @@ class Run:
                 async with self.cluster(self.spec("backlog", 0)) as (c, sub):
                     self.result["backlog"] = await scale.backlog(
                         c, sub, sizes.backlog, BACKLOG_WORKERS, sizes.concurrency
+                    )
+            if "live_fanout" in cfg.sections:
+                # Every stream comes from this machine: one client address, one viewer.
+                spec = self.spec("live_fanout", 0, extra_env={"SSE_MAX_PER_USER": str(sizes.fanout_streams)})
+                async with self.cluster(spec) as (c, sub):
+                    self.result["live_fanout"] = await fanout.live_fanout(
+                        c, sub, sizes.fanout_streams, sizes.fanout_changes
                     )
             if cfg.peers:
                 self.result["peers"] = await Peers(self.base, self.run_id, sizes).run()

@@ -48,6 +48,9 @@ class Sizes:
     scale_burst: int = 2000
     #: backlog: jobs submitted with no worker running, then drained by 2 fresh workers.
     backlog: int = 20_000
+    #: live_fanout: live views open at once, and job changes made with and without them.
+    fanout_streams: int = 500
+    fanout_changes: int = 300
 
 
 QUICK = Sizes(
@@ -69,6 +72,8 @@ QUICK = Sizes(
     claims=50,
     scale_burst=100,
     backlog=200,
+    fanout_streams=20,
+    fanout_changes=20,
 )
 
 

@@ -58,6 +58,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
         RequestBodyGuard,
         max_body_bytes=settings.max_upload_bytes + UPLOAD_SLACK,
         idle_timeout=settings.upload_idle_timeout,
+        max_uploads=services.budget.uploads,
     )
     # Outermost: times every request, those the body guard refuses included.
     app.add_middleware(HttpMetrics, metrics=services.metrics)

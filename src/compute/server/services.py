@@ -32,6 +32,7 @@ from compute.plugins.registry import route_factories
 from compute.ratelimit import KeyedLimiter
 from compute.server.access import GuestMode, TokenVerifier
 from compute.server.dbcalls import RouteDatabase
+from compute.server.descriptors import DescriptorBudget
 from compute.server.flow.actions import JobActions
 from compute.server.flow.announcer import ChangeAnnouncer
 from compute.server.flow.cancel import Canceller
@@ -42,6 +43,7 @@ from compute.server.flow.rescue import Rescuer
 from compute.server.flow.submit import JobSubmitter
 from compute.server.flow.workers import WorkerRegistry
 from compute.server.live.changes import ChangeFeed, owner_of
+from compute.server.live.guests import GuestStreams
 from compute.server.live.queue_summary import QueueReporter
 from compute.server.loopsafe import LoopHop, LoopSafeBus
 from compute.server.metrics import ServerMetrics
@@ -104,6 +106,8 @@ class Services:
     pauses: TaskPauses
     #: What GET /metrics exposes; the announcer observes into it.
     metrics: ServerMetrics
+    #: The open-file limit shared out: connections, uploads and live views at most.
+    budget: DescriptorBudget
 
 
 def build_services(settings: Settings) -> Services:
@@ -138,10 +142,12 @@ def build_services(settings: Settings) -> Services:
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
     repo = JobRepository(route_engine, policies=settings.task_policies)
     queues = QueueReporter(bus, topics, repo, hop)
+    budget = DescriptorBudget.for_process()
     changes = ChangeFeed(
         lambda job_id: owner_of(repo, job_id),
         buffer=settings.sse_buffer,
-        max_subscribers=settings.sse_max_clients,
+        max_subscribers=min(settings.sse_max_clients, budget.streams),
+        max_per_viewer=settings.sse_max_per_user,
     )
     dispatcher = Dispatcher(safe_bus, topics)
     transitions = JobTransitions(engine, settings.task_policies)
@@ -199,6 +205,7 @@ def build_services(settings: Settings) -> Services:
         aging=PriorityAging(engine, settings.priority_aging_seconds, queues.mark_dirty),
         pauses=pauses,
         metrics=metrics,
+        budget=budget,
     )
 
 
@@ -223,6 +230,7 @@ async def running(services: Services, *, start_broker: bool) -> AsyncIterator[No
         asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
         asyncio.create_task(s.orphans.run(), name="orphan-sweep"),
         asyncio.create_task(s.changes.run(), name="live-views"),
+        asyncio.create_task(GuestStreams(s.changes, s.guest, s.db).run(), name="guest-views"),
         asyncio.create_task(s.retention.run(), name="retention"),
         asyncio.create_task(s.forgetter.run(), name="forget-workers"),
         asyncio.create_task(s.aging.run(), name="priority-aging"),

@@ -4,7 +4,7 @@
   have (400: NUL, a name too long), a value the database refuses (400: NUL on PostgreSQL), a
   conflicting write (409);
 - a database that is locked or does not answer: 503 with `Retry-After` and the reason;
-- a full disk: 507;
+- a full disk: 507; no file descriptor left (`EMFILE`, `ENFILE`): 503 with `Retry-After`;
 - anything else is a bug: 500 with an id to find the logged traceback by, nothing more.
 
 Every reply renders (`rendering.SafeJSONResponse`): a 422 that echoes a NaN or a lone surrogate
@@ -34,6 +34,27 @@ log = logging.getLogger(__name__)
 #: File-system errors a client's name or path causes.
 _CLIENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NO_DESCRIPTORS = {errno.EMFILE, errno.ENFILE}
+#: Seconds a client is asked to wait when the server ran out of file descriptors.
+BUSY_RETRY_AFTER = 5
+
+
+def _out_of_descriptors(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what it was raised from, is EMFILE/ENFILE."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _busy() -> JSONResponse:
+    return _detail(
+        503,
+        "the server has no file descriptor free now; retry shortly",
+        {"Retry-After": str(BUSY_RETRY_AFTER)},
+    )
 
 
 def _detail(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -61,6 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and _out_of_descriptors(exc.__cause__):
+            return _busy()  # FastAPI turns any error while parsing a form into a 400
         if not is_body_allowed_for_status_code(exc.status_code):
             return Response(status_code=exc.status_code, headers=exc.headers)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -84,6 +107,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SQLAlchemyError)
     async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         # Calls made outside RouteDatabase (a plugin's own reads, guest mode) end up here.
+        if _out_of_descriptors(exc):
+            return _busy()
         if is_unavailable(exc):
             db = request.app.state.services.db
             return _detail(
@@ -105,6 +130,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return _detail(400, f"the request names a path the server cannot use: {exc.strerror}")
         if exc.errno in _DISK_FULL:
             return _detail(507, "the server's storage is full")
+        if exc.errno in _NO_DESCRIPTORS:
+            return _busy()
         return _bug(request, exc)
 
     @app.exception_handler(ValueError)
@@ -115,4 +142,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _anything(request: Request, exc: Exception) -> JSONResponse:
+        if _out_of_descriptors(exc):
+            return _busy()
         return _bug(request, exc)

@@ -6,6 +6,11 @@ one is refused as soon as it passes the limit, before Starlette spools it to dis
 that sends nothing for `idle_timeout` seconds is answered 408. Either way the reply says
 `Connection: close`, so the server drops the connection and its file descriptor, and the app
 sees the client as gone (`http.disconnect`): what it had spooled is closed and deleted.
+
+Bodies in flight are also counted: each may hold two files (the spooled body, the stored upload)
+besides its connection, so past `max_uploads` at once (the descriptor budget's share) a new
+request with a body is answered 503 with `Retry-After` before any of it is read. 1,100 stalled
+uploads took every descriptor, and `GET /` went unanswered.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class RequestBodyGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, idle_timeout: float | None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, idle_timeout: float | None, max_uploads: int | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.idle_timeout = idle_timeout or None
+        self.max_uploads = max_uploads
+        #: Requests with a body being received or handled now.
+        self.uploads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,7 +51,27 @@ class RequestBodyGuard:
             # Refused before a byte of the body is read.
             await _reply(send, 413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
             return
-        await _Guarded(self, receive, send).run(scope)
+        if not _has_body(scope, declared):
+            await _Guarded(self, receive, send).run(scope)
+            return
+        if self.max_uploads is not None and self.uploads >= self.max_uploads:
+            # Closed with the reply, freeing the descriptor. A small body is read first (for a
+            # second at most), or closing with it unread would reset the connection before the
+            # client read the 503; a large one still arriving meets that reset.
+            if declared is not None and declared <= DRAIN_BYTES:
+                await _drain(receive, DRAIN_SECONDS)
+            await _reply(
+                send,
+                503,
+                f"too many uploads in progress ({self.max_uploads}); retry shortly",
+                {b"retry-after": b"5"},
+            )
+            return
+        self.uploads += 1
+        try:
+            await _Guarded(self, receive, send).run(scope)
+        finally:
+            self.uploads -= 1
 
 
 class _Guarded:
@@ -106,17 +136,33 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+#: A refused body up to this size is read (and dropped) before the reply, for DRAIN_SECONDS at most.
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 1.0
+
+
+async def _drain(receive: Receive, seconds: float) -> None:
+    with anyio.move_on_after(seconds):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+
+def _has_body(scope: Scope, declared: int | None) -> bool:
+    if declared is not None:
+        return declared > 0
+    return any(name == b"transfer-encoding" for name, _ in scope.get("headers", ()))
+
+
+async def _reply(send: Send, status: int, detail: str, extra: dict[bytes, bytes] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+        {"type": "http.response.start", "status": status, "headers": [*headers, *(extra or {}).items()]}
     )
     await send({"type": "http.response.body", "body": body})

@@ -9,15 +9,23 @@ Each subscriber has a bounded buffer. A subscriber that falls behind (its buffer
 ended, never waited for: publishing never blocks, and a slow browser costs at most its buffer.
 A subscriber sees only the jobs its `JobScope` allows; the owner of a job comes from a small
 cache filled when the job is stored, or from the database on a thread for older jobs.
+
+Subscribers are kept by audience (those who see everything, each owner's, each job's), so a
+change visits only the subscribers it is for, and its SSE frame is written once, whoever and
+however many receive it. Each viewer (a user, or a client address without a token) may hold
+`max_per_viewer` subscriptions, all viewers `max_subscribers`; and a guest's end when guest mode
+goes off (`end_guests`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from compute.db.repository import JobRepository
@@ -34,7 +42,26 @@ INTAKE_MAX = 10_000
 OWNERS_MAX = 10_000
 
 #: Why a subscription ended.
-OVERFLOW, SHUTDOWN = "overflow", "shutdown"
+OVERFLOW, SHUTDOWN, REVOKED = "overflow", "shutdown", "revoked"
+
+
+def sse_frame(event: str, data: dict[str, Any]) -> str:
+    """One Server-Sent Events frame: `event` with `data` as JSON."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def job_frame(change: JobChange) -> str:
+    """`change` as an SSE `job` frame."""
+    return sse_frame("job", change.as_dict())
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who holds a live view: what the per-viewer limit counts, and what guest mode ends."""
+
+    #: A user id, or `address:<client address>` for callers without a token.
+    key: str
+    guest: bool = False
 
 
 #: job id -> (created_by, task_type), or None when the job no longer exists. Blocking.
@@ -50,24 +77,26 @@ def owner_of(repo: JobRepository, job_id: str) -> tuple[str | None, str] | None:
 class Subscription:
     """One client's view: the changes it may see, buffered up to `limit`."""
 
-    def __init__(self, scope: JobScope, job_id: str | None, limit: int) -> None:
+    def __init__(self, scope: JobScope, job_id: str | None, limit: int, viewer: Viewer | None = None) -> None:
         self.scope = scope
         self.job_id = job_id
         self.limit = limit
-        self._items: deque[JobChange] = deque()
+        self.viewer = viewer
+        #: Each change with its frame, made once by the feed for every subscriber it goes to.
+        self._items: deque[tuple[JobChange, str]] = deque()
         self._ready = asyncio.Event()
-        #: Why the feed ended this subscription (OVERFLOW, SHUTDOWN), or None while it runs.
+        #: Why the feed ended this subscription (OVERFLOW, SHUTDOWN, REVOKED), or None while it runs.
         self.ended: str | None = None
 
     def wants(self, change: JobChange, owner: str | None) -> bool:
         return (self.job_id is None or self.job_id == change.job_id) and self.scope.allows(owner)
 
-    def offer(self, change: JobChange) -> bool:
-        """Buffer `change`; a full buffer ends the subscription instead (False)."""
+    def offer(self, change: JobChange, frame: str | None = None) -> bool:
+        """Buffer `change` (and its SSE `frame`); a full buffer ends the subscription instead (False)."""
         if len(self._items) >= self.limit:
             self.end(OVERFLOW)
             return False
-        self._items.append(change)
+        self._items.append((change, job_frame(change) if frame is None else frame))
         self._ready.set()
         return True
 
@@ -76,17 +105,30 @@ class Subscription:
             self.ended = reason
         self._ready.set()
 
-    async def next(self, timeout: float) -> JobChange | None:
-        """The next change; None when the subscription ended or nothing came within `timeout`."""
+    async def take(self, timeout: float) -> list[tuple[JobChange, str]]:
+        """Every change buffered now, once there is one; [] when the subscription ended or
+        nothing came within `timeout`."""
         if self.ended is None and not self._items:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                    await self._ready.wait()
             except TimeoutError:
-                return None
+                return []
+        if self.ended is not None:
+            return []  # a slow or shut-down client gets nothing more, even what is buffered
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def next(self, timeout: float) -> JobChange | None:
+        """The next change; None when the subscription ended or nothing came within `timeout`."""
+        if not self._items:
+            got = await self.take(timeout)
+            self._items.extend(got)
         if self.ended is not None or not self._items:
-            return None  # a slow or shut-down client gets nothing more, even what is buffered
-        return self._items.popleft()
+            return None
+        return self._items.popleft()[0]
 
 
 class FeedClosed(Exception):
@@ -97,12 +139,29 @@ class TooManySubscribers(Exception):
     """MAX subscribers already listen."""
 
 
+class TooManyForViewer(Exception):
+    """This viewer already holds its most subscriptions."""
+
+
 class ChangeFeed:
-    def __init__(self, lookup: OwnerLookup, *, buffer: int = 256, max_subscribers: int = 1000) -> None:
+    def __init__(
+        self,
+        lookup: OwnerLookup,
+        *,
+        buffer: int = 256,
+        max_subscribers: int = 1000,
+        max_per_viewer: int | None = None,
+    ) -> None:
         self.lookup = lookup
         self.buffer = buffer
         self.max_subscribers = max_subscribers
+        self.max_per_viewer = max_per_viewer
         self.subscribers: set[Subscription] = set()
+        #: The same subscribers by audience: all jobs, all of one owner's jobs, one job.
+        self._everything: set[Subscription] = set()
+        self._by_owner: dict[str | None, set[Subscription]] = {}
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._per_viewer: Counter[str] = Counter()
         self._owners: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
         self._intake: deque[JobChange] = deque()
         self._pending = asyncio.Event()
@@ -145,24 +204,64 @@ class ChangeFeed:
 
     # -- subscribers (event loop) -----------------------------------------------------------
 
-    def subscribe(self, scope: JobScope, job_id: str | None = None) -> Subscription:
+    def subscribe(
+        self, scope: JobScope, job_id: str | None = None, viewer: Viewer | None = None
+    ) -> Subscription:
         if self.closed:
             raise FeedClosed()
         if len(self.subscribers) >= self.max_subscribers:
             raise TooManySubscribers()
-        sub = Subscription(scope, job_id, self.buffer)
+        if viewer is not None and self.max_per_viewer is not None:
+            if self._per_viewer[viewer.key] >= self.max_per_viewer:
+                raise TooManyForViewer()
+            self._per_viewer[viewer.key] += 1
+        sub = Subscription(scope, job_id, self.buffer, viewer)
         self.subscribers.add(sub)
+        self._audience(sub).add(sub)
         return sub
 
+    def _audience(self, sub: Subscription) -> set[Subscription]:
+        if sub.job_id is not None:
+            return self._by_job.setdefault(sub.job_id, set())
+        if sub.scope.everything:
+            return self._everything
+        return self._by_owner.setdefault(sub.scope.owner, set())
+
     def unsubscribe(self, sub: Subscription) -> None:
+        if sub not in self.subscribers:
+            return
         self.subscribers.discard(sub)
+        audience = self._audience(sub)
+        audience.discard(sub)
+        if not audience:  # no empty sets left behind, one per job or owner ever seen
+            if sub.job_id is not None:
+                del self._by_job[sub.job_id]
+            elif not sub.scope.everything:
+                del self._by_owner[sub.scope.owner]
+        if sub.viewer is not None and self.max_per_viewer is not None:
+            self._per_viewer[sub.viewer.key] -= 1
+            if self._per_viewer[sub.viewer.key] <= 0:
+                del self._per_viewer[sub.viewer.key]
+
+    @property
+    def has_guests(self) -> bool:
+        return any(s.viewer is not None and s.viewer.guest for s in self.subscribers)
+
+    def end_guests(self) -> None:
+        """End every guest's subscription (guest mode went off). Safe from any thread."""
+        self._on_loop(self._end_where, lambda s: s.viewer is not None and s.viewer.guest, REVOKED)
+
+    def _end_where(self, doomed: Callable[[Subscription], bool], reason: str) -> None:
+        for sub in [s for s in self.subscribers if doomed(s)]:
+            sub.end(reason)
+            self.unsubscribe(sub)
 
     def close(self) -> None:
         """End every subscription (server shutdown): their streams finish at once."""
         self.closed = True
         for sub in list(self.subscribers):
             sub.end(SHUTDOWN)
-        self.subscribers.clear()
+            self.unsubscribe(sub)
 
     # -- fan-out task -----------------------------------------------------------------------
 
@@ -188,19 +287,19 @@ class ChangeFeed:
 
     async def _deliver(self, change: JobChange) -> None:
         known = self._owners.get(change.job_id)
-        needs_owner = any(not s.scope.everything for s in self.subscribers)
-        if known is None and (needs_owner or not change.task_type):
+        if known is None and (self._by_owner or not change.task_type):
             known = await self._look_up(change.job_id)
         owner, task_type = known if known is not None else (None, change.task_type)
         if not change.task_type and task_type:
             change = dataclasses.replace(change, task_type=task_type)
-        for sub in list(self.subscribers):
-            # A job nobody owns as far as we know goes to subscribers that see everything only.
-            if (
-                (known is not None or sub.scope.everything)
-                and sub.wants(change, owner)
-                and not sub.offer(change)
-            ):
+        # A job nobody owns as far as we know goes to subscribers that see everything only. A
+        # per-job subscription was checked against the job's owner when its stream opened.
+        targets = [*self._everything, *self._by_job.get(change.job_id, ())]
+        if known is not None:
+            targets += self._by_owner.get(owner, ())
+        frame = job_frame(change) if targets else ""
+        for sub in targets:
+            if not sub.offer(change, frame):
                 self.unsubscribe(sub)
                 self.slow_subscribers += 1
                 limited.warning("sse slow", "ended a live view that fell %d changes behind", sub.limit)

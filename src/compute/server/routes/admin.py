@@ -68,6 +68,8 @@ def get_guest_mode(request: Request, _admin: AdminUser) -> GuestModeState:
 def set_guest_mode(
     request: Request, admin: AdminUser, guest_mode: bool = Form(..., description="true or false")
 ) -> GuestModeState:
-    """Turn guest mode on or off; kept in the database."""
+    """Turn guest mode on or off; kept in the database. Off ends guests' open live views."""
     _guest(request).set(guest_mode, by=admin.id if admin is not None else None)
+    if not guest_mode:
+        services_of(request).changes.end_guests()
     return GuestModeState(guest_mode=guest_mode)
