@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.e2e.test_cli import BIN, Processes, Served, env, procs
-from tests.support import free_port, png_bytes, wait_for
+from compute_bench.harness import free_port
+from tests.support.commands import BIN, Commands, Served
+from tests.support.images import png_bytes
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.e2e
-
-__all__ = ["env", "procs"]
 
 #: Runs a command with RLIMIT_NOFILE set to argv[1] (soft and hard), as a small host would.
 _LIMITED = (
@@ -36,7 +36,7 @@ _LIMITED = (
 )
 
 
-async def _start(procs: Processes, env: dict[str, str], limit: int | None, **settings: str) -> Served:
+async def _start(procs: Commands, env: dict[str, str], limit: int | None, **settings: str) -> Served:
     env.update(settings)
     procs.env.update(settings)
     http_port, mqtt_port = free_port(), free_port()
@@ -59,7 +59,7 @@ async def _start(procs: Processes, env: dict[str, str], limit: int | None, **set
 
 
 @pytest.fixture
-def database(env: dict[str, str], procs: Processes, db_url: str) -> str:
+def database(env: dict[str, str], procs: Commands, db_url: str) -> str:
     """SQLite or PostgreSQL, migrated, for the server under test."""
     env["DATABASE_URL"] = procs.env["DATABASE_URL"] = db_url
     return db_url
@@ -114,7 +114,7 @@ async def _submit(client: httpx.AsyncClient) -> httpx.Response:
 
 
 async def test_a_live_view_whose_client_reads_nothing_is_cut(
-    procs: Processes, env: dict[str, str], database: str
+    procs: Commands, env: dict[str, str], database: str
 ) -> None:
     timeout = 2.0
     served = await _start(procs, env, None, HTTP_SEND_TIMEOUT=str(timeout), SSE_HEARTBEAT_SECONDS="60")
@@ -164,7 +164,7 @@ async def _stalled_uploads(port: int, count: int) -> AsyncIterator[list[asyncio.
 
 
 async def test_a_low_open_file_limit_leaves_health_uploads_and_streams_answered(
-    procs: Processes, env: dict[str, str], database: str
+    procs: Commands, env: dict[str, str], database: str
 ) -> None:
     limit = 256
     served = await _start(procs, env, limit, SSE_MAX_PER_USER="1000", UPLOAD_IDLE_TIMEOUT="120")
