@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import compute_bench.inputs
+from compute_bench.inputs import Inputs
 from tests.support import netns
 from tests.support.hosted import (
     BROKER,
@@ -75,6 +77,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         lan.close()
 
 
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    """The benchmark's standard photo (1920x1080 JPEG with EXIF) and a 2 s 720p video."""
+    made = compute_bench.inputs.make(tmp_path_factory.mktemp("inputs"), video_seconds=2)
+    if made.video is None:
+        pytest.skip(f"cross-host tests: no test video ({made.video_problem})")
+    return made
+
+
+@pytest.fixture(scope="session")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 4 s 720p video: hls_streaming runs seconds on it, long enough for a fault to land mid-job."""
+    path = tmp_path_factory.mktemp("long") / "long_720p_4s.mp4"
+    problem = compute_bench.inputs.write_video(path, 4)
+    if problem:
+        pytest.skip(f"cross-host tests: no test video ({problem})")
+    return path.read_bytes()
+
+
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the fixtures' cleanup still runs.
 
@@ -109,6 +130,8 @@ def pytest_runtest_makereport(
 
 @pytest.fixture
 def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostedCompute]:
+    """A deployment with its server started. Settings beyond FAST: parametrize it indirectly
+    with a dict (`@pytest.mark.parametrize("compute", [{...}], indirect=True)`)."""
     tag = f"t{next(_tags)}"
     database = f"compute_{tag}"
     url, _ = site.postgres.create_database(site.client, database)
@@ -124,7 +147,7 @@ def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
         broker=broker,
         database_url=url,
         logs=tmp_path,
-        settings=dict(FAST),
+        settings={**FAST, **getattr(request, "param", {})},
         tag=tag,
         models=site.models,
     )

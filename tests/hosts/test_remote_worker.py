@@ -1,37 +1,39 @@
-"""A job submitted on the client host, stored by the server host, run by a worker on another host."""
+"""Jobs submitted on the client host, stored by the server host, run by workers on other hosts."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from PIL import Image
 
+from compute.plugins.registry import installed_tasks
 from compute_bench.harness import wait_until
+from compute_bench.inputs import Inputs
+from compute_bench.plugins import PLUGINS, Source
 from tests.support.hosted import HostedCompute, Site
-from tests.support.images import png_bytes
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 
 
-def test_image_conversion_runs_on_a_worker_host(site: Site, compute: HostedCompute) -> None:
-    compute.start_worker(site.workers[0], "host-a-1", tasks="image_conversion")
-    compute.wait_workers("host-a-1")
-    [job_id] = compute.submit(
-        [
-            (
-                "image_conversion",
-                {"format": "webp", "quality": "80"},
-                "photo.png",
-                png_bytes((64, 48)),
-                "image/png",
-            )
-        ]
+def uploads(inputs: Inputs) -> list[tuple[str, dict[str, str], str, bytes, str]]:
+    """One job of each task type, as the benchmark's plugins section submits it."""
+    made = []
+    for plugin in PLUGINS:
+        source = Source(plugin, inputs)
+        made.append((source.task, source.form, source.name, source.content, source.mime))
+    return made
+
+
+def test_every_task_type_runs_on_worker_hosts(site: Site, compute: HostedCompute, inputs: Inputs) -> None:
+    assert {p.task for p in PLUGINS} == set(installed_tasks()), "a task type is missing from the list"
+    for host, worker_id in zip(site.workers, ("host-a-1", "host-b-1"), strict=True):
+        compute.start_worker(host, worker_id)
+    compute.wait_workers("host-a-1", "host-b-1")
+    job_ids = compute.submit(uploads(inputs))
+    wait_until(
+        lambda: compute.count("status IN ('completed', 'failed')") == len(job_ids), 300, "every job finished"
     )
-    wait_until(lambda: compute.count(f"job_id='{job_id}' AND status='completed'"), 120, "the job completed")
-    [row] = compute.rows(f"job_id='{job_id}'")
-    assert row["worker_id"] == "host-a-1" and row["attempt"] == 1
-    job = compute.get(f"/jobs/{job_id}")
-    output = compute.download(job_id, job["task_output"]["output_path"])
-    with Image.open(io.BytesIO(output)) as image:
-        assert (image.format, image.size) == ("WEBP", (64, 48))
+    rows = {r["job_id"]: r for r in compute.rows()}
+    failed = {r["task_type"]: r["error_message"] for r in rows.values() if r["status"] != "completed"}
+    assert not failed, failed
+    for job_id in job_ids:
+        assert rows[job_id]["worker_id"] in {"host-a-1", "host-b-1"} and rows[job_id]["attempt"] == 1
+        compute.outputs(job_id)

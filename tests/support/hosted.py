@@ -433,6 +433,21 @@ class HostedCompute:
     def download(self, job_id: str, path: str) -> bytes:
         return self.client.call(_get_bytes, f"{self.url}/jobs/{job_id}/files/{path}")
 
+    def files(self, job_id: str) -> dict[str, int]:
+        """The job's files as the server lists them: path -> size."""
+        return {f["path"]: f["size"] for f in self.get(f"/jobs/{job_id}/files")["files"]}
+
+    def outputs(self, job_id: str) -> dict[str, bytes]:
+        """Every file under the job's `output/`, downloaded from the server; each must arrive
+        whole (the size the listing gives) and parse as what its name says (check_output)."""
+        listed = {path: size for path, size in self.files(job_id).items() if path.startswith("output/")}
+        assert listed, f"job {job_id} has no output files"
+        got = {path: self.download(job_id, path) for path in listed}
+        for path, content in got.items():
+            assert len(content) == listed[path], f"{path}: {len(content)} bytes, listed as {listed[path]}"
+            check_output(path, content, listed)
+        return got
+
     def submit(
         self, uploads: Sequence[tuple[str, dict[str, str], str, bytes, str]], concurrency: int = 4
     ) -> list[str]:
@@ -458,6 +473,31 @@ class HostedCompute:
                 return int(conn.execute(text(f"SELECT count(*) FROM jobs WHERE {where}")).scalar_one())
 
         return self.client.call(read)
+
+
+def check_output(path: str, content: bytes, listed: Mapping[str, int]) -> None:
+    """`content` is a whole file of the type its name says; a playlist names only listed files."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    if suffix in {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tiff"}:
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()  # decodes every pixel: a truncated file fails here
+    elif suffix == ".json":
+        json.loads(content)
+    elif suffix == ".npy":
+        assert np.load(io.BytesIO(content)).size > 0, path
+    elif suffix == ".m3u8":
+        folder = Path(path).parent
+        for line in content.decode().splitlines():
+            if line and not line.startswith("#"):
+                assert str(folder / line) in listed, f"{path} names {line}, which is not in the job's files"
+    else:
+        assert content, f"{path} is empty"
 
 
 def _end(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:

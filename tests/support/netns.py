@@ -14,9 +14,9 @@ in them, deletes them, and removes their folders. A live run is never touched, s
 (other engineers' sessions) go side by side.
 
 Faults, each undone by its twin: `cut` / `restore` a host's link (its bridge port down: a pulled
-cable, nothing arrives or leaves); `block` / `unblock` one address both ways (a blackhole route
-on this host, a blackhole rule for the replies on the host that owns the address), leaving the
-host's other traffic alone; `kill_all`, every process of the host with SIGKILL (a host that dies);
+cable, nothing arrives or leaves); `block` / `unblock` one address both ways (its packets silently
+dropped into a dummy interface, on this host and on the host that owns the address), leaving
+the host's other traffic alone; `kill_all`, every process of the host with SIGKILL (a host that dies);
 `throttle`, a bandwidth cap both ways (tc's token bucket), so a transfer lasts long enough to be
 interrupted mid-way.
 
@@ -49,6 +49,8 @@ T = TypeVar("T")
 PREFIX = "clhost"
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
+#: The routing table that sends everything into a host's `sink` (Host.block).
+SINK_TABLE = "99"
 _counter = itertools.count(1)
 
 
@@ -281,21 +283,54 @@ class Host:
     def block(self, owner: Host, address: str) -> None:
         """Nothing passes between this host and `address` (one of `owner`'s), either way.
 
-        Outgoing: a blackhole route here. Incoming: a rule on `owner` that blackholes what it
-        sends from `address` to this host; the owner's other addresses still reach us.
+        Packets are dropped silently, as by a firewall or a dead switch port: they are routed
+        into `sink`, an interface that discards what it is given (a blackhole route would answer
+        the sender at once with EINVAL, which no real network does). Outgoing: a route
+        for `address` into this host's sink. Incoming: a rule on `owner` that sends what
+        `address` addresses to this host through a table whose only route is the owner's sink;
+        the owner's other addresses still reach us.
         """
         assert address in owner.addresses, f"{address} is not an address of {owner.role}"
-        _ip("-n", self.netns, "route", "add", "blackhole", f"{address}/32")
+        self._sink()
+        owner._sink()
+        _ip("-n", self.netns, "route", "add", f"{address}/32", "dev", "sink")
         for mine in self.addresses:
-            _ip("-n", owner.netns, "rule", "add", "from", address, "to", mine, "blackhole")
+            _ip("-n", owner.netns, "rule", "add", "from", address, "to", mine, "lookup", SINK_TABLE)
         self._blocked.append((owner, address))
 
     def unblock(self, owner: Host, address: str) -> None:
-        _ip("-n", self.netns, "route", "del", "blackhole", f"{address}/32", check=False)
+        _ip("-n", self.netns, "route", "del", f"{address}/32", "dev", "sink", check=False)
         for mine in self.addresses:
-            _ip("-n", owner.netns, "rule", "del", "from", address, "to", mine, "blackhole", check=False)
+            _ip(
+                "-n",
+                owner.netns,
+                "rule",
+                "del",
+                "from",
+                address,
+                "to",
+                mine,
+                "lookup",
+                SINK_TABLE,
+                check=False,
+            )
         with contextlib.suppress(ValueError):
             self._blocked.remove((owner, address))
+
+    def _sink(self) -> None:
+        """The interface `sink` and routing table SINK_TABLE (everything into it), once.
+
+        `sink` is one end of a veth pair whose other end stays down: what is sent into it is
+        dropped without a word to the sender, and with ARP off nothing waits on (or fails) a
+        neighbour look-up first. (A dummy interface would do, but its kernel module is not
+        everywhere.)
+        """
+        if _ip("-n", self.netns, "link", "show", "sink", check=False).returncode == 0:
+            return
+        _ip("-n", self.netns, "link", "add", "sink", "type", "veth", "peer", "name", "sink-peer")
+        _ip("-n", self.netns, "link", "set", "sink", "arp", "off")
+        _ip("-n", self.netns, "link", "set", "sink", "up")
+        _ip("-n", self.netns, "route", "add", "default", "dev", "sink", "table", SINK_TABLE)
 
     def throttle(self, rate: str | None) -> None:
         """Cap the link at `rate` (tc syntax, e.g. "16mbit") each way; None lifts the cap."""

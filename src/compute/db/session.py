@@ -35,7 +35,8 @@ def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine
 
     `wait` (seconds) bounds how long a statement waits for the database: SQLite's busy timeout
     (a locked database, DEFAULT_WAIT when not given), the pool's wait for a connection and, on
-    PostgreSQL, the connect and lock timeouts (and a statement timeout of at least 30 s). The
+    PostgreSQL, the connect and lock timeouts (and a statement timeout of at least 30 s) and
+    the wait for a network that stopped answering (TCP user timeout, keepalives). The
     server's HTTP routes pass a short one (DB_REQUEST_TIMEOUT), so that a stalled database
     answers 503 instead of hanging; None keeps the drivers' defaults there.
     """
@@ -47,7 +48,24 @@ def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine
             # lock_timeout: a row or table lock held elsewhere; statement_timeout: a server that
             # accepts but does not answer. Both as startup options, so every connection has them.
             options = f"-c lock_timeout={wait_ms} -c statement_timeout={max(wait_ms, 30_000)}"
-            kwargs.setdefault("connect_args", {"connect_timeout": max(1, round(wait)), "options": options})
+            seconds = max(1, round(wait))
+            kwargs.setdefault(
+                "connect_args",
+                {
+                    "connect_timeout": seconds,
+                    "options": options,
+                    # A network that drops everything (a cut link, a firewall) answers nothing,
+                    # and the server's own timeouts never reach us: without these a statement
+                    # waited for TCP to give up (~15 min), and a worker's event loop with it.
+                    # Data unacknowledged for `wait` closes the connection; so do keepalives
+                    # unanswered while we wait for a reply.
+                    "tcp_user_timeout": wait_ms,
+                    "keepalives": 1,
+                    "keepalives_idle": seconds,
+                    "keepalives_interval": 1,
+                    "keepalives_count": 3,
+                },
+            )
         return create_engine(url, pool_pre_ping=True, **kwargs)
     engine = create_engine(
         url,

@@ -192,7 +192,9 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_interval)
             if self.sessions is not None:
                 try:
-                    self.sessions.touch(self.session)
+                    # On a thread, like the lease renewal below: not latency-bound, and a
+                    # database the network lost must not stall MQTT keepalives, results, cancels.
+                    await asyncio.to_thread(self.sessions.touch, self.session)
                 except DB_ERRORS as exc:
                     self.db_errors += 1
                     limited.warning(
@@ -204,7 +206,11 @@ class Worker:
         """Keep alive the leases of the running job and of results not yet confirmed.
 
         A statement every third of the lease, and only while there is something to hold. A
-        failed renewal is retried sooner (backoff), well before the lease runs out.
+        failed renewal is retried sooner (backoff), well before the lease runs out. It runs on a
+        thread: a database cut off by the network takes up to twice the engine's wait to fail
+        (the pool's ping, then a new connection), and on the event loop that silenced the MQTT
+        connection for long enough that the broker published the worker's Will, and the job it
+        was finishing was rescued and run again.
         """
         interval = renewal_interval(self.settings.lease_seconds)
         backoff = Backoff(maximum=interval)
@@ -215,7 +221,9 @@ class Worker:
             running = [(attempt.job_id, attempt.lease_token)] if attempt and attempt.lease_token else []
             pending = self.outbox.held_leases()
             try:
-                if running and not self.repo.extend_leases(running, self.settings.lease_ms):
+                if running and not await asyncio.to_thread(
+                    self.repo.extend_leases, running, self.settings.lease_ms
+                ):
                     log.warning(
                         "job %s: lease lost (rescued or cancelled); stopping it",
                         running[0][0],
@@ -223,7 +231,7 @@ class Worker:
                     )
                     self.runner.cancel(running[0][0])
                 if pending:
-                    self.repo.extend_leases(pending, self.settings.lease_ms)
+                    await asyncio.to_thread(self.repo.extend_leases, pending, self.settings.lease_ms)
             except DB_ERRORS as exc:
                 self.db_errors += 1
                 delay = backoff.next()
