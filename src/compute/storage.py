@@ -17,7 +17,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from compute.errors import ComputeError
 
@@ -82,12 +82,12 @@ class JobStorage:
         for a second file); `original_filename` is what the client sent, as data only.
         """
         folder = self.get_input_path(job_id)
-        target = _free_name(folder, STORED_STEM + _extension(filename))
         digest = hashlib.sha256()
         size = 0
         try:
+            target, out = _new_file(folder, STORED_STEM + _extension(filename))
             # Plain writes on the event loop: local disk, small files; a thread hop costs more.
-            with open(target, "wb") as out:  # noqa: ASYNC230
+            with out:
                 while chunk := await file.read(CHUNK):
                     size += len(chunk)
                     if size > self.max_upload_bytes:
@@ -190,15 +190,21 @@ def _extension(filename: str | None) -> str:
     return suffix.lower() if _EXTENSION.fullmatch(suffix) else ""
 
 
-def _free_name(folder: Path, name: str) -> Path:
-    """`folder/name`, or `upload-2.png`, `upload-3.png` ... when a file of that name exists."""
-    target = folder / name
+#: A new file, never one that is there (nor what a symlink of that name points to).
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _new_file(folder: Path, name: str) -> tuple[Path, BinaryIO]:
+    """`folder/name` made and open for writing, or `upload-2.png`, `upload-3.png` ... when that
+    name is taken. Made in the same call that checks the name: nothing can take it in between."""
     stem, suffix = os.path.splitext(name)
     n = 1
-    while target.exists():
-        n += 1
-        target = folder / f"{stem}-{n}{suffix}"
-    return target
+    while True:
+        target = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            return target, os.fdopen(os.open(target, _NEW_FILE, 0o644), "wb")
+        except FileExistsError:
+            n += 1
 
 
 def _mtime(path: Path) -> float:

@@ -3,10 +3,15 @@ an ffprobe look at what a plugin wrote."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
+
+from compute.plugins.hls_streaming.algorithm import Source
 
 TS_PACKET = 188
 
@@ -119,3 +124,13 @@ def heights(path: Path) -> list[int]:
 
 def codecs(path: Path) -> set[str]:
     return {s["codec_name"] for s in ffprobe(path)["streams"]}
+
+
+@contextlib.contextmanager
+def opened(path: Path, shown: str | None = None) -> Iterator[Source]:
+    """`path` open, as make_hls takes a video; `shown`: its name in messages (default: the path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield Source(fd, shown or str(path))
+    finally:
+        os.close(fd)

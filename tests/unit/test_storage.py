@@ -98,6 +98,17 @@ async def test_upload_is_stored_under_a_generated_name_with_hash(storage: JobSto
     assert second["filename"] == "upload-2.png"  # never over the first
 
 
+async def test_an_upload_never_writes_through_a_link_of_its_name(storage: JobStorage, tmp_path: Path) -> None:
+    """The stored name is checked and made in one call: a link there (to a file that does not
+    exist yet) is a taken name, never followed."""
+    elsewhere = tmp_path / "elsewhere.png"
+    (storage.get_input_path("job1") / "upload.png").symlink_to(elsewhere)
+    info = await storage.save_input_file("job1", "photo.png", UploadFile(io.BytesIO(b"data")))
+    assert info["filename"] == "upload-2.png"
+    assert not elsewhere.exists()
+    assert (storage.get_input_path("job1") / "upload-2.png").read_bytes() == b"data"
+
+
 @pytest.mark.parametrize(
     "name",
     ["a\x00.png", "n" * 300 + ".png", "x." + "e" * 300, "photo.p\x00g", "../../../etc/passwd", "\udcff.png"],

@@ -19,7 +19,6 @@ from typing import Any
 from cl_ml_tools import Job
 from fastapi import HTTPException, UploadFile
 
-from compute.plugins.environment import current
 from compute.plugins.media import ImageTooLarge, MediaKind, NotAnImage, check_pixels, image_size, sniff
 from compute.storage import JobStorage
 
@@ -87,28 +86,6 @@ def _checked(stored: Path, job_id: str, original: str, accepts: Collection[Media
     final = stored.with_name(f"{STORED_STEM}.{kind.extension}")
     stored.rename(final)
     return NewJob(job_id, final, f"input/{final.name}", kind, original)
-
-
-def media_path(raw: str, *, must_exist: bool) -> Path:
-    """An absolute path a client names (`input_absolute_path`...), only inside COMPUTE_MEDIA_ROOTS.
-
-    Symlinks are resolved before the check, so a link inside a root cannot lead outside it.
-    """
-    check_name(Path(raw).name)
-    if "\x00" in raw:
-        raise HTTPException(400, "the path contains a NUL character")
-    path = Path(raw)
-    if not path.is_absolute():
-        raise HTTPException(400, "the path must be absolute")
-    roots = current().media_roots
-    resolved = path.resolve()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise HTTPException(
-            403, "the path is outside the media roots this server may use (COMPUTE_MEDIA_ROOTS)"
-        )
-    if must_exist and not resolved.is_file():
-        raise HTTPException(404, "no file at that path")
-    return resolved
 
 
 def add_job(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,12 +61,21 @@ class NotAnImage(ComputeError):
     """The file is not an image this service can decode."""
 
 
+#: MPEG-TS packets are 188 bytes, each starting with the sync byte 0x47.
+TS_PACKET = 188
+
+
 def sniff(path: Path) -> MediaKind | None:
     """The file's kind from its first bytes, or None when it is none of the kinds above."""
     with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
-        second_ts_sync = f.read(188 - HEADER_BYTES)[-1:] if len(head) == HEADER_BYTES else b""
-    return sniff_bytes(head, second_ts_sync)
+        start = f.read(TS_PACKET + 1)
+    return sniff_bytes(start[:HEADER_BYTES], start[TS_PACKET : TS_PACKET + 1])
+
+
+def sniff_fd(fd: int) -> MediaKind | None:
+    """`sniff` of an open file (read where it is, the descriptor's offset left alone)."""
+    start = os.pread(fd, TS_PACKET + 1, 0)
+    return sniff_bytes(start[:HEADER_BYTES], start[TS_PACKET : TS_PACKET + 1])
 
 
 def sniff_bytes(head: bytes, ts_sync: bytes = b"") -> MediaKind | None:

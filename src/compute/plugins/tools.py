@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from compute import deathsignal
@@ -37,10 +37,19 @@ class ToolTimedOut(ToolFailed, TimeoutError):
     """An external tool did not finish in time (a ToolFailed: the job fails, it is not retried)."""
 
 
-async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ()) -> bytes:
+async def run(
+    args: Sequence[str],
+    *,
+    timeout: float,
+    hide: Sequence[Path] = (),
+    pass_fds: Sequence[int] = (),
+    names: Mapping[str, str] | None = None,
+) -> bytes:
     """Run a program, return its stdout; raise ToolFailed with the end of its stderr.
 
-    `hide`: folders whose paths are cut out of error messages (job folders, media roots).
+    `hide`: folders whose paths are cut out of error messages (job folders, media roots);
+    `names`: what to say instead of other strings in them (`/dev/fd/5` -> `input/upload.mp4`).
+    `pass_fds`: descriptors the program inherits (it opens a checked file as `/dev/fd/N`).
     The child is killed when the deadline passes or the calling task is cancelled, and (Linux)
     when the process running the plugin dies: a killed plugin process leaves no ffmpeg behind.
     """
@@ -49,6 +58,7 @@ async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ())
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,
+        pass_fds=pass_fds,
         preexec_fn=deathsignal.preexec(signal.SIGKILL),
     )
     try:
@@ -62,13 +72,16 @@ async def run(args: Sequence[str], *, timeout: float, hide: Sequence[Path] = ())
         raise
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        reason = scrub(" | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}", hide)
+        reason = scrub(" | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}", hide, names)
         raise ToolFailed(f"{Path(args[0]).name} failed: {reason}", output=out)
     return out
 
 
-def scrub(text: str, folders: Sequence[Path]) -> str:
-    """`text` with every folder in `folders` cut out, so messages name files as the job does."""
+def scrub(text: str, folders: Sequence[Path], names: Mapping[str, str] | None = None) -> str:
+    """`text` with every folder in `folders` cut out, so messages name files as the job does,
+    and each key of `names` replaced by its value."""
+    for raw, shown in (names or {}).items():
+        text = text.replace(raw, shown)
     for folder in sorted((str(f) for f in folders), key=len, reverse=True):
         text = text.replace(folder.rstrip("/") + "/", "").replace(folder, ".")
     return text

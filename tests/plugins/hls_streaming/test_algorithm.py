@@ -12,7 +12,7 @@ from compute.plugins.hls_streaming.algorithm import COPIED, PROBED, NoVideoStrea
 from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant
 from compute.plugins.tools import ToolFailed
-from tests.support.videos import CORRUPT_MP4, codecs, heights
+from tests.support.videos import CORRUPT_MP4, codecs, heights, opened
 
 
 def files_like(folder: Path, pattern: str) -> list[str]:
@@ -25,7 +25,8 @@ def segment_durations(playlist: Path) -> list[float]:
 
 async def test_variants_with_sound_and_the_original(small_video: Path, tmp_path: Path) -> None:
     seen: list[int] = []
-    result = await make_hls(small_video, tmp_path, [Variant(240, 500), Variant(160, 250)], True, seen.append)
+    with opened(small_video) as source:
+        result = await make_hls(source, tmp_path, [Variant(240, 500), Variant(160, 250)], True, seen.append)
 
     assert result.variants == [Variant(240, 500), Variant(160, 250)] and result.original
     assert (result.info.width, result.info.height, result.info.has_audio) == (320, 240, True)
@@ -49,7 +50,8 @@ async def test_variants_with_sound_and_the_original(small_video: Path, tmp_path:
 
 
 async def test_silent_video_gets_no_audio(silent_video: Path, tmp_path: Path) -> None:
-    result = await make_hls(silent_video, tmp_path, [Variant(240, 400)], False, lambda _: None)
+    with opened(silent_video) as source:
+        result = await make_hls(source, tmp_path, [Variant(240, 400)], False, lambda _: None)
     assert not result.info.has_audio and not result.original
     assert codecs(tmp_path / "adaptive-240p-400.m3u8") == {"h264"}
     assert 'CODECS="avc1' in (tmp_path / "adaptive.m3u8").read_text()
@@ -57,9 +59,10 @@ async def test_silent_video_gets_no_audio(silent_video: Path, tmp_path: Path) ->
 
 
 async def test_no_upscaling(silent_video: Path, tmp_path: Path) -> None:
-    result = await make_hls(
-        silent_video, tmp_path, [Variant(720, 3500), Variant(480, 1500)], False, lambda _: None
-    )
+    with opened(silent_video) as source:
+        result = await make_hls(
+            source, tmp_path, [Variant(720, 3500), Variant(480, 1500)], False, lambda _: None
+        )
     assert result.variants == [Variant(240, 375)]
     assert heights(tmp_path / "adaptive-240p-375.m3u8") == [240]
     assert files_like(tmp_path, "adaptive-720p*") == files_like(tmp_path, "adaptive-480p*") == []
@@ -70,10 +73,8 @@ async def test_corrupt_video_fails_with_ffmpegs_reason(tmp_path: Path) -> None:
     source.parent.mkdir()
     source.write_bytes(CORRUPT_MP4)
     (tmp_path / "output").mkdir()
-    with pytest.raises(ToolFailed) as caught:
-        await make_hls(
-            source, tmp_path / "output", [Variant(240, 400)], True, lambda _: None, hide=[tmp_path]
-        )
+    with pytest.raises(ToolFailed) as caught, opened(source, "input/bad.mp4") as video:
+        await make_hls(video, tmp_path / "output", [Variant(240, 400)], True, lambda _: None, hide=[tmp_path])
     message = str(caught.value)
     assert "moov atom not found" in message and "input/bad.mp4" in message
     assert str(tmp_path) not in message

@@ -4,14 +4,15 @@ what fails as a job (a corrupt video, with ffmpeg's reason and no server path)."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from compute.errors import ComputeError
+from compute.plugins import media_paths
 from compute.plugins.environment import PluginEnvironment
-from compute.plugins.hls_streaming.task import inside_media_roots
 from tests.support.images import png_bytes
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import jobs_left
@@ -88,9 +89,12 @@ async def test_missing_relative_or_unfit_paths(server: Server, media_root: Path,
 
 def test_the_worker_checks_the_roots_again(plugin_env: PluginEnvironment, tmp_path: Path) -> None:
     [root] = plugin_env.media_roots
-    assert inside_media_roots(str(root / "a" / "b.mp4"), "input_absolute_path") == root / "a" / "b.mp4"
+    (root / "a").mkdir()
+    (root / "a" / "b.mp4").write_bytes(b"video")
+    with media_paths.open_file(str(root / "a" / "b.mp4"), "input_absolute_path") as found:
+        assert found.path == root / "a" / "b.mp4" and os.read(found.fd, 5) == b"video"
     with pytest.raises(ComputeError, match="input_absolute_path is outside the media roots"):
-        inside_media_roots(str(tmp_path / "elsewhere.mp4"), "input_absolute_path")
+        media_paths.open_file(str(tmp_path / "elsewhere.mp4"), "input_absolute_path")
 
 
 async def test_corrupt_video_fails_with_ffmpegs_reason(server: Server, start_worker: WorkerFactory) -> None:

@@ -30,6 +30,7 @@ async def test_upload_with_a_custom_ladder(
         {"resolution": 160, "bitrate": 250},
     ]
     assert job["params"]["include_original"] is False
+    assert "preset" not in job["params"]  # the default: params as CL Server's SDK knows them
     assert job["task_output"] == {
         "master_playlist": "output/adaptive.m3u8",
         "variants_generated": 2,
@@ -79,3 +80,17 @@ async def test_video_on_disk_to_a_folder_on_disk(
     # Nothing went to the job's own folder but the job's bookkeeping.
     job_output = server.settings.storage_dir / "jobs" / job["job_id"] / "output"
     assert not list(job_output.glob("*.m3u8"))
+
+
+async def test_a_faster_preset(server: Server, start_worker: WorkerFactory, small_video_bytes: bytes) -> None:
+    await start_worker(tasks=("hls_streaming",))
+    job = await run_job(
+        server, "hls_streaming", small_video_bytes, "clip.mp4", {"variants": LADDER, "preset": "ultrafast"}
+    )
+    assert job["params"]["preset"] == "ultrafast" and job["task_output"]["variants_generated"] == 2
+    response = await server.client.post(
+        "/jobs/hls_streaming",
+        data={"priority": "5", "preset": "placebo"},
+        files={"file": ("clip.mp4", small_video_bytes, "video/mp4")},
+    )
+    assert response.status_code == 422 and "veryfast, superfast, ultrafast" in response.json()["detail"]

@@ -1,5 +1,9 @@
-"""A video to adaptive HLS with ffmpeg: probe, encode the variants in one pass, copy the original,
-then check what was written."""
+"""A video to adaptive HLS with ffmpeg: probe, then one ffmpeg that encodes the variants from one
+decode and copies the original beside them, then check what was written.
+
+The video is handed over open (`Source`): ffprobe and ffmpeg read it as `/dev/fd/N`, so they
+read the file that was checked, whatever happens to its path meanwhile (media_paths.py).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from compute.plugins import tools
 from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant, fit_to_source
 from compute.plugins.hls_streaming.playlists import master_playlist, media_playlist
+from compute.plugins.media_paths import fd_path
 
 MASTER = "adaptive.m3u8"
 ORIGINAL = "adaptive-orig.m3u8"
@@ -21,6 +26,11 @@ SEGMENT_SECONDS = 2
 AUDIO_KBPS = 128
 #: Fast enough that a test video takes seconds; the quality loss is small at these bitrates.
 X264_PRESET = "veryfast"
+#: The presets a job may ask for instead (`preset`), slowest first; their cost and quality
+#: against the default are measured in INTERNALS.md (Performance, hls_streaming).
+X264_PRESETS = ("veryfast", "superfast", "ultrafast")
+#: Only local files: a container that names other resources (URLs) cannot make ffmpeg fetch them.
+INPUT_PROTOCOLS = "file"
 PROBE_TIMEOUT = 60.0
 #: An encode may take this long per second of video (plus a start-up allowance): a slow,
 #: busy machine manages, a stuck ffmpeg does not hold the worker forever.
@@ -37,6 +47,23 @@ Progress = Callable[[int], None]
 
 class NoVideoStream(ComputeError):
     """The file has no video stream."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The video, open: ffprobe and ffmpeg inherit `fd` and read it as `/dev/fd/<fd>`."""
+
+    fd: int
+    #: How error messages name it (`input/upload.mp4`, or the path the client gave).
+    shown: str
+
+    @property
+    def path(self) -> str:
+        return fd_path(self.fd)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {self.path: self.shown}
 
 
 @dataclass(frozen=True)
@@ -85,27 +112,34 @@ def parse_probe(report: dict[str, Any]) -> VideoInfo:
     )
 
 
-async def probe(source: Path, hide: Sequence[Path] = ()) -> VideoInfo:
+async def probe(source: Source, hide: Sequence[Path] = ()) -> VideoInfo:
     out = await tools.run(
         [
             "ffprobe",
             "-v",
             "error",
+            "-protocol_whitelist",
+            INPUT_PROTOCOLS,
             "-of",
             "json",
             "-show_entries",
             "format=duration:stream=index,codec_type,width,height:stream_disposition=attached_pic"
             ":stream_tags=rotate:stream_side_data=rotation",
-            str(source),
+            source.path,
         ],
         timeout=PROBE_TIMEOUT,
         hide=hide,
+        pass_fds=[source.fd],
+        names=source.names,
     )
     return parse_probe(json.loads(out))
 
 
-def variant_args(source: Path, info: VideoInfo, variants: Sequence[Variant]) -> list[str]:
-    """ffmpeg arguments for every variant in one decode: split, scale, x264 + AAC, HLS muxer."""
+def encode_args(
+    source: Source, info: VideoInfo, variants: Sequence[Variant], include_original: bool, preset: str
+) -> list[str]:
+    """ffmpeg arguments for one run: every variant from one decode (split, scale, x264 + AAC, HLS
+    muxer), and with `include_original` a second output, the original streams copied into HLS."""
     splits = "".join(f"[s{i}]" for i in range(len(variants)))
     graph = [f"[0:{info.stream}]split={len(variants)}{splits}"]
     maps: list[str] = []
@@ -127,17 +161,14 @@ def variant_args(source: Path, info: VideoInfo, variants: Sequence[Variant]) -> 
         ]
         streams.append(f"v:{i},a:{i},name:{v.name}" if info.has_audio else f"v:{i},name:{v.name}")
     audio = ["-c:a", "aac", "-b:a", f"{AUDIO_KBPS}k", "-ac", "2"] if info.has_audio else []
-    return [
-        "-y",
-        "-i",
-        str(source),
+    variants_output = [
         "-filter_complex",
         ";".join(graph),
         *maps,
         "-c:v",
         "libx264",
         "-preset",
-        X264_PRESET,
+        preset,
         *rates,
         # A keyframe every 2 s whatever the frame rate, none elsewhere: segments cut evenly.
         "-force_key_frames",
@@ -152,14 +183,7 @@ def variant_args(source: Path, info: VideoInfo, variants: Sequence[Variant]) -> 
         " ".join(streams),
         "adaptive-%v.m3u8",
     ]
-
-
-def original_args(source: Path, info: VideoInfo) -> list[str]:
-    """ffmpeg arguments for the original streams, copied (not re-encoded) into HLS."""
-    return [
-        "-y",
-        "-i",
-        str(source),
+    original_output = [
         "-map",
         f"0:{info.stream}",
         "-map",
@@ -169,6 +193,8 @@ def original_args(source: Path, info: VideoInfo) -> list[str]:
         *_hls_options("adaptive-orig-%03d.ts"),
         ORIGINAL,
     ]
+    source_input = ["-protocol_whitelist", INPUT_PROTOCOLS, "-i", source.path]
+    return ["-y", *source_input, *variants_output, *(original_output if include_original else [])]
 
 
 def _hls_options(segment_template: str) -> list[str]:
@@ -205,14 +231,17 @@ class TooSlow(ComputeError):
 
 
 async def make_hls(
-    source: Path,
+    source: Source,
     folder: Path,
     requested: Sequence[Variant],
     include_original: bool,
     progress: Progress,
     hide: Sequence[Path] = (),
+    preset: str = X264_PRESET,
 ) -> HlsResult:
     """Write `adaptive.m3u8` and its variants (and `adaptive-orig.m3u8`) into `folder`, checked."""
+    if preset not in X264_PRESETS:
+        raise ComputeError(f"preset must be one of {', '.join(X264_PRESETS)}")
     try:
         info = await probe(source, hide)
     except TimeoutError:
@@ -220,37 +249,34 @@ async def make_hls(
     variants = fit_to_source(list(requested), info.height)
     progress(PROBED)
 
-    def between(start: int, end: int) -> Callable[[float], None]:
-        def report(seconds: float) -> None:
-            if info.duration > 0:
-                progress(start + int((end - start) * min(1.0, seconds / info.duration)))
-
-        return report
+    def report(seconds: float) -> None:
+        if info.duration > 0:
+            progress(PROBED + int((ENCODED - PROBED) * min(1.0, seconds / info.duration)))
 
     timeout = encode_timeout(info.duration)
     try:
         await run_ffmpeg(
-            variant_args(source, info, variants),
+            encode_args(source, info, variants, include_original, preset),
             cwd=folder,
             timeout=timeout,
-            on_seconds=between(PROBED, ENCODED),
+            on_seconds=report,
             hide=hide,
+            pass_fds=[source.fd],
+            names=source.names,
         )
-        progress(ENCODED)
-        if include_original:
-            try:
-                await run_ffmpeg(
-                    original_args(source, info),
-                    cwd=folder,
-                    timeout=timeout,
-                    on_seconds=between(ENCODED, COPIED),
-                    hide=hide,
-                )
-            except tools.ToolFailed as exc:  # e.g. a codec MPEG-TS cannot carry: say which step
-                raise tools.ToolFailed(f"copying the original (include_original): {exc}") from None
-            media_playlist(folder, ORIGINAL)
     except TimeoutError:
         raise TooSlow(f"ffmpeg did not finish within {timeout:g} s") from None
+    except tools.ToolFailed as exc:
+        if include_original and _ORIGINAL_OUTPUT in str(exc):  # e.g. a codec MPEG-TS cannot carry
+            raise tools.ToolFailed(f"copying the original (include_original): {exc}") from None
+        raise
+    progress(ENCODED)
+    if include_original:
+        media_playlist(folder, ORIGINAL)
     progress(COPIED)
     listed = master_playlist(folder, MASTER)
     return HlsResult(info, variants, sum(len(p.segments) for p in listed), include_original)
+
+
+#: How ffmpeg names the original's output (the second) when it fails on it.
+_ORIGINAL_OUTPUT = "output file #1"

@@ -8,9 +8,11 @@ timeout or cancellation, failures as ToolFailed in ffmpeg's words without server
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from compute import deathsignal
 from compute.plugins.tools import ERROR_LINES, ToolFailed, scrub
 
 #: Called with how many seconds of the output ffmpeg has written so far.
@@ -25,11 +27,19 @@ async def _follow(stream: asyncio.StreamReader, on_seconds: OnSeconds) -> None:
 
 
 async def run_ffmpeg(
-    args: Sequence[str], *, cwd: Path, timeout: float, on_seconds: OnSeconds, hide: Sequence[Path] = ()
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    on_seconds: OnSeconds,
+    hide: Sequence[Path] = (),
+    pass_fds: Sequence[int] = (),
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """Run ffmpeg (`args` without the program and the progress options) with `cwd` as its folder.
 
     Output names relative to `cwd` keep a client's folder name out of ffmpeg's `%` templates.
+    `pass_fds`, `names`: as tools.run.
     """
     proc = await asyncio.create_subprocess_exec(
         "ffmpeg",
@@ -42,6 +52,8 @@ async def run_ffmpeg(
         "pipe:1",
         *args,
         cwd=cwd,
+        pass_fds=pass_fds,
+        preexec_fn=deathsignal.preexec(signal.SIGKILL),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -59,5 +71,6 @@ async def run_ffmpeg(
         raise
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        reason = scrub(" | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}", [*hide, cwd])
+        said = " | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}"
+        reason = scrub(said, [*hide, cwd], names)
         raise ToolFailed(f"ffmpeg failed: {reason}")

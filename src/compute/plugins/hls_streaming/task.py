@@ -1,22 +1,34 @@
-"""The hls_streaming task a worker runs."""
+"""The hls_streaming task a worker runs.
+
+The video is opened once, then handed to the tools by descriptor. An `output_absolute_path`
+folder (someone else's) is opened once too, and ffmpeg writes into a staging folder inside
+the job's own; the files are placed into the checked folder through its descriptor
+(media_paths.place), never through a path string that could have been swapped meanwhile.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from compute.errors import ComputeError
-from compute.plugins import tools
+from compute.plugins import media_paths, tools
 from compute.plugins.environment import current
-from compute.plugins.hls_streaming.algorithm import MASTER, make_hls
+from compute.plugins.hls_streaming.algorithm import MASTER, X264_PRESET, X264_PRESETS, Source, make_hls
 from compute.plugins.hls_streaming.ladder import BadVariants, parse_variants
+from compute.plugins.media import VIDEOS, sniff_fd
 from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
 
 #: Where the HLS goes when the client names no folder (upstream's `output_path`).
 OUTPUT_FOLDER = "output"
+#: The job's own folder where ffmpeg writes HLS bound for `output_absolute_path`.
+STAGING_FOLDER = "staging"
 
 
 def default_variants() -> list[dict[str, int]]:
@@ -31,15 +43,8 @@ class HlsStreamingParams(TaskParams):
     input_absolute_path: str | None = None
     #: A folder on the worker's disk for the HLS instead of the job's `output/`.
     output_absolute_path: str | None = None
-
-
-def inside_media_roots(raw: str, what: str) -> Path:
-    """`raw` resolved, if it lies in this process's media roots. The route checked it already;
-    the worker checks again, as its own roots are the ones that count on its disk."""
-    path = Path(raw).resolve()
-    if not any(path == root or root in path.parents for root in current().media_roots):
-        raise ComputeError(f"{what} is outside the media roots this worker may use (COMPUTE_MEDIA_ROOTS)")
-    return path
+    #: x264's preset: the default, or a faster one (X264_PRESETS) for a lower quality.
+    preset: str = X264_PRESET
 
 
 class HlsStreamingTask(PluginTask):
@@ -54,33 +59,37 @@ class HlsStreamingTask(PluginTask):
             requested = parse_variants(json.dumps(params.variants))
         except BadVariants as exc:
             raise ComputeError(str(exc)) from None
-        if params.input_absolute_path:
-            source = inside_media_roots(params.input_absolute_path, "input_absolute_path")
-            if not source.is_file():
-                raise ComputeError("input_absolute_path: no file at that path")
-        else:
-            source = files.path(params.input_path)
-        if params.output_absolute_path:
-            folder = inside_media_roots(params.output_absolute_path, "output_absolute_path")
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # e.g. no permission: retrying would not help
-                raise ComputeError(f"output_absolute_path cannot be created: {exc.strerror}") from None
-        else:
-            folder = files.output(f"{params.output_path or OUTPUT_FOLDER}/{MASTER}").parent
+        if params.preset not in X264_PRESETS:
+            raise ComputeError(f"preset must be one of {', '.join(X264_PRESETS)}")
+        hide = [files.root, *current().media_roots]
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(_open_source(files, params))
+            if params.output_absolute_path:
+                target = stack.enter_context(
+                    media_paths.open_folder(params.output_absolute_path, "output_absolute_path", create=True)
+                )
+                folder = files.root / STAGING_FOLDER
+                shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt's
+                folder.mkdir()
+                stack.callback(shutil.rmtree, folder, True)
+            else:
+                folder = files.output(f"{params.output_path or OUTPUT_FOLDER}/{MASTER}").parent
+            result = await make_hls(
+                Source(source.fd, _shown(params, files)),
+                folder,
+                requested,
+                params.include_original,
+                progress,
+                hide=hide,
+                preset=params.preset,
+            )
+            if params.output_absolute_path:
+                media_paths.place(folder, _in_order(folder), target.fd)
 
         def named(file_name: str) -> str:
             """How the client finds a file: job-relative in the job folder, else folder-relative."""
             return file_name if params.output_absolute_path else files.relative(folder / file_name)
 
-        result = await make_hls(
-            source,
-            folder,
-            requested,
-            params.include_original,
-            progress,
-            hide=[files.root, *current().media_roots],
-        )
         playlists = [{**v.as_dict(), "playlist": named(f"adaptive-{v.name}.m3u8")} for v in result.variants]
         return {
             "master_playlist": named(MASTER),
@@ -90,3 +99,33 @@ class HlsStreamingTask(PluginTask):
             "include_original": result.original,
             "duration_seconds": round(result.info.duration, 3),
         }
+
+
+def _open_source(files: JobFiles, params: HlsStreamingParams) -> media_paths.Opened:
+    """The video, open and checked: a video file inside the media roots, or the job's upload."""
+    if params.input_absolute_path:
+        opened = media_paths.open_file(params.input_absolute_path, "input_absolute_path")
+    else:
+        path = files.path(params.input_path)  # the job's own folder: only the server writes there
+        try:
+            opened = media_paths.Opened(os.open(path, os.O_RDONLY | os.O_CLOEXEC), path)
+        except OSError as exc:
+            raise ComputeError(f"the job's input cannot be opened: {os.strerror(exc.errno or 0)}") from None
+    kind = sniff_fd(opened.fd)
+    if kind not in VIDEOS:  # the route looked at it, but the file at that path may have changed since
+        opened.close()
+        raise ComputeError(f"{_shown(params, files)} is not a video this task reads")
+    return opened
+
+
+def _shown(params: HlsStreamingParams, files: JobFiles) -> str:
+    if params.input_absolute_path:
+        return tools.scrub(params.input_absolute_path, current().media_roots)
+    return params.input_path
+
+
+def _in_order(folder: Path) -> list[str]:
+    """The files ffmpeg wrote, in the order a reader may meet them: segments, media playlists,
+    the master last (a player that finds it finds everything it lists)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    return sorted(names, key=lambda n: (n == MASTER, n.endswith(".m3u8")))
