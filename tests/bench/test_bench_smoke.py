@@ -18,6 +18,7 @@ import pytest
 
 from compute.plugins.models import MODELS
 from compute_bench import standins
+from compute_bench.plugins import PLUGINS
 from compute_bench.runner import SECTIONS
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
@@ -56,6 +57,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Targets" in proc.stdout
     assert "7. Plugins" in proc.stdout and standins.LABEL in proc.stdout
+    assert "Against the fastest way found" in proc.stdout
     data: dict[str, Any] = json.loads(Path(out).read_text())
     return data
 
@@ -126,34 +128,58 @@ def test_empty_claims(result: dict[str, Any]) -> None:
 def test_targets_listed(result: dict[str, Any]) -> None:
     targets = result["targets"]
     plugin_targets = [t for t in targets if "% of run p50" in t["target"]]
-    assert len(targets) - len(plugin_targets) == 12  # no peer targets without --peers
-    assert len(plugin_targets) == len(TOOL_PLUGINS) + len(MODELS)
+    reference_targets = [t for t in targets if "fastest reference" in t["target"]]
+    assert len(targets) - len(plugin_targets) - len(reference_targets) == 12  # no peers without --peers
+    assert len(plugin_targets) == len(TOOL_ROWS) + len(MODELS)
+    assert len(reference_targets) == len([p for p in PLUGINS if p.references])
     assert all(_number(t["value"]) for t in targets), targets
 
 
-TOOL_PLUGINS = ("image_conversion", "image_resize", "hash", "exif", "media_thumbnail", "hls_streaming")
+TOOL_ROWS = tuple(p.row for p in PLUGINS if p.task not in MODELS)
 
 
 def _plugin_rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {row["task"]: row for row in result["plugins"]["plugins"]}
+    return {row["row"]: row for row in result["plugins"]["plugins"]}
 
 
 def test_plugins_tool_backed(result: dict[str, Any]) -> None:
     """Every plugin without a model runs here (CI installs ffmpeg and exiftool) and has its figures."""
     rows = _plugin_rows(result)
-    for task in TOOL_PLUGINS:
-        row = rows[task]
+    for name in TOOL_ROWS:
+        row = rows[name]
         assert "skipped" not in row and "error" not in row, row
         assert row["model"] is None and row["completed"] == row["jobs"] > 0, row
         _dist(row["run_ms"])
         _dist(row["pickup_ms"])
         _dist(row["persist_ms"])
         for key in ("jobs_per_s", "overhead_pct", "rss_after_load_mb", "peak_rss_mb", "tools_peak_rss_mb"):
-            assert _number(row[key]), (task, key, row[key])
+            assert _number(row[key]), (name, key, row[key])
+        # Measured in the plugin process: the job's CPU and memory there.
+        _dist(row["cpu_ms"])
+        assert _number(row["plugin_peak_rss_mb"]) and _number(row["plugin_job_growth_mb"]), row
         assert row["overhead_met"] in (True, False)
         assert row["model_load_ms"] is None
     assert rows["exif"]["output"]["Make"] == "Compute Bench"  # the standard photo's EXIF was read
     assert rows["hls_streaming"]["tools_peak_rss_mb"] > 0  # ffmpeg's memory, apart from the worker's
+
+
+def test_plugins_beside_their_references(result: dict[str, Any]) -> None:
+    """Each image row has its references measured on its own input (CI installs libvips-tools and
+    webp; a tool that is not installed says so), the fastest named, and the ratios."""
+    rows = _plugin_rows(result)
+    for plugin in PLUGINS:
+        if not plugin.references:
+            continue
+        row = rows[plugin.row]
+        assert [r["name"] for r in row["references"]] == list(plugin.references)
+        for ref in row["references"]:
+            assert "error" not in ref, (plugin.row, ref)
+            if "missing" not in ref:
+                _dist(ref["cpu_ms"])
+                _dist(ref["wall_ms"])
+        assert row["fastest"] in plugin.references
+        assert _number(row["ratio_cpu"]) and _number(row["ratio_wall"]), row
+        assert row["reference_met"] in (True, False)
 
 
 def test_plugins_model_backed(result: dict[str, Any]) -> None:
@@ -175,4 +201,6 @@ def test_plugins_model_backed(result: dict[str, Any]) -> None:
 def test_plugins_inputs(result: dict[str, Any]) -> None:
     section = result["plugins"]
     assert section["inputs"]["photo"].startswith("1920x1080 JPEG")
+    assert section["inputs"]["large_jpeg"].startswith("1600x1200 JPEG q92")
+    assert section["inputs"]["large_png"].startswith("1600x1200 PNG")
     assert section["inputs"]["video"].startswith("1280x720 H.264+AAC MP4, 2 s")

@@ -14,7 +14,7 @@ from PIL import Image
 from compute.plugins import environment, models
 from compute.plugins.models import MODELS
 from compute.plugins.registry import installed_tasks
-from compute_bench import inputs, plugins, standins
+from compute_bench import inputs, plugins, references, standins
 
 MODEL_TASKS = tuple(MODELS)
 TOOL_TASKS = tuple(t for t in plugins.NAMES if t not in MODELS)
@@ -49,12 +49,14 @@ def test_model_plugins_without_models_are_skipped_with_the_reason(
 ) -> None:
     empty = tmp_path / "no-models"
     empty.mkdir()
-    plans = {p.plugin.task: p for p in plugins.plan(photo_only, empty, None)}
+    plans = {p.plugin.row: p for p in plugins.plan(photo_only, empty, None)}
     for task in MODEL_TASKS:
         assert plans[task].skipped == f"{MODELS[task].filename} missing (see compute-models)"
         assert plans[task].model is None
-    for task in ("media_thumbnail", "hls_streaming"):
-        assert plans[task].skipped == "no standard video (ffmpeg not found on PATH)"
+    for row in ("media_thumbnail video", "hls_streaming"):
+        assert plans[row].skipped == "no standard video (ffmpeg not found on PATH)"
+    assert plans["hash"].skipped == "no large_jpeg input made"
+    assert not plans["media_thumbnail 1080p"].skipped
     rows = [plugins.skipped_row(p) for p in plans.values() if p.skipped]
     assert {r["task"] for r in rows} >= set(MODEL_TASKS)
 
@@ -64,7 +66,7 @@ def test_stand_ins_pass_the_plugins_own_checks(
 ) -> None:
     empty = tmp_path / "no-models"
     empty.mkdir()
-    plans = {p.plugin.task: p for p in plugins.plan(photo_only, empty, plugin_models)}
+    plans = {p.plugin.row: p for p in plugins.plan(photo_only, empty, plugin_models)}
     tasks = installed_tasks()
     for task in MODEL_TASKS:
         assert plans[task].model == "stand-in" and not plans[task].skipped
@@ -77,12 +79,32 @@ def test_real_models_are_used_where_present(photo_only: inputs.Inputs, tmp_path:
     real = tmp_path / "real-models"
     standins.write("clip_embedding", real)  # any file under the real name counts as the real model
     bench = tmp_path / "bench-models"
-    plans = {p.plugin.task: p for p in plugins.plan(photo_only, real, bench)}
+    plans = {p.plugin.row: p for p in plugins.plan(photo_only, real, bench)}
     assert plans["clip_embedding"].model == "real"
     assert (bench / MODELS["clip_embedding"].filename).resolve() == (
         real / MODELS["clip_embedding"].filename
     ).resolve()
     assert plans["dino_embedding"].model == "stand-in"
+
+
+def test_rows_can_be_chosen_by_task_or_name(photo_only: inputs.Inputs, tmp_path: Path) -> None:
+    chosen = plugins.plan(photo_only, tmp_path, None, ("image_resize", "media_thumbnail 1080p"))
+    assert [p.plugin.row for p in chosen] == ["image_resize", "image_resize 12mp", "media_thumbnail 1080p"]
+
+
+def test_every_reference_a_row_names_exists() -> None:
+    named = {name for p in plugins.PLUGINS for name in p.references}
+    assert named <= set(references.REFERENCES)
+    assert len({p.row for p in plugins.PLUGINS}) == len(plugins.PLUGINS)
+
+
+def test_the_large_photo_as_jpeg_and_png(tmp_path: Path) -> None:
+    made = inputs.make(tmp_path, 1.0, want_video=False, large=(400, 300))
+    assert made.large_jpeg is not None and made.large_png is not None
+    with Image.open(made.large_jpeg) as jpeg, Image.open(made.large_png) as png:
+        assert (jpeg.format, jpeg.size, png.format, png.size) == ("JPEG", (400, 300), "PNG", (400, 300))
+        assert jpeg.getexif()[0x010F] == "Compute Bench"
+    assert set(made.describe()) == {"photo", "large_jpeg", "large_png", "video"}
 
 
 def test_the_standard_photo(tmp_path: Path) -> None:

@@ -62,13 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--jobs",
         help="sizes, e.g. pickup=300,pickup_image=100,burst=5000,"
         "burst_image=1000,progress=50,progress_spaced=20,polling=25,idle_seconds=60,"
-        "concurrency=24,warmup=10,plugins=20,plugins_video=3,video_seconds=10",
+        "concurrency=24,warmup=10,plugins=20,plugins_video=3,plugins_large=8,video_seconds=10",
     )
     parser.add_argument("--quick", action="store_true", help="few jobs, short windows: a smoke test")
     parser.add_argument(
         "--sections",
         default=",".join(DEFAULT_SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but plugins)",
+    )
+    parser.add_argument(
+        "--plugins",
+        help="plugins section: only these tasks or rows, comma-separated (e.g. hash,"
+        "'image_conversion jpeg->png'; default: every row)",
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--dir", type=Path, help="where to create the temporary CL_SERVER_DIRs")
@@ -116,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label=args.label,
         stand_in_models=args.stand_in_models,
         peers=args.peers,
+        plugin_rows=tuple(r.strip() for r in args.plugins.split(",") if r.strip()) if args.plugins else None,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop

@@ -333,6 +333,10 @@ class Cluster:
                 "take them. Point --database-url at a database of its own."
             )
 
+    def job_file(self, job_id: str, relative: str) -> Path:
+        """A file of a job's folder, as `task_output` names it (the server's default storage)."""
+        return self.dir / "cl_server" / "compute" / "jobs" / job_id / relative
+
     def scalar(self, sql: str, **params: Any) -> Any:
         assert self.db is not None
         with self.db.connect() as conn:

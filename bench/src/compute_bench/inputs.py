@@ -4,6 +4,9 @@
   public domain) scaled to 1080 px high over a blurred, widened copy of itself, with a little
   sensor-like noise, and EXIF tags written with Pillow (camera, exposure, date, GPS) so that
   `exif` has something to read. Without scikit-image: a colour gradient with noise.
+* the same picture made at 4000x3000 (12 MP, a phone camera's size) as a JPEG q92 with the same
+  EXIF, and as a PNG (Pillow's default level): issue 19's inputs for the image plugins' rows
+  (1600x1200 in --quick).
 * a 1280x720 H.264 + AAC MP4 from ffmpeg's test sources (testsrc2 at 30 fps, a 440 Hz sine),
   keyframes every 2 s, 10 s long (2 s in --quick).
 """
@@ -20,6 +23,9 @@ from PIL import Image, ImageFilter
 from PIL.TiffImagePlugin import IFDRational as R
 
 WIDTH, HEIGHT = 1920, 1080
+LARGE = (4000, 3000)
+#: --quick: the smoke test needs the rows, not the 12 MP figures.
+QUICK_LARGE = (1600, 1200)
 VIDEO_SIZE = (1280, 720)
 
 
@@ -31,12 +37,26 @@ class Inputs:
     video_seconds: float
     #: Why there is no video (no ffmpeg), else "".
     video_problem: str = ""
+    #: The large photo as JPEG and as PNG (None: not made).
+    large_jpeg: Path | None = None
+    large_png: Path | None = None
+
+    def path(self, kind: str) -> Path | None:
+        """The input a plugin row names: photo, large_jpeg, large_png or video."""
+        found: Path | None = getattr(self, kind)
+        return found
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {
             "photo": f"{WIDTH}x{HEIGHT} JPEG q90, {self.photo.stat().st_size // 1024} KiB, "
             f"{self.photo_source}",
         }
+        for kind, what in (("large_jpeg", "JPEG q92 with EXIF"), ("large_png", "PNG")):
+            path = self.path(kind)
+            if path is not None:
+                with Image.open(path) as img:
+                    size = f"{img.width}x{img.height}"
+                out[kind] = f"{size} {what}, {path.stat().st_size // 1024} KiB, the photo's picture"
         if self.video is not None:
             out["video"] = (
                 f"{VIDEO_SIZE[0]}x{VIDEO_SIZE[1]} H.264+AAC MP4, {self.video_seconds:g} s, "
@@ -55,31 +75,33 @@ def _astronaut() -> Image.Image | None:
     return Image.fromarray(data.astronaut())  # type: ignore[no-untyped-call]
 
 
-def _gradient() -> Image.Image:
-    x = np.linspace(0, 255, WIDTH, dtype=np.float32)[np.newaxis, :]
-    y = np.linspace(0, 255, HEIGHT, dtype=np.float32)[:, np.newaxis]
+def _gradient(size: tuple[int, int]) -> Image.Image:
+    width, height = size
+    x = np.linspace(0, 255, width, dtype=np.float32)[np.newaxis, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, np.newaxis]
     rgb = np.stack(
         [
-            np.broadcast_to(x, (HEIGHT, WIDTH)),
-            np.broadcast_to(y, (HEIGHT, WIDTH)),
-            np.broadcast_to((x + y) / 2, (HEIGHT, WIDTH)),
+            np.broadcast_to(x, (height, width)),
+            np.broadcast_to(y, (height, width)),
+            np.broadcast_to((x + y) / 2, (height, width)),
         ],
         axis=-1,
     )
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def photo_image() -> tuple[Image.Image, str]:
-    """The 1920x1080 picture and where its content comes from."""
+def photo_image(size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[Image.Image, str]:
+    """The picture (1920x1080 unless told) and where its content comes from."""
+    width, height = size
     astronaut = _astronaut()
     if astronaut is None:
-        base, source = _gradient(), "colour gradient with noise (scikit-image not installed)"
+        base, source = _gradient(size), "colour gradient with noise (scikit-image not installed)"
     else:
-        base = astronaut.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC).filter(
-            ImageFilter.GaussianBlur(24)
+        base = astronaut.resize(size, Image.Resampling.BICUBIC).filter(
+            ImageFilter.GaussianBlur(24 * height / HEIGHT)
         )
-        base.paste(astronaut.resize((HEIGHT, HEIGHT), Image.Resampling.LANCZOS), ((WIDTH - HEIGHT) // 2, 0))
-        source = "scikit-image astronaut scaled to 1080 px over a blurred copy, with noise"
+        base.paste(astronaut.resize((height, height), Image.Resampling.LANCZOS), ((width - height) // 2, 0))
+        source = f"scikit-image astronaut scaled to {height} px over a blurred copy, with noise"
     pixels = np.asarray(base, dtype=np.int16)
     noise = np.random.default_rng(7).normal(0, 4, size=pixels.shape).astype(np.int16)
     return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)), source
@@ -108,6 +130,12 @@ def write_photo(path: Path) -> str:
     image, source = photo_image()
     image.save(path, format="JPEG", quality=90, exif=exif_tags())
     return source
+
+
+def write_large(jpeg: Path, png: Path, size: tuple[int, int] = LARGE) -> None:
+    image, _ = photo_image(size)
+    image.save(jpeg, format="JPEG", quality=92, exif=exif_tags())
+    image.save(png, format="PNG")
 
 
 def write_video(path: Path, seconds: float) -> str:
@@ -154,10 +182,19 @@ def write_video(path: Path, seconds: float) -> str:
     return ""
 
 
-def make(folder: Path, video_seconds: float, want_video: bool = True) -> Inputs:
+def make(
+    folder: Path, video_seconds: float, want_video: bool = True, large: tuple[int, int] | None = LARGE
+) -> Inputs:
     folder.mkdir(parents=True, exist_ok=True)
     photo = folder / "standard_1080p.jpg"
     source = write_photo(photo)
+    large_jpeg = large_png = None
+    if large is not None:
+        large_jpeg, large_png = (
+            folder / f"large_{large[0]}x{large[1]}.jpg",
+            folder / f"large_{large[0]}x{large[1]}.png",
+        )
+        write_large(large_jpeg, large_png, large)
     video: Path | None = None
     problem = "not needed"
     if want_video:
@@ -165,4 +202,4 @@ def make(folder: Path, video_seconds: float, want_video: bool = True) -> Inputs:
         problem = write_video(video, video_seconds)
         if problem:
             video = None
-    return Inputs(photo, source, video, video_seconds, problem)
+    return Inputs(photo, source, video, video_seconds, problem, large_jpeg, large_png)

@@ -35,7 +35,9 @@ def prepare(role: str) -> None:
     if directory:
         probes.install(directory, role)
         if role == "worker":
-            plugin_process.child_setups.append(functools.partial(probes.install, directory, role))
+            plugin_process.child_setups.append(
+                functools.partial(probes.install, directory, role, plugin_process=True)
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Section `plugins`: each task plugin on a standard input, run by 2 fresh workers that run only it.
+"""Section `plugins`: each task plugin on standard inputs, run by 2 fresh workers that run only it.
 
 Per plugin, on one server (the section's cluster), 2 workers are started with `--tasks <plugin>`
 (a worker loads its model while it starts, before it comes online), then:
@@ -14,7 +14,14 @@ Per plugin, on one server (the section's cluster), 2 workers are started with `-
    last completion announced), with the 2 workers;
 5. peak RSS: VmHWM of each worker at the end (its high-water mark: load and every job), and
    the RSS of the tools it runs (ffmpeg, exiftool), sampled every SAMPLE_INTERVAL;
-6. the workers are stopped, so the next plugin's figures are its own.
+6. the workers are stopped, so the next plugin's figures are its own;
+7. against the fastest way (issue 19): the job's CPU and peak RSS in the plugin process, from
+   the probes there (sequential jobs), beside each reference of the row (compute_bench.references:
+   vipsthumbnail, cwebp, vips, exiftool one-shot and -stay_open, Pillow's draft path ...) run
+   on the same input as many times, with the ratio ours / the fastest (least CPU).
+
+A task can have several rows (`Plugin.row`): image_conversion JPEG->PNG, PNG->JPEG and
+JPEG->WebP on the 12 MP photo; media_thumbnail on the 12 MP and 1080p photos and the video.
 
 Model load time is measured in the worker: the first `models.session()` of the file, i.e.
 ONNX Runtime building its session from the file plus the input check (the onnxruntime import,
@@ -34,7 +41,7 @@ from typing import Any
 from compute.config import load_settings
 from compute.plugins.models import MODELS
 from compute.plugins.registry import installed_tasks, unavailable_reason
-from compute_bench import standins
+from compute_bench import references, standins
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterError
 from compute_bench.inputs import Inputs
@@ -43,6 +50,10 @@ from compute_bench.stats import descendants, status_kb, summary
 NS_PER_MS = 1_000_000
 #: Overhead target: pickup + persistence at p50, in % of the plugin's run time at p50.
 OVERHEAD_TARGET_PCT = 5.0
+#: Issue 19's target: a job's CPU in the plugin process at most this times the fastest reference's.
+REFERENCE_TARGET = 1.2
+#: Runs of each reference (at most as many as the row's sequential jobs).
+REFERENCE_RUNS = 10
 WORKERS = 2
 SAMPLE_INTERVAL = 0.05  # s, RSS of workers and their tools
 BURST_UPLOADS = 4  # uploads in flight during the burst
@@ -53,20 +64,96 @@ GAP = 0.005
 @dataclass(frozen=True)
 class Plugin:
     task: str
-    #: "photo" (the 1920x1080 JPEG) or "video" (the 720p MP4)
+    #: "photo" (the 1920x1080 JPEG), "large_jpeg" / "large_png" (the 12 MP photo) or "video"
     input: str
     form: dict[str, str]
     #: Warm-up jobs (one per worker), not counted.
     warmup: int = WORKERS
     video_sizes: bool = False
+    #: The row's name, when a task has several rows (e.g. "image_conversion jpeg->png").
+    label: str = ""
+    #: A 12 MP input: `plugins_large` jobs instead of `plugins`.
+    large: bool = False
+    #: What does the same job fastest (compute_bench.references), run on the same input.
+    references: tuple[str, ...] = ()
+    #: The output's (width, height) or box, for references that take one.
+    size: tuple[int, int] = (0, 0)
+    #: The task_output field naming the output file, whose size is reported.
+    output_field: str = ""
+
+    @property
+    def row(self) -> str:
+        return self.label or self.task
 
 
+THUMBNAIL_REFS = ("vipsthumbnail", "pillow_thumbnail")
 PLUGINS: tuple[Plugin, ...] = (
-    Plugin("image_conversion", "photo", {"format": "webp", "quality": "85"}),
-    Plugin("image_resize", "photo", {"width": "640", "height": "360", "maintain_aspect_ratio": "true"}),
-    Plugin("hash", "photo", {"algorithm": "sha512"}),
-    Plugin("exif", "photo", {}),
-    Plugin("media_thumbnail", "video", {}),
+    Plugin(
+        "image_conversion",
+        "large_jpeg",
+        {"format": "png"},
+        label="image_conversion jpeg->png",
+        large=True,
+        references=("vips_png", "pillow_png"),
+        output_field="output_path",
+    ),
+    Plugin(
+        "image_conversion",
+        "large_png",
+        {"format": "jpg", "quality": "85"},
+        label="image_conversion png->jpeg",
+        large=True,
+        references=("vips_jpeg", "pillow_jpeg"),
+        output_field="output_path",
+    ),
+    Plugin(
+        "image_conversion",
+        "large_jpeg",
+        {"format": "webp", "quality": "85"},
+        label="image_conversion jpeg->webp",
+        large=True,
+        references=("cwebp", "vips_webp", "pillow_webp"),
+        output_field="output_path",
+    ),
+    Plugin(
+        "image_resize",
+        "photo",
+        {"width": "640", "height": "360", "maintain_aspect_ratio": "true"},
+        references=("vipsthumbnail", "pillow_resize"),
+        size=(640, 360),
+        output_field="output_path",
+    ),
+    Plugin(
+        "image_resize",
+        "large_jpeg",
+        {"width": "1920", "height": "1080", "maintain_aspect_ratio": "true"},
+        label="image_resize 12mp",
+        large=True,
+        references=("vipsthumbnail", "pillow_resize"),
+        size=(1920, 1080),
+        output_field="output_path",
+    ),
+    Plugin("hash", "large_jpeg", {"algorithm": "sha512"}, large=True, references=("pillow_hashes",)),
+    Plugin("exif", "large_jpeg", {}, references=("exiftool", "exiftool_stay_open")),
+    Plugin(
+        "media_thumbnail",
+        "large_jpeg",
+        {},
+        label="media_thumbnail 12mp",
+        references=THUMBNAIL_REFS,
+        size=(256, 256),
+        output_field="thumbnail_path",
+    ),
+    Plugin(
+        "media_thumbnail",
+        "photo",
+        {},
+        label="media_thumbnail 1080p",
+        references=THUMBNAIL_REFS,
+        size=(256, 256),
+        output_field="thumbnail_path",
+    ),
+    Plugin("media_thumbnail", "video", {}, label="media_thumbnail video"),
     # A run is seconds of ffmpeg: a warm-up would double the section's time for noise.
     Plugin("hls_streaming", "video", {}, warmup=0, video_sizes=True),
     Plugin("clip_embedding", "photo", {}),
@@ -74,7 +161,7 @@ PLUGINS: tuple[Plugin, ...] = (
     Plugin("face_detection", "photo", {}),
     Plugin("face_embedding", "photo", {}),
 )
-NAMES = tuple(p.task for p in PLUGINS)
+NAMES = tuple(dict.fromkeys(p.task for p in PLUGINS))
 
 
 @dataclass
@@ -93,18 +180,21 @@ def user_models_dir() -> Path:
 def plan(
     inputs: Inputs, models_dir: Path, stand_in_dir: Path | None, only: tuple[str, ...] = NAMES
 ) -> list[Plan]:
-    """What to run, and why a plugin is skipped. With `stand_in_dir`, missing models get stand-ins
-    there and present ones are linked in, so the workers read that folder."""
+    """What to run (the rows of the tasks or rows named in `only`), and why a row is skipped. With
+    `stand_in_dir`, missing models get stand-ins there and present ones are linked in, so the
+    workers read that folder."""
     installed = installed_tasks()
     plans = []
     for plugin in PLUGINS:
-        if plugin.task not in only:
+        if plugin.task not in only and plugin.row not in only:
             continue
         p = Plan(plugin)
         plans.append(p)
         spec = MODELS.get(plugin.task)
         if plugin.input == "video" and inputs.video is None:
             p.skipped = f"no standard video ({inputs.video_problem})"
+        elif inputs.path(plugin.input) is None:
+            p.skipped = f"no {plugin.input} input made"
         elif plugin.task not in installed:
             p.skipped = "not installed"
         elif spec is None:
@@ -174,16 +264,20 @@ def _mb(kb: int | float | None) -> float | None:
     return None if kb is None else round(kb / 1024, 1)
 
 
+MIME = {"photo": "image/jpeg", "large_jpeg": "image/jpeg", "large_png": "image/png", "video": "video/mp4"}
+
+
 class Source:
     """One plugin's input, read once, uploaded as CL Server clients upload it."""
 
     def __init__(self, plugin: Plugin, inputs: Inputs) -> None:
-        path = inputs.photo if plugin.input == "photo" else inputs.video
+        path = inputs.path(plugin.input)
         assert path is not None
+        self.path = path
         self.task = plugin.task
         self.form = plugin.form
         self.name = path.name
-        self.mime = "image/jpeg" if plugin.input == "photo" else "video/mp4"
+        self.mime = MIME[plugin.input]
         self.content = path.read_bytes()
 
     async def submit(self, sub: Submitter) -> str:
@@ -273,6 +367,7 @@ async def measure(
             await cluster.stop_workers(workers.ids)
     runs = await _stamps(cluster, "runs", sequential + burst)
     commits = await _stamps(cluster, "commits", sequential + burst)
+    in_plugin_process = await _stamps(cluster, "jobs", sequential + burst)
     probes = [s for s in cluster.read_probes() if s.get("role") == "worker" and s.get("pid") in pids]
     rows = cluster.rows(sequential + burst)
 
@@ -303,6 +398,10 @@ async def measure(
     statuses = [rows.get(j, {}).get("status") for j in sequential + burst]
     completed = sum(1 for s in statuses if s == "completed")
     spec = MODELS.get(plugin.task)
+    first_output = next(
+        (r.get("task_output") for j in sequential if (r := rows.get(j, {})).get("status") == "completed"),
+        None,
+    )
     loads = [
         m
         for s in probes
@@ -311,6 +410,7 @@ async def measure(
     ]
     result: dict[str, Any] = {
         "task": plugin.task,
+        "row": plugin.row,
         "input": plugin.input,
         "form": plugin.form,
         "model": p.model,
@@ -343,18 +443,69 @@ async def measure(
         "tools_peak_rss_mb": _mb(sampler.tools_peak_kb),
         "rss_samples": sampler.samples,
         "loadavg_1min": [load_before, _loadavg()],
-        "output": _scalars(
-            next(
-                (
-                    r.get("task_output")
-                    for j in sequential
-                    if (r := rows.get(j, {})).get("status") == "completed"
-                ),
-                None,
-            )
-        ),
+        "output": _scalars(first_output),
     }
+    result.update(_against_references(cluster, plugin, source, sequential, burst, in_plugin_process, rows))
+    if plugin.references:
+        result["references"] = await asyncio.to_thread(
+            _run_references, plugin, source, cluster.dir / "references", min(len(sequential), REFERENCE_RUNS)
+        )
+        result.update(_ratios(result))
     return result
+
+
+def _against_references(
+    cluster: Cluster,
+    plugin: Plugin,
+    source: Source,
+    sequential: list[str],
+    burst: list[str],
+    figures: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Our side of the comparison, from the plugin process's own figures per job: CPU (sequential
+    jobs: the burst's share the machine), peak RSS and its growth over the RSS before the job."""
+    seq = [figures[j] for j in sequential if j in figures]
+    every = [figures[j] for j in sequential + burst if j in figures]
+    out: dict[str, Any] = {
+        "cpu_ms": summary(f["cpu_ns"] / NS_PER_MS for f in seq),
+        "plugin_peak_rss_mb": _mb(max((f["peak_rss_kb"] for f in every), default=None)),
+        "plugin_job_growth_mb": _mb(
+            max((f["peak_rss_kb"] - f["rss_before_kb"] for f in every), default=None)
+        ),
+        "input_bytes": len(source.content),
+    }
+    done = next((j for j in sequential if rows.get(j, {}).get("status") == "completed"), None)
+    output = (rows[done].get("task_output") or {}) if done else {}
+    named = output.get(plugin.output_field) if plugin.output_field else None
+    if isinstance(named, str):
+        path = cluster.job_file(str(done), named)
+        out["output_bytes"] = path.stat().st_size if path.is_file() else None
+    return out
+
+
+def _run_references(plugin: Plugin, source: Source, folder: Path, runs: int) -> list[dict[str, Any]]:
+    return [
+        references.run(name, source.path, folder, max(1, runs), plugin.size) for name in plugin.references
+    ]
+
+
+def _ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """Ours / the fastest reference (least CPU), for CPU and wall time at p50."""
+    best = references.fastest(result["references"])
+    ours_cpu, ours_wall = result["cpu_ms"]["p50"], result["run_ms"]["p50"]
+    if best is None or ours_cpu is None:
+        return {"fastest": None, "ratio_cpu": None, "ratio_wall": None, "reference_met": None}
+    ratio_cpu = round(ours_cpu / best["cpu_ms"]["p50"], 2) if best["cpu_ms"]["p50"] else None
+    ratio_wall = (
+        round(ours_wall / best["wall_ms"]["p50"], 2) if ours_wall and best["wall_ms"]["p50"] else None
+    )
+    return {
+        "fastest": best["name"],
+        "ratio_cpu": ratio_cpu,
+        "ratio_wall": ratio_wall,
+        "reference_met": None if ratio_cpu is None else ratio_cpu <= REFERENCE_TARGET,
+    }
 
 
 def _loadavg() -> float | None:
@@ -391,7 +542,7 @@ def _first_error(cluster: Cluster, ids: list[str]) -> str | None:
 
 
 def skipped_row(p: Plan) -> dict[str, Any]:
-    return {"task": p.plugin.task, "input": p.plugin.input, "skipped": p.skipped}
+    return {"task": p.plugin.task, "row": p.plugin.row, "input": p.plugin.input, "skipped": p.skipped}
 
 
 async def run_all(
@@ -401,6 +552,7 @@ async def run_all(
     inputs: Inputs,
     n: int,
     n_video: int,
+    n_large: int,
     fresh: bool = True,
 ) -> list[dict[str, Any]]:
     """Every plan in turn. fresh: 2 new workers per plugin; else one pair runs them all (--quick:
@@ -415,13 +567,14 @@ async def run_all(
             if p.skipped:
                 results.append(skipped_row(p))
                 continue
-            jobs = n_video if p.plugin.video_sizes else n
+            jobs = n_video if p.plugin.video_sizes else n_large if p.plugin.large else n
             try:
                 results.append(await measure(cluster, sub, p, inputs, jobs, shared))
             except ClusterError as exc:  # a model file that does not load: the worker refuses to start
                 results.append(
                     {
                         "task": p.plugin.task,
+                        "row": p.plugin.row,
                         "input": p.plugin.input,
                         "model": p.model,
                         "error": str(exc).splitlines()[-1][:300] if str(exc) else "ClusterError",

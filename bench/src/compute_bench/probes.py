@@ -10,6 +10,9 @@ COMPUTE_BENCH_PROBE_KINDS chooses what is recorded (default "sql"):
 "runs" -- in a worker: when each plugin run started and ended (ns, `PluginTask.execute`, on the
   plugin thread), and how long each model file took to load (`compute.plugins.models._load`,
   the first `models.session()` of a file in the process), with the onnxruntime import timed apart;
+  in the worker's plugin process also, per job (`jobs`): the CPU it took (the process's, its
+  finished children's and its live descendants', e.g. a persistent exiftool), its RSS before
+  and its peak RSS during the job (VmHWM, reset at the job's start);
 "commits" -- in the server (or a worker writing a result itself): when a job's terminal event was
   committed (ns, right after `JobTransitions.apply_events` returned);
 "sql" -- what the process's engines send to the database:
@@ -35,6 +38,8 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from compute_bench.stats import cpu_ns, peak_kb, start_peak
 
 ENV = "COMPUTE_BENCH_PROBES"
 KINDS_ENV = "COMPUTE_BENCH_PROBE_KINDS"
@@ -64,6 +69,7 @@ class _Stats:
         self.progress: list[tuple[str, int, int]] = []
         self.opened: dict[str, int] = {}
         self.runs: dict[str, list[int]] = {}
+        self.jobs: dict[str, dict[str, int]] = {}
         self.models: dict[str, dict[str, float]] = {}
         self.commits: dict[str, int] = {}
         self.write_lock = threading.Lock()
@@ -123,7 +129,7 @@ class _Stats:
                     data["progress"] = list(self.progress)
                 # Small, and read while the process runs: a worker's plugin process may be
                 # killed rather than exit, so its last snapshot must already hold them.
-                for key in ("runs", "models", "commits", "opened"):
+                for key in ("runs", "jobs", "models", "commits", "opened"):
                     if getattr(self, key):
                         data[key] = dict(getattr(self, key))
             tmp = self.path.with_suffix(".tmp")
@@ -146,8 +152,9 @@ class _Stats:
                 self.opened[job_id] = time.time_ns()
 
 
-def install(directory: str, role: str) -> None:
-    """Install the probes named in COMPUTE_BENCH_PROBE_KINDS; write results to `directory`."""
+def install(directory: str, role: str, plugin_process: bool = False) -> None:
+    """Install the probes named in COMPUTE_BENCH_PROBE_KINDS; write results to `directory`.
+    plugin_process: this is a worker's plugin process, where each job's CPU and memory are its own."""
     kinds = set((os.environ.get(KINDS_ENV) or "sql").split(","))
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,7 @@ def install(directory: str, role: str) -> None:
     if "sql" in kinds:
         _listen(stats)
     if "runs" in kinds:
-        _time_runs(stats)
+        _time_runs(stats, plugin_process)
     if "commits" in kinds:
         _time_commits(stats)
     atexit.register(stats.write, True)
@@ -186,20 +193,25 @@ def _listen(stats: _Stats) -> None:
     event.listen(Engine, "rollback", lambda conn: stats.on_end(conn, "rollback"))
 
 
-def _time_runs(stats: _Stats) -> None:
-    """Stamp each plugin run, and time each model file's first load in this process."""
+def _time_runs(stats: _Stats, per_job: bool) -> None:
+    """Stamp each plugin run, and time each model file's first load in this process; per_job:
+    also each run's CPU and memory (the process runs one job at a time)."""
     from compute.plugins import models, plugin_task
 
     execute = plugin_task.PluginTask.execute
 
     async def timed_execute(self: Any, job: Any, params: Any, progress_callback: Any = None) -> Any:
+        before = _job_started() if per_job else None
         start = time.time_ns()
         try:
             return await execute(self, job, params, progress_callback)
         finally:
             end = time.time_ns()
+            figures = None if before is None else _job_ended(before)
             with stats.lock:
                 stats.runs[job.job_id] = [start, end]
+                if figures is not None:
+                    stats.jobs[job.job_id] = figures
 
     plugin_task.PluginTask.execute = timed_execute  # type: ignore[method-assign]
 
@@ -222,6 +234,17 @@ def _time_runs(stats: _Stats) -> None:
                 }
 
     models._load = timed_load
+
+
+def _job_started() -> tuple[int, int]:
+    """(CPU so far in ns, VmRSS in KiB) as a job starts; its peak memory is measured from here."""
+    rss = start_peak()
+    return cpu_ns(), rss
+
+
+def _job_ended(before: tuple[int, int]) -> dict[str, int]:
+    cpu, rss = before
+    return {"cpu_ns": cpu_ns() - cpu, "rss_before_kb": rss, "peak_rss_kb": peak_kb()}
 
 
 def _time_commits(stats: _Stats) -> None:

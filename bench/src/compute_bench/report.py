@@ -146,14 +146,25 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": f"{name} (ratio)", "value": r, "goal": f"{op} {factor:g}x", "met": met})
     section = result.get("plugins") or {}
     for row in section.get("plugins", []):
+        name = row.get("row", row["task"])
         if "overhead_pct" in row:
             stand_in = " (stand-in model)" if row.get("model") == "stand-in" else ""
             out.append(
                 {
-                    "target": f"{row['task']}{stand_in}: pickup + persistence, % of run p50",
+                    "target": f"{name}{stand_in}: pickup + persistence, % of run p50",
                     "value": row["overhead_pct"],
                     "goal": f"< {section['target_pct']:g}",
                     "met": row["overhead_met"],
+                }
+            )
+        if row.get("references"):
+            out.append(
+                {
+                    "target": f"{name}: CPU per job / the fastest reference's "
+                    f"({row.get('fastest') or 'none ran'})",
+                    "value": row.get("ratio_cpu"),
+                    "goal": f"<= {section.get('reference_target', 1.2):g}x",
+                    "met": row.get("reference_met"),
                 }
             )
     return out
@@ -359,9 +370,10 @@ def _plugins(section: dict[str, Any]) -> list[str]:
     fresh = "fresh workers per plugin" if section.get("fresh_workers", True) else "workers for all plugins"
     lines = [
         f"7. Plugins ({section['workers']} {fresh}; run, pickup and persistence at p50 "
-        f"over {section['jobs']} sequential jobs ({section['jobs_video']} for hls_streaming), jobs/s "
-        "over as many submitted at once)",
+        f"over {section['jobs']} sequential jobs ({section['jobs_video']} for hls_streaming, "
+        f"{section.get('jobs_large', '-')} on the large photo), jobs/s over as many submitted at once)",
         f"   inputs: photo {ins['photo']}; video {ins['video']}",
+        *(f"   {kind}: {ins[kind]}" for kind in ("large_jpeg", "large_png") if kind in ins),
         f"   models: {section['models_dir']}",
     ]
     if not section.get("fresh_workers", True):
@@ -372,18 +384,19 @@ def _plugins(section: dict[str, Any]) -> list[str]:
     rows = []
     notes = []
     for r in section["plugins"]:
+        name = r.get("row", r["task"])
         if "skipped" in r:
-            notes.append(f"   {r['task']}: skipped: {r['skipped']}")
+            notes.append(f"   {name}: skipped: {r['skipped']}")
             continue
         if "error" in r:
-            notes.append(f"   {r['task']}: error: {r['error']}")
+            notes.append(f"   {name}: error: {r['error']}")
             continue
         model = {"real": "real", "stand-in": "stand-in*", None: "-"}[r["model"]]
         met = {True: "met", False: "MISSED", None: "n/a"}[r["overhead_met"]]
         done = f"{r['completed']}/{r['jobs']}"
         rows.append(
             [
-                r["task"],
+                name,
                 r["input"],
                 model,
                 done,
@@ -400,7 +413,7 @@ def _plugins(section: dict[str, Any]) -> list[str]:
             ]
         )
         if r["failed"]:
-            notes.append(f"   {r['task']}: {r['failed']} jobs failed: {r['first_error']}")
+            notes.append(f"   {name}: {r['failed']} jobs failed: {r['first_error']}")
     if rows:
         lines.append(
             _table(
@@ -431,7 +444,92 @@ def _plugins(section: dict[str, Any]) -> list[str]:
         "worker; load = first models.session() in the worker; RSS peak = workers' VmHWM, tools = "
         "ffmpeg/exiftool children, sampled"
     )
+    lines += _against_references(section)
     return lines
+
+
+def _against_references(section: dict[str, Any]) -> list[str]:
+    """Each row's job in the plugin process beside the fastest way found to do it (issue 19)."""
+    measured = [r for r in section["plugins"] if r.get("references")]
+    if not measured:
+        return []
+    target = section.get("reference_target", 1.2)
+    rows, notes = [], []
+    for r in measured:
+        best = next((ref for ref in r["references"] if ref["name"] == r.get("fastest")), None)
+        met = {True: "met", False: "MISSED", None: "n/a"}[r.get("reference_met")]
+        rows.append(
+            [
+                r["row"],
+                r["cpu_ms"]["p50"],
+                r["run_ms"]["p50"],
+                r.get("plugin_peak_rss_mb"),
+                r.get("plugin_job_growth_mb"),
+                _kib(r.get("output_bytes")),
+                best["label"] if best else "-",
+                best["cpu_ms"]["p50"] if best else None,
+                best["wall_ms"]["p50"] if best else None,
+                _ref_memory(best),
+                _kib(best.get("output_bytes")) if best else None,
+                r.get("ratio_cpu"),
+                r.get("ratio_wall"),
+                met,
+            ]
+        )
+        others = [f"{ref['label']} {_reference_figures(ref)}" for ref in r["references"] if ref is not best]
+        if others:
+            notes.append(f"   {r['row']}, also: " + "; ".join(others))
+    return [
+        "",
+        f"   Against the fastest way found (issue 19; CPU and wall at p50 per job; "
+        f"target: CPU <= {target:g}x)",
+        _table(
+            [
+                "",
+                "CPU ms",
+                "wall ms",
+                "peak MB",
+                "job +MB",
+                "out KiB",
+                "fastest reference",
+                "CPU ms",
+                "wall ms",
+                "peak MB",
+                "out KiB",
+                "CPU x",
+                "wall x",
+                f"<={target:g}x",
+            ],
+            rows,
+        ),
+        *notes,
+        "   ours: CPU of the plugin process per job (its own, its children's, a persistent tool's), "
+        "wall = run; peak MB = the plugin process's VmHWM during the job, job +MB = over its RSS "
+        "before the job. References: tools run once per job (CPU includes starting them; peak = "
+        "the process's maxrss), in-process ones after a warm-up (peak = +MB over the RSS before)",
+    ]
+
+
+def _kib(value: Any) -> int | None:
+    return None if not isinstance(value, int) else value // 1024
+
+
+def _ref_memory(ref: dict[str, Any] | None) -> str:
+    if ref is None:
+        return "-"
+    if "peak_rss_mb" in ref:
+        return _fmt(ref["peak_rss_mb"])
+    return f"+{_fmt(ref.get('peak_growth_mb'))}"
+
+
+def _reference_figures(ref: dict[str, Any]) -> str:
+    if "missing" in ref:
+        return f"missing: {ref['missing']}"
+    if "error" in ref:
+        return f"error: {ref['error']}"
+    return (
+        f"{_fmt(ref['cpu_ms']['p50'])} ms CPU, {_fmt(ref['wall_ms']['p50'])} ms wall, {_ref_memory(ref)} MB"
+    )
 
 
 def _peers(result: dict[str, Any]) -> list[str]:

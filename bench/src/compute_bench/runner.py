@@ -64,6 +64,8 @@ class Config:
     stand_in_models: bool = False
     #: Also run the peers (Celery, Celery behind FastAPI, Procrastinate) at the same points.
     peers: bool = False
+    #: plugins section: only these tasks or rows (None: all).
+    plugin_rows: tuple[str, ...] | None = None
 
 
 class Run:
@@ -237,10 +239,12 @@ class Run:
     async def _plugins(self) -> None:
         """Each task plugin on the standard inputs, 2 fresh workers per plugin (compute_bench.plugins)."""
         cfg, sizes = self.cfg, self.cfg.sizes
-        made = await asyncio.to_thread(inputs.make, self.base / "inputs", sizes.video_seconds)
+        large = inputs.QUICK_LARGE if cfg.quick else inputs.LARGE
+        made = await asyncio.to_thread(inputs.make, self.base / "inputs", sizes.video_seconds, True, large)
         models_dir = plugins.user_models_dir()
         stand_ins = self.base / "models" if cfg.stand_in_models else None
-        plans = await asyncio.to_thread(plugins.plan, made, models_dir, stand_ins)
+        only = cfg.plugin_rows or plugins.NAMES
+        plans = await asyncio.to_thread(plugins.plan, made, models_dir, stand_ins, only)
         used = stand_ins or models_dir
         doc: dict[str, Any] = {
             "inputs": made.describe(),
@@ -250,6 +254,8 @@ class Run:
             "target_pct": plugins.OVERHEAD_TARGET_PCT,
             "jobs": sizes.plugins,
             "jobs_video": sizes.plugins_video,
+            "jobs_large": sizes.plugins_large,
+            "reference_target": plugins.REFERENCE_TARGET,
             "fresh_workers": not cfg.quick,
         }
         if all(p.skipped for p in plans):
@@ -264,7 +270,14 @@ class Run:
             )
             async with self.cluster(spec) as (c, sub):
                 doc["plugins"] = await plugins.run_all(
-                    c, sub, plans, made, sizes.plugins, sizes.plugins_video, fresh=not cfg.quick
+                    c,
+                    sub,
+                    plans,
+                    made,
+                    sizes.plugins,
+                    sizes.plugins_video,
+                    sizes.plugins_large,
+                    fresh=not cfg.quick,
                 )
         self.result["plugins"] = doc
 

@@ -38,6 +38,8 @@ class Sizes:
     #: plugins section: jobs per plugin, sequential and again in a burst (hls_streaming: plugins_video).
     plugins: int = 20
     plugins_video: int = 3
+    #: plugins section, rows on the 12 MP photo (seconds a job for PNG and WebP).
+    plugins_large: int = 8
     #: Length of the standard video (s).
     video_seconds: float = 10.0
     #: claim_scale: finished rows in `jobs`, the deep backlog, claims timed per step.
@@ -66,6 +68,7 @@ QUICK = Sizes(
     warmup=3,
     plugins=3,
     plugins_video=1,
+    plugins_large=1,
     video_seconds=2.0,
     claim_rows=5000,
     claim_backlog=2000,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import platform
+import resource
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,46 @@ def status_kb(pid: int, field: str = "VmRSS") -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def start_peak() -> int:
+    """Begin measuring a job's memory in this process: freed heap memory is handed back to the
+    kernel (glibc's malloc_trim; else what an earlier job freed would hide this one's growth),
+    VmHWM is reset to VmRSS (Linux clear_refs), and VmRSS is returned (KiB)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: growth is then over memory the process already held
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the process's since it started
+    return status_kb(os.getpid()) or 0
+
+
+def peak_kb() -> int:
+    """VmHWM of this process (KiB): its peak since start_peak()."""
+    return status_kb(os.getpid(), "VmHWM") or 0
+
+
+def cpu_ns() -> int:
+    """CPU of this process and of everything it started, in ns: its own, its finished (waited-for)
+    children's, and its live descendants' (a tool kept running across jobs). A child that ends
+    and is waited for moves from the last sum to the second with the same total."""
+    own, done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime
+    return round(seconds * 1e9) + sum(run_ns(pid) for pid in descendants(os.getpid()))
+
+
+def run_ns(pid: int) -> int:
+    """Time a live process's threads spent on a CPU, in ns (/proc/<pid>/task/<tid>/schedstat)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass  # it ended meanwhile
+    return total
 
 
 def descendants(pid: int) -> list[int]:
