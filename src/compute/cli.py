@@ -17,8 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -27,6 +27,9 @@ from compute.config import Settings, load_settings
 from compute.errors import ComputeError, ConfigError, NotMigrated, ServerUnavailable
 from compute.logs import logging_config, setup_logging
 from compute.worker.identity import WorkerSlot, claim_slot
+
+if TYPE_CHECKING:
+    from compute.worker.service import WorkerService
 
 log = logging.getLogger("compute")
 
@@ -248,21 +251,56 @@ def _exit_on_sigterm(_sig: int, _frame: object) -> None:
     sys.exit(0)  # unwinds through server_main's finally, which stops the workers
 
 
+#: Seconds compute-server's workers have to finish their job when it stops, then to leave.
+STOP_GRACE, LEAVE_GRACE = 10.0, 5.0
+_STOP_STEPS = ((signal.SIGTERM, STOP_GRACE), (signal.SIGTERM, LEAVE_GRACE), (signal.SIGKILL, 5.0))
+
+
 class _WorkerProcesses:
+    """compute-server --workers N: its workers, stopped with one SIGTERM each.
+
+    A worker exits at once on a second signal, so it must get one: the thread that started the
+    workers stays until they are reaped, because their parent-death signal (SIGTERM, for when
+    the server dies without stopping them) fires when that thread ends, not the process.
+    """
+
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.stopped = threading.Event()
+        #: No more workers are started.
+        self.stopping = threading.Event()
+        #: Every worker started has exited: the starting thread may end.
+        self.reaped = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self, cmd: list[str], env: dict[str, str], preexec: Callable[[], None] | None) -> bool:
+        with self._lock:
+            if self.stopping.is_set():
+                return False
+            self.procs.append(subprocess.Popen(cmd, env=env, preexec_fn=preexec))
+            return True
 
     def stop(self) -> None:
-        self.stopped.set()
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        """SIGTERM: each worker finishes its job and says goodbye. One still running after
+        STOP_GRACE gets a second SIGTERM (it leaves at once, clearing its CL Server capability,
+        which no Will covers), and SIGKILL after LEAVE_GRACE more."""
+        with self._lock:
+            self.stopping.set()
+            procs = list(self.procs)
+        for how, grace in (
+            (signal.SIGTERM, STOP_GRACE),
+            (signal.SIGTERM, LEAVE_GRACE),
+            (signal.SIGKILL, 5.0),
+        ):
+            running = [p for p in procs if p.poll() is None]
+            for p in running:
+                p.send_signal(how)
+            deadline = time.monotonic() + grace
+            for p in running:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        self.reaped.set()
 
 
 def _spawn_workers_when_ready(count: int, port: int, overrides: dict[str, str]) -> _WorkerProcesses:
@@ -270,20 +308,17 @@ def _spawn_workers_when_ready(count: int, port: int, overrides: dict[str, str]) 
 
     def spawn() -> None:
         url = f"http://127.0.0.1:{port}/"
-        while not group.stopped.is_set() and not _server_answers(url):
-            time.sleep(0.2)
+        while not group.stopping.is_set() and not _server_answers(url):
+            group.stopping.wait(0.2)
         die_with_parent = deathsignal.preexec(signal.SIGTERM)
+        # No --worker-id: each takes a slot (worker/identity.py), the same after a restart.
+        cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port)]
+        # The server's flags (broker, log level ...) apply to its workers too.
+        env = {k: v for k, v in {**os.environ, **overrides}.items() if k != "WORKER_ID"}
         for _ in range(count):
-            if group.stopped.is_set():
-                return
-            # No --worker-id: each takes a slot (worker/identity.py), the same after a restart.
-            cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port)]
-            # The server's flags (broker, log level ...) apply to its workers too.
-            env = {k: v for k, v in {**os.environ, **overrides}.items() if k != "WORKER_ID"}
-            group.procs.append(subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent))
-        # The parent-death signal fires when the thread that started the child ends, not the
-        # process: this thread stays until the server stops.
-        group.stopped.wait()
+            if not group.start(cmd, env, die_with_parent):
+                break
+        group.reaped.wait()  # see _WorkerProcesses
 
     threading.Thread(target=spawn, name="spawn-workers", daemon=True).start()
     return group
@@ -371,6 +406,7 @@ async def _run_worker(settings: Settings) -> int:
 
     loop = asyncio.get_running_loop()
     signals = 0
+    leaving: list[asyncio.Task[None]] = []  # held: the loop keeps only weak references
 
     def on_signal() -> None:
         nonlocal signals
@@ -378,6 +414,11 @@ async def _run_worker(settings: Settings) -> int:
         if signals == 1:
             log.info("stopping after the current job (signal again to exit at once)")
             worker.stop()
+        elif signals == 2:
+            # At once, but without leaving a CL Server capability that says "idle" behind (a
+            # service manager and compute-server may both send SIGTERM): the Wills cover the rest.
+            log.info("exiting at once; the current job is left to the server's rescue")
+            leaving.append(loop.create_task(_leave_at_once(service), name="leave-at-once"))
         else:
             os._exit(1)
 
@@ -396,6 +437,13 @@ async def _run_worker(settings: Settings) -> int:
         )
         await service.close()
     return 0
+
+
+async def _leave_at_once(service: WorkerService) -> None:
+    try:
+        await service.withdraw()
+    finally:
+        os._exit(1)
 
 
 def _dispatch(argv: list[str]) -> int:

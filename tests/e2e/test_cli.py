@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -16,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
+from compute.ports import port_answers
+from compute_bench import harness
 from compute_bench.harness import free_port
 from tests.support.commands import Commands, run, start_server
 from tests.support.images import png_bytes
@@ -285,3 +290,81 @@ async def test_no_token_in_any_log(
         ours = [line for line in log.splitlines() if line.startswith("{")]
         assert any(json.loads(line)["logger"] in ("compute.mosquitto", "compute.broker") for line in ours)
         assert any(json.loads(line)["logger"] == "uvicorn.error" for line in ours)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+async def _capabilities_left(port: int) -> dict[str, bytes]:
+    """The CL Server capabilities a client subscribing now receives (retained, not empty)."""
+    async with MqttProbe("127.0.0.1", port) as late:
+        await late.subscribe("inference/workers/+")
+        await late.subscribe("probe/sync")
+        await late.sync("probe/sync")  # Mosquitto sends the retained ones before it
+        return {m.topic: m.payload for m in late.messages if m.topic.startswith("inference/") and m.payload}
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs Debian's mosquitto")
+@pytest.mark.parametrize(
+    "how",
+    ["idle, server signalled", "busy, worker and server signalled", "busy, server signalled"],
+)
+async def test_server_workers_leave_no_capability_on_a_shared_broker(
+    procs: Commands, env: dict[str, str], tmp_path: Path, how: str
+) -> None:
+    """compute-server --workers 1 on a broker that outlives it, stopped with SIGTERM: no
+    `inference/workers/<id>` is left for CL Server clients, whatever reaches the worker first.
+
+    Busy: the worker's plugin process is frozen (SIGSTOP) under a job, so the worker is still
+    finishing that job when the next SIGTERM comes, deterministically: from the server's stop
+    together with the test's own (as a service manager signals the whole group), or, with the
+    server's alone, the second one the server sends after STOP_GRACE."""
+    broker_port = free_port()
+    procs.spawn("broker", harness.mosquitto_command(broker_port, tmp_path))
+    await wait_for(lambda: port_answers("127.0.0.1", broker_port), what="the broker")
+    assert run(env, "compute-migrate").returncode == 0
+    served = await start_server(
+        procs, "--no-auth", "--workers", "1", "--mqtt-broker", "127.0.0.1", mqtt_port=broker_port
+    )
+    server = served.proc
+
+    def worker_pid() -> int | None:
+        assert server.poll() is None, procs.log("server")
+        children = _children(server.pid)
+        return children[0] if children and _descendants(children[0]) else None  # its plugin host too
+
+    worker = await wait_for(worker_pid, timeout=90, interval=0.2, what="the server's worker and its plugins")
+    left = await wait_for(lambda: _capabilities_left(broker_port), timeout=30, what="the worker's capability")
+    assert len(left) == 1, left
+    frozen = _descendants(worker) if how.startswith("busy") else []
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        if frozen:
+            async with httpx.AsyncClient(base_url=served.base, timeout=10) as client:
+                files = {"file": ("photo.png", png_bytes((48, 32)), "image/png")}
+                submitted = await client.post("/jobs/image_conversion", data={"format": "webp"}, files=files)
+                job_id = submitted.json()["job_id"]
+
+                async def processing() -> bool:
+                    return bool((await client.get(f"/jobs/{job_id}")).json()["status"] == "processing")
+
+                await wait_for(processing, timeout=30, what="the job to start on the frozen plugin")
+        if how.startswith("busy, worker"):
+            os.kill(worker, signal.SIGTERM)
+            await wait_for(
+                lambda: "stopping after the current job" in procs.log("server"),
+                what="the worker's first SIGTERM",
+            )
+        server.send_signal(signal.SIGTERM)
+        assert await wait_for(lambda: server.poll() is not None, timeout=60, what="the server to exit")
+        await wait_for(lambda: not _alive(worker), timeout=30, what="its worker to exit")
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert await _capabilities_left(broker_port) == {}, procs.log("server")

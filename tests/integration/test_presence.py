@@ -16,7 +16,7 @@ from compute.signing import verify_info
 from compute.topics import Topics, parse_worker_info
 from compute.worker.service import WorkerService
 from tests.support.brokers import BrokerInfo
-from tests.support.inprocess import Server, WorkerFactory, make_settings
+from tests.support.inprocess import Server, WorkerFactory, make_settings, running_server
 from tests.support.mqtt import MqttProbe
 from tests.support.waits import wait_for
 
@@ -117,6 +117,27 @@ async def test_a_crashed_worker_leaves_through_its_last_will(
     )
     # The server clears the CL Server capability the Will could not.
     await probe.expect(lambda m: m.payload == b"", what="capability cleared by the server")
+
+
+async def test_a_server_started_after_a_crash_clears_the_capability_the_will_left(
+    settings: Settings, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
+    """The worker crashed while no server listened (a shared broker, the server stopped first):
+    its Will covers `info`, not the CL Server capability. The retained Will the next server
+    receives is verified against the database, and the server clears the capability then."""
+    running = await start_worker()
+    topics = Topics.for_settings(running.settings)
+    worker_id = running.settings.worker_id
+    legacy, info = topics.legacy_worker(worker_id), topics.worker_info(worker_id)
+    await probe.subscribe(legacy)
+    await probe.subscribe(info)
+    await probe.expect(lambda m: m.topic == legacy and bool(m.payload), what="capability")
+    running.bus.abort()  # a crash: the broker fires the Will
+    await probe.expect(lambda m: m.topic == info and _json(m.payload).get("state") == "offline", what="Will")
+    assert _json(probe.on_topic(legacy)[-1].payload)["idle_count"] == 1  # nobody cleared it
+
+    async with running_server(settings):
+        await probe.expect(lambda m: m.topic == legacy and m.payload == b"", what="capability cleared")
 
 
 async def test_retained_queue_summary_counts_queued_jobs(

@@ -42,9 +42,12 @@ class Served:
         return f"http://127.0.0.1:{self.http_port}"
 
 
-async def start_server(procs: Commands, *flags: str, cwd: Path | None = None) -> Served:
-    """compute-server (embedded broker) on free ports, once it answers with its bus connected."""
-    http_port, mqtt_port = free_port(), free_port()
+async def start_server(
+    procs: Commands, *flags: str, cwd: Path | None = None, mqtt_port: int | None = None
+) -> Served:
+    """compute-server on free ports (its embedded broker, or the one on `mqtt_port` with
+    `--mqtt-broker`), once it answers with its bus connected."""
+    http_port, mqtt_port = free_port(), mqtt_port or free_port()
     server = procs.start(
         "server",
         "compute-server",

@@ -100,6 +100,19 @@ class MqttBus:
             except Exception:  # already gone: nothing left to tell the broker
                 pass
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged every QoS 1 message published so far: True, or
+        False after `timeout` or when not connected (what a goodbye waits for before it
+        disconnects, so that it is known delivered, not only written)."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        try:
+            await asyncio.wait_for(client._persistent_storage.wait_empty(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         client = self._client
         if client is None or not self._connected.is_set():

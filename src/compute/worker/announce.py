@@ -143,10 +143,14 @@ class Announcer:
         )
         self.bus.publish(self.topics.legacy_worker(self.worker_id), encode(legacy), qos=1, retain=True)
 
-    def publish_offline(self) -> None:
-        """Clean shutdown: clear the retained info and capability, then say offline."""
+    def withdraw_capability(self) -> None:
+        """Clear the CL Server capability (no Will covers it) and publish nothing more."""
         self.closing = True
         self.bus.publish(self.topics.legacy_worker(self.worker_id), b"", qos=1, retain=True)
+
+    def publish_offline(self) -> None:
+        """Clean shutdown: clear the retained capability and info, then say offline."""
+        self.withdraw_capability()
         self.bus.publish(self.topics.worker_info(self.worker_id), b"", qos=1, retain=True)
         if self.presence is not None:
             self.presence.publish(self.topics.worker_status(self.worker_id), OFFLINE, qos=1, retain=True)

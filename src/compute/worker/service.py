@@ -41,6 +41,8 @@ FIRST_CONNECT_WAIT = 5.0
 #: backoff. Short, because the calls run on the worker's event loop: a 30 s wait there would
 #: also hold back MQTT keepalives, hints and cancel requests.
 DB_WAIT = 5.0
+#: Seconds a leaving worker waits for the broker to acknowledge its goodbye.
+GOODBYE_WAIT = 2.0
 
 
 def client_ids(worker_id: str, suffix: str) -> tuple[str, str]:
@@ -144,6 +146,13 @@ class WorkerService:
         await self.bus.start()
         return await self.bus.wait_connected(timeout)
 
+    async def withdraw(self) -> None:
+        """Leaving at once (a second signal): clear the CL Server capability, acknowledged, and no
+        more. The main connection then drops without a goodbye, so its Will tells the server
+        to rescue the running claim; the presence connection's Will says offline."""
+        self.worker.announcer.withdraw_capability()
+        await self.bus.drain(GOODBYE_WAIT)
+
     async def close(self) -> None:
         """Say goodbye (session stopped, retained info and capability cleared, status offline)."""
         try:
@@ -151,7 +160,9 @@ class WorkerService:
         except DB_ERRORS as exc:  # the server notices from last_seen instead
             log.warning("could not mark this session stopped: %s", (str(exc).splitlines() or ["?"])[0][:200])
         self.worker.announcer.publish_offline()
-        await asyncio.sleep(0)  # let the transports flush the goodbye before disconnecting
+        # Acknowledged before the disconnect: a goodbye written but not yet delivered dies with
+        # the process, and no Will covers the capability.
+        await asyncio.gather(self.bus.drain(GOODBYE_WAIT), self.presence.drain(GOODBYE_WAIT))
         await self.bus.close()
         await self.presence.close()
         self.engine.dispose()

@@ -10,12 +10,13 @@ are tracked (the longest silent one makes room); database look-ups of sessions n
 are rate-limited (`LOOKUPS_PER_SECOND`), with a short negative cache.
 
 Each worker run has a session id, carried by its `info` message and by its Last Will (`info`
-with state "offline"). A verified offline for the current session removes the worker and hands
-the session to the rescue (which takes back only claims whose lease stopped renewing); one for
-an older session only does the latter. An empty retained `info` (a clean shutdown) removes the
-worker once the database says its session stopped. Every `refresh_interval` the map is checked
-against the database: sessions stopped, or silent (`last_seen`) for longer than `stale_after`,
-leave it.
+with state "offline"). A verified offline for the current session (or for a worker not in the
+map: a Will retained while no server listened) removes the worker, clears its CL Server
+capability and hands the session to the rescue (which takes back only claims whose lease
+stopped renewing); one for an older session only does the latter. An empty retained `info` (a
+clean shutdown) removes the worker once the database says its session stopped. Every
+`refresh_interval` the map is checked against the database: sessions stopped, or silent
+(`last_seen`) for longer than `stale_after`, leave it.
 """
 
 from __future__ import annotations
@@ -143,9 +144,12 @@ class WorkerRegistry:
     def _offline(self, worker_id: str, info: WorkerInfo) -> None:
         current = self.workers.get(worker_id)
         stale = current is not None and current["session"] != info["session"]
-        if not stale and current is not None:
+        if not stale:
             self._forget(worker_id)
             # A connection has one Last Will; clear the worker's CL Server capability for it.
+            # Also when the worker is not in the map: a Will retained while no server listened
+            # (it was stopping, or down) arrives when this one subscribes, and nobody else would
+            # clear it. A run under that id that this server has not heard yet repairs its own.
             self.bus.publish(self.topics.legacy_worker(worker_id), b"", qos=1, retain=True)
         limited.info(
             "offline",
