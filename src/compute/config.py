@@ -14,6 +14,13 @@ from compute.errors import ConfigError
 from compute.policies import Policies, TaskPolicy
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: 8K UHD (7680x4320), the largest frames cameras and phones record.
+DEFAULT_MAX_VIDEO_PIXELS = 7680 * 4320
+#: Four hours.
+DEFAULT_MAX_VIDEO_SECONDS = 4 * 3600
+#: A film with many audio and subtitle tracks has a few dozen.
+DEFAULT_MAX_VIDEO_STREAMS = 64
+INT_MAX = 2**31 - 1
 #: Embedded mode's broker user (unless MQTT_USERNAME) and the file in CL_SERVER_DIR that holds its
 #: generated password (written by compute-server, see broker.py).
 EMBEDDED_USERNAME = "compute"
@@ -99,6 +106,12 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     #: Folders that `input_absolute_path` / `output_absolute_path` may point into.
     media_roots: tuple[Path, ...] = ()
+    #: Largest video frame (width x height) a task that decodes videos accepts.
+    max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
+    #: Longest video, in seconds, such a task accepts.
+    max_video_seconds: int = DEFAULT_MAX_VIDEO_SECONDS
+    #: Most streams in a video such a task accepts.
+    max_video_streams: int = DEFAULT_MAX_VIDEO_STREAMS
     worker_id: str = "worker-default"
     #: "process": plugins run in a child process the worker can kill (cancel, timeout, crash);
     #: "thread": on a thread of the worker, where a plugin that does not stop is only abandoned.
@@ -290,6 +303,13 @@ def load_settings(
         priority_aging_seconds=_float(env, "PRIORITY_AGING_SECONDS", 60.0),
         models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+        max_video_pixels=_int(
+            env, "MAX_VIDEO_PIXELS", DEFAULT_MAX_VIDEO_PIXELS, minimum=1, maximum=2**31 - 1
+        ),
+        max_video_seconds=_int(env, "MAX_VIDEO_SECONDS", DEFAULT_MAX_VIDEO_SECONDS, minimum=1),
+        max_video_streams=_int(
+            env, "MAX_VIDEO_STREAMS", DEFAULT_MAX_VIDEO_STREAMS, minimum=1, maximum=100_000
+        ),
         media_roots=tuple(
             Path(p).expanduser()
             for p in (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from compute.plugins.hls_streaming.algorithm import Source
+from compute.plugins.video_probe import Source
 
 TS_PACKET = 188
 

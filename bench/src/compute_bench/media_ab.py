@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compute.plugins.exif import algorithm as exif
-from compute.plugins.hls_streaming.algorithm import X264_PRESETS, Source, make_hls
+from compute.plugins.hls_streaming.algorithm import X264_PRESETS, make_hls
 from compute.plugins.hls_streaming.ladder import Variant, parse_variants
+from compute.plugins.video_probe import Source
 
 
 def _own_cpu() -> float:

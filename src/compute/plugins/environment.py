@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compute.config import DEFAULT_MAX_VIDEO_PIXELS, DEFAULT_MAX_VIDEO_SECONDS, DEFAULT_MAX_VIDEO_STREAMS
+
 if TYPE_CHECKING:
     from compute.config import Settings
 
@@ -27,6 +29,12 @@ class PluginEnvironment:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     #: Folders that absolute media paths may point into (COMPUTE_MEDIA_ROOTS); empty = none.
     media_roots: tuple[Path, ...] = ()
+    #: Largest video frame, in pixels, a task that decodes videos takes (MAX_VIDEO_PIXELS).
+    max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
+    #: Longest video, in seconds, such a task takes (MAX_VIDEO_SECONDS).
+    max_video_seconds: int = DEFAULT_MAX_VIDEO_SECONDS
+    #: Most streams (video, audio, subtitles, data) in such a video (MAX_VIDEO_STREAMS).
+    max_video_streams: int = DEFAULT_MAX_VIDEO_STREAMS
 
     def job_dir(self, job_id: str) -> Path:
         """The job's folder; `params` paths such as `input/upload.jpg` are relative to it."""
@@ -51,6 +59,9 @@ def configure(settings: Settings) -> None:
         settings.models_dir,
         settings.max_image_pixels,
         tuple(p.resolve() for p in settings.media_roots),
+        settings.max_video_pixels,
+        settings.max_video_seconds,
+        settings.max_video_streams,
     )
 
 

@@ -3,13 +3,16 @@
 The upload is stored under a generated name (`input/upload.<ext>`, the extension from what
 the bytes are, not from the name); the name the client sent is kept as data in
 `params["original_filename"]`. A file the task cannot take is refused here with 415 and a
-reason, instead of becoming a job that fails later; an image over the pixel limit gets 413.
+reason, instead of becoming a job that fails later; an image over the pixel limit gets 413, and
+so does a video past the video limits for a task that decodes its frames (one ffprobe cannot
+read gets 422).
 Whatever goes wrong, the job folder is removed again, so no folder is left without a row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any
 from cl_ml_tools import Job
 from fastapi import HTTPException, UploadFile
 
+from compute.plugins import video_probe
 from compute.plugins.media import ImageTooLarge, MediaKind, NotAnImage, check_pixels, image_size, sniff
 from compute.storage import JobStorage
 
@@ -61,13 +65,46 @@ async def job_folder(storage: JobStorage) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def new_job(
-    storage: JobStorage, file: UploadFile, accepts: Collection[MediaKind]
+    storage: JobStorage, file: UploadFile, accepts: Collection[MediaKind], *, decodes_video: bool = False
 ) -> AsyncIterator[NewJob]:
-    """Store `file` in a new job folder and check it; the folder goes away if anything fails."""
+    """Store `file` in a new job folder and check it; the folder goes away if anything fails.
+
+    `decodes_video`: the task decodes a video's frames, so a video must be within the video
+    limits (413) and readable by ffprobe (422). Tasks that read a video's bytes or metadata only
+    (hash, exif) take any video."""
     original = check_name(file.filename)
     async with job_folder(storage) as job_id:
         info = await storage.save_input_file(job_id, STORED_STEM, file)
-        yield _checked(Path(info["path"]), job_id, original, accepts)
+        job = _checked(Path(info["path"]), job_id, original, accepts)
+        if decodes_video and job.kind.family == "video":
+            await _check_video(job)
+        yield job
+
+
+#: Seconds ffprobe gets at intake; a file it cannot read in that time is refused.
+PROBE_SECONDS = 10.0
+
+
+async def _check_video(job: NewJob) -> None:
+    """The stored video within the limits and readable, probed through a descriptor of it."""
+    fd = os.open(job.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        await check_video(video_probe.Source(fd, job.relative))
+    finally:
+        os.close(fd)
+
+
+async def check_video(source: video_probe.Source) -> None:
+    """413 for a video past the video limits, 422 for one ffprobe cannot read or without a
+    video stream (for a task that decodes its frames)."""
+    try:
+        await video_probe.probe(source, timeout=PROBE_SECONDS)
+    except video_probe.VideoTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except video_probe.VideoUnreadable as exc:
+        raise HTTPException(422, f"the video cannot be read: {exc}") from None
+    except video_probe.NoVideoStream:
+        raise HTTPException(422, "the file has no video stream") from None
 
 
 def _checked(stored: Path, job_id: str, original: str, accepts: Collection[MediaKind]) -> NewJob:

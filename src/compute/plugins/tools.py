@@ -19,10 +19,13 @@ ERROR_LINES = 3
 class ToolFailed(ComputeError):
     """An external tool failed."""
 
-    def __init__(self, message: str | None = None, output: bytes = b"") -> None:
+    def __init__(self, message: str | None = None, output: bytes = b"", stderr: bytes = b"") -> None:
         super().__init__(message)
         #: What the tool wrote to stdout (some tools explain a failure there).
         self.output = output
+        #: All it wrote to stderr (the message keeps its last lines), for callers that look for a
+        #: particular reason in it.
+        self.stderr = stderr
 
 
 def missing(*names: str) -> str | None:
@@ -73,7 +76,7 @@ async def run(
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         reason = scrub(" | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}", hide, names)
-        raise ToolFailed(f"{Path(args[0]).name} failed: {reason}", output=out)
+        raise ToolFailed(f"{Path(args[0]).name} failed: {reason}", output=out, stderr=err)
     return out
 
 

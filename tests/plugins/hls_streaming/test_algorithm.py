@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from compute.plugins.hls_streaming.algorithm import COPIED, PROBED, NoVideoStream, make_hls, parse_probe
+from compute.plugins.hls_streaming.algorithm import COPIED, PROBED, make_hls
 from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant
 from compute.plugins.tools import ToolFailed
+from compute.plugins.video_probe import NoVideoStream, parse_probe
 from tests.support.videos import CORRUPT_MP4, codecs, heights, opened
 
 

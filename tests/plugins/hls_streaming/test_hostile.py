@@ -3,7 +3,6 @@ what fails as a job (a corrupt video, with ffmpeg's reason and no server path)."
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ from compute.errors import ComputeError
 from compute.plugins import media_paths
 from compute.plugins.environment import PluginEnvironment
 from tests.support.images import png_bytes
-from tests.support.inprocess import Server, WorkerFactory
+from tests.support.inprocess import Server
 from tests.support.jobs import jobs_left
 from tests.support.videos import CORRUPT_MP4
 
@@ -97,12 +96,14 @@ def test_the_worker_checks_the_roots_again(plugin_env: PluginEnvironment, tmp_pa
         media_paths.open_file(str(tmp_path / "elsewhere.mp4"), "input_absolute_path")
 
 
-async def test_corrupt_video_fails_with_ffmpegs_reason(server: Server, start_worker: WorkerFactory) -> None:
-    status, text = await post(server, {}, CORRUPT_MP4)
-    assert status == 200, text  # the header says MP4: only ffmpeg finds the damage
-    await start_worker(tasks=("hls_streaming",), wait_idle=False)
-    job = await server.wait_status(json.loads(text)["job_id"], "failed", timeout=30)
-    message = job["error_message"]
-    assert "moov atom not found" in message and "input/upload.mp4" in message
-    assert str(server.settings.storage_dir) not in message and "/jobs/" not in message
-    assert job["task_output"] is None
+async def test_corrupt_video_is_422_with_ffprobes_reason(server: Server, media_root: Path) -> None:
+    """The header says MP4; ffprobe finds the damage at submit, before a job exists."""
+    status, reason = await post(server, {}, CORRUPT_MP4)
+    assert status == 422 and "the video cannot be read" in reason and "moov atom not found" in reason
+    assert "input/upload.mp4" in reason
+    assert str(server.settings.storage_dir) not in reason and "/jobs/" not in reason
+    on_disk = media_root / "broken.mp4"
+    on_disk.write_bytes(CORRUPT_MP4)
+    status, reason = await post(server, {"input_absolute_path": str(on_disk)})
+    assert status == 422 and "moov atom not found" in reason and str(media_root) not in reason
+    assert jobs_left(server) == []

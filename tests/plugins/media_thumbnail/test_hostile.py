@@ -1,4 +1,4 @@
-"""What media_thumbnail refuses at the door (415, 413, 422, no job folder left) and what fails as a job."""
+"""What media_thumbnail refuses at the door (415, 413, 422, no job folder left)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.support.images import png_bytes, png_header_only
-from tests.support.inprocess import Server, WorkerFactory
+from tests.support.inprocess import Server
 from tests.support.jobs import jobs_left, post_job
 from tests.support.videos import CORRUPT_MP4
 
@@ -60,13 +60,11 @@ async def test_bad_fields_are_422(server: Server, data: dict[str, str]) -> None:
     assert jobs_left(server) == []
 
 
-async def test_corrupt_video_fails_with_ffmpegs_reason(server: Server, start_worker: WorkerFactory) -> None:
+async def test_corrupt_video_is_422_with_ffprobes_reason(server: Server) -> None:
+    """The header says MP4; ffprobe finds the damage at submit, before a job exists."""
     status, text = await post(server, CORRUPT_MP4)
-    assert status == 200, text  # the header says MP4: only ffmpeg finds the damage
-    await start_worker(tasks=("media_thumbnail",), wait_idle=False)
-    job = await server.wait_status(json.loads(text)["job_id"], "failed", timeout=30)
-    message = job["error_message"]
-    assert message.startswith("ffmpeg failed:") and "moov atom not found" in message
-    assert "input/upload.mp4" in message
-    assert str(server.settings.storage_dir) not in message and "/jobs/" not in message
-    assert job["task_output"] is None
+    reason = json.loads(text)["detail"]
+    assert status == 422 and "the video cannot be read" in reason and "moov atom not found" in reason
+    assert "input/upload.mp4" in reason
+    assert str(server.settings.storage_dir) not in reason and "/jobs/" not in reason
+    assert jobs_left(server) == []

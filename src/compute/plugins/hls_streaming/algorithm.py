@@ -2,23 +2,22 @@
 decode and copies the original beside them, then check what was written.
 
 The video is handed over open (`Source`): ffprobe and ffmpeg read it as `/dev/fd/N`, so they
-read the file that was checked, whatever happens to its path meanwhile (media_paths.py).
+read the file that was checked, whatever happens to its path meanwhile (media_paths.py). The
+probe checks the video limits again, and ffmpeg decodes with them (video_probe.py).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from compute.errors import ComputeError
 from compute.plugins import tools
 from compute.plugins.hls_streaming.ffmpeg_progress import run_ffmpeg
 from compute.plugins.hls_streaming.ladder import Variant, fit_to_source
 from compute.plugins.hls_streaming.playlists import master_playlist, media_playlist
-from compute.plugins.media_paths import fd_path
+from compute.plugins.video_probe import INPUT_PROTOCOLS, Source, VideoInfo, limit_options, probe, too_large
 
 MASTER = "adaptive.m3u8"
 ORIGINAL = "adaptive-orig.m3u8"
@@ -29,8 +28,6 @@ X264_PRESET = "veryfast"
 #: The presets a job may ask for instead (`preset`), slowest first; their cost and quality
 #: against the default are measured in INTERNALS.md (Performance, hls_streaming).
 X264_PRESETS = ("veryfast", "superfast", "ultrafast")
-#: Only local files: a container that names other resources (URLs) cannot make ffmpeg fetch them.
-INPUT_PROTOCOLS = "file"
 PROBE_TIMEOUT = 60.0
 #: An encode may take this long per second of video (plus a start-up allowance): a slow,
 #: busy machine manages, a stuck ffmpeg does not hold the worker forever.
@@ -43,96 +40,6 @@ ENCODE_UNKNOWN_DURATION = 3600.0
 PROBED, ENCODED, COPIED = 5, 85, 95
 
 Progress = Callable[[int], None]
-
-
-class NoVideoStream(ComputeError):
-    """The file has no video stream."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """The video, open: ffprobe and ffmpeg inherit `fd` and read it as `/dev/fd/<fd>`."""
-
-    fd: int
-    #: How error messages name it (`input/upload.mp4`, or the path the client gave).
-    shown: str
-
-    @property
-    def path(self) -> str:
-        return fd_path(self.fd)
-
-    @property
-    def names(self) -> dict[str, str]:
-        return {self.path: self.shown}
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    #: The video stream's index in the file (not a cover picture).
-    stream: int
-    #: As shown, with the rotation a phone records applied.
-    width: int
-    height: int
-    has_audio: bool
-    #: Seconds; 0.0 when the container does not say.
-    duration: float
-
-
-def _rotation(stream: dict[str, Any]) -> int:
-    for side in stream.get("side_data_list") or []:
-        if isinstance(side, dict) and "rotation" in side:
-            return int(float(side["rotation"]))
-    rotate = (stream.get("tags") or {}).get("rotate")
-    return int(float(rotate)) if rotate else 0
-
-
-def parse_probe(report: dict[str, Any]) -> VideoInfo:
-    """ffprobe's JSON (see `probe`) as VideoInfo."""
-    streams = [s for s in report.get("streams") or [] if isinstance(s, dict)]
-    videos = [
-        s
-        for s in streams
-        if s.get("codec_type") == "video"
-        and not (s.get("disposition") or {}).get("attached_pic")
-        and s.get("width")
-        and s.get("height")
-    ]
-    if not videos:
-        raise NoVideoStream()
-    video = videos[0]
-    width, height = int(video["width"]), int(video["height"])
-    if abs(_rotation(video)) % 180 == 90:
-        width, height = height, width
-    try:
-        duration = float((report.get("format") or {}).get("duration") or 0.0)
-    except ValueError:
-        duration = 0.0
-    return VideoInfo(
-        int(video["index"]), width, height, any(s.get("codec_type") == "audio" for s in streams), duration
-    )
-
-
-async def probe(source: Source, hide: Sequence[Path] = ()) -> VideoInfo:
-    out = await tools.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-protocol_whitelist",
-            INPUT_PROTOCOLS,
-            "-of",
-            "json",
-            "-show_entries",
-            "format=duration:stream=index,codec_type,width,height:stream_disposition=attached_pic"
-            ":stream_tags=rotate:stream_side_data=rotation",
-            source.path,
-        ],
-        timeout=PROBE_TIMEOUT,
-        hide=hide,
-        pass_fds=[source.fd],
-        names=source.names,
-    )
-    return parse_probe(json.loads(out))
 
 
 def encode_args(
@@ -193,7 +100,7 @@ def encode_args(
         *_hls_options("adaptive-orig-%03d.ts"),
         ORIGINAL,
     ]
-    source_input = ["-protocol_whitelist", INPUT_PROTOCOLS, "-i", source.path]
+    source_input = [*limit_options(), "-protocol_whitelist", INPUT_PROTOCOLS, "-i", source.path]
     return ["-y", *source_input, *variants_output, *(original_output if include_original else [])]
 
 
@@ -242,10 +149,7 @@ async def make_hls(
     """Write `adaptive.m3u8` and its variants (and `adaptive-orig.m3u8`) into `folder`, checked."""
     if preset not in X264_PRESETS:
         raise ComputeError(f"preset must be one of {', '.join(X264_PRESETS)}")
-    try:
-        info = await probe(source, hide)
-    except TimeoutError:
-        raise TooSlow(f"ffprobe did not finish within {PROBE_TIMEOUT:g} s") from None
+    info = await probe(source, timeout=PROBE_TIMEOUT, hide=hide)  # within the video limits
     variants = fit_to_source(list(requested), info.height)
     progress(PROBED)
 
@@ -267,6 +171,9 @@ async def make_hls(
     except TimeoutError:
         raise TooSlow(f"ffmpeg did not finish within {timeout:g} s") from None
     except tools.ToolFailed as exc:
+        limit = too_large(exc)  # a frame past the limit the probe did not see
+        if limit is not None:
+            raise limit from None
         if include_original and _ORIGINAL_OUTPUT in str(exc):  # e.g. a codec MPEG-TS cannot carry
             raise tools.ToolFailed(f"copying the original (include_original): {exc}") from None
         raise

@@ -73,4 +73,4 @@ async def run_ffmpeg(
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         said = " | ".join(lines[-ERROR_LINES:]) or f"exit code {proc.returncode}"
         reason = scrub(said, [*hide, cwd], names)
-        raise ToolFailed(f"ffmpeg failed: {reason}")
+        raise ToolFailed(f"ffmpeg failed: {reason}", stderr=err)

@@ -13,25 +13,26 @@ from compute.plugins.hls_streaming.algorithm import X264_PRESET, X264_PRESETS
 from compute.plugins.hls_streaming.ladder import BadVariants, parse_variants
 from compute.plugins.hls_streaming.task import OUTPUT_FOLDER
 from compute.plugins.media import VIDEOS, sniff_fd
+from compute.plugins.video_probe import Source
 
 
-def _source(raw: str) -> str:
+async def _source(raw: str) -> str:
     """A video the client names on this machine: inside the media roots (403), there (404), a
-    video (415). The worker opens it again: this check is for the client's sake, early."""
+    video (415) within the video limits (413) that ffprobe reads (422). The worker opens and
+    checks it again: this is for the client's sake, early."""
     try:
         with media_paths.open_file(raw, "input_absolute_path") as found:
             kind = sniff_fd(found.fd)
-            path = found.path
+            if kind not in VIDEOS:
+                what = "an unrecognised format" if kind is None else kind.mime
+                takes = ", ".join(sorted(k.mime for k in VIDEOS))
+                raise HTTPException(415, f"input_absolute_path is {what}; this task takes {takes}")
+            await intake.check_video(Source(found.fd, "input_absolute_path"))
+            return str(found.path)
     except media_paths.MediaPathError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     except OSError:
         raise HTTPException(403, "input_absolute_path cannot be read") from None
-    if kind not in VIDEOS:
-        what = "an unrecognised format" if kind is None else kind.mime
-        raise HTTPException(
-            415, f"input_absolute_path is {what}; this task takes {', '.join(sorted(k.mime for k in VIDEOS))}"
-        )
-    return str(path)
 
 
 def _folder(raw: str) -> str:
@@ -79,11 +80,11 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
         if output_absolute_path:
             params |= {"output_absolute_path": _folder(output_absolute_path), "output_path": ""}
         if file is not None:
-            async with intake.new_job(file_storage, file, VIDEOS) as job:
+            async with intake.new_job(file_storage, file, VIDEOS, decodes_video=True) as job:
                 params |= {"input_path": job.relative, "original_filename": job.original_name}
                 return intake.add_job(repository, job.job_id, "hls_streaming", params, priority, user)
         assert input_absolute_path
-        params["input_absolute_path"] = _source(input_absolute_path)
+        params["input_absolute_path"] = await _source(input_absolute_path)
         async with intake.job_folder(file_storage) as job_id:
             return intake.add_job(repository, job_id, "hls_streaming", params, priority, user)
 

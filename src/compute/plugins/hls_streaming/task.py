@@ -20,10 +20,11 @@ from pydantic import Field
 from compute.errors import ComputeError
 from compute.plugins import media_paths, tools
 from compute.plugins.environment import current
-from compute.plugins.hls_streaming.algorithm import MASTER, X264_PRESET, X264_PRESETS, Source, make_hls
+from compute.plugins.hls_streaming.algorithm import MASTER, X264_PRESET, X264_PRESETS, make_hls
 from compute.plugins.hls_streaming.ladder import BadVariants, parse_variants
 from compute.plugins.media import VIDEOS, sniff_fd
 from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
+from compute.plugins.video_probe import Source
 
 #: Where the HLS goes when the client names no folder (upstream's `output_path`).
 OUTPUT_FOLDER = "output"

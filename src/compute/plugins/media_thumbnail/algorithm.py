@@ -11,6 +11,7 @@ from PIL import Image
 from compute.errors import ComputeError
 from compute.plugins import tools
 from compute.plugins.media import decode, icc_profile
+from compute.plugins.video_probe import limit_options, too_large
 
 #: Box side when the client gives none (CL Server's default).
 DEFAULT_SIZE = 256
@@ -106,6 +107,7 @@ def _ffmpeg(source: Path, target: Path, filters: str, keyframes_only: bool) -> l
         "error",
         "-y",
         *skip,
+        *limit_options(),  # frames and stream counts past the video limits are not decoded
         "-i",
         str(source),
         "-map",
@@ -139,14 +141,20 @@ async def video_thumbnail(source: Path, target: Path, box: Box, hide: Sequence[P
             timeout=FFMPEG_TIMEOUT,
             hide=hide,
         )
-    except tools.ToolFailed:
-        pass  # no keyframe decoded ("Cannot determine format ... after EOF"): try every frame
+    except tools.ToolFailed as exc:
+        limit = too_large(exc)
+        if limit is not None:
+            raise limit from None
+        # Else no keyframe was decoded ("Cannot determine format ... after EOF"): try every frame.
     if not _written(target):
-        await tools.run(
-            _ffmpeg(source, target, frame_filters(box), keyframes_only=False),
-            timeout=FFMPEG_TIMEOUT,
-            hide=hide,
-        )
+        try:
+            await tools.run(
+                _ffmpeg(source, target, frame_filters(box), keyframes_only=False),
+                timeout=FFMPEG_TIMEOUT,
+                hide=hide,
+            )
+        except tools.ToolFailed as exc:
+            raise too_large(exc) or exc from None
     if not _written(target):
         raise NoVideoFrame()
     return target

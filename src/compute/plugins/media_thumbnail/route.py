@@ -31,7 +31,7 @@ def create_router(repository: Any, file_storage: Any, get_current_user: Callable
             check_pixels(width, height, "thumbnail")
         except ImageTooLarge as exc:
             raise HTTPException(413, str(exc)) from None
-        async with intake.new_job(file_storage, file, DECODABLE_IMAGES | VIDEOS) as job:
+        async with intake.new_job(file_storage, file, DECODABLE_IMAGES | VIDEOS, decodes_video=True) as job:
             params = {
                 "input_path": job.relative,
                 "output_path": OUTPUT_PATH,
