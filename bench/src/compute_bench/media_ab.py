@@ -22,6 +22,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from compute import deathsignal
 from compute.plugins.exif import algorithm as exif
 from compute.plugins.hls_streaming.algorithm import X264_PRESETS, make_hls
 from compute.plugins.hls_streaming.ladder import Variant, parse_variants
@@ -103,6 +105,8 @@ def exif_ab(folder: Path, rounds: int, per_round: int) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        # At the end of its input exiftool -stay_open waits for more, forever: it must die with us.
+        preexec_fn=deathsignal.preexec(signal.SIGKILL),
     )
     assert bare.stdin is not None and bare.stdout is not None
 
