@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.errors import ConfigError
+from compute.jobs import DEFAULT_MAX_RESULT_BYTES
 from compute.policies import Policies, TaskPolicy
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
@@ -78,6 +79,8 @@ class Settings:
     db_request_timeout: float = 5.0
     #: A job folder with no row is removed once it is this old (seconds): an upload in flight is not.
     orphan_grace_seconds: float = 600.0
+    #: Largest result a job may store (its task_output as JSON, bytes); a larger one fails the job.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     #: Live views (SSE): seconds between heartbeat comments on a quiet stream.
     sse_heartbeat: float = 15.0
     #: Live views: changes buffered per client; a client further behind is disconnected.
@@ -288,6 +291,7 @@ def load_settings(
         header_read_timeout=_float(env, "HEADER_READ_TIMEOUT", 10.0, positive=True),
         db_request_timeout=_float(env, "DB_REQUEST_TIMEOUT", 5.0, positive=True),
         orphan_grace_seconds=_float(env, "ORPHAN_GRACE_SECONDS", 600.0),
+        max_result_bytes=_int(env, "MAX_RESULT_BYTES", DEFAULT_MAX_RESULT_BYTES, minimum=1024),
         sse_heartbeat=_float(env, "SSE_HEARTBEAT_SECONDS", 15.0, positive=True),
         sse_buffer=_int(env, "SSE_BUFFER", 256, minimum=1),
         sse_max_clients=_int(env, "SSE_MAX_CLIENTS", 1000, minimum=1),

@@ -9,6 +9,7 @@ failed or cancelled job again. Nothing else moves a finished (`TERMINAL`) job.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,3 +159,36 @@ class JobChange:
     def as_dict(self) -> dict[str, Any]:
         """The fields clients see."""
         return {name: getattr(self, name) for name in SHOWN_FIELDS}
+
+
+# -- what a plugin may hand back -----------------------------------------------------------------
+
+#: Default of MAX_RESULT_BYTES: a result's `task_output` as JSON, at most. With the event around
+#: it, a result then fits the 1 MiB bus payloads (topics.MAX_PAYLOAD_BYTES, Mosquitto's
+#: max_packet_size in deploy/).
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024 - 64 * 1024
+#: Longest error message kept (characters): a plugin's error can quote anything it read.
+MAX_ERROR_CHARS = 4000
+
+
+def result_bytes(task_output: Any) -> int:
+    """The size of `task_output` as stored (compact JSON, UTF-8)."""
+    return len(json.dumps(task_output, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def result_too_large(task_output: Any, limit: int | None) -> str | None:
+    """Why `task_output` may not be stored (the error the job fails with), or None when it fits."""
+    if limit is None:
+        return None
+    size = result_bytes(task_output)
+    if size <= limit:
+        return None
+    return f"the result is {size} bytes, over the limit of {limit} (MAX_RESULT_BYTES): not stored"
+
+
+def bounded_error(message: str) -> str:
+    """`message`, cut and marked to MAX_ERROR_CHARS in all when longer (cut again, it is unchanged)."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    mark = f"…[truncated: {len(message)} characters]"
+    return message[: MAX_ERROR_CHARS - len(mark)] + mark

@@ -12,8 +12,11 @@ from compute.jobs import EventType, JobEvent
 if TYPE_CHECKING:
     from compute.config import Settings
 
-#: Largest payload accepted from the bus; anything bigger is dropped unread.
+#: Largest payload accepted from the bus; anything bigger is dropped unread. Job events may be
+#: larger when MAX_RESULT_BYTES is raised (event_payload_limit).
 MAX_PAYLOAD_BYTES = 1024 * 1024
+#: Room for a job event's fields around its task_output.
+EVENT_ENVELOPE_BYTES = 64 * 1024
 #: Largest worker `info` accepted: a real one is a few hundred bytes.
 MAX_INFO_BYTES = 8 * 1024
 #: Most task types one worker may announce.
@@ -214,9 +217,14 @@ def encode(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def decode_object(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        raise MalformedMessage(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+def event_payload_limit(max_result_bytes: int) -> int:
+    """The largest job event payload a server with MAX_RESULT_BYTES = `max_result_bytes` reads."""
+    return max(MAX_PAYLOAD_BYTES, max_result_bytes + EVENT_ENVELOPE_BYTES)
+
+
+def decode_object(raw: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise MalformedMessage(f"payload of {len(raw)} bytes exceeds {max_bytes}")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -238,9 +246,9 @@ def _optional_int(data: dict[str, Any], name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def parse_job_event(raw: bytes) -> JobEvent:
-    """A worker's job event (topics.md, `<root>/events/<task>/<job_id>`)."""
-    data = decode_object(raw)
+def parse_job_event(raw: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> JobEvent:
+    """A worker's job event (topics.md, `<root>/events/<task>/<job_id>`), at most `max_bytes`."""
+    data = decode_object(raw, max_bytes)
     try:
         event = EventType(_field(data, "event", str))
     except ValueError:

@@ -80,8 +80,29 @@ async def test_pages_walk_every_job_once_while_jobs_are_added(server: Server) ->
     least = sorted(by_priority, key=lambda j: (by_priority[j], order[j]))
     assert await walk(server, 50, sort="priority") == least
 
-    job = (await server.client.get("/jobs", params={"limit": 1})).json()["jobs"][0]
+    job = (await server.client.get("/jobs", params={"limit": 1, "include": "task_output"})).json()["jobs"][0]
     assert job == await server.job(job["job_id"])  # the items are GET /jobs/{id}'s
+    light = (await server.client.get("/jobs", params={"limit": 1})).json()["jobs"][0]
+    assert light == {k: v for k, v in job.items() if k != "task_output"}  # without the result
+
+
+@one_broker
+async def test_listings_leave_results_out_unless_asked(server: Server) -> None:
+    """A 19.5 MB exif result made each GET /jobs?limit=50 (the dashboard's poll) 57 MB (issue 16,
+    item 4): results are read and sent only with include=task_output."""
+    job_id = add(server)
+    set_columns(server, job_id, status="completed", task_output=json.dumps({"xmp": "x" * 200_000}))
+    page = await server.client.get("/jobs")
+    assert page.status_code == 200 and len(page.content) < 5_000
+    assert "task_output" not in page.json()["jobs"][0]
+    full = await server.client.get("/jobs", params={"include": "task_output"})
+    assert full.json()["jobs"][0]["task_output"] == {"xmp": "x" * 200_000}
+    assert (await server.client.get("/jobs", params={"include": "everything"})).status_code == 422
+    assert (await server.job(job_id))["task_output"] == {"xmp": "x" * 200_000}  # CL Server's route keeps it
+    statement = JobQueries.statement(
+        JobFilter(), everything=True, owner=None, sort=JobSort.NEWEST, limit=5, with_output=False
+    )
+    assert "jobs.task_output" not in str(statement)  # not even read from the database
 
 
 @one_broker

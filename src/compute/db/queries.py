@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import ColumnElement, Engine, Select, and_, or_, select, true
+from sqlalchemy import ColumnElement, Engine, Select, and_, null, or_, select, true
 
 from compute.db.preferences import drawn_once
 from compute.db.repository import JobRecord
@@ -62,6 +62,10 @@ _KEYS: dict[JobSort, tuple[tuple[Any, bool], ...]] = {
     JobSort.URGENT: ((jobs.c.priority, True), (jobs.c.created_at, False), (jobs.c.id, False)),
     JobSort.LEAST_URGENT: ((jobs.c.priority, False), (jobs.c.created_at, False), (jobs.c.id, False)),
 }
+
+
+#: The columns of a listing without the results.
+_LIGHT = tuple(c for c in jobs.c if c.name != "task_output")
 
 
 class BadCursor(ValueError):
@@ -188,12 +192,19 @@ class JobQueries:
         sort: JobSort = JobSort.NEWEST,
         limit: int = 50,
         cursor: str | None = None,
+        with_output: bool = True,
     ) -> JobPage:
         """One page of the jobs the caller may see (all of them when `everything`, else those
         `owner` created); BadCursor for a cursor that is not ours."""
         after = None if cursor is None else self.seal.decode(cursor, sort)
         stmt = self.statement(
-            filters, everything=everything, owner=owner, sort=sort, limit=limit, after=after
+            filters,
+            everything=everything,
+            owner=owner,
+            sort=sort,
+            limit=limit,
+            after=after,
+            with_output=with_output,
         )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
@@ -214,14 +225,17 @@ class JobQueries:
         sort: JobSort,
         limit: int,
         after: Sequence[int] | None = None,
+        with_output: bool = True,
     ) -> Select[Any]:
         """The SELECT of `page`: limit + 1 rows after the sort keys `after` (a cursor's), the
-        extra one telling whether more follow."""
+        extra one telling whether more follow; without `with_output`, `task_output` is not read
+        (NULL in its place): a plugin's result may be large, and a listing shows many jobs."""
         where = _where(filters, everything, owner)
         if after is not None:
             where.append(_after(sort, after))
         order = [c.desc() if descending else c.asc() for c, descending in _KEYS[sort]]
-        return select(jobs).where(and_(true(), *where)).order_by(*order).limit(limit + 1)
+        columns = list(jobs.c) if with_output else [*_LIGHT, null().label("task_output")]
+        return select(*columns).where(and_(true(), *where)).order_by(*order).limit(limit + 1)
 
     def running_on(self, sessions: Sequence[str]) -> dict[str, list[tuple[str, str | None]]]:
         """Running jobs per worker session: [(job_id, created_by)], for GET /workers."""

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from compute.db.tables import dumps, loads
-from compute.jobs import Cause, EventType, JobChange, JobEvent, JobStatus
+from compute.jobs import Cause, EventType, JobChange, JobEvent, JobStatus, bounded_error, result_too_large
 from compute.policies import TaskPolicy
 from compute.signing import verify
 
@@ -103,8 +103,13 @@ class Claim:
 _EVENT_STATE = frozenset({"status", "progress", "event_seq", "attempt_errors"})
 
 
-def decide(ev: JobEvent, claim: Claim | None, policy: TaskPolicy, now: int) -> tuple[Outcome, dict[str, Any]]:
-    """The event's outcome, and the columns it changes (none unless applied)."""
+def decide(
+    ev: JobEvent, claim: Claim | None, policy: TaskPolicy, now: int, max_result_bytes: int | None = None
+) -> tuple[Outcome, dict[str, Any]]:
+    """The event's outcome, and the columns it changes (none unless applied).
+
+    A result over `max_result_bytes` is not stored: the job fails with an error that says so
+    (the event is applied, so its worker gets a confirmation and stops sending it)."""
     if claim is None:
         return Outcome(ev, Verdict.REJECTED, reason="unknown job"), {}
     status, task_type = claim.status, claim.task_type
@@ -127,6 +132,10 @@ def decide(ev: JobEvent, claim: Claim | None, policy: TaskPolicy, now: int) -> t
     retry_at = None
     if ev.event is EventType.PROGRESS and ev.progress > claim.progress:
         values["progress"] = ev.progress
+    elif ev.event is EventType.COMPLETED and (refused := result_too_large(ev.task_output, max_result_bytes)):
+        ev = replace(ev, event=EventType.FAILED, task_output=None, error=refused, retryable=False)
+        failed, retry_at = failed_attempt(claim, refused, False, happened, policy)
+        values.update(failed)
     elif ev.event is EventType.COMPLETED:
         values.update(
             status=JobStatus.COMPLETED.value,
@@ -162,6 +171,7 @@ def failed_attempt(
 
     Returns them and, when requeued, when the job may run again (ms).
     """
+    error = bounded_error(error)
     errors = [*(loads(claim.attempt_errors) or []), {"attempt": claim.attempt, "error": error, "at": now}]
     values: dict[str, Any] = {"attempt_errors": dumps(errors)}
     retry = (retryable or policy.retry_plugin_errors) and claim.attempt <= claim.max_retries

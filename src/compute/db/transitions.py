@@ -55,9 +55,11 @@ _COLUMNS = tuple(jobs.c[f.name] for f in fields(Claim))
 
 
 class JobTransitions:
-    def __init__(self, engine: Engine, policies: Policies) -> None:
+    def __init__(self, engine: Engine, policies: Policies, max_result_bytes: int | None = None) -> None:
         self.engine = engine
         self.policies = policies
+        #: Results larger than this (task_output as JSON) fail their job instead of being stored.
+        self.max_result_bytes = max_result_bytes
         self.dialect = engine.dialect.name
 
     def _lock(self, conn: Connection, where: Any) -> dict[str, Claim]:
@@ -80,7 +82,7 @@ class JobTransitions:
             for ev in events:
                 claim = current.get(ev.job_id)
                 policy = self.policies.for_task(claim.task_type if claim is not None else "")
-                outcome, values = decide(ev, claim, policy, now_ms())
+                outcome, values = decide(ev, claim, policy, now_ms(), self.max_result_bytes)
                 outcomes.append(outcome)
                 if claim is not None and values:
                     current[ev.job_id] = claim.updated(values)

@@ -52,7 +52,7 @@ from compute.server.sweeps.orphans import OrphanSweeper
 from compute.server.sweeps.priority_aging import PriorityAging
 from compute.server.sweeps.retention import RetentionPolicy, RetentionSweeper
 from compute.storage import JobStorage
-from compute.topics import OFFLINE, ONLINE, Topics
+from compute.topics import OFFLINE, ONLINE, Topics, event_payload_limit
 
 
 @dataclass(frozen=True)
@@ -150,13 +150,13 @@ def build_services(settings: Settings) -> Services:
         max_per_viewer=settings.sse_max_per_user,
     )
     dispatcher = Dispatcher(safe_bus, topics)
-    transitions = JobTransitions(engine, settings.task_policies)
+    transitions = JobTransitions(engine, settings.task_policies, settings.max_result_bytes)
     # Every installed task type is reported, with zeros while it has no jobs.
     metrics = ServerMetrics(sorted(route_factories()))
     announcer = ChangeAnnouncer(safe_bus, topics, dispatcher, changes, queues, metrics, hop)
     rescuer = Rescuer(transitions, announcer, settings.lease_seconds)
     # The routes' changes wait for the database only as long as a request may.
-    route_transitions = JobTransitions(route_engine, settings.task_policies)
+    route_transitions = JobTransitions(route_engine, settings.task_policies, settings.max_result_bytes)
     pauses = TaskPauses(PausedTasks(route_engine), safe_bus, topics, dispatcher)
 
     async def announce_paused() -> None:  # the flags again on every connect: the database's state
@@ -185,7 +185,9 @@ def build_services(settings: Settings) -> Services:
         canceller=Canceller(route_transitions, safe_bus, topics, announcer),
         actions=JobActions(route_transitions, announcer),
         rescuer=rescuer,
-        ingest=EventIngest(transitions, bus, topics, announcer),
+        ingest=EventIngest(
+            transitions, bus, topics, announcer, max_payload=event_payload_limit(settings.max_result_bytes)
+        ),
         registry=WorkerRegistry(
             bus,
             topics,

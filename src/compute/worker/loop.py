@@ -60,9 +60,9 @@ class Worker:
         self.announcer = Announcer(
             bus, presence, topics, self.worker_id, self.task_types, self.session, secret
         )
-        transitions = JobTransitions(repo.engine, settings.task_policies)
+        transitions = JobTransitions(repo.engine, settings.task_policies, settings.max_result_bytes)
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
-        self.runner = JobRunner(tasks, self.outbox, plugin_host(settings, tasks))
+        self.runner = JobRunner(tasks, self.outbox, plugin_host(settings, tasks), settings.max_result_bytes)
         self.topics = topics
         #: The claim being run (its lease is renewed, cancel requests must verify for it).
         self.current: Attempt | None = None

@@ -18,7 +18,7 @@ from cl_ml_tools import ComputeModule
 
 from compute.config import Settings
 from compute.db.repository import JobRecord
-from compute.jobs import EventType, JobEvent
+from compute.jobs import EventType, JobEvent, bounded_error, result_too_large
 from compute.plugins.environment import current as plugin_environment
 from compute.plugins.tools import scrub
 from compute.worker.attempt import Attempt
@@ -51,10 +51,18 @@ def plugin_host(settings: Settings, tasks: dict[str, ComputeModule]) -> PluginHo
 
 
 class JobRunner:
-    def __init__(self, tasks: dict[str, ComputeModule], outbox: ResultOutbox, host: PluginHost) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, ComputeModule],
+        outbox: ResultOutbox,
+        host: PluginHost,
+        max_result_bytes: int | None = None,
+    ) -> None:
         self.tasks = tasks
         self.outbox = outbox
         self.host = host
+        #: A result larger than this (task_output as JSON) fails the job instead of being sent.
+        self.max_result_bytes = max_result_bytes
         #: The attempt being run, and its plugin run (what a cancel stops).
         self._current: tuple[Attempt, asyncio.Future[Any]] | None = None
         self._cancelled: set[str] = set()
@@ -155,11 +163,13 @@ class JobRunner:
             self._current = None
         if isinstance(result, dict) and result.get("status") == "ok":
             output = result.get("task_output")
-            return attempt.event(
-                EventType.COMPLETED,
-                progress=100,
-                task_output=output if isinstance(output, dict) else {"result": output},
-            )
+            output = output if isinstance(output, dict) else {"result": output}
+            # Checked before sending: the server would refuse it too, and a payload over the bus's
+            # limit would be dropped unread and sent again until the worker wrote it itself.
+            too_large = result_too_large(output, self.max_result_bytes)
+            if too_large is not None:
+                return attempt.event(EventType.FAILED, error=too_large)
+            return attempt.event(EventType.COMPLETED, progress=100, task_output=output)
         error = result.get("error") if isinstance(result, dict) else None
         return attempt.event(
             EventType.FAILED, error=_without_paths(job, str(error or f"plugin returned {result!r}"))
@@ -178,4 +188,4 @@ class JobRunner:
 def _without_paths(job: JobRecord, message: str) -> str:
     """An error message that names files as /jobs/{id}/files/ does, not by server paths."""
     env = plugin_environment()
-    return scrub(message, [env.job_dir(job.job_id), env.storage_dir])
+    return bounded_error(scrub(message, [env.job_dir(job.job_id), env.storage_dir]))

@@ -24,7 +24,7 @@ from compute.jobs import EventType, JobEvent, now_ms
 from compute.logs import LogLimiter
 from compute.server.flow.announcer import ChangeAnnouncer
 from compute.signing import confirmation_signature
-from compute.topics import Confirmation, MalformedMessage, Topics, encode, parse_job_event
+from compute.topics import MAX_PAYLOAD_BYTES, Confirmation, MalformedMessage, Topics, encode, parse_job_event
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -42,8 +42,11 @@ class EventIngest:
         bus: Bus,
         topics: Topics,
         announcer: ChangeAnnouncer,
+        max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.transitions = transitions
+        #: Largest event read (topics.event_payload_limit of MAX_RESULT_BYTES); larger are dropped.
+        self.max_payload = max_payload
         self.bus = bus
         self.topics = topics
         self.announcer = announcer
@@ -55,7 +58,7 @@ class EventIngest:
 
     def _on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
         try:
-            event = parse_job_event(payload)
+            event = parse_job_event(payload, self.max_payload)
             job_id = topic.rsplit("/", 1)[-1]
             if job_id != event.job_id:
                 raise MalformedMessage(f"topic names job {job_id}, payload {event.job_id}")

@@ -74,10 +74,24 @@ class JobFiles(BaseModel):
     files: list[JobFile]
 
 
-class JobList(BaseModel):
-    """A page of GET /jobs: items as GET /jobs/{id} returns them."""
+class JobListItem(JobPublic):
+    """A job in a listing: as GET /jobs/{id} returns it, `task_output` only when asked for
+    (`include=task_output`): a plugin's result may be up to MAX_RESULT_BYTES, a page 200 jobs."""
 
-    jobs: list[JobPublic]
+    task_output: dict[str, Any] | None = Field(None, description="only with include=task_output")
+
+    @classmethod
+    def listed(cls, job: JobRecord, with_output: bool) -> JobListItem:
+        fields = JobPublic.of(job).model_dump()
+        if not with_output:
+            del fields["task_output"]  # left unset, so the reply leaves it out
+        return cls(**fields)
+
+
+class JobList(BaseModel):
+    """A page of GET /jobs."""
+
+    jobs: list[JobListItem]
     #: Pass as `cursor` for the next page; null on the last page.
     next_cursor: str | None
 

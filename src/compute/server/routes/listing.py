@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -12,7 +13,7 @@ from compute.db.worker_sessions import WorkerSession
 from compute.jobs import JobStatus, now_ms
 from compute.server.http.auth import CallerScope
 from compute.server.http.deps import DbDep, QueriesDep, RegistryDep, SessionsDep
-from compute.server.http.schemas import JobList, JobPublic, WorkerList, WorkerPublic
+from compute.server.http.schemas import JobList, JobListItem, WorkerList, WorkerPublic
 from compute.topics import WorkerInfo
 
 router = APIRouter(tags=["jobs"])
@@ -27,7 +28,13 @@ MAX_MS = 2**53
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-@router.get("/jobs", response_model=JobList)
+class Extra(StrEnum):
+    """What a listing leaves out unless asked for."""
+
+    TASK_OUTPUT = "task_output"
+
+
+@router.get("/jobs", response_model=JobList, response_model_exclude_unset=True)
 async def list_jobs(
     db: DbDep,
     queries: QueriesDep,
@@ -61,12 +68,17 @@ async def list_jobs(
     ] = JobSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    include: Annotated[
+        list[Extra] | None,
+        Query(description="`task_output`: each job's result too (left out by default: results may be large)"),
+    ] = None,
 ) -> JobList:
     """The caller's jobs (every job for admins and with auth off), a page at a time.
 
     Pages follow `next_cursor` and stay consistent while jobs are added: a row is never repeated
     or skipped because of an insert.
     """
+    with_output = Extra.TASK_OUTPUT in (include or ())
     filters = JobFilter(
         statuses=tuple(s.value for s in status or ()),
         task_types=tuple(task_type or ()),
@@ -84,10 +96,13 @@ async def list_jobs(
             sort=sort,
             limit=limit,
             cursor=cursor,
+            with_output=with_output,
         )
     except BadCursor as exc:
         raise HTTPException(400, f"bad cursor: {exc}") from None
-    return JobList(jobs=[JobPublic.of(job) for job in page.jobs], next_cursor=page.next_cursor)
+    return JobList(
+        jobs=[JobListItem.listed(job, with_output) for job in page.jobs], next_cursor=page.next_cursor
+    )
 
 
 @workers_router.get("/workers", response_model=WorkerList)
