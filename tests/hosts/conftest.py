@@ -26,6 +26,7 @@ from tests.support.hosted import (
     BROKER,
     CLIENT,
     DATABASE,
+    FILE_PLANE,
     SERVER,
     SERVER_2,
     WORKER_ADDRESSES,
@@ -150,6 +151,9 @@ def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
         settings={**FAST, **getattr(request, "param", {})},
         tag=tag,
         models=site.models,
+        # Until the file plane is on main, workers read the server's job folders; after, they
+        # see none of the server host's files and set nothing about it (WORKER_FILES=auto).
+        shared_storage=not FILE_PLANE,
     )
     try:
         broker.start()

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import pytest
 
-from compute.config import variable_names
 from compute_bench.harness import wait_until
-from tests.support.hosted import BROKER, DATABASE, HostedCompute, Site, Worker
+from tests.support.hosted import BROKER, DATABASE, FILE_PLANE, HostedCompute, Site, Worker
 from tests.support.images import png_bytes
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 
-TASKS = "hls_streaming,image_conversion"
+TASKS = "hls_streaming,media_thumbnail,image_conversion"
 #: Deadlines: they bound waiting on a loaded 2-core machine, they do not measure speed.
 RUN = 180.0
-FILE_PLANE = "WORKER_FILES" in variable_names()
 needs_file_plane = pytest.mark.skipif(
     not FILE_PLANE, reason="waiting for the file plane (issue 18 items 1-2): workers still share the disk"
 )
@@ -142,14 +140,54 @@ def test_worker_cut_off_from_the_database_finishes_over_the_broker(
     workers[victim].host.unblock(site.server, DATABASE)
 
 
-@needs_file_plane
-def test_worker_host_link_cut_mid_download(site: Site, compute: HostedCompute) -> None:
-    pytest.skip("written once the file plane is on main")
+#: The victim's link while its transfer is caught mid-way: slow enough that the input (1.4 MB)
+#: or the outputs (several MB of HLS) take seconds, fast enough for the test to stay short.
+SLOW = "4mbit"
+#: "Mid-way": this many bytes of the transfer have crossed the victim's link (and not all).
+MID_WAY = 300_000
+
+
+def cut_mid_transfer(site: Site, compute: HostedCompute, task: str, video: bytes, direction: int) -> None:
+    """A job of `task` on `video`; the victim's link is slowed, then cut once MID_WAY bytes of
+    its download (direction 0: received) or upload (1: sent) have passed, and plugged back in
+    once the other worker finished the job. Then: done once, by the rescue; the outputs whole
+    (never the victim's half); the victim's scratch folder gone; the victim working again."""
+    workers = start_workers(site, compute)
+    for worker in workers.values():
+        worker.host.throttle(SLOW)
+    [job_id] = compute.submit([(task, {}, "long.mp4", video, "video/mp4")])
+    wait_until(lambda: compute.count(f"job_id='{job_id}' AND status='processing'"), RUN, "the job to start")
+    victim = str(compute.rows(f"job_id='{job_id}'")[0]["worker_id"])
+    host = workers[victim].host
+    [other] = [w for w in workers if w != victim]
+    workers[other].host.throttle(None)
+    start = host.traffic()[direction]
+    wait_until(lambda: host.traffic()[direction] - start >= MID_WAY, RUN, "the transfer to be under way")
+    host.cut()
+    assert compute.count(f"job_id='{job_id}' AND status='completed'") == 0, "the job ended before the cut"
+    host.throttle(None)
+    job_ids = [job_id, *burst(compute, 4)]
+    wait_until(
+        lambda: compute.count(f"job_id='{job_id}' AND status='completed'"), RUN, "the job done elsewhere"
+    )
+    compute.outputs(job_id)  # whole, and the rescue's alone, before the victim is back
+    host.restore()
+    compute.wait_workers(victim)
+    assert_done_once(compute, job_ids, rescued={job_id: victim})
+    scratch = compute.scratch(host, victim)
+    wait_until(lambda: scratch.is_dir() and not any(scratch.iterdir()), RUN, "the victim's scratch emptied")
 
 
 @needs_file_plane
-def test_worker_host_link_cut_mid_upload(site: Site, compute: HostedCompute) -> None:
-    pytest.skip("written once the file plane is on main")
+def test_worker_host_link_cut_mid_download(site: Site, compute: HostedCompute, long_video: bytes) -> None:
+    cut_mid_transfer(site, compute, "media_thumbnail", long_video, direction=0)
+
+
+@needs_file_plane
+def test_worker_host_link_cut_mid_upload(site: Site, compute: HostedCompute, long_video: bytes) -> None:
+    """hls_streaming's outputs are many files (playlists, a segment every 2 s per variant): the
+    cut leaves some of them sent and some not, and none of them may show."""
+    cut_mid_transfer(site, compute, "hls_streaming", long_video, direction=1)
 
 
 @pytest.mark.skip(reason="waiting for several servers (issue 18 item 3)")

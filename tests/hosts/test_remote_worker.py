@@ -8,7 +8,7 @@ from compute.plugins.registry import installed_tasks
 from compute_bench.harness import wait_until
 from compute_bench.inputs import Inputs
 from compute_bench.plugins import PLUGINS, Source
-from tests.support.hosted import HostedCompute, Site
+from tests.support.hosted import FILE_PLANE, HostedCompute, Site
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 
@@ -37,3 +37,7 @@ def test_every_task_type_runs_on_worker_hosts(site: Site, compute: HostedCompute
     for job_id in job_ids:
         assert rows[job_id]["worker_id"] in {"host-a-1", "host-b-1"} and rows[job_id]["attempt"] == 1
         compute.outputs(job_id)
+    if FILE_PLANE:  # the worker hosts did it all without seeing a file of the server host
+        for host in site.workers:
+            seen = host.run(["ls", "-A", str(compute.server_dir.parent)])
+            assert seen.returncode != 0 and "No such file" in seen.stderr, seen

@@ -44,6 +44,7 @@ from tests.support.netns import Host, Lan
 __all__ = [
     "BROKER",
     "DATABASE",
+    "FILE_PLANE",
     "SERVER",
     "SERVER_2",
     "HostedCompute",
@@ -58,6 +59,10 @@ SERVER, BROKER, DATABASE, SERVER_2 = "198.18.0.10", "198.18.0.11", "198.18.0.12"
 WORKER_ADDRESSES = ("198.18.0.21", "198.18.0.22", "198.18.0.23")
 CLIENT = "198.18.0.30"
 HTTP_PORT, MQTT_PORT, PG_PORT = 8002, 1883, 5432
+
+#: Whether this checkout has the file plane (issue 18 items 1-2): workers that do not share the
+#: server's disk fetch inputs and send outputs over HTTP.
+FILE_PLANE = "WORKER_FILES" in variable_names()
 
 BIN = Path(sys.executable).parent
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
@@ -393,6 +398,11 @@ class HostedCompute:
         worker = Worker(host, worker_id, proc)
         self.workers[worker_id] = worker
         return worker
+
+    def scratch(self, host: Host, worker_id: str) -> Path:
+        """Where a remote worker on `host` keeps its jobs' scratch folders: the default
+        WORKER_SCRATCH_DIR (CL_SERVER_DIR/worker-scratch), then <worker id>/jobs/<job id>."""
+        return self.worker_dir(host) / "worker-scratch" / worker_id / "jobs"
 
     def alive(self, proc: subprocess.Popen[bytes], name: str) -> bool:
         if proc.poll() is not None:
