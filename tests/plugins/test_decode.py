@@ -65,6 +65,19 @@ def test_a_camera_jpeg_is_decoded_at_the_scale_needed(limits: PluginEnvironment,
     assert (whole.scale, whole.image.size) == (1, (4000, 3000))
 
 
+def test_a_phones_multi_picture_jpeg_is_decoded_reduced_too(
+    limits: PluginEnvironment, tmp_path: Path
+) -> None:
+    """Phones append pictures (a depth map, a preview) to the photo; Pillow opens it as MPO."""
+    path = tmp_path / "phone.jpg"
+    with Image.open(big_photo(tmp_path / "photo.jpg", (1600, 1200))) as photo:
+        photo.save(path, format="MPO", save_all=True, append_images=[photo.resize((400, 300))])
+    with Image.open(path) as opened:
+        assert opened.format == "MPO"
+    grey = decode(path, "L", needs=lambda _size: (256, 256))
+    assert (grey.scale, grey.image.size, grey.luma, grey.jpeg) == (4, (400, 300), True, True)
+
+
 def test_a_thumbnail_of_a_camera_jpeg_looks_like_the_full_decodes(
     limits: PluginEnvironment, camera_jpeg: Path, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from compute.errors import ComputeError
 from compute.plugins.environment import current
@@ -176,8 +176,8 @@ class Decoded:
     scale: int = 1
     #: libjpeg decoded the luma channel alone (mode "L" from a colour JPEG, or a grey JPEG).
     luma: bool = False
-    #: The file's format as Pillow names it ("JPEG", "PNG", ...).
-    format: str = ""
+    #: The file is a JPEG (a phone's multi-picture JPEG, MPO, included).
+    jpeg: bool = False
     #: The region of `image` that holds the picture, for `Image.resize(box=...)`: a reduced
     #: decode rounds its size up, so its last row and column hold only part of a pixel.
     box: tuple[float, float, float, float] | None = None
@@ -213,7 +213,9 @@ def decode(path: Path, mode: str = "RGB", *, keep_alpha: bool = False, needs: Ne
 
 
 def _decode(img: Image.Image, mode: str, keep_alpha: bool, needs: Needs | None) -> Decoded:
-    file_format = img.format or ""
+    # Phones write multi-picture JPEGs (a depth map, a preview after the photo): Pillow opens them
+    # as MPO, a JPEG whose first picture decodes like any other.
+    jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)
     orientation = img.getexif().get(ORIENTATION, 1)  # a PNG's eXIf may follow its pixels: this decodes it
     sideways = orientation in _SIDEWAYS
     width, height = img.size
@@ -222,7 +224,7 @@ def _decode(img: Image.Image, mode: str, keep_alpha: bool, needs: Needs | None) 
         mode = {"RGB": "RGBA", "L": "LA"}.get(mode, mode)
     scale, luma = 1, False
     box: tuple[float, float, float, float] | None = None
-    if file_format == "JPEG" and (needs is not None or mode == "L"):
+    if jpeg and (needs is not None or mode == "L"):
         want = None
         if needs is not None:
             w, h = needs(upright)
@@ -242,7 +244,7 @@ def _decode(img: Image.Image, mode: str, keep_alpha: bool, needs: Needs | None) 
         if box is not None:
             box = _turned(box, img.size, orientation)
         img = img.transpose(_UNDO[orientation])
-    return Decoded(img, upright, scale, luma, file_format, box)
+    return Decoded(img, upright, scale, luma, jpeg, box)
 
 
 def _turned(

@@ -40,6 +40,6 @@ def convert(source: Path, target: Path, fmt: str, quality: int) -> None:
     options: dict[str, Any] = {"icc_profile": icc_profile(img)}
     if fmt in ("jpg", "jpeg", "webp"):
         options["quality"] = quality
-    if fmt == "png" and decoded.format == "JPEG":
+    if fmt == "png" and decoded.jpeg:
         options["compress_type"] = zlib.Z_RLE
     img.save(target, format=PIL_FORMATS[fmt], **options)
