@@ -195,8 +195,14 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             from compute.server.app import create_app
             from compute.server.serving import StreamClosingServer, http_protocol
 
+            failed: list[bool] = []
+
+            def stop_serving() -> None:  # a background task the server needs failed (logged)
+                failed.append(True)
+                web.should_exit = True
+
             try:
-                app = create_app(settings)
+                app = create_app(settings, on_fatal=stop_serving)
             except ComputeError as exc:
                 return _fail(str(exc))
             config = uvicorn.Config(
@@ -214,7 +220,10 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                 log_config=log_config,
             )
             log.info("open files: %s", app.state.services.budget.describe())
-            StreamClosingServer(config, app.state.services.changes.close).run()
+            web = StreamClosingServer(config, app.state.services.changes.close)
+            web.run()
+            if failed:
+                return 1
     finally:
         if workers is not None:
             workers.stop()

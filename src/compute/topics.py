@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
+from compute.errors import ComputeError
 from compute.jobs import EventType, JobEvent
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ Presence = Literal["online", "offline"]
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
-class MalformedMessage(ValueError):
+class MalformedMessage(ComputeError, ValueError):
     """A payload or topic that does not follow topics.md."""
 
 

@@ -329,21 +329,21 @@ def test_dispatcher_counts_unsent_hints(repo: JobRepository, queues: QueueReport
     assert dispatcher.unsent == 1
 
 
-def test_queue_reporter_publishes_retained_counts(repo: JobRepository, bus: FakeBus) -> None:
+async def test_queue_reporter_publishes_retained_counts(repo: JobRepository, bus: FakeBus) -> None:
     reporter = QueueReporter(bus, T, repo)
     repo.add_job(Job(job_id="a", task_type="image_resize", params={}))
     repo.add_job(Job(job_id="b", task_type="image_resize", params={}))
-    reporter.publish_now()
+    await reporter.publish_now()
     [state] = bus.on(T.queue("image_resize"))
     assert (state["queued"], state["running"]) == (2, 0) and state["oldest_queued_age_ms"] >= 0
     assert all(retain for t, _, retain in bus.sent if t == T.queue("image_resize"))
     for _ in range(2):
         repo.claim_next(["image_resize"], "w")
-    reporter.publish_now()
+    await reporter.publish_now()
     repo.delete_job("a")
     repo.delete_job("b")
-    reporter.publish_now()
-    reporter.publish_now()  # unchanged and empty: not published again
+    await reporter.publish_now()
+    await reporter.publish_now()  # unchanged and empty: not published again
     states = [(s["queued"], s["running"]) for s in bus.on(T.queue("image_resize"))]
     assert states == [(2, 0), (0, 2), (0, 0)]
 
@@ -384,7 +384,7 @@ def claim_one(repo: JobRepository, job_id: str = "j1") -> JobRecord:
     return job
 
 
-def test_ingest_persists_confirms_and_republishes(repo: JobRepository, bus: FakeBus) -> None:
+async def test_ingest_persists_confirms_and_republishes(repo: JobRepository, bus: FakeBus) -> None:
     ingest, _ = make_ingest(repo, bus)
     job = claim_one(repo)
     for seq, (kind, progress) in enumerate(
@@ -398,7 +398,7 @@ def test_ingest_persists_confirms_and_republishes(repo: JobRepository, bus: Fake
         encode(job_event_payload(signed(job, EventType.FAILED, 9, error="x"), "image_resize")),
     )  # topic/payload differ
     assert ingest.rejected["malformed"] == 2 and ingest.queue.qsize() == 3
-    ingest.persist([ingest.queue.get_nowait() for _ in range(3)])
+    await ingest.persist([ingest.queue.get_nowait() for _ in range(3)])
     stored = repo.get("j1")
     assert stored is not None and stored.status == "completed" and stored.task_output == {"ok": 1}
     [confirm] = bus.on(T.worker_confirm("w1"))
@@ -410,30 +410,30 @@ def test_ingest_persists_confirms_and_republishes(repo: JobRepository, bus: Fake
     assert [m["progress"] for m in legacy] == [0, 40, 100]
 
 
-def test_ingest_drops_forged_events_and_counts_them(repo: JobRepository, bus: FakeBus) -> None:
+async def test_ingest_drops_forged_events_and_counts_them(repo: JobRepository, bus: FakeBus) -> None:
     ingest, _ = make_ingest(repo, bus)
     job = claim_one(repo)
     forged = signed(job, EventType.COMPLETED, 1, token="0" * 32, task_output={"forged": True})
-    ingest.persist([forged])
+    await ingest.persist([forged])
     assert ingest.rejected["bad signature"] == 1 and bus.on(T.worker_confirm("w1")) == []
     assert repo.get("j1") == job
 
 
-def test_ingest_confirms_a_duplicate_terminal_event(repo: JobRepository, bus: FakeBus) -> None:
+async def test_ingest_confirms_a_duplicate_terminal_event(repo: JobRepository, bus: FakeBus) -> None:
     """A worker re-sends until confirmed: a duplicate must be confirmed too, or it resends forever."""
     ingest, _ = make_ingest(repo, bus)
     job = claim_one(repo)
     done = signed(job, EventType.COMPLETED, 1, progress=100, task_output={})
-    ingest.persist([done])
-    ingest.persist([done])
+    await ingest.persist([done])
+    await ingest.persist([done])
     assert len(bus.on(T.worker_confirm("w1"))) == 2
     assert len([m for m in bus.on(T.legacy_events) if m["event_type"] == "completed"]) == 1
 
 
-def test_ingest_requeues_a_retryable_failure(repo: JobRepository, bus: FakeBus) -> None:
+async def test_ingest_requeues_a_retryable_failure(repo: JobRepository, bus: FakeBus) -> None:
     ingest, requeued = make_ingest(repo, bus)
     job = claim_one(repo)
-    ingest.persist([signed(job, EventType.FAILED, 1, error="crash", retryable=True)])
+    await ingest.persist([signed(job, EventType.FAILED, 1, error="crash", retryable=True)])
     assert requeued == ["j1"]
     assert [c["status"] for c in bus.on(T.worker_confirm("w1"))] == ["queued"]
     assert bus.on(T.legacy_events)[-1]["event_type"] == "queued"
@@ -591,7 +591,7 @@ async def test_lease_sweep_announces_failures_by_rescue(engine: Any, bus: FakeBu
     rescuer = Rescuer(JobTransitions(engine, repo.policies), announcer_for(bus, queues), 60)
     repo.add_job(Job(job_id="j1", task_type="image_resize", params={}))
     assert repo.claim_next(["image_resize"], "w1", "s1", lease_ms=-1) is not None
-    assert [r.status for r in rescuer.sweep()] == ["failed"]
+    assert [r.status for r in await rescuer.sweep()] == ["failed"]
     assert [(m["job_id"], m["event_type"]) for m in bus.on(T.legacy_events)] == [("j1", "failed")]
 
 

@@ -87,6 +87,7 @@ def test_scrape_time_gauges_and_counters() -> None:
             [QueueSummary("image_resize", 4, 1, oldest_queued_at=1)],
             [True, True, False],
             [("job_event", rejected), ("worker_info", {})],
+            lost_worker_checks=2,
         )
     )
     assert value(text, "compute_queue_depth", task_type="image_resize") == 4
@@ -101,6 +102,7 @@ def test_scrape_time_gauges_and_counters() -> None:
     assert value(text, "compute_mqtt_rejected_total", kind="job_event", reason="bad signature") == 3
     assert value(text, "compute_job_rescues_total", task_type="hash", outcome="queued") == 2
     assert value(text, "compute_job_rescues_total", task_type="hash", outcome="failed") == 1
+    assert value(text, "compute_lost_worker_checks_total") == 2
     rejected["bad signature"] += 1  # read at scrape time
     text = metrics.render(ScrapeState(rejected=[("job_event", rejected)]))
     assert value(text, "compute_mqtt_rejected_total", kind="job_event", reason="bad signature") == 4

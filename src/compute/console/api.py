@@ -38,7 +38,11 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class ServerUnreachable(Exception):
-    """No HTTP answer from the server (refused, timed out, name unknown)."""
+    """No HTTP answer from the server (refused, timed out, name unknown).
+
+    Outside `compute.errors` on purpose: the command imports nothing of the package but itself
+    (INTERNALS, Modules); `errors.ServerUnavailable` is compute-worker's own start-up check.
+    """
 
 
 class ApiError(Exception):

@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, Engine, Select, and_, null, or_, select, t
 from compute.db.preferences import drawn_once
 from compute.db.repository import JobRecord
 from compute.db.tables import jobs_table as jobs
+from compute.errors import ComputeError
 from compute.jobs import JobStatus
 
 CURSOR_VERSION = 2
@@ -68,7 +69,7 @@ _KEYS: dict[JobSort, tuple[tuple[Any, bool], ...]] = {
 _LIGHT = tuple(c for c in jobs.c if c.name != "task_output")
 
 
-class BadCursor(ValueError):
+class BadCursor(ComputeError, ValueError):
     """The cursor was not made by this server for this sort order."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from cl_ml_tools import ComputeModule
 
+from compute.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 TASK_GROUP = "cl_ml_tools.tasks"
@@ -32,12 +34,12 @@ RouterFactory = Callable[..., Any]
 _registered: dict[str, tuple[type[ComputeModule], RouterFactory]] = {}
 
 
-class UnknownTasks(ValueError):
-    pass
+class UnknownTasks(ConfigError, ValueError):
+    """WORKER_TASKS names a task no installed plugin provides."""
 
 
-class UnavailableTasks(ValueError):
-    pass
+class UnavailableTasks(ConfigError, ValueError):
+    """A task WORKER_TASKS names cannot run on this machine (a tool or model is missing)."""
 
 
 def register(name: str, task_class: type[ComputeModule], create_router: RouterFactory) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 UPLOAD_SLACK = 64 * 1024  # multipart framing and form fields around the file
 
 
-def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
-    """Build the app; nothing connects until the lifespan starts."""
+def create_app(
+    settings: Settings, *, start_broker: bool = True, on_fatal: Callable[[], None] | None = None
+) -> FastAPI:
+    """Build the app; nothing connects until the lifespan starts. `on_fatal` stops the process
+    when a background task it cannot work without fails (services.running)."""
     if start_broker:  # embedded mode: the broker and this server's bus share generated credentials
         settings = embedded_credentials(settings)
     plugin_environment.configure(settings)
@@ -45,7 +48,7 @@ def create_app(settings: Settings, *, start_broker: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with running(services, start_broker=start_broker):
+        async with running(services, start_broker=start_broker, on_fatal=on_fatal):
             yield
 
     app = FastAPI(

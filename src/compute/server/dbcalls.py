@@ -26,7 +26,7 @@ import anyio.to_thread
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from compute.errors import ComputeError
+from compute.errors import ComputeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(getattr(exc, "orig", None) or exc)
     if "locked" in text or "lock timeout" in text or "lock_timeout" in text:
         return "the database is locked by another writer"
-    return f"the database does not answer ({text[:200]})"
+    return f"the database does not answer ({text})"
 
 
 class RouteDatabase:

@@ -37,9 +37,6 @@ class LoopHop:
         else:
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., None]:
-        return functools.partial(self.call, fn)
-
 
 class LoopSafeBus:
     """A Bus whose `publish` may be called from a database thread (the rest is the loop's)."""

@@ -115,6 +115,8 @@ class ScrapeState:
     queues: Sequence[QueueSummary] = ()
     idle_flags: Sequence[bool] = ()
     rejected: Sequence[tuple[str, Mapping[str, int]]] = ()
+    #: Verified Last Wills the rescuer looked into.
+    lost_worker_checks: int = 0
 
 
 class _ScrapeTime(Collector):
@@ -165,3 +167,11 @@ class _ScrapeTime(Collector):
             for reason, n in sorted(counts.items()):
                 rejected.add_metric([kind, reason], n)
         yield rejected
+
+        wills = CounterMetricFamily(
+            "compute_lost_worker_checks",
+            "Verified Last Wills the server looked into: the lost worker's claims are rescued once "
+            "their lease stops moving (compute_job_rescues).",
+        )
+        wills.add_metric([], self.state.lost_worker_checks)
+        yield wills

@@ -5,7 +5,10 @@ Read top to bottom, `build_services` is the data flow: a job submitted over HTTP
 (transitions, then confirmations); a verified Will goes from `WorkerRegistry` to the `Rescuer`.
 Whatever the database changed, each of them hands to the one `ChangeAnnouncer` (hints,
 `inference/events`, live views, queue summaries, metrics). Every part gets the parts it calls
-in its constructor, so nothing is patched in afterwards. The routes reach them through
+in its constructor. Set later, in `running`: the buses' client ids (their unguessable suffix is
+kept in the database, read once it is known to be migrated) and the event loop the `LoopHop`
+hands calls to; the buses' connect hooks (server online, the paused flags, the queue summaries)
+are registered here and run on every connect. The routes reach the parts through
 `server/http/deps.py` (`app.state.services`).
 """
 
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from compute.background import BackgroundTasks
 from compute.broker import start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
@@ -212,8 +218,16 @@ def build_services(settings: Settings) -> Services:
 
 
 @contextlib.asynccontextmanager
-async def running(services: Services, *, start_broker: bool) -> AsyncIterator[None]:
-    """Start the broker (embedded mode), both buses and the background tasks; stop them after."""
+async def running(
+    services: Services, *, start_broker: bool, on_fatal: Callable[[], None] | None = None
+) -> AsyncIterator[None]:
+    """Start the broker (embedded mode), both buses and the background tasks; stop them after.
+
+    The background tasks are watched (background.py): a sweep, the live views' fan-out or the
+    queue summary that fails is logged and started again; the ingest of worker events is the
+    server's reason to be, and if it fails `on_fatal` stops the process (by default: SIGTERM to
+    itself, which any ASGI server takes as "shut down now").
+    """
     s = services
     check_migrated(s.engine)
     s.hop.bind(asyncio.get_running_loop())
@@ -225,25 +239,22 @@ async def running(services: Services, *, start_broker: bool) -> AsyncIterator[No
     )
     await s.bus.start()
     await s.presence_bus.start()
-    tasks = [
-        asyncio.create_task(s.registry.run(), name="worker-sessions"),
-        asyncio.create_task(s.ingest.run(), name="ingest"),
-        asyncio.create_task(s.queues.run(), name="queue-summary"),
-        asyncio.create_task(s.rescuer.run(), name="lease-sweep"),
-        asyncio.create_task(s.orphans.run(), name="orphan-sweep"),
-        asyncio.create_task(s.changes.run(), name="live-views"),
-        asyncio.create_task(GuestStreams(s.changes, s.guest, s.db).run(), name="guest-views"),
-        asyncio.create_task(s.retention.run(), name="retention"),
-        asyncio.create_task(s.forgetter.run(), name="forget-workers"),
-        asyncio.create_task(s.aging.run(), name="priority-aging"),
-    ]
+    tasks = BackgroundTasks(on_fatal or _terminate)
+    tasks.start("ingest", s.ingest.run, fatal=True)
+    tasks.start("worker-sessions", s.registry.run)
+    tasks.start("queue-summary", s.queues.run)
+    tasks.start("lease-sweep", s.rescuer.run)
+    tasks.start("orphan-sweep", s.orphans.run)
+    tasks.start("live-views", s.changes.run)
+    tasks.start("guest-views", GuestStreams(s.changes, s.guest, s.db).run)
+    tasks.start("retention", s.retention.run)
+    tasks.start("forget-workers", s.forgetter.run)
+    tasks.start("priority-aging", s.aging.run)
     try:
         yield
     finally:
         s.changes.close()  # compute-server ended the streams already (serving.py); tests may not
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await tasks.close()
         s.bus.publish(s.topics.server_status, OFFLINE, qos=1, retain=True)
         await s.presence_bus.close()
         await s.bus.close()
@@ -251,3 +262,8 @@ async def running(services: Services, *, start_broker: bool) -> AsyncIterator[No
             await broker.stop()
         s.engine.dispose()
         s.route_engine.dispose()
+
+
+def _terminate() -> None:
+    """Stop this process as its ASGI server stops on SIGTERM (gracefully)."""
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -12,12 +12,14 @@ import logging
 
 from cl_ml_tools import ComputeModule
 
+from compute.background import BackgroundTasks
 from compute.bus.interface import Bus
 from compute.config import Settings
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.rules import renewal_interval
 from compute.db.transitions import JobTransitions
 from compute.db.worker_sessions import WorkerSessions
+from compute.errors import ComputeError, first_line
 from compute.logs import LogLimiter
 from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session
@@ -28,10 +30,6 @@ from compute.worker.runner import JobRunner, plugin_host
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 class Worker:
@@ -115,11 +113,11 @@ class Worker:
 
     async def run(self) -> None:
         self.runner.host.warm_up()
-        side = [
-            asyncio.create_task(self.outbox.run(), name="outbox"),
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
-            asyncio.create_task(self._extend_leases(), name="leases"),
-        ]
+        # Watched: one that fails is logged and started again (a worker never exits on an error).
+        side = BackgroundTasks()
+        side.start("outbox", self.outbox.run)
+        side.start("heartbeat", self._heartbeat)
+        side.start("leases", self._extend_leases)
         try:
             while not self.stopping.is_set():
                 self.wake.clear()
@@ -138,9 +136,7 @@ class Worker:
                 except TimeoutError:
                     pass  # the fallback sweep: a lost hint never strands a job
         finally:
-            for task in side:
-                task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await side.close()
             self.outbox.flush()
             self.runner.host.close()
 
@@ -151,7 +147,7 @@ class Worker:
         except DB_ERRORS as exc:
             self.db_errors += 1
             self._claim_backoff.failures += 1
-            limited.warning("claim", "claim failed (%s); retrying with backoff", _first_line(exc))
+            limited.warning("claim", "claim failed (%s); retrying with backoff", first_line(exc))
             raise _ClaimFailed from exc
         if self._claim_backoff.failures:
             log.info("claims work again")
@@ -198,7 +194,7 @@ class Worker:
                 except DB_ERRORS as exc:
                     self.db_errors += 1
                     limited.warning(
-                        "heartbeat", "could not refresh this session in the database (%s)", _first_line(exc)
+                        "heartbeat", "could not refresh this session in the database (%s)", first_line(exc)
                     )
             self.announcer.publish_info()
 
@@ -236,7 +232,7 @@ class Worker:
                 self.db_errors += 1
                 delay = backoff.next()
                 limited.warning(
-                    "lease", "could not renew leases (%s); retrying in %.1f s", _first_line(exc), delay
+                    "lease", "could not renew leases (%s); retrying in %.1f s", first_line(exc), delay
                 )
                 continue
             except Exception:
@@ -245,5 +241,5 @@ class Worker:
             delay = interval
 
 
-class _ClaimFailed(Exception):
+class _ClaimFailed(ComputeError):
     """The claim statement hit a database error (already logged)."""

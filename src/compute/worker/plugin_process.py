@@ -37,7 +37,7 @@ from cl_ml_tools import ComputeModule
 
 from compute.config import Settings
 from compute.db.repository import JobRecord
-from compute.errors import ConfigError
+from compute.errors import ComputeError, ConfigError
 from compute.plugins import models
 from compute.worker import plugin_child
 
@@ -52,7 +52,7 @@ KILL_GRACE = 0.5
 child_setups: list[Callable[[], None]] = []
 
 
-class PluginCrashed(Exception):
+class PluginCrashed(ComputeError):
     """The plugin's run ended without a result: it raised in its process, exceeded the memory
     limit, or its process died. The message is the reason, as the job's error shows it."""
 

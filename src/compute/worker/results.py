@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from compute.bus.interface import Bus
 from compute.db.rules import Verdict
 from compute.db.transitions import JobTransitions
+from compute.errors import first_line
 from compute.jobs import EventType, JobEvent, now_ms, sdk_status
 from compute.logs import LogLimiter
 from compute.topics import LegacyJobEvent, MalformedMessage, Topics, encode, parse_confirmation
@@ -109,7 +110,7 @@ class ResultOutbox:
                 "db",
                 "job %s: could not write the result (%s); it stays pending",
                 event.job_id,
-                str(exc).splitlines()[0][:200],
+                first_line(exc),
                 extra={"job_id": event.job_id, "worker_id": event.worker_id},
             )
             return False

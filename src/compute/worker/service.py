@@ -24,7 +24,7 @@ from compute.config import Settings
 from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute.db.worker_sessions import WorkerSessions, new_secret
-from compute.errors import NotMigrated
+from compute.errors import NotMigrated, first_line
 from compute.logs import LogLimiter
 from compute.plugins import environment as plugin_environment
 from compute.topics import OFFLINE, Topics
@@ -120,13 +120,13 @@ class WorkerService:
                 if isinstance(exc, ProgrammingError) or "no such table" in str(exc):
                     # Not transient: a database from before worker_sessions existed.
                     raise NotMigrated(
-                        f"cannot register this worker ({str(exc).splitlines()[0]}): run `compute-migrate`"
+                        f"cannot register this worker ({first_line(exc)}): run `compute-migrate`"
                     ) from exc
                 worker.db_errors += 1
                 limited.warning(
                     "register",
                     "could not register this worker session (%s); retrying",
-                    (str(exc).splitlines() or ["?"])[0][:200],
+                    first_line(exc),
                 )
             try:
                 await asyncio.wait_for(worker.stopping.wait(), backoff.next())
@@ -158,7 +158,7 @@ class WorkerService:
         try:
             self.sessions.stop(self.worker.session)
         except DB_ERRORS as exc:  # the server notices from last_seen instead
-            log.warning("could not mark this session stopped: %s", (str(exc).splitlines() or ["?"])[0][:200])
+            log.warning("could not mark this session stopped: %s", first_line(exc))
         self.worker.announcer.publish_offline()
         # Acknowledged before the disconnect: a goodbye written but not yet delivered dies with
         # the process, and no Will covers the capability.

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from compute.errors import ComputeError
+
 #: Upstream's ladder.
 DEFAULT_VARIANTS = '[{"resolution": 720, "bitrate": 3500}, {"resolution": 480, "bitrate": 1500}]'
 MIN_HEIGHT, MAX_HEIGHT = 32, 4320
@@ -15,7 +17,7 @@ MAX_VARIANTS = 8
 FLOOR_KBPS = 200
 
 
-class BadVariants(ValueError):
+class BadVariants(ComputeError, ValueError):
     """The `variants` field is not a list of {"resolution", "bitrate"} objects in range."""
 
 

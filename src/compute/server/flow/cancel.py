@@ -31,7 +31,8 @@ class Canceller:
     def cancel(self, job_id: str) -> str | None:
         """Cancel `job_id`; returns its status before, or None when there is no such job.
 
-        Runs on the event loop (the routes are async), where the bus lives.
+        Blocking: the routes call it on a database thread (RouteDatabase), and what it publishes
+        goes to the event loop, where the bus lives (the announcer's hop, a LoopSafeBus).
         """
         found = self.transitions.cancel(job_id)
         if found is None:

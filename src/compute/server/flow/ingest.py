@@ -79,22 +79,26 @@ class EventIngest:
             limited.warning("queue full", "dropped a job event: %d events wait for the database", QUEUE_MAX)
 
     async def run(self) -> None:
+        """Persist what waits, a batch at a time, until cancelled."""
         while True:
             batch = [await self.queue.get()]
             while len(batch) < BATCH_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            try:
-                # The database work runs on a thread: a locked database must not stall the loop
-                # (HTTP, MQTT keepalives) for its busy timeout.
-                self._handle(await asyncio.to_thread(self.transitions.apply_events, batch))
-            except Exception:
-                # The database refused the batch: terminal events stay unconfirmed and
-                # their workers send them again.
-                limited.exception("persist", "could not persist %d job events", len(batch))
-                await asyncio.sleep(0.5)
+            await self.persist(batch)
 
-    def persist(self, batch: list[JobEvent]) -> list[Outcome]:
-        return self._handle(self.transitions.apply_events(batch))
+    async def persist(self, batch: list[JobEvent]) -> list[Outcome]:
+        """Apply `batch` in one transaction, then announce what changed and confirm its terminal
+        events. A database that refuses the batch is logged (and waited out for a moment): its
+        terminal events stay unconfirmed and their workers send them again."""
+        try:
+            # On a thread: a locked database must not stall the loop (HTTP, MQTT keepalives) for
+            # its busy timeout.
+            outcomes = await asyncio.to_thread(self.transitions.apply_events, batch)
+        except Exception:
+            limited.exception("persist", "could not persist %d job events", len(batch))
+            await asyncio.sleep(0.5)
+            return []
+        return self._handle(outcomes)
 
     def _handle(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Rejections counted, what the batch changed announced, terminal events confirmed."""

@@ -44,7 +44,7 @@ class Rescuer:
         #: After a verified Will, wait this long for the session's leases to move.
         self.grace = stall_grace(lease_seconds)
         self.rescued = 0
-        #: Will-triggered checks done (for tests: a Will was looked into, whatever it found).
+        #: Verified Last Wills looked into, whatever they found (GET /metrics).
         self.checks = 0
         self._pending = 0
         self._checking: set[asyncio.Task[None]] = set()
@@ -85,20 +85,17 @@ class Rescuer:
         self.rescued += len(jobs)
         self.announcer.announce(jobs)
 
-    def sweep(self) -> list[JobChange]:
-        """Rescue every claim whose lease expired; announce them."""
-        jobs = self.transitions.rescue_expired()
+    async def sweep(self) -> list[JobChange]:
+        """Rescue every claim whose lease expired, and announce them (one pass of `run`)."""
+        # On a thread: a locked database must not stall the event loop for its busy timeout.
+        jobs = await asyncio.to_thread(self.transitions.rescue_expired)
         self._announce(jobs)
         return jobs
 
     async def run(self) -> None:
         """The lease sweep, until cancelled (which also drops the Will checks still waiting)."""
         try:
-            await every(self.interval, self._sweep, "lease sweep", limited)
+            await every(self.interval, self.sweep, "lease sweep", limited)
         finally:
             for task in list(self._checking):
                 task.cancel()
-
-    async def _sweep(self) -> None:
-        # On a thread: a locked database must not stall the event loop for its busy timeout.
-        self._announce(await asyncio.to_thread(self.transitions.rescue_expired))

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from compute.errors import first_line
 from compute.server.dbcalls import DatabaseUnavailable, is_unavailable
 from compute.server.http.rendering import SafeJSONResponse as JSONResponse
 from compute.storage import BadPath, PathOutsideJob, UploadTooLarge
@@ -120,7 +121,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return _detail(409, "conflicts with a stored record")
         if isinstance(exc, DataError):
             # The database refused a value the request carried (PostgreSQL: a NUL in text).
-            reason = str(exc.orig).splitlines()[0][:200] if exc.orig is not None else "invalid value"
+            reason = first_line(exc.orig) if exc.orig is not None else "invalid value"
             return _detail(400, f"the request holds a value the database cannot take: {reason}")
         return _bug(request, exc)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compute.db.repository import JobRepository
+from compute.errors import ComputeError
 from compute.jobs import JobChange
 from compute.logs import LogLimiter
 from compute.server.access import JobScope
@@ -131,12 +132,12 @@ class Subscription:
         return self._items.popleft()[0]
 
 
-class FeedClosed(Exception):
+class FeedClosed(ComputeError):
     """The server is shutting down: no new subscriptions."""
 
 
-class TooManySubscribers(Exception):
-    """MAX subscribers already listen."""
+class TooManySubscribers(ComputeError):
+    """The most subscribers the feed takes already listen."""
 
 
 class TooManyForViewer(Exception):

@@ -52,14 +52,15 @@ class QueueReporter:
                 pass
             self._dirty.clear()
             try:
-                # Read on a thread: a stalled database must not stall the event loop.
-                self._publish(await asyncio.to_thread(self.repo.queue_summary))
+                await self.publish_now()
             except Exception:
                 log.exception("queue summary failed")
             await asyncio.sleep(MIN_INTERVAL)
 
-    def publish_now(self) -> None:
-        self._publish(self.repo.queue_summary())
+    async def publish_now(self) -> None:
+        """Recompute the summary and publish what changed (one pass of `run`)."""
+        # Read on a thread: a stalled database must not stall the event loop.
+        self._publish(await asyncio.to_thread(self.repo.queue_summary))
 
     def _publish(self, summary: list[QueueSummary]) -> None:
         now = now_ms()

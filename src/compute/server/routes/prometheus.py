@@ -35,5 +35,6 @@ async def metrics(services: ServicesDep, authorization: str | None = Header(defa
         queues,
         [info["idle"] for info in registry.workers.values()],
         [("job_event", services.ingest.rejected), ("worker_info", registry.rejected)],
+        services.rescuer.checks,
     )
     return Response(services.metrics.render(state), media_type=CONTENT_TYPE)
