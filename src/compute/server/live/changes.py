@@ -140,7 +140,7 @@ class TooManySubscribers(ComputeError):
     """The most subscribers the feed takes already listen."""
 
 
-class TooManyForViewer(Exception):
+class TooManyForViewer(ComputeError):
     """This viewer already holds its most subscriptions."""
 
 
