@@ -85,3 +85,16 @@ def test_sixteen_bit_grey_png_keeps_its_tones(tmp_path: Path) -> None:
     convert(tmp_path / "g16.png", tmp_path / "out.png", "png", 85)
     with Image.open(tmp_path / "out.png") as out:
         assert np.array_equal(np.asarray(out.convert("L")), (wide >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp", "tiff", "bmp", "gif"])
+def test_a_turned_photo_is_written_upright_without_its_flag(tmp_path: Path, fmt: str) -> None:
+    """The pixels are turned; an orientation flag carried along would make viewers turn them again."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # stored landscape, shown portrait
+    source = big_photo(tmp_path / "turned.jpg", (400, 300), exif=exif)
+    target = tmp_path / f"out.{fmt}"
+    convert(source, target, fmt, 90)
+    with Image.open(target) as out:
+        assert out.size == (300, 400)
+        assert out.getexif().get(ORIENTATION, 1) == 1

@@ -64,6 +64,8 @@ def test_orientation_is_applied_before_fitting(plugin_env: PluginEnvironment, tm
     exif[EXIF_ORIENTATION] = 6  # stored landscape, shown rotated 90° (portrait)
     Image.new("RGB", (200, 100), (0, 128, 0)).save(tmp_path / "in.jpg", exif=exif)
     assert resize(tmp_path / "in.jpg", tmp_path / "out.jpg", 50, 50, True) == (25, 50)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.getexif().get(EXIF_ORIENTATION, 1) == 1  # turned once, not again by a viewer
 
 
 def test_alpha_survives_in_png(plugin_env: PluginEnvironment, tmp_path: Path) -> None:

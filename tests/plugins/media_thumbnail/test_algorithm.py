@@ -63,6 +63,7 @@ def test_orientation_is_applied(plugin_env: PluginEnvironment, tmp_path: Path) -
     Image.new("RGB", (400, 200), (0, 128, 0)).save(tmp_path / "in.jpg", exif=exif)
     with Image.open(image_thumbnail(tmp_path / "in.jpg", tmp_path / "t.jpg", Box(100, 100))) as out:
         assert out.size == (50, 100)
+        assert out.getexif().get(EXIF_ORIENTATION, 1) == 1  # turned once, not again by a viewer
 
 
 def test_transparency_gives_png_and_opaque_alpha_gives_jpeg(
