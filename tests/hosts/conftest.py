@@ -29,6 +29,7 @@ from tests.support.hosted import (
     FILE_PLANE,
     SERVER,
     SERVER_2,
+    SERVICE,
     WORKER_ADDRESSES,
     HostedCompute,
     Mosquitto,
@@ -62,7 +63,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     lan = Lan()
     postgres: Postgres | None = None
     try:
-        server = lan.host("server", SERVER, BROKER, DATABASE, SERVER_2)
+        server = lan.host("server", SERVER, BROKER, DATABASE, SERVER_2, SERVICE)
         workers = (
             lan.host("worker-a", WORKER_ADDRESSES[0]),
             lan.host("worker-b", WORKER_ADDRESSES[1]),

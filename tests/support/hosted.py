@@ -4,7 +4,8 @@ The shape of issue 18's deployment, on one machine:
 
 * a **server** host with three addresses: the compute-server's (`SERVER`), Mosquitto's
   (`BROKER`) and PostgreSQL's (`DATABASE`), so a worker can be cut off from one service of the
-  host and not the others (`Host.block`); a second server process listens on `SERVER_2`;
+  host and not the others (`Host.block`); a second server process listens on `SERVER_2`, and
+  `SERVICE` is then one address in front of both (tests.support.balancer);
 * **worker** hosts, each with its own CL_SERVER_DIR and models folder;
 * a **client** host, from which the test submits jobs and reads the database (as a user's
   machine on the same LAN would), never cut off.
@@ -20,6 +21,7 @@ and the product's own command lines (`compute-migrate`, `compute-server`, `compu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import getpass
 import pwd
 import re
@@ -28,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,7 @@ __all__ = [
     "FILE_PLANE",
     "SERVER",
     "SERVER_2",
+    "SERVICE",
     "HostedCompute",
     "Mosquitto",
     "Postgres",
@@ -56,6 +60,8 @@ __all__ = [
 
 #: The server host's addresses (RFC 2544's range: it exists only inside the run's namespaces).
 SERVER, BROKER, DATABASE, SERVER_2 = "198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"
+#: With two servers: the one address clients and workers use (a balancer in front of both).
+SERVICE = "198.18.0.14"
 WORKER_ADDRESSES = ("198.18.0.21", "198.18.0.22", "198.18.0.23")
 CLIENT = "198.18.0.30"
 HTTP_PORT, MQTT_PORT, PG_PORT = 8002, 1883, 5432
@@ -65,7 +71,8 @@ HTTP_PORT, MQTT_PORT, PG_PORT = 8002, 1883, 5432
 FILE_PLANE = "WORKER_FILES" in variable_names()
 
 BIN = Path(sys.executable).parent
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "mosquitto"
 #: A process that does not come up in this long is broken (imports took 15 s on a loaded 2-core VM).
 STARTUP = 120.0
 
@@ -255,6 +262,13 @@ class Mosquitto:
         self.proc = self.host.spawn([exe, "-c", str(conf)], log=self.log)
         wait_until(lambda: self.host.call(port_answers, self.address, MQTT_PORT), STARTUP, "Mosquitto")
 
+    def takeovers(self) -> list[str]:
+        """Lines of the broker's log where a client connected under an id already connected,
+        which closes the first connection (two processes sharing a client id fight like that)."""
+        log = self.folder / "mosquitto.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return [line for line in text.splitlines() if "already connected, closing old connection" in line]
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -313,6 +327,8 @@ class HostedCompute:
     models: Path | None = None
     #: False until the file plane lands: workers then read the server's job folders directly.
     shared_storage: bool = True
+    #: Where clients and workers reach the server(s): SERVER, or SERVICE behind a balancer.
+    service: str = SERVER
     servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
     _engine: Engine | None = None
@@ -325,7 +341,7 @@ class HostedCompute:
 
     @property
     def url(self) -> str:
-        return f"http://{SERVER}:{HTTP_PORT}"
+        return f"http://{self.service}:{HTTP_PORT}"
 
     def base_env(self) -> dict[str, str]:
         import os
@@ -382,6 +398,21 @@ class HostedCompute:
         base = f"http://{address}:{HTTP_PORT}"
         wait_until(
             lambda: self.alive(proc, name) and self.client.call(_ready, base), STARTUP, f"{name} ready"
+        )
+        return proc
+
+    def start_balancer(self) -> subprocess.Popen[bytes]:
+        """One address (SERVICE) in front of every server started so far; from now on clients
+        and workers use it."""
+        backends = [f"{SERVER}:{HTTP_PORT}", f"{SERVER_2}:{HTTP_PORT}"][: len(self.servers)]
+        proc = self.server_host.spawn(
+            [sys.executable, "-m", "tests.support.balancer", f"{SERVICE}:{HTTP_PORT}", *backends],
+            env={**self.base_env(), "PYTHONPATH": str(ROOT)},
+            log=self.logs / "balancer.log",
+        )
+        self.service = SERVICE
+        wait_until(
+            lambda: self.alive(proc, "balancer") and self.client.call(_ready, self.url), STARTUP, "balancer"
         )
         return proc
 
@@ -464,6 +495,14 @@ class HostedCompute:
         """POST /jobs/<task> for each (task, form, file name, content, type); their job ids."""
         return self.client.call(lambda: asyncio.run(_submit_all(self.url, uploads, concurrency)))
 
+    def submit_retrying(
+        self, uploads: Sequence[tuple[str, dict[str, str], str, bytes, str]], concurrency: int = 4
+    ) -> concurrent.futures.Future[list[str]]:
+        """Like submit, in the background, each request with an Idempotency-Key of its own and
+        tried again (same key) on a broken connection or a 5xx, as a careful client does while
+        a server dies: the future's job ids, one per upload."""
+        return self.client.start(lambda: asyncio.run(_submit_all(self.url, uploads, concurrency, retry=True)))
+
     @property
     def engine(self) -> Engine:
         if self._engine is None:
@@ -541,14 +580,29 @@ def _get_bytes(url: str) -> bytes:
 
 
 async def _submit_all(
-    base: str, uploads: Sequence[tuple[str, dict[str, str], str, bytes, str]], concurrency: int
+    base: str,
+    uploads: Sequence[tuple[str, dict[str, str], str, bytes, str]],
+    concurrency: int,
+    retry: bool = False,
 ) -> list[str]:
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=120.0) as client:
 
         async def one(task: str, form: dict[str, str], name: str, content: bytes, mime: str) -> str:
+            headers = {"Idempotency-Key": secrets.token_hex(16)} if retry else {}
+            deadline = time.monotonic() + STARTUP
             async with sem:
-                r = await client.post(f"/jobs/{task}", data=form, files={"file": (name, content, mime)})
+                while True:
+                    try:
+                        r = await client.post(
+                            f"/jobs/{task}", data=form, files={"file": (name, content, mime)}, headers=headers
+                        )
+                        if not (retry and r.status_code >= 500):
+                            break
+                    except httpx.TransportError:
+                        if not retry or time.monotonic() > deadline:
+                            raise
+                    await asyncio.sleep(0.2)  # a retry's pace, not a synchronisation
                 assert r.status_code == 200, f"{task}: {r.status_code} {r.text[:300]}"
                 return str(r.json()["job_id"])
 

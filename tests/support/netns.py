@@ -265,11 +265,15 @@ class Host:
         `fn` (httpx, psycopg, an asyncio loop run there) talks from this host. A pool of a few
         threads, so a long call (a burst of uploads) does not block a short one (a count).
         """
+        return self.start(fn, *args, **kwargs).result()
+
+    def start(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """call() in the background: `fn`'s future."""
         if self._threads is None:
             self._threads = concurrent.futures.ThreadPoolExecutor(
                 max_workers=4, thread_name_prefix=self.role, initializer=_join, initargs=(self.netns,)
             )
-        return self._threads.submit(fn, *args, **kwargs).result()
+        return self._threads.submit(fn, *args, **kwargs)
 
     # -- faults --------------------------------------------------------------------------------
 
