@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from compute.deathsignal import preexec
 from compute_bench.stats import cpu_ns, peak_kb, start_peak
 
 #: (input, output, (width, height) of the box or output) -> None
@@ -93,6 +95,9 @@ class _ExifTool:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
+                # exiftool keeps polling its argument file after end of input: it would outlive
+                # us by waiting forever, so it dies with this process, and `close` ends it first.
+                preexec_fn=preexec(signal.SIGKILL),
             )
         assert cls.proc.stdin is not None and cls.proc.stdout is not None
         cls.proc.stdin.write("".join(f"{a}\n" for a in [*args, "-execute"]).encode())
@@ -101,6 +106,15 @@ class _ExifTool:
         while (line := cls.proc.stdout.readline()) not in (b"{ready}\n", b""):
             answer.append(line)
         return b"".join(answer)
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.proc is not None:
+            assert cls.proc.stdin is not None
+            cls.proc.stdin.write(b"-stay_open\nFalse\n")
+            cls.proc.stdin.close()
+            cls.proc.wait(timeout=10)
+            cls.proc = None
 
 
 def exif_stay_open(source: Path, target: Path, _size: tuple[int, int]) -> None:
@@ -137,6 +151,7 @@ def main(argv: list[str]) -> int:
                 "peak_growth_kb": peak_kb() - before,
             }
         )
+    _ExifTool.close()
     print(json.dumps({"runs": runs, "output_bytes": target.stat().st_size}))
     return 0
 
