@@ -2,8 +2,9 @@
 
 The session makes the LAN (tests.support.netns) with a server host, two worker hosts and a
 client host, and starts PostgreSQL on the server host. Each test gets `compute`: a database of
-its own, a fresh Mosquitto (users from deploy/mosquitto's add-user.sh), `compute-migrate` and a
-started `compute-server`; the test starts the workers it needs. At the end of each test every
+its own (a copy of one that `compute-migrate` made), a fresh Mosquitto (users from
+deploy/mosquitto's add-user.sh) and a started `compute-server`; the test starts the workers it
+needs. At the end of each test every
 fault is undone (links up, nothing blocked, no cap) and everything it started is ended.
 
 A machine without root, iproute2, PostgreSQL's binaries or Mosquitto skips the whole directory
@@ -35,6 +36,7 @@ from tests.support.hosted import (
     Mosquitto,
     Postgres,
     Site,
+    migrate,
     missing_services,
 )
 from tests.support.netns import Lan
@@ -71,8 +73,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         client = lan.host("client", CLIENT)
         postgres = Postgres(server, DATABASE, lan.folder_of(server) / "postgresql", logs / "postgresql.log")
         postgres.start()
+        # One role and one migrated database, copied for each test (compute-migrate takes
+        # seconds; a copy of a small database a fraction of one).
+        password = postgres.create_role(client, "compute")
+        postgres.create_database(client, "compute_template", owner="compute")
+        url = postgres.url("compute", password, "compute_template")
+        migrate(server, url, lan.folder_of(server) / "migrate")
         models = _stand_in_models(logs / "models")
-        yield Site(lan, server, workers, client, postgres, models, logs)
+        yield Site(
+            lan, server, workers, client, postgres, "compute", password, "compute_template", models, logs
+        )
     finally:
         if postgres is not None:
             postgres.stop()
@@ -136,7 +146,8 @@ def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     with a dict (`@pytest.mark.parametrize("compute", [{...}], indirect=True)`)."""
     tag = f"t{next(_tags)}"
     database = f"compute_{tag}"
-    url, _ = site.postgres.create_database(site.client, database)
+    site.postgres.create_database(site.client, database, owner=site.role, template=site.template)
+    url = site.postgres.url(site.role, site.password, database)
     broker = Mosquitto(
         site.server, BROKER, site.lan.folder_of(site.server) / tag / "mosquitto", tmp_path / "mosquitto.log"
     )
@@ -158,7 +169,6 @@ def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     )
     try:
         broker.start()
-        deployment.migrate()
         deployment.start_server()
         yield deployment
     finally:

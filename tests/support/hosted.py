@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import getpass
+import os
 import pwd
 import re
 import secrets
@@ -158,33 +159,33 @@ class Postgres:
     def url(self, user: str, password: str, database: str) -> str:
         return f"postgresql+psycopg://{user}:{password}@{self.address}:{PG_PORT}/{database}"
 
-    def admin(self, client: Host) -> Engine:
-        """The superuser's engine; use it only inside `client.call` (its sockets are made there)."""
+    @property
+    def admin_engine(self) -> Engine:
+        """The superuser's engine: use it only on a host's thread (Host.call), where it connects."""
         if self._admin is None:
             self._admin = create_engine(
                 self.url("postgres", self.password, "postgres"), isolation_level="AUTOCOMMIT"
             )
         return self._admin
 
-    def create_database(self, client: Host, name: str) -> tuple[str, str]:
-        """A database `name` owned by a new role of the same name: (its URL, the role's password)."""
+    def create_role(self, client: Host, role: str) -> str:
+        """A login role with a new password (returned)."""
         password = secrets.token_hex(12)
+        client.call(self._run, f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+        return password
 
-        def create() -> None:
-            with self.admin(client).connect() as conn:
-                conn.execute(text(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'"))
-                conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{name}"'))
-
-        client.call(create)
-        return self.url(name, password, name), password
+    def create_database(self, client: Host, name: str, owner: str, template: str | None = None) -> None:
+        """A database `name` owned by `owner`, a copy of `template` when given (which must have
+        no connection open: PostgreSQL copies it file by file)."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        client.call(self._run, f'CREATE DATABASE "{name}" OWNER "{owner}"{copy}')
 
     def drop_database(self, client: Host, name: str) -> None:
-        def drop() -> None:
-            with self.admin(client).connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
+        client.call(self._run, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-        client.call(drop)
+    def _run(self, statement: str) -> None:
+        with self.admin_engine.connect() as conn:
+            conn.execute(text(statement))
 
     def stop(self) -> None:
         if self._admin is not None:
@@ -282,6 +283,13 @@ class Mosquitto:
 # -- Compute on the hosts ----------------------------------------------------------------------
 
 
+def migrate(host: Host, database_url: str, folder: Path) -> None:
+    """compute-migrate on `host`, as a deployment runs it once before its first server starts."""
+    env = {**clean_environ(os.environ), "DATABASE_URL": database_url, "CL_SERVER_DIR": str(folder)}
+    done = host.run([str(BIN / "compute-migrate")], env=env, timeout=STARTUP)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def clean_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` without any variable Compute reads: a process gets only what its host sets."""
     drop = variable_names()
@@ -297,6 +305,11 @@ class Site:
     workers: tuple[Host, Host]
     client: Host
     postgres: Postgres
+    #: The role every deployment's database belongs to, and its password.
+    role: str
+    password: str
+    #: A database compute-migrate brought to the latest schema, copied for each deployment.
+    template: str
     models: Path
     logs: Path
 
@@ -344,8 +357,6 @@ class HostedCompute:
         return f"http://{self.service}:{HTTP_PORT}"
 
     def base_env(self) -> dict[str, str]:
-        import os
-
         return {**clean_environ(os.environ), **self.settings}
 
     def server_env(self) -> dict[str, str]:
@@ -382,11 +393,6 @@ class HostedCompute:
         return env
 
     # -- processes -----------------------------------------------------------------------------
-
-    def migrate(self) -> None:
-        self.server_dir.mkdir(parents=True, exist_ok=True)
-        done = self.server_host.run([str(BIN / "compute-migrate")], env=self.server_env(), timeout=STARTUP)
-        assert done.returncode == 0, done.stdout + done.stderr
 
     def start_server(self, name: str = "server-1", address: str = SERVER) -> subprocess.Popen[bytes]:
         proc = self.server_host.spawn(
