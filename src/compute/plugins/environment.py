@@ -1,5 +1,5 @@
 """What plugins need from the deployment: where models live, how big an image may be, which
-folders `input_absolute_path`/`output_absolute_path` may name.
+folders `input_absolute_path`/`output_absolute_path` may name, how large a result may be.
 
 Plugins are built by the registry with no arguments, so the server and the worker set this
 once per process (`configure`) before they load any plugin.
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compute.config import DEFAULT_MAX_VIDEO_PIXELS, DEFAULT_MAX_VIDEO_SECONDS, DEFAULT_MAX_VIDEO_STREAMS
+from compute.jobs import DEFAULT_MAX_RESULT_BYTES
 
 if TYPE_CHECKING:
     from compute.config import Settings
@@ -35,6 +36,9 @@ class PluginEnvironment:
     max_video_seconds: int = DEFAULT_MAX_VIDEO_SECONDS
     #: Most streams (video, audio, subtitles, data) in such a video (MAX_VIDEO_STREAMS).
     max_video_streams: int = DEFAULT_MAX_VIDEO_STREAMS
+    #: Largest task_output (compact JSON) the worker sends (MAX_RESULT_BYTES): a plugin whose
+    #: output grows with its input keeps within it (result_budget.py) rather than fail the job.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     def job_dir(self, job_id: str) -> Path:
         """The job's folder; `params` paths such as `input/upload.jpg` are relative to it."""
@@ -62,6 +66,7 @@ def configure(settings: Settings) -> None:
         settings.max_video_pixels,
         settings.max_video_seconds,
         settings.max_video_streams,
+        settings.max_result_bytes,
     )
 
 

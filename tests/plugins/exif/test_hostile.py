@@ -10,10 +10,18 @@ from pathlib import Path
 import pytest
 from cl_ml_tools import Job
 
+from compute.jobs import DEFAULT_MAX_RESULT_BYTES, result_bytes
 from compute.plugins.environment import PluginEnvironment
 from compute.plugins.exif.algorithm import TRUNCATED_FIELD
 from compute.plugins.exif.task import ExifParams, ExifTask
-from tests.support.exif_samples import BROKEN_MPEG, needs_exiftool, photo, png_with_xmp, xmp_description
+from tests.support.exif_samples import (
+    BROKEN_MPEG,
+    needs_exiftool,
+    photo,
+    png_with_xmp,
+    xmp_description,
+    xmp_labels,
+)
 from tests.support.images import png_header_only
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import jobs_left, post_job
@@ -98,3 +106,26 @@ async def test_a_metadata_bomb_gives_a_small_marked_result(
     status, text = await post(server, photo())
     normal = await server.wait_status(json.loads(text)["job_id"], "completed", timeout=30)
     assert normal["task_output"]["Make"] == "Canon" and TRUNCATED_FIELD not in normal["task_output"]
+
+
+@needs_exiftool
+@pytest.mark.parametrize(
+    ("labels", "limit"), [(12_000, None), (3_000, 100_000)], ids=["default", "configured"]
+)
+async def test_metadata_near_the_result_limit_completes_cut_to_it(
+    server: Server, start_worker: WorkerFactory, labels: int, limit: int | None
+) -> None:
+    """Tags adding up to more than MAX_RESULT_BYTES (the default, or the worker's own): the job
+    completes with the tags that fit and says how many were left out; it does not fail with the
+    worker's size error."""
+    changes = {} if limit is None else {"max_result_bytes": limit}
+    await start_worker(tasks=("exif",), **changes)
+    status, text = await post(server, png_with_xmp(xmp_labels(labels, 100)))
+    assert status == 200, text
+    job = await server.wait_status(json.loads(text)["job_id"], "completed", timeout=60)
+    output = job["task_output"]
+    limit = limit or DEFAULT_MAX_RESULT_BYTES
+    assert limit * 0.9 < result_bytes(output) <= limit
+    assert output[TRUNCATED_FIELD]["output_limit_bytes"] == limit
+    assert 0 < output[TRUNCATED_FIELD]["tags_left_out"] < labels
+    assert "Label0" in output and f"Label{labels - 1}" not in output

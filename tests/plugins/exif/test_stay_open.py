@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from compute.jobs import DEFAULT_MAX_RESULT_BYTES, result_bytes
 from compute.plugins.exif.algorithm import (
-    OUTPUT_LIMIT_BYTES,
+    SUMMARY,
     TRUNCATED_FIELD,
     VALUE_LIMIT_BYTES,
+    Metadata,
     MetadataUnreadable,
     metadata_output,
     read_tags,
@@ -71,7 +73,7 @@ async def test_20_mb_of_xmp_is_cut_to_the_value_limit(tmp_path: Path) -> None:
         "cut_values": ["Description"],
         "value_limit_bytes": VALUE_LIMIT_BYTES,
         "tags_left_out": 0,
-        "output_limit_bytes": OUTPUT_LIMIT_BYTES,
+        "output_limit_bytes": DEFAULT_MAX_RESULT_BYTES,
     }
     assert len(json.dumps(output)) < 16 * 1024
     assert output["ImageWidth"] == 1  # the rest of the file's tags are still there
@@ -79,13 +81,16 @@ async def test_20_mb_of_xmp_is_cut_to_the_value_limit(tmp_path: Path) -> None:
 
 
 async def test_tags_past_the_output_limit_are_left_out(tmp_path: Path) -> None:
+    """The output fills MAX_RESULT_BYTES (the default here) without passing it: the worker would
+    fail a larger result instead of sending it."""
     many = tmp_path / "many.png"
     many.write_bytes(png_with_xmp(xmp_labels(12_000, 100)))  # ~1.4 MB of JSON
     metadata = await read_tags(many, [tmp_path])
     output = metadata_output(metadata)
     assert 0 < output[TRUNCATED_FIELD]["tags_left_out"] < 12_000
+    assert output[TRUNCATED_FIELD]["output_limit_bytes"] == DEFAULT_MAX_RESULT_BYTES
     assert "Label0" in output and "Label11999" not in output
-    assert OUTPUT_LIMIT_BYTES * 0.9 < len(json.dumps(output)) < OUTPUT_LIMIT_BYTES * 1.1
+    assert DEFAULT_MAX_RESULT_BYTES * 0.9 < result_bytes(output) <= DEFAULT_MAX_RESULT_BYTES
 
     # Asked-for tags are picked before the limit applies: the last one is there.
     chosen = await read_tags(many, [tmp_path], ["Label11999", "ImageWidth"])
@@ -96,6 +101,31 @@ async def test_tags_past_the_output_limit_are_left_out(tmp_path: Path) -> None:
     }
     assert TRUNCATED_FIELD not in metadata_output(chosen, ["Label11999"])
     await a_normal_read_works(tmp_path)
+
+
+async def test_the_output_fits_the_limit_as_the_worker_measures_it(tmp_path: Path) -> None:
+    """Emoji are 4 bytes in exiftool's answer and 12 in the result (JSON escapes them), and the
+    summary repeats values: the tags left out are counted from the result as it is sent."""
+    limit = 50_000
+    marks = tmp_path / "marks.png"
+    marks.write_bytes(png_with_xmp(xmp_labels(150, 1).replace(">v<", ">" + "\U0001f600" * 50 + "<")))
+    metadata = await read_tags(marks, [tmp_path], limit=limit)
+    assert metadata.dropped == 0  # exiftool's lines fit: only the result's measure is over
+    output = metadata_output(metadata, limit=limit)
+    assert limit - 700 < result_bytes(output) <= limit
+    note = output[TRUNCATED_FIELD]
+    assert note["output_limit_bytes"] == limit and note["cut_values"] == []
+    assert note["tags_left_out"] == len(metadata.tags) - len(set(metadata.tags) & set(output)) > 0
+    assert output["Label0"] == "\U0001f600" * 50 and "Label149" not in output
+    assert output["image_width"] == 1  # what the summary reads is left out last
+
+
+def test_a_tiny_limit_leaves_every_tag_out_but_the_summary_keeps_its_shape() -> None:
+    metadata = Metadata({"Make": "m" * 3000, "Model": "x" * 3000, "Note": "y" * 3000}, cut=["Note"])
+    output = metadata_output(metadata, limit=1024)
+    assert result_bytes(output) <= 1024
+    assert "Make" not in output and output["make"] is None and set(SUMMARY) <= set(output)
+    assert output[TRUNCATED_FIELD]["tags_left_out"] == 3 and output[TRUNCATED_FIELD]["cut_values"] == []
 
 
 async def test_a_file_that_takes_too_long_does_not_hold_up_the_next(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compute.plugins.face_detection.algorithm import ARCFACE_TEMPLATE, LANDMARK_NAMES
-from compute.plugins.face_detection.task import MODEL, FaceDetectionTask
+from compute.jobs import result_bytes
+from compute.plugins.face_detection.algorithm import ARCFACE_TEMPLATE, LANDMARK_NAMES, TOP_K
+from compute.plugins.face_detection.task import MODEL, TRUNCATED_FIELD, FaceDetectionTask
 from compute.plugins.registry import UnavailableTasks, load_tasks
 from tests.support.images import png_header_only
 from tests.support.inprocess import Server, WorkerFactory
@@ -101,6 +102,40 @@ async def test_an_image_without_faces_completes_with_none(
     job = await run_job(server, "face_detection", blank.getvalue(), "empty.jpg")
 
     assert job["task_output"] == {"faces": [], "num_faces": 0, "image_width": 200, "image_height": 120}
+
+
+async def test_every_candidate_asked_for_is_cut_to_the_result_limit(
+    server: Server, start_worker: WorkerFactory, models_dir: Path
+) -> None:
+    """Threshold 0 and no suppression: every grid cell is a face (TOP_K of them, ~2.5 MB of
+    task_output). The job completes with the best that fit in MAX_RESULT_BYTES, a crop for each
+    and none for the others, and says how many it left out."""
+    install_model(models_dir)
+    limit = 60_000
+    await start_worker(tasks=("face_detection",), max_result_bytes=limit)
+    blank = io.BytesIO()
+    Image.new("RGB", (WIDTH, HEIGHT), (0, 0, 0)).save(blank, format="PNG")
+
+    job = await run_job(
+        server,
+        "face_detection",
+        blank.getvalue(),
+        "crowd.png",
+        {"confidence_threshold": "0", "nms_threshold": "1"},
+    )
+
+    output = job["task_output"]
+    assert limit - 1_000 < result_bytes(output) <= limit
+    kept = output["num_faces"]
+    assert 0 < kept == len(output["faces"]) < TOP_K
+    assert output[TRUNCATED_FIELD] == {
+        "faces_found": TOP_K,
+        "faces_left_out": TOP_K - kept,
+        "output_limit_bytes": limit,
+    }
+    assert [face["file_path"] for face in output["faces"]] == [f"faces/face_{i}.png" for i in range(kept)]
+    crops = sorted(p.name for p in (server.settings.storage_dir / "jobs" / job["job_id"] / "faces").iterdir())
+    assert crops == sorted(f"face_{i}.png" for i in range(kept))
 
 
 async def test_a_missing_model_fails_the_job_at_once_naming_the_file(

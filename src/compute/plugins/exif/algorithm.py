@@ -6,8 +6,9 @@ never reaches exiftool's arguments, where names like `w`, `o` or `if` are option
 files, `-if` evaluates Perl). One exiftool per process stays open across jobs (stay_open.py).
 
 A file's metadata is the uploader's to fill: a 1x1 PNG can carry 20 MB of XMP. So a value longer
-than VALUE_LIMIT_BYTES is cut and marked (TRUNCATED_MARK), tags past OUTPUT_LIMIT_BYTES in all are
-left out, and `task_output.metadata_truncated` names what was cut (see Collector).
+than VALUE_LIMIT_BYTES is cut and marked (TRUNCATED_MARK), tags are left out once the output
+would pass MAX_RESULT_BYTES (what the worker sends at most, result_budget.py), and
+`task_output.metadata_truncated` names what was cut (see Collector and metadata_output).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from compute.errors import ComputeError
 from compute.plugins import tools
 from compute.plugins.exif.stay_open import StayOpenExifTool
+from compute.plugins.result_budget import entry_bytes, most_that_fit, result_limit
 
 EXIFTOOL = "exiftool"
 #: `-j`: JSON; `-n`: numbers as numbers (GPS in signed decimal degrees, Orientation 1-8);
@@ -34,8 +36,6 @@ TIMEOUT_SECONDS = 30.0
 VALUE_LIMIT_BYTES = 4096
 #: The end of a cut value; `size` is the length of the value's JSON text as exiftool gave it.
 TRUNCATED_MARK = "…[truncated: {size} bytes]"
-#: What the kept tags may add up to (their lines of exiftool's JSON); tags past it are left out.
-OUTPUT_LIMIT_BYTES = 1024 * 1024
 #: Room for `  "TagName": ` before the value on a line of the answer.
 LINE_LIMIT_BYTES = VALUE_LIMIT_BYTES + 160
 #: The task_output field that says what was cut, present only when something was.
@@ -114,7 +114,7 @@ class Metadata:
     tags: dict[str, Any]
     #: Names of the tags whose values were cut to VALUE_LIMIT_BYTES.
     cut: list[str] = field(default_factory=list)
-    #: How many tags were left out because the ones before them filled OUTPUT_LIMIT_BYTES.
+    #: How many tags were left out because the ones before them filled the output limit.
     dropped: int = 0
 
 
@@ -137,14 +137,19 @@ def shared_exiftool() -> StayOpenExifTool:
 
 
 async def read_tags(
-    path: Path, hide: Sequence[Path], wanted: Collection[str] = (), timeout: float = TIMEOUT_SECONDS
+    path: Path,
+    hide: Sequence[Path],
+    wanted: Collection[str] = (),
+    timeout: float = TIMEOUT_SECONDS,
+    limit: int | None = None,
 ) -> Metadata:
     """The tags exiftool finds in the file (those named in `wanted`, and the ones their aliases
     stand for; all when empty), by name without group (exiftool's own choice among duplicates),
-    server-describing tags removed and server paths cut out of the values."""
+    server-describing tags removed and server paths cut out of the values; those whose lines fit
+    in `limit` bytes (MAX_RESULT_BYTES by default)."""
     if not path.is_absolute():  # a relative name starting with `-` would be an option
         raise ValueError("exiftool is given absolute paths only")
-    collector = Collector(wanted, hide)
+    collector = Collector(wanted, hide, result_limit() if limit is None else limit)
     try:
         answer = await shared_exiftool().read([str(path)], collector, timeout)
     except TimeoutError:
@@ -168,13 +173,15 @@ class Collector:
     between `[{` and `}]`. A line longer than LINE_LIMIT_BYTES arrives cut (stay_open keeps no
     more): its value becomes a string, the value's first VALUE_LIMIT_BYTES (a string value's
     text, any other value's JSON) followed by TRUNCATED_MARK. Once the lines kept so far fill
-    OUTPUT_LIMIT_BYTES, later tags are counted and left out. Either way `metadata_output` says so.
+    `limit` bytes, later tags are counted and left out (what is held stays bounded; the exact
+    fit to MAX_RESULT_BYTES is metadata_output's). Either way `metadata_output` says so.
 
     The usual answer (every tag, nothing too long) is parsed whole, in one `json.loads`; lines
     are looked at one by one only when tags are selected or something had to be cut.
     """
 
-    def __init__(self, wanted: Collection[str], hide: Sequence[Path]) -> None:
+    def __init__(self, wanted: Collection[str], hide: Sequence[Path], limit: int) -> None:
+        self.limit = limit
         names = {w.lower() for w in wanted}
         names |= {ALIASES[alias].lower() for alias in ALIASES if alias.lower() in names}
         self.names = names
@@ -192,7 +199,7 @@ class Collector:
     def __call__(self, lines: list[bytes], lengths: list[int]) -> None:
         total = sum(lengths)
         whole = sum(map(len, lines)) == total  # no line arrived cut
-        if not self.per_line and whole and self.kept_bytes + total <= OUTPUT_LIMIT_BYTES:
+        if not self.per_line and whole and self.kept_bytes + total <= self.limit:
             self.kept_bytes += total
             self.lines += lines
             return
@@ -212,7 +219,7 @@ class Collector:
         name = _name(line)
         if name != "Error" and (name in HIDDEN_TAGS or (self.names and name.lower() not in self.names)):
             return
-        if self.kept_bytes + len(line) > OUTPUT_LIMIT_BYTES:
+        if self.kept_bytes + len(line) > self.limit:
             self.dropped += 1
         elif length > len(line):
             self.kept_bytes += len(line)
@@ -311,17 +318,44 @@ def summary(tags: dict[str, Any]) -> dict[str, Any]:
     return {key: _typed(tags.get(tag), kind) for key, (tag, kind) in SUMMARY.items()}
 
 
-def metadata_output(metadata: Metadata, wanted: Collection[str] = ()) -> dict[str, Any]:
+def metadata_output(
+    metadata: Metadata, wanted: Collection[str] = (), limit: int | None = None
+) -> dict[str, Any]:
     """task_output: the (selected) tags by ExifTool name, with aliases, the summary of those,
-    and TRUNCATED_FIELD when values were cut or tags left out."""
+    and TRUNCATED_FIELD when values were cut or tags left out.
+
+    All of it within `limit` bytes as the worker measures it (MAX_RESULT_BYTES by default), so
+    the job completes with less rather than fails: tags are left out from the end, the ones the
+    summary reads last. exiftool's lines were bounded already (Collector), but not as JSON is
+    measured here: aliases and the summary repeat values, and a non-ASCII character exiftool
+    writes in 3 or 4 bytes counts 6 or 12 escaped.
+    """
+    limit = result_limit() if limit is None else limit
     chosen = selected(with_aliases(metadata.tags), wanted)
-    output = {**chosen, **summary(chosen)}
-    if metadata.cut or metadata.dropped:
+    order = sorted(chosen, key=lambda name: name not in _SUMMARY_TAGS)  # stable: exiftool's order
+    sizes = [entry_bytes(name, chosen[name]) for name in order]
+
+    def output_with(count: int) -> dict[str, Any]:
+        kept = set(order[:count])
+        tags = {name: value for name, value in chosen.items() if name in kept}
+        return _output(tags, metadata, metadata.dropped + len(order) - count, limit)
+
+    return most_that_fit(sizes, output_with, limit)[1]
+
+
+#: The tags the summary reads: left out last.
+_SUMMARY_TAGS = frozenset(tag for tag, _ in SUMMARY.values())
+
+
+def _output(tags: dict[str, Any], metadata: Metadata, left_out: int, limit: int) -> dict[str, Any]:
+    output = {**tags, **summary(tags)}
+    cut = [name for name in metadata.cut if name in tags]
+    if cut or left_out:
         output[TRUNCATED_FIELD] = {
-            "cut_values": metadata.cut,
+            "cut_values": cut,
             "value_limit_bytes": VALUE_LIMIT_BYTES,
-            "tags_left_out": metadata.dropped,
-            "output_limit_bytes": OUTPUT_LIMIT_BYTES,
+            "tags_left_out": left_out,
+            "output_limit_bytes": limit,
         }
     return output
 

@@ -1,4 +1,9 @@
-"""The face_detection task a worker runs."""
+"""The face_detection task a worker runs.
+
+A client may ask for every candidate (`confidence_threshold` 0, `nms_threshold` 1): thousands of
+faces, about 450 bytes each in `task_output`. The faces kept, best first, are those that fit in
+MAX_RESULT_BYTES (result_budget.py); the others are counted in TRUNCATED_FIELD and get no crop.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ from compute.plugins.face_detection.algorithm import (
     load_bgr,
 )
 from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
+from compute.plugins.result_budget import item_bytes, most_that_fit, result_limit
 
 MODEL = models.MODELS["face_detection"]
 OUTPUT_PATH = "output/face_detection.json"
+#: The task_output field that says how many faces were left out, present only when some were.
+TRUNCATED_FIELD = "faces_truncated"
 
 
 def crop_path(index: int) -> str:
@@ -46,21 +54,38 @@ class FaceDetectionTask(PluginTask):
         faces = detect(session, image, params.confidence_threshold, params.nms_threshold)
         progress(60)
         height, width = image.shape[:2]
-        described = []
-        for index, face in enumerate(faces):
+        described = [describe(face, width, height, crop_path(i)) for i, face in enumerate(faces)]
+        limit = result_limit()
+        kept, output = most_that_fit(
+            [item_bytes(face) for face in described],
+            lambda count: detection_output(described[:count], len(described), width, height, limit),
+            limit,
+        )
+        for index, face in enumerate(faces[:kept]):
             try:
                 crop = align(image, face.landmarks)
             except AlignmentFailed as exc:
                 raise AlignmentFailed(f"face {index}: {exc}") from None
-            relative = crop_path(index)
-            files.output(relative).write_bytes(encode_png(crop))
-            described.append(describe(face, width, height, relative))
-        output = {
-            "faces": described,
-            "num_faces": len(described),
-            "image_width": width,
-            "image_height": height,
-        }
+            files.output(crop_path(index)).write_bytes(encode_png(crop))
         files.output(params.output_path).write_text(json.dumps(output, indent=2))
         progress(100)
         return output
+
+
+def detection_output(
+    faces: list[dict[str, Any]], found: int, width: int, height: int, limit: int
+) -> dict[str, Any]:
+    """task_output with `faces` (the best of the `found`), and TRUNCATED_FIELD if some were left out."""
+    output: dict[str, Any] = {
+        "faces": faces,
+        "num_faces": len(faces),
+        "image_width": width,
+        "image_height": height,
+    }
+    if len(faces) < found:
+        output[TRUNCATED_FIELD] = {
+            "faces_found": found,
+            "faces_left_out": found - len(faces),
+            "output_limit_bytes": limit,
+        }
+    return output
