@@ -168,7 +168,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    workers = _spawn_workers_when_ready(args.workers, args.port, overrides) if args.workers else None
+    url = local_url(args.host, args.port)
+    workers = _spawn_workers_when_ready(args.workers, url, overrides) if args.workers else None
     # uvicorn shuts down on SIGTERM, then raises the signal again to the handler it found:
     # with the default one the process would die before stopping its workers.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -312,16 +313,26 @@ class _WorkerProcesses:
         self.reaped.set()
 
 
-def _spawn_workers_when_ready(count: int, port: int, overrides: dict[str, str]) -> _WorkerProcesses:
+def local_url(host: str, port: int) -> str:
+    """How a process on this machine reaches a server bound to `host`: the loopback address
+    for a wildcard bind, else that address (a server bound to one interface does not answer
+    on 127.0.0.1)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _spawn_workers_when_ready(count: int, url: str, overrides: dict[str, str]) -> _WorkerProcesses:
     group = _WorkerProcesses()
 
     def spawn() -> None:
-        url = f"http://127.0.0.1:{port}/"
-        while not group.stopping.is_set() and not _server_answers(url):
+        while not group.stopping.is_set() and not _server_answers(url + "/"):
             group.stopping.wait(0.2)
         die_with_parent = deathsignal.preexec(signal.SIGTERM)
         # No --worker-id: each takes a slot (worker/identity.py), the same after a restart.
-        cmd = [sys.executable, "-m", "compute.cli", "worker", "--port", str(port)]
+        cmd = [sys.executable, "-m", "compute.cli", "worker", "--server-url", url]
         # The server's flags (broker, log level ...) apply to its workers too.
         env = {k: v for k, v in {**os.environ, **overrides}.items() if k != "WORKER_ID"}
         for _ in range(count):
@@ -380,9 +391,13 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_worker_prerequisites(settings: Settings) -> None:
+    from compute.db.session import is_sqlite
     from compute.topics import check_segment
 
     check_segment(settings.worker_id, "worker id")
+    if not settings.cl_server_dir.is_dir() and not is_sqlite(settings.database_url):
+        # A worker on a host of its own: the folder holds only its slots and scratch folders.
+        settings.cl_server_dir.mkdir(parents=True)
     if not settings.cl_server_dir.is_dir():
         raise ConfigError(
             f"CL_SERVER_DIR {settings.cl_server_dir} does not exist: start compute-server "

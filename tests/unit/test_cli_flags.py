@@ -105,3 +105,18 @@ def test_bad_flag_value_is_a_config_error(
     assert main(["--mqtt-port", "70000"]) == 2
     assert "MQTT_PORT" in capsys.readouterr().err
     assert "MQTT_PORT" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8002"),
+        ("", "http://127.0.0.1:8002"),
+        ("10.0.0.5", "http://10.0.0.5:8002"),
+        ("::", "http://[::1]:8002"),
+        ("fd00::5", "http://[fd00::5]:8002"),
+    ],
+)
+def test_the_servers_own_workers_reach_it_where_it_binds(host: str, url: str) -> None:
+    """compute-server --host 10.0.0.5 --workers 2: its workers must not look on 127.0.0.1."""
+    assert cli.local_url(host, 8002) == url
