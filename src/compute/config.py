@@ -123,6 +123,12 @@ class Settings:
     plugin_memory_limit_mb: int = 4096
     #: None: every installed task whose tools and models are present.
     worker_tasks: tuple[str, ...] | None = None
+    #: Whether a worker sees the server's job folders (WORKER_FILES_MODES): "auto" finds out from
+    #: the storage marker, "shared" and "remote" insist. A remote worker fetches a job's inputs and
+    #: sends its outputs over HTTP, working in a scratch folder of its own.
+    worker_files: str = "auto"
+    #: A remote worker's scratch folders: <worker_scratch_dir>/<worker id>/jobs/<job id>.
+    worker_scratch_dir: Path = Path("worker-scratch")
     server_url: str = "http://127.0.0.1:8002"
     log_level: str = "INFO"
     #: "text" (default) or "json": one JSON object per line, with job_id / worker_id fields.
@@ -215,6 +221,8 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 
 
 LOG_FORMATS = ("text", "json")
+#: auto: a worker shares the server's disk when its storage folder holds the server's marker.
+WORKER_FILES_MODES = ("auto", "shared", "remote")
 PLUGIN_ISOLATION_MODES = ("process", "thread")
 #: auto: Mosquitto as a child process when it is installed, else amqtt in the server's process.
 EMBEDDED_BROKERS = ("auto", "mosquitto", "amqtt")
@@ -325,7 +333,11 @@ def load_settings(
         worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"])
         if env.get("WORKER_SUPPORTED_TASKS")
         else None,
-        server_url=env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}",
+        worker_files=_choice(env, "WORKER_FILES", WORKER_FILES_MODES),
+        worker_scratch_dir=Path(
+            env.get("WORKER_SCRATCH_DIR") or cl_server_dir / "worker-scratch"
+        ).expanduser(),
+        server_url=(env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
         log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS),
         metrics_token=env.get("METRICS_TOKEN") or None,

@@ -4,7 +4,8 @@ Two kinds of key, neither of which ever travels over MQTT:
 
 * the claim's **lease token**, drawn by the database when a worker claims a job and shared only
   by the database, the server and that worker. It signs the worker's job events, and the
-  server's confirmations and cancel requests for that claim;
+  server's confirmations and cancel requests for that claim; over HTTP, a remote worker's
+  requests for the job's inputs and outputs, and the server's seal on the inputs it sends;
 * a worker session's **secret**, drawn by the worker at start and registered in
   `worker_sessions`. It signs the worker's `info` messages and its Last Will.
 
@@ -94,6 +95,40 @@ def cancel_signature(lease_token: str, job_id: str, attempt: int, timestamp: int
 
 def verify_cancel(lease_token: str | None, job_id: str, attempt: int, timestamp: int, sig: str) -> bool:
     return _matches(lease_token, sig, _cancel_fields(job_id, attempt, timestamp))
+
+
+# -- the file plane (remote worker <-> server over HTTP), keyed by the lease token -------------
+
+
+def _file_request_fields(kind: str, job_id: str, attempt: int, body_digest: str) -> tuple[str, ...]:
+    return ("files", kind, job_id, str(attempt), body_digest)
+
+
+def file_request_signature(lease_token: str, kind: str, job_id: str, attempt: int, body_digest: str) -> str:
+    """A remote worker's request about its claim's files (`kind`: inputs, plan, outputs), over the
+    SHA-256 of what it sends (its JSON body, or the outputs' manifest, which names every digest)."""
+    return _mac(lease_token, _file_request_fields(kind, job_id, attempt, body_digest))
+
+
+def verify_file_request(
+    lease_token: str | None, kind: str, job_id: str, attempt: int, body_digest: str, sig: str
+) -> bool:
+    return _matches(lease_token, sig, _file_request_fields(kind, job_id, attempt, body_digest))
+
+
+def _seal_fields(job_id: str, attempt: int, files: Iterable[tuple[str, int, str]]) -> tuple[str, ...]:
+    return ("inputs-sent", job_id, str(attempt), *(f"{path}:{size}:{digest}" for path, size, digest in files))
+
+
+def inputs_seal(lease_token: str, job_id: str, attempt: int, files: Iterable[tuple[str, int, str]]) -> str:
+    """The server's seal after the inputs it sent: every (path, size, hex SHA-256), in order."""
+    return _mac(lease_token, _seal_fields(job_id, attempt, files))
+
+
+def verify_inputs_seal(
+    lease_token: str, job_id: str, attempt: int, files: Iterable[tuple[str, int, str]], seal: str
+) -> bool:
+    return _matches(lease_token, seal, _seal_fields(job_id, attempt, files))
 
 
 # -- worker info and Last Will, keyed by the session secret ------------------------------------

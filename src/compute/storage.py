@@ -29,6 +29,10 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 #: An extension kept from the client's name only when it is this plain.
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}")
 STORED_STEM = "upload"
+#: File at the top of the storage folder that holds the deployment's storage id (db/storage_id.py).
+MARKER_NAME = ".compute-storage-id"
+#: Folder beside `jobs/` where outputs sent by remote workers wait for their job's completion.
+STAGING_NAME = "staging"
 
 
 class UploadTooLarge(ComputeError):
@@ -48,12 +52,36 @@ def valid_job_id(job_id: str) -> bool:
     return 0 < len(job_id) <= MAX_JOB_ID and _JOB_ID.fullmatch(job_id) is not None
 
 
+def write_storage_marker(storage_dir: Path, storage_id: str) -> None:
+    """Put the storage id in `storage_dir`'s marker file (replaced atomically: a worker reading it
+    meanwhile sees the old content or the new, never half of it)."""
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    marker = storage_dir / MARKER_NAME
+    if read_storage_marker(storage_dir) == storage_id:
+        return
+    temporary = storage_dir / f"{MARKER_NAME}.{os.getpid()}.tmp"
+    temporary.write_text(storage_id + "\n", encoding="ascii")
+    os.replace(temporary, marker)
+
+
+def read_storage_marker(storage_dir: Path) -> str | None:
+    """The storage id in `storage_dir`'s marker file, or None (no marker, or not readable)."""
+    try:
+        with open(storage_dir / MARKER_NAME, "rb") as file:
+            text = file.read(200).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
 class JobStorage:
-    """`<root>/jobs/<job_id>/{input,output}` for every job."""
+    """`<root>/jobs/<job_id>/{input,output}` for every job, and `<root>/staging/<job_id>/` for the
+    outputs remote workers sent for it (files/staging.py)."""
 
     def __init__(self, root: Path, max_upload_bytes: int) -> None:
         self.root = Path(root).resolve()
         self.jobs_root = self.root / "jobs"
+        self.staging_root = self.root / STAGING_NAME
         self.max_upload_bytes = max_upload_bytes
 
     def job_dir(self, job_id: str) -> Path:
@@ -106,8 +134,15 @@ class JobStorage:
             "hash": digest.hexdigest(),
         }
 
+    def staging_dir(self, job_id: str) -> Path:
+        """Where outputs sent for `job_id` by remote workers wait (one folder per attempt)."""
+        self.job_dir(job_id)  # the same id check
+        return self.staging_root / job_id
+
     def cleanup_job(self, job_id: str) -> bool:
+        """Remove the job's folder and whatever waits in staging for it; False if it had no folder."""
         job_dir = self.job_dir(job_id)
+        shutil.rmtree(self.staging_dir(job_id), ignore_errors=True)
         if not job_dir.exists():
             return False
         shutil.rmtree(job_dir, ignore_errors=True)

@@ -18,5 +18,6 @@ imported from there (compute_bench.harness, compute_bench.deployment).
 * asyncapi_payloads: what the product publishes, checked against the AsyncAPI document;
 * images, photos, embedding_images, exif_samples, hash_samples, videos: test media;
   onnx_models, yunet_model: tiny ONNX stand-ins for the ML plugins' models;
-* stall: the `test_stall` plugin of the isolation tests; fault_cluster: the fault tests' deployment.
+* stall: the `test_stall` plugin of the isolation tests; fault_cluster: the fault tests' deployment;
+* proxy: `CuttingProxy`, a TCP link between a worker and the server that breaks on purpose.
 """

@@ -2,19 +2,29 @@
 
 `FakeBus` records what the parts publish and delivers what a test feeds it, in the calling
 thread, with no broker; `GatedNoop` is the benchmark's no-op plugin held at its start until
-the test opens its gate.
+the test opens its gate; `no_staging` is the ingest's staging where no remote worker sends
+anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from compute.bus.interface import MessageHandler, topic_matches
+from compute.files.staging import OutputStaging
+from compute.storage import JobStorage
 from compute_bench.noop import BenchNoopTask
+
+
+def no_staging() -> OutputStaging:
+    """Staging over a storage folder nothing is written to: for an ingest no remote worker uses."""
+    return OutputStaging(JobStorage(Path(tempfile.gettempdir()) / "compute-unused-storage", 1))
 
 
 class FakeBus:

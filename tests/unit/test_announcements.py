@@ -39,7 +39,7 @@ from compute.server.live.queue_summary import QueueReporter
 from compute.server.metrics import ServerMetrics
 from compute.topics import Topics, encode, job_event_payload
 from tests.support.events import signed
-from tests.support.fakes import FakeBus
+from tests.support.fakes import FakeBus, no_staging
 from tests.support.waits import wait_for
 
 T = Topics()
@@ -92,7 +92,7 @@ class Server:
             self.bus, T, Dispatcher(self.bus, T), self.feed, self.queues, ServerMetrics()
         )
         self.submitter = JobSubmitter(repo, self.announcer, RouteDatabase(5.0))
-        self.ingest = EventIngest(transitions, self.bus, T, self.announcer)
+        self.ingest = EventIngest(transitions, self.bus, T, self.announcer, no_staging())
         self.canceller = Canceller(transitions, self.bus, T, self.announcer)
         self.actions = JobActions(transitions, self.announcer)
         self.rescuer = Rescuer(transitions, self.announcer, lease_seconds=0.6)

@@ -48,7 +48,7 @@ from compute.worker.attempt import Attempt
 from compute.worker.results import ResultOutbox
 from compute_bench.harness import wait_until
 from tests.support.events import signed
-from tests.support.fakes import FakeBus
+from tests.support.fakes import FakeBus, no_staging
 from tests.support.waits import wait_for
 
 T = Topics()
@@ -374,7 +374,8 @@ def make_ingest(repo: JobRepository, bus: FakeBus) -> tuple[EventIngest, list[st
     transitions = JobTransitions(repo.engine, repo.policies)
     queues = QueueReporter(bus, T, repo)
     dispatcher = RequeueRecorder(bus)
-    return EventIngest(transitions, bus, T, announcer_for(bus, queues, dispatcher)), dispatcher.requeued
+    ingest = EventIngest(transitions, bus, T, announcer_for(bus, queues, dispatcher), no_staging())
+    return ingest, dispatcher.requeued
 
 
 def claim_one(repo: JobRepository, job_id: str = "j1") -> JobRecord:

@@ -60,3 +60,10 @@ def drawn_once(engine: Engine, key: str, draw: Callable[[], str]) -> str:
     except IntegrityError:  # another server process drew one first: use theirs
         pass
     return read() or ""
+
+
+def read_text(engine: Engine, key: str) -> str | None:
+    """The text value kept under `key`, or None (a process that must not draw one reads it so)."""
+    with engine.connect() as conn:
+        raw = conn.execute(select(prefs.c.value).where(prefs.c.key == key)).scalar()
+    return None if raw is None else str(json.loads(raw))

@@ -395,6 +395,16 @@ class JobRepository:
                 found.update(conn.execute(select(jobs.c.job_id).where(jobs.c.job_id.in_(chunk))).scalars())
         return found
 
+    def attempts(self, job_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """(status, attempt) of each of these jobs that has a row (the staging sweep's read)."""
+        found: dict[str, tuple[str, int]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(job_ids), 500):  # bounded IN lists
+                chunk = list(job_ids[start : start + 500])
+                stmt = select(jobs.c.job_id, jobs.c.status, jobs.c.attempt).where(jobs.c.job_id.in_(chunk))
+                found.update({r.job_id: (r.status, r.attempt) for r in conn.execute(stmt)})
+        return found
+
     def queue_summary(self) -> list[QueueSummary]:
         """Queued and running counts per task type, with the oldest waiting job's age."""
         stmt = (

@@ -39,6 +39,10 @@ class PluginEnvironment:
     #: Largest task_output (compact JSON) the worker sends (MAX_RESULT_BYTES): a plugin whose
     #: output grows with its input keeps within it (result_budget.py) rather than fail the job.
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    #: False on a worker that does not see the server's disk: its job folders are scratch copies,
+    #: and a path the client named on the server's machine exists here only under a media root
+    #: this worker mounts (COMPUTE_MEDIA_ROOTS).
+    shares_server_disk: bool = True
 
     def job_dir(self, job_id: str) -> Path:
         """The job's folder; `params` paths such as `input/upload.jpg` are relative to it."""
@@ -67,6 +71,7 @@ def configure(settings: Settings) -> None:
         settings.max_video_seconds,
         settings.max_video_streams,
         settings.max_result_bytes,
+        shares_server_disk=settings.worker_files != "remote",
     )
 
 

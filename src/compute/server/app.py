@@ -19,6 +19,7 @@ from compute.server.http.rendering import SafeJSONResponse
 from compute.server.http.timing import HttpMetrics
 from compute.server.routes import (
     admin,
+    claim_files,
     dashboard,
     docs,
     events,
@@ -72,6 +73,7 @@ def create_app(
     app.include_router(listing.router)
     app.include_router(listing.workers_router)
     app.include_router(job.router)
+    app.include_router(claim_files.router)
     app.include_router(admin.router)
     app.include_router(admin.prefs)
     app.include_router(tasks.router)

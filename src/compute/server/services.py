@@ -32,8 +32,10 @@ from compute.db.preferences import PreferenceStore
 from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
 from compute.db.session import check_migrated, make_engine, ping
+from compute.db.storage_id import server_storage_id
 from compute.db.transitions import JobTransitions
 from compute.db.worker_sessions import WorkerSessions, server_client_ids
+from compute.files.staging import OutputStaging
 from compute.plugins.registry import route_factories
 from compute.ratelimit import KeyedLimiter
 from compute.server.access import GuestMode, TokenVerifier
@@ -57,7 +59,8 @@ from compute.server.sweeps.forget import WorkerForgetter
 from compute.server.sweeps.orphans import OrphanSweeper
 from compute.server.sweeps.priority_aging import PriorityAging
 from compute.server.sweeps.retention import RetentionPolicy, RetentionSweeper
-from compute.storage import JobStorage
+from compute.server.sweeps.staged_outputs import StagingSweeper
+from compute.storage import JobStorage, write_storage_marker
 from compute.topics import OFFLINE, ONLINE, Topics, event_payload_limit
 
 
@@ -80,6 +83,8 @@ class Services:
     verifier: TokenVerifier
     guest: GuestMode
     storage: JobStorage
+    #: Outputs remote workers sent, promoted into the job folder when the job completes.
+    staging: OutputStaging
     repo: JobRepository
     queues: QueueReporter
     #: Every job change, for the live views (SSE).
@@ -97,6 +102,8 @@ class Services:
     ingest: EventIngest
     registry: WorkerRegistry
     orphans: OrphanSweeper
+    #: Staged outputs left behind: promoted (job completed) or discarded (attempt over).
+    staging_sweeper: StagingSweeper
     #: Listing reads for people (GET /jobs, GET /workers), on the routes' engine.
     queries: JobQueries
     route_sessions: WorkerSessions
@@ -146,6 +153,7 @@ def build_services(settings: Settings) -> Services:
     hop = LoopHop()
     safe_bus = LoopSafeBus(bus, hop)
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
+    staging = OutputStaging(storage)
     repo = JobRepository(route_engine, policies=settings.task_policies)
     queues = QueueReporter(bus, topics, repo, hop)
     budget = DescriptorBudget.for_process()
@@ -181,6 +189,7 @@ def build_services(settings: Settings) -> Services:
         verifier=TokenVerifier.from_settings(settings),
         guest=GuestMode(PreferenceStore(route_engine), settings.guest_mode),
         storage=storage,
+        staging=staging,
         repo=repo,
         queues=queues,
         changes=changes,
@@ -192,7 +201,12 @@ def build_services(settings: Settings) -> Services:
         actions=JobActions(route_transitions, announcer),
         rescuer=rescuer,
         ingest=EventIngest(
-            transitions, bus, topics, announcer, max_payload=event_payload_limit(settings.max_result_bytes)
+            transitions,
+            bus,
+            topics,
+            announcer,
+            staging,
+            max_payload=event_payload_limit(settings.max_result_bytes),
         ),
         registry=WorkerRegistry(
             bus,
@@ -203,6 +217,7 @@ def build_services(settings: Settings) -> Services:
             heartbeat_interval=settings.heartbeat_interval,
         ),
         orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
+        staging_sweeper=StagingSweeper(repo, staging, db),
         queries=JobQueries(route_engine),
         route_sessions=WorkerSessions(route_engine),
         job_rate=KeyedLimiter(settings.job_rate_limit, settings.job_rate_burst),
@@ -232,7 +247,8 @@ async def running(
     check_migrated(s.engine)
     s.hop.bind(asyncio.get_running_loop())
     s.guest.refresh()  # later refreshes run off the loop (auth.guest_mode_on)
-    s.settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    # The storage marker: a worker whose storage folder holds it shares this disk (disk_sharing.py).
+    write_storage_marker(s.settings.storage_dir, server_storage_id(s.engine))
     broker = await start_embedded_if_needed(s.settings) if start_broker else None
     s.bus.client_id, s.presence_bus.client_id = server_client_ids(
         s.settings.mqtt_client_id, s.settings.server_client_id, s.engine
@@ -245,6 +261,7 @@ async def running(
     tasks.start("queue-summary", s.queues.run)
     tasks.start("lease-sweep", s.rescuer.run)
     tasks.start("orphan-sweep", s.orphans.run)
+    tasks.start("staging-sweep", s.staging_sweeper.run)
     tasks.start("live-views", s.changes.run)
     tasks.start("guest-views", GuestStreams(s.changes, s.guest, s.db).run)
     tasks.start("retention", s.retention.run)

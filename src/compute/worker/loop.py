@@ -25,6 +25,7 @@ from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session
 from compute.worker.attempt import Attempt
 from compute.worker.dbretry import DB_ERRORS, Backoff
+from compute.worker.job_folder import JobFolders
 from compute.worker.results import ResultOutbox
 from compute.worker.runner import JobRunner, plugin_host
 
@@ -45,6 +46,7 @@ class Worker:
         session: str | None = None,
         secret: str = "",
         sessions: WorkerSessions | None = None,
+        folders: JobFolders | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -60,7 +62,9 @@ class Worker:
         )
         transitions = JobTransitions(repo.engine, settings.task_policies, settings.max_result_bytes)
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
-        self.runner = JobRunner(tasks, self.outbox, plugin_host(settings, tasks), settings.max_result_bytes)
+        self.runner = JobRunner(
+            tasks, self.outbox, plugin_host(settings, tasks), settings.max_result_bytes, folders
+        )
         self.topics = topics
         #: The claim being run (its lease is renewed, cancel requests must verify for it).
         self.current: Attempt | None = None

@@ -1,5 +1,9 @@
 """Run one claimed job through its plugin and report what happens.
 
+A worker that does not share the server's disk fetches the job's inputs first and delivers its
+outputs before the completion is reported (worker/job_folder.py); either transfer failing fails
+the attempt, and a server that says the claim is over ends it like a cancel: nothing is sent.
+
 The plugin runs in a plugin host: by default a child process the worker kills on cancel or
 timeout (worker/plugin_process.py), or a thread of the worker (worker/plugin_thread.py,
 PLUGIN_ISOLATION=thread). Either way the worker's own event loop stays free for MQTT keepalives,
@@ -22,6 +26,8 @@ from compute.jobs import EventType, JobEvent, bounded_error, result_too_large
 from compute.plugins.environment import current as plugin_environment
 from compute.plugins.tools import scrub
 from compute.worker.attempt import Attempt
+from compute.worker.file_client import ClaimGone, TransferFailed
+from compute.worker.job_folder import JobFolder, JobFolders, SharedFolders
 from compute.worker.plugin_process import PluginCrashed, PluginProcess
 from compute.worker.plugin_thread import PluginThreadHost
 from compute.worker.results import ResultOutbox
@@ -57,12 +63,14 @@ class JobRunner:
         outbox: ResultOutbox,
         host: PluginHost,
         max_result_bytes: int | None = None,
+        folders: JobFolders | None = None,
     ) -> None:
         self.tasks = tasks
         self.outbox = outbox
         self.host = host
         #: A result larger than this (task_output as JSON) fails the job instead of being sent.
         self.max_result_bytes = max_result_bytes
+        self.folders: JobFolders = folders or SharedFolders()
         #: The attempt being run, and its plugin run (what a cancel stops).
         self._current: tuple[Attempt, asyncio.Future[Any]] | None = None
         self._cancelled: set[str] = set()
@@ -138,10 +146,24 @@ class JobRunner:
             params = plugin.get_schema()(**job.params)
         except Exception as exc:  # bad params are the job's fault: retrying cannot help
             return attempt.event(EventType.FAILED, error=f"invalid params: {exc}")
-        running = asyncio.ensure_future(self._run_plugin(plugin, attempt, params))
+        async with self.folders.open(attempt) as folder:
+            return await self._execute_in(folder, plugin, attempt, params)
+
+    async def _execute_in(
+        self, folder: JobFolder, plugin: ComputeModule, attempt: Attempt, params: Any
+    ) -> JobEvent | None:
+        job = attempt.job
+        running = asyncio.ensure_future(self._run_plugin(plugin, attempt, params, folder))
         self._current = (attempt, running)
         try:
             result = await running
+        except ClaimGone as exc:
+            log.warning("job %s: %s; dropping it", job.job_id, exc, extra=attempt.log_fields())
+            return None
+        except TransferFailed as exc:
+            return attempt.event(
+                EventType.FAILED, retryable=exc.retryable, error=_without_paths(job, str(exc))
+            )
         except TimeoutError:
             return attempt.event(
                 EventType.FAILED, retryable=True, error=f"timed out after {job.timeout_seconds:g} s"
@@ -161,7 +183,7 @@ class JobRunner:
             )
         finally:
             self._current = None
-        if isinstance(result, dict) and result.get("status") == "ok":
+        if _succeeded(result):
             output = result.get("task_output")
             output = output if isinstance(output, dict) else {"result": output}
             # Checked before sending: the server would refuse it too, and a payload over the bus's
@@ -175,14 +197,26 @@ class JobRunner:
             EventType.FAILED, error=_without_paths(job, str(error or f"plugin returned {result!r}"))
         )
 
-    async def _run_plugin(self, plugin: ComputeModule, attempt: Attempt, params: Any) -> Any:
+    async def _run_plugin(
+        self, plugin: ComputeModule, attempt: Attempt, params: Any, folder: JobFolder
+    ) -> Any:
+        """Inputs in place, the plugin within its timeout, then (when it succeeded) its outputs
+        where the server serves them from. The transfers are not the plugin's time."""
         job = attempt.job
+        await folder.fetch()
         await self.host.ready()  # a plugin process being set up is not the job's time
         # On timeout, wait_for cancels the run and waits until the host has stopped it.
         report = self._progress_reporter(attempt)
-        return await asyncio.wait_for(
+        result = await asyncio.wait_for(
             self.host.execute(plugin, job, params, report), job.timeout_seconds or None
         )
+        if _succeeded(result):
+            await folder.deliver()
+        return result
+
+
+def _succeeded(result: Any) -> bool:
+    return isinstance(result, dict) and result.get("status") == "ok"
 
 
 def _without_paths(job: JobRecord, message: str) -> str:

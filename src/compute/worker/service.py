@@ -9,6 +9,7 @@ server believes the clearing).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -30,7 +31,11 @@ from compute.plugins import environment as plugin_environment
 from compute.topics import OFFLINE, Topics
 from compute.worker.announce import new_client_suffix, new_session, offline_will
 from compute.worker.dbretry import DB_ERRORS, Backoff
+from compute.worker.disk_sharing import decide
+from compute.worker.file_client import FileClient
+from compute.worker.job_folder import JobFolders, RemoteFolders, SharedFolders
 from compute.worker.loop import Worker
+from compute.worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -58,11 +63,15 @@ class WorkerService:
     engine: Any
     sessions: WorkerSessions
     secret: str
+    #: The server's job folders, or scratch copies of them (worker/job_folder.py).
+    folders: JobFolders
 
     @classmethod
     def build(
         cls, settings: Settings, tasks: dict[str, ComputeModule], *, db_wait: float = DB_WAIT
     ) -> WorkerService:
+        engine = make_engine(settings.database_url, wait=db_wait)
+        settings, folders = _job_folders(settings, engine)
         plugin_environment.configure(settings)
         topics = Topics.for_settings(settings)
         worker_id = settings.worker_id
@@ -81,7 +90,6 @@ class WorkerService:
             will=(topics.worker_status(worker_id), OFFLINE, True),
             name=f"presence-{worker_id}",
         )
-        engine = make_engine(settings.database_url, wait=db_wait)
         repo = JobRepository(engine, policies=settings.task_policies)
         sessions = WorkerSessions(engine)
         worker = Worker(
@@ -94,8 +102,9 @@ class WorkerService:
             session=session,
             secret=secret,
             sessions=sessions,
+            folders=folders,
         )
-        return cls(worker, bus, presence, engine, sessions, secret)
+        return cls(worker, bus, presence, engine, sessions, secret, folders)
 
     async def register(self) -> bool:
         """Record this run in `worker_sessions`, retrying database errors until it works.
@@ -165,4 +174,26 @@ class WorkerService:
         await asyncio.gather(self.bus.drain(GOODBYE_WAIT), self.presence.drain(GOODBYE_WAIT))
         await self.bus.close()
         await self.presence.close()
+        await self.folders.close()
         self.engine.dispose()
+
+
+def _job_folders(settings: Settings, engine: Any) -> tuple[Settings, JobFolders]:
+    """Where this worker's plugins find their job folders: the server's, when this host sees
+    them (worker/disk_sharing.py), else scratch folders of its own, which plugins then take for
+    the storage folder (settings.storage_dir: plugins/environment.py)."""
+    sharing = decide(settings, engine)
+    if sharing.shared:
+        log.info("job folders: the server's, in %s (%s)", settings.storage_dir, sharing.reason)
+        return dataclasses.replace(settings, worker_files="shared"), SharedFolders()
+    scratch = Scratch(settings.worker_scratch_dir, settings.worker_id)
+    scratch.open()
+    log.info(
+        "job folders: fetched from %s into %s, outputs sent back (%s)",
+        settings.server_url,
+        scratch.jobs_root,
+        sharing.reason,
+    )
+    client = FileClient(settings.server_url, default_max_request=settings.max_upload_bytes)
+    remote = dataclasses.replace(settings, storage_dir=scratch.storage_dir, worker_files="remote")
+    return remote, RemoteFolders(scratch, client)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,11 @@ class HlsStreamingTask(PluginTask):
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(_open_source(files, params))
             if params.output_absolute_path:
-                target = stack.enter_context(
-                    media_paths.open_folder(params.output_absolute_path, "output_absolute_path", create=True)
-                )
+                with _explained():
+                    opened = media_paths.open_folder(
+                        params.output_absolute_path, "output_absolute_path", create=True
+                    )
+                target = stack.enter_context(opened)
                 folder = files.root / STAGING_FOLDER
                 shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt's
                 folder.mkdir()
@@ -102,10 +105,27 @@ class HlsStreamingTask(PluginTask):
         }
 
 
+@contextlib.contextmanager
+def _explained() -> Iterator[None]:
+    """An absolute path that fails on a worker without the server's disk says why it may: the
+    client named a path on the server's machine, which this worker sees only where it mounts it."""
+    try:
+        yield
+    except media_paths.MediaPathError as exc:
+        if current().shares_server_disk:
+            raise
+        raise ComputeError(
+            f"{exc}; the path names a file on the server's machine, and this worker does not share "
+            "its disk: mount that folder here and list it in this worker's COMPUTE_MEDIA_ROOTS, or "
+            "upload the file instead"
+        ) from None
+
+
 def _open_source(files: JobFiles, params: HlsStreamingParams) -> media_paths.Opened:
     """The video, open and checked: a video file inside the media roots, or the job's upload."""
     if params.input_absolute_path:
-        opened = media_paths.open_file(params.input_absolute_path, "input_absolute_path")
+        with _explained():
+            opened = media_paths.open_file(params.input_absolute_path, "input_absolute_path")
     else:
         path = files.path(params.input_path)  # the job's own folder: only the server writes there
         try:

@@ -5,10 +5,11 @@ limit; a dropped result is re-sent by its worker). One task drains the queue and
 everything waiting in one transaction (`JobTransitions.apply_events`), so a burst of completions
 costs one commit, not one each, and what the batch changed goes to the announcer in one piece.
 Events that fail their signature, attempt or sequence check are dropped and counted, and logged
-at a limited rate. A terminal event is confirmed to its worker
-only after the commit, signed with the claim's lease token so that nobody else can make the
-worker forget a result: a worker re-sends until then, so an event acknowledged by MQTT but lost
-before the commit is sent again.
+at a limited rate. A completion's outputs that a remote worker sent are promoted into the job
+folder right after the commit, before anyone is told (files/staging.py). A terminal event is
+confirmed to its worker only after the commit (and that promotion), signed with the claim's
+lease token so that nobody else can make the worker forget a result: a worker re-sends until
+then, so an event acknowledged by MQTT but lost before the commit is sent again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections import Counter
 from compute.bus.interface import Bus
 from compute.db.rules import Outcome, Verdict
 from compute.db.transitions import JobTransitions
-from compute.jobs import EventType, JobEvent, now_ms
+from compute.files.staging import OutputStaging
+from compute.jobs import EventType, JobEvent, JobStatus, now_ms
 from compute.logs import LogLimiter
 from compute.server.flow.announcer import ChangeAnnouncer
 from compute.signing import confirmation_signature
@@ -42,9 +44,11 @@ class EventIngest:
         bus: Bus,
         topics: Topics,
         announcer: ChangeAnnouncer,
+        staging: OutputStaging,
         max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.transitions = transitions
+        self.staging = staging
         #: Largest event read (topics.event_payload_limit of MAX_RESULT_BYTES); larger are dropped.
         self.max_payload = max_payload
         self.bus = bus
@@ -93,12 +97,24 @@ class EventIngest:
         try:
             # On a thread: a locked database must not stall the loop (HTTP, MQTT keepalives) for
             # its busy timeout.
-            outcomes = await asyncio.to_thread(self.transitions.apply_events, batch)
+            outcomes = await asyncio.to_thread(self._apply, batch)
         except Exception:
             limited.exception("persist", "could not persist %d job events", len(batch))
             await asyncio.sleep(0.5)
             return []
         return self._handle(outcomes)
+
+    def _apply(self, batch: list[JobEvent]) -> list[Outcome]:
+        """Commit the batch, then promote the staged outputs of the jobs it completed (also for a
+        re-sent completion: a promotion cut short by a restart is finished then). Blocking."""
+        outcomes = self.transitions.apply_events(batch)
+        for o in outcomes:
+            if o.event.event is EventType.COMPLETED and o.status == JobStatus.COMPLETED.value:
+                try:
+                    self.staging.promote_if_staged(o.event.job_id, o.event.attempt)
+                except OSError:  # the file routes and the staging sweep try again
+                    limited.exception("promote", "job %s: could not promote its outputs", o.event.job_id)
+        return outcomes
 
     def _handle(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Rejections counted, what the batch changed announced, terminal events confirmed."""

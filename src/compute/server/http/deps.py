@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from compute.db.queries import JobQueries
 from compute.db.repository import JobRepository
 from compute.db.worker_sessions import WorkerSessions
+from compute.files.staging import OutputStaging
 from compute.server.dbcalls import RouteDatabase
 from compute.server.flow.actions import JobActions
 from compute.server.flow.cancel import Canceller
@@ -36,6 +37,10 @@ async def _repo(request: Request) -> JobRepository:
 
 async def _storage(request: Request) -> JobStorage:
     return services_of(request).storage
+
+
+async def _staging(request: Request) -> OutputStaging:
+    return services_of(request).staging
 
 
 async def _registry(request: Request) -> WorkerRegistry:
@@ -69,6 +74,8 @@ async def _sessions(request: Request) -> WorkerSessions:
 ServicesDep = Annotated[Services, Depends(_services)]
 RepoDep = Annotated[JobRepository, Depends(_repo)]
 StorageDep = Annotated[JobStorage, Depends(_storage)]
+#: Outputs remote workers sent, waiting for their job's completion.
+StagingDep = Annotated[OutputStaging, Depends(_staging)]
 RegistryDep = Annotated[WorkerRegistry, Depends(_registry)]
 CancellerDep = Annotated[Canceller, Depends(_canceller)]
 #: Runs a route's database calls off the event loop, with a deadline (503 past it).

@@ -169,3 +169,18 @@ class Health(BaseModel):
 
 class GuestModeState(BaseModel):
     guest_mode: bool
+
+
+class StagedOutputs(BaseModel):
+    """A remote worker's outputs, received whole and checked, waiting for the job's completion."""
+
+    staged: int
+    bytes: int
+
+
+class MissingOutputs(BaseModel):
+    """Which of a remote worker's outputs the server does not hold yet (a resumed upload)."""
+
+    missing: list[str]
+    #: Largest request body the server takes (MAX_UPLOAD_BYTES): send the files in requests of that size.
+    max_request_bytes: int

@@ -15,10 +15,11 @@ from fastapi.responses import FileResponse
 
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.transitions import Changed
-from compute.jobs import OPEN
+from compute.files.staging import OutputStaging
+from compute.jobs import OPEN, JobStatus
 from compute.server.access import JobScope
 from compute.server.http.auth import CallerScope
-from compute.server.http.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StorageDep
+from compute.server.http.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StagingDep, StorageDep
 from compute.server.http.schemas import JobFile, JobFiles, JobPatch, JobPublic
 from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
 
@@ -148,22 +149,32 @@ async def delete_job(
 
 @router.get("/{job_id}/files", response_model=JobFiles)
 async def list_job_files(
-    job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep, scope: CallerScope
+    job_id: str, repo: RepoDep, db: DbDep, storage: StorageDep, staging: StagingDep, scope: CallerScope
 ) -> JobFiles:
     """Every file of the job's folder (its upload under `input/`, its results under `output/`)."""
-    if await db.call(_visible, repo, job_id, scope) is None:
+    job = await db.call(_visible, repo, job_id, scope)
+    if job is None:
         raise _not_found(job_id)
+    await _promoted(staging, job)
     files = await asyncio.to_thread(storage.job_files, job_id)
     return JobFiles(job_id=job_id, files=[JobFile(path=path, size=size) for path, size in files])
 
 
 @router.get("/{job_id}/files/{file_path:path}")
 async def get_job_file(
-    job_id: str, file_path: str, repo: RepoDep, db: DbDep, storage: StorageDep, scope: CallerScope
+    job_id: str,
+    file_path: str,
+    repo: RepoDep,
+    db: DbDep,
+    storage: StorageDep,
+    staging: StagingDep,
+    scope: CallerScope,
 ) -> FileResponse:
     """Download a file of the job's folder, e.g. `output/converted_photo.png`."""
-    if await db.call(_visible, repo, job_id, scope) is None:
+    job = await db.call(_visible, repo, job_id, scope)
+    if job is None:
         raise _not_found(job_id)
+    await _promoted(staging, job)
     try:
         path = storage.resolve(job_id, file_path)
     except PathOutsideJob:
@@ -178,6 +189,14 @@ async def get_job_file(
         filename=path.name,
         headers={"X-Content-Type-Options": "nosniff"},
     )
+
+
+async def _promoted(staging: OutputStaging, job: JobRecord) -> None:
+    """A completed job's outputs in its folder before they are listed or served: a remote
+    worker's outputs wait in staging until the completion is persisted, and whoever saw
+    `completed` (on `inference/events`, say) may ask before the server promoted them."""
+    if job.status == JobStatus.COMPLETED.value and staging.storage.staging_dir(job.job_id).is_dir():
+        await asyncio.to_thread(staging.promote, job.job_id, job.attempt)
 
 
 def media_type(name: str) -> str:
