@@ -60,19 +60,23 @@ def embedder(
     tokens: int = 0,
     grid: int = 8,
     dynamic: bool = False,
+    dynamic_batch: bool = False,
+    collapse_batch: bool = False,
     seed: int = 0,
 ) -> TinyEmbedder:
     """Write a tiny embedding model to `path`.
 
     size: (height, width) it is built for (a multiple of `grid`). dynamic: declare the batch
-    and spatial input dims as symbols (as exports with dynamic axes do).
+    and spatial input dims as symbols (as exports with dynamic axes do); dynamic_batch: the
+    batch dim only (an image model exported with a dynamic batch axis). collapse_batch: declare a
+    dynamic batch but reshape the output to a batch of one (an export whose graph hard-codes 1).
     """
     height, width = size
     rng = np.random.default_rng(seed)
     weight = rng.normal(size=(3 * grid * grid, max(tokens, 1) * dim)).astype(np.float32)
     h_dim: Dim = "height" if dynamic else height
     w_dim: Dim = "width" if dynamic else width
-    batch: Dim = "batch" if dynamic else 1
+    batch: Dim = "batch" if dynamic or dynamic_batch or collapse_batch else 1
     in_shape: Sequence[Dim] = [batch, 3, h_dim, w_dim] if layout == "NCHW" else [batch, h_dim, w_dim, 3]
     out_shape: Sequence[Dim] = [batch, tokens, dim] if tokens else [batch, dim]
 
@@ -91,6 +95,12 @@ def embedder(
     if tokens:
         nodes.append(helper.make_node("Reshape", ["projected", "token_shape"], [output_name]))
         initializers.append(numpy_helper.from_array(np.array([-1, tokens, dim], np.int64), "token_shape"))
+    if collapse_batch:
+        nodes[-1].output[0] = "uncollapsed"
+        nodes.append(helper.make_node("Reshape", ["uncollapsed", "one_shape"], [output_name]))
+        one = [1, -1, dim] if tokens else [1, -1]
+        initializers.append(numpy_helper.from_array(np.array(one, np.int64), "one_shape"))
+        out_shape = [1, "collapsed", dim] if tokens else [1, "collapsed"]
 
     graph = helper.make_graph(
         nodes,
@@ -111,8 +121,16 @@ def embedder(
 # -- the registry's models, with the real exports' layouts ------------------------------------
 
 
-def clip(models_dir: Path, *, dim: int = 512, dynamic: bool = False, seed: int = 1) -> TinyEmbedder:
-    """MobileCLIP-S2 image encoder: [1,3,256,256] -> [1,512]."""
+def clip(
+    models_dir: Path,
+    *,
+    dim: int = 512,
+    dynamic: bool = False,
+    dynamic_batch: bool = False,
+    collapse_batch: bool = False,
+    seed: int = 1,
+) -> TinyEmbedder:
+    """MobileCLIP-S2 image encoder: [1,3,256,256] -> [1,512] ([N,...] with dynamic_batch)."""
     return embedder(
         models_dir / "mobileclip_s2_image_encoder.onnx",
         size=(256, 256),
@@ -120,11 +138,21 @@ def clip(models_dir: Path, *, dim: int = 512, dynamic: bool = False, seed: int =
         input_name="image",
         output_name="image_embeds",
         dynamic=dynamic,
+        dynamic_batch=dynamic_batch,
+        collapse_batch=collapse_batch,
         seed=seed,
     )
 
 
-def dino(models_dir: Path, *, dim: int = 384, tokens: int = 5, seed: int = 2) -> TinyEmbedder:
+def dino(
+    models_dir: Path,
+    *,
+    dim: int = 384,
+    tokens: int = 5,
+    dynamic_batch: bool = False,
+    collapse_batch: bool = False,
+    seed: int = 2,
+) -> TinyEmbedder:
     """DINOv2 ViT-S/14: [1,3,224,224] -> [1,T,384], a token sequence with CLS first (the real
     export has T=257: CLS + 16x16 patches; 5 keeps the weights small), or [1,384] with tokens=0
     (exports that return the CLS token only)."""
@@ -135,11 +163,21 @@ def dino(models_dir: Path, *, dim: int = 384, tokens: int = 5, seed: int = 2) ->
         tokens=tokens,
         input_name="input",
         output_name="output",
+        dynamic_batch=dynamic_batch,
+        collapse_batch=collapse_batch,
         seed=seed,
     )
 
 
-def arcface(models_dir: Path, *, layout: str = "NHWC", dim: int = 512, seed: int = 3) -> TinyEmbedder:
+def arcface(
+    models_dir: Path,
+    *,
+    layout: str = "NHWC",
+    dim: int = 512,
+    dynamic_batch: bool = False,
+    collapse_batch: bool = False,
+    seed: int = 3,
+) -> TinyEmbedder:
     """ArcFace: onnx-community's NHWC [1,112,112,3] export, or InsightFace's NCHW [1,3,112,112]
     (w600k_r50, installed under the same file name); -> [1,512]."""
     names = ("input_1", "embedding") if layout == "NHWC" else ("input.1", "683")
@@ -150,5 +188,7 @@ def arcface(models_dir: Path, *, layout: str = "NHWC", dim: int = 512, seed: int
         layout=layout,
         input_name=names[0],
         output_name=names[1],
+        dynamic_batch=dynamic_batch,
+        collapse_batch=collapse_batch,
         seed=seed,
     )

@@ -1,10 +1,15 @@
 """Image embeddings with ONNX models, shared by clip_embedding, dino_embedding and face_embedding:
 an image to the model's input tensor, the model's output to one vector of the expected length,
 the vector L2-normalised and saved as a float32 .npy file.
+
+Several images can go through the model in one run (`vectors`), when the model takes a batch:
+each image is pre-processed on its own, the tensors are stacked, and each row of the output is
+checked on its own, so a batch gives each image the vector it would get alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -121,6 +126,54 @@ def model_problem(spec: ModelSpec, expected_dim: int, *, cls_token: bool = False
     return None
 
 
+def first_outputs(session: Any, tensors: Sequence[Vector]) -> list[NDArray[Any] | Exception]:
+    """The model's first output for each tensor (each a batch of one), itself a batch of one.
+
+    One run over the stacked tensors when there are several and the model takes a batch
+    (`models.takes_batches`); else one run per tensor. A batched run that fails, or whose output
+    does not have one row per tensor (a model that says it takes a batch and does not), is done
+    again one tensor at a time, so that an error is the tensor's own and its batch-mates still
+    get their outputs.
+    """
+    output_name = session.get_outputs()[0].name
+    input_name = session.get_inputs()[0].name
+    if len(tensors) > 1 and models.takes_batches(session):
+        try:
+            (stacked,) = session.run([output_name], {input_name: np.concatenate(tensors)})
+        except Exception:
+            stacked = None
+        if stacked is not None and np.ndim(stacked) > 0 and len(stacked) == len(tensors):
+            return [stacked[i : i + 1] for i in range(len(tensors))]
+    outputs: list[NDArray[Any] | Exception] = []
+    for tensor in tensors:
+        try:
+            outputs.append(session.run([output_name], {input_name: tensor})[0])
+        except Exception as exc:
+            outputs.append(exc)
+    return outputs
+
+
+def vectors(
+    spec: ModelSpec, tensors: Sequence[Vector], expected_dim: int, *, cls_token: bool = False
+) -> list[Vector | Exception]:
+    """The raw (not normalised) embedding of each tensor, or why it has none (the model's error,
+    WrongModel), in order; ModelUnavailable if the model cannot be had."""
+    session = models.session(spec)
+    results: list[Vector | Exception] = []
+    for output in first_outputs(session, tensors):
+        if isinstance(output, Exception):
+            results.append(output)
+            continue
+        vector = to_vector(output, cls_token=cls_token)
+        try:
+            check_dim(vector, expected_dim, spec)
+        except WrongModel as exc:
+            results.append(exc)
+            continue
+        results.append(vector)
+    return results
+
+
 def embed(
     spec: ModelSpec,
     image: Image.Image,
@@ -133,9 +186,9 @@ def embed(
     """The embedding of `image` by the model of `spec`; ModelUnavailable if it cannot be had."""
     session = models.session(spec)
     tensor = to_tensor(image, prep, input_size(session, prep))
-    outputs = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: tensor})
-    vector = to_vector(outputs[0], cls_token=cls_token)
-    check_dim(vector, expected_dim, spec)
+    (vector,) = vectors(spec, [tensor], expected_dim, cls_token=cls_token)
+    if isinstance(vector, Exception):
+        raise vector
     return l2_normalise(vector) if normalize else vector
 
 

@@ -100,6 +100,13 @@ def session(spec: ModelSpec) -> Any:
         return loaded
 
 
+def takes_batches(session: Any) -> bool:
+    """True when the model's first input takes any number of images at once: its batch dimension
+    is a symbol (`batch_size`, as exports with dynamic axes declare it) rather than a fixed 1."""
+    batch = session.get_inputs()[0].shape[0]
+    return not (isinstance(batch, int) and batch > 0)
+
+
 def problem(spec: ModelSpec) -> str | None:
     """Why `spec`'s model cannot be used here, or None (then its session is loaded and cached)."""
     try:

@@ -3,11 +3,16 @@
 A plugin's `run()` returns its `task_output`. A `ComputeError` it raises is the job's own
 fault (a corrupt file, a missing model): the job fails at once with that message. Any other
 exception is a crash, which the worker retries while attempts remain.
+
+A plugin whose model takes a batch says so (`batchable()`) and does several jobs in one call
+(`run_batch`): the worker then hands it the jobs of its task that wait together, and each job
+still gets its own outcome, its own failure included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +22,8 @@ from compute.errors import ComputeError
 from compute.plugins.environment import current
 
 Progress = Callable[[int], None]
+#: A job's outcome in a batch: its task_output, or what ended it (as `run` would have raised it).
+Outcome = dict[str, Any] | BaseException
 
 
 class TaskParams(BaseJobParams):  # type: ignore[misc]
@@ -58,8 +65,26 @@ class JobFiles:
         return path.resolve().relative_to(self.root).as_posix()
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """One job of a batch, as `run` takes it."""
+
+    files: JobFiles
+    params: Any
+    progress: Progress
+
+
 def _no_progress(_percent: int) -> None:
     pass
+
+
+def _result(outcome: Outcome) -> dict[str, Any] | BaseException:
+    """An outcome as `execute` returns it (a ComputeError is the job's error), or the crash."""
+    if isinstance(outcome, ComputeError):
+        return {"status": "error", "error": str(outcome)}
+    if isinstance(outcome, BaseException):
+        return outcome
+    return {"status": "ok", "task_output": outcome}
 
 
 class PluginTask(ComputeModule):  # type: ignore[misc]
@@ -79,6 +104,11 @@ class PluginTask(ComputeModule):  # type: ignore[misc]
         """Why this task cannot run on this machine (missing tool or model), or None."""
         return None
 
+    def batchable(self) -> bool:
+        """Whether several jobs in one `run_batch` call go faster than one at a time (a model
+        that takes a batch). The worker hands batches only to a plugin that says so."""
+        return False
+
     async def execute(
         self, job: Job, params: BaseJobParams, progress_callback: Progress | None = None
     ) -> dict[str, Any]:
@@ -89,5 +119,31 @@ class PluginTask(ComputeModule):  # type: ignore[misc]
             return {"status": "error", "error": str(exc)}
         return {"status": "ok", "task_output": output}
 
+    async def execute_batch(
+        self, jobs: Sequence[tuple[Job, BaseJobParams, Progress]]
+    ) -> list[dict[str, Any] | BaseException]:
+        """`execute` for jobs handed over together: per job, in order, the result `execute`
+        would return, or the exception that is that job's crash (its batch-mates are not
+        touched by it)."""
+        batch: list[BatchJob] = []
+        for job, params, progress in jobs:
+            assert isinstance(params, self.params)
+            batch.append(BatchJob(JobFiles(job.job_id), params, progress))
+        outcomes = await self.run_batch(batch)
+        if len(outcomes) != len(batch):
+            raise RuntimeError(f"{self.name}: {len(outcomes)} outcomes for {len(batch)} jobs")
+        return [_result(outcome) for outcome in outcomes]
+
     async def run(self, files: JobFiles, params: Any, progress: Progress) -> dict[str, Any]:
         raise NotImplementedError
+
+    async def run_batch(self, jobs: Sequence[BatchJob]) -> list[Outcome]:
+        """Each job's task_output, or the exception that ended it, in order. This default runs
+        them one after another; a `batchable` plugin overrides it."""
+        outcomes: list[Outcome] = []
+        for job in jobs:
+            try:
+                outcomes.append(await self.run(job.files, job.params, job.progress))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes

@@ -18,10 +18,6 @@ PREPROCESS = embedding.Preprocess(
 )
 
 
-def unavailable() -> str | None:
-    return embedding.model_problem(SPEC, DIM)
-
-
 def clip_embedding(source: Path, *, normalize: bool = True) -> embedding.Vector:
     """The image's 512-d embedding, unit length when `normalize`."""
     models.session(SPEC)  # a missing model fails the job before the image is decoded

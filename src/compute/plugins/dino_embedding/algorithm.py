@@ -18,10 +18,6 @@ PREPROCESS = embedding.Preprocess(
 )
 
 
-def unavailable() -> str | None:
-    return embedding.model_problem(SPEC, DIM, cls_token=True)
-
-
 def dino_embedding(source: Path, *, normalize: bool = True) -> embedding.Vector:
     """The image's 384-d embedding (the CLS token when the model gives all tokens), unit length
     when `normalize`."""

@@ -38,10 +38,6 @@ class FaceEmbedding:
     quality_score: float
 
 
-def unavailable() -> str | None:
-    return embedding.model_problem(SPEC, DIM)
-
-
 def preprocessing(layout: embedding.Layout) -> embedding.Preprocess:
     return NHWC_0_1 if layout == "NHWC" else NCHW_PLUS_MINUS_1
 

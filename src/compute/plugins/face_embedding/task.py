@@ -1,33 +1,29 @@
-"""The face_embedding task a worker runs."""
+"""The face_embedding task a worker runs (one job, or several through one model run)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
+
 from compute.plugins import embedding
-from compute.plugins.face_embedding.algorithm import face_embedding, unavailable
-from compute.plugins.plugin_task import JobFiles, PluginTask, Progress, TaskParams
+from compute.plugins.embedding_task import EmbeddingParams, EmbeddingTask
+from compute.plugins.face_embedding.algorithm import DIM, SPEC, preprocessing, quality_score
 
 
-class FaceEmbeddingParams(TaskParams):
-    normalize: bool = True
+class FaceEmbeddingParams(EmbeddingParams):
+    pass
 
 
-class FaceEmbeddingTask(PluginTask):
+class FaceEmbeddingTask(EmbeddingTask):
     name = "face_embedding"
     params = FaceEmbeddingParams
+    spec = SPEC
+    dim = DIM
 
-    def unavailable(self) -> str | None:
-        return unavailable()
+    def preprocessing(self, session: Any) -> embedding.Preprocess:
+        return preprocessing(embedding.input_layout(session))
 
-    async def run(self, files: JobFiles, params: FaceEmbeddingParams, progress: Progress) -> dict[str, Any]:
-        face = face_embedding(files.path(params.input_path), normalize=params.normalize)
-        progress(90)
-        embedding.save(face.vector, files.output(params.output_path))
-        progress(100)
-        return {
-            "embedding_dim": int(face.vector.shape[0]),
-            "normalized": params.normalize,
-            "quality_score": face.quality_score,
-            "embedding_path": params.output_path,
-        }
+    def measure(self, image: Image.Image) -> dict[str, Any]:
+        """The crop's sharpness, on the crop as uploaded."""
+        return {"quality_score": quality_score(image)}
