@@ -14,6 +14,10 @@ exiftool it started) at once: SIGTERM, then SIGKILL after KILL_GRACE. The attemp
 does in thread mode; the next job starts a fresh child. A child that dies by itself (segfault,
 the kernel's OOM killer, a kill -9) or exceeds PLUGIN_MEMORY_LIMIT_MB fails the attempt as a
 crash (PluginCrashed, retried while attempts remain) and is replaced the same way.
+
+Jobs of a task whose plugin takes batches (the child says which once it is ready) can go over
+together (`execute_batch`): each comes back with its own outcome. A kill or death during a
+batch ends all of it; what happens to the batch-mates then is the runner's decision.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -62,6 +66,8 @@ class _Child:
     process: BaseProcess
     conn: Connection
     ready: bool = False
+    #: Task types whose plugin takes several jobs in one call, as the child said when ready.
+    batchable: frozenset[str] = frozenset()
 
 
 class PluginProcess:
@@ -116,7 +122,7 @@ class PluginProcess:
             if child.ready:
                 return
             try:
-                kind, *_ = await self._receive(child)  # ("ready",)
+                kind, *rest = await self._receive(child)  # ("ready", batchable)
             except (EOFError, OSError):
                 reason = await self._death(child)
                 await self._stop()  # not started again here: it may fail the same way at once
@@ -125,6 +131,13 @@ class PluginProcess:
                 await self._stop()
                 raise
             child.ready = kind == "ready"
+            child.batchable = frozenset(rest[0]) if rest else frozenset()
+
+    async def batchable(self, task_type: str) -> bool:
+        """Whether the plugin of `task_type` takes several jobs in one call (a child is set up
+        to ask, if there is none)."""
+        await self.ready()
+        return self._child is not None and task_type in self._child.batchable
 
     async def execute(
         self, plugin: ComputeModule, job: JobRecord, params: Any, report: Callable[[int], None]
@@ -133,23 +146,31 @@ class PluginProcess:
 
         Cancelling the calling task kills the child before the cancellation goes on.
         """
+        (outcome,) = await self.execute_batch(plugin, [(job, params, report)])
+        if isinstance(outcome, PluginCrashed):
+            raise outcome
+        return outcome
+
+    async def execute_batch(
+        self, plugin: ComputeModule, jobs: Sequence[tuple[JobRecord, Any, Callable[[int], None]]]
+    ) -> list[Any]:
+        """Run jobs of one task in the child, together: per job, in order, the plugin's result
+        or a PluginCrashed (that job raised or ran out of memory; the others keep their results).
+        PluginCrashed is raised when the child died, which ends every job of the batch.
+
+        Cancelling the calling task kills the child before the cancellation goes on.
+        """
         await self.ready()
         child = self._child
         assert child is not None
         try:
-            child.conn.send((job.task_type, job.to_job(), params))
+            child.conn.send((jobs[0][0].task_type, [(job.to_job(), params) for job, params, _ in jobs]))
             while True:
                 kind, *rest = await self._receive(child)
-                if kind == "progress":
-                    report(rest[0])
-                elif kind == "result":
-                    return rest[0]
-                elif kind == "memory":
-                    # The cap held, but a process that hit it may be in a poor state.
-                    await self.kill()
-                    raise PluginCrashed(rest[0])
-                else:
-                    raise PluginCrashed(rest[0])
+                if kind == "outcomes":
+                    break
+                index, percent = rest
+                jobs[index][2](percent)
         except (EOFError, OSError):
             reason = await self._death(child)
             await self.kill()
@@ -157,6 +178,11 @@ class PluginProcess:
         except asyncio.CancelledError:
             await self.kill()
             raise
+        results = [value if kind == "result" else PluginCrashed(value) for kind, value in rest[0]]
+        if any(kind == "memory" for kind, _ in rest[0]):
+            # The cap held, but a process that hit it may be in a poor state.
+            await self.kill()
+        return results
 
     def _start(self) -> _Child:
         ours, theirs = self._context.Pipe()

@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cl_ml_tools import ComputeModule
@@ -44,7 +44,8 @@ class PluginThread:
 class PluginThreadHost:
     """Runs plugins on a PluginThread, replacing it when a plugin does not stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: dict[str, ComputeModule] | None = None) -> None:
+        self.tasks = tasks or {}
         self.thread = PluginThread()
 
     def warm_up(self) -> None:
@@ -52,6 +53,12 @@ class PluginThreadHost:
 
     async def ready(self) -> None:
         """Nothing to wait for: the thread is there."""
+
+    async def batchable(self, task_type: str) -> bool:
+        """Whether the plugin of `task_type` takes several jobs in one call."""
+        check = getattr(self.tasks.get(task_type), "batchable", None)
+        # On a thread of its own: the first call may load the plugin's model.
+        return callable(check) and bool(await asyncio.to_thread(check))
 
     async def execute(
         self, plugin: ComputeModule, job: JobRecord, params: Any, report: Callable[[int], None]
@@ -61,12 +68,23 @@ class PluginThreadHost:
         Cancelling the calling task cancels the plugin, waits up to STOP_GRACE for it to stop,
         and abandons its thread if it does not.
         """
+        return await self._on_thread(plugin.execute(job.to_job(), params, report))
+
+    async def execute_batch(
+        self, plugin: ComputeModule, jobs: Sequence[tuple[JobRecord, Any, Callable[[int], None]]]
+    ) -> list[Any]:
+        """Per job, in order, the plugin's result or the exception that was that job's crash;
+        what the plugin's `execute_batch` itself raises is raised here. Cancelling as `execute`."""
+        batch = [(job.to_job(), params, report) for job, params, report in jobs]
+        return list(await self._on_thread(plugin.execute_batch(batch)))
+
+    async def _on_thread(self, coro: Any) -> Any:
         worker_loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
 
         async def run() -> Any:
             try:
-                return await plugin.execute(job.to_job(), params, report)
+                return await coro
             finally:
                 worker_loop.call_soon_threadsafe(stopped.set)
 

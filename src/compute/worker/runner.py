@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cl_ml_tools import ComputeModule
@@ -42,17 +42,26 @@ class PluginHost(Protocol):
     async def ready(self) -> None:
         """Wait until the host can start a plugin at once (a fresh process is set up)."""
 
+    async def batchable(self, task_type: str) -> bool:
+        """Whether the plugin of `task_type` takes several jobs in one call (its model a batch)."""
+
     async def execute(
         self, plugin: ComputeModule, job: JobRecord, params: Any, report: Callable[[int], None]
     ) -> Any:
         """The plugin's result. Cancelling the caller stops the plugin (as well as the host can)."""
+
+    async def execute_batch(
+        self, plugin: ComputeModule, jobs: Sequence[tuple[JobRecord, Any, Callable[[int], None]]]
+    ) -> list[Any]:
+        """Per job, in order, the plugin's result or the exception that was that job's crash.
+        Raised: what ended the whole batch (the plugin's process died). Cancelling as `execute`."""
 
     def close(self) -> None: ...
 
 
 def plugin_host(settings: Settings, tasks: dict[str, ComputeModule]) -> PluginHost:
     if settings.plugin_isolation == "thread":
-        return PluginThreadHost()
+        return PluginThreadHost(tasks)
     return PluginProcess(settings, tasks)
 
 
