@@ -141,13 +141,23 @@ class EmbeddedBroker:
 
     async def _start(self) -> None:
         from amqtt.broker import Broker  # only the embedded mode needs it
+        from amqtt.errors import BrokerError
 
         # amqtt reads the password file while it builds its plugins: it need not outlive that.
         with tempfile.TemporaryDirectory(prefix="compute-mqtt-") as private:  # mode 0700
             passwd = Path(private) / "passwd"
             passwd.write_text(_password_line(self._username, self._password))
             self._broker = Broker(broker_config(self.host, self.port, passwd))
-        await self._broker.start()
+        # A listener that cannot be opened is reported by start_embedded_if_needed in one line;
+        # amqtt would log its traceback first.
+        quiet = logging.getLogger("amqtt.broker")
+        level, quiet.level = quiet.level, logging.CRITICAL
+        try:
+            await self._broker.start()
+        except BrokerError as exc:  # it wraps the OSError
+            raise OSError(str(exc.__cause__ or exc)) from None
+        finally:
+            quiet.setLevel(level)
 
     async def stop(self) -> None:
         if self._broker is not None:
@@ -220,5 +230,11 @@ async def start_embedded_if_needed(settings: Settings) -> Broker | None:
     if not settings.mqtt_username or not settings.mqtt_password:
         raise ConfigError("the embedded MQTT broker needs credentials (embedded_credentials)")
     broker = embedded_broker(settings)
-    await broker.start()
+    try:
+        await broker.start()
+    except OSError as exc:  # an address that does not resolve or is not this machine's
+        raise ConfigError(
+            f"the embedded MQTT broker cannot listen on {settings.mqtt_embedded_bind}:{settings.mqtt_port} "
+            f"(MQTT_EMBEDDED_BIND, MQTT_PORT): {exc}"
+        ) from None
     return broker

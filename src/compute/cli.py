@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -45,6 +46,15 @@ def _schema_problem(database_url: str) -> str | None:
         return str(exc)
     finally:
         engine.dispose()
+    return None
+
+
+def _made(cl_server_dir: Path) -> str | None:
+    """Why CL_SERVER_DIR cannot be made (with its parents), or None once it is there."""
+    try:
+        cl_server_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"CL_SERVER_DIR {cl_server_dir} cannot be made: {exc.strerror or exc}"
     return None
 
 
@@ -83,8 +93,12 @@ def migrate_main(argv: Sequence[str] | None = None) -> int:
     parser.parse_args(argv)
     from compute.db.migrate import upgrade_head
 
-    settings = load_settings()
-    settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if (problem := _made(settings.cl_server_dir)) is not None:
+        return _fail(problem)
     try:
         upgrade_head(settings.database_url)
     except Exception as exc:
@@ -157,7 +171,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     setup_logging(settings.log_level, settings.log_format)
-    settings.cl_server_dir.mkdir(parents=True, exist_ok=True)
+    if (problem := _made(settings.cl_server_dir)) is not None:
+        return _fail(problem)
 
     missing = _schema_problem(settings.database_url)
     if missing:
@@ -194,7 +209,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             from compute.server.app import create_app
-            from compute.server.serving import StreamClosingServer, http_protocol
+            from compute.server.serving import StreamClosingServer, http_protocol, stated_startup_errors
 
             failed: list[bool] = []
 
@@ -207,7 +222,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             except ComputeError as exc:
                 return _fail(str(exc))
             config = uvicorn.Config(
-                app,
+                stated_startup_errors(app),
                 host=args.host,
                 port=args.port,
                 log_level=settings.log_level.lower(),
@@ -222,7 +237,12 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             )
             log.info("open files: %s", app.state.services.budget.describe())
             web = StreamClosingServer(config, app.state.services.changes.close)
-            web.run()
+            try:
+                web.run()
+            except SystemExit:  # uvicorn's after a failed startup
+                if app.state.startup_error is not None:
+                    return _fail(str(app.state.startup_error))
+                raise
             if failed:
                 return 1
     finally:
@@ -425,7 +445,10 @@ async def _run_worker(settings: Settings) -> int:
     missing = _schema_problem(settings.database_url)
     if missing:
         return _fail(missing)
-    service = WorkerService.build(settings, tasks)
+    try:
+        service = WorkerService.build(settings, tasks)
+    except ConfigError as exc:
+        return _fail(str(exc))
     worker = service.worker
 
     loop = asyncio.get_running_loop()

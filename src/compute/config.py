@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from compute.errors import ConfigError
 from compute.jobs import DEFAULT_MAX_RESULT_BYTES
@@ -223,9 +224,91 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 LOG_FORMATS = ("text", "json")
 #: auto: a worker shares the server's disk when its storage folder holds the server's marker.
 WORKER_FILES_MODES = ("auto", "shared", "remote")
+#: The levels both the logging module and uvicorn know (uvicorn's TRACE is not logging's, and
+#: logging's WARN, FATAL and NOTSET are not uvicorn's); the first is the default.
+LOG_LEVELS = ("info", "debug", "warning", "error", "critical")
 PLUGIN_ISOLATION_MODES = ("process", "thread")
 #: auto: Mosquitto as a child process when it is installed, else amqtt in the server's process.
 EMBEDDED_BROKERS = ("auto", "mosquitto", "amqtt")
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    """The path in `name`, `default` when unset."""
+    raw = env.get(name)
+    return _as_path(name, raw) if raw else default
+
+
+#: Linux's limits (NAME_MAX, PATH_MAX): a longer name is refused by every file operation.
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4095
+
+
+def _as_path(name: str, raw: str) -> Path:
+    """`raw` as a path, `~` expanded; what cannot name a file (a NUL, a name too long,
+    `~nosuchuser`) is refused."""
+    if "\x00" in raw:
+        raise ConfigError(f"{name} cannot name a file: it contains a NUL character")
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # ~user of no such user
+        raise ConfigError(
+            f"{name}: {raw[:100]!r} names the home folder of a user this machine lacks"
+        ) from None
+    encoded = os.fsencode(path)
+    if len(encoded) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise ConfigError(
+            f"{name} cannot name a file: longer than {MAX_PATH_BYTES} bytes, or a name in it longer than "
+            f"{MAX_NAME_BYTES}"
+        )
+    return path
+
+
+def _topic(env: Mapping[str, str], name: str, default: str, *, prefix: bool) -> str:
+    """An MQTT topic (a `prefix` loses its outer `/`) without a wildcard, which would make what is
+    published under it invalid and what is subscribed under it take other topics too, or a NUL."""
+    raw = env.get(name) or default
+    if set(raw) & {"+", "#", "\x00"}:
+        raise ConfigError(f"{name} must be an MQTT topic without the wildcards + and # (or NUL), got {raw!r}")
+    return raw.strip("/") if prefix else raw
+
+
+def _database_url(env: Mapping[str, str], default: str) -> str:
+    """DATABASE_URL when SQLAlchemy can read it and its driver is installed. The value is not
+    echoed in the error: it may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    raw = env.get("DATABASE_URL") or default
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL is not a database URL (sqlite:///<file> or "
+            "postgresql+psycopg://<user>@<host>/<database>)"
+        ) from None
+    try:
+        url.get_dialect().import_dbapi()
+    except ArgumentError:  # NoSuchModuleError: no such dialect
+        raise ConfigError(
+            f"DATABASE_URL names a database SQLAlchemy does not know: {url.drivername!r}"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(
+            f"DATABASE_URL needs the Python driver {exc.name or exc}, which is not installed "
+            "(PostgreSQL: uv sync --extra postgres)"
+        ) from None
+    return raw
+
+
+def _server_url(env: Mapping[str, str], default: str) -> str:
+    raw = env.get("COMPUTE_SERVER_URL") or default
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"COMPUTE_SERVER_URL must be an http:// or https:// URL with a host, got {raw!r}")
+    return raw
 
 
 def parse_tasks(raw: str) -> tuple[str, ...]:
@@ -244,10 +327,9 @@ def load_settings(
     env = os.environ if env is None else env
     if overrides:
         env = ChainMap({k: v for k, v in overrides.items() if v is not None}, dict(env))
-    default_dir = Path.home() / ".cl_server"
-    cl_server_dir = Path(env.get("CL_SERVER_DIR") or default_dir).expanduser()
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{cl_server_dir / 'compute.db'}"
-    storage_dir = Path(env.get("COMPUTE_STORAGE_DIR") or cl_server_dir / "compute").expanduser()
+    cl_server_dir = _path(env, "CL_SERVER_DIR", Path.home() / ".cl_server")
+    database_url = _database_url(env, f"sqlite:///{cl_server_dir / 'compute.db'}")
+    storage_dir = _path(env, "COMPUTE_STORAGE_DIR", cl_server_dir / "compute")
     mqtt_username, mqtt_password = env.get("MQTT_USERNAME") or None, env.get("MQTT_PASSWORD") or None
     if not env.get("MQTT_BROKER") and mqtt_password is None:
         # Embedded mode: the password compute-server generated for its broker, if it did.
@@ -255,8 +337,9 @@ def load_settings(
         if mqtt_password is not None:
             mqtt_username = mqtt_username or EMBEDDED_USERNAME
     explicit_key = env.get("PUBLIC_KEY_PATH")
-    public_key = explicit_key or str(cl_server_dir / "keys" / "public_key.pem")
+    public_key = _path(env, "PUBLIC_KEY_PATH", cl_server_dir / "keys" / "public_key.pem")
     port = _port(env, "COMPUTE_PORT", 8002)
+    ca_file = env.get("MQTT_TLS_CA_FILE")
     rate_limit = _float(env, "JOB_RATE_LIMIT", 0.0)
     return Settings(
         cl_server_dir=cl_server_dir,
@@ -269,13 +352,13 @@ def load_settings(
         mqtt_username=mqtt_username,
         mqtt_password=mqtt_password,
         mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
-        mqtt_tls_ca_file=env.get("MQTT_TLS_CA_FILE") or None,
+        mqtt_tls_ca_file=str(_as_path("MQTT_TLS_CA_FILE", ca_file)) if ca_file else None,
         mqtt_client_id=env.get("MQTT_CLIENT_ID") or None,
         mqtt_keepalive=_int(env, "MQTT_KEEPALIVE", 60, minimum=1),
         mqtt_version=_mqtt_version(env),
-        mqtt_topic_root=(env.get("MQTT_TOPIC_ROOT") or "compute").strip("/"),
-        mqtt_topic=env.get("MQTT_TOPIC") or "inference/events",
-        capability_topic_prefix=(env.get("CAPABILITY_TOPIC_PREFIX") or "inference/workers").strip("/"),
+        mqtt_topic_root=_topic(env, "MQTT_TOPIC_ROOT", "compute", prefix=True),
+        mqtt_topic=_topic(env, "MQTT_TOPIC", "inference/events", prefix=False),
+        capability_topic_prefix=_topic(env, "CAPABILITY_TOPIC_PREFIX", "inference/workers", prefix=True),
         heartbeat_interval=_float(env, "MQTT_HEARTBEAT_INTERVAL", 30.0, positive=True),
         sweep_interval=_float(env, "WORKER_SWEEP_INTERVAL", 30.0, positive=True),
         wake_events=_bool(env.get("WORKER_WAKE_EVENTS", "true")),
@@ -291,7 +374,7 @@ def load_settings(
             env.get("TASK_POLICIES"),
         ),
         auth_disabled=_bool(env.get("AUTH_DISABLED", "false")),
-        public_key_path=Path(public_key).expanduser(),
+        public_key_path=public_key,
         legacy_public_key_path=None if explicit_key else cl_server_dir / "public_key.pem",
         guest_mode=_bool(env.get("GUEST_MODE", "off")),
         max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 100 * 1024 * 1024, minimum=1),
@@ -313,7 +396,7 @@ def load_settings(
         retention_max_jobs=_int(env, "RETENTION_MAX_JOBS", 0, minimum=0),
         worker_forget_after=_float(env, "WORKER_FORGET_AFTER", 86400.0),
         priority_aging_seconds=_float(env, "PRIORITY_AGING_SECONDS", 60.0),
-        models_dir=Path(env.get("COMPUTE_MODELS_DIR") or cl_server_dir / "models").expanduser(),
+        models_dir=_path(env, "COMPUTE_MODELS_DIR", cl_server_dir / "models"),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         max_video_pixels=_int(
             env, "MAX_VIDEO_PIXELS", DEFAULT_MAX_VIDEO_PIXELS, minimum=1, maximum=2**31 - 1
@@ -323,7 +406,7 @@ def load_settings(
             env, "MAX_VIDEO_STREAMS", DEFAULT_MAX_VIDEO_STREAMS, minimum=1, maximum=100_000
         ),
         media_roots=tuple(
-            Path(p).expanduser()
+            _as_path("COMPUTE_MEDIA_ROOTS", p)
             for p in (env.get("COMPUTE_MEDIA_ROOTS") or "").split(os.pathsep)
             if p.strip()
         ),
@@ -334,11 +417,9 @@ def load_settings(
         if env.get("WORKER_SUPPORTED_TASKS")
         else None,
         worker_files=_choice(env, "WORKER_FILES", WORKER_FILES_MODES),
-        worker_scratch_dir=Path(
-            env.get("WORKER_SCRATCH_DIR") or cl_server_dir / "worker-scratch"
-        ).expanduser(),
-        server_url=(env.get("COMPUTE_SERVER_URL") or f"http://127.0.0.1:{port}").rstrip("/"),
-        log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        worker_scratch_dir=_path(env, "WORKER_SCRATCH_DIR", cl_server_dir / "worker-scratch"),
+        server_url=_server_url(env, f"http://127.0.0.1:{port}").rstrip("/"),
+        log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS).upper(),
         log_format=_choice(env, "LOG_FORMAT", LOG_FORMATS),
         metrics_token=env.get("METRICS_TOKEN") or None,
     )

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -156,6 +157,49 @@ def test_worker_without_a_server_exits_with_a_clear_message(env: dict[str, str])
     )
     assert result.returncode != 0
     assert f"compute server does not answer at http://127.0.0.1:{port}" in result.stderr
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The command's error line, once it has said nothing else wrong: exit status 2 (a bad
+    setting), no traceback, `error: ...` last on stderr."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last
+
+
+@pytest.mark.parametrize("command", ["compute-server", "compute-worker", "compute-migrate"])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("LOG_LEVEL", "TRACE"), ("DATABASE_URL", "not a url"), ("MQTT_TOPIC_ROOT", "site/+")],
+)
+def test_a_bad_setting_is_one_line_and_status_2(
+    env: dict[str, str], command: str, variable: str, value: str
+) -> None:
+    Path(env["CL_SERVER_DIR"]).mkdir()
+    flags = [] if command == "compute-migrate" else ["--port", str(free_port())]
+    line = _one_line_error(run({**env, variable: value}, command, *flags))
+    assert variable in line
+
+
+def test_a_broker_that_cannot_listen_is_one_line_and_status_2(env: dict[str, str]) -> None:
+    """A failure while the server starts its parts (here the embedded broker's listener) is
+    stated like a bad setting, not as uvicorn's traceback of the app's startup."""
+    assert run(env, "compute-migrate").returncode == 0
+    result = run(
+        {**env, "EMBEDDED_BROKER": "amqtt", "MQTT_EMBEDDED_BIND": "no-such-host.invalid"},
+        "compute-server",
+        "--no-auth",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--mqtt-port",
+        str(free_port()),
+    )
+    line = _one_line_error(result)
+    assert "MQTT_EMBEDDED_BIND" in line and "no-such-host.invalid" in line
 
 
 def _children(pid: int) -> list[int]:

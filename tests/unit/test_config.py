@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import uvicorn.config
 
-from compute.config import load_settings, parse_tasks, variable_names
+from compute.config import Settings, load_settings, parse_tasks, variable_names
+from compute.db.session import make_engine
 from compute.errors import ConfigError
+from compute.logs import logging_config
+from compute.topics import Topics
 
 
 def test_defaults_live_under_cl_server_dir(tmp_path: Path) -> None:
@@ -202,3 +207,74 @@ def _readme_settings() -> set[str]:
 def test_variable_names_are_the_settings_readme_documents() -> None:
     """variable_names() sees every variable load_settings reads, and README lists each of them."""
     assert variable_names() == _readme_settings()
+
+
+@pytest.mark.parametrize("value", ["TRACE", "warn", "NOTSET", "fatal", "5", "verbose"])
+def test_an_unknown_log_level_is_a_config_error_naming_the_levels(value: str, tmp_path: Path) -> None:
+    """TRACE is uvicorn's alone, WARN, FATAL and NOTSET logging's alone: either would crash a
+    command line after its settings were accepted."""
+    with pytest.raises(ConfigError, match="LOG_LEVEL must be one of info, debug, warning, error, critical"):
+        load_settings({"CL_SERVER_DIR": str(tmp_path), "LOG_LEVEL": value})
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "error", "critical"])
+def test_every_log_level_accepted_is_one_logging_and_uvicorn_know(level: str, tmp_path: Path) -> None:
+    s = load_settings({"CL_SERVER_DIR": str(tmp_path), "LOG_LEVEL": level})
+    assert s.log_level == level.upper()
+    assert logging_config(s.log_level)["root"]["level"] == uvicorn.config.LOG_LEVELS[s.log_level.lower()]
+
+
+#: Values a person (or a bad deployment template) may give any variable.
+ODD_VALUES = [
+    "",
+    " ",
+    "x",
+    "TRACE",
+    "-1",
+    "0",
+    "1.5",
+    "nan",
+    "-inf",
+    "1e309",
+    "9" * 30,
+    "9" * 5000,  # past Python's int() digit limit
+    "0x10",
+    "true",
+    "{",
+    "[]",
+    "é",
+    "\udcff",  # an undecodable byte, as os.environ holds it
+    "\x00",
+    "a/+/#",
+    "~no-such-user-here/x",
+    "http://[",
+    "://",
+    "a" * 10_000,
+]
+
+
+@pytest.mark.parametrize("name", sorted(variable_names()))
+def test_no_value_of_any_variable_fails_other_than_with_a_config_error(name: str, tmp_path: Path) -> None:
+    """Every variable over odd values: load_settings answers a ConfigError (the command lines'
+    one line and exit status 2) or Settings the command lines can start with, never another
+    exception (a traceback), now or as they start."""
+    for value in ODD_VALUES:
+        try:
+            s = load_settings({"CL_SERVER_DIR": str(tmp_path), name: value})
+        except ConfigError:
+            continue
+        _starts_with(s)
+
+
+def _starts_with(s: Settings) -> None:
+    """What the command lines do with Settings before anything connects."""
+    logging_config(s.log_level, s.log_format)
+    assert s.log_level.lower() in uvicorn.config.LOG_LEVELS
+    make_engine(s.database_url).dispose()
+    topics = Topics.for_settings(s)
+    for topic in (topics.server_status, s.mqtt_topic, f"{s.capability_topic_prefix}/w"):
+        assert not set(topic) & {"+", "#", "\x00"}, topic
+    for path in (s.cl_server_dir, s.storage_dir, s.models_dir, s.public_key_path, *s.media_roots):
+        assert path is not None
+        path.exists()  # raises for a name no file can have
+    assert urlsplit(s.server_url).hostname

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from compute import __version__
 from compute.broker import embedded_credentials
 from compute.config import Settings
+from compute.errors import ComputeError
 from compute.plugins import environment as plugin_environment
 from compute.server.http.error_handlers import install_error_handlers
 from compute.server.http.limits import RequestBodyGuard
@@ -49,13 +50,23 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with running(services, start_broker=start_broker, on_fatal=on_fatal):
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(
+                    running(services, start_broker=start_broker, on_fatal=on_fatal)
+                )
+            except (ComputeError, OSError) as exc:
+                # A setting or the machine (a broker that cannot listen there, a folder that cannot
+                # be made): compute-server states it in one line (serving.stated_startup_errors).
+                app.state.startup_error = exc
+                raise
             yield
 
     app = FastAPI(
         title="Compute", version=__version__, lifespan=lifespan, default_response_class=SafeJSONResponse
     )
     app.state.services = services  # read by server/http/deps.py
+    app.state.startup_error = None
 
     # Bodies are counted and timed while they stream (413, 408), chunked ones too.
     app.add_middleware(

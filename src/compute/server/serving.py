@@ -1,6 +1,7 @@
 """The uvicorn server compute-server runs: it ends live views before shutting down, closes
 connections whose request headers do not arrive in time, cuts connections whose client takes
-no data for `send_timeout`, and answers connections past the descriptor budget's share 503."""
+no data for `send_timeout`, answers connections past the descriptor budget's share 503, and
+leaves a startup error the app could state to compute-server rather than to a traceback."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -35,6 +38,26 @@ class StreamClosingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.end_streams()
         await super().shutdown(sockets)
+
+
+def stated_startup_errors(app: FastAPI) -> ASGIApp:
+    """`app` for uvicorn, but a startup that fails for a reason the app recorded in
+    `app.state.startup_error` (create_app's lifespan: a ComputeError or an OSError) is reported
+    to uvicorn without Starlette's traceback; the caller states the reason (compute-server:
+    `error: ...` and exit status 2, as for any bad setting)."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and app.state.startup_error is not None:
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        return await app(scope, receive, sending)
+
+    return asgi
 
 
 # -- a deadline for request headers ------------------------------------------------------------
