@@ -37,10 +37,16 @@ def start_workers(site: Site, compute: HostedCompute) -> dict[str, Worker]:
 
 
 def long_job(compute: HostedCompute, video: bytes) -> tuple[str, str]:
-    """Submit the long job; once a worker runs it, return (job id, that worker's id)."""
+    """Submit the long job; once a worker's plugin runs it, return (job id, that worker's id).
+
+    Running means its first progress report is in the database: hls_streaming reports once it
+    probed the video, so a remote worker has fetched its input by then and not sent any output.
+    """
     [job_id] = compute.submit([("hls_streaming", {}, "long.mp4", video, "video/mp4")])
     wait_until(
-        lambda: compute.count(f"job_id='{job_id}' AND status='processing'"), RUN, "the long job to start"
+        lambda: compute.count(f"job_id='{job_id}' AND status='processing' AND progress > 0"),
+        RUN,
+        "the long job to run",
     )
     [row] = compute.rows(f"job_id='{job_id}'")
     return job_id, str(row["worker_id"])
