@@ -204,3 +204,16 @@ def test_plugins_inputs(result: dict[str, Any]) -> None:
     assert section["inputs"]["large_jpeg"].startswith("1600x1200 JPEG q92")
     assert section["inputs"]["large_png"].startswith("1600x1200 PNG")
     assert section["inputs"]["video"].startswith("1280x720 H.264+AAC MP4, 2 s")
+
+
+def test_ml_batch(result: dict[str, Any]) -> None:
+    section = result["ml_batch"]
+    assert set(section["plugin"]) == {"clip_embedding", "dino_embedding", "face_embedding"}
+    for row in section["plugin"].values():
+        for size in ("batch_1", "batch_8"):
+            assert row[size]["jobs_per_s"] > 0 and _number(row[size]["cpu_ms_per_job"])
+    assert len(section["network"]) == 3
+    for row in section["network"].values():
+        for key in ("batch_1", "batch_8", "batch_1_spinning"):
+            assert row[key]["cpu_ms_per_image"] > 0
+    assert set(section["estimate"]) == set(section["plugin"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compute_bench import standins
+from compute_bench import ml_batch, standins
 
 #: (name, where in the result, comparison, target)
 TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
@@ -318,6 +318,8 @@ def render(result: dict[str, Any]) -> str:
             f"   median ratio polling/events: {_fmt(p['median_ratio'])} "
             f"(events p50 {_fmt(p['events_p50_ms'])} ms)",
         ]
+    if "ml_batch" in result:
+        parts += ml_batch.render(result["ml_batch"], _table)
     if "plugins" in result:
         parts += ["", *_plugins(result["plugins"])]
     if result.get("empty_claims"):

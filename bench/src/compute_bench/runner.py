@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.mosquitto import find_mosquitto
-from compute_bench import fanout, inputs, plugins, scale, scenarios
+from compute_bench import fanout, inputs, ml_batch, plugins, scale, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.peers.runner import Peers
@@ -35,6 +35,7 @@ SECTIONS = (
     "workers_scale",
     "backlog",
     "live_fanout",
+    "ml_batch",
 )
 #: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
 #: need real models or --stand-in-models. So do the scale sections (how cost grows): several
@@ -207,6 +208,8 @@ class Run:
                     self.result["live_fanout"] = await fanout.live_fanout(
                         c, sub, sizes.fanout_streams, sizes.fanout_changes
                     )
+            if "ml_batch" in cfg.sections:
+                await self._ml_batch()
             if cfg.peers:
                 self.result["peers"] = await Peers(self.base, self.run_id, sizes).run()
         finally:
@@ -280,6 +283,19 @@ class Run:
                     fresh=not cfg.quick,
                 )
         self.result["plugins"] = doc
+
+    async def _ml_batch(self) -> None:
+        """The embedding tasks at batch 1 and 8 (compute_bench.ml_batch)."""
+        sizes = self.cfg.sizes
+        folder = self.base / "ml_batch"
+        made = await asyncio.to_thread(inputs.make, folder / "inputs", sizes.video_seconds, False, None)
+        doc: dict[str, Any] = {"jobs": sizes.ml_batch, "batch": ml_batch.BATCH}
+        doc["plugin"] = await ml_batch.plugin_batching(folder, made.photo, sizes.ml_batch)
+        doc["network"] = await asyncio.to_thread(
+            ml_batch.network_batching, folder / "networks", sizes.ml_batch_layers, quick=self.cfg.quick
+        )
+        doc["estimate"] = ml_batch.real_estimate(doc["plugin"], doc["network"])
+        self.result["ml_batch"] = doc
 
     def _compare_polling(self, poll: dict[str, Any]) -> dict[str, Any]:
         events = self.result.get("pickup", {}).get("bench_noop", {}).get("submit_to_task_start_ms", {})

@@ -53,6 +53,9 @@ class Sizes:
     #: live_fanout: live views open at once, and job changes made with and without them.
     fanout_streams: int = 500
     fanout_changes: int = 300
+    #: ml_batch: jobs per plugin and batch size; transformer layers of 12 run in its networks.
+    ml_batch: int = 64
+    ml_batch_layers: int = 4
 
 
 QUICK = Sizes(
@@ -77,6 +80,8 @@ QUICK = Sizes(
     backlog=200,
     fanout_streams=20,
     fanout_changes=20,
+    ml_batch=16,
+    ml_batch_layers=1,
 )
 
 

@@ -48,14 +48,15 @@ def _embedder(
     tokens: int = 0,
     grid: int = 8,
     seed: int = 0,
+    batch: int | str = 1,
 ) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     height, width = size
     weight = np.random.default_rng(seed).normal(size=(3 * grid * grid, max(tokens, 1) * dim))
-    in_shape = [1, 3, height, width] if layout == "NCHW" else [1, height, width, 3]
-    out_shape = [1, tokens, dim] if tokens else [1, dim]
+    in_shape = [batch, 3, height, width] if layout == "NCHW" else [batch, height, width, 3]
+    out_shape = [batch, tokens, dim] if tokens else [batch, dim]
     nodes = []
     source = input_name
     if layout == "NHWC":
@@ -150,10 +151,13 @@ def _yunet(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def write(task: str, folder: Path) -> Path:
-    """Write the stand-in for `task`'s model into `folder`, under the real model's file name."""
+def write(task: str, folder: Path, *, dynamic_batch: bool = False) -> Path:
+    """Write the stand-in for `task`'s model into `folder`, under the real model's file name.
+    dynamic_batch: an embedder's batch dimension is a symbol (the model takes several images
+    in one run, as exports with dynamic axes do), not 1."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODELS[task].filename
+    batch: int | str = "batch" if dynamic_batch else 1
     if task == "clip_embedding":
         _embedder(
             path,
@@ -163,6 +167,7 @@ def write(task: str, folder: Path) -> Path:
             input_name="image",
             output_name="image_embeds",
             seed=1,
+            batch=batch,
         )
     elif task == "dino_embedding":
         _embedder(
@@ -174,6 +179,7 @@ def write(task: str, folder: Path) -> Path:
             output_name="output",
             tokens=5,
             seed=2,
+            batch=batch,
         )
     elif task == "face_embedding":
         _embedder(
@@ -184,6 +190,7 @@ def write(task: str, folder: Path) -> Path:
             input_name="input_1",
             output_name="embedding",
             seed=3,
+            batch=batch,
         )
     elif task == "face_detection":
         _yunet(path)

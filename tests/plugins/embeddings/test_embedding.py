@@ -160,3 +160,10 @@ def test_static_dim_ignores_a_symbolic_batch(local_env: Path) -> None:
 def test_a_missing_model_raises_model_unavailable(local_env: Path, astronaut_jpeg: bytes) -> None:
     with pytest.raises(ModelUnavailable, match=r"mobileclip_s2_image_encoder\.onnx is missing"):
         embedding.embed(MODELS["clip_embedding"], decoded(astronaut_jpeg), CLIP_PREP, 512, normalize=True)
+
+
+def test_sessions_are_loaded_with_threads_that_do_not_spin(local_env: Path) -> None:
+    # Spinning threads took the cores the next image's decode needed (models.session_options).
+    onnx_models.clip(local_env)
+    options = models.session(MODELS["clip_embedding"]).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
