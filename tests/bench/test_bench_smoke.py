@@ -18,6 +18,7 @@ import pytest
 
 from compute.plugins.models import MODELS
 from compute_bench import standins
+from compute_bench.latency import STEPS
 from compute_bench.plugins import PLUGINS
 from compute_bench.runner import SECTIONS
 
@@ -74,6 +75,19 @@ def test_pickup(result: dict[str, Any]) -> None:
             "submit_to_done_ms",
         ):
             _dist(p[key])
+
+
+def test_latency(result: dict[str, Any]) -> None:
+    runs = result["latency"]["runs"]
+    # The run's own broker, then the default-config Mosquitto the benchmark starts itself.
+    assert len(runs) == 2 and "default configuration" in runs[1]["broker"]
+    for run in runs:
+        for kind in ("bench_noop", "image_conversion"):
+            steps = run[kind]
+            assert steps["completed"] == steps["jobs"] > 0
+            for key, _ in STEPS:
+                _dist(steps[key])
+    assert any(t["target"].startswith("no-op done -> inference/events p50") for t in result["targets"])
 
 
 def test_throughput(result: dict[str, Any]) -> None:

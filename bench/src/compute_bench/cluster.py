@@ -73,6 +73,9 @@ class Observer:
         )
         self.workers: set[str] = set()
         self.started: dict[str, int] = {}  # job_id -> ns the "started" event arrived
+        #: Every "started" event: (ns it arrived, job_id, worker_id, attempt), in order.
+        self.starts: list[tuple[int, str, str, int]] = []
+        self.worker_done: dict[str, int] = {}  # job_id -> ns the worker's completed/failed went by
         self.done: dict[str, int] = {}  # job_id -> ns the server's completed/failed event arrived
         self._waiters: dict[str, asyncio.Future[int]] = {}
         self.bus.subscribe(f"{root}/workers/+/info", self._on_info)
@@ -89,6 +92,9 @@ class Observer:
         data = json.loads(payload)
         if data.get("event") == "started":
             self.started.setdefault(data["job_id"], now)
+            self.starts.append((now, data["job_id"], data.get("worker_id", ""), data.get("attempt", 0)))
+        elif data.get("event") in ("completed", "failed"):
+            self.worker_done.setdefault(data["job_id"], now)
 
     def _on_legacy(self, _topic: str, payload: bytes, _retained: bool) -> None:
         now = time.time_ns()

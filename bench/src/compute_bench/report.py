@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from compute_bench import ml_batch, standins
+from compute_bench.latency import STEPS, VISIBLE_TARGET_MS
 
 #: (name, where in the result, comparison, target)
 TARGETS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
@@ -130,6 +131,18 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         value = _get(result, path)
         met = None if value is None else (value <= target if op == "<=" else value >= target)
         out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "met": met})
+    for run in (result.get("latency") or {}).get("runs", []):
+        visible = (run.get("bench_noop") or {}).get("done_to_visible_ms") or {}
+        for q, goal in zip(("p50", "p99"), VISIBLE_TARGET_MS, strict=True):
+            value = visible.get(q)
+            out.append(
+                {
+                    "target": f"no-op done -> inference/events {q} (ms), {run['broker']}",
+                    "value": value,
+                    "goal": f"<= {goal:g}",
+                    "met": None if value is None else value <= goal,
+                }
+            )
     value = _get(result, ("throughput", "bench_noop", "server_cpu_ms_per_job"))
     out.append(
         {
@@ -222,6 +235,8 @@ def render(result: dict[str, Any]) -> str:
             "image_conversion opens its input)",
             _table(dist_headers, rows),
         ]
+    if "latency" in result:
+        parts += ["", *_latency(result["latency"])]
     if "throughput" in result:
         rows = [
             [
@@ -365,6 +380,19 @@ def render(result: dict[str, Any]) -> str:
         f"(total {result['meta'].get('seconds')} s)",
     ]
     return "\n".join(parts)
+
+
+def _latency(section: dict[str, Any]) -> list[str]:
+    parts = [
+        f"1b. Latency, step by step ({section['workers']} worker, sequential jobs; row times in whole ms)"
+    ]
+    for run in section["runs"]:
+        rows = []
+        for kind in ("bench_noop", "image_conversion"):
+            data = run.get(kind) or {}
+            rows += [_dist_row(f"{kind}: {label} (ms)", data.get(key)) for key, label in STEPS]
+        parts += [f"   broker: {run['broker']}", _table(["", "n", "p50", "p90", "p99", "max"], rows)]
+    return parts
 
 
 def _plugins(section: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.mosquitto import find_mosquitto
-from compute_bench import fanout, inputs, ml_batch, plugins, scale, scenarios
+from compute_bench import fanout, inputs, latency, ml_batch, plugins, scale, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.peers.runner import Peers
@@ -26,6 +26,7 @@ from compute_bench.stats import filesystem_of, machine
 
 SECTIONS = (
     "pickup",
+    "latency",
     "throughput",
     "progress",
     "idle",
@@ -40,7 +41,7 @@ SECTIONS = (
 #: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
 #: need real models or --stand-in-models. So do the scale sections (how cost grows): several
 #: minutes each at full size.
-DEFAULT_SECTIONS = SECTIONS[:5]
+DEFAULT_SECTIONS = SECTIONS[:6]
 SCALE_WORKERS = (1, 2, 4, 8)
 BACKLOG_WORKERS = 2
 IDLE_WORKERS = 4
@@ -160,6 +161,8 @@ class Run:
                     "bench_noop": scenarios.pickup_summary(noop),
                     "image_conversion": scenarios.pickup_summary(image),
                 }
+            if "latency" in cfg.sections:
+                await self._latency()
             if "throughput" in cfg.sections:
                 async with self.cluster(self.spec("throughput", cfg.workers)) as (c, sub):
                     self.result["throughput"] = {
@@ -219,6 +222,39 @@ class Run:
         self.result["meta"]["loadavg_end"] = _loadavg()
         self.result["targets"] = evaluate_targets(self.result)
         return self.result
+
+    async def _latency(self) -> None:
+        """Sequential small jobs on one worker, on the run's broker and on a default-config
+        Mosquitto the benchmark starts (compute_bench.latency)."""
+        sizes = self.cfg.sizes
+        runs: list[dict[str, Any]] = []
+        variants: list[tuple[str, bool]] = [("latency", False)]
+        if latency.mosquitto_available():
+            variants.append(("latency_default_mosquitto", True))
+        for name, default_mosquitto in variants:
+            broker = latency.DefaultMosquitto(self.base / name) if default_mosquitto else None
+            try:
+                address = broker.start() if broker is not None else None
+                spec = self.spec(name, 1, observe_jobs=True, probes={"server": "commits", "worker": "runs"})
+                if address is not None:
+                    spec.broker = address
+                async with self.cluster(spec) as (c, sub):
+                    noop = await latency.sequential(c, sub, "bench_noop", sizes.latency, sizes.warmup)
+                    image = await latency.sequential(
+                        c, sub, "image_conversion", sizes.latency_image, min(3, sizes.warmup)
+                    )
+                    described = latency.broker_description(c, default_mosquitto)
+                runs.append(
+                    {
+                        "broker": described,
+                        "bench_noop": latency.steps(noop),
+                        "image_conversion": latency.steps(image),
+                    }
+                )
+            finally:
+                if broker is not None:
+                    broker.stop()
+        self.result["latency"] = {"workers": 1, "runs": runs}
 
     async def _idle_and_progress(self) -> None:
         """Idle window first (4 workers, statement counters on), then the progress jobs."""

@@ -56,6 +56,12 @@ class Sizes:
     #: ml_batch: jobs per plugin and batch size; transformer layers of 12 run in its networks.
     ml_batch: int = 64
     ml_batch_layers: int = 4
+    #: latency: sequential jobs per broker (no-op, then image_conversion).
+    latency: int = 200
+    latency_image: int = 50
+    #: recovery: workers killed (-9) mid-job, and stopped (SIGTERM) mid-job.
+    recovery_kills: int = 5
+    recovery_stops: int = 3
 
 
 QUICK = Sizes(
@@ -82,6 +88,10 @@ QUICK = Sizes(
     fanout_changes=20,
     ml_batch=16,
     ml_batch_layers=1,
+    latency=20,
+    latency_image=5,
+    recovery_kills=1,
+    recovery_stops=1,
 )
 
 

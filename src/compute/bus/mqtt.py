@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +30,46 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # seconds
 
 
 class _Client(gmqtt.Client):  # type: ignore[misc]
-    """A gmqtt client that reports a lost link instead of reconnecting by itself."""
+    """A gmqtt client that reports a lost link instead of reconnecting by itself, and
+    acknowledges what it receives at once (see `_acknowledge_at_once`)."""
 
     lost: Callable[[], None] = staticmethod(lambda: None)
 
     async def reconnect(self, delay: bool = False) -> None:
         self.lost()
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super()._create_connection(*args, **kwargs)
+        _acknowledge_at_once(connection)
+        return connection
+
+
+def _acknowledge_at_once(connection: Any) -> None:
+    """TCP_QUICKACK after every packet received on this connection.
+
+    A broker without `set_tcp_nodelay` (Mosquitto's default) holds a small write back while an
+    earlier one to the same client is unacknowledged (Nagle), and Linux delays a client's
+    acknowledgement up to 40 ms hoping to piggyback it on data (delayed ACK). Between them a
+    job's result could wait 40 ms on its way to the server: the broker's PUBACK for the server's
+    last publish was still unacknowledged when the result came. Linux leaves quick-ack mode by
+    itself, so it is set again after each packet; when an acknowledgement is pending, setting it
+    sends that acknowledgement at once. One system call per packet received.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    transport = getattr(connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if quickack is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    deliver = connection.put_package
+
+    def put_package(package: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:  # the connection is closing under us; the packet still counts
+            pass
+        deliver(package)
+
+    connection.put_package = put_package
 
 
 class MqttBus:
