@@ -459,7 +459,7 @@ async def _run_worker(settings: Settings) -> int:
         nonlocal signals
         signals += 1
         if signals == 1:
-            log.info("stopping after the current job (signal again to exit at once)")
+            log.info("stopping: handing the running job back to the queue (signal again to exit at once)")
             worker.stop()
         elif signals == 2:
             # At once, but without leaving a CL Server capability that says "idle" behind (a

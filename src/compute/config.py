@@ -64,6 +64,10 @@ class Settings:
     wake_events: bool = True
     #: How long a claim holds without a heartbeat before the server rescues the job.
     lease_seconds: float = 60.0
+    #: How often a worker renews its leases (at most a third of the lease). After a worker's
+    #: verified Last Will the server rescues its claims once two renewals are missing, so this
+    #: bounds how soon a killed worker's job runs elsewhere (the same value on server and workers).
+    lease_renew_seconds: float = 1.0
     task_policies: Policies = field(default_factory=lambda: Policies(TaskPolicy()))
     auth_disabled: bool = False
     public_key_path: Path | None = None
@@ -363,6 +367,7 @@ def load_settings(
         sweep_interval=_float(env, "WORKER_SWEEP_INTERVAL", 30.0, positive=True),
         wake_events=_bool(env.get("WORKER_WAKE_EVENTS", "true")),
         lease_seconds=_float(env, "JOB_LEASE_SECONDS", 60.0, positive=True),
+        lease_renew_seconds=_float(env, "JOB_LEASE_RENEW_SECONDS", 1.0, positive=True),
         task_policies=Policies.parse(
             TaskPolicy(
                 max_retries=_int(env, "JOB_MAX_RETRIES", 3, minimum=0),

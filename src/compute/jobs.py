@@ -71,6 +71,12 @@ class EventType(StrEnum):
     PROGRESS = "progress"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: The worker is stopping and hands the claim back unfinished: queued again at once.
+    RELEASED = "released"
+
+
+#: The events that end a claim: kept by the worker until the server confirms them.
+FINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.RELEASED})
 
 
 def now_ms() -> int:
@@ -111,6 +117,8 @@ class Cause(StrEnum):
     FAILED = "failed"
     #: A lost worker's claim taken back: queued again, or failed when no attempts remain.
     RESCUED = "rescued"
+    #: A stopping worker handed its claim back (a `released` event): queued again.
+    RELEASED = "released"
     CANCELLED = "cancelled"
     #: An operator queued a failed or cancelled job again.
     RETRIED = "retried"

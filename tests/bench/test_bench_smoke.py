@@ -90,6 +90,17 @@ def test_latency(result: dict[str, Any]) -> None:
     assert any(t["target"].startswith("no-op done -> inference/events p50") for t in result["targets"])
 
 
+def test_recovery(result: dict[str, Any]) -> None:
+    runs = result["recovery"]["runs"]
+    assert len(runs) == 2 and "default configuration" in runs[1]["broker"]
+    for run in runs:
+        assert run["not_rerun"] == 0
+        for key in ("kill_seconds", "stop_seconds"):
+            _dist(run[key])
+        # The job ran again on the other worker, never on the one signalled.
+        assert all(r["to"] and r["to"] != r["from"] for r in run["rounds"])
+
+
 def test_throughput(result: dict[str, Any]) -> None:
     for kind in ("bench_noop", "image_conversion"):
         t = result["throughput"][kind]

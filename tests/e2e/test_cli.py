@@ -401,7 +401,7 @@ async def test_server_workers_leave_no_capability_on_a_shared_broker(
         if how.startswith("busy, worker"):
             os.kill(worker, signal.SIGTERM)
             await wait_for(
-                lambda: "stopping after the current job" in procs.log("server"),
+                lambda: "stopping: handing the running job back" in procs.log("server"),
                 what="the worker's first SIGTERM",
             )
         server.send_signal(signal.SIGTERM)

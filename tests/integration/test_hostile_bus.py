@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
-from compute.db.repository import JobRecord, JobRepository
+from compute.db.repository import JobRepository
 from compute.db.session import make_engine
 from compute.server.flow.workers import NEGATIVE_MAX
 from compute.signing import cancel_signature, confirmation_signature
@@ -34,6 +34,7 @@ from compute_bench.noop import TASK_TYPE
 from tests.support.brokers import BrokerInfo
 from tests.support.fakes import GatedNoop
 from tests.support.inprocess import RunningWorker, Server, WorkerFactory, running_server
+from tests.support.jobs import stored
 from tests.support.mqtt import MqttProbe
 from tests.support.waits import wait_for
 
@@ -58,12 +59,6 @@ async def start_gated(start_worker: WorkerFactory, **changes: Any) -> tuple[Runn
         **changes,
     )
     return running, plugin
-
-
-def stored(repo: JobRepository, job_id: str) -> JobRecord:
-    record = repo.get(job_id)
-    assert record is not None, f"job {job_id} is not in the database"
-    return record
 
 
 def add_job(server: Server) -> str:

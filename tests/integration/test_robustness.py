@@ -15,6 +15,7 @@ from compute.jobs import now_ms
 from compute_bench.harness import free_port
 from tests.support.brokers import AmqttBroker, AmqttProcess, BrokerInfo
 from tests.support.inprocess import Server, WorkerFactory, make_settings, running_server
+from tests.support.jobs import stored
 from tests.support.mqtt import MqttProbe
 from tests.support.waits import wait_for
 
@@ -69,7 +70,9 @@ class GatedConversion(ImageConversionTask):  # type: ignore[misc]  # cl_ml_tools
         return result
 
 
-async def test_graceful_stop_finishes_the_current_job(server: Server, start_worker: WorkerFactory) -> None:
+async def test_graceful_stop_hands_the_running_job_back_at_once(
+    server: Server, start_worker: WorkerFactory, probe: MqttProbe
+) -> None:
     plugin = GatedConversion()
     # On a thread: the test holds the plugin's gate, which a plugin process could not share.
     running = await start_worker(
@@ -78,18 +81,27 @@ async def test_graceful_stop_finishes_the_current_job(server: Server, start_work
     current = (await server.submit())["job_id"]
     await wait_for(plugin.entered.is_set, what="the job to start")
     following = (await server.submit())["job_id"]
+    await probe.subscribe(server.topics.legacy_events)
 
-    running.worker.stop()
-    done, _ = await asyncio.wait({running.task}, timeout=0.2)
-    assert not done, "the worker left while its job was still running"
-    assert (await server.job(current))["status"] == "processing"
+    running.worker.stop()  # what the first SIGTERM does; the plugin's gate stays shut
+    await asyncio.wait_for(running.task, 10)
+    assert running.worker.outbox.written_directly == 0  # the server took the release itself
+    row = stored(server.services.repo, current)
+    # Queued again at once (no backoff), no error recorded, and the attempt does not count.
+    assert row.status == "queued" and row.worker_id is None and row.attempt == 1
+    retries = server.settings.task_policies.for_task("image_conversion").max_retries
+    assert row.attempt_errors == () and row.max_retries == retries + 1
+    requeued = {"job_id": current, "event_type": "queued"}
+    await probe.expect(
+        lambda m: json.loads(m.payload) == {**json.loads(m.payload), **requeued},
+        what="the requeue on inference/events",
+    )
+    assert (await server.job(following))["status"] == "queued"  # nothing new after stop()
 
-    plugin.gate.set()
-    await asyncio.wait_for(running.task, 15)
+    await start_worker(tasks=("image_conversion",), wait_idle=False)
     job = await server.wait_status(current, "completed")
     assert job["progress"] == 100
-    assert (await server.job(following))["status"] == "queued"  # nothing new after stop()
-    assert running.worker.jobs_run == 1
+    assert stored(server.services.repo, current).attempt == 2
 
 
 @pytest.mark.parametrize("broker", ["amqtt"], indirect=True)  # the test runs its own broker

@@ -168,7 +168,7 @@ class RunningWorker:
         return self.service.bus
 
     async def shutdown(self) -> None:
-        """What compute-worker does on SIGTERM: finish, say goodbye, disconnect."""
+        """What compute-worker does on SIGTERM: hand the running job back, say goodbye, disconnect."""
         if self.closed:
             return
         self.closed = True

@@ -10,6 +10,7 @@ import httpx
 from cl_ml_tools import Job
 from sqlalchemy import update
 
+from compute.db.repository import JobRecord, JobRepository
 from compute.db.tables import jobs_table
 from tests.support.inprocess import Server
 
@@ -21,6 +22,13 @@ def add_job(server: Server, task: str, *, by: str | None = None, priority: int =
         Job(job_id=job_id, task_type=task, params={}), created_by=by, priority=priority
     )
     return job_id
+
+
+def stored(repo: JobRepository, job_id: str) -> JobRecord:
+    """A job's row as the repository reads it (the test fails when there is none)."""
+    record = repo.get(job_id)
+    assert record is not None, f"job {job_id} is not in the database"
+    return record
 
 
 def set_columns(server: Server, job_id: str, **values: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from cl_ml_tools import Job
 
+from compute.config import load_settings
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.rules import Verdict, renewal_interval, stall_grace
 from compute.db.transitions import Cancelled, JobTransitions
@@ -66,6 +67,39 @@ def test_signed_events_apply_in_order(stores: Stores) -> None:
     stored = repo.get(job.job_id)
     assert stored is not None
     assert (stored.status, stored.progress, stored.task_output) == ("completed", 100, {"ok": 1})
+
+
+def test_a_released_claim_is_queued_again_at_once_and_costs_no_attempt(stores: Stores) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    [_, released] = transitions.apply_events(
+        [event(job, EventType.STARTED, 1), event(job, EventType.RELEASED, 2)]
+    )
+    assert released.verdict is Verdict.APPLIED and released.status == JobStatus.QUEUED.value
+    assert released.change is not None and released.change.wake_at == 0  # hinted at once
+    row = repo.get(job.job_id)
+    assert row is not None
+    assert (row.status, row.worker_id, row.lease_expires_at, row.attempt_errors) == ("queued", None, None, ())
+    assert row.max_retries == POLICY.max_retries + 1  # the handed-back attempt does not count
+    # Sent again (no confirmation came): confirmed again, nothing changes.
+    [again] = transitions.apply_events([event(job, EventType.RELEASED, 2)])
+    assert again.verdict is Verdict.DUPLICATE and again.lease_token == job.lease_token
+    # The next claim is the next attempt, with every retry still ahead of it.
+    nxt = claim(repo, worker="w2")
+    crash = event(nxt, EventType.FAILED, 1, error="crash", retryable=True)
+    [failed] = transitions.apply_events([crash])
+    assert (nxt.attempt, failed.status) == (2, JobStatus.QUEUED.value)
+
+
+def test_a_forged_release_changes_nothing(stores: Stores) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    [outcome] = transitions.apply_events([replace(event(job, EventType.RELEASED, 1), sig="0" * 64)])
+    assert outcome.verdict is Verdict.REJECTED
+    row = repo.get(job.job_id)
+    assert row is not None and row.status == JobStatus.PROCESSING.value
 
 
 @pytest.mark.parametrize("tamper", ["forged", "wrong_key", "other_worker", "old_attempt", "edited"])
@@ -257,6 +291,16 @@ def test_policies_parse_per_task_overrides() -> None:
     assert all(2000 <= base.backoff_ms(9) <= 4000 for _ in range(50))
 
 
-def test_a_will_waits_longer_than_one_renewal_and_well_under_the_lease() -> None:
-    for lease in (3.0, 10.0, 60.0):
-        assert renewal_interval(lease) < stall_grace(lease) <= lease / 2
+def test_a_will_waits_for_two_renewals_and_at_most_two_thirds_of_the_lease() -> None:
+    for lease in (0.3, 3.0, 10.0, 60.0):
+        for renew in (0.1, 1.0, 30.0):
+            interval = renewal_interval(lease, renew)
+            assert stall_grace(lease, renew) == 2 * interval
+            assert interval <= max(0.2, lease / 3)
+
+
+def test_a_killed_workers_jobs_are_rescued_within_seconds_by_default() -> None:
+    # Issue 20: kill -9 -> the job running elsewhere in at most 5 s; the Will arrives at once,
+    # the rescue waits the grace, the hint and the next claim take milliseconds.
+    settings = load_settings({})
+    assert stall_grace(settings.lease_seconds, settings.lease_renew_seconds) <= 2.0

@@ -143,6 +143,17 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": None if value is None else value <= goal,
                 }
             )
+    section = result.get("recovery") or {}
+    for run in section.get("runs", []):
+        value = (run.get("kill_seconds") or {}).get("max")
+        out.append(
+            {
+                "target": f"kill -9 -> job running elsewhere, worst round (s), {run['broker']}",
+                "value": value,
+                "goal": f"<= {section['target_seconds']:g}",
+                "met": None if value is None or run.get("not_rerun") else value <= section["target_seconds"],
+            }
+        )
     value = _get(result, ("throughput", "bench_noop", "server_cpu_ms_per_job"))
     out.append(
         {
@@ -237,6 +248,8 @@ def render(result: dict[str, Any]) -> str:
         ]
     if "latency" in result:
         parts += ["", *_latency(result["latency"])]
+    if "recovery" in result:
+        parts += ["", *_recovery(result["recovery"])]
     if "throughput" in result:
         rows = [
             [
@@ -392,6 +405,23 @@ def _latency(section: dict[str, Any]) -> list[str]:
             data = run.get(kind) or {}
             rows += [_dist_row(f"{kind}: {label} (ms)", data.get(key)) for key, label in STEPS]
         parts += [f"   broker: {run['broker']}", _table(["", "n", "p50", "p90", "p99", "max"], rows)]
+    return parts
+
+
+def _recovery(section: dict[str, Any]) -> list[str]:
+    parts = [
+        "1c. Recovery: a long job's worker killed (-9) or stopped (SIGTERM) mid-job; seconds from "
+        "the signal to the job starting on the other worker (2 workers)"
+    ]
+    for run in section["runs"]:
+        rows = [
+            _dist_row("kill -9 -> running elsewhere (s)", run["kill_seconds"]),
+            _dist_row("SIGTERM -> running elsewhere (s)", run["stop_seconds"]),
+        ]
+        parts += [
+            f"   broker: {run['broker']}; not run again: {run['not_rerun']}",
+            _table(["", "n", "p50", "p90", "p99", "max"], rows),
+        ]
     return parts
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.mosquitto import find_mosquitto
-from compute_bench import fanout, inputs, latency, ml_batch, plugins, scale, scenarios
+from compute_bench import fanout, inputs, latency, ml_batch, plugins, recovery, scale, scenarios
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.peers.runner import Peers
@@ -27,6 +27,7 @@ from compute_bench.stats import filesystem_of, machine
 SECTIONS = (
     "pickup",
     "latency",
+    "recovery",
     "throughput",
     "progress",
     "idle",
@@ -41,7 +42,7 @@ SECTIONS = (
 #: `plugins` runs on request (--sections plugins): it adds about 3 minutes, and its model rows
 #: need real models or --stand-in-models. So do the scale sections (how cost grows): several
 #: minutes each at full size.
-DEFAULT_SECTIONS = SECTIONS[:6]
+DEFAULT_SECTIONS = SECTIONS[:7]
 SCALE_WORKERS = (1, 2, 4, 8)
 BACKLOG_WORKERS = 2
 IDLE_WORKERS = 4
@@ -163,6 +164,8 @@ class Run:
                 }
             if "latency" in cfg.sections:
                 await self._latency()
+            if "recovery" in cfg.sections:
+                await self._recovery()
             if "throughput" in cfg.sections:
                 async with self.cluster(self.spec("throughput", cfg.workers)) as (c, sub):
                     self.result["throughput"] = {
@@ -223,38 +226,64 @@ class Run:
         self.result["targets"] = evaluate_targets(self.result)
         return self.result
 
+    @contextlib.asynccontextmanager
+    async def broker_variant(
+        self, name: str, workers: int, default_mosquitto: bool, **kw: Any
+    ) -> AsyncIterator[tuple[Cluster, Submitter, str]]:
+        """A cluster on the run's broker, or on a Mosquitto in its default configuration that
+        the benchmark starts for it (compute_bench.latency.DefaultMosquitto); with the broker's
+        description."""
+        broker = latency.DefaultMosquitto(self.base / name) if default_mosquitto else None
+        try:
+            spec = self.spec(name, workers, **kw)
+            if broker is not None:
+                spec.broker = broker.start()
+            async with self.cluster(spec) as (c, sub):
+                yield c, sub, latency.broker_description(c, default_mosquitto)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+    def broker_variants(self, name: str) -> list[tuple[str, bool]]:
+        """(cluster name, default-config Mosquitto?): the run's broker, then Mosquitto's default."""
+        variants = [(name, False)]
+        if latency.mosquitto_available():
+            variants.append((f"{name}_default_mosquitto", True))
+        return variants
+
     async def _latency(self) -> None:
         """Sequential small jobs on one worker, on the run's broker and on a default-config
         Mosquitto the benchmark starts (compute_bench.latency)."""
         sizes = self.cfg.sizes
         runs: list[dict[str, Any]] = []
-        variants: list[tuple[str, bool]] = [("latency", False)]
-        if latency.mosquitto_available():
-            variants.append(("latency_default_mosquitto", True))
-        for name, default_mosquitto in variants:
-            broker = latency.DefaultMosquitto(self.base / name) if default_mosquitto else None
-            try:
-                address = broker.start() if broker is not None else None
-                spec = self.spec(name, 1, observe_jobs=True, probes={"server": "commits", "worker": "runs"})
-                if address is not None:
-                    spec.broker = address
-                async with self.cluster(spec) as (c, sub):
-                    noop = await latency.sequential(c, sub, "bench_noop", sizes.latency, sizes.warmup)
-                    image = await latency.sequential(
-                        c, sub, "image_conversion", sizes.latency_image, min(3, sizes.warmup)
-                    )
-                    described = latency.broker_description(c, default_mosquitto)
-                runs.append(
-                    {
-                        "broker": described,
-                        "bench_noop": latency.steps(noop),
-                        "image_conversion": latency.steps(image),
-                    }
+        for name, default_mosquitto in self.broker_variants("latency"):
+            probes = {"server": "commits", "worker": "runs"}
+            variant = self.broker_variant(name, 1, default_mosquitto, observe_jobs=True, probes=probes)
+            async with variant as (c, sub, described):
+                noop = await latency.sequential(c, sub, "bench_noop", sizes.latency, sizes.warmup)
+                image = await latency.sequential(
+                    c, sub, "image_conversion", sizes.latency_image, min(3, sizes.warmup)
                 )
-            finally:
-                if broker is not None:
-                    broker.stop()
+            runs.append(
+                {
+                    "broker": described,
+                    "bench_noop": latency.steps(noop),
+                    "image_conversion": latency.steps(image),
+                }
+            )
         self.result["latency"] = {"workers": 1, "runs": runs}
+
+    async def _recovery(self) -> None:
+        """A worker killed (-9) or stopped (SIGTERM) mid-job: seconds until the job runs on the
+        other worker (compute_bench.recovery), on both brokers."""
+        sizes = self.cfg.sizes
+        runs: list[dict[str, Any]] = []
+        for name, default_mosquitto in self.broker_variants("recovery"):
+            variant = self.broker_variant(name, 2, default_mosquitto, observe_jobs=True)
+            async with variant as (c, sub, described):
+                found = await recovery.recovery(c, sub, sizes.recovery_kills, sizes.recovery_stops)
+            runs.append({"broker": described, **found})
+        self.result["recovery"] = {"target_seconds": recovery.TARGET_SECONDS, "runs": runs}
 
     async def _idle_and_progress(self) -> None:
         """Idle window first (4 workers, statement counters on), then the progress jobs."""

@@ -60,8 +60,8 @@ class Sizes:
     latency: int = 200
     latency_image: int = 50
     #: recovery: workers killed (-9) mid-job, and stopped (SIGTERM) mid-job.
-    recovery_kills: int = 5
-    recovery_stops: int = 3
+    recovery_kills: int = 3
+    recovery_stops: int = 2
 
 
 QUICK = Sizes(

@@ -11,6 +11,8 @@ rules decide. The rules:
 * a lost worker's claim is rescued only when its lease has stopped renewing: expired, or (after
   the worker's verified Last Will) unchanged for `stall_grace`. A Will alone never takes a job
   from a worker that still renews it;
+* a worker that stops hands its running claims back (`released`): queued again at once, and the
+  attempt does not count against the job's retries;
 * every failed attempt's error is kept in `attempt_errors`.
 """
 
@@ -22,7 +24,16 @@ from enum import StrEnum
 from typing import Any
 
 from compute.db.tables import dumps, loads
-from compute.jobs import Cause, EventType, JobChange, JobEvent, JobStatus, bounded_error, result_too_large
+from compute.jobs import (
+    FINAL_EVENTS,
+    Cause,
+    EventType,
+    JobChange,
+    JobEvent,
+    JobStatus,
+    bounded_error,
+    result_too_large,
+)
 from compute.policies import TaskPolicy
 from compute.signing import verify
 
@@ -58,17 +69,21 @@ class Outcome:
 LeaseSnapshot = dict[str, tuple[str, int]]
 
 
-def renewal_interval(lease_seconds: float) -> float:
-    """How often a worker renews its leases: a third of the lease (at least 0.2 s)."""
-    return max(0.2, lease_seconds / 3)
+def renewal_interval(lease_seconds: float, renew_seconds: float) -> float:
+    """How often a worker renews its leases: every `renew_seconds` (JOB_LEASE_RENEW_SECONDS),
+    at least three times per lease, at most five times a second."""
+    return max(0.2, min(renew_seconds, lease_seconds / 3))
 
 
-def stall_grace(lease_seconds: float) -> float:
+def stall_grace(lease_seconds: float, renew_seconds: float) -> float:
     """How long a lease must stay unrenewed, after a Will, before its job is rescued.
 
-    One and a half renewal intervals (half the lease): a live worker renews within one.
+    Two renewal intervals: a live worker renews within one, so by then it has renewed at least
+    once even when that renewal came late by up to a whole interval (a busy machine, a slow
+    write); a dead worker renews nothing. With the default 1 s renewals, a killed worker's
+    claims are rescued 2 s after its Will.
     """
-    return renewal_interval(lease_seconds) * 1.5
+    return renewal_interval(lease_seconds, renew_seconds) * 2
 
 
 @dataclass(frozen=True)
@@ -115,9 +130,12 @@ def decide(
     status, task_type = claim.status, claim.task_type
     if not verify(claim.lease_token, ev):
         return Outcome(ev, Verdict.REJECTED, status, "bad signature", task_type), {}
-    if ev.attempt != claim.attempt or ev.worker_id != claim.worker_id:
+    # A claim queued again (a retryable failure, a rescue, a release) has no worker any more but
+    # keeps its lease token until the next claim: the signature still proves the sender held it,
+    # so a re-sent final event of that claim is confirmed again below.
+    if ev.attempt != claim.attempt or claim.worker_id not in (None, ev.worker_id):
         return Outcome(ev, Verdict.REJECTED, status, "not the current claim", task_type), {}
-    terminal_event = ev.event in (EventType.COMPLETED, EventType.FAILED)
+    terminal_event = ev.event in FINAL_EVENTS
     if status != JobStatus.PROCESSING.value:
         # Already finished (or requeued) under this claim: a re-sent result is confirmed again.
         verdict = Verdict.DUPLICATE if terminal_event else Verdict.REJECTED
@@ -147,6 +165,9 @@ def decide(
     elif ev.event is EventType.FAILED:
         failed, retry_at = failed_attempt(claim, ev.error or "unknown error", ev.retryable, happened, policy)
         values.update(failed)
+    elif ev.event is EventType.RELEASED:
+        values.update(released(claim))
+        retry_at = 0
     after = values.get("status", status)
     change = JobChange(
         ev.job_id,
@@ -162,6 +183,22 @@ def decide(
         started_at=claim.started_at,
     )
     return Outcome(ev, Verdict.APPLIED, after, "", task_type, claim.lease_token, change), values
+
+
+def released(claim: Claim) -> dict[str, Any]:
+    """A claim its worker handed back unfinished (it was stopping): queued again, ready at once.
+
+    The attempt keeps its number (events and cancels are bound to it), but it does not count
+    against the job's retries: an operator stopping a worker is not the job failing.
+    """
+    return {
+        "status": JobStatus.QUEUED.value,
+        "next_attempt_at": None,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "progress": 0,
+        "max_retries": claim.max_retries + 1,
+    }
 
 
 def failed_attempt(

@@ -168,7 +168,7 @@ def build_services(settings: Settings) -> Services:
     # Every installed task type is reported, with zeros while it has no jobs.
     metrics = ServerMetrics(sorted(route_factories()))
     announcer = ChangeAnnouncer(safe_bus, topics, dispatcher, changes, queues, metrics, hop)
-    rescuer = Rescuer(transitions, announcer, settings.lease_seconds)
+    rescuer = Rescuer(transitions, announcer, settings.lease_seconds, settings.lease_renew_seconds)
     # The routes' changes wait for the database only as long as a request may.
     route_transitions = JobTransitions(route_engine, settings.task_policies, settings.max_result_bytes)
     pauses = TaskPauses(PausedTasks(route_engine), safe_bus, topics, dispatcher)

@@ -32,6 +32,10 @@ from compute.worker.runner import JobRunner, plugin_host
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
 
+#: Seconds a stopping worker waits for the server to confirm its last events (a job handed back
+#: just now), before it writes what is left to the database itself.
+SETTLE_WAIT = 2.0
+
 
 class Worker:
     def __init__(
@@ -111,9 +115,12 @@ class Worker:
         self.runner.cancel(request["job_id"])
 
     def stop(self) -> None:
-        """Finish the current job, then leave. Safe to call more than once."""
+        """Leave: claim nothing more, and hand the running job back at once (its plugin is
+        stopped, and a `released` event queues it again for another worker). Safe to call more
+        than once."""
         self.stopping.set()
         self.wake.set()
+        self.runner.release_all()
 
     async def run(self) -> None:
         self.runner.host.warm_up()
@@ -141,6 +148,9 @@ class Worker:
                     pass  # the fallback sweep: a lost hint never strands a job
         finally:
             await side.close()
+            # What the server has not confirmed yet (a release sent a moment ago, say) gets a
+            # moment to be; the rest is written to the database directly.
+            await self.outbox.settle(SETTLE_WAIT)
             self.outbox.flush()
             self.runner.host.close()
 
@@ -205,18 +215,23 @@ class Worker:
     async def _extend_leases(self) -> None:
         """Keep alive the leases of the running job and of results not yet confirmed.
 
-        A statement every third of the lease, and only while there is something to hold. A
-        failed renewal is retried sooner (backoff), well before the lease runs out. It runs on a
+        A statement every renewal interval (JOB_LEASE_RENEW_SECONDS, 1 s by default), and only
+        while there is something to hold; the interval is kept from one renewal's start to the
+        next, so a slow statement does not stretch it (the server rescues a claim after a Will
+        once two renewals are missing). A failed renewal is retried sooner (backoff), well before
+        the lease runs out. It runs on a
         thread: a database cut off by the network takes up to twice the engine's wait to fail
         (the pool's ping, then a new connection), and on the event loop that silenced the MQTT
         connection for long enough that the broker published the worker's Will, and the job it
         was finishing was rescued and run again.
         """
-        interval = renewal_interval(self.settings.lease_seconds)
+        interval = renewal_interval(self.settings.lease_seconds, self.settings.lease_renew_seconds)
         backoff = Backoff(maximum=interval)
-        delay = interval
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due, loop.time()) + interval  # a late one (a stalled loop) sets a new step
             attempt = self.current
             running = [(attempt.job_id, attempt.lease_token)] if attempt and attempt.lease_token else []
             pending = self.outbox.held_leases()
@@ -235,6 +250,7 @@ class Worker:
             except DB_ERRORS as exc:
                 self.db_errors += 1
                 delay = backoff.next()
+                due = loop.time() + delay
                 limited.warning(
                     "lease", "could not renew leases (%s); retrying in %.1f s", first_line(exc), delay
                 )
@@ -242,7 +258,6 @@ class Worker:
             except Exception:
                 limited.exception("lease", "could not renew leases")
             backoff.reset()
-            delay = interval
 
 
 class _ClaimFailed(ComputeError):

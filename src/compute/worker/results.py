@@ -58,6 +58,9 @@ class ResultOutbox:
         self.transitions = transitions
         self.confirm_timeout = confirm_timeout
         self.pending: dict[str, _Pending] = {}
+        #: Set whenever `pending` empties (what `settle` waits for).
+        self._empty = asyncio.Event()
+        self._empty.set()
         self.written_directly = 0
         #: Confirmations ignored: malformed, unsigned, forged or for another attempt.
         self.rejected = 0
@@ -68,6 +71,7 @@ class ResultOutbox:
         """Publish `attempt`'s terminal `event` and keep it until it is safe."""
         # Kept first: whatever happens next, the result is not forgotten until it is safe.
         self.pending[attempt.job_id] = _Pending(attempt, event, time.monotonic())
+        self._empty.clear()
         if not attempt.publish(event):
             self._write_directly(event)
 
@@ -95,7 +99,22 @@ class ResultOutbox:
                 c["job_id"][:100],
             )
             return
-        del self.pending[c["job_id"]]
+        self._forget(c["job_id"])
+
+    def _forget(self, job_id: str) -> None:
+        self.pending.pop(job_id, None)
+        if not self.pending:
+            self._empty.set()
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the server to confirm everything pending (not while the
+        broker is unreachable: nothing would come). True when nothing is left."""
+        if self.pending and self.bus.connected:
+            try:
+                await asyncio.wait_for(self._empty.wait(), timeout)
+            except TimeoutError:
+                pass
+        return not self.pending
 
     def resend_all(self) -> None:
         for p in list(self.pending.values()):
@@ -117,7 +136,7 @@ class ResultOutbox:
         except Exception:
             limited.exception("write", "job %s: could not write the result; it stays pending", event.job_id)
             return False
-        self.pending.pop(event.job_id, None)
+        self._forget(event.job_id)
         self.written_directly += 1
         log.info(
             "job %s: result written to the database by the worker (%s%s)",

@@ -80,9 +80,12 @@ class JobRunner:
         #: A result larger than this (task_output as JSON) fails the job instead of being sent.
         self.max_result_bytes = max_result_bytes
         self.folders: JobFolders = folders or SharedFolders()
-        #: The attempt being run, and its plugin run (what a cancel stops).
-        self._current: tuple[Attempt, asyncio.Future[Any]] | None = None
+        #: The attempts being run, by job id, with their plugin runs (what a cancel stops).
+        self._running: dict[str, tuple[Attempt, asyncio.Future[Any]]] = {}
         self._cancelled: set[str] = set()
+        self._released: set[str] = set()
+        #: Set by release_all: every run, running or about to start, is handed back.
+        self.releasing = False
 
     def _progress_reporter(self, attempt: Attempt) -> Callable[[int], None]:
         """The plugin's progress callback: thread-safe, forward-only, below 100.
@@ -112,15 +115,31 @@ class JobRunner:
         Only for a verified cancel request or a lease found gone: the database already says the
         job is not this claim's any more, so nothing is sent for it.
         """
-        if self._current is None or self._current[0].job_id != job_id:
+        found = self._running.get(job_id)
+        if found is None:
             return False
         self._cancelled.add(job_id)
-        self._current[1].cancel()
+        found[1].cancel()
         return True
+
+    def release_all(self) -> None:
+        """The worker is stopping: stop every plugin run and hand its claim back (`released`,
+        queued again at once for another worker), and hand back what starts from now on too.
+
+        The plugin is stopped first (its process killed), then the release is sent: a job never
+        runs here and elsewhere at once."""
+        self.releasing = True
+        for job_id, (_, run) in self._running.items():
+            self._released.add(job_id)
+            run.cancel()
 
     async def run(self, attempt: Attempt) -> JobEvent | None:
         """Execute `attempt`; the terminal event goes to the outbox. None when it was cancelled."""
         fields = attempt.log_fields()
+        if self.releasing:  # claimed before the stop, not started: back to the queue untouched
+            released = attempt.event(EventType.RELEASED)
+            self.outbox.send(attempt, released)
+            return released
         log.info(
             "job %s (%s, attempt %d): started",
             attempt.job_id,
@@ -145,6 +164,7 @@ class JobRunner:
             return outcome
         finally:
             self._cancelled.discard(attempt.job_id)
+            self._released.discard(attempt.job_id)
 
     async def _execute(self, attempt: Attempt) -> JobEvent | None:
         job = attempt.job
@@ -163,7 +183,10 @@ class JobRunner:
     ) -> JobEvent | None:
         job = attempt.job
         running = asyncio.ensure_future(self._run_plugin(plugin, attempt, params, folder))
-        self._current = (attempt, running)
+        self._running[job.job_id] = (attempt, running)
+        if self.releasing:
+            self._released.add(job.job_id)
+            running.cancel()
         try:
             result = await running
         except ClaimGone as exc:
@@ -181,6 +204,8 @@ class JobRunner:
             if job.job_id in self._cancelled:
                 log.info("job %s cancelled", job.job_id, extra=attempt.log_fields())
                 return None
+            if job.job_id in self._released:
+                return attempt.event(EventType.RELEASED)
             return attempt.event(EventType.FAILED, retryable=True, error="plugin task cancelled")
         except PluginCrashed as exc:  # raised, died or ran out of memory in its process
             log.warning("job %s: plugin %s: %s", job.job_id, job.task_type, exc)
@@ -191,7 +216,7 @@ class JobRunner:
                 EventType.FAILED, retryable=True, error=_without_paths(job, f"{type(exc).__name__}: {exc}")
             )
         finally:
-            self._current = None
+            self._running.pop(job.job_id, None)
         if _succeeded(result):
             output = result.get("task_output")
             output = output if isinstance(output, dict) else {"result": output}

@@ -22,7 +22,7 @@ from compute.bus.interface import Bus
 from compute.db.rules import Outcome, Verdict
 from compute.db.transitions import JobTransitions
 from compute.files.staging import OutputStaging
-from compute.jobs import EventType, JobEvent, JobStatus, now_ms
+from compute.jobs import FINAL_EVENTS, EventType, JobEvent, JobStatus, now_ms
 from compute.logs import LogLimiter
 from compute.server.flow.announcer import ChangeAnnouncer
 from compute.signing import confirmation_signature
@@ -34,7 +34,6 @@ limited = LogLimiter(log)
 BATCH_MAX = 1000
 #: Events waiting for the database at most; beyond it new ones are dropped (workers re-send results).
 QUEUE_MAX = 20_000
-_TERMINAL = (EventType.COMPLETED, EventType.FAILED)
 
 
 class EventIngest:
@@ -136,7 +135,7 @@ class EventIngest:
         self.announcer.announce(outcome.change for outcome in outcomes)
         for outcome in outcomes:
             ev = outcome.event
-            if ev.event in _TERMINAL and outcome.status is not None and outcome.lease_token:
+            if ev.event in FINAL_EVENTS and outcome.status is not None and outcome.lease_token:
                 self._confirm(ev, outcome.status, outcome.lease_token)
         return outcomes
 

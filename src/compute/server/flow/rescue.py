@@ -4,8 +4,9 @@ Two ways a claim is found orphaned, both decided by its lease, never by a bus me
 
 * the lease sweep (every quarter lease, 1-15 s) rescues claims whose lease expired;
 * a worker's verified Last Will only speeds that up: the server notes the session's claims and
-  their lease expiry, and `stall_grace` later (half the lease) rescues those whose lease has
-  not moved since. A worker that still renews its lease keeps its job, whatever the bus said.
+  their lease expiry, and `stall_grace` later (two renewal intervals, 2 s by default) rescues
+  those whose lease has not moved since. A worker that still renews its lease keeps its job,
+  whatever the bus said.
 
 Every rescued job is announced on `inference/events` (`queued`, or `failed` when no attempts
 remain) and, when queued, hinted to the workers.
@@ -36,13 +37,14 @@ class Rescuer:
         transitions: JobTransitions,
         announcer: ChangeAnnouncer,
         lease_seconds: float,
+        renew_seconds: float = 1.0,
     ) -> None:
         self.transitions = transitions
         self.announcer = announcer
         #: Check for expired leases this often: a quarter of the lease, between 1 and 15 s.
         self.interval = min(15.0, max(1.0, lease_seconds / 4))
         #: After a verified Will, wait this long for the session's leases to move.
-        self.grace = stall_grace(lease_seconds)
+        self.grace = stall_grace(lease_seconds, renew_seconds)
         self.rescued = 0
         #: Verified Last Wills looked into, whatever they found (GET /metrics).
         self.checks = 0
