@@ -141,13 +141,28 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture
-def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HostedCompute]:
+def database(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A migrated database of this test's own: (a tag naming this test's folders, its URL).
+    At the end: dropped, and the logs in tmp_path shown when the test failed."""
+    tag = f"t{next(_tags)}"
+    name = f"compute_{tag}"
+    site.postgres.create_database(site.client, name, owner=site.role, template=site.template)
+    try:
+        yield tag, site.postgres.url(site.role, site.password, name)
+    finally:
+        site.postgres.drop_database(site.client, name)
+        failed = getattr(request.node, "report_call", None)
+        if failed is not None and failed.failed:
+            _show_logs(tmp_path)
+
+
+@pytest.fixture
+def compute(
+    site: Site, database: tuple[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[HostedCompute]:
     """A deployment with its server started. Settings beyond FAST: parametrize it indirectly
     with a dict (`@pytest.mark.parametrize("compute", [{...}], indirect=True)`)."""
-    tag = f"t{next(_tags)}"
-    database = f"compute_{tag}"
-    site.postgres.create_database(site.client, database, owner=site.role, template=site.template)
-    url = site.postgres.url(site.role, site.password, database)
+    tag, url = database
     broker = Mosquitto(
         site.server, BROKER, site.lan.folder_of(site.server) / tag / "mosquitto", tmp_path / "mosquitto.log"
     )
@@ -179,10 +194,6 @@ def compute(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
             host.kill_all()
             host.processes.clear()
         broker.stop()
-        site.postgres.drop_database(site.client, database)
-        failed = getattr(request.node, "report_call", None)
-        if failed is not None and failed.failed:
-            _show_logs(tmp_path)
 
 
 def _show_logs(folder: Path) -> None:

@@ -220,5 +220,6 @@ def test_one_of_two_servers_killed_during_a_burst(site: Site, compute: HostedCom
     assert_done_once(compute, job_ids, rescued={})
     # Each server kept its own broker session: results were confirmed by a server, not left to
     # the workers' fallback of writing them themselves while two servers took one id in turns.
+    assert compute.broker is not None
     taken = compute.broker.takeovers()
     assert not taken, f"{len(taken)} broker sessions taken over, e.g. {taken[:3]}"

@@ -329,7 +329,8 @@ class HostedCompute:
     server_host: Host
     client: Host
     postgres: Postgres
-    broker: Mosquitto
+    #: The deployment's own Mosquitto (None: the server's embedded broker, or none started).
+    broker: Mosquitto | None
     database_url: str
     logs: Path
     #: Settings every process gets on top of its host's (short leases for faults, ...).
@@ -361,6 +362,7 @@ class HostedCompute:
 
     def server_env(self) -> dict[str, str]:
         """What the server host sets: its folder, the database, the broker and its broker user."""
+        assert self.broker is not None
         return {
             **self.base_env(),
             "CL_SERVER_DIR": str(self.server_dir),
@@ -377,6 +379,7 @@ class HostedCompute:
 
     def worker_env(self, host: Host, worker_id: str) -> dict[str, str]:
         """What a worker host sets: its own folder, the database, the broker, the server's URL."""
+        assert self.broker is not None
         env = {
             **self.base_env(),
             "CL_SERVER_DIR": str(self.worker_dir(host)),
@@ -401,11 +404,16 @@ class HostedCompute:
             log=self.logs / f"{name}.log",
         )
         self.servers[name] = proc
-        base = f"http://{address}:{HTTP_PORT}"
-        wait_until(
-            lambda: self.alive(proc, name) and self.client.call(_ready, base), STARTUP, f"{name} ready"
-        )
+        self.wait_ready(proc, name, f"http://{address}:{HTTP_PORT}")
         return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], name: str, base: str | None = None) -> None:
+        """Until the server `proc` answers at `base` (the deployment's URL) and reached its broker."""
+        wait_until(
+            lambda: self.alive(proc, name) and self.client.call(_ready, base or self.url),
+            STARTUP,
+            f"{name} ready",
+        )
 
     def start_balancer(self) -> subprocess.Popen[bytes]:
         """One address (SERVICE) in front of every server started so far; from now on clients
@@ -423,18 +431,23 @@ class HostedCompute:
         return proc
 
     def start_worker(self, host: Host, worker_id: str, tasks: str | None = None) -> Worker:
+        assert self.broker is not None
         if worker_id not in self.broker.passwords:
             self.broker.add_user("worker", worker_id)
-        self.worker_dir(host).mkdir(parents=True, exist_ok=True)
-        if self.models is not None and not (self.worker_dir(host) / "models").exists():
-            shutil.copytree(self.models, self.worker_dir(host) / "models")
-        # A worker host sees its own files only (once the file plane is there to fetch the rest).
-        host.hidden = () if self.shared_storage else (self.lan.folder_of(self.server_host),)
+        self.prepare_worker_host(host, self.worker_dir(host))
         cmd = [str(BIN / "compute-worker")] + (["--tasks", tasks] if tasks else [])
         proc = host.spawn(cmd, env=self.worker_env(host, worker_id), log=self.logs / f"{worker_id}.log")
         worker = Worker(host, worker_id, proc)
         self.workers[worker_id] = worker
         return worker
+
+    def prepare_worker_host(self, host: Host, cl_server_dir: Path) -> None:
+        """The worker host's CL_SERVER_DIR, with the stand-in models in its default models folder;
+        and, once the file plane is there to fetch the rest, none of the server host's files."""
+        cl_server_dir.mkdir(parents=True, exist_ok=True)
+        if self.models is not None and not (cl_server_dir / "models").exists():
+            shutil.copytree(self.models, cl_server_dir / "models")
+        host.hidden = () if self.shared_storage else (self.lan.folder_of(self.server_host),)
 
     def scratch(self, host: Host, worker_id: str) -> Path:
         """Where a remote worker on `host` keeps its jobs' scratch folders: the default

@@ -191,12 +191,16 @@ class Host:
     # -- processes -----------------------------------------------------------------------------
 
     def command(self, cmd: Sequence[str]) -> list[str]:
-        """`cmd` as run on this host (its network namespace, the hidden folders covered)."""
-        wrapped = ["ip", "netns", "exec", self.netns]
-        if self.hidden:
-            cover = 'while [ "$1" != -- ]; do mount -t tmpfs -o ro,size=4k,mode=0 hidden "$1"; shift; done'
-            wrapped += ["sh", "-ec", cover + '; shift; exec "$@"', "sh", *map(str, self.hidden), "--"]
-        return [*wrapped, *cmd]
+        """`cmd` as run on this host: in its network namespace, under its own host name (a UTS
+        namespace: worker ids and logs name the host, as on separate machines), with the hidden
+        folders covered. Every step execs the next, so the process started is `cmd` itself."""
+        script = (
+            'hostname "$1"; shift; '
+            'while [ "$1" != -- ]; do mount -t tmpfs -o ro,size=4k,mode=0 hidden "$1"; shift; done; '
+            'shift; exec "$@"'
+        )
+        wrapped = ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-ec", script, "sh"]
+        return [*wrapped, self.role, *map(str, self.hidden), "--", *cmd]
 
     def spawn(
         self, cmd: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None
