@@ -4,6 +4,13 @@ Nothing a client sends becomes a file name: uploads are stored as `upload[.<ext>
 the client gave is returned as data), job ids and paths are checked before they reach the file
 system, and what the file system refuses for a client's path (NUL, a name too long) is a
 `BadPath`, the client's fault, never an unexplained OSError.
+
+Job folders are ours, but what is in them comes from plugins and from remote workers' uploads,
+so nothing here follows a link in one: a file is opened by descriptor, one folder at a time
+from the job folder with O_NOFOLLOW (files/beneath.py), and served from that descriptor;
+listings and sizes walk with `os.fwalk(follow_symlinks=False)`, which also notices a folder
+swapped for a link while it walks; removal is `shutil.rmtree`, which on Linux works by
+descriptor and removes a link rather than what it points to.
 """
 
 from __future__ import annotations
@@ -11,14 +18,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import stat
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from compute import beneath
 from compute.errors import ComputeError
 
 CHUNK = 1024 * 1024
@@ -45,6 +54,11 @@ class PathOutsideJob(ComputeError):
 
 class BadPath(ComputeError):
     """That path cannot name a file (a NUL character, or a name too long)."""
+
+
+class NotAJobFile(ComputeError):
+    """No regular file of the job's folder is at that path (nothing, a folder, or a link there or
+    on the way: links in a job folder are not followed)."""
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -150,48 +164,60 @@ class JobStorage:
 
     # -- lookups ----------------------------------------------------------------------------
 
-    def resolve(self, job_id: str, path: str) -> Path:
-        """The file `path` (relative to the job folder, or absolute inside it), never outside.
+    def open_file(self, job_id: str, path: str) -> tuple[int, str]:
+        """(a descriptor open for reading, its name) of the regular file `path` names in the job's
+        folder (relative to it, or absolute inside it). The caller closes the descriptor.
 
-        Raises PathOutsideJob for an escape, BadPath for a path no file can have.
+        The path is checked as text (PathOutsideJob for `..` above the folder or an absolute path
+        elsewhere, BadPath for one no file can have), then walked from the job folder's
+        descriptor one name at a time with O_NOFOLLOW: a link anywhere on the way, or a folder,
+        FIFO or nothing at the end, is NotAJobFile. Read the file from the descriptor only: its
+        path may lead elsewhere a moment later.
         """
-        job_dir = self.job_dir(job_id).resolve()
+        parts = self._parts(job_id, path)
+        if not parts:
+            raise NotAJobFile()  # the job folder itself
+        try:
+            with beneath.opened_folder(self.job_dir(job_id)) as root:
+                # O_NONBLOCK: a FIFO must not hold the open until a writer comes (it is refused).
+                fd = beneath.open_file(root, parts, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if beneath.gone(exc):
+                raise NotAJobFile() from None
+            if exc.errno == errno.ENAMETOOLONG:
+                raise BadPath(f"the path cannot name a file: {os.strerror(exc.errno)}") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotAJobFile()
+        os.set_blocking(fd, True)
+        return fd, parts[-1]
+
+    def _parts(self, job_id: str, path: str) -> tuple[str, ...]:
+        """The names of `path` below the job folder, `..` and `.` taken as text."""
+        job_dir = PurePosixPath(self.job_dir(job_id))
         if "\x00" in path:
             raise BadPath("the path contains a NUL character")
-        candidate = Path(path)
-        try:
-            full = (candidate if candidate.is_absolute() else job_dir / candidate).resolve()
-        except OSError as exc:  # ENAMETOOLONG, ELOOP ...
-            raise BadPath(f"the path cannot name a file: {os.strerror(exc.errno or errno.EINVAL)}") from None
-        if full != job_dir and job_dir not in full.parents:
+        candidate = PurePosixPath(path)
+        if candidate.is_absolute():
+            if not candidate.is_relative_to(job_dir):
+                raise PathOutsideJob()
+            candidate = candidate.relative_to(job_dir)
+        normal = posixpath.normpath(candidate)
+        if normal == ".." or normal.startswith("../"):
             raise PathOutsideJob()
-        return full
-
-    def is_file(self, path: Path) -> bool:
-        """Whether `path` (from resolve) is a file; a name the file system refuses is not one."""
-        try:
-            return path.is_file()
-        except (OSError, ValueError):
-            return False
+        parts = tuple(part for part in normal.split("/") if part not in ("", "."))
+        if any(len(os.fsencode(part)) > beneath.MAX_NAME for part in parts):
+            raise BadPath(f"the path cannot name a file: {os.strerror(errno.ENAMETOOLONG)}")
+        return parts
 
     def job_files(self, job_id: str) -> list[tuple[str, int]]:
-        """(path relative to the job folder, size) of every regular file in it, sorted.
+        """(path relative to the job folder, size) of every regular file in it, sorted by folder.
 
-        Links are not followed: a plugin's output could link anywhere on the server.
+        Links are not followed (a plugin's output could link anywhere on the server), nor is a
+        folder that became a link while the walk went on.
         """
-        job_dir = self.job_dir(job_id)
-        found: list[tuple[str, int]] = []
-        for dirpath, dirs, files in os.walk(job_dir):
-            dirs.sort()
-            for name in sorted(files):
-                path = Path(dirpath) / name
-                try:
-                    info = path.lstat()
-                except OSError:  # removed while walking
-                    continue
-                if stat.S_ISREG(info.st_mode):
-                    found.append((path.relative_to(job_dir).as_posix(), info.st_size))
-        return found
+        return [(path, info.st_size) for path, info in beneath.regular_files(self.job_dir(job_id))]
 
     def job_folders(self) -> Iterator[tuple[str, float]]:
         """(job id, seconds since its folder last changed) of every job folder."""
@@ -204,19 +230,18 @@ class JobStorage:
                     continue
                 # The folder and its input/ change while an upload is stored: the newer counts.
                 changed = max(entry.stat(follow_symlinks=False).st_mtime, _mtime(Path(entry.path) / "input"))
+
             except OSError:  # removed meanwhile
                 continue
             yield entry.name, now - changed
 
     def size_bytes(self) -> int:
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.jobs_root):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:  # removed while walking
-                    pass
-        return total
+        """Bytes in the regular files of every job folder (links not followed)."""
+        return sum(info.st_size for _, info in beneath.regular_files(self.jobs_root))
+
+    def job_bytes(self, job_id: str) -> int:
+        """Bytes in the regular files of the job's folder (links not followed)."""
+        return sum(size for _, size in self.job_files(job_id))
 
 
 def _extension(filename: str | None) -> str:
@@ -244,6 +269,6 @@ def _new_file(folder: Path, name: str) -> tuple[Path, BinaryIO]:
 
 def _mtime(path: Path) -> float:
     try:
-        return path.stat().st_mtime
+        return path.lstat().st_mtime
     except OSError:
         return 0.0

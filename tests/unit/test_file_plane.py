@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from compute.beneath import BadRelativePath, open_file, opened_folder, parts_of
 from compute.config import Settings
 from compute.db.storage_id import recorded_storage_id, server_storage_id
 from compute.errors import ConfigError
-from compute.files.beneath import BadRelativePath, open_file, opened_folder, parts_of
 from compute.files.outputs import batches, collect_outputs, fingerprints
 from compute.files.staging import OutputStaging
 from compute.files.wire import (

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from starlette.datastructures import UploadFile
 
-from compute.storage import BadPath, JobStorage, PathOutsideJob, UploadTooLarge, valid_job_id
+from compute.storage import BadPath, JobStorage, NotAJobFile, PathOutsideJob, UploadTooLarge, valid_job_id
 
 
 @pytest.fixture
@@ -29,11 +30,17 @@ def test_creates_input_and_output_folders(storage: JobStorage) -> None:
     assert storage.job_dir("job1") == storage.root / "jobs" / "job1"
 
 
-def test_resolve_inside_the_job(storage: JobStorage) -> None:
-    expected = storage.get_output_path("job1").resolve() / "out.png"
-    assert storage.resolve("job1", "output/out.png") == expected
-    assert storage.resolve("job1", "input/../output/out.png") == expected
-    assert storage.resolve("job1", str(expected)) == expected
+def read(storage: JobStorage, path: str, job_id: str = "job1") -> tuple[bytes, str]:
+    """The content and name of the file open_file opens (its descriptor closed)."""
+    fd, name = storage.open_file(job_id, path)
+    with os.fdopen(fd, "rb") as file:
+        return file.read(), name
+
+
+def test_open_file_inside_the_job(storage: JobStorage) -> None:
+    full = storage.get_output_path("job1") / "out.png"
+    for path in ("output/out.png", "input/../output/out.png", "./output//out.png", str(full)):
+        assert read(storage, path) == (b"png", "out.png"), path
 
 
 @pytest.mark.parametrize(
@@ -47,25 +54,55 @@ def test_resolve_inside_the_job(storage: JobStorage) -> None:
         "output/../../job1x/secret",
     ],
 )
-def test_resolve_refuses_escapes(storage: JobStorage, path: str) -> None:
+def test_open_file_refuses_escapes(storage: JobStorage, path: str) -> None:
     storage.create_job_directory("job2")
     with pytest.raises(PathOutsideJob):
-        storage.resolve("job1", path)
+        storage.open_file("job1", path)
 
 
-def test_resolve_refuses_absolute_paths_of_another_job(storage: JobStorage) -> None:
+def test_open_file_refuses_absolute_paths_of_another_job(storage: JobStorage) -> None:
     storage.create_job_directory("job2")
-    other = storage.get_output_path("job2").resolve()
+    other = storage.get_output_path("job2") / "out.png"
+    other.write_bytes(b"theirs")
     with pytest.raises(PathOutsideJob):
-        storage.resolve("job1", str(other))
+        storage.open_file("job1", str(other))
 
 
-def test_resolve_refuses_symlink_out_of_the_job(storage: JobStorage, tmp_path: Path) -> None:
-    secret = tmp_path / "secret.txt"
-    secret.write_text("s")
-    (storage.get_output_path("job1") / "link").symlink_to(secret)
-    with pytest.raises(PathOutsideJob):
-        storage.resolve("job1", "output/link")
+def test_no_link_in_a_job_folder_is_followed(storage: JobStorage, tmp_path: Path) -> None:
+    """A link to a file outside, to a file inside, or a folder that is a link: none is a file of
+    the job (they lead wherever their target is when they are read)."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "secret.txt").write_text("s")
+    output = storage.get_output_path("job1")
+    (output / "out-link").symlink_to(secret / "secret.txt")
+    (output / "in-link").symlink_to(output / "out.png")
+    (storage.job_dir("job1") / "elsewhere").symlink_to(secret)
+    for path in ("output/out-link", "output/in-link", "elsewhere/secret.txt"):
+        with pytest.raises(NotAJobFile):
+            storage.open_file("job1", path)
+    assert storage.job_files("job1") == [("output/out.png", 3)]
+
+
+def test_a_folder_or_a_fifo_is_not_a_file_and_opening_one_does_not_wait(storage: JobStorage) -> None:
+    os.mkfifo(storage.get_output_path("job1") / "pipe")
+    for path in ("output/pipe", "output", "", "output/none.png", "output/out.png/x"):
+        with pytest.raises(NotAJobFile):
+            storage.open_file("job1", path)
+
+
+def test_removing_a_job_never_follows_its_links(storage: JobStorage, tmp_path: Path) -> None:
+    """Retention, DELETE /jobs/{id} and the orphan sweep remove job folders with cleanup_job:
+    a link in one, to a file or a folder, goes; what it points to stays."""
+    assert shutil.rmtree.avoids_symlink_attacks  # rmtree by descriptor (Linux)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("p")
+    (storage.get_output_path("job1") / "folder").symlink_to(keep)
+    (storage.get_output_path("job1") / "file").symlink_to(keep / "precious.txt")
+    assert storage.cleanup_job("job1") is True
+    assert not storage.job_dir("job1").exists()
+    assert (keep / "precious.txt").read_text() == "p"
 
 
 @pytest.mark.parametrize(
@@ -132,11 +169,11 @@ async def test_a_failed_upload_leaves_no_folder(storage: JobStorage) -> None:
 
 
 def test_paths_no_file_can_have(storage: JobStorage) -> None:
-    with pytest.raises(BadPath):
-        storage.resolve("job1", "input/\x00")
-    for path in ("input/" + "a" * 5000, "input/" + "d/" * 3000 + "x"):
-        resolved = storage.resolve("job1", path)  # inside the folder, but no file
-        assert storage.is_file(resolved) is False
+    for path in ("input/\x00", "input/" + "a" * 5000):
+        with pytest.raises(BadPath):
+            storage.open_file("job1", path)
+    with pytest.raises(NotAJobFile):
+        storage.open_file("job1", "input/" + "d/" * 3000 + "x")  # inside the folder, but no file
 
 
 def test_job_folders_report_their_age(storage: JobStorage) -> None:

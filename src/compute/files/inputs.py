@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from compute.files.beneath import open_file, opened_folder, parts_of, regular_files, remove_file
+from compute.beneath import open_file, opened_folder, parts_of, regular_files, remove_file
 from compute.files.wire import (
     CHUNK,
     DIGEST_BYTES,

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from compute.files.beneath import BadRelativePath, open_file, opened_folder, parts_of, regular_files
+from compute.beneath import BadRelativePath, open_file, opened_folder, parts_of, regular_files
 from compute.files.wire import CHUNK, BadTransfer, FileEntry, encode_header, outputs_manifest
 
 #: What the worker remembers of an input after fetching it: (size, modification time in ns).

@@ -24,7 +24,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from compute.files.beneath import move_into, open_file, opened_folder, parts_of
+from compute.beneath import move_into, open_file, opened_folder, parts_of
 from compute.files.wire import CHUNK, ChunkReader, FileEntry, IntegrityMismatch, StreamEnded
 from compute.storage import JobStorage, valid_job_id
 

@@ -29,8 +29,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from compute.beneath import BadRelativePath, parts_of
 from compute.errors import ComputeError
-from compute.files.beneath import BadRelativePath, parts_of
 
 MAGIC = b"CFP1"
 _HEADER = struct.Struct(">4sI")

@@ -11,7 +11,6 @@ import mimetypes
 from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException, Response
-from fastapi.responses import FileResponse
 
 from compute.db.repository import JobRecord, JobRepository
 from compute.db.transitions import Changed
@@ -20,8 +19,9 @@ from compute.jobs import OPEN, JobStatus
 from compute.server.access import JobScope
 from compute.server.http.auth import CallerScope
 from compute.server.http.deps import ActionsDep, CancellerDep, DbDep, RepoDep, StagingDep, StorageDep
+from compute.server.http.opened_file import OpenedFileResponse
 from compute.server.http.schemas import JobFile, JobFiles, JobPatch, JobPublic
-from compute.storage import MAX_JOB_ID, BadPath, PathOutsideJob, valid_job_id
+from compute.storage import MAX_JOB_ID, BadPath, NotAJobFile, PathOutsideJob, valid_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -169,25 +169,24 @@ async def get_job_file(
     storage: StorageDep,
     staging: StagingDep,
     scope: CallerScope,
-) -> FileResponse:
+) -> OpenedFileResponse:
     """Download a file of the job's folder, e.g. `output/converted_photo.png`."""
     job = await db.call(_visible, repo, job_id, scope)
     if job is None:
         raise _not_found(job_id)
     await _promoted(staging, job)
     try:
-        path = storage.resolve(job_id, file_path)
+        # Opened here, on the loop: a thread could be abandoned (client gone) holding the file.
+        fd, name = storage.open_file(job_id, file_path)
     except PathOutsideJob:
         raise HTTPException(403, "path is outside the job's folder") from None
     except BadPath as exc:
         raise HTTPException(400, str(exc)) from None
-    if not storage.is_file(path):
-        raise HTTPException(404, f"file {_shown(file_path)} not found in job {job_id}")
-    return FileResponse(
-        path,
-        media_type=media_type(path.name),
-        filename=path.name,
-        headers={"X-Content-Type-Options": "nosniff"},
+    except NotAJobFile:
+        raise HTTPException(404, f"file {_shown(file_path)} not found in job {job_id}") from None
+    # Served from that descriptor: the path may lead elsewhere by the time the body is sent.
+    return OpenedFileResponse(
+        fd, media_type=media_type(name), filename=name, headers={"X-Content-Type-Options": "nosniff"}
     )
 
 

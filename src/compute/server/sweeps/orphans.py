@@ -39,7 +39,7 @@ class OrphanSweeper:
         for job_id in old:
             if job_id in known:
                 continue
-            freed += _size(self.storage, job_id)
+            freed += self.storage.job_bytes(job_id)
             if self.storage.cleanup_job(job_id):
                 removed += 1
         if removed:
@@ -56,14 +56,3 @@ class OrphanSweeper:
             await self.db.call(self.remove_orphans)
         except DatabaseUnavailable:
             pass  # next time
-
-
-def _size(storage: JobStorage, job_id: str) -> int:
-    total = 0
-    for path in storage.job_dir(job_id).rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
-        except OSError:
-            pass
-    return total

@@ -1,10 +1,12 @@
-"""Files beneath a folder, reached without following a link: how a path from a manifest is opened.
+"""Files beneath a folder, reached without following a link: how a path from a manifest, or a
+client's path in a job folder, is opened.
 
 A path that comes from the other end of a transfer (a worker's manifest on the server, the
 server's on a worker) is checked first (`parts_of`: relative, no `..`, no empty or odd names) and
 then walked one folder at a time from an open folder with `openat(O_NOFOLLOW)`. What is opened is
 what is checked: a link planted anywhere on the way, in a job folder or a scratch folder, ends
-the walk with an error instead of leading outside.
+the walk with an error instead of leading outside. The server's downloads and listings of job
+folders go the same way (storage.py), so this sits below both `storage` and `files/`.
 """
 
 from __future__ import annotations
