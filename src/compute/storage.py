@@ -7,7 +7,7 @@ system, and what the file system refuses for a client's path (NUL, a name too lo
 
 Job folders are ours, but what is in them comes from plugins and from remote workers' uploads,
 so nothing here follows a link in one: a file is opened by descriptor, one folder at a time
-from the job folder with O_NOFOLLOW (files/beneath.py), and served from that descriptor;
+from the job folder with O_NOFOLLOW (beneath.py), and served from that descriptor;
 listings and sizes walk with `os.fwalk(follow_symlinks=False)`, which also notices a folder
 swapped for a link while it walks; removal is `shutil.rmtree`, which on Linux works by
 descriptor and removes a link rather than what it points to.
