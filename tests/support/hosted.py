@@ -52,6 +52,7 @@ __all__ = [
     "SERVER",
     "SERVER_2",
     "SERVICE",
+    "SEVERAL_SERVERS",
     "HostedCompute",
     "Mosquitto",
     "Postgres",
@@ -70,6 +71,10 @@ HTTP_PORT, MQTT_PORT, PG_PORT = 8002, 1883, 5432
 #: Whether this checkout has the file plane (issue 18 items 1-2): workers that do not share the
 #: server's disk fetch inputs and send outputs over HTTP.
 FILE_PLANE = "WORKER_FILES" in variable_names()
+
+#: Whether this checkout runs several servers on one deployment (issue 18 item 3): each with a
+#: broker identity of its own, one at a time running the sweeps.
+SEVERAL_SERVERS = "COMPUTE_SERVER_ID" in variable_names()
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
