@@ -1,11 +1,11 @@
-"""Cross-host fixtures: hosts, PostgreSQL and inputs per session; a deployment of Compute per test.
+"""Cross-host fixtures: hosts, PostgreSQL and inputs for the directory; a deployment per test.
 
-The session makes the LAN (tests.support.netns) with a server host, two worker hosts and a
-client host, and starts PostgreSQL on the server host. Each test gets `compute`: a database of
-its own (a copy of one that `compute-migrate` made), a fresh Mosquitto (users from
-deploy/mosquitto's add-user.sh) and a started `compute-server`; the test starts the workers it
-needs. At the end of each test every
-fault is undone (links up, nothing blocked, no cap) and everything it started is ended.
+The first test makes the LAN (tests.support.netns), kept until the directory's last test: a
+server host, two worker hosts and a client host, with PostgreSQL started on the server host.
+Each test gets `compute`: a database of its own (a copy of one that `compute-migrate` made), a
+fresh Mosquitto (users from deploy/mosquitto's add-user.sh) and a started `compute-server`; the
+test starts the workers it needs. At the end of each test every fault is undone (links up,
+nothing blocked, no cap) and everything it started is ended.
 
 A machine without root, iproute2, PostgreSQL's binaries or Mosquitto skips the whole directory
 with the reason.
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import signal
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -54,13 +56,13 @@ STAND_IN_TASKS = ("clip_embedding", "dino_embedding", "face_detection", "face_em
 _tags = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     reason = netns.unavailable() or missing_services()
     if reason:
         pytest.skip(f"cross-host tests: {reason}")
     netns.sweep_stale()
-    _interrupt_on_sigterm()
+    previous = _interrupt_on_sigterm()
     logs = tmp_path_factory.mktemp("hosts")
     lan = Lan()
     postgres: Postgres | None = None
@@ -87,9 +89,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         if postgres is not None:
             postgres.stop()
         lan.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     """The benchmark's standard photo (1920x1080 JPEG with EXIF) and a 2 s 720p video."""
     made = compute_bench.inputs.make(tmp_path_factory.mktemp("inputs"), video_seconds=2)
@@ -98,7 +101,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return made
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def long_video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A 4 s 720p video: hls_streaming runs seconds on it, long enough for a fault to land mid-job."""
     path = tmp_path_factory.mktemp("long") / "long_720p_4s.mp4"
@@ -108,17 +111,18 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the fixtures' cleanup still runs.
-
-    Without it pytest dies on the spot and the namespaces wait for the next run's sweep.
-    """
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+def _interrupt_on_sigterm() -> signal.Handlers | Callable[[int, FrameType | None], Any] | int | None:
+    """While the hosts exist, SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the
+    fixtures' cleanup still runs; without it pytest dies on the spot and the namespaces wait
+    for the next run's sweep. Returns the handler it replaced, to put back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
 
         def interrupt(_sig: int, _frame: object) -> None:
             raise KeyboardInterrupt("SIGTERM")
 
         signal.signal(signal.SIGTERM, interrupt)
+    return previous
 
 
 def _stand_in_models(folder: Path) -> Path:
