@@ -403,7 +403,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         if "WORKER_ID" not in overrides and not os.environ.get("WORKER_ID"):
             # Held until the process ends: the same id after a restart, a new one beside it.
             slot = claim_slot(settings.cl_server_dir, socket.gethostname())
-            settings = dataclasses.replace(settings, worker_id=slot.worker_id)
+            settings = dataclasses.replace(settings, worker_id=slot.ident)
     except (ComputeError, ValueError, OSError) as exc:
         return _fail(str(exc))
     setup_logging(settings.log_level, settings.log_format)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class Settings:
     mqtt_tls_ca_file: str | None = None
     #: The server's MQTT client id; fixed so the broker keeps its session while it restarts.
     mqtt_client_id: str | None = None
+    #: This server process among the deployment's servers (COMPUTE_SERVER_ID); None: the first
+    #: free slot `server-<host>-<n>` (compute/slots.py), the same after a restart.
+    server_id: str | None = None
     mqtt_keepalive: int = 60  # seconds
     #: 4 = MQTT 3.1.1 (works on every broker, amqtt included); 5 = MQTT 5.
     mqtt_version: int = 4
@@ -108,6 +112,9 @@ class Settings:
     worker_forget_after: float = 86400.0
     #: A queued job moves up one priority step per this many seconds of waiting (0: no aging).
     priority_aging_seconds: float = 60.0
+    #: The server that runs the periodic sweeps holds a lease this long (renewed every third);
+    #: when it dies another takes over within about this long (seconds).
+    sweep_lease_seconds: float = 15.0
     #: Folder of model files for the ML plugins.
     models_dir: Path = Path("models")
     #: Largest image accepted as input or asked for as output, in pixels.
@@ -204,6 +211,19 @@ def _range(minimum: int | None, maximum: int | None) -> str:
     if minimum is None:
         return f"at most {maximum}"
     return f"between {minimum} and {maximum}"
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _identifier(env: Mapping[str, str], name: str) -> str | None:
+    """A name that can sit in an MQTT client id and a topic segment, or None when unset."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not _IDENTIFIER.fullmatch(raw):
+        raise ConfigError(f"{name} may only use letters, digits and _ . - (1-64), got {raw!r}")
+    return raw
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
@@ -358,6 +378,7 @@ def load_settings(
         mqtt_tls=_bool(env.get("MQTT_TLS", "false")),
         mqtt_tls_ca_file=str(_as_path("MQTT_TLS_CA_FILE", ca_file)) if ca_file else None,
         mqtt_client_id=env.get("MQTT_CLIENT_ID") or None,
+        server_id=_identifier(env, "COMPUTE_SERVER_ID"),
         mqtt_keepalive=_int(env, "MQTT_KEEPALIVE", 60, minimum=1),
         mqtt_version=_mqtt_version(env),
         mqtt_topic_root=_topic(env, "MQTT_TOPIC_ROOT", "compute", prefix=True),
@@ -401,6 +422,7 @@ def load_settings(
         retention_max_jobs=_int(env, "RETENTION_MAX_JOBS", 0, minimum=0),
         worker_forget_after=_float(env, "WORKER_FORGET_AFTER", 86400.0),
         priority_aging_seconds=_float(env, "PRIORITY_AGING_SECONDS", 60.0),
+        sweep_lease_seconds=_float(env, "SWEEP_LEASE_SECONDS", 15.0, positive=True),
         models_dir=_path(env, "COMPUTE_MODELS_DIR", cl_server_dir / "models"),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         max_video_pixels=_int(

@@ -1,7 +1,8 @@
 """Token buckets: one for a single budget (worker-session look-ups), one per key for job creation.
 
-In memory, in this process: several server processes each keep their own, so a client that
-reaches N of them gets N times the rate (INTERNALS, "Rate limits").
+In memory, in this process: several server processes would each keep their own, so a client
+that reaches N of them would get N times the rate; on PostgreSQL the job creation limit is kept
+in the database instead (db/rate_buckets.py), shared by every server of the deployment.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class KeyedLimiter:
     with more than `max_keys` keys active within that time does one get a full bucket early.
     `per_minute` 0 turns the limit off.
     """
+
+    #: Counted in this process only (db/rate_buckets.SharedBuckets is the deployment's).
+    shared = False
 
     def __init__(
         self, per_minute: float, burst: int, max_keys: int = 10_000, clock: Clock = time.monotonic

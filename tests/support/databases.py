@@ -48,7 +48,7 @@ def fresh_pg_database(label: str) -> Iterator[str]:
 
 
 def empty_jobs(url: str) -> None:
-    """Remove every job and the preferences a test may have set (pauses, guest mode)."""
+    """Remove every job, the preferences a test may have set (pauses, guest mode), leases and rate buckets."""
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
@@ -56,5 +56,9 @@ def empty_jobs(url: str) -> None:
             conn.execute(text("DELETE FROM server_preferences WHERE key LIKE 'paused:%'"))
             # A test that turned guest mode on must not leave it on for the next one.
             conn.exec_driver_sql("DELETE FROM server_preferences WHERE key = 'guest_mode'")
+            # A test's server that did not give the sweep lease up must not keep the next
+            # test's from its sweeps.
+            conn.exec_driver_sql("DELETE FROM server_leases")
+            conn.exec_driver_sql("DELETE FROM rate_buckets")  # one test's limits are not the next's
     finally:
         engine.dispose()

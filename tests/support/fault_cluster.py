@@ -1,10 +1,14 @@
-"""A real deployment in subprocesses for fault tests: broker, compute-server, compute-workers.
+"""A real deployment in subprocesses for fault tests: broker, compute-servers, compute-workers.
 
 Built on compute_bench.harness (shared with the benchmark): server and workers run the product's
 command lines through compute_bench.launch, which first registers the `bench_noop` plugin in each
 process. The broker runs in its own process (a private Mosquitto when installed, else amqtt) so a
 test can kill and restart it; the database is a SQLite file (or PostgreSQL) that the test reads
 directly to check what was persisted.
+
+Several servers: `start_server("srv-b")` starts one more on a port of its own, beside the first,
+on the same database, broker and job storage (what a deployment behind a load balancer runs);
+`submit_alternating` spreads a burst over them and tells the answered jobs from the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from compute_bench.harness import (
     LAUNCH,
     Processes,
     amqtt_command,
+    free_port,
     mosquitto_command,
     port_answers,
     scrubbed_environ,
@@ -77,6 +82,8 @@ class Cluster:
         self.processes = Processes(tmp_path, self.env)
         self.broker: subprocess.Popen[bytes] | None = None
         self.server: subprocess.Popen[bytes] | None = None
+        #: Every server started, by name: its process and its base URL.
+        self.servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.engine: Engine = create_engine(self.database_url)
 
@@ -107,19 +114,45 @@ class Cluster:
         )
         assert done.returncode == 0, done.stderr
 
-    def start_server(self) -> None:
-        self.server = self.processes.spawn(
-            "server", [*LAUNCH, "server", "--port", str(self.http_port), "--host", "127.0.0.1"]
+    def start_server(self, name: str = "server", port: int | None = None) -> str:
+        """Start a compute-server (`name` is its COMPUTE_SERVER_ID and log name); the first one
+        listens on `http_port`, others on `port` or a free one. Returns its base URL."""
+        if name == "server" or not self.servers:
+            port = self.http_port
+        port = port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = self.processes.spawn(
+            name,
+            [*LAUNCH, "server", "--port", str(port), "--host", "127.0.0.1"],
+            env={**self.env, "COMPUTE_SERVER_ID": name},
         )
-        wait_until(self.healthy, STARTUP, "server to answer and reach the broker")
+        if port == self.http_port:
+            self.server = proc
+        self.servers[name] = (proc, url)
+        wait_until(
+            lambda: self._alive(name) and server_ready(url), STARTUP, f"{name} to answer and reach the broker"
+        )
+        return url
+
+    def _alive(self, name: str) -> bool:
+        proc = self.servers[name][0]
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")
+        return True
 
     def healthy(self) -> bool:
         return server_ready(self.url)
 
-    def kill_server(self) -> None:
-        assert self.server is not None
-        self.server.kill()
-        self.server.wait()
+    def health(self, name: str) -> dict[str, Any]:
+        """GET / of the server started as `name`."""
+        return dict(httpx.get(self.servers[name][1] + "/", timeout=10).json())
+
+    def kill_server(self, name: str | None = None) -> None:
+        """SIGKILL a server (the first one by default) and reap it."""
+        proc = self.server if name is None else self.servers[name][0]
+        assert proc is not None
+        proc.kill()
+        proc.wait()
 
     def start_worker(self, worker_id: str, tasks: str = TASK) -> subprocess.Popen[bytes]:
         proc = self.processes.spawn(
@@ -161,6 +194,47 @@ class Cluster:
                 return list(await asyncio.gather(*(one() for _ in range(count))))
 
         return asyncio.run(go())
+
+    def submit_alternating(
+        self,
+        urls: list[str],
+        count: int,
+        task: str = TASK,
+        data: dict[str, str] | None = None,
+        upload: bytes | None = None,
+        concurrency: int = 8,
+    ) -> tuple[list[str], int]:
+        """`count` submissions of `task` (form `data`, and `upload` as its file), the i-th to
+        `urls[i % len(urls)]`, `concurrency` at a time: (the job ids answered, how many got no
+        answer: a refused or broken connection)."""
+        import asyncio
+
+        async def go() -> tuple[list[str], int]:
+            sem = asyncio.Semaphore(concurrency)
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                async def one(i: int) -> str | None:
+                    files = None if upload is None else {"file": ("upload.png", upload, "image/png")}
+                    async with sem:
+                        try:
+                            r = await client.post(
+                                f"{urls[i % len(urls)]}/jobs/{task}", data=data or {}, files=files
+                            )
+                        except httpx.TransportError:
+                            return None  # no answer: the job may or may not exist
+                        r.raise_for_status()
+                        return str(r.json()["job_id"])
+
+                found = await asyncio.gather(*(one(i) for i in range(count)))
+                answered = [job_id for job_id in found if job_id is not None]
+                return answered, count - len(answered)
+
+        return asyncio.run(go())
+
+    def job_folders(self) -> set[str]:
+        """The job folders in the shared job storage (COMPUTE_STORAGE_DIR)."""
+        root = self.tmp / "cl_server" / "compute" / "jobs"
+        return {p.name for p in root.iterdir()} if root.exists() else set()
 
     def rows(self, where: str = "1=1") -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

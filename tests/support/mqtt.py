@@ -14,6 +14,8 @@ from typing import Any, Self
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
 
+from compute.bus.interface import topic_matches
+
 
 @dataclass(frozen=True)
 class Message:
@@ -26,7 +28,9 @@ class Message:
 
 
 class MqttProbe:
-    """A plain gmqtt client that records every message it receives, for assertions."""
+    """A plain gmqtt client that records every message it receives on its subscriptions, for
+    assertions. Only those: amqtt 0.12 also sends a client that connects every retained message
+    that matches anyone's subscription (a server's on its own status topic, say)."""
 
     def __init__(
         self, host: str, port: int, username: str | None = None, password: str | None = None
@@ -34,6 +38,7 @@ class MqttProbe:
         self.host = host
         self.port = port
         self.messages: list[Message] = []
+        self.filters: list[str] = []
         self._new = asyncio.Event()
         self._subacks: dict[int, asyncio.Event] = {}
         self.client = gmqtt.Client(f"probe-{uuid.uuid4().hex[:12]}")
@@ -54,6 +59,8 @@ class MqttProbe:
             pass
 
     def _on_message(self, _client: Any, topic: str, payload: bytes, _qos: int, props: Any) -> int:
+        if not any(topic_matches(f, topic) for f in self.filters):
+            return 0
         self.messages.append(Message(topic, bytes(payload), bool(props.get("retain"))))
         self._new.set()
         return 0
@@ -66,6 +73,7 @@ class MqttProbe:
     async def subscribe(self, topic_filter: str, timeout: float = 10.0) -> None:
         """Subscribe and return once the broker acknowledged it."""
         event = asyncio.Event()
+        self.filters.append(topic_filter)
         mid = self.client.subscribe(topic_filter, qos=1)
         self._subacks[mid] = event
         await asyncio.wait_for(event.wait(), timeout)

@@ -118,6 +118,9 @@ def test_empty_values_fall_back_to_defaults(tmp_path: Path) -> None:
         ("JOB_RATE_LIMIT", "-1"),
         ("JOB_RATE_LIMIT", "inf"),
         ("JOB_RATE_BURST", "0"),
+        ("COMPUTE_SERVER_ID", "a/b"),
+        ("COMPUTE_SERVER_ID", "x" * 65),
+        ("COMPUTE_SERVER_ID", "#"),
     ],
 )
 def test_out_of_range_values_raise_config_error_naming_the_variable(

@@ -124,19 +124,40 @@ def test_forged_or_stale_events_change_nothing(stores: Stores, tamper: str) -> N
     assert repo.get(job.job_id) == job
 
 
-def test_replayed_and_reordered_events_are_dropped(stores: Stores) -> None:
+def test_replayed_and_reordered_events_change_nothing(stores: Stores) -> None:
     repo, transitions = stores
     submit(repo)
     job = claim(repo)
     p2 = event(job, EventType.PROGRESS, 2, progress=20)
     p3 = event(job, EventType.PROGRESS, 3, progress=30)
+    # Verified but already gone past (another server applied them, or they came late): seen,
+    # not rejected, so a deployment of several servers logs no warning for each event.
     assert [o.verdict for o in transitions.apply_events([p3, p2, p3])] == [
         Verdict.APPLIED,
-        Verdict.REJECTED,
-        Verdict.REJECTED,
+        Verdict.SEEN,
+        Verdict.SEEN,
     ]
     stored = repo.get(job.job_id)
     assert stored is not None and stored.progress == 30
+    transitions.apply_events([event(job, EventType.COMPLETED, 4, progress=100)])
+    finished = repo.get(job.job_id)
+    [late] = transitions.apply_events([event(job, EventType.PROGRESS, 5, progress=50)])
+    assert late.verdict is Verdict.SEEN and repo.get(job.job_id) == finished
+
+
+def test_a_requeued_attempts_failure_sent_again_is_confirmed_again(stores: Stores) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    failed = event(job, EventType.FAILED, 1, error="boom", retryable=True)
+    [first] = transitions.apply_events([failed])
+    assert (first.verdict, first.status) == (Verdict.APPLIED, "queued")
+    # The requeue cleared the worker; the same failure again (re-sent, or at a second server)
+    # still verifies with the attempt's token: confirmed again, nothing changes.
+    before = repo.get(job.job_id)
+    [again] = transitions.apply_events([failed])
+    assert (again.verdict, again.status, again.lease_token) == (Verdict.DUPLICATE, "queued", job.lease_token)
+    assert repo.get(job.job_id) == before
 
 
 def test_resent_result_is_confirmed_but_changes_nothing(stores: Stores) -> None:

@@ -14,14 +14,14 @@ from compute.worker.identity import claim_slot, host_part
 
 def test_workers_side_by_side_get_distinct_ids_and_a_restart_gets_its_own_back(tmp_path: Path) -> None:
     first, second = claim_slot(tmp_path, "nas"), claim_slot(tmp_path, "nas")
-    assert (first.worker_id, second.worker_id) == ("worker-nas-1", "worker-nas-2")
+    assert (first.ident, second.ident) == ("worker-nas-1", "worker-nas-2")
     first.release()  # the process ended (the kernel releases the lock however it ends)
     again = claim_slot(tmp_path, "nas")
-    assert again.worker_id == "worker-nas-1"
+    assert again.ident == "worker-nas-1"
     third = claim_slot(tmp_path, "nas")
-    assert third.worker_id == "worker-nas-3"
+    assert third.ident == "worker-nas-3"
     other = claim_slot(tmp_path, "other")
-    assert other.worker_id == "worker-other-1"
+    assert other.ident == "worker-other-1"
     for slot in (second, again, third, other):
         slot.release()
 

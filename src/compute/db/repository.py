@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from compute.db.notices import notify
 from compute.db.paused import unpaused
 from compute.db.session import write_transaction
 from compute.db.tables import dumps, loads
@@ -141,8 +142,11 @@ def idempotency_scope(created_by: str | None, key: str) -> str:
 class JobRepository:
     """Jobs in SQL. Storing only: the server's JobSubmitter tells the workers about new jobs."""
 
-    def __init__(self, engine: Engine, policies: Policies | None = None) -> None:
+    def __init__(self, engine: Engine, policies: Policies | None = None, *, origin: str = "") -> None:
+        """`origin`: who writes (the server's COMPUTE_SERVER_ID), named in the changes told to
+        the deployment's other servers (db/notices.py)."""
         self.engine = engine
+        self.origin = origin
         self.policies = policies or Policies(TaskPolicy())
         #: Number of task types -> the compiled claim statement (see _claim_sql).
         self._claim_cache: dict[int, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
@@ -217,16 +221,7 @@ class JobRepository:
         Under a burst of submissions the server stores what arrived together this way: one
         write lock and one commit for the lot instead of one each (server/flow/submit.py).
         """
-        with write_transaction(self.engine) as conn:
-            conn.execute(insert(jobs), list(rows))
-            conn.execute(
-                insert(queue_entries),
-                [
-                    {"job_id": r["job_id"], "priority": r["priority"], "enqueued_at": r["created_at"]}
-                    for r in rows
-                ],
-            )
-        return [
+        changes = [
             JobChange(
                 r["job_id"],
                 JobStatus.QUEUED.value,
@@ -239,6 +234,17 @@ class JobRepository:
             )
             for r in rows
         ]
+        with write_transaction(self.engine) as conn:
+            conn.execute(insert(jobs), list(rows))
+            conn.execute(
+                insert(queue_entries),
+                [
+                    {"job_id": r["job_id"], "priority": r["priority"], "enqueued_at": r["created_at"]}
+                    for r in rows
+                ],
+            )
+            notify(conn, self.origin, changes)
+        return changes
 
     def get_job(self, job_id: str) -> Job | None:
         record = self.get(job_id)

@@ -41,7 +41,11 @@ from compute.signing import verify
 class Verdict(StrEnum):
     APPLIED = "applied"  # the event moved the job
     DUPLICATE = "duplicate"  # a terminal event for a job already finished: confirm again
-    REJECTED = "rejected"  # forged, replayed, stale or unknown: dropped
+    #: A verified event the job already went past: the same event again (re-sent, or received
+    #: by every server of a deployment and applied by another first), or an older one arriving
+    #: late. Nothing to change, nothing to report.
+    SEEN = "seen"
+    REJECTED = "rejected"  # forged, stale or unknown: dropped
 
 
 @dataclass(frozen=True)
@@ -137,13 +141,14 @@ def decide(
         return Outcome(ev, Verdict.REJECTED, status, "not the current claim", task_type), {}
     terminal_event = ev.event in FINAL_EVENTS
     if status != JobStatus.PROCESSING.value:
-        # Already finished (or requeued) under this claim: a re-sent result is confirmed again.
-        verdict = Verdict.DUPLICATE if terminal_event else Verdict.REJECTED
+        # Already finished (or requeued) under this claim: a re-sent result is confirmed again;
+        # anything else of it was seen already (re-sent, or applied by another server first).
+        verdict = Verdict.DUPLICATE if terminal_event else Verdict.SEEN
         return Outcome(
             ev, verdict, status, "job no longer running", task_type, lease_token=claim.lease_token
         ), {}
     if ev.seq <= claim.event_seq:
-        return Outcome(ev, Verdict.REJECTED, status, "replayed or out of order", task_type), {}
+        return Outcome(ev, Verdict.SEEN, status, "already applied", task_type), {}
 
     happened = ev.timestamp or now  # signed by the claim holder: when it really finished
     values: dict[str, Any] = {"event_seq": ev.seq, "updated_at": now}

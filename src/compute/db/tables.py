@@ -132,10 +132,39 @@ class PreferenceRow(Base):
     updated_by: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
+class ServerLeaseRow(Base):
+    """A job that one server of a deployment does at a time (the periodic sweeps), and who
+    holds it until when. Expiry is in the database's clock, never a server's: hosts' clocks may
+    differ by seconds (db/leases.py)."""
+
+    __tablename__ = "server_leases"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    #: The holder's COMPUTE_SERVER_ID.
+    holder: Mapped[str] = mapped_column(String, nullable=False)
+    #: Milliseconds since the epoch, by the database's clock.
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class RateBucketRow(Base):
+    """A token bucket of the job creation limit (JOB_RATE_LIMIT), shared by every server of a
+    deployment (db/rate_buckets.py): its tokens as of `at`, by the database's clock."""
+
+    __tablename__ = "rate_buckets"
+
+    #: `user:<id>` or `address:<client address>`.
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float, nullable=False)
+    #: Milliseconds since the epoch, by the database's clock.
+    at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 jobs_table = cast(Table, JobRow.__table__)
 queue_entries_table = cast(Table, QueueEntryRow.__table__)
 preferences_table = cast(Table, PreferenceRow.__table__)
 worker_sessions_table = cast(Table, WorkerSessionRow.__table__)
+server_leases_table = cast(Table, ServerLeaseRow.__table__)
+rate_buckets_table = cast(Table, RateBucketRow.__table__)
 
 
 def dumps(value: Any) -> str | None:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.engine import Connection
 
+from compute.db.notices import notify
 from compute.db.rules import Claim, LeaseSnapshot, Outcome, decide, failed_attempt
 from compute.db.session import write_transaction
 from compute.db.tables import jobs_table as jobs
@@ -55,8 +56,13 @@ _COLUMNS = tuple(jobs.c[f.name] for f in fields(Claim))
 
 
 class JobTransitions:
-    def __init__(self, engine: Engine, policies: Policies, max_result_bytes: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, policies: Policies, max_result_bytes: int | None = None, *, origin: str = ""
+    ) -> None:
+        """`origin`: who writes (a server's COMPUTE_SERVER_ID, a worker's id), named in the
+        changes told to the deployment's servers (db/notices.py) in each write's transaction."""
         self.engine = engine
+        self.origin = origin
         self.policies = policies
         #: Results larger than this (task_output as JSON) fail their job instead of being stored.
         self.max_result_bytes = max_result_bytes
@@ -65,7 +71,10 @@ class JobTransitions:
     def _lock(self, conn: Connection, where: Any) -> dict[str, Claim]:
         stmt = select(*_COLUMNS).where(where)
         if self.dialect == "postgresql":
-            stmt = stmt.with_for_update()
+            # Rows locked in one order by everyone: several servers apply the same events
+            # (each receives them all), and two batches locking a pair of jobs in opposite
+            # orders would deadlock.
+            stmt = stmt.order_by(jobs.c.job_id).with_for_update()
         return {r["job_id"]: Claim(**r) for r in conn.execute(stmt).mappings()}
 
     # -- worker events -----------------------------------------------------------------------
@@ -98,6 +107,7 @@ class JobTransitions:
                     )
                     .values(**values)
                 )
+            notify(conn, self.origin, (outcome.change for outcome in outcomes))
         return outcomes
 
     # -- orphans -------------------------------------------------------------------------------
@@ -164,6 +174,7 @@ class JobTransitions:
                         attempt=claim.attempt,
                     )
                 )
+            notify(conn, self.origin, rescued)
         if rescued:
             log.warning("rescued %d job(s): %s", len(rescued), reason)
         return rescued
@@ -198,6 +209,7 @@ class JobTransitions:
                     cause=Cause.CANCELLED,
                     priority=claim.priority,
                 )
+                notify(conn, self.origin, [change])
         return Cancelled(claim.status, claim.worker_id, claim.attempt, claim.lease_token, change)
 
     # -- operators' changes ----------------------------------------------------------------------
@@ -282,4 +294,5 @@ class JobTransitions:
                     priority=claim.priority,
                     wake_at=0,
                 )
+                notify(conn, self.origin, [change])
         return Changed(claim.status, claim.task_type, claim.priority, retryable, change)

@@ -133,12 +133,17 @@ def server_client_suffix(engine: Engine) -> str:
     return drawn_once(engine, CLIENT_SUFFIX_KEY, lambda: secrets.token_hex(8))
 
 
-def server_client_ids(explicit: str | None, default_base: str, engine: Engine) -> tuple[str, str]:
+def server_client_ids(
+    explicit: str | None, default_base: str, server_id: str, engine: Engine
+) -> tuple[str, str]:
     """The server's MQTT client ids: (main connection, presence connection).
 
     The main one holds the persistent session (worker events wait there while the server
-    restarts), so it must stay the same across restarts: `MQTT_CLIENT_ID` when set, else
-    `<default_base>-<suffix kept in the database>`.
+    restarts), so it must stay the same across this server's restarts, and differ from every
+    other server's of the deployment: two servers under one id would take the session from each
+    other in a loop (the broker cuts the older connection, whose supervisor reconnects at once).
+    `MQTT_CLIENT_ID` when set (then each server needs its own); else
+    `<default_base>-<suffix kept in the database>-<server id>`.
     """
-    main = explicit or f"{default_base}-{server_client_suffix(engine)}"
+    main = explicit or f"{default_base}-{server_client_suffix(engine)}-{server_id}"
     return main, f"{main}-presence"

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -27,11 +28,13 @@ from compute.background import BackgroundTasks
 from compute.broker import start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
+from compute.db.leases import Leases
 from compute.db.paused import PausedTasks
 from compute.db.preferences import PreferenceStore
 from compute.db.queries import JobQueries
+from compute.db.rate_buckets import SharedBuckets, buckets_engine
 from compute.db.repository import JobRepository
-from compute.db.session import check_migrated, make_engine, ping
+from compute.db.session import check_migrated, is_sqlite, make_engine, ping
 from compute.db.storage_id import server_storage_id
 from compute.db.transitions import JobTransitions
 from compute.db.worker_sessions import WorkerSessions, server_client_ids
@@ -48,25 +51,36 @@ from compute.server.flow.dispatch import Dispatcher
 from compute.server.flow.ingest import EventIngest
 from compute.server.flow.pause import TaskPauses
 from compute.server.flow.rescue import Rescuer
+from compute.server.flow.server_status import ServerStatus
 from compute.server.flow.submit import JobSubmitter
 from compute.server.flow.workers import WorkerRegistry
 from compute.server.live.changes import ChangeFeed, owner_of
 from compute.server.live.guests import GuestStreams
+from compute.server.live.notices import ChangeNotices, listens
 from compute.server.live.queue_summary import QueueReporter
 from compute.server.loopsafe import LoopHop, LoopSafeBus
 from compute.server.metrics import ServerMetrics
 from compute.server.sweeps.forget import WorkerForgetter
+from compute.server.sweeps.lease import SweepLease
 from compute.server.sweeps.orphans import OrphanSweeper
 from compute.server.sweeps.priority_aging import PriorityAging
 from compute.server.sweeps.retention import RetentionPolicy, RetentionSweeper
 from compute.server.sweeps.staged_outputs import StagingSweeper
+from compute.slots import Slot, claim_slot
 from compute.storage import JobStorage, write_storage_marker
-from compute.topics import OFFLINE, ONLINE, Topics, event_payload_limit
+from compute.topics import OFFLINE, Topics, event_payload_limit
+
+#: Where servers without COMPUTE_SERVER_ID take their slot (compute/slots.py), in CL_SERVER_DIR.
+SERVER_SLOTS = "server-slots"
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
+    #: This server among the deployment's (COMPUTE_SERVER_ID, or the slot it holds).
+    server_id: str
+    #: The slot behind `server_id` when none was configured; released when the server stops.
+    slot: Slot | None
     topics: Topics
     #: For the background parts (events, rescue, presence); waits for the database as configured.
     engine: Engine
@@ -80,6 +94,8 @@ class Services:
     bus: MqttBus
     #: Worker `info` only: a flood there cannot delay job events.
     presence_bus: MqttBus
+    #: `<root>/server/status`: online while any server of the deployment is.
+    status: ServerStatus
     verifier: TokenVerifier
     guest: GuestMode
     storage: JobStorage
@@ -93,6 +109,8 @@ class Services:
     dispatcher: Dispatcher
     #: What every write changed, told to everyone who must know.
     announcer: ChangeAnnouncer
+    #: What other processes committed, onto the live views (None on SQLite).
+    notices: ChangeNotices | None
     submitter: JobSubmitter
     transitions: JobTransitions
     canceller: Canceller
@@ -107,14 +125,17 @@ class Services:
     #: Listing reads for people (GET /jobs, GET /workers), on the routes' engine.
     queries: JobQueries
     route_sessions: WorkerSessions
-    #: Job creation per user or client address (JOB_RATE_LIMIT; off by default).
-    job_rate: KeyedLimiter
+    #: Job creation per user or client address (JOB_RATE_LIMIT; off by default): in the
+    #: database on PostgreSQL, shared by the deployment's servers; in memory on SQLite.
+    job_rate: KeyedLimiter | SharedBuckets
     #: Finished jobs pruned by RETENTION_DAYS / RETENTION_MAX_JOBS.
     retention: RetentionSweeper
     #: Retained topics and sessions of workers gone longer than WORKER_FORGET_AFTER cleared.
     forgetter: WorkerForgetter
     #: Waiting jobs move up a priority step per PRIORITY_AGING_SECONDS.
     aging: PriorityAging
+    #: Whether this server runs the periodic sweeps (one server of a deployment at a time).
+    sweep_lease: SweepLease
     #: Paused task types (in the database; the retained flag mirrors them).
     pauses: TaskPauses
     #: What GET /metrics exposes; the announcer observes into it.
@@ -125,6 +146,15 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     """Every part, constructed; nothing connects until `running`."""
+    slot = None
+    server_id = settings.server_id
+    if server_id is None:
+        # The same id after a restart, another one beside it: what keeps each server's MQTT
+        # session its own and names it in the sweep lease.
+        slot = claim_slot(
+            settings.cl_server_dir / SERVER_SLOTS, "server", socket.gethostname(), "set COMPUTE_SERVER_ID"
+        )
+        server_id = slot.ident
     engine = make_engine(settings.database_url)
     # HTTP requests use their own engine: it waits for a locked or unreachable database at most
     # DB_REQUEST_TIMEOUT, on threads of their own (RouteDatabase), so the loop never waits.
@@ -140,11 +170,7 @@ def build_services(settings: Settings) -> Services:
         will=(topics.server_status, OFFLINE, True),
         name="server-bus",
     )
-
-    def announce_online() -> None:
-        bus.publish(topics.server_status, ONLINE, qos=1, retain=True)
-
-    bus.on_connect(announce_online)
+    status = ServerStatus(bus, topics)
     presence_bus = MqttBus(
         settings, client_id=f"{settings.server_client_id}-presence", name="server-presence"
     )
@@ -154,8 +180,17 @@ def build_services(settings: Settings) -> Services:
     safe_bus = LoopSafeBus(bus, hop)
     storage = JobStorage(settings.storage_dir, settings.max_upload_bytes)
     staging = OutputStaging(storage)
-    repo = JobRepository(route_engine, policies=settings.task_policies)
-    queues = QueueReporter(bus, topics, repo, hop)
+    #: Who made a change, in what other servers are told of it (db/notices.py).
+    origin = f"server:{server_id}"
+    repo = JobRepository(route_engine, policies=settings.task_policies, origin=origin)
+    # One server of the deployment runs the periodic sweeps and publishes the queue summaries.
+    sweep_lease = SweepLease(Leases(engine), server_id, settings.sweep_lease_seconds)
+
+    def runs_sweeps() -> bool:
+        return sweep_lease.held
+
+    queues = QueueReporter(bus, topics, repo, hop, when=runs_sweeps)
+    sweep_lease.on_gained = queues.mark_dirty
     budget = DescriptorBudget.for_process()
     changes = ChangeFeed(
         lambda job_id: owner_of(repo, job_id),
@@ -164,13 +199,24 @@ def build_services(settings: Settings) -> Services:
         max_per_viewer=settings.sse_max_per_user,
     )
     dispatcher = Dispatcher(safe_bus, topics)
-    transitions = JobTransitions(engine, settings.task_policies, settings.max_result_bytes)
+    transitions = JobTransitions(engine, settings.task_policies, settings.max_result_bytes, origin=origin)
     # Every installed task type is reported, with zeros while it has no jobs.
     metrics = ServerMetrics(sorted(route_factories()))
     announcer = ChangeAnnouncer(safe_bus, topics, dispatcher, changes, queues, metrics, hop)
-    rescuer = Rescuer(transitions, announcer, settings.lease_seconds, settings.lease_renew_seconds)
+    # What the deployment's other servers, and workers writing their results themselves,
+    # commit: onto this server's live views (PostgreSQL only: one server per SQLite database).
+    notices = (
+        ChangeNotices(settings.database_url, origin, announcer.show, hop, on_gap=changes.missed)
+        if listens(settings.database_url)
+        else None
+    )
+    rescuer = Rescuer(
+        transitions, announcer, settings.lease_seconds, settings.lease_renew_seconds, when=runs_sweeps
+    )
     # The routes' changes wait for the database only as long as a request may.
-    route_transitions = JobTransitions(route_engine, settings.task_policies, settings.max_result_bytes)
+    route_transitions = JobTransitions(
+        route_engine, settings.task_policies, settings.max_result_bytes, origin=origin
+    )
     pauses = TaskPauses(PausedTasks(route_engine), safe_bus, topics, dispatcher)
 
     async def announce_paused() -> None:  # the flags again on every connect: the database's state
@@ -179,6 +225,8 @@ def build_services(settings: Settings) -> Services:
     bus.on_connect(announce_paused)
     return Services(
         settings=settings,
+        server_id=server_id,
+        slot=slot,
         topics=topics,
         engine=engine,
         route_engine=route_engine,
@@ -186,6 +234,7 @@ def build_services(settings: Settings) -> Services:
         hop=hop,
         bus=bus,
         presence_bus=presence_bus,
+        status=status,
         verifier=TokenVerifier.from_settings(settings),
         guest=GuestMode(PreferenceStore(route_engine), settings.guest_mode),
         storage=storage,
@@ -195,6 +244,7 @@ def build_services(settings: Settings) -> Services:
         changes=changes,
         dispatcher=dispatcher,
         announcer=announcer,
+        notices=notices,
         submitter=JobSubmitter(repo, announcer, db),
         transitions=transitions,
         canceller=Canceller(route_transitions, safe_bus, topics, announcer),
@@ -216,20 +266,33 @@ def build_services(settings: Settings) -> Services:
             listen=presence_bus,
             heartbeat_interval=settings.heartbeat_interval,
         ),
-        orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds),
-        staging_sweeper=StagingSweeper(repo, staging, db),
+        orphans=OrphanSweeper(repo, storage, db, settings.orphan_grace_seconds, when=runs_sweeps),
+        staging_sweeper=StagingSweeper(repo, staging, db, when=runs_sweeps),
         queries=JobQueries(route_engine),
         route_sessions=WorkerSessions(route_engine),
-        job_rate=KeyedLimiter(settings.job_rate_limit, settings.job_rate_burst),
+        job_rate=_job_rate_limit(settings),
         retention=RetentionSweeper(
-            engine, storage, RetentionPolicy(settings.retention_days, settings.retention_max_jobs)
+            engine,
+            storage,
+            RetentionPolicy(settings.retention_days, settings.retention_max_jobs),
+            when=runs_sweeps,
         ),
-        forgetter=WorkerForgetter(engine, bus, topics, settings.worker_forget_after),
-        aging=PriorityAging(engine, settings.priority_aging_seconds, queues.mark_dirty),
+        forgetter=WorkerForgetter(engine, bus, topics, settings.worker_forget_after, when=runs_sweeps),
+        aging=PriorityAging(engine, settings.priority_aging_seconds, queues.mark_dirty, when=runs_sweeps),
+        sweep_lease=sweep_lease,
         pauses=pauses,
         metrics=metrics,
         budget=budget,
     )
+
+
+def _job_rate_limit(settings: Settings) -> KeyedLimiter | SharedBuckets:
+    """JOB_RATE_LIMIT per deployment: buckets in PostgreSQL, on a small engine of their own
+    whose commits do not wait for the disk; with SQLite (one server) in this process."""
+    rate, burst = settings.job_rate_limit, settings.job_rate_burst
+    if rate <= 0 or is_sqlite(settings.database_url):
+        return KeyedLimiter(rate, burst)
+    return SharedBuckets(buckets_engine(settings.database_url, settings.db_request_timeout), rate, burst)
 
 
 @contextlib.asynccontextmanager
@@ -251,18 +314,21 @@ async def running(
     write_storage_marker(s.settings.storage_dir, server_storage_id(s.engine))
     broker = await start_embedded_if_needed(s.settings) if start_broker else None
     s.bus.client_id, s.presence_bus.client_id = server_client_ids(
-        s.settings.mqtt_client_id, s.settings.server_client_id, s.engine
+        s.settings.mqtt_client_id, s.settings.server_client_id, s.server_id, s.engine
     )
     await s.bus.start()
     await s.presence_bus.start()
     tasks = BackgroundTasks(on_fatal or _terminate)
     tasks.start("ingest", s.ingest.run, fatal=True)
+    tasks.start("sweep-lease", s.sweep_lease.run)
     tasks.start("worker-sessions", s.registry.run)
     tasks.start("queue-summary", s.queues.run)
     tasks.start("lease-sweep", s.rescuer.run)
     tasks.start("orphan-sweep", s.orphans.run)
     tasks.start("staging-sweep", s.staging_sweeper.run)
     tasks.start("live-views", s.changes.run)
+    if s.notices is not None:
+        tasks.start("change-notices", s.notices.run)
     tasks.start("guest-views", GuestStreams(s.changes, s.guest, s.db).run)
     tasks.start("retention", s.retention.run)
     tasks.start("forget-workers", s.forgetter.run)
@@ -272,13 +338,17 @@ async def running(
     finally:
         s.changes.close()  # compute-server ended the streams already (serving.py); tests may not
         await tasks.close()
-        s.bus.publish(s.topics.server_status, OFFLINE, qos=1, retain=True)
+        s.status.leave()
         await s.presence_bus.close()
         await s.bus.close()
         if broker is not None:
             await broker.stop()
         s.engine.dispose()
         s.route_engine.dispose()
+        if isinstance(s.job_rate, SharedBuckets):
+            s.job_rate.engine.dispose()
+        if s.slot is not None:
+            s.slot.release()
 
 
 def _terminate() -> None:

@@ -64,7 +64,11 @@ class Worker:
         self.announcer = Announcer(
             bus, presence, topics, self.worker_id, self.task_types, self.session, secret
         )
-        transitions = JobTransitions(repo.engine, settings.task_policies, settings.max_result_bytes)
+        # Named in what the servers are told of a result this worker writes itself (db/notices.py).
+        origin = f"worker:{settings.worker_id}"
+        transitions = JobTransitions(
+            repo.engine, settings.task_policies, settings.max_result_bytes, origin=origin
+        )
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
         self.runner = JobRunner(
             tasks, self.outbox, plugin_host(settings, tasks), settings.max_result_bytes, folders

@@ -57,6 +57,10 @@ class EventIngest:
         #: Dropped events by reason ("malformed", "bad signature", "replayed or out of order" ...).
         self.rejected: Counter[str] = Counter()
         self.applied = 0
+        #: Verified events the job had already gone past: with several servers, every server
+        #: receives every event and all but the first find it applied (INTERNALS, "Several
+        #: servers"); a worker's re-sent result counts here too.
+        self.seen = 0
         bus.subscribe(topics.all_job_events, self._on_message, qos=1)
 
     def _on_message(self, topic: str, payload: bytes, _retained: bool) -> None:
@@ -132,6 +136,8 @@ class EventIngest:
                 )
             elif outcome.verdict is Verdict.APPLIED:
                 self.applied += 1
+            else:
+                self.seen += 1
         self.announcer.announce(outcome.change for outcome in outcomes)
         for outcome in outcomes:
             ev = outcome.event

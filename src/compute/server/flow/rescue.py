@@ -22,7 +22,7 @@ from compute.db.transitions import JobTransitions
 from compute.jobs import JobChange
 from compute.logs import LogLimiter
 from compute.server.flow.announcer import ChangeAnnouncer
-from compute.server.sweeps.periodic import every
+from compute.server.sweeps.periodic import Gate, always, every
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -38,7 +38,11 @@ class Rescuer:
         announcer: ChangeAnnouncer,
         lease_seconds: float,
         renew_seconds: float = 1.0,
+        when: Gate = always,
     ) -> None:
+        """`when`: whether this server runs the lease sweep now (one server of a deployment
+        does); Will checks run on every server that receives the Will, their rescue guarded."""
+        self.when = when
         self.transitions = transitions
         self.announcer = announcer
         #: Check for expired leases this often: a quarter of the lease, between 1 and 15 s.
@@ -97,7 +101,7 @@ class Rescuer:
     async def run(self) -> None:
         """The lease sweep, until cancelled (which also drops the Will checks still waiting)."""
         try:
-            await every(self.interval, self.sweep, "lease sweep", limited)
+            await every(self.interval, self.sweep, "lease sweep", limited, self.when)
         finally:
             for task in list(self._checking):
                 task.cancel()

@@ -202,14 +202,17 @@ async def _rate_limit(request: Request, user: JobUser) -> None:
     """Job creation per user, or per client address without a token (JOB_RATE_LIMIT): 429 with
     `Retry-After` past it. A retry an Idempotency-Key answers with its earlier job creates
     nothing and costs nothing. Runs after the upload arrived (bounded by MAX_UPLOAD_BYTES)."""
-    limiter = services_of(request).job_rate
+    services = services_of(request)
+    limiter = services.job_rate
     if not limiter.enabled or _replay.get() is not None:
         return
     if user is not None:
         key = f"user:{user.id}"
     else:
         key = f"address:{request.client.host if request.client else '-'}"
-    wait = limiter.acquire(key)
+    # The deployment's buckets are rows of the database (one write, off the loop); a process's
+    # own are in memory.
+    wait = await services.db.call(limiter.acquire, key) if limiter.shared else limiter.acquire(key)
     if wait > 0:
         seconds = math.ceil(wait)
         raise HTTPException(

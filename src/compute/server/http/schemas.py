@@ -165,6 +165,10 @@ class Health(BaseModel):
     auth_required: bool
     #: "on" when requests without a token may use the job routes.
     guestMode: str  # CL Server's field name
+    #: Which server of the deployment answered (COMPUTE_SERVER_ID).
+    server_id: str
+    #: Whether this server runs the periodic sweeps now (one server of a deployment does).
+    sweeps: bool
 
 
 class GuestModeState(BaseModel):

@@ -257,6 +257,12 @@ class ChangeFeed:
             sub.end(reason)
             self.unsubscribe(sub)
 
+    def missed(self) -> None:
+        """Changes may have been missed (the database's notices were cut off for a while): end
+        every subscription as if it fell behind (`overflow`), so its client reads the state
+        again. Safe from any thread."""
+        self._on_loop(self._end_where, lambda _sub: True, OVERFLOW)
+
     def close(self) -> None:
         """End every subscription (server shutdown): their streams finish at once."""
         self.closed = True

@@ -1,7 +1,9 @@
 """Keeps the retained per-task queue summary (`<root>/queues/<task>`) current.
 
 Whatever changes a job's status calls `mark_dirty()` (from the event loop or a database thread);
-`run()` then recomputes the summary from the database at most every MIN_INTERVAL.
+`run()` then recomputes the summary from the database at most every MIN_INTERVAL. With several
+servers, only the one that holds the sweep lease publishes (`when`): each would publish the same
+summary, from the same database, once per change.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from compute.bus.interface import Bus
 from compute.db.repository import JobRepository, QueueSummary
 from compute.jobs import now_ms
 from compute.server.loopsafe import LoopHop
+from compute.server.sweeps.periodic import Gate, always
 from compute.topics import QueueState, Topics, encode
 
 log = logging.getLogger(__name__)
@@ -22,9 +25,18 @@ AGE_REFRESH = 5.0  # seconds: refresh "oldest waiting age" while jobs wait
 
 
 class QueueReporter:
-    def __init__(self, bus: Bus, topics: Topics, repo: JobRepository, hop: LoopHop | None = None) -> None:
-        """`hop` brings a `mark_dirty` from a database thread onto the loop (none: call it on the loop)."""
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Topics,
+        repo: JobRepository,
+        hop: LoopHop | None = None,
+        when: Gate = always,
+    ) -> None:
+        """`hop` brings a `mark_dirty` from a database thread onto the loop (none: call it on the
+        loop); `when` says whether this server publishes the summaries now."""
         self.repo = repo
+        self.when = when
         self.bus = bus
         self.topics = topics
         self._hop = hop or LoopHop()
@@ -51,6 +63,11 @@ class QueueReporter:
             except TimeoutError:
                 pass
             self._dirty.clear()
+            if not self.when():
+                # Another server publishes; when this one takes over it starts from nothing.
+                self._last.clear()
+                self._waiting = False
+                continue
             try:
                 await self.publish_now()
             except Exception:

@@ -28,6 +28,8 @@ async def health(request: Request, services: ServicesDep) -> Health:
         database_detail=db.reason,
         auth_required=not services.verifier.disabled,
         guestMode="on" if await guest_mode_on(request, wait=False) else "off",
+        server_id=services.server_id,
+        sweeps=services.sweep_lease.held,
     )
 
 

@@ -20,7 +20,7 @@ from compute.bus.interface import Bus
 from compute.db import cleanup as db
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
-from compute.server.sweeps.periodic import every
+from compute.server.sweeps.periodic import Gate, always, every
 from compute.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,15 @@ MAX_INTERVAL = 3600.0
 
 class WorkerForgetter:
     def __init__(
-        self, engine: Engine, bus: Bus, topics: Topics, forget_after: float, batch: int = BATCH
+        self,
+        engine: Engine,
+        bus: Bus,
+        topics: Topics,
+        forget_after: float,
+        batch: int = BATCH,
+        when: Gate = always,
     ) -> None:
+        self.when = when
         self.engine = engine
         self.bus = bus
         self.topics = topics
@@ -77,7 +84,7 @@ class WorkerForgetter:
     async def run(self) -> None:
         if self.forget_after <= 0:
             return
-        await every(self.interval, self._one_pass, "clearing gone workers", limited)
+        await every(self.interval, self._one_pass, "clearing gone workers", limited, self.when)
 
     async def _one_pass(self) -> None:
         while len(await self.forget_once()) == self.batch:

@@ -12,7 +12,7 @@ import logging
 from compute.db.repository import JobRepository
 from compute.logs import LogLimiter
 from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
-from compute.server.sweeps.periodic import every
+from compute.server.sweeps.periodic import Gate, always, every
 from compute.storage import JobStorage
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,10 @@ MAX_INTERVAL = 300.0
 
 
 class OrphanSweeper:
-    def __init__(self, repo: JobRepository, storage: JobStorage, db: RouteDatabase, grace: float) -> None:
+    def __init__(
+        self, repo: JobRepository, storage: JobStorage, db: RouteDatabase, grace: float, when: Gate = always
+    ) -> None:
+        self.when = when
         self.repo = repo
         self.storage = storage
         self.db = db
@@ -48,7 +51,11 @@ class OrphanSweeper:
 
     async def run(self) -> None:
         await every(
-            min(MAX_INTERVAL, max(1.0, self.grace / 2)), self._one_pass, "orphan folder sweep", limited
+            min(MAX_INTERVAL, max(1.0, self.grace / 2)),
+            self._one_pass,
+            "orphan folder sweep",
+            limited,
+            self.when,
         )
 
     async def _one_pass(self) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from compute.db.aging import age_queued
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
-from compute.server.sweeps.periodic import every
+from compute.server.sweeps.periodic import Gate, always, every
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -29,7 +29,9 @@ class PriorityAging:
         on_change: Callable[[], None],
         batch: int = BATCH,
         clock: Callable[[], int] = now_ms,
+        when: Gate = always,
     ) -> None:
+        self.when = when
         self.engine = engine
         self.step_ms = int(step_seconds * 1000)
         self.on_change = on_change
@@ -54,7 +56,7 @@ class PriorityAging:
         if self.step_ms <= 0:
             return
         # Checking a few times a step keeps a job's wait for its next step near the step itself.
-        await every(max(0.5, self.step_ms / 4000), self._one_pass, "priority aging", limited)
+        await every(max(0.5, self.step_ms / 4000), self._one_pass, "priority aging", limited, self.when)
 
     async def _one_pass(self) -> None:
         if await asyncio.to_thread(self.age):

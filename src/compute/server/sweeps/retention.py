@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from compute.db import cleanup as db
 from compute.jobs import now_ms
 from compute.logs import LogLimiter
-from compute.server.sweeps.periodic import every
+from compute.server.sweeps.periodic import Gate, always, every
 from compute.storage import JobStorage
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class RetentionSweeper:
         policy: RetentionPolicy,
         batch: int = BATCH,
         interval: float = INTERVAL,
+        when: Gate = always,
     ) -> None:
+        self.when = when
         self.engine = engine
         self.storage = storage
         self.policy = policy
@@ -91,4 +93,6 @@ class RetentionSweeper:
         if not self.policy.active:
             return
         # On a thread: a locked database must not stall the event loop.
-        await every(self.interval, lambda: asyncio.to_thread(self.prune), "retention pass", limited)
+        await every(
+            self.interval, lambda: asyncio.to_thread(self.prune), "retention pass", limited, self.when
+        )

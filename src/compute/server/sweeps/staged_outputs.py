@@ -13,17 +13,23 @@ from compute.files.staging import OutputStaging
 from compute.jobs import JobStatus
 from compute.logs import LogLimiter
 from compute.server.dbcalls import DatabaseUnavailable, RouteDatabase
-from compute.server.sweeps.periodic import every
+from compute.server.sweeps.periodic import Gate, always, every
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
 
 #: Seconds between passes after the first.
 STAGING_SWEEP_INTERVAL = 60.0
+#: Seconds from start to the first pass: time for the sweep lease's first try (sweeps/lease.py).
+FIRST_PASS = 1.0
 
 
 class StagingSweeper:
-    def __init__(self, repo: JobRepository, staging: OutputStaging, db: RouteDatabase) -> None:
+    def __init__(
+        self, repo: JobRepository, staging: OutputStaging, db: RouteDatabase, when: Gate = always
+    ) -> None:
+        """`when`: whether this server runs the sweeps now (one server of a deployment does)."""
+        self.when = when
         self.repo = repo
         self.staging = staging
         self.db = db
@@ -62,11 +68,11 @@ class StagingSweeper:
         return promoted, discarded
 
     async def run(self) -> None:
-        try:  # at start: what a stop between a commit and its promotion left
-            await self._one_pass()
-        except Exception:
-            limited.exception("staging sweep", "staging sweep failed; trying again later")
-        await every(STAGING_SWEEP_INTERVAL, self._one_pass, "staging sweep", limited)
+        # Soon after start (what a stop between a commit and its promotion left), then every
+        # interval; on the server that holds the sweep lease.
+        await every(
+            STAGING_SWEEP_INTERVAL, self._one_pass, "staging sweep", limited, self.when, first=FIRST_PASS
+        )
 
     async def _one_pass(self) -> None:
         try:
