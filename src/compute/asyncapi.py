@@ -164,10 +164,11 @@ CHANNELS: tuple[Channel, ...] = (
         lambda t: t.server_status,
         (_PRESENCE,),
         "server",
-        (),
+        ("server",),
         1,
         True,
-        "The server's availability (its Last Will says offline).",
+        "The servers' availability: online while any of them is connected (each one's Last Will "
+        "says offline; another puts online back).",
     ),
     Channel(
         "legacyEvents",

@@ -5,7 +5,7 @@ itself) commits must reach the others' live views. The bus will not do: anyone w
 on it could forge a change. So every job write on PostgreSQL also issues `NOTIFY` on `CHANNEL`
 in its own transaction, with what changed (`notify`): only a client of the database can notify,
 a notice is delivered only if the write commits, and in commit order. Each server listens
-(server/live/notices.py) and shows the changes whose `origin` is not its own (its own it shows
+(server/live/notice_listener.py) and shows the changes whose `origin` is not its own (its own it shows
 already). SQLite has no such channel: one server per SQLite database, as before.
 
 A notice carries what the live views show (`JobChange.as_dict`), why it changed and, for a new
@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from compute.errors import ComputeError
 from compute.jobs import Cause, JobChange, now_ms
 
 CHANNEL = "compute_job_changes"
@@ -72,8 +73,8 @@ def _payload(head: str, batch: list[str]) -> str:
     return f'{{"o":{head},"c":[{",".join(batch)}]}}'
 
 
-class BadNotice(ValueError):
-    """A notice that is not what `notify` sends."""
+class BadNotice(ComputeError, ValueError):
+    """A change notice that is not what `notify` sends."""
 
 
 def parse(payload: str) -> tuple[str, list[JobChange]]:

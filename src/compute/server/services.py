@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -56,7 +57,7 @@ from compute.server.flow.submit import JobSubmitter
 from compute.server.flow.workers import WorkerRegistry
 from compute.server.live.changes import ChangeFeed, owner_of
 from compute.server.live.guests import GuestStreams
-from compute.server.live.notices import ChangeNotices, listens
+from compute.server.live.notice_listener import ChangeNotices, listens
 from compute.server.live.queue_summary import QueueReporter
 from compute.server.loopsafe import LoopHop, LoopSafeBus
 from compute.server.metrics import ServerMetrics
@@ -70,6 +71,10 @@ from compute.slots import Slot, claim_slot
 from compute.storage import JobStorage, write_storage_marker
 from compute.topics import OFFLINE, Topics, event_payload_limit
 
+log = logging.getLogger(__name__)
+
+#: Seconds the start waits for the live views' connection to the database's change notices.
+NOTICES_READY = 10.0
 #: Where servers without COMPUTE_SERVER_ID take their slot (compute/slots.py), in CL_SERVER_DIR.
 SERVER_SLOTS = "server-slots"
 
@@ -202,12 +207,16 @@ def build_services(settings: Settings) -> Services:
     transitions = JobTransitions(engine, settings.task_policies, settings.max_result_bytes, origin=origin)
     # Every installed task type is reported, with zeros while it has no jobs.
     metrics = ServerMetrics(sorted(route_factories()))
-    announcer = ChangeAnnouncer(safe_bus, topics, dispatcher, changes, queues, metrics, hop)
-    # What the deployment's other servers, and workers writing their results themselves,
-    # commit: onto this server's live views (PostgreSQL only: one server per SQLite database).
+    # On PostgreSQL the live views show what the database says was committed, by this server,
+    # the deployment's others and workers writing their results themselves, in commit order;
+    # on SQLite (one server per database) what this server changed.
+    from_database = listens(settings.database_url)
+    announcer = ChangeAnnouncer(
+        safe_bus, topics, dispatcher, changes, queues, metrics, hop, show_own=not from_database
+    )
     notices = (
-        ChangeNotices(settings.database_url, origin, announcer.show, hop, on_gap=changes.missed)
-        if listens(settings.database_url)
+        ChangeNotices(settings.database_url, announcer.show, hop, on_gap=changes.missed)
+        if from_database
         else None
     )
     rescuer = Rescuer(
@@ -329,6 +338,10 @@ async def running(
     tasks.start("live-views", s.changes.run)
     if s.notices is not None:
         tasks.start("change-notices", s.notices.run)
+        # Changes committed from here on reach the live views (a database that does not answer
+        # now would have failed the migration check above).
+        if not await s.notices.ready(NOTICES_READY):
+            log.warning("not listening to the database's change notices yet; live views wait for it")
     tasks.start("guest-views", GuestStreams(s.changes, s.guest, s.db).run)
     tasks.start("retention", s.retention.run)
     tasks.start("forget-workers", s.forgetter.run)

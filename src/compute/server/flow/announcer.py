@@ -12,9 +12,11 @@ priority, a rescue. `announce` then, on the event loop, in this order:
    own status names, and the retained queue summaries, marked for recomputation).
 
 Steps 1-3 happen once, on the server that made the change. Step 4 is what every server must do
-for every change, its own or another's: when several servers share one database, a change made
-by another server reaches this one's live views through `show` alone (the seam for that; today
-each server shows only its own changes).
+for every change, its own or another's. On PostgreSQL, where several servers may share the
+database, every change reaches the live views from the database's notices
+(server/live/notice_listener.py), this server's own too (`show_own` False): so each server shows
+the changes in the order they committed, whoever made them (shown at once, a server's own change
+could come before an earlier one another server committed). On SQLite `announce` shows them.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ class ChangeAnnouncer:
         queues: QueueReporter,
         metrics: ServerMetrics,
         hop: LoopHop | None = None,
+        show_own: bool = True,
     ) -> None:
         """`hop` brings an announcement from a database thread onto the event loop (none: call
-        `announce` on the loop)."""
+        `announce` on the loop); `show_own` False: this server's changes reach its live views
+        from the database's notices, like everyone else's."""
+        self.show_own = show_own
         self.bus = bus
         self.topics = topics
         self.dispatcher = dispatcher
@@ -79,7 +84,8 @@ class ChangeAnnouncer:
                 timestamp=change.timestamp,
             )
             self.bus.publish(self.topics.legacy_events, encode(legacy), qos=1)
-        self.show(shown)
+        if self.show_own:
+            self.show(shown)
 
     def show(self, changes: list[JobChange]) -> None:
         """This server's live views: the change feed, and the queue summaries marked stale."""

@@ -1,11 +1,12 @@
 """Changes committed by the deployment's other processes, onto this server's live views.
 
 Every job write on PostgreSQL notifies `db/notices.CHANNEL` in its own transaction (whoever
-made it: another server, or a worker that wrote its result itself). `ChangeNotices` keeps one
-connection of its own listening there, on a thread (a blocking wait, off the event loop), and
-hands each notice's changes, except this server's own (it showed those when it made them), to
-`show` on the event loop: the announcer's step 4 (server/flow/announcer.py), i.e. the change
-feed behind SSE and the queue summaries.
+made it: this server, another one, or a worker that wrote its result itself). `ChangeNotices`
+keeps one connection of its own listening there, on a thread (a blocking wait, off the event
+loop), and hands each notice's changes to `show` on the event loop: the announcer's step 4
+(server/flow/announcer.py), i.e. the change feed behind SSE and the queue summaries. Notices
+arrive in commit order, so every server's live views show every job's changes in the order they
+were made, this server's own included.
 
 The connection is the database's, so nothing on the broker can reach this path. If it breaks,
 the thread connects again with backoff; notices sent meanwhile are lost, so every live view is
@@ -45,16 +46,14 @@ class ChangeNotices:
     def __init__(
         self,
         database_url: str,
-        own_origin: str,
         show: Callable[[list[JobChange]], None],
         hop: LoopHop,
         on_gap: Callable[[], None],
         wait: float = 5.0,
     ) -> None:
-        """`own_origin`: this server's (its changes are not shown twice); `wait`: how long a
-        connection attempt or a silent network may take before it counts as broken."""
+        """`wait`: how long a connection attempt or a silent network may take before it counts
+        as broken."""
         self.database_url = database_url
-        self.own_origin = own_origin
         self.show = show
         self.hop = hop
         self.on_gap = on_gap
@@ -71,6 +70,11 @@ class ChangeNotices:
     def listening(self) -> bool:
         """True while the connection listens (changes committed from now on will come)."""
         return self._listening.is_set()
+
+    async def ready(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until the connection listens: what commits from then
+        on will show."""
+        return await asyncio.to_thread(self._listening.wait, timeout)
 
     async def run(self) -> None:
         """Listen on a thread of its own until cancelled."""
@@ -123,12 +127,12 @@ class ChangeNotices:
     def _received(self, payload: str) -> None:
         self.notices += 1
         try:
-            origin, changes = parse(payload)
+            _origin, changes = parse(payload)
         except BadNotice as exc:
             self.bad += 1
             limited.warning("bad notice", "ignored a change notice that does not parse: %s", exc)
             return
-        if origin == self.own_origin or not changes:
+        if not changes:
             return
         self.shown += len(changes)
         self.hop.call(self.show, changes)
