@@ -42,6 +42,9 @@ def make_settings(tmp_path: Path, db_url: str, broker: BrokerInfo, prefix: str, 
         cl_server_dir=tmp_path,
         database_url=db_url,
         storage_dir=tmp_path / "storage",
+        # Settings' own default is relative (load_settings puts it under CL_SERVER_DIR): a
+        # worker started from these settings left its scratch lock in the checkout.
+        worker_scratch_dir=tmp_path / "worker-scratch",
         mqtt_broker=broker.host,
         mqtt_port=broker.port,
         mqtt_topic_root=f"{prefix}/compute",
