@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -66,6 +67,20 @@ async def test_each_server_keeps_its_session_and_each_event_is_applied_once(
             assert told == ["queued", "processing", "completed"], (job_id, told)
         # One connection each all along: under one client id they took it from each other.
         assert (a.services.bus.connects, b.services.bus.connects) == (1, 1)
+        # Both tell the same workers, from the same verified presence on the broker.
+
+        async def capabilities() -> list[dict[str, object]]:
+            return [(await s.client.get("/capabilities")).json() for s in (a, b)]
+
+        told_a, told_b = await wait_for(
+            lambda: _same_and_listed(capabilities()), what="the same capabilities on both servers"
+        )
+        assert told_a == told_b and told_a["num_workers"] == 1
+
+
+async def _same_and_listed(answers: Any) -> list[dict[str, Any]] | None:
+    first, second = await answers
+    return [first, second] if first == second and first["num_workers"] == 1 else None
 
 
 async def test_server_status_stays_online_while_one_server_runs(settings: Settings, probe: MqttProbe) -> None:
