@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import compute_bench.inputs
+from compute_bench.harness import wait_until
 from compute_bench.inputs import Inputs
 from tests.support import netns
 from tests.support.hosted import (
@@ -155,6 +156,9 @@ def database(site: Site, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         yield tag, site.postgres.url(site.role, site.password, name)
     finally:
         site.postgres.drop_database(site.client, name)
+        # The server host keeps PostgreSQL only: whatever else the test started has ended (an
+        # embedded broker follows its server within moments: the parent-death signal).
+        wait_until(lambda: not _strays(site), 10, "the server host's processes to end")
         failed = getattr(request.node, "report_call", None)
         if failed is not None and failed.failed:
             _show_logs(tmp_path)
@@ -198,6 +202,10 @@ def compute(
             host.kill_all()
             host.processes.clear()
         broker.stop()
+
+
+def _strays(site: Site) -> dict[int, str]:
+    return {pid: name for pid, name in site.server.commands().items() if name != "postgres"}
 
 
 def _show_logs(folder: Path) -> None:

@@ -429,6 +429,7 @@ class HostedCompute:
             env={**self.base_env(), "PYTHONPATH": str(ROOT)},
             log=self.logs / "balancer.log",
         )
+        self.servers["balancer"] = proc  # ended with the servers
         self.service = SERVICE
         wait_until(
             lambda: self.alive(proc, "balancer") and self.client.call(_ready, self.url), STARTUP, "balancer"

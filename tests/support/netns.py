@@ -235,6 +235,14 @@ class Host:
     def pids(self) -> list[int]:
         return [int(p) for p in _ip("netns", "pids", self.netns, check=False).stdout.split()]
 
+    def commands(self) -> dict[int, str]:
+        """What runs on this host: pid -> command name (/proc/<pid>/comm)."""
+        found = {}
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        return found
+
     def kill_all(self) -> None:
         """The host dies: SIGKILL to every process in it (reaped, so none lingers as a zombie)."""
         _kill_netns_processes(self.netns)
