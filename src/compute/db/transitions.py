@@ -10,12 +10,13 @@ for the server to announce.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
 from compute.db.notices import notify
@@ -53,6 +54,21 @@ class Changed:
 
 
 _COLUMNS = tuple(jobs.c[f.name] for f in fields(Claim))
+
+
+@functools.cache
+def _guarded_update(columns: tuple[str, ...]) -> Any:
+    """UPDATE jobs SET <columns> for one job, guarded by the claim (job, lease token, attempt);
+    parameters `k_job_id`, `k_token`, `k_attempt` and `v_<column>`. Made once per column set."""
+    return (
+        update(jobs)
+        .where(
+            jobs.c.job_id == bindparam("k_job_id"),
+            jobs.c.lease_token == bindparam("k_token"),
+            jobs.c.attempt == bindparam("k_attempt"),
+        )
+        .values({name: bindparam(f"v_{name}") for name in columns})
+    )
 
 
 class JobTransitions:
@@ -96,17 +112,17 @@ class JobTransitions:
                 if claim is not None and values:
                     current[ev.job_id] = claim.updated(values)
                     changes.setdefault(ev.job_id, {}).update(values)
+            # One UPDATE per job, guarded by the claim it read; jobs whose events set the same
+            # columns (every `completed` of a burst, say) share one prepared statement, sent as one
+            # executemany. Building a statement per job was half of this method's CPU.
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for job_id, values in changes.items():
                 claim = read[job_id]
-                conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.job_id == job_id,
-                        jobs.c.lease_token == claim.lease_token,
-                        jobs.c.attempt == claim.attempt,
-                    )
-                    .values(**values)
-                )
+                row = {f"v_{name}": value for name, value in values.items()}
+                row.update(k_job_id=job_id, k_token=claim.lease_token, k_attempt=claim.attempt)
+                groups.setdefault(tuple(sorted(values)), []).append(row)
+            for columns, rows in groups.items():
+                conn.execute(_guarded_update(columns), rows)
             notify(conn, self.origin, (outcome.change for outcome in outcomes))
         return outcomes
 
