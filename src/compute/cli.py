@@ -382,6 +382,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         "--worker-id", help="unique worker id (WORKER_ID; default worker-<host>-<n>, n the first free slot)"
     )
     parser.add_argument("--tasks", help="comma-separated task types (WORKER_SUPPORTED_TASKS)")
+    parser.add_argument(
+        "--concurrency",
+        help="jobs of a task run at once, e.g. image_resize=4,media_thumbnail=2 (WORKER_CONCURRENCY; "
+        "default 1: one job at a time)",
+    )
     parser.add_argument("--port", type=int, help="port of the local compute server (default 8002)")
     parser.add_argument("--server-url", help="URL of the compute server (COMPUTE_SERVER_URL)")
     _add_broker_flags(parser)
@@ -393,6 +398,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         (args.server_url, "COMPUTE_SERVER_URL"),
         (args.worker_id, "WORKER_ID"),
         (args.tasks, "WORKER_SUPPORTED_TASKS"),
+        (args.concurrency, "WORKER_CONCURRENCY"),
     ):
         if flag is not None:
             overrides[var] = str(flag)
@@ -442,6 +448,12 @@ async def _run_worker(settings: Settings) -> int:
         return _fail(str(exc))
     if not tasks:
         return _fail("no task can run on this machine (see the warnings above and `compute-models`)")
+    strangers = sorted(set(settings.worker_concurrency) - set(tasks))
+    if strangers:
+        return _fail(
+            f"--concurrency / WORKER_CONCURRENCY names {', '.join(strangers)}, which this worker does not "
+            f"run (it runs {', '.join(tasks)})"
+        )
     missing = _schema_problem(settings.database_url)
     if missing:
         return _fail(missing)

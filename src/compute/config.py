@@ -141,6 +141,10 @@ class Settings:
     worker_files: str = "auto"
     #: A remote worker's scratch folders: <worker_scratch_dir>/<worker id>/jobs/<job id>.
     worker_scratch_dir: Path = Path("worker-scratch")
+    #: Task type -> how many of its jobs a worker runs at once (WORKER_CONCURRENCY, opt-in, for
+    #: light tasks): it claims up to that many in one statement, each in a plugin process of its
+    #: own. Tasks not named share one slot, one job at a time.
+    worker_concurrency: Mapping[str, int] = field(default_factory=dict)
     server_url: str = "http://127.0.0.1:8002"
     log_level: str = "INFO"
     #: "text" (default) or "json": one JSON object per line, with job_id / worker_id fields.
@@ -339,6 +343,27 @@ def parse_tasks(raw: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in raw.split(",") if t.strip())
 
 
+#: The most jobs of one task a worker runs at once (each in a process of its own).
+MAX_CONCURRENCY = 64
+
+
+def parse_concurrency(raw: str) -> dict[str, int]:
+    """`task=N,task2=M` -> {task: N, task2: M}; ConfigError for anything else."""
+    found: dict[str, int] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        task, sep, count = item.partition("=")
+        task = task.strip()
+        if not sep or not task or not count.strip().isdigit():
+            raise ConfigError(f"WORKER_CONCURRENCY: expected task=N[,task=N ...], got {item.strip()!r}")
+        n = int(count)
+        if not 1 <= n <= MAX_CONCURRENCY:
+            raise ConfigError(f"WORKER_CONCURRENCY: {task}={n}: between 1 and {MAX_CONCURRENCY}")
+        found[task] = n
+    return found
+
+
 def load_settings(
     env: Mapping[str, str] | None = None, overrides: Mapping[str, str | None] | None = None
 ) -> Settings:
@@ -443,6 +468,7 @@ def load_settings(
         worker_tasks=parse_tasks(env["WORKER_SUPPORTED_TASKS"])
         if env.get("WORKER_SUPPORTED_TASKS")
         else None,
+        worker_concurrency=parse_concurrency(env.get("WORKER_CONCURRENCY") or ""),
         worker_files=_choice(env, "WORKER_FILES", WORKER_FILES_MODES),
         worker_scratch_dir=_path(env, "WORKER_SCRATCH_DIR", cl_server_dir / "worker-scratch"),
         server_url=_server_url(env, f"http://127.0.0.1:{port}").rstrip("/"),

@@ -194,6 +194,16 @@ def test_overrides_take_precedence_and_are_validated(tmp_path: Path) -> None:
         load_settings(env, overrides={"MQTT_PORT": "0"})
 
 
+def test_concurrency_per_task_is_opt_in_and_bounded(tmp_path: Path) -> None:
+    env = {"CL_SERVER_DIR": str(tmp_path)}
+    assert load_settings(env).worker_concurrency == {}
+    found = load_settings({**env, "WORKER_CONCURRENCY": " image_resize=4, hash=2 ,"}).worker_concurrency
+    assert found == {"image_resize": 4, "hash": 2}
+    for bad in ("image_resize", "image_resize=", "=3", "x=0", "x=65", "x=-1", "x=two"):
+        with pytest.raises(ConfigError, match="WORKER_CONCURRENCY"):
+            load_settings({**env, "WORKER_CONCURRENCY": bad})
+
+
 def test_parse_tasks() -> None:
     assert parse_tasks("a, b,,c ") == ("a", "b", "c")
     assert parse_tasks("") == ()

@@ -61,6 +61,46 @@ def test_claim_order_priority_then_age(repo: JobRepository) -> None:
     assert repo.get("other-task").status == "queued"  # type: ignore[union-attr]
 
 
+def test_a_batch_claim_takes_the_most_urgent_in_one_statement_each_with_its_own_lease(
+    repo: JobRepository,
+) -> None:
+    for i, priority in enumerate((5, 9, 5, 0)):
+        add(repo, f"j{i}", priority=priority)
+    add(repo, "other-task", task="image_conversion", priority=10)
+    batch = repo.claim_batch(["image_resize"], "w1", "s1", 60_000, limit=3)
+    assert [j.job_id for j in batch] == ["j1", "j0", "j2"]  # claim order, whatever RETURNING gave
+    assert {(j.status, j.worker_id, j.worker_session, j.attempt) for j in batch} == {
+        ("processing", "w1", "s1", 1)
+    }
+    tokens = [j.lease_token or "" for j in batch]
+    assert len(set(tokens)) == 3 and all(len(t) > 32 for t in tokens)
+    assert [j.lease_token for j in map(repo.get, ("j0", "j1", "j2")) if j] == [
+        tokens[1],
+        tokens[0],
+        tokens[2],
+    ]
+    # A second batch draws a new random part: nothing of the first batch's tokens predicts it.
+    [last] = repo.claim_batch(["image_resize"], "w2", "s2", 60_000, limit=5)
+    assert last.job_id == "j3" and (last.lease_token or "")[:32] not in {t[:32] for t in tokens}
+    assert repo.claim_batch(["image_resize"], "w1", "s1", 60_000, limit=5) == []
+    assert repo.get("other-task").status == "queued"  # type: ignore[union-attr]
+
+
+def test_renewing_leases_says_which_claims_are_gone(repo: JobRepository) -> None:
+    for i in range(3):
+        add(repo, f"j{i}")
+    batch = repo.claim_batch(["image_resize"], "w1", "s1", 1_000, limit=3)
+    leases = [(j.job_id, j.lease_token or "") for j in batch]
+    repo.update_job("j2", status="completed")  # finished meanwhile
+    assert repo.renew_leases([*leases[:2], leases[2]], 60_000) == {"j2"}
+    assert repo.renew_leases([("j0", "forged")], 60_000) == {"j0"}  # the token is the claim
+    first_expiry = batch[0].lease_expires_at or 0
+    for job_id in ("j0", "j1"):
+        renewed = repo.get(job_id)
+        assert renewed is not None and (renewed.lease_expires_at or 0) > first_expiry + 50_000
+    assert repo.renew_leases([], 60_000) == set()
+
+
 def test_claim_with_no_task_types_claims_nothing(repo: JobRepository) -> None:
     add(repo, "a")
     assert repo.claim_next([], "w1") is None

@@ -47,9 +47,15 @@ SNAPSHOT_INTERVAL = 0.5  # seconds
 _UNIT, _PENDING = "bench_unit", "bench_progress"
 
 
+def is_claim(statement: str) -> bool:
+    """The claim statement (db/repository.py `claim_batch`): on PostgreSQL it starts with its CTE."""
+    text = statement.upper()
+    return "UPDATE JOBS SET STATUS" in text and "RETURNING" in text
+
+
 def _label(statement: str) -> str:
     head = statement.lstrip()[:24].upper()
-    if head.startswith("UPDATE JOBS SET STATUS") and "RETURNING" in statement.upper():
+    if is_claim(statement):
         return "claim"
     if head.startswith("UPDATE JOBS SET PROGRESS"):
         return "progress"

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from compute.db.migrate import upgrade_head
 from compute.db.repository import JobRepository
 from compute.db.session import is_sqlite, make_engine
+from compute_bench import probes
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster
 from compute_bench.scenarios import NS_PER_MS, burst, drive, finished_since
@@ -38,7 +39,7 @@ def claim_plan(engine: Engine, repo: JobRepository) -> list[str]:
     seen: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
-        if statement.lstrip().upper().startswith("UPDATE JOBS SET STATUS"):
+        if probes.is_claim(statement):
             seen.append((statement, params))
 
     event.listen(engine, "before_cursor_execute", capture)

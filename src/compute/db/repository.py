@@ -26,7 +26,9 @@ from cl_ml_tools import Job
 from sqlalchemy import (
     BigInteger,
     Engine,
+    String,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -288,27 +290,44 @@ class JobRepository:
     def claim_next(
         self, task_types: Sequence[str], worker_id: str, session: str = "", lease_ms: int = 60_000
     ) -> JobRecord | None:
-        """Atomically move the most urgent ready job of these types to `processing`.
+        """Atomically move the most urgent ready job of these types to `processing` (a claim of
+        at most one job: `claim_batch`)."""
+        claimed = self.claim_batch(task_types, worker_id, session, lease_ms, limit=1)
+        return claimed[0] if claimed else None
 
-        One statement: UPDATE ... WHERE id = (SELECT ... LIMIT 1 [FOR UPDATE SKIP LOCKED])
+    def claim_batch(
+        self,
+        task_types: Sequence[str],
+        worker_id: str,
+        session: str = "",
+        lease_ms: int = 60_000,
+        limit: int = 1,
+    ) -> list[JobRecord]:
+        """Atomically move up to `limit` of the most urgent ready jobs of these types to
+        `processing`; in claim order (most urgent first).
+
+        One statement: UPDATE ... WHERE id IN (SELECT ... LIMIT n [FOR UPDATE SKIP LOCKED])
         RETURNING *. SQLite serialises it under BEGIN IMMEDIATE; PostgreSQL skips rows
-        another worker has locked, so two workers never get the same job. The claim gets a
-        new attempt number and a random lease token (the key of the worker's event signatures).
+        another worker has locked, so two workers never get the same job. Each claim gets a new
+        attempt number and its own lease token (the key of the worker's event signatures): a
+        random 128-bit part drawn for the statement and the row's id, so no two claims share
+        one, and only the claimant knows any of them.
         """
-        if not task_types:
-            return None
+        if not task_types or limit < 1:
+            return []
         with write_transaction(self.engine) as conn:
             # Paused task types (db/paused.py), read in the claim's own transaction: on SQLite it
             # holds the write lock from BEGIN, so no pause commits between this read and the claim.
             ready = unpaused(conn, task_types)
             if not ready:
-                return None
-            sql, args = self._claim_args(ready, worker_id, session, lease_ms)
-            row = conn.exec_driver_sql(sql, args).mappings().first()
-        return None if row is None else JobRecord.from_row(row)
+                return []
+            sql, args = self._claim_args(ready, worker_id, session, lease_ms, limit)
+            rows = conn.exec_driver_sql(sql, args).mappings().all()
+        # RETURNING gives no order: put them back in the claim order.
+        return sorted((JobRecord.from_row(r) for r in rows), key=_claim_order)
 
     def _claim_args(
-        self, task_types: Sequence[str], worker_id: str, session: str, lease_ms: int
+        self, task_types: Sequence[str], worker_id: str, session: str, lease_ms: int, limit: int
     ) -> tuple[str, Any]:
         """The claim's SQL and its parameters, in the form this database's driver takes them."""
         now = now_ms()
@@ -319,7 +338,8 @@ class JobRepository:
             "worker_id": worker_id,
             "session": session,
             "expires": now + lease_ms,
-            "token": secrets.token_hex(16),
+            "token": secrets.token_hex(16) + ".",
+            "limit": limit,
             **{f"type_{i}": t for i, t in enumerate(task_types)},
         }
         return sql, tuple(params[k] for k in positions) if positions else params
@@ -328,17 +348,23 @@ class JobRepository:
         """The claim statement for `types` task types, compiled once for this database: building
         and caching it through SQLAlchemy on every claim cost about as much CPU as the statement
         itself (the worker's hottest path). Returns the SQL, for positional drivers (SQLite) the
-        order of its parameters, and the values SQLAlchemy bound itself (LIMIT 1)."""
+        order of its parameters, and the values SQLAlchemy bound itself."""
         found = self._claim_cache.get(types)
         if found is not None:
             return found
         names = [f"type_{i}" for i in range(types)]
-        sqlite = self.engine.dialect.name == "sqlite"
-        candidate = (_sqlite_candidate(names) if sqlite else _candidate(names)).scalar_subquery()
+        if self.engine.dialect.name == "sqlite":
+            # SQLite runs an IN (subquery) once, into a temporary table.
+            chosen = jobs.c.id.in_(_sqlite_candidate(names))
+        else:
+            # PostgreSQL may run an IN (subquery) again for each row it joins it with, each run
+            # locking (SKIP LOCKED) and returning other rows; a CTE with FOR UPDATE is never
+            # inlined, so it runs once: UPDATE ... FROM claimable WHERE jobs.id = claimable.id.
+            chosen = jobs.c.id == _candidate(names).cte("claimable").c.id
         now = bindparam("now", type_=BigInteger())
         statement = (
             update(jobs)
-            .where(jobs.c.id == candidate, jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
+            .where(chosen, jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
             .values(
                 status=literal_column(f"'{JobStatus.PROCESSING.value}'"),
                 started_at=now,
@@ -347,7 +373,7 @@ class JobRepository:
                 worker_session=bindparam("session"),
                 attempt=jobs.c.attempt + literal_column("1"),
                 retry_count=jobs.c.attempt,
-                lease_token=bindparam("token"),
+                lease_token=bindparam("token", type_=String()) + cast(jobs.c.id, String()),
                 lease_expires_at=bindparam("expires"),
                 event_seq=literal_column("0"),
                 next_attempt_at=literal_column("NULL"),
@@ -362,22 +388,24 @@ class JobRepository:
 
     def extend_leases(self, leases: Sequence[tuple[str, str]], lease_ms: int) -> int:
         """Push the expiry of these (job_id, lease_token) claims; returns how many still hold."""
+        return len(leases) - len(self.renew_leases(leases, lease_ms))
+
+    def renew_leases(self, leases: Sequence[tuple[str, str]], lease_ms: int) -> set[str]:
+        """Push the expiry of these (job_id, lease_token) claims in one statement; returns the
+        job ids whose claim is gone (rescued, cancelled, finished). Nothing to renew: no statement."""
         if not leases:
-            return 0
+            return set()
         expires = now_ms() + lease_ms
-        held = 0
+        claims = [(jobs.c.job_id == job_id) & (jobs.c.lease_token == token) for job_id, token in leases]
+        statement = (
+            update(jobs)
+            .where(jobs.c.status == JobStatus.PROCESSING.value, or_(*claims))
+            .values(lease_expires_at=expires)
+            .returning(jobs.c.job_id)
+        )
         with write_transaction(self.engine) as conn:
-            for job_id, token in leases:
-                held += conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.job_id == job_id,
-                        jobs.c.lease_token == token,
-                        jobs.c.status == JobStatus.PROCESSING.value,
-                    )
-                    .values(lease_expires_at=expires)
-                ).rowcount
-        return held
+            held = set(conn.execute(statement).scalars())
+        return {job_id for job_id, _ in leases} - held
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -464,7 +492,7 @@ def _sqlite_candidate(type_params: Sequence[str]) -> Any:
         f" WHERE status = '{JobStatus.QUEUED.value}'"
         f" AND task_type IN ({', '.join(':' + n for n in type_params)})"
         " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
-        " ORDER BY priority DESC, created_at, id LIMIT 1"
+        " ORDER BY priority DESC, created_at, id LIMIT :limit"
     ).columns(jobs.c.id)
 
 
@@ -480,9 +508,13 @@ def _candidate(type_params: Sequence[str]) -> Any:
             or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
-        .limit(1)
+        .limit(bindparam("limit", type_=BigInteger()))
         .with_for_update(skip_locked=True)
     )
+
+
+def _claim_order(job: JobRecord) -> tuple[int, int, str]:
+    return (-job.priority, job.created_at, job.job_id)
 
 
 def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:

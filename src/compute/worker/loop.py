@@ -1,5 +1,9 @@
 """The worker loop: drain the queue, then wait for a hint, the sweep timer, or stop.
 
+Draining: each lane (worker/lanes.py) with free slots claims up to that many of its jobs in one
+statement and starts each in a slot; when a job ends its slot claims again, until a claim finds
+fewer jobs than it asked for. A hint meanwhile makes every lane look again.
+
 Side tasks: the result outbox, the heartbeat (refreshes `worker_sessions.last_seen` and the
 retained `info`) and lease renewal. None of them, nor the claim loop, lets a database error end
 the worker: they log it at a limited rate, back off and try again (worker/dbretry.py).
@@ -26,8 +30,9 @@ from compute.worker.announce import Announcer, new_session
 from compute.worker.attempt import Attempt
 from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.job_folder import JobFolders
+from compute.worker.lanes import Lane, Slot, build_lanes
 from compute.worker.results import ResultOutbox
-from compute.worker.runner import JobRunner, plugin_host
+from compute.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
 limited = LogLimiter(log)
@@ -70,12 +75,13 @@ class Worker:
             repo.engine, settings.task_policies, settings.max_result_bytes, origin=origin
         )
         self.outbox = ResultOutbox(bus, topics, transitions, self.worker_id)
-        self.runner = JobRunner(
-            tasks, self.outbox, plugin_host(settings, tasks), settings.max_result_bytes, folders
-        )
+        self.lanes = build_lanes(settings, tasks, self.outbox, folders)
         self.topics = topics
-        #: The claim being run (its lease is renewed, cancel requests must verify for it).
-        self.current: Attempt | None = None
+        #: The claims this worker holds, running or about to (their leases are renewed, cancel
+        #: requests must verify for one of them), and the slot each is in.
+        self.held: dict[str, Slot] = {}
+        #: Set whenever a slot frees (the drain claims again).
+        self._slot_freed = asyncio.Event()
         #: Claim attempts that found nothing (another worker took the job first).
         self.empty_claims = 0
         self.jobs_run = 0
@@ -89,6 +95,21 @@ class Worker:
         bus.subscribe(topics.worker_cancel(self.worker_id), self._on_cancel, qos=1)
         bus.on_connect(self.wake.set)  # jobs may have arrived while we were away
 
+    @property
+    def runner(self) -> JobRunner:
+        """The first slot's runner (the only one without WORKER_CONCURRENCY)."""
+        return self.lanes[0].slots[0].runner
+
+    @property
+    def runners(self) -> list[JobRunner]:
+        return [slot.runner for lane in self.lanes for slot in lane.slots]
+
+    @property
+    def current(self) -> Attempt | None:
+        """The claim being run, when there is exactly one."""
+        attempts = [slot.attempt for slot in self.held.values() if slot.attempt is not None]
+        return attempts[0] if len(attempts) == 1 else None
+
     def _on_hint(self, _topic: str, _payload: bytes, _retained: bool) -> None:
         # A hint carries no work: the database says what to run.
         self.wake.set()
@@ -100,14 +121,14 @@ class Worker:
             self.rejected_cancels += 1
             limited.warning("malformed cancel", "ignored a malformed cancel request: %s", str(exc)[:200])
             return
-        current = self.current
-        if current is None or not current.verifies_cancel(request):
+        slot = self.held.get(request["job_id"])
+        if slot is None or slot.attempt is None or not slot.attempt.verifies_cancel(request):
             # Not for the running claim, or not from the server: a job stops only on the
             # server's word (signed with the lease token) or when its lease is gone.
             self.rejected_cancels += 1
             limited.warning(
                 "unverified cancel",
-                "ignored a cancel request for job %s: not signed for the running claim",
+                "ignored a cancel request for job %s: not signed for a claim held here",
                 request["job_id"][:100],
             )
             return
@@ -116,18 +137,20 @@ class Worker:
             request["job_id"],
             extra={"job_id": request["job_id"], "worker_id": self.worker_id},
         )
-        self.runner.cancel(request["job_id"])
+        slot.runner.cancel(request["job_id"])
 
     def stop(self) -> None:
-        """Leave: claim nothing more, and hand the running job back at once (its plugin is
-        stopped, and a `released` event queues it again for another worker). Safe to call more
+        """Leave: claim nothing more, and hand the running jobs back at once (their plugins are
+        stopped, and `released` events queue them again for other workers). Safe to call more
         than once."""
         self.stopping.set()
         self.wake.set()
-        self.runner.release_all()
+        for runner in self.runners:
+            runner.release_all()
 
     async def run(self) -> None:
-        self.runner.host.warm_up()
+        for runner in self.runners:
+            runner.host.warm_up()
         # Watched: one that fails is logged and started again (a worker never exits on an error).
         side = BackgroundTasks()
         side.start("outbox", self.outbox.run)
@@ -156,12 +179,16 @@ class Worker:
             # moment to be; the rest is written to the database directly.
             await self.outbox.settle(SETTLE_WAIT)
             self.outbox.flush()
-            self.runner.host.close()
+            for runner in self.runners:
+                runner.host.close()
 
-    def _claim(self) -> JobRecord | None:
-        """One claim. A database error is logged and raises _ClaimFailed; run() then backs off."""
+    def _claim(self, lane: Lane) -> list[JobRecord]:
+        """One claim statement for the lane's free slots. A database error is logged and raises
+        _ClaimFailed; run() then backs off."""
         try:
-            job = self.repo.claim_next(self.task_types, self.worker_id, self.session, self.settings.lease_ms)
+            jobs = self.repo.claim_batch(
+                lane.task_types, self.worker_id, self.session, self.settings.lease_ms, lane.claim_limit
+            )
         except DB_ERRORS as exc:
             self.db_errors += 1
             self._claim_backoff.failures += 1
@@ -170,35 +197,75 @@ class Worker:
         if self._claim_backoff.failures:
             log.info("claims work again")
         self._claim_backoff.reset()
-        return job
+        return jobs
 
     async def drain(self) -> int:
-        """Claim and run jobs until none is left (or stop is asked, or the database fails)."""
+        """Claim and run jobs until none is left (or stop is asked, or the database fails);
+        returns when every job it started has ended."""
         ran = 0
+        runs: set[asyncio.Task[None]] = set()
+        for lane in self.lanes:
+            lane.drained = False
         try:
             while not self.stopping.is_set():
+                self._slot_freed.clear()
                 try:
-                    job = self._claim()
+                    claimed = self._claim_free_slots(runs)
                 except _ClaimFailed:
                     break
-                if job is None:
-                    if ran == 0:
+                if claimed and not ran:  # announce idle/busy on transitions only, not per job
+                    self.announcer.set_idle(False)
+                ran += claimed
+                if not runs:
+                    if not ran:
                         self.empty_claims += 1
                     break
-                if ran == 0:  # announce idle/busy on transitions only, not per job
-                    self.announcer.set_idle(False)
-                self.current = Attempt(job, self.worker_id, self.bus, self.topics)
-                try:
-                    # Shielded: a shutdown waits for the job and its result instead of cutting it.
-                    await asyncio.shield(self.runner.run(self.current))
-                finally:
-                    self.current = None
-                ran += 1
-                self.jobs_run += 1
+                # Until a job ends (its slot claims again) or a hint says there is more.
+                await _first_of(self._slot_freed, self.wake, self.stopping)
+                if self.wake.is_set():
+                    self.wake.clear()
+                    for lane in self.lanes:
+                        lane.drained = False
+                # Jobs that end together free their slots before the next claim: one statement.
+                await asyncio.sleep(0)
         finally:
+            # A shutdown waits for the jobs (handed back at once) and their events.
+            if runs:
+                await asyncio.gather(*runs, return_exceptions=True)
             if ran:
                 self.announcer.set_idle(True)
         return ran
+
+    def _claim_free_slots(self, runs: set[asyncio.Task[None]]) -> int:
+        """Claim for every lane with free slots that is not drained; start what came. The count."""
+        claimed = 0
+        for lane in self.lanes:
+            free = lane.free()
+            if lane.drained or not free or self.stopping.is_set():
+                continue
+            jobs = self._claim(lane)
+            if len(jobs) < len(free):
+                lane.drained = True
+            for slot, job in zip(free, jobs, strict=False):
+                attempt = Attempt(job, self.worker_id, self.bus, self.topics)
+                slot.attempt = attempt
+                self.held[job.job_id] = slot
+                task = asyncio.create_task(self._run(slot, attempt), name=f"job-{job.job_id}")
+                runs.add(task)
+                task.add_done_callback(runs.discard)
+            claimed += len(jobs)
+        return claimed
+
+    async def _run(self, slot: Slot, attempt: Attempt) -> None:
+        try:
+            await slot.runner.run(attempt)
+        except Exception:  # the runner reports plugin failures itself: this is a bug of ours
+            limited.exception("run", "job %s: the worker failed to run it", attempt.job_id)
+        finally:
+            slot.attempt = None
+            self.held.pop(attempt.job_id, None)
+            self.jobs_run += 1
+            self._slot_freed.set()
 
     async def _heartbeat(self) -> None:
         """Every heartbeat interval: last_seen in the database, then the retained info."""
@@ -236,21 +303,20 @@ class Worker:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due = max(due, loop.time()) + interval  # a late one (a stalled loop) sets a new step
-            attempt = self.current
-            running = [(attempt.job_id, attempt.lease_token)] if attempt and attempt.lease_token else []
-            pending = self.outbox.held_leases()
+            held = {job_id: slot for job_id, slot in self.held.items() if slot.attempt is not None}
+            running = [(job_id, slot.attempt.lease_token) for job_id, slot in held.items() if slot.attempt]
+            leases = running + self.outbox.held_leases()
             try:
-                if running and not await asyncio.to_thread(
-                    self.repo.extend_leases, running, self.settings.lease_ms
-                ):
+                # One statement for every claim held: running, about to run, or waiting for
+                # the server to confirm its result.
+                lost = await asyncio.to_thread(self.repo.renew_leases, leases, self.settings.lease_ms)
+                for job_id in lost & held.keys():
                     log.warning(
                         "job %s: lease lost (rescued or cancelled); stopping it",
-                        running[0][0],
-                        extra={"job_id": running[0][0], "worker_id": self.worker_id},
+                        job_id,
+                        extra={"job_id": job_id, "worker_id": self.worker_id},
                     )
-                    self.runner.cancel(running[0][0])
-                if pending:
-                    await asyncio.to_thread(self.repo.extend_leases, pending, self.settings.lease_ms)
+                    held[job_id].runner.cancel(job_id)
             except DB_ERRORS as exc:
                 self.db_errors += 1
                 delay = backoff.next()
@@ -262,6 +328,16 @@ class Worker:
             except Exception:
                 limited.exception("lease", "could not renew leases")
             backoff.reset()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until any of `events` is set."""
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 class _ClaimFailed(ComputeError):

@@ -73,7 +73,14 @@ class _Child:
 class PluginProcess:
     """Runs plugins in a persistent, killable child process."""
 
-    def __init__(self, settings: Settings, tasks: dict[str, ComputeModule]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: dict[str, ComputeModule],
+        preload: dict[str, ComputeModule] | None = None,
+    ) -> None:
+        """`tasks`: what its child runs (and loads models for); `preload`: the tasks whose code
+        the fork server imports (every task of the worker: one fork server serves its hosts)."""
         try:
             pickle.dumps(tasks)
         except Exception as exc:
@@ -87,7 +94,7 @@ class PluginProcess:
         # would only hold memory (each child loads its own).
         models.forget()
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(_preload(tasks))
+        self._context.set_forkserver_preload(_preload(preload or tasks))
         self._child: _Child | None = None
         self._lock = asyncio.Lock()  # one child at a time, however many callers want one
         self._warming: asyncio.Task[None] | None = None

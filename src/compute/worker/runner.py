@@ -59,10 +59,14 @@ class PluginHost(Protocol):
     def close(self) -> None: ...
 
 
-def plugin_host(settings: Settings, tasks: dict[str, ComputeModule]) -> PluginHost:
+def plugin_host(
+    settings: Settings, tasks: dict[str, ComputeModule], preload: dict[str, ComputeModule] | None = None
+) -> PluginHost:
+    """A host for `tasks`; `preload`: every task of the worker (what its plugin processes' fork
+    server imports once, when several hosts share it)."""
     if settings.plugin_isolation == "thread":
         return PluginThreadHost(tasks)
-    return PluginProcess(settings, tasks)
+    return PluginProcess(settings, tasks, preload)
 
 
 class JobRunner:
@@ -110,15 +114,16 @@ class JobRunner:
         return report
 
     def cancel(self, job_id: str) -> bool:
-        """Stop the running job `job_id`; True if it was running here.
+        """Stop the job `job_id`, handed to this runner: its plugin run when it is running, or
+        before it starts when it is not yet; True if it was running.
 
         Only for a verified cancel request or a lease found gone: the database already says the
         job is not this claim's any more, so nothing is sent for it.
         """
+        self._cancelled.add(job_id)  # run() drops it at the start when it has not started yet
         found = self._running.get(job_id)
         if found is None:
             return False
-        self._cancelled.add(job_id)
         found[1].cancel()
         return True
 
@@ -136,6 +141,10 @@ class JobRunner:
     async def run(self, attempt: Attempt) -> JobEvent | None:
         """Execute `attempt`; the terminal event goes to the outbox. None when it was cancelled."""
         fields = attempt.log_fields()
+        if attempt.job_id in self._cancelled:  # cancelled before it started: nothing to say
+            self._cancelled.discard(attempt.job_id)
+            log.info("job %s cancelled before it started", attempt.job_id, extra=fields)
+            return None
         if self.releasing:  # claimed before the stop, not started: back to the queue untouched
             released = attempt.event(EventType.RELEASED)
             self.outbox.send(attempt, released)
