@@ -15,7 +15,7 @@ from compute.config import EMBEDDED_BROKERS
 from compute_bench import scenarios
 from compute_bench.cluster import ClusterError
 from compute_bench.report import render
-from compute_bench.runner import DEFAULT_SECTIONS, SECTIONS, Config, Run
+from compute_bench.runner import DEFAULT_CONCURRENCY, DEFAULT_SECTIONS, SECTIONS, Config, Run
 
 
 def _broker(value: str) -> tuple[str, int]:
@@ -100,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "at the same measurement points, and print every figure's ratio to each "
         "(needs `uv sync --group peers`, Redis on 6379, PostgreSQL on 5432)",
     )
+    parser.add_argument(
+        "--concurrency",
+        default=DEFAULT_CONCURRENCY,
+        help="the workers' WORKER_CONCURRENCY (default %(default)s: the light no-op task claimed "
+        "and run several at a time; '' for one job at a time)",
+    )
     args = parser.parse_args(argv)
 
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
@@ -122,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stand_in_models=args.stand_in_models,
         peers=args.peers,
         plugin_rows=tuple(r.strip() for r in args.plugins.split(",") if r.strip()) if args.plugins else None,
+        concurrency=args.concurrency,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop

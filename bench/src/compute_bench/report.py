@@ -53,6 +53,22 @@ PEER_TARGETS: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...], str, float
         2.0,
     ),
     (
+        "no-op jobs/s vs Celery behind FastAPI (issue 20)",
+        ("throughput", "bench_noop", "jobs_per_s"),
+        "fastapi_celery",
+        ("throughput", "jobs_per_s"),
+        ">=",
+        1.0,
+    ),
+    (
+        "pickup p50 vs Celery behind FastAPI (issue 20)",
+        ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
+        "fastapi_celery",
+        ("pickup", "submit_to_task_start_ms", "p50"),
+        "<=",
+        1.0,
+    ),
+    (
         "pickup p50 vs Celery + Redis",
         ("pickup", "bench_noop", "submit_to_task_start_ms", "p50"),
         "celery",
@@ -143,6 +159,18 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": None if value is None else value <= goal,
                 }
             )
+    sqlite = _get(result, ("throughput", "bench_noop", "jobs_per_s"))
+    postgres = _get(result, ("throughput_postgres", "bench_noop", "jobs_per_s"))
+    if postgres is not None:
+        r = ratio(postgres, sqlite)
+        out.append(
+            {
+                "target": "no-op jobs/s on PostgreSQL / on SQLite (same run)",
+                "value": r,
+                "goal": ">= 0.8x",
+                "met": None if r is None else r >= 0.8,
+            }
+        )
     section = result.get("recovery") or {}
     for run in section.get("runs", []):
         value = (run.get("kill_seconds") or {}).get("max")
@@ -251,6 +279,10 @@ def render(result: dict[str, Any]) -> str:
     if "recovery" in result:
         parts += ["", *_recovery(result["recovery"])]
     if "throughput" in result:
+        bursts = dict(result["throughput"])
+        on_postgres = (result.get("throughput_postgres") or {}).get("bench_noop")
+        if on_postgres:
+            bursts["bench_noop, PostgreSQL"] = on_postgres
         rows = [
             [
                 k,
@@ -263,16 +295,21 @@ def render(result: dict[str, Any]) -> str:
                 t["jobs_per_s"],
                 t["elapsed_s"],
             ]
-            for k, t in result["throughput"].items()
+            for k, t in bursts.items()
         ]
         parts += [
             "",
-            "2. Throughput (burst over HTTP)",
+            "2. Throughput (burst over HTTP)"
+            + (
+                f"; workers' WORKER_CONCURRENCY {result['meta']['concurrency']}"
+                if result["meta"].get("concurrency")
+                else ""
+            ),
             _table(
                 ["", "jobs", "done", "errors", "clients", "workers", "submit/s", "jobs/s", "seconds"], rows
             ),
         ]
-        for k, t in result["throughput"].items():
+        for k, t in bursts.items():
             parts.append(
                 f"   CPU seconds during {k} burst: "
                 + ", ".join(f"{n.split('-')[-1]} {v}" for n, v in t["cpu_seconds"].items())
