@@ -449,11 +449,8 @@ async def _run_worker(settings: Settings) -> int:
     if not tasks:
         return _fail("no task can run on this machine (see the warnings above and `compute-models`)")
     strangers = sorted(set(settings.worker_concurrency) - set(tasks))
-    if strangers:
-        return _fail(
-            f"--concurrency / WORKER_CONCURRENCY names {', '.join(strangers)}, which this worker does not "
-            f"run (it runs {', '.join(tasks)})"
-        )
+    if strangers:  # one WORKER_CONCURRENCY may serve workers of different tasks: not an error
+        log.info("WORKER_CONCURRENCY: %s not run by this worker, ignored", ", ".join(strangers))
     missing = _schema_problem(settings.database_url)
     if missing:
         return _fail(missing)

@@ -62,8 +62,9 @@ def build_lanes(
     folders: JobFolders | None = None,
 ) -> list[Lane]:
     """The default lane (every task without a concurrency, one slot) first, then one lane per
-    task with a concurrency. A concurrency for a task this worker does not run is ignored
-    (the command line refuses it before this). `folders`: where every slot's plugins work."""
+    task with a concurrency. A concurrency for a task this worker does not run is ignored (one
+    WORKER_CONCURRENCY may serve workers of different tasks). `folders`: where every slot's
+    plugins work."""
     concurrency = {t: n for t, n in settings.worker_concurrency.items() if t in tasks}
     shared = {t: plugin for t, plugin in tasks.items() if t not in concurrency}
 
