@@ -86,3 +86,14 @@ def test_peer_targets_evaluated(run: tuple[str, dict[str, Any]]) -> None:
     for name, *_ in PEER_TARGETS:
         t = targets[f"{name} (ratio)"]
         assert isinstance(t["value"], Number) and t["met"] in (True, False), t
+
+
+def test_the_no_op_burst_runs_again_on_postgresql(run: tuple[str, dict[str, Any]]) -> None:
+    _, result = run
+    if not port_answers("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL does not answer on 127.0.0.1:5432")
+    burst = result["throughput_postgres"]["bench_noop"]
+    assert burst["finished"] == burst["jobs"] == 40
+    targets = {t["target"]: t for t in result["targets"]}
+    ratio = targets["no-op jobs/s on PostgreSQL / on SQLite (same run)"]
+    assert isinstance(ratio["value"], Number) and ratio["met"] in (True, False)

@@ -102,10 +102,13 @@ class _Stats:
     def after_execute(
         self, conn: Any, cursor: Any, statement: str, _params: Any, context: Any, _many: bool
     ) -> None:
-        if statement.startswith("UPDATE jobs SET progress") and context is not None:
-            params = context.compiled_parameters[0] if context.compiled_parameters else {}
-            if cursor.rowcount > 0:
-                conn.info.setdefault(_PENDING, []).append((params.get("job_id_1"), params.get("progress")))
+        # db/transitions.py's guarded UPDATE (parameters k_job_id, v_<column>), as an executemany
+        # of every job whose events set the same columns: a progress event sets progress first.
+        if statement.startswith("UPDATE jobs SET progress") and context is not None and cursor.rowcount > 0:
+            conn.info.setdefault(_PENDING, []).extend(
+                (params.get("k_job_id"), params.get("v_progress"))
+                for params in context.compiled_parameters or ()
+            )
 
     def on_end(self, conn: Any, label: str) -> None:
         now = time.time_ns()
