@@ -1,6 +1,6 @@
 """Cross-host fixtures: hosts, PostgreSQL and inputs for the directory; a deployment per test.
 
-The first test makes the LAN (tests.support.netns), kept until the directory's last test: a
+The first test makes the LAN (compute_bench.hosts.netns), kept until the directory's last test: a
 server host, two worker hosts and a client host, with PostgreSQL started on the server host.
 Each test gets `compute`: a database of its own (a copy of one that `compute-migrate` made), a
 fresh Mosquitto (users from deploy/mosquitto's add-user.sh) and a started `compute-server`; the
@@ -24,9 +24,8 @@ import pytest
 
 import compute_bench.inputs
 from compute_bench.harness import wait_until
-from compute_bench.inputs import Inputs
-from tests.support import netns
-from tests.support.hosted import (
+from compute_bench.hosts import netns
+from compute_bench.hosts.hosted import (
     BROKER,
     CLIENT,
     DATABASE,
@@ -42,7 +41,8 @@ from tests.support.hosted import (
     migrate,
     missing_services,
 )
-from tests.support.netns import Lan
+from compute_bench.hosts.netns import Lan
+from compute_bench.inputs import Inputs
 
 #: Short leases and keepalives so a lost host shows within seconds, as in tests/faults (a
 #: keepalive of 2 s made live workers on a loaded 2-core VM look gone).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from compute_bench.harness import wait_until
-from tests.support.hosted import (
+from compute_bench.hosts.hosted import (
     BROKER,
     DATABASE,
     FILE_PLANE,

@@ -9,9 +9,9 @@ import pytest
 
 from compute.plugins.registry import installed_tasks
 from compute_bench.harness import wait_until
+from compute_bench.hosts.hosted import BIN, FILE_PLANE, SERVER, HostedCompute, Site, Worker, clean_environ
 from compute_bench.inputs import Inputs
 from compute_bench.plugins import PLUGINS, Source
-from tests.support.hosted import BIN, FILE_PLANE, SERVER, HostedCompute, Site, Worker, clean_environ
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 

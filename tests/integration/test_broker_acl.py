@@ -46,7 +46,7 @@ from compute.ports import port_answers
 from compute.server.app import create_app
 from compute.worker.service import WorkerService
 from compute_bench.harness import free_port, wait_until
-from tests.support.hosted import shipped_mosquitto_config
+from compute_bench.hosts.hosted import shipped_mosquitto_config
 from tests.support.inprocess import Server, running_server
 from tests.support.mqtt import MqttProbe
 from tests.support.waits import wait_for

@@ -1,6 +1,6 @@
 """A TCP balancer for the cross-host tests: one address in front of several compute-servers.
 
-`python -m tests.support.balancer LISTEN_HOST:PORT BACKEND_HOST:PORT [BACKEND ...]` accepts
+`python -m compute_bench.hosts.balancer LISTEN_HOST:PORT BACKEND_HOST:PORT [BACKEND ...]` accepts
 connections and hands each to the next backend in turn that accepts it; a backend that refuses
 or does not answer within a second is skipped for that connection. No health checks, no HTTP:
 what a deployment's nginx or HAProxy does for the tests (issue 18: several servers behind one
@@ -64,9 +64,8 @@ async def serve(listen: tuple[str, int], backends: list[tuple[str, int]]) -> Non
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        print(
-            "usage: python -m tests.support.balancer LISTEN_HOST:PORT BACKEND_HOST:PORT ...", file=sys.stderr
-        )
+        usage = "usage: python -m compute_bench.hosts.balancer LISTEN_HOST:PORT BACKEND_HOST:PORT ..."
+        print(usage, file=sys.stderr)
         return 2
     asyncio.run(serve(_address(argv[0]), [_address(a) for a in argv[1:]]))
     return 0

@@ -1,11 +1,11 @@
-"""Compute deployed across hosts (tests.support.netns): PostgreSQL, Mosquitto, servers, workers.
+"""Compute deployed across hosts (compute_bench.hosts.netns): PostgreSQL, Mosquitto, servers, workers.
 
 The shape of issue 18's deployment, on one machine:
 
 * a **server** host with three addresses: the compute-server's (`SERVER`), Mosquitto's
   (`BROKER`) and PostgreSQL's (`DATABASE`), so a worker can be cut off from one service of the
   host and not the others (`Host.block`); a second server process listens on `SERVER_2`, and
-  `SERVICE` is then one address in front of both (tests.support.balancer);
+  `SERVICE` is then one address in front of both (compute_bench.hosts.balancer);
 * **worker** hosts, each with its own CL_SERVER_DIR and models folder;
 * a **client** host, from which the test submits jobs and reads the database (as a user's
   machine on the same LAN would), never cut off.
@@ -43,7 +43,7 @@ from sqlalchemy import Engine, create_engine, text
 from compute.config import variable_names
 from compute.ports import port_answers
 from compute_bench.harness import wait_until
-from tests.support.netns import Host, Lan
+from compute_bench.hosts.netns import Host, Lan
 
 __all__ = [
     "BROKER",
@@ -77,7 +77,8 @@ FILE_PLANE = "WORKER_FILES" in variable_names()
 SEVERAL_SERVERS = "COMPUTE_SERVER_ID" in variable_names()
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[2]
+#: The repository (the benchmark runs from its checkout, where deploy/ is).
+ROOT = Path(__file__).resolve().parents[4]
 DEPLOY = ROOT / "deploy" / "mosquitto"
 #: A process that does not come up in this long is broken (imports took 15 s on a loaded 2-core VM).
 STARTUP = 120.0
@@ -425,8 +426,8 @@ class HostedCompute:
         and workers use it."""
         backends = [f"{SERVER}:{HTTP_PORT}", f"{SERVER_2}:{HTTP_PORT}"][: len(self.servers)]
         proc = self.server_host.spawn(
-            [sys.executable, "-m", "tests.support.balancer", f"{SERVICE}:{HTTP_PORT}", *backends],
-            env={**self.base_env(), "PYTHONPATH": str(ROOT)},
+            [sys.executable, "-m", "compute_bench.hosts.balancer", f"{SERVICE}:{HTTP_PORT}", *backends],
+            env=self.base_env(),
             log=self.logs / "balancer.log",
         )
         self.servers["balancer"] = proc  # ended with the servers
