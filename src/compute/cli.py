@@ -204,7 +204,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
                 reload=True,
                 log_level=settings.log_level.lower(),
                 http="compute.cli:http_protocol_from_env",
-                access_log=False,  # README: no access log (it would hold ?access_token=)
+                access_log=False,  # docs/http-api.md: no access log (it would hold ?access_token=)
                 log_config=log_config,
             )
         else:

@@ -3,7 +3,7 @@
 Why a child and not amqtt in our process: compute-bench measured amqtt's forwarding as the
 largest single cost of the server (about 1.5-2 ms of the server's CPU per no-op job, sharing the
 GIL with the HTTP loop), while Mosquitto, in C and in its own process, forwards the same messages
-for a few percent of a core (INTERNALS.md, Performance). amqtt stays the fallback when Mosquitto
+for a few percent of a core (docs/performance.md). amqtt stays the fallback when Mosquitto
 is not installed (`EMBEDDED_BROKER=auto`), so the first command still works with Python packages
 only.
 

@@ -310,7 +310,7 @@ async def test_no_token_in_any_log(
     procs: Commands, env: dict[str, str], tmp_path: Path, mode: tuple[str, ...]
 ) -> None:
     """At DEBUG, in every mode compute-server runs in, with its workers' lines in the same log:
-    the tokens the requests carried appear nowhere (README: no access log; a secret is redacted
+    the tokens the requests carried appear nowhere (docs/http-api.md: no access log; a secret is redacted
     from whatever logs it)."""
     log_format, *flags = mode
     token, public_key = _signed_token(tmp_path, "alice")

@@ -49,7 +49,7 @@ def test_every_task_type_runs_on_worker_hosts(site: Site, compute: HostedCompute
 def test_a_worker_host_set_up_as_the_readme_says(
     site: Site, database: tuple[str, str], inputs: Inputs, tmp_path: Path
 ) -> None:
-    """README, "Workers on other machines", word for word where it can be: the server with its
+    """docs/operations.md, "Workers on other machines", word for word where it can be: the server with its
     embedded broker listening beyond 127.0.0.1, the worker given the database, the broker's
     generated password and the server's URL; each machine its own home folder. Only the
     addresses and the database's password differ, and auth is off as in every test here."""

@@ -43,7 +43,7 @@ STARTUP = 90.0
 
 #: Short leases and keepalives so faults show within seconds, but not so short that a loaded
 #: 2-core VM misses them: a keepalive of 2 s there made live workers look gone (their Last Will
-#: fired), and their jobs were rescued and run twice, as the README says they may be.
+#: fired), and their jobs were rescued and run twice, as docs/guarantees.md says they may be.
 FAST = {
     "JOB_LEASE_SECONDS": "10",
     "MQTT_KEEPALIVE": "10",

@@ -26,7 +26,7 @@ AUDIO_KBPS = 128
 #: Fast enough that a test video takes seconds; the quality loss is small at these bitrates.
 X264_PRESET = "veryfast"
 #: The presets a job may ask for instead (`preset`), slowest first; their cost and quality
-#: against the default are measured in INTERNALS.md (Performance, hls_streaming).
+#: against the default are measured in docs/performance.md (hls_streaming).
 X264_PRESETS = ("veryfast", "superfast", "ultrafast")
 PROBE_TIMEOUT = 60.0
 #: An encode may take this long per second of video (plus a start-up allowance): a slow,

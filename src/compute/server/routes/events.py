@@ -3,7 +3,7 @@
 Auth is the job routes' (JWT with `ai_inference_support`, guests when guest mode is on; each
 caller sees only its own jobs, admins all). A browser's EventSource cannot set headers, so these
 two routes, and only they, also take the token as the `access_token` query parameter (RFC 6750
-2.3); see README, "Live views", for the risk. A stream ends when the token it was opened with
+2.3); see docs/http-api.md, "Live views", for the risk. A stream ends when the token it was opened with
 expires, and a guest's when guest mode goes off. Each user (without a token: each client address)
 holds at most SSE_MAX_PER_USER streams (429), everyone together the smaller of SSE_MAX_CLIENTS
 and the descriptor budget's share (503).
