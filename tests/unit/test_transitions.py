@@ -15,6 +15,8 @@ from compute.db.rules import Verdict, renewal_interval, stall_grace
 from compute.db.transitions import Cancelled, JobTransitions
 from compute.jobs import EventType, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
+from compute_bench.harness import wait_until
+from tests.support.clocks import shifted_clock
 from tests.support.events import signed
 
 POLICY = TaskPolicy(max_retries=1, timeout=0, backoff_base=0.0, backoff_max=0.0)
@@ -273,6 +275,62 @@ def test_expired_lease_is_rescued_and_heartbeat_prevents_it(stores: Stores) -> N
     assert beating is not None and silent is not None
     assert repo.extend_leases([(beating.job_id, beating.lease_token or "")], 60_000) == 1
     assert [r.job_id for r in transitions.rescue_expired()] == ["silent"]
+
+
+#: How far a worker host's wall clock is off in the skew tests: more than a lease.
+SKEW = 60.0
+
+
+@pytest.mark.parametrize("skew", [-SKEW, SKEW], ids=["behind", "ahead"])
+def test_a_worker_whose_clock_is_off_claims_renews_and_completes_unrescued(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    repo, transitions = stores
+    submit(repo)
+    with shifted_clock(monkeypatch, skew):  # the worker's host
+        job = repo.claim_next(["noop"], "w1", "s1", lease_ms=10_000)
+        assert job is not None
+        assert repo.renew_leases([(job.job_id, job.lease_token or "")], 10_000) == set()
+        done = event(job, EventType.COMPLETED, 1, progress=100, task_output={"ok": 1})
+    # The server's sweep, on a clock a minute away: a 10 s lease computed from the worker's
+    # clock would have expired 50 s ago (behind).
+    assert transitions.rescue_expired() == []
+    renewed = repo.get(job.job_id)
+    assert renewed is not None and renewed.status == "processing" and renewed.attempt == 1
+    assert abs((renewed.lease_expires_at or 0) - (now_ms() + 10_000)) < 5_000
+    [outcome] = transitions.apply_events([done])
+    assert outcome.verdict is Verdict.APPLIED
+    stored = repo.get(job.job_id)
+    assert stored is not None and stored.status == "completed"
+    # Stored times are the database's: the run never ends before it started.
+    assert stored.started_at is not None and stored.completed_at is not None
+    assert stored.started_at <= stored.completed_at < stored.started_at + 5_000
+
+
+def test_a_dead_worker_whose_clock_is_ahead_is_rescued_when_its_lease_ends(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, transitions = stores
+    submit(repo)
+    with shifted_clock(monkeypatch, SKEW):
+        job = repo.claim_next(["noop"], "w1", "s1", lease_ms=200)
+    assert job is not None
+    # Then it dies. An expiry from its clock would hold the job a minute longer than its lease.
+    rescued = wait_until(transitions.rescue_expired, 30, "the lease sweep to rescue the job")
+    assert [r.job_id for r in rescued] == [job.job_id]
+
+
+def test_a_retry_backoff_runs_on_the_databases_clock(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    with shifted_clock(monkeypatch, SKEW):  # a worker a minute ahead reports a retryable failure
+        failed = event(job, EventType.FAILED, 1, error="crashed", retryable=True)
+    [outcome] = transitions.apply_events([failed])
+    assert outcome.status == JobStatus.QUEUED.value
+    # No backoff in POLICY: claimable at once, not a minute later (the event's own timestamp).
+    again = repo.claim_next(["noop"], "w2", "s2")
+    assert again is not None and again.attempt == 2
 
 
 def test_rescue_past_the_last_attempt_fails_with_a_reason(stores: Stores) -> None:

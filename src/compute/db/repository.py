@@ -40,7 +40,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
+from compute.db.leases import database_now_ms
 from compute.db.notices import notify
 from compute.db.paused import unpaused
 from compute.db.session import write_transaction
@@ -330,14 +332,12 @@ class JobRepository:
         self, task_types: Sequence[str], worker_id: str, session: str, lease_ms: int, limit: int
     ) -> tuple[str, Any]:
         """The claim's SQL and its parameters, in the form this database's driver takes them."""
-        now = now_ms()
         sql, positions, fixed = self._claim_sql(len(task_types))
         params: dict[str, Any] = {
             **fixed,
-            "now": now,
             "worker_id": worker_id,
             "session": session,
-            "expires": now + lease_ms,
+            "lease_ms": lease_ms,
             "token": secrets.token_hex(16) + ".",
             "limit": limit,
             **{f"type_{i}": t for i, t in enumerate(task_types)},
@@ -353,15 +353,17 @@ class JobRepository:
         if found is not None:
             return found
         names = [f"type_{i}" for i in range(types)]
+        # Every time the claim writes or compares is the database's (see database_now_ms): the
+        # worker's own clock may be seconds off the server's, whose sweep judges the lease.
+        now = database_now_ms(self.engine.dialect.name)
         if self.engine.dialect.name == "sqlite":
             # SQLite runs an IN (subquery) once, into a temporary table.
-            chosen = jobs.c.id.in_(_sqlite_candidate(names))
+            chosen = jobs.c.id.in_(_sqlite_candidate(names, now))
         else:
             # PostgreSQL may run an IN (subquery) again for each row it joins it with, each run
             # locking (SKIP LOCKED) and returning other rows; a CTE with FOR UPDATE is never
             # inlined, so it runs once: UPDATE ... FROM claimable WHERE jobs.id = claimable.id.
-            chosen = jobs.c.id == _candidate(names).cte("claimable").c.id
-        now = bindparam("now", type_=BigInteger())
+            chosen = jobs.c.id == _candidate(names, now).cte("claimable").c.id
         statement = (
             update(jobs)
             .where(chosen, jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
@@ -374,7 +376,7 @@ class JobRepository:
                 attempt=jobs.c.attempt + literal_column("1"),
                 retry_count=jobs.c.attempt,
                 lease_token=bindparam("token", type_=String()) + cast(jobs.c.id, String()),
-                lease_expires_at=bindparam("expires"),
+                lease_expires_at=now + bindparam("lease_ms", type_=BigInteger()),
                 event_seq=literal_column("0"),
                 next_attempt_at=literal_column("NULL"),
             )
@@ -391,11 +393,12 @@ class JobRepository:
         return len(leases) - len(self.renew_leases(leases, lease_ms))
 
     def renew_leases(self, leases: Sequence[tuple[str, str]], lease_ms: int) -> set[str]:
-        """Push the expiry of these (job_id, lease_token) claims in one statement; returns the
-        job ids whose claim is gone (rescued, cancelled, finished). Nothing to renew: no statement."""
+        """Push the expiry of these (job_id, lease_token) claims in one statement, to `lease_ms`
+        from now by the database's clock; returns the job ids whose claim is gone (rescued,
+        cancelled, finished). Nothing to renew: no statement."""
         if not leases:
             return set()
-        expires = now_ms() + lease_ms
+        expires = database_now_ms(self.engine.dialect.name) + lease_ms
         claims = [(jobs.c.job_id == job_id) & (jobs.c.lease_token == token) for job_id, token in leases]
         statement = (
             update(jobs)
@@ -486,20 +489,19 @@ class JobRepository:
 # SQLite's planner, without statistics, still prefers the status index and sorts every queued row
 # (~170 ms per claim with 100,000 queued, compute-bench --sections claim_scale), and SQLAlchemy
 # renders no index hint for SQLite: so its candidate is this text, with INDEXED BY.
-def _sqlite_candidate(type_params: Sequence[str]) -> Any:
+def _sqlite_candidate(type_params: Sequence[str], now: ColumnElement[int]) -> Any:
     return text(
         "SELECT id FROM jobs INDEXED BY ix_jobs_claim_order"
         f" WHERE status = '{JobStatus.QUEUED.value}'"
         f" AND task_type IN ({', '.join(':' + n for n in type_params)})"
-        " AND (next_attempt_at IS NULL OR next_attempt_at <= :now)"
+        f" AND (next_attempt_at IS NULL OR next_attempt_at <= {now})"
         " ORDER BY priority DESC, created_at, id LIMIT :limit"
     ).columns(jobs.c.id)
 
 
-def _candidate(type_params: Sequence[str]) -> Any:
+def _candidate(type_params: Sequence[str], now: ColumnElement[int]) -> Any:
     """The same candidate elsewhere (PostgreSQL): FOR UPDATE SKIP LOCKED skips rows another
     worker's claim holds."""
-    now = bindparam("now", type_=BigInteger())
     return (
         select(jobs.c.id)
         .where(

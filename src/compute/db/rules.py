@@ -150,25 +150,27 @@ def decide(
     if ev.seq <= claim.event_seq:
         return Outcome(ev, Verdict.SEEN, status, "already applied", task_type), {}
 
-    happened = ev.timestamp or now  # signed by the claim holder: when it really finished
+    # Stored times are the database's (`now`), never the event's `timestamp`: that is the
+    # worker's clock, which may be seconds off the one that set `started_at` and that the claim
+    # compares a retry's `next_attempt_at` with.
     values: dict[str, Any] = {"event_seq": ev.seq, "updated_at": now}
     retry_at = None
     if ev.event is EventType.PROGRESS and ev.progress > claim.progress:
         values["progress"] = ev.progress
     elif ev.event is EventType.COMPLETED and (refused := result_too_large(ev.task_output, max_result_bytes)):
         ev = replace(ev, event=EventType.FAILED, task_output=None, error=refused, retryable=False)
-        failed, retry_at = failed_attempt(claim, refused, False, happened, policy)
+        failed, retry_at = failed_attempt(claim, refused, False, now, policy)
         values.update(failed)
     elif ev.event is EventType.COMPLETED:
         values.update(
             status=JobStatus.COMPLETED.value,
             progress=100,
-            completed_at=happened,
+            completed_at=now,
             error_message=None,
             task_output=dumps(ev.task_output),
         )
     elif ev.event is EventType.FAILED:
-        failed, retry_at = failed_attempt(claim, ev.error or "unknown error", ev.retryable, happened, policy)
+        failed, retry_at = failed_attempt(claim, ev.error or "unknown error", ev.retryable, now, policy)
         values.update(failed)
     elif ev.event is EventType.RELEASED:
         values.update(released(claim))
@@ -178,7 +180,7 @@ def decide(
         ev.job_id,
         after,
         progress=100 if ev.event is EventType.COMPLETED else ev.progress,
-        timestamp=ev.timestamp,
+        timestamp=now,
         task_type=task_type,
         cause=Cause(ev.event.value),
         priority=claim.priority,

@@ -19,12 +19,13 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
+from compute.db.leases import database_now_ms
 from compute.db.notices import notify
 from compute.db.rules import Claim, LeaseSnapshot, Outcome, decide, failed_attempt
 from compute.db.session import write_transaction
 from compute.db.tables import jobs_table as jobs
 from compute.db.tables import queue_entries_table as queue_entries
-from compute.jobs import TERMINAL, Cause, JobChange, JobEvent, JobStatus, may_move, now_ms
+from compute.jobs import TERMINAL, Cause, JobChange, JobEvent, JobStatus, may_move
 from compute.policies import Policies
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Changed:
 
 
 _COLUMNS = tuple(jobs.c[f.name] for f in fields(Claim))
+#: The label of the database's time in `_lock`'s rows.
+_NOW = "database_now"
 
 
 @functools.cache
@@ -84,14 +87,22 @@ class JobTransitions:
         self.max_result_bytes = max_result_bytes
         self.dialect = engine.dialect.name
 
-    def _lock(self, conn: Connection, where: Any) -> dict[str, Claim]:
-        stmt = select(*_COLUMNS).where(where)
+    def _lock(self, conn: Connection, where: Any) -> tuple[dict[str, Claim], int]:
+        """The rows of `where` as claims, locked, and the database's time (ms) read with them:
+        every time a transition writes or compares is the database's, never this host's, whose
+        clock may be seconds off another's (0 when no row matched: nothing is written then)."""
+        stmt = select(*_COLUMNS, database_now_ms(self.dialect).label(_NOW)).where(where)
         if self.dialect == "postgresql":
             # Rows locked in one order by everyone: several servers apply the same events
             # (each receives them all), and two batches locking a pair of jobs in opposite
             # orders would deadlock.
             stmt = stmt.order_by(jobs.c.job_id).with_for_update()
-        return {r["job_id"]: Claim(**r) for r in conn.execute(stmt).mappings()}
+        claims: dict[str, Claim] = {}
+        now = 0
+        for r in conn.execute(stmt).mappings():
+            now = max(now, r[_NOW])
+            claims[r["job_id"]] = Claim(**{k: v for k, v in r.items() if k != _NOW})
+        return claims, now
 
     # -- worker events -----------------------------------------------------------------------
 
@@ -101,13 +112,13 @@ class JobTransitions:
             return []
         outcomes: list[Outcome] = []
         with write_transaction(self.engine) as conn:
-            read = self._lock(conn, jobs.c.job_id.in_({e.job_id for e in events}))
+            read, now = self._lock(conn, jobs.c.job_id.in_({e.job_id for e in events}))
             current = dict(read)  # each job as the events so far left it
             changes: dict[str, dict[str, Any]] = {}
             for ev in events:
                 claim = current.get(ev.job_id)
                 policy = self.policies.for_task(claim.task_type if claim is not None else "")
-                outcome, values = decide(ev, claim, policy, now_ms(), self.max_result_bytes)
+                outcome, values = decide(ev, claim, policy, now, self.max_result_bytes)
                 outcomes.append(outcome)
                 if claim is not None and values:
                     current[ev.job_id] = claim.updated(values)
@@ -157,16 +168,17 @@ class JobTransitions:
         return self._rescue((jobs.c.status == JobStatus.PROCESSING.value) & or_(*unchanged), reason)
 
     def rescue_expired(self) -> list[JobChange]:
-        """Jobs whose lease ran out without a heartbeat."""
-        now = now_ms()
+        """Jobs whose lease ran out without a heartbeat: expired by the database's clock, which
+        also set the expiry (the claim, the renewals), so no two hosts' clocks are compared."""
+        now = database_now_ms(self.dialect)
         where = (jobs.c.status == JobStatus.PROCESSING.value) & (jobs.c.lease_expires_at < now)
         return self._rescue(where, "lease expired without heartbeat")
 
     def _rescue(self, where: Any, reason: str) -> list[JobChange]:
         rescued: list[JobChange] = []
         with write_transaction(self.engine) as conn:
-            for claim in self._lock(conn, where).values():
-                now = now_ms()
+            claims, now = self._lock(conn, where)
+            for claim in claims.values():
                 error = f"{reason} during attempt {claim.attempt}"
                 policy = self.policies.for_task(claim.task_type)
                 values, _ = failed_attempt(claim, error, retryable=True, now=now, policy=policy)
@@ -200,12 +212,12 @@ class JobTransitions:
     def cancel(self, job_id: str) -> Cancelled | None:
         """Cancel a queued or running job. Returns what it found, or None for an unknown job."""
         with write_transaction(self.engine) as conn:
-            claim = self._lock(conn, jobs.c.job_id == job_id).get(job_id)
+            claims, now = self._lock(conn, jobs.c.job_id == job_id)
+            claim = claims.get(job_id)
             if claim is None:
                 return None
             change = None
             if may_move(claim.status, JobStatus.CANCELLED):
-                now = now_ms()
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.job_id == job_id)
@@ -238,13 +250,13 @@ class JobTransitions:
         others (or in a retry's backoff) looks once more; a lower priority cannot make a job
         claimable sooner, so it wakes nobody."""
         with write_transaction(self.engine) as conn:
-            claim = self._lock(conn, jobs.c.job_id == job_id).get(job_id)
+            claims, now = self._lock(conn, jobs.c.job_id == job_id)
+            claim = claims.get(job_id)
             if claim is None:
                 return None
             queued = claim.status == JobStatus.QUEUED.value
             change = None
             if queued:
-                now = now_ms()
                 conn.execute(
                     update(jobs).where(jobs.c.job_id == job_id).values(priority=priority, updated_at=now)
                 )
@@ -272,14 +284,14 @@ class JobTransitions:
         can no longer report on the job.
         """
         with write_transaction(self.engine) as conn:
-            claim = self._lock(conn, jobs.c.job_id == job_id).get(job_id)
+            claims, now = self._lock(conn, jobs.c.job_id == job_id)
+            claim = claims.get(job_id)
             if claim is None:
                 return None
             # A finished job that may be queued again (jobs.NEXT): failed or cancelled.
             retryable = claim.status in TERMINAL and may_move(claim.status, JobStatus.QUEUED)
             change = None
             if retryable:
-                now = now_ms()
                 policy = self.policies.for_task(claim.task_type)
                 conn.execute(
                     update(jobs)

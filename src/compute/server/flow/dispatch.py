@@ -37,7 +37,12 @@ class Dispatcher:
             if change.wake_at is None:
                 continue
             if change.wake_at:
-                self.hint_at(change.task_type, change.job_id, change.wake_at)
+                # `wake_at` and `timestamp` are the database's times: the backoff between them,
+                # not `wake_at` itself, is what this server's clock may measure.
+                at = change.wake_at
+                if change.timestamp:
+                    at = now_ms() + max(0, change.wake_at - change.timestamp)
+                self.hint_at(change.task_type, change.job_id, at)
             elif change.task_type not in hinted:
                 hinted.add(change.task_type)
                 self.hint(change.task_type, change.job_id, change.priority, change.timestamp)
