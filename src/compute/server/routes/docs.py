@@ -15,11 +15,17 @@ from compute.topics import Topics
 router = APIRouter()
 
 
-@lru_cache(maxsize=16)
 def _document(settings: Settings) -> dict[str, Any]:
-    return asyncapi.document(
+    return _cached_document(
         Topics.for_settings(settings), f"{settings.broker_host}:{settings.mqtt_port}", settings.mqtt_version
     )
+
+
+# Keyed by what the document depends on, not by Settings: Settings holds a mapping
+# (worker_concurrency), so it cannot be a cache key.
+@lru_cache(maxsize=16)
+def _cached_document(topics: Topics, broker: str, mqtt_version: int) -> dict[str, Any]:
+    return asyncapi.document(topics, broker, mqtt_version)
 
 
 @router.get("/asyncapi.json", tags=["docs"])
