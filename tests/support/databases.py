@@ -48,7 +48,8 @@ def fresh_pg_database(label: str) -> Iterator[str]:
 
 
 def empty_jobs(url: str) -> None:
-    """Remove every job, the preferences a test may have set (pauses, guest mode), leases and rate buckets."""
+    """Remove every job, the preferences a test may have set (pauses, guest mode, the storage id),
+    leases and rate buckets."""
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
@@ -60,5 +61,8 @@ def empty_jobs(url: str) -> None:
             # test's from its sweeps.
             conn.exec_driver_sql("DELETE FROM server_leases")
             conn.exec_driver_sql("DELETE FROM rate_buckets")  # one test's limits are not the next's
+            # A server draws the storage id once per database; each test's server has storage of
+            # its own, and a test that starts none must find none recorded.
+            conn.exec_driver_sql("DELETE FROM server_preferences WHERE key = 'storage_id'")
     finally:
         engine.dispose()

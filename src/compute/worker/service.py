@@ -23,7 +23,7 @@ from compute import __version__
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.repository import JobRepository
-from compute.db.session import make_engine
+from compute.db.session import check_migrated, make_engine
 from compute.db.worker_sessions import WorkerSessions, new_secret
 from compute.errors import NotMigrated, first_line
 from compute.logs import LogLimiter
@@ -71,6 +71,13 @@ class WorkerService:
         cls, settings: Settings, tasks: dict[str, ComputeModule], *, db_wait: float = DB_WAIT
     ) -> WorkerService:
         engine = make_engine(settings.database_url, wait=db_wait)
+        # Deciding where the job folders are reads server_preferences: a database from before the
+        # tables existed gets "run compute-migrate", not a driver error.
+        try:
+            check_migrated(engine)
+        except NotMigrated:
+            engine.dispose()
+            raise
         settings, folders = _job_folders(settings, engine)
         plugin_environment.configure(settings)
         topics = Topics.for_settings(settings)
