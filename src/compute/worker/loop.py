@@ -82,7 +82,8 @@ class Worker:
         self.held: dict[str, Slot] = {}
         #: Set whenever a slot frees (the drain claims again).
         self._slot_freed = asyncio.Event()
-        #: Claim attempts that found nothing (another worker took the job first).
+        #: Claim statements that found nothing (another worker took the job first, or the
+        #: drain looked once more after its last job).
         self.empty_claims = 0
         self.jobs_run = 0
         #: Database errors survived (claims, renewals, heartbeats), and cancel requests ignored.
@@ -217,8 +218,6 @@ class Worker:
                     self.announcer.set_idle(False)
                 ran += claimed
                 if not runs:
-                    if not ran:
-                        self.empty_claims += 1
                     break
                 # Until a job ends (its slot claims again) or a hint says there is more.
                 await _first_of(self._slot_freed, self.wake, self.stopping)
@@ -244,6 +243,8 @@ class Worker:
             if lane.drained or not free or self.stopping.is_set():
                 continue
             jobs = self._claim(lane)
+            if not jobs:
+                self.empty_claims += 1
             if len(jobs) < len(free):
                 lane.drained = True
             for slot, job in zip(free, jobs, strict=False):
