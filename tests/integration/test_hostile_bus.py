@@ -235,6 +235,9 @@ async def test_forged_confirmations_never_make_a_worker_forget_its_result(
     repo.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params={}))
     running, plugin = await start_gated(start_worker, wait_idle=False)
     outbox = running.worker.outbox
+    # Only a confirmation may end the wait while the flood is handled: the worker's own write
+    # after CONFIRM_TIMEOUT (10 s, which a loaded machine can spend on the flood) would end it too.
+    outbox.confirm_timeout = 3600.0
     await wait_for(plugin.entered.is_set, what="the job to start")
     plugin.gate.set()
     await wait_for(lambda: job_id in outbox.pending, what="the result to wait for its confirmation")
