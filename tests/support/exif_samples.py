@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import struct
-import subprocess
 import zlib
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -37,33 +35,6 @@ def photo(exif: bool = True, size: tuple[int, int] = (40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (90, 120, 200)).save(buf, format="JPEG", exif=data)
     return buf.getvalue()
-
-
-def tiny_mp4(folder: Path) -> bytes:
-    """One second of ffmpeg's test pattern; skips the test where ffmpeg is not installed."""
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed")
-    target = folder / "tiny.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=64x48:rate=10",
-            "-t",
-            "1",
-            "-c:v",
-            "mpeg4",
-            str(target),
-        ],
-        check=True,
-        timeout=30,
-    )
-    return target.read_bytes()
 
 
 #: An MPEG program stream header and then nonsense: exiftool reports "File format error".

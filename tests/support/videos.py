@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
 
 from compute.plugins.video_probe import Source
 
@@ -134,3 +137,30 @@ def opened(path: Path, shown: str | None = None) -> Iterator[Source]:
         yield Source(fd, shown or str(path))
     finally:
         os.close(fd)
+
+
+def tiny_mp4(folder: Path) -> bytes:
+    """One second of ffmpeg's test pattern; skips the test where ffmpeg is not installed."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    target = folder / "tiny.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=10",
+            "-t",
+            "1",
+            "-c:v",
+            "mpeg4",
+            str(target),
+        ],
+        check=True,
+        timeout=30,
+    )
+    return target.read_bytes()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from compute.plugins.exif.algorithm import HIDDEN_TAGS, SUMMARY
-from tests.support.exif_samples import needs_exiftool, photo, tiny_mp4
+from tests.support.exif_samples import needs_exiftool, photo
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job
+from tests.support.videos import tiny_mp4
 
 pytestmark = needs_exiftool
 

@@ -6,9 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from tests.support.hash_samples import blocks, encoded, tiny_mp4
+from tests.support.hash_samples import blocks, encoded
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job
+from tests.support.videos import tiny_mp4
 
 
 async def test_image_and_video_through_a_worker(
