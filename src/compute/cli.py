@@ -387,6 +387,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         help="jobs of a task run at once, e.g. image_resize=4,media_thumbnail=2 (WORKER_CONCURRENCY; "
         "default 1: one job at a time)",
     )
+    parser.add_argument(
+        "--batch",
+        help="queued jobs of a task one plugin process takes together, e.g. clip_embedding=8 "
+        "(WORKER_BATCH; tasks whose model takes a batch; default 1: one job per call)",
+    )
     parser.add_argument("--port", type=int, help="port of the local compute server (default 8002)")
     parser.add_argument("--server-url", help="URL of the compute server (COMPUTE_SERVER_URL)")
     _add_broker_flags(parser)
@@ -399,6 +404,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         (args.worker_id, "WORKER_ID"),
         (args.tasks, "WORKER_SUPPORTED_TASKS"),
         (args.concurrency, "WORKER_CONCURRENCY"),
+        (args.batch, "WORKER_BATCH"),
     ):
         if flag is not None:
             overrides[var] = str(flag)
@@ -448,9 +454,13 @@ async def _run_worker(settings: Settings) -> int:
         return _fail(str(exc))
     if not tasks:
         return _fail("no task can run on this machine (see the warnings above and `compute-models`)")
-    strangers = sorted(set(settings.worker_concurrency) - set(tasks))
-    if strangers:  # one WORKER_CONCURRENCY may serve workers of different tasks: not an error
-        log.info("WORKER_CONCURRENCY: %s not run by this worker, ignored", ", ".join(strangers))
+    for var, named in (
+        ("WORKER_CONCURRENCY", settings.worker_concurrency),
+        ("WORKER_BATCH", settings.worker_batch),
+    ):
+        strangers = sorted(set(named) - set(tasks))
+        if strangers:  # one setting may serve workers of different tasks: not an error
+            log.info("%s: %s not run by this worker, ignored", var, ", ".join(strangers))
     missing = _schema_problem(settings.database_url)
     if missing:
         return _fail(missing)

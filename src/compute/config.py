@@ -145,6 +145,11 @@ class Settings:
     #: light tasks): it claims up to that many in one statement, each in a plugin process of its
     #: own. Tasks not named share one slot, one job at a time.
     worker_concurrency: Mapping[str, int] = field(default_factory=dict)
+    #: Task type -> the most of its queued jobs one plugin process takes together (WORKER_BATCH,
+    #: opt-in, for tasks whose model takes a batch: clip_embedding, dino_embedding,
+    #: face_embedding): claimed in one statement, run through the model in one call. What is
+    #: queued is taken at once: a lone job never waits for a batch to fill.
+    worker_batch: Mapping[str, int] = field(default_factory=dict)
     server_url: str = "http://127.0.0.1:8002"
     log_level: str = "INFO"
     #: "text" (default) or "json": one JSON object per line, with job_id / worker_id fields.
@@ -347,7 +352,13 @@ def parse_tasks(raw: str) -> tuple[str, ...]:
 MAX_CONCURRENCY = 64
 
 
-def parse_concurrency(raw: str) -> dict[str, int]:
+#: The most jobs of one task a plugin process takes in one batch.
+MAX_BATCH = 64
+
+
+def parse_concurrency(
+    raw: str, var: str = "WORKER_CONCURRENCY", maximum: int = MAX_CONCURRENCY
+) -> dict[str, int]:
     """`task=N,task2=M` -> {task: N, task2: M}; ConfigError for anything else."""
     found: dict[str, int] = {}
     for item in raw.split(","):
@@ -356,10 +367,10 @@ def parse_concurrency(raw: str) -> dict[str, int]:
         task, sep, count = item.partition("=")
         task = task.strip()
         if not sep or not task or not count.strip().isdigit():
-            raise ConfigError(f"WORKER_CONCURRENCY: expected task=N[,task=N ...], got {item.strip()!r}")
+            raise ConfigError(f"{var}: expected task=N[,task=N ...], got {item.strip()!r}")
         n = int(count)
-        if not 1 <= n <= MAX_CONCURRENCY:
-            raise ConfigError(f"WORKER_CONCURRENCY: {task}={n}: between 1 and {MAX_CONCURRENCY}")
+        if not 1 <= n <= maximum:
+            raise ConfigError(f"{var}: {task}={n}: between 1 and {maximum}")
         found[task] = n
     return found
 
@@ -469,6 +480,7 @@ def load_settings(
         if env.get("WORKER_SUPPORTED_TASKS")
         else None,
         worker_concurrency=parse_concurrency(env.get("WORKER_CONCURRENCY") or ""),
+        worker_batch=parse_concurrency(env.get("WORKER_BATCH") or "", "WORKER_BATCH", MAX_BATCH),
         worker_files=_choice(env, "WORKER_FILES", WORKER_FILES_MODES),
         worker_scratch_dir=_path(env, "WORKER_SCRATCH_DIR", cl_server_dir / "worker-scratch"),
         server_url=_server_url(env, f"http://127.0.0.1:{port}").rstrip("/"),

@@ -2,7 +2,8 @@
 (tests/integration/test_plugin_batches.py).
 
 Each job of a call reports progress 1, then the call blocks its thread for the longest `hold_s`
-of its jobs (a batch is one model run: a job that holds it holds its batch-mates), then each job
+of its jobs (a batch is one model run: a job that holds it holds its batch-mates), and until the
+file any of its jobs names in `until_file` exists (a gate the test opens), then each job
 does what its params ask on its own: allocate `allocate_mb` MB (a MemoryError is that job's),
 fail as its own fault (`outcome="error"`) or crash (`outcome="crash"`). It returns the pid of the
 process that ran it, the size of the call it came in and its place there, and its `tag`.
@@ -28,6 +29,7 @@ class BatchParams(BaseJobParams):  # type: ignore[misc]  # untyped cl_ml_tools
     hold_s: float = Field(default=0.0, ge=0.0, description="seconds the call blocks in time.sleep")
     allocate_mb: int = Field(default=0, ge=0, description="MB allocated and touched")
     tag: str = ""
+    until_file: str = Field(default="", description="the call blocks until this file exists")
 
 
 class JobCrashed(RuntimeError):
@@ -62,6 +64,9 @@ class BatchTask(ComputeModule):  # type: ignore[misc]
         if hold:
             # Blocks the event loop on purpose: cancelling the coroutine cannot stop it.
             time.sleep(hold)  # noqa: ASYNC251
+        for gate in {params.until_file for _, params, _ in jobs if params.until_file}:
+            while not os.path.exists(gate):  # noqa: ASYNC240  # blocks on purpose, as hold_s
+                time.sleep(0.01)  # noqa: ASYNC251
         return [self._one(index, len(jobs), params) for index, (_, params, _) in enumerate(jobs)]
 
     def _one(self, index: int, size: int, params: BatchParams) -> dict[str, Any] | BaseException:

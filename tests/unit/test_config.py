@@ -204,6 +204,16 @@ def test_concurrency_per_task_is_opt_in_and_bounded(tmp_path: Path) -> None:
             load_settings({**env, "WORKER_CONCURRENCY": bad})
 
 
+def test_batch_per_task_is_opt_in_and_bounded(tmp_path: Path) -> None:
+    env = {"CL_SERVER_DIR": str(tmp_path)}
+    assert load_settings(env).worker_batch == {}
+    found = load_settings({**env, "WORKER_BATCH": "clip_embedding=8,dino_embedding=4"}).worker_batch
+    assert found == {"clip_embedding": 8, "dino_embedding": 4}
+    for bad in ("clip_embedding", "x=0", "x=65", "x=eight"):
+        with pytest.raises(ConfigError, match="WORKER_BATCH"):
+            load_settings({**env, "WORKER_BATCH": bad})
+
+
 def test_parse_tasks() -> None:
     assert parse_tasks("a, b,,c ") == ("a", "b", "c")
     assert parse_tasks("") == ()

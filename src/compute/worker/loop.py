@@ -1,8 +1,9 @@
 """The worker loop: drain the queue, then wait for a hint, the sweep timer, or stop.
 
-Draining: each lane (worker/lanes.py) with free slots claims up to that many of its jobs in one
-statement and starts each in a slot; when a job ends its slot claims again, until a claim finds
-fewer jobs than it asked for. A hint meanwhile makes every lane look again.
+Draining: each lane (worker/lanes.py) with free slots claims up to that many of its jobs (times
+its batch) in one statement and starts each slot's share in it; when a run ends its slot claims
+again, until a claim finds fewer jobs than it asked for. A hint meanwhile makes every lane look
+again.
 
 Side tasks: the result outbox, the heartbeat (refreshes `worker_sessions.last_seen` and the
 retained `info`) and lease renewal. None of them, nor the claim loop, lets a database error end
@@ -30,7 +31,7 @@ from compute.worker.announce import Announcer, new_session
 from compute.worker.attempt import Attempt
 from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.job_folder import JobFolders
-from compute.worker.lanes import Lane, Slot, build_lanes
+from compute.worker.lanes import Lane, Slot, build_lanes, shares
 from compute.worker.results import ResultOutbox
 from compute.worker.runner import JobRunner
 
@@ -78,7 +79,8 @@ class Worker:
         self.lanes = build_lanes(settings, tasks, self.outbox, folders)
         self.topics = topics
         #: The claims this worker holds, running or about to (their leases are renewed, cancel
-        #: requests must verify for one of them), and the slot each is in.
+        #: requests must verify for one of them), and the slot each is in (several share a slot
+        #: when they run as a batch).
         self.held: dict[str, Slot] = {}
         #: Set whenever a slot frees (the drain claims again).
         self._slot_freed = asyncio.Event()
@@ -108,7 +110,7 @@ class Worker:
     @property
     def current(self) -> Attempt | None:
         """The claim being run, when there is exactly one."""
-        attempts = [slot.attempt for slot in self.held.values() if slot.attempt is not None]
+        attempts = [slot.attempts[job_id] for job_id, slot in self.held.items() if job_id in slot.attempts]
         return attempts[0] if len(attempts) == 1 else None
 
     def _on_hint(self, _topic: str, _payload: bytes, _retained: bool) -> None:
@@ -123,7 +125,8 @@ class Worker:
             limited.warning("malformed cancel", "ignored a malformed cancel request: %s", str(exc)[:200])
             return
         slot = self.held.get(request["job_id"])
-        if slot is None or slot.attempt is None or not slot.attempt.verifies_cancel(request):
+        attempt = slot.attempts.get(request["job_id"]) if slot is not None else None
+        if slot is None or attempt is None or not attempt.verifies_cancel(request):
             # Not for the running claim, or not from the server: a job stops only on the
             # server's word (signed with the lease token) or when its lease is gone.
             self.rejected_cancels += 1
@@ -245,27 +248,34 @@ class Worker:
             jobs = self._claim(lane)
             if not jobs:
                 self.empty_claims += 1
-            if len(jobs) < len(free):
+            if len(jobs) < lane.claim_limit:
                 lane.drained = True
-            for slot, job in zip(free, jobs, strict=False):
-                attempt = Attempt(job, self.worker_id, self.bus, self.topics)
-                slot.attempt = attempt
-                self.held[job.job_id] = slot
-                task = asyncio.create_task(self._run(slot, attempt), name=f"job-{job.job_id}")
+            for slot, share in shares(jobs, free):
+                attempts = [Attempt(job, self.worker_id, self.bus, self.topics) for job in share]
+                slot.attempts = {attempt.job_id: attempt for attempt in attempts}
+                self.held.update(dict.fromkeys(slot.attempts, slot))
+                task = asyncio.create_task(self._run(lane, slot, attempts), name=f"job-{share[0].job_id}")
                 runs.add(task)
                 task.add_done_callback(runs.discard)
             claimed += len(jobs)
         return claimed
 
-    async def _run(self, slot: Slot, attempt: Attempt) -> None:
+    async def _run(self, lane: Lane, slot: Slot, attempts: list[Attempt]) -> None:
         try:
-            await slot.runner.run(attempt)
+            await slot.runner.run_many(attempts)
+            if len(attempts) > 1 and slot.runner.takes_batches is False:
+                log.warning(
+                    "%s: its plugin takes no batch (its model's batch is fixed); WORKER_BATCH ignored",
+                    attempts[0].task_type,
+                )
+                lane.batch = 1
         except Exception:  # the runner reports plugin failures itself: this is a bug of ours
-            limited.exception("run", "job %s: the worker failed to run it", attempt.job_id)
+            limited.exception("run", "job %s: the worker failed to run it", attempts[0].job_id)
         finally:
-            slot.attempt = None
-            self.held.pop(attempt.job_id, None)
-            self.jobs_run += 1
+            slot.attempts = {}
+            for attempt in attempts:
+                self.held.pop(attempt.job_id, None)
+            self.jobs_run += len(attempts)
             self._slot_freed.set()
 
     async def _heartbeat(self) -> None:
@@ -304,8 +314,13 @@ class Worker:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due = max(due, loop.time()) + interval  # a late one (a stalled loop) sets a new step
-            held = {job_id: slot for job_id, slot in self.held.items() if slot.attempt is not None}
-            running = [(job_id, slot.attempt.lease_token) for job_id, slot in held.items() if slot.attempt]
+            # A batch-mate cancelled while its batch runs is no claim of ours any more.
+            held = {
+                job_id: slot
+                for job_id, slot in self.held.items()
+                if job_id in slot.attempts and not slot.runner.dropped(job_id)
+            }
+            running = [(job_id, slot.attempts[job_id].lease_token) for job_id, slot in held.items()]
             leases = running + self.outbox.held_leases()
             try:
                 # One statement for every claim held: running, about to run, or waiting for

@@ -8,6 +8,9 @@ The plugin runs in a plugin host: by default a child process the worker kills on
 timeout (worker/plugin_process.py), or a thread of the worker (worker/plugin_thread.py,
 PLUGIN_ISOLATION=thread). Either way the worker's own event loop stays free for MQTT keepalives,
 hints, cancel requests and lease heartbeats while a plugin computes.
+
+Several claims of one task handed over together (`run_many`, WORKER_BATCH) go to the plugin as
+one batch when it takes batches (worker/batch_run.py), one after another when it does not.
 """
 
 from __future__ import annotations
@@ -84,14 +87,17 @@ class JobRunner:
         #: A result larger than this (task_output as JSON) fails the job instead of being sent.
         self.max_result_bytes = max_result_bytes
         self.folders: JobFolders = folders or SharedFolders()
-        #: The attempts being run, by job id, with their plugin runs (what a cancel stops).
-        self._running: dict[str, tuple[Attempt, asyncio.Future[Any]]] = {}
+        #: The attempts being run, by job id, with what stops each (its plugin run; for a batch,
+        #: what drops it from the batch).
+        self._running: dict[str, tuple[Attempt, Callable[[], Any]]] = {}
         self._cancelled: set[str] = set()
         self._released: set[str] = set()
         #: Set by release_all: every run, running or about to start, is handed back.
         self.releasing = False
+        #: Whether the plugin took the last batch handed over (None: none handed over yet).
+        self.takes_batches: bool | None = None
 
-    def _progress_reporter(self, attempt: Attempt) -> Callable[[int], None]:
+    def progress_reporter(self, attempt: Attempt) -> Callable[[int], None]:
         """The plugin's progress callback: thread-safe, forward-only, below 100.
 
         100 belongs to the `completed` event. Most plugins report 100 as they return; sending it
@@ -124,8 +130,12 @@ class JobRunner:
         found = self._running.get(job_id)
         if found is None:
             return False
-        found[1].cancel()
+        found[1]()
         return True
+
+    def dropped(self, job_id: str) -> bool:
+        """Whether `job_id` was cancelled here (its claim is not this worker's any more)."""
+        return job_id in self._cancelled
 
     def release_all(self) -> None:
         """The worker is stopping: stop every plugin run and hand its claim back (`released`,
@@ -134,99 +144,169 @@ class JobRunner:
         The plugin is stopped first (its process killed), then the release is sent: a job never
         runs here and elsewhere at once."""
         self.releasing = True
-        for job_id, (_, run) in self._running.items():
+        for job_id, (_, stop) in list(self._running.items()):
             self._released.add(job_id)
-            run.cancel()
+            stop()
+
+    async def run_many(self, attempts: list[Attempt]) -> list[JobEvent | None]:
+        """Execute claims of one task handed over together: as one batch when there are several
+        and the plugin takes batches, else one after another. Each one's outcome, in order."""
+        from compute.worker.batch_run import BatchRun  # it builds on this module
+
+        if len(attempts) > 1 and not self.releasing:
+            try:
+                self.takes_batches = await self.host.batchable(attempts[0].task_type)
+            except PluginCrashed as exc:  # no process to ask: each job fails with the reason
+                log.warning("plugin %s: %s", attempts[0].task_type, exc)
+            else:
+                if self.takes_batches:
+                    return await BatchRun(self, attempts).run()
+        return [await self.run(attempt) for attempt in attempts]
 
     async def run(self, attempt: Attempt) -> JobEvent | None:
         """Execute `attempt`; the terminal event goes to the outbox. None when it was cancelled."""
-        fields = attempt.log_fields()
-        if attempt.job_id in self._cancelled:  # cancelled before it started: nothing to say
+        skipped, outcome = self.not_started(attempt)
+        if skipped:
+            return outcome
+        started = self.start(attempt)
+        try:
+            outcome = await self._execute(attempt)
+            self.finish(attempt, outcome, started)
+            return outcome
+        finally:
+            self.forget(attempt)
+
+    def not_started(self, attempt: Attempt) -> tuple[bool, JobEvent | None]:
+        """(True, its outcome) when `attempt` is not to start: cancelled before it started (no
+        outcome: nothing to say), or the worker is stopping (handed back, queued again
+        untouched); (False, None) when it starts."""
+        if attempt.job_id in self._cancelled:
             self._cancelled.discard(attempt.job_id)
-            log.info("job %s cancelled before it started", attempt.job_id, extra=fields)
-            return None
-        if self.releasing:  # claimed before the stop, not started: back to the queue untouched
+            log.info("job %s cancelled before it started", attempt.job_id, extra=attempt.log_fields())
+            return True, None
+        if self.releasing:
             released = attempt.event(EventType.RELEASED)
             self.outbox.send(attempt, released)
-            return released
+            return True, released
+        return False, None
+
+    def start(self, attempt: Attempt, batch: int = 1) -> float:
+        """Log and publish that `attempt` started; its start time."""
         log.info(
-            "job %s (%s, attempt %d): started",
+            "job %s (%s, attempt %d): started%s",
             attempt.job_id,
             attempt.task_type,
             attempt.number,
-            extra=fields,
+            f" in a batch of {batch}" if batch > 1 else "",
+            extra=attempt.log_fields(),
         )
-        started = time.monotonic()
-        try:
-            attempt.publish(attempt.event(EventType.STARTED))
-            outcome = await self._execute(attempt)
-            if outcome is not None:
-                log.info(
-                    "job %s: %s in %.0f ms%s",
-                    attempt.job_id,
-                    outcome.event.value,
-                    (time.monotonic() - started) * 1000,
-                    f" ({outcome.error})" if outcome.error else "",
-                    extra={**fields, "event": outcome.event.value},
-                )
-                self.outbox.send(attempt, outcome)
-            return outcome
-        finally:
-            self._cancelled.discard(attempt.job_id)
-            self._released.discard(attempt.job_id)
+        attempt.publish(attempt.event(EventType.STARTED))
+        return time.monotonic()
 
-    async def _execute(self, attempt: Attempt) -> JobEvent | None:
+    def finish(self, attempt: Attempt, outcome: JobEvent | None, started: float) -> None:
+        """Log `attempt`'s outcome and hand it to the outbox (None: nothing to send)."""
+        if outcome is None:
+            return
+        log.info(
+            "job %s: %s in %.0f ms%s",
+            attempt.job_id,
+            outcome.event.value,
+            (time.monotonic() - started) * 1000,
+            f" ({outcome.error})" if outcome.error else "",
+            extra={**attempt.log_fields(), "event": outcome.event.value},
+        )
+        self.outbox.send(attempt, outcome)
+
+    def forget(self, attempt: Attempt) -> None:
+        """`attempt` has ended: its cancel or release marks go."""
+        self._cancelled.discard(attempt.job_id)
+        self._released.discard(attempt.job_id)
+
+    def register(self, attempt: Attempt, stop: Callable[[], Any]) -> None:
+        """`attempt` runs: `stop` is what a cancel or a release calls."""
+        self._running[attempt.job_id] = (attempt, stop)
+
+    def unregister(self, attempt: Attempt) -> None:
+        self._running.pop(attempt.job_id, None)
+
+    def released(self, job_id: str) -> bool:
+        """Whether `job_id` is being handed back (the worker stops)."""
+        return job_id in self._released
+
+    def params_of(self, attempt: Attempt) -> tuple[ComputeModule, Any] | JobEvent:
+        """The job's plugin and validated params, or the event that fails it (no plugin for its
+        task, or params that are the job's fault: retrying cannot help)."""
         job = attempt.job
         plugin = self.tasks.get(job.task_type)
         if plugin is None:
             return attempt.event(EventType.FAILED, error=f"no plugin for task {job.task_type}")
         try:
-            params = plugin.get_schema()(**job.params)
-        except Exception as exc:  # bad params are the job's fault: retrying cannot help
+            return plugin, plugin.get_schema()(**job.params)
+        except Exception as exc:
             return attempt.event(EventType.FAILED, error=f"invalid params: {exc}")
-        async with self.folders.open(attempt) as folder:
-            return await self._execute_in(folder, plugin, attempt, params)
 
-    async def _execute_in(
+    async def _execute(self, attempt: Attempt) -> JobEvent | None:
+        found = self.params_of(attempt)
+        if isinstance(found, JobEvent):
+            return found
+        plugin, params = found
+        async with self.folders.open(attempt) as folder:
+            return await self.execute_in(folder, plugin, attempt, params)
+
+    async def execute_in(
         self, folder: JobFolder, plugin: ComputeModule, attempt: Attempt, params: Any
     ) -> JobEvent | None:
         job = attempt.job
         running = asyncio.ensure_future(self._run_plugin(plugin, attempt, params, folder))
-        self._running[job.job_id] = (attempt, running)
+        self.register(attempt, running.cancel)
         if self.releasing:
             self._released.add(job.job_id)
             running.cancel()
         try:
             result = await running
-        except ClaimGone as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            return self.error_event(attempt, exc)
+        finally:
+            self.unregister(attempt)
+        return self.result_event(attempt, result)
+
+    def error_event(
+        self, attempt: Attempt, exc: BaseException, timeout: float | None = None
+    ) -> JobEvent | None:
+        """What ends `attempt` when its run raised `exc` (None: nothing to send). `timeout`:
+        the limit that ran out, when not the job's own (a batch's)."""
+        job = attempt.job
+        if isinstance(exc, ClaimGone):
             log.warning("job %s: %s; dropping it", job.job_id, exc, extra=attempt.log_fields())
             return None
-        except TransferFailed as exc:
+        if isinstance(exc, TransferFailed):
             return attempt.event(
                 EventType.FAILED, retryable=exc.retryable, error=_without_paths(job, str(exc))
             )
-        except TimeoutError:
-            return attempt.event(
-                EventType.FAILED, retryable=True, error=f"timed out after {job.timeout_seconds:g} s"
-            )
-        except asyncio.CancelledError:
+        if isinstance(exc, TimeoutError):
+            limit = timeout if timeout is not None else job.timeout_seconds
+            return attempt.event(EventType.FAILED, retryable=True, error=f"timed out after {limit:g} s")
+        if isinstance(exc, asyncio.CancelledError):
             if job.job_id in self._cancelled:
                 log.info("job %s cancelled", job.job_id, extra=attempt.log_fields())
                 return None
             if job.job_id in self._released:
                 return attempt.event(EventType.RELEASED)
             return attempt.event(EventType.FAILED, retryable=True, error="plugin task cancelled")
-        except PluginCrashed as exc:  # raised, died or ran out of memory in its process
+        if isinstance(exc, PluginCrashed):  # raised, died or ran out of memory in its process
             log.warning("job %s: plugin %s: %s", job.job_id, job.task_type, exc)
             return attempt.event(EventType.FAILED, retryable=True, error=_without_paths(job, str(exc)))
-        except Exception as exc:
-            log.exception("job %s: plugin %s raised", job.job_id, job.task_type, extra=attempt.log_fields())
-            return attempt.event(
-                EventType.FAILED, retryable=True, error=_without_paths(job, f"{type(exc).__name__}: {exc}")
-            )
-        finally:
-            self._running.pop(job.job_id, None)
-        if _succeeded(result):
+        log.error(
+            "job %s: plugin %s raised", job.job_id, job.task_type, exc_info=exc, extra=attempt.log_fields()
+        )
+        return attempt.event(
+            EventType.FAILED, retryable=True, error=_without_paths(job, f"{type(exc).__name__}: {exc}")
+        )
+
+    def result_event(self, attempt: Attempt, result: Any) -> JobEvent:
+        """What ends `attempt` when its plugin returned `result`."""
+        job = attempt.job
+        if succeeded(result):
             output = result.get("task_output")
             output = output if isinstance(output, dict) else {"result": output}
             # Checked before sending: the server would refuse it too, and a payload over the bus's
@@ -249,16 +329,16 @@ class JobRunner:
         await folder.fetch()
         await self.host.ready()  # a plugin process being set up is not the job's time
         # On timeout, wait_for cancels the run and waits until the host has stopped it.
-        report = self._progress_reporter(attempt)
+        report = self.progress_reporter(attempt)
         result = await asyncio.wait_for(
             self.host.execute(plugin, job, params, report), job.timeout_seconds or None
         )
-        if _succeeded(result):
+        if succeeded(result):
             await folder.deliver()
         return result
 
 
-def _succeeded(result: Any) -> bool:
+def succeeded(result: Any) -> bool:
     return isinstance(result, dict) and result.get("status") == "ok"
 
 
