@@ -96,6 +96,16 @@ def register(
     return secret
 
 
+def silent(engine: Any, session: str, ms: int) -> None:
+    """Make `session`'s last heartbeat `ms` old."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(worker_sessions_table)
+            .where(worker_sessions_table.c.session == sid(session))
+            .values(last_seen=now_ms() - ms)
+        )
+
+
 def info(
     worker_id: str,
     tasks: list[str],
@@ -177,13 +187,16 @@ def test_registry_ignores_an_older_sessions_will(bus: FakeBus, sessions: WorkerS
     assert lost == [("a", sid("old"))]  # only the old session's claims are looked at
 
 
-def test_registry_believes_only_what_the_database_confirms(bus: FakeBus, sessions: WorkerSessions) -> None:
+def test_registry_believes_only_what_the_database_confirms(
+    bus: FakeBus, sessions: WorkerSessions, engine: Any
+) -> None:
     reg, lost = make_registry(bus, sessions)
     secret = register(sessions, "a", "sa", ("image_resize",))
     register(sessions, "b", "sb")
+    register(sessions, "a", "so", ("image_resize",))  # an older run of a, silent since
+    silent(engine, "so", reg.stale_after_ms + 1)
     unsigned = json.loads(info("a", ["image_resize"], True, "sa"))
     unsigned.pop("sig")
-    stale = now_ms() - reg.stale_after_ms - 1
     for topic, payload in [
         (T.worker_info("a"), b"{not json"),
         (T.worker_info("a"), encode({"worker_id": "a", "session": sid("sa"), "state": "maybe"})),
@@ -193,7 +206,7 @@ def test_registry_believes_only_what_the_database_confirms(bus: FakeBus, session
         (T.worker_info("a"), info("a", ["image_resize"], True, "ghost")),  # no such session
         (T.worker_info("a"), info("a", ["image_resize"], True, "sb", secret=SECRETS[sid("sb")])),  # b's
         (T.worker_info("a"), info("a", ["image_resize", "image_conversion"], True, "sa")),  # not registered
-        (T.worker_info("a"), info("a", ["image_resize"], True, "sa", timestamp=stale)),  # old, retained
+        (T.worker_info("a"), info("a", ["image_resize"], True, "so")),  # old, retained
         (T.worker_info("a"), b"x" * (MAX_INFO_BYTES + 1)),
         # A forged Last Will: the session is public, the secret is not.
         (
@@ -207,6 +220,23 @@ def test_registry_believes_only_what_the_database_confirms(bus: FakeBus, session
     assert reg.capabilities() == {"num_workers": 0, "capabilities": {}}
     bus.deliver(T.worker_info("a"), info("a", ["image_resize"], True, "sa", secret=secret))
     assert reg.capabilities()["num_workers"] == 1
+    # Its earlier info replayed: older by its own clock, so it changes nothing.
+    bus.deliver(T.worker_info("a"), info("a", ["image_resize"], False, "sa", timestamp=now_ms() - 60_000))
+    assert reg.rejected["older info"] == 1 and reg.capabilities()["capabilities"] == {"image_resize": 1}
+
+
+def test_registry_takes_a_worker_whose_clock_is_off(bus: FakeBus, sessions: WorkerSessions) -> None:
+    """Liveness is the session's heartbeat by the database's clock, not the info's timestamp
+    against the server's: a worker host ten minutes off is still a live worker."""
+    reg, _ = make_registry(bus, sessions)
+    for name, skew in (("behind", -600_000), ("ahead", 600_000)):
+        register(sessions, name, f"s-{name}")
+        bus.deliver(
+            T.worker_info(name), info(name, ["image_resize"], True, f"s-{name}", timestamp=now_ms() + skew)
+        )
+    assert set(reg.workers) == {"behind", "ahead"} and reg.dropped == 0
+    reg.refresh()
+    assert set(reg.workers) == {"behind", "ahead"}
 
 
 def test_registry_keeps_a_worker_whose_info_someone_else_cleared(
@@ -261,12 +291,7 @@ def test_registry_refresh_drops_stopped_and_silent_sessions(
         register(sessions, name, f"s{name}")
         bus.deliver(T.worker_info(name), info(name, ["image_resize"], True, f"s{name}"))
     sessions.stop(sid("sa"))
-    with engine.begin() as conn:  # b crashed long ago: its heartbeat stopped
-        conn.execute(
-            update(worker_sessions_table)
-            .where(worker_sessions_table.c.session == sid("sb"))
-            .values(last_seen=now_ms() - reg.stale_after_ms - 1)
-        )
+    silent(engine, "sb", reg.stale_after_ms + 1)  # b crashed long ago: its heartbeat stopped
     assert sessions.touch(sid("sc")) and not sessions.touch(sid("sa"))
     reg.refresh()
     assert set(reg.workers) == {"c"}

@@ -4,6 +4,10 @@ A worker registers each run (`worker_sessions`: session id, random secret, tasks
 version) before it says anything on the bus, refreshes `last_seen` on its heartbeat and sets
 `stopped_at` when it stops cleanly. The broker's other clients cannot read the database, so the
 server believes an `info` message only when it verifies with the secret found here.
+
+Every time here is the database's: the worker writes `last_seen` by it and the server reads how
+long a session has been silent (`silent_ms`) by it, so neither host's clock is compared with the
+other's.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Select, insert, select, update
 
+from compute.db.leases import database_now_ms
 from compute.db.preferences import drawn_once
 from compute.db.session import write_transaction
 from compute.db.tables import worker_sessions_table as sessions
-from compute.jobs import now_ms
 
 #: server_preferences key of the random part of the server's persistent MQTT client id.
 CLIENT_SUFFIX_KEY = "mqtt_client_suffix"
@@ -36,6 +40,8 @@ class WorkerSession:
     started_at: int
     last_seen: int
     stopped_at: int | None
+    #: How long since `last_seen` when the row was read, by the database's clock (ms).
+    silent_ms: int = 0
 
     @classmethod
     def from_row(cls, row: Any) -> WorkerSession:
@@ -51,7 +57,12 @@ class WorkerSession:
             started_at=row["started_at"],
             last_seen=row["last_seen"],
             stopped_at=row["stopped_at"],
+            silent_ms=row.get(SILENT, 0) or 0,
         )
+
+
+#: The label of a read row's `silent_ms`.
+SILENT = "silent_ms"
 
 
 def new_secret() -> str:
@@ -61,6 +72,7 @@ def new_secret() -> str:
 class WorkerSessions:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.dialect = engine.dialect.name
 
     # -- the worker's side -------------------------------------------------------------------
 
@@ -74,7 +86,7 @@ class WorkerSessions:
         pid: int,
         version: str,
     ) -> None:
-        now = now_ms()
+        now = database_now_ms(self.dialect)
         with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(sessions).values(
@@ -97,12 +109,12 @@ class WorkerSessions:
                 conn.execute(
                     update(sessions)
                     .where(sessions.c.session == session, sessions.c.stopped_at.is_(None))
-                    .values(last_seen=now_ms())
+                    .values(last_seen=database_now_ms(self.dialect))
                 ).rowcount
             )
 
     def stop(self, session: str) -> None:
-        now = now_ms()
+        now = database_now_ms(self.dialect)
         with write_transaction(self.engine) as conn:
             conn.execute(
                 update(sessions).where(sessions.c.session == session).values(stopped_at=now, last_seen=now)
@@ -110,16 +122,20 @@ class WorkerSessions:
 
     # -- the server's side -------------------------------------------------------------------
 
+    def _read(self) -> Select[Any]:
+        silent = (database_now_ms(self.dialect) - sessions.c.last_seen).label(SILENT)
+        return select(sessions, silent)
+
     def get(self, session: str) -> WorkerSession | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(sessions).where(sessions.c.session == session)).mappings().first()
+            row = conn.execute(self._read().where(sessions.c.session == session)).mappings().first()
         return None if row is None else WorkerSession.from_row(row)
 
     def get_many(self, session_ids: list[str]) -> dict[str, WorkerSession]:
         if not session_ids:
             return {}
         with self.engine.connect() as conn:
-            rows = conn.execute(select(sessions).where(sessions.c.session.in_(session_ids))).mappings()
+            rows = conn.execute(self._read().where(sessions.c.session.in_(session_ids))).mappings()
             return {r["session"]: WorkerSession.from_row(r) for r in rows}
 
 

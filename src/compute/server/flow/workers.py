@@ -16,7 +16,7 @@ capability and hands the session to the rescue (which takes back only claims who
 stopped renewing); one for an older session only does the latter. An empty retained `info` (a
 clean shutdown) removes the worker once the database says its session stopped. Every
 `refresh_interval` the map is checked against the database: sessions stopped, or silent
-(`last_seen`) for longer than `stale_after`, leave it.
+(`last_seen`) for longer than `stale_after` by the database's clock, leave it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from collections import Counter, OrderedDict
 
 from compute.bus.interface import Bus
 from compute.db.worker_sessions import WorkerSession, WorkerSessions
-from compute.jobs import now_ms
 from compute.logs import LogLimiter
 from compute.ratelimit import TokenBucket
 from compute.server.flow.rescue import Rescuer
@@ -122,10 +121,20 @@ class WorkerRegistry:
         if info["state"] == OFFLINE:
             self._offline(worker_id, info)
             return
+        current = self.workers.get(worker_id)
         if row.stopped_at is not None:
             self._reject("session stopped", topic)
-        elif now_ms() - info["timestamp"] > self.stale_after_ms:
+        elif row.silent_ms > self.stale_after_ms:
+            # Judged by the database's clock (the session's heartbeat), never by the info's
+            # timestamp against this host's: the worker's clock may be seconds off.
             self._reject("stale info", topic)
+        elif (
+            current is not None
+            and current["session"] == info["session"]
+            and info["timestamp"] < current["timestamp"]
+        ):
+            # Two times of one worker's clock: an older info replayed (or overtaken) changes nothing.
+            self._reject("older info", topic)
         elif not set(info["tasks"]) <= set(row.tasks):
             self._reject("tasks not registered", topic)
         else:
@@ -219,10 +228,9 @@ class WorkerRegistry:
     def _refreshed(self, listed: dict[str, str], rows: dict[str, WorkerSession]) -> None:
         # Read before messages that came meanwhile: judge only workers whose session is unchanged.
         listed = {w: s for w, s in listed.items() if w in self.workers and self.workers[w]["session"] == s}
-        now = now_ms()
         for worker_id, session in listed.items():
             row = rows.get(session)
-            if row is not None and row.stopped_at is None and now - row.last_seen <= self.stale_after_ms:
+            if row is not None and row.stopped_at is None and row.silent_ms <= self.stale_after_ms:
                 self._known[session] = row
                 continue
             log.info(

@@ -10,7 +10,7 @@ from pydantic import StringConstraints
 
 from compute.db.queries import BadCursor, JobFilter, JobSort
 from compute.db.worker_sessions import WorkerSession
-from compute.jobs import JobStatus, now_ms
+from compute.jobs import JobStatus
 from compute.server.http.auth import CallerScope
 from compute.server.http.deps import DbDep, QueriesDep, RegistryDep, SessionsDep
 from compute.server.http.schemas import JobList, JobListItem, WorkerList, WorkerPublic
@@ -118,11 +118,10 @@ async def list_workers(
         return rows, queries.running_on(list(rows))
 
     rows, running = await db.call(read)
-    now = now_ms()
     workers = []
     for worker_id, info in sorted(announced.items()):
         row = rows.get(info["session"])
-        if row is None or row.stopped_at is not None or now - row.last_seen > registry.stale_after_ms:
+        if row is None or row.stopped_at is not None or row.silent_ms > registry.stale_after_ms:
             continue  # the database no longer vouches for it; the registry drops it soon
         jobs = [job_id for job_id, owner in running.get(row.session, []) if scope.allows(owner)]
         workers.append(_public(worker_id, info, row, jobs))
