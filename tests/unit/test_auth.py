@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from compute.db.repository import JobRepository
 from compute.errors import ConfigError
-from compute.server.access import TokenVerifier
+from compute.server.access import CLOCK_LEEWAY, TokenVerifier
 from tests.support.brokers import BrokerInfo
 from tests.support.inprocess import Server, make_settings, running_server
 
@@ -111,6 +111,17 @@ async def test_null_id_falls_back_to_sub(secured: Server, keys: Keys) -> None:
     }
     bearer = jwt.encode(payload, keys.private_pem, algorithm="ES256")
     assert (await get_job(secured, bearer)).status_code == 200
+
+
+async def test_token_times_are_taken_within_the_clock_leeway(secured: Server, keys: Keys) -> None:
+    """The auth service's clock is another host's: a few seconds either way is no reason to refuse."""
+    now = time.time()
+    ahead = token(keys, iat=int(now + 20), nbf=int(now + 20))  # issued by a host 20 s ahead
+    just_expired = token(keys, expires_in=-10)  # expired by this clock, perhaps not by the issuer's
+    assert (await get_job(secured, ahead)).status_code == 200
+    assert (await get_job(secured, just_expired)).status_code == 200
+    beyond = token(keys, nbf=int(now + 3 * CLOCK_LEEWAY))
+    assert (await get_job(secured, beyond)).status_code == 401
 
 
 async def test_missing_token(secured: Server) -> None:

@@ -31,6 +31,10 @@ ADMIN_PERMISSION = "admin"
 ALGORITHM = "ES256"
 #: Seconds a process trusts its cached guest-mode value.
 REFRESH = 2.0
+#: Seconds a token's times (`exp`, `nbf`, `iat`) may be off this server's clock: they are the
+#: auth service's clock, often another host's. A token is taken up to this long after `exp`, and
+#: one issued by a host this much ahead is not "not yet valid".
+CLOCK_LEEWAY = 30.0
 
 
 class InvalidToken(ComputeError):
@@ -86,6 +90,7 @@ class TokenVerifier:
                 self.public_key,
                 algorithms=[ALGORITHM],
                 options={"require": ["exp"]},
+                leeway=CLOCK_LEEWAY,
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token expired") from None
