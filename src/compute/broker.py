@@ -19,13 +19,13 @@ import secrets
 import stat
 import sys
 import tempfile
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from compute.config import EMBEDDED_PASSWORD_FILE, EMBEDDED_USERNAME, Settings, read_secret
 from compute.errors import ConfigError
+from compute.loop_thread import loop_thread
 from compute.mosquitto import MosquittoBroker, find_mosquitto
 from compute.ports import port_answers
 
@@ -117,8 +117,7 @@ class EmbeddedBroker:
         self._username = username
         self._password = password
         self._broker: Any = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="mqtt-broker", daemon=True)
+        self._loop, self._thread = loop_thread("mqtt-broker")
 
     def _in_broker_loop(self, coro: Any) -> asyncio.Future[Any]:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))

@@ -419,7 +419,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except (ComputeError, ValueError, OSError) as exc:
         return _fail(str(exc))
     setup_logging(settings.log_level, settings.log_format)
-    return asyncio.run(_run_worker(settings))
+    try:
+        return asyncio.run(_run_worker(settings))
+    finally:
+        if slot is not None:
+            slot.release()
 
 
 def _check_worker_prerequisites(settings: Settings) -> None:

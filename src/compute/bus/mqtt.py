@@ -44,6 +44,17 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
         return connection
 
 
+def _drop_link(client: Any) -> None:
+    """Close `client`'s socket at once, without a DISCONNECT (so the broker publishes its Will).
+
+    gmqtt has no public way to drop a link unannounced; its transport is closed under it. A link
+    given up on any other way would stay open until the garbage collector finds the transport.
+    """
+    transport = getattr(getattr(client, "_connection", None), "_transport", None)
+    if transport is not None:
+        transport.abort()
+
+
 def _acknowledge_at_once(connection: Any) -> None:
     """TCP_QUICKACK after every packet received on this connection.
 
@@ -132,8 +143,8 @@ class MqttBus:
         if client is not None:
             try:
                 await asyncio.wait_for(client.disconnect(), 2.0)
-            except Exception:  # already gone: nothing left to tell the broker
-                pass
+            except Exception:  # already gone, or not answering: nothing left to tell the broker
+                _drop_link(client)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS 1 message published so far: True, or
@@ -181,10 +192,7 @@ class MqttBus:
             self._task.cancel()
         client, self._client = self._client, None
         self._connected.clear()
-        # gmqtt has no public way to drop a link unannounced: close its transport under it.
-        transport = getattr(getattr(client, "_connection", None), "_transport", None)
-        if transport is not None:
-            transport.abort()
+        _drop_link(client)
 
     # -- connection ------------------------------------------------------------------------
 
@@ -207,16 +215,22 @@ class MqttBus:
         tls: bool | ssl.SSLContext = False
         if s.mqtt_tls:
             tls = ssl.create_default_context(cafile=s.mqtt_tls_ca_file)
-        await asyncio.wait_for(
-            client.connect(
-                s.broker_host,
-                s.mqtt_port,
-                ssl=tls,
-                keepalive=s.mqtt_keepalive,
-                version=MQTTv50 if s.mqtt_version == 5 else MQTTv311,
-            ),
-            CONNECT_TIMEOUT,
-        )
+        try:
+            await asyncio.wait_for(
+                client.connect(
+                    s.broker_host,
+                    s.mqtt_port,
+                    ssl=tls,
+                    keepalive=s.mqtt_keepalive,
+                    version=MQTTv50 if s.mqtt_version == 5 else MQTTv311,
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except BaseException:
+            # Refused, timed out waiting for the CONNACK, or cancelled by close(): the socket
+            # may be open already, and nothing else holds this client to close it.
+            _drop_link(client)
+            raise
         return client
 
     async def _supervise(self) -> None:
@@ -260,12 +274,17 @@ class MqttBus:
             await lost.wait()
             self._connected.clear()
             self._client = None
-            if not self._closing:
-                log.warning("%s: lost the MQTT broker; reconnecting", self._name)
-                try:
-                    await asyncio.wait_for(client.disconnect(), 1.0)
-                except Exception:  # the link is already down
-                    pass
+            if self._closing:
+                _drop_link(client)
+                return
+            log.warning("%s: lost the MQTT broker; reconnecting", self._name)
+            try:
+                await asyncio.wait_for(client.disconnect(), 1.0)
+            except asyncio.CancelledError:  # close() came meanwhile
+                _drop_link(client)
+                raise
+            except Exception:  # the link is already down
+                _drop_link(client)
 
     async def _run_hooks(self) -> None:
         for hook in self._hooks:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from compute.background import BackgroundTasks
-from compute.broker import start_embedded_if_needed
+from compute.broker import Broker, start_embedded_if_needed
 from compute.bus.mqtt import MqttBus
 from compute.config import Settings
 from compute.db.leases import Leases
@@ -316,37 +316,41 @@ async def running(
     itself, which any ASGI server takes as "shut down now").
     """
     s = services
-    check_migrated(s.engine)
-    s.hop.bind(asyncio.get_running_loop())
-    s.guest.refresh()  # later refreshes run off the loop (auth.guest_mode_on)
-    # The storage marker: a worker whose storage folder holds it shares this disk (disk_sharing.py).
-    write_storage_marker(s.settings.storage_dir, server_storage_id(s.engine))
-    broker = await start_embedded_if_needed(s.settings) if start_broker else None
-    s.bus.client_id, s.presence_bus.client_id = server_client_ids(
-        s.settings.mqtt_client_id, s.settings.server_client_id, s.server_id, s.engine
-    )
-    await s.bus.start()
-    await s.presence_bus.start()
     tasks = BackgroundTasks(on_fatal or _terminate)
-    tasks.start("ingest", s.ingest.run, fatal=True)
-    tasks.start("sweep-lease", s.sweep_lease.run)
-    tasks.start("worker-sessions", s.registry.run)
-    tasks.start("queue-summary", s.queues.run)
-    tasks.start("lease-sweep", s.rescuer.run)
-    tasks.start("orphan-sweep", s.orphans.run)
-    tasks.start("staging-sweep", s.staging_sweeper.run)
-    tasks.start("live-views", s.changes.run)
-    if s.notices is not None:
-        tasks.start("change-notices", s.notices.run)
-        # Changes committed from here on reach the live views (a database that does not answer
-        # now would have failed the migration check above).
-        if not await s.notices.ready(NOTICES_READY):
-            log.warning("not listening to the database's change notices yet; live views wait for it")
-    tasks.start("guest-views", GuestStreams(s.changes, s.guest, s.db).run)
-    tasks.start("retention", s.retention.run)
-    tasks.start("forget-workers", s.forgetter.run)
-    tasks.start("priority-aging", s.aging.run)
+    broker: Broker | None = None
+    # Everything in one try: a server that fails to start releases what build_services took
+    # (its slot's lock file, engines) and what it had started, as one that stops does.
     try:
+        check_migrated(s.engine)
+        s.hop.bind(asyncio.get_running_loop())
+        s.guest.refresh()  # later refreshes run off the loop (auth.guest_mode_on)
+        # The storage marker: a worker whose storage folder holds it shares this disk
+        # (disk_sharing.py).
+        write_storage_marker(s.settings.storage_dir, server_storage_id(s.engine))
+        broker = await start_embedded_if_needed(s.settings) if start_broker else None
+        s.bus.client_id, s.presence_bus.client_id = server_client_ids(
+            s.settings.mqtt_client_id, s.settings.server_client_id, s.server_id, s.engine
+        )
+        await s.bus.start()
+        await s.presence_bus.start()
+        tasks.start("ingest", s.ingest.run, fatal=True)
+        tasks.start("sweep-lease", s.sweep_lease.run)
+        tasks.start("worker-sessions", s.registry.run)
+        tasks.start("queue-summary", s.queues.run)
+        tasks.start("lease-sweep", s.rescuer.run)
+        tasks.start("orphan-sweep", s.orphans.run)
+        tasks.start("staging-sweep", s.staging_sweeper.run)
+        tasks.start("live-views", s.changes.run)
+        if s.notices is not None:
+            tasks.start("change-notices", s.notices.run)
+            # Changes committed from here on reach the live views (a database that does not answer
+            # now would have failed the migration check above).
+            if not await s.notices.ready(NOTICES_READY):
+                log.warning("not listening to the database's change notices yet; live views wait for it")
+        tasks.start("guest-views", GuestStreams(s.changes, s.guest, s.db).run)
+        tasks.start("retention", s.retention.run)
+        tasks.start("forget-workers", s.forgetter.run)
+        tasks.start("priority-aging", s.aging.run)
         yield
     finally:
         s.changes.close()  # compute-server ended the streams already (serving.py); tests may not

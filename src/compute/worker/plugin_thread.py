@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cl_ml_tools import ComputeModule
 
 from compute.db.repository import JobRecord
+from compute.loop_thread import loop_thread
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ class PluginThread:
     """A long-lived thread running an event loop for plugin coroutines."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="plugins", daemon=True)
+        self.loop, self._thread = loop_thread("plugins")
         self._thread.start()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
