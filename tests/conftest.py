@@ -4,6 +4,9 @@ from lives in tests/support.
 Backends: `broker` runs over an in-process amqtt and the Mosquitto on 127.0.0.1:1883;
 `db_url` over a temp SQLite file and a per-session PostgreSQL database on 127.0.0.1:5432.
 Unreachable Mosquitto/PostgreSQL are skipped with the reason.
+
+The hooks run the tiers fastest first and stop after the unit tier if a unit test failed
+(tests/support/tiers.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +31,46 @@ from tests.support.brokers import MOSQUITTO, AmqttBroker, BrokerInfo
 from tests.support.databases import PostgresUnavailable, empty_jobs, fresh_pg_database
 from tests.support.inprocess import Server, WorkerFactory, Workers, make_settings, running_server
 from tests.support.mqtt import MqttProbe, clear_retained
+from tests.support.tiers import stop_after, tier
+
+TESTS = Path(__file__).resolve().parent
+#: Whether a test of the first tier (unit) failed in this run.
+_FIRST_TIER_FAILED = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # The brokers' and MQTT clients' chatter would bury a failing test's own log lines.
     for noisy in ("amqtt", "transitions", "gmqtt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- the tiers, fastest first -------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: tier(item.path, TESTS))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and tier(item.path, TESTS) == 0:
+        item.config.stash[_FIRST_TIER_FAILED] = True
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    result = yield
+    failed = item.config.stash.get(_FIRST_TIER_FAILED, False)
+    why = stop_after(failed, item.path, None if nextitem is None else nextitem.path, TESTS)
+    if why is not None:
+        item.session.shouldfail = why  # the run ends here, as after --maxfail
+    return result
 
 
 # -- brokers ------------------------------------------------------------------------------
