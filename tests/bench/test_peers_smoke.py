@@ -2,12 +2,13 @@
 Compute's measurement points and the report prints each figure with its ratio to each peer.
 
 Nothing here judges speed (the ratios are the benchmark's business); it checks the rows exist
-and hold numbers. Needs Redis on 6379 (and PostgreSQL on 5432 for Procrastinate), which
-.ci/run's machine runs; skipped with the reason otherwise.
+and hold numbers. Needs the `peers` dependency group (`uv sync --group peers`), Redis on 6379 (and
+PostgreSQL on 5432 for Procrastinate), which .ci/run's machine has; skipped with the reason otherwise.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,6 +29,9 @@ TINY = "pickup=5,pickup_image=3,burst=40,burst_image=10,warmup=1,concurrency=4"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    missing = [name for name in ("celery", "procrastinate") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"the peers group is not installed ({', '.join(missing)}): uv sync --group peers")
     if not port_answers("127.0.0.1", 6379):
         pytest.skip("Redis does not answer on 127.0.0.1:6379 (the Celery peers need it)")
     out = tmp_path_factory.mktemp("peers") / "bench.json"
