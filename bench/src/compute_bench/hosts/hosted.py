@@ -134,7 +134,8 @@ class Postgres:
     def _as_postgres(self, *cmd: str) -> list[str]:
         return ["setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", *cmd]
 
-    def start(self) -> None:
+    def start(self, durable: bool = False) -> None:
+        """`durable`: PostgreSQL's own defaults (fsync, synchronous commits), for figures."""
         self.folder.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.folder, "postgres", "postgres")
         pwfile = self.folder / "pwfile"
@@ -155,8 +156,9 @@ class Postgres:
             "unix_socket_directories": self.folder,
             "max_connections": 200,
             "dynamic_shared_memory_type": "mmap",
-            **{"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
         }
+        if not durable:
+            options.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
         server = [str(self.bin / "postgres"), "-D", str(self.data)]
         server += [arg for name, value in options.items() for arg in ("-c", f"{name}={value}")]
         self.proc = self.host.spawn(["unshare", "--ipc", *self._as_postgres(*server)], log=self.log)
