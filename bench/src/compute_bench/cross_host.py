@@ -1,7 +1,7 @@
 """Figures across hosts (issue 18 item 5): what the file plane costs, what a second worker host
 gives, and how fast 16 workers claim from PostgreSQL.
 
-    sudo uv run python -m compute_bench.cross_host [--rounds 3] [--burst 40] [--claims 3000]
+    sudo uv run python -m compute_bench.cross_host [--rounds 3] [--burst 30] [--claims 2000]
 
 Runs on compute_bench.hosts: a server host (compute-server, Mosquitto with deploy/mosquitto's
 configuration, PostgreSQL), two worker hosts and a client host, in network namespaces on this
@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,49 +377,74 @@ def one_burst(
 
 
 def claims(bench: Bench, jobs: int, rounds: int) -> None:
-    from cl_ml_tools import Job
-
-    from compute.db.repository import JobRepository
-
     print(f"\n3. PostgreSQL claims from the worker hosts, {jobs} jobs, one claim per statement")
-
-    def insert() -> None:
-        repo = JobRepository(bench.compute.engine)
-        rows = [
-            repo.new_row(Job(job_id=str(uuid.uuid4()), task_type=CLAIM_TASK, params={})) for _ in range(jobs)
-        ]
-        repo.insert_rows(rows)
-
-    rates: dict[int, list[float]] = {1: [], 16: []}
-    for r in range(rounds):
-        for count in (1, 16) if r % 2 == 0 else (16, 1):
-            bench.client.call(insert)
-            rates[count].append(claim_rate(bench, count, jobs))
-            bench.compute.client.call(_delete_claimed, bench.compute)
+    pools = {count: Claimers(bench, count, rounds) for count in (1, 16)}
+    rates: dict[int, list[float]] = {count: [] for count in pools}
+    try:
+        for r in range(rounds):
+            for count in (1, 16) if r % 2 == 0 else (16, 1):
+                bench.client.call(_insert_claimable, bench.compute, jobs)
+                rates[count].append(pools[count].round(r, jobs))
+                bench.client.call(_delete_claimed, bench.compute)
+    finally:
+        for pool in pools.values():
+            pool.end()
     for count, values in rates.items():
         rounds_text = ", ".join(f"{v:.0f}" for v in values)
         print(f"  {count:>2} worker(s): {statistics.median(values):.0f} claims/s (rounds: {rounds_text})")
 
 
-def claim_rate(bench: Bench, count: int, jobs: int) -> float:
-    """Claims/s of `count` claiming processes, started together, emptying a queue of `jobs`."""
-    folder = Path(tempfile.mkdtemp(dir=bench.logs, prefix=f"claims-{count}-"))
-    go = folder / "go"
-    procs = []
-    for i in range(count):
-        host = bench.workers[i % 2]
-        host.hidden = ()
-        cmd = [sys.executable, "-m", "compute_bench.claimer", bench.compute.database_url, CLAIM_TASK]
-        cmd += [str(folder / f"{i}.ready"), str(go), str(folder / f"{i}.json")]
-        procs.append(host.spawn(cmd, env=bench.compute.base_env(), log=folder / f"{i}.log"))
-    wait_until(lambda: len(list(folder.glob("*.ready"))) == count, 600, "claimers ready", interval=0.2)
-    go.touch()
-    for proc in procs:
-        assert proc.wait(300) == 0, (folder / "0.log").read_text()[-2000:]
-    results = [json.loads((folder / f"{i}.json").read_text()) for i in range(count)]
-    total = sum(x["claimed"] for x in results)
-    assert total == jobs, f"{total} claims of {jobs} jobs"
-    return float(total / (max(x["ended"] for x in results) - min(x["started"] for x in results)))
+class Claimers:
+    """`count` claiming processes (compute_bench.claimer) spread over the worker hosts, started
+    once for every round."""
+
+    def __init__(self, bench: Bench, count: int, rounds: int) -> None:
+        self.count = count
+        self.folder = Path(tempfile.mkdtemp(dir=bench.logs, prefix=f"claims-{count}-"))
+        self.procs = []
+        for i in range(count):
+            host = bench.workers[i % 2]
+            host.hidden = ()
+            cmd = [sys.executable, "-m", "compute_bench.claimer", bench.compute.database_url, CLAIM_TASK]
+            cmd += [str(self.folder), str(i), str(rounds)]
+            log = self.folder / f"{i}.log"
+            self.procs.append(host.spawn(cmd, env=bench.compute.base_env(), log=log))
+
+    def round(self, r: int, jobs: int) -> float:
+        """Claims/s of the pool, started together, emptying a queue of `jobs`."""
+        wait_until(self._ready(r), 600, f"{self.count} claimers ready", interval=0.2)
+        (self.folder / f"go-{r}").touch()
+        results_of = [self.folder / f"{i}.{r}.json" for i in range(self.count)]
+        wait_until(lambda: all(p.exists() for p in results_of), 600, "the claimers done", interval=0.05)
+        results = [json.loads(p.read_text()) for p in results_of]
+        total = sum(x["claimed"] for x in results)
+        assert total == jobs, f"{total} claims of {jobs} jobs"
+        return float(total / (max(x["ended"] for x in results) - min(x["started"] for x in results)))
+
+    def _ready(self, r: int) -> Callable[[], bool]:
+        def ready() -> bool:
+            for proc in self.procs:
+                assert proc.poll() is None, (self.folder / "0.log").read_text()[-2000:]
+            return len(list(self.folder.glob(f"*.ready-{r}"))) == self.count
+
+        return ready
+
+    def end(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _insert_claimable(compute: HostedCompute, jobs: int) -> None:
+    from cl_ml_tools import Job
+
+    from compute.db.repository import JobRepository
+
+    repo = JobRepository(compute.engine)
+    repo.insert_rows(
+        [repo.new_row(Job(job_id=str(uuid.uuid4()), task_type=CLAIM_TASK, params={})) for _ in range(jobs)]
+    )
 
 
 def _delete_claimed(compute: HostedCompute) -> None:
@@ -435,8 +460,8 @@ def _delete_claimed(compute: HostedCompute) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compute_bench.cross_host", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each comparison (default 3)")
-    parser.add_argument("--burst", type=int, default=40, help="jobs per burst (default 40)")
-    parser.add_argument("--claims", type=int, default=3000, help="jobs claimed per round (default 3000)")
+    parser.add_argument("--burst", type=int, default=30, help="jobs per burst (default 30)")
+    parser.add_argument("--claims", type=int, default=2000, help="jobs claimed per round (default 2000)")
     parser.add_argument("--sections", default="files,burst,claims", help="a subset of files,burst,claims")
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
     args = parser.parse_args(argv)
