@@ -33,6 +33,7 @@ from compute_bench.harness import (
     server_ready,
     wait_until,
 )
+from compute_bench.launch import CLOCK_OFFSET_ENV
 
 BIN = Path(sys.executable).parent
 TASK = noop.TASK_TYPE
@@ -114,9 +115,10 @@ class Cluster:
         )
         assert done.returncode == 0, done.stderr
 
-    def start_server(self, name: str = "server", port: int | None = None) -> str:
+    def start_server(self, name: str = "server", port: int | None = None, clock_offset: float = 0.0) -> str:
         """Start a compute-server (`name` is its COMPUTE_SERVER_ID and log name); the first one
-        listens on `http_port`, others on `port` or a free one. Returns its base URL."""
+        listens on `http_port`, others on `port` or a free one; `clock_offset`: seconds its wall
+        clock is off, as on another host. Returns its base URL."""
         if name == "server" or not self.servers:
             port = self.http_port
         port = port or free_port()
@@ -124,7 +126,7 @@ class Cluster:
         proc = self.processes.spawn(
             name,
             [*LAUNCH, "server", "--port", str(port), "--host", "127.0.0.1"],
-            env={**self.env, "COMPUTE_SERVER_ID": name},
+            env={**self.env, "COMPUTE_SERVER_ID": name, CLOCK_OFFSET_ENV: str(clock_offset)},
         )
         if port == self.http_port:
             self.server = proc
@@ -154,10 +156,14 @@ class Cluster:
         proc.kill()
         proc.wait()
 
-    def start_worker(self, worker_id: str, tasks: str = TASK) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, worker_id: str, tasks: str = TASK, clock_offset: float = 0.0
+    ) -> subprocess.Popen[bytes]:
+        """A compute-worker; `clock_offset`: seconds its wall clock is off, as on another host."""
         proc = self.processes.spawn(
             worker_id,
             [*LAUNCH, "worker", "--port", str(self.http_port), "--worker-id", worker_id, "--tasks", tasks],
+            env={**self.env, CLOCK_OFFSET_ENV: str(clock_offset)},
         )
         self.workers[worker_id] = proc
         return proc
