@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from cl_ml_tools import Job
 
+from compute import observers
 from compute.config import load_settings
 from compute.db.repository import JobRecord, JobRepository
-from compute.db.rules import Verdict, renewal_interval, stall_grace
+from compute.db.rules import Outcome, Verdict, renewal_interval, stall_grace
 from compute.db.transitions import Cancelled, JobTransitions
 from compute.jobs import EventType, JobStatus, now_ms
 from compute.policies import Policies, TaskPolicy
@@ -384,3 +386,22 @@ def test_a_killed_workers_jobs_are_rescued_within_seconds_by_default() -> None:
     # the rescue waits the grace, the hint and the next claim take milliseconds.
     settings = load_settings({})
     assert stall_grace(settings.lease_seconds, settings.lease_renew_seconds) <= 2.0
+
+
+def test_applied_events_reach_the_observers_once_committed(stores: Stores) -> None:
+    """What the benchmark's commit probe stamps (compute.observers.events_applied)."""
+    repo, transitions = stores
+    submit(repo)
+    job = claim(repo)
+    batches: list[list[tuple[str, Verdict, str | None]]] = []
+
+    def committed(outcomes: Sequence[Outcome]) -> None:
+        stored = repo.get(job.job_id)  # another connection: the transaction has committed
+        batches.append([(o.event.job_id, o.verdict, stored.status if stored else None) for o in outcomes])
+
+    observers.events_applied.append(committed)
+    try:
+        transitions.apply_events([event(job, EventType.COMPLETED, 1, progress=100, task_output={})])
+    finally:
+        observers.events_applied.remove(committed)
+    assert batches == [[(job.job_id, Verdict.APPLIED, "completed")]]

@@ -8,24 +8,28 @@ COMPUTE_BENCH_PROBE_KINDS chooses what is recorded (default "sql"):
 "open" -- when a job's input file is first opened (ns), i.e. when a file task starts:
   a `sys.addaudithook` hook, for tasks the benchmark cannot stamp from inside;
 "runs" -- in a worker: when each plugin run started and ended (ns, `PluginTask.execute`, on the
-  plugin thread), and how long each model file took to load (`compute.plugins.models._load`,
-  the first `models.session()` of a file in the process), with the onnxruntime import timed apart;
+  plugin thread), and how long each model file took to load (the first `models.session()` of a
+  file in the process), with the onnxruntime import timed apart;
   in the worker's plugin process also, per job (`jobs`): the CPU it took (the process's, its
   finished children's and its live descendants', e.g. a persistent exiftool), its RSS before
   and its peak RSS during the job (VmHWM, reset at the job's start);
 "commits" -- in the server (or a worker writing a result itself): when a job's terminal event was
-  committed (ns, right after `JobTransitions.apply_events` returned);
+  committed (ns, as `JobTransitions.apply_events` returns);
 "sql" -- what the process's engines send to the database:
 
 * `counts`: statements by kind (claim, progress, select, begin, commit, ping ...);
 * `units`: statements grouped by transaction, split into those holding a claim
   (a worker's sweep or wake-up) and all others;
 * at exit, `progress`: each progress UPDATE that changed a row, with its COMMIT time (ns).
+
+"runs" and "commits" register at the product's observation points (compute.observers) rather
+than replace its methods: a rename in the product cannot leave them measuring nothing.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -33,12 +37,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from compute import observers
 from compute_bench.stats import cpu_ns, peak_kb, start_peak
 
 ENV = "COMPUTE_BENCH_PROBES"
@@ -205,44 +211,40 @@ def _listen(stats: _Stats) -> None:
 def _time_runs(stats: _Stats, per_job: bool) -> None:
     """Stamp each plugin run, and time each model file's first load in this process; per_job:
     also each run's CPU and memory (the process runs one job at a time)."""
-    from compute.plugins import models, plugin_task
 
-    execute = plugin_task.PluginTask.execute
-
-    async def timed_execute(self: Any, job: Any, params: Any, progress_callback: Any = None) -> Any:
+    @contextlib.contextmanager
+    def timed_run(job_id: str) -> Iterator[None]:
         before = _job_started() if per_job else None
         start = time.time_ns()
         try:
-            return await execute(self, job, params, progress_callback)
+            yield
         finally:
             end = time.time_ns()
             figures = None if before is None else _job_ended(before)
             with stats.lock:
-                stats.runs[job.job_id] = [start, end]
+                stats.runs[job_id] = [start, end]
                 if figures is not None:
-                    stats.jobs[job.job_id] = figures
+                    stats.jobs[job_id] = figures
 
-    plugin_task.PluginTask.execute = timed_execute  # type: ignore[method-assign]
-
-    load = models._load
-
-    def timed_load(spec: Any, path: Any) -> Any:
+    @contextlib.contextmanager
+    def timed_load(filename: str) -> Iterator[None]:
         t0 = time.perf_counter()
         imported = "onnxruntime" not in sys.modules
         if imported:
             import onnxruntime  # noqa: F401  # timed apart: the first model pays for it once
         t1 = time.perf_counter()
         try:
-            return load(spec, path)
+            yield
         finally:
             t2 = time.perf_counter()
             with stats.lock:
-                stats.models[spec.filename] = {
+                stats.models[filename] = {
                     "load_ms": round((t2 - t1) * 1000, 2),
                     "onnxruntime_import_ms": round((t1 - t0) * 1000, 2) if imported else 0.0,
                 }
 
-    models._load = timed_load
+    observers.plugin_runs.append(timed_run)
+    observers.model_loads.append(timed_load)
 
 
 def _job_started() -> tuple[int, int]:
@@ -258,23 +260,16 @@ def _job_ended(before: tuple[int, int]) -> dict[str, int]:
 
 def _time_commits(stats: _Stats) -> None:
     """Stamp the commit of each job's terminal event (the batch's transaction has ended)."""
-    from compute.db import transitions
+    from compute.db.rules import Outcome, Verdict
+    from compute.jobs import EventType
 
-    apply = transitions.JobTransitions.apply_events
+    terminal = (EventType.COMPLETED, EventType.FAILED)
 
-    def timed_apply(self: Any, events: Any) -> Any:
-        outcomes = apply(self, events)
+    def committed(outcomes: Sequence[Outcome]) -> None:
         now = time.time_ns()
         with stats.lock:
             for outcome in outcomes:
-                event = getattr(outcome, "event", None)
-                kind = str(getattr(getattr(event, "event", None), "value", ""))
-                if (
-                    getattr(getattr(outcome, "verdict", None), "value", None) == "applied"
-                    and kind in ("completed", "failed")
-                    and event is not None
-                ):
-                    stats.commits.setdefault(event.job_id, now)
-        return outcomes
+                if outcome.verdict is Verdict.APPLIED and outcome.event.event in terminal:
+                    stats.commits.setdefault(outcome.event.job_id, now)
 
-    transitions.JobTransitions.apply_events = timed_apply  # type: ignore[method-assign]
+    observers.events_applied.append(committed)

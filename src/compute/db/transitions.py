@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
+from compute import observers
 from compute.db.leases import database_now_ms
 from compute.db.notices import notify
 from compute.db.rules import Claim, LeaseSnapshot, Outcome, decide, failed_attempt
@@ -135,6 +136,8 @@ class JobTransitions:
             for columns, rows in groups.items():
                 conn.execute(_guarded_update(columns), rows)
             notify(conn, self.origin, (outcome.change for outcome in outcomes))
+        for observer in observers.events_applied:
+            observer(outcomes)
         return outcomes
 
     # -- orphans -------------------------------------------------------------------------------

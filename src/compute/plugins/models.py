@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compute import observers
 from compute.errors import ComputeError
 from compute.plugins.environment import current
 
@@ -112,7 +113,8 @@ def session(spec: ModelSpec) -> Any:
         cached = _sessions.get(path)
         if cached is not None:
             return cached
-        loaded = _load(spec, path)
+        with observers.around(observers.model_loads, spec.filename):
+            loaded = _load(spec, path)
         _sessions[path] = loaded
         return loaded
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from cl_ml_tools import BaseJobParams, ComputeModule, Job
 
+from compute import observers
 from compute.errors import ComputeError
 from compute.plugins.environment import current
 
@@ -113,10 +114,11 @@ class PluginTask(ComputeModule):  # type: ignore[misc]
         self, job: Job, params: BaseJobParams, progress_callback: Progress | None = None
     ) -> dict[str, Any]:
         assert isinstance(params, self.params)
-        try:
-            output = await self.run(JobFiles(job.job_id), params, progress_callback or _no_progress)
-        except ComputeError as exc:
-            return {"status": "error", "error": str(exc)}
+        with observers.around(observers.plugin_runs, job.job_id):
+            try:
+                output = await self.run(JobFiles(job.job_id), params, progress_callback or _no_progress)
+            except ComputeError as exc:
+                return {"status": "error", "error": str(exc)}
         return {"status": "ok", "task_output": output}
 
     async def execute_batch(
