@@ -244,3 +244,10 @@ def test_ml_batch(result: dict[str, Any]) -> None:
         for key in ("batch_1", "batch_8", "batch_1_spinning"):
             assert row[key]["cpu_ms_per_image"] > 0
     assert set(section["estimate"]) == set(section["plugin"])
+    # Through the service: every queued job done at both sizes, one plugin call per job at batch
+    # 1, and batches at 8 (all were queued when the task resumed).
+    service = section["service"]
+    for size in ("batch_1", "batch_8"):
+        assert service[size]["jobs"] == section["jobs"] and service[size]["jobs_per_s"] > 0
+    assert service["batch_1"]["batches"] == section["jobs"]
+    assert service["batch_8"]["batches"] < section["jobs"]

@@ -200,8 +200,9 @@ class Cluster:
             raise ClusterError(f"benchmark cannot reach the broker at {self.mqtt_host}:{self.mqtt_port}")
         await self.add_workers(self.spec.workers)
 
-    async def add_workers(self, count: int, tasks: str | None = None) -> list[str]:
-        """Start `count` workers (running `tasks`, default the spec's); their ids once all are online."""
+    async def add_workers(self, count: int, tasks: str | None = None, args: Sequence[str] = ()) -> list[str]:
+        """Start `count` workers (running `tasks`, default the spec's, with compute-worker's
+        further `args`); their ids once all are online."""
         names = [f"w{len(self.workers) + i + 1}" for i in range(count)]
         ids = []
         for name in names:
@@ -217,6 +218,7 @@ class Cluster:
                     worker_id,
                     "--tasks",
                     tasks or self.spec.tasks,
+                    *args,
                 ],
             )
         assert self.observer is not None

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.mosquitto import find_mosquitto
-from compute_bench import fanout, inputs, latency, ml_batch, plugins, recovery, scale, scenarios
+from compute_bench import fanout, inputs, latency, ml_batch, plugins, recovery, scale, scenarios, standins
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster, ClusterSpec
 from compute_bench.peers.runner import Peers
@@ -389,6 +389,19 @@ class Run:
             ml_batch.network_batching, folder / "networks", sizes.ml_batch_layers, quick=self.cfg.quick
         )
         doc["estimate"] = ml_batch.real_estimate(doc["plugin"], doc["network"])
+        service_models = folder / "service_models"
+        await asyncio.to_thread(standins.write, ml_batch.SERVICE_TASK, service_models, dynamic_batch=True)
+        spec = self.spec(
+            "ml_batch",
+            0,
+            observe_jobs=True,
+            tasks=ml_batch.SERVICE_TASK,
+            extra_env={"COMPUTE_MODELS_DIR": str(service_models)},
+        )
+        async with self.cluster(spec) as (c, sub):
+            doc["service"] = await ml_batch.service_batching(
+                c, sub, made.photo, sizes.ml_batch, quick=self.cfg.quick
+            )
         self.result["ml_batch"] = doc
 
     def _compare_polling(self, poll: dict[str, Any]) -> dict[str, Any]:
