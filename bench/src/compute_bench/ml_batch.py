@@ -21,7 +21,8 @@ what each can tell:
    with `--batch clip_embedding=1`, then one with `=8`, in alternating rounds: the task is
    paused while they are uploaded, and jobs/s counts from its resume to the last completion the
    server announces (claims, events, results through the broker and the database, as a library
-   import meets them). The batches the worker ran, from its log.
+   import meets them), and the CPU the server and the worker spent over that window (each with
+   its children: broker, plugin process), per job. The batches the worker ran, from its log.
 
 CPU time is the figure to compare on a loaded machine: wall time there includes waiting for a
 core.
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from compute_bench import large_standins, standins
+from compute_bench.stats import tree_cpu_seconds
 
 if TYPE_CHECKING:
     from compute_bench.client import Submitter
@@ -175,10 +177,13 @@ async def _service_round(
         await _burst(cluster, sub, content, name, BATCH)  # the model's first calls, not counted
         await _admin(sub, "pause")
         ids = await _burst(cluster, sub, content, name, jobs, wait=False)
+        assert cluster.server is not None and cluster.observer is not None
+        pids = {"server": cluster.server.pid, "worker": cluster.workers[worker_id].pid}
+        cpu_before = {role: tree_cpu_seconds(pid) or 0.0 for role, pid in pids.items()}
         t0 = time.time_ns()
         await _admin(sub, "resume")
-        assert cluster.observer is not None
         done = [await cluster.observer.wait_done(job_id, DONE_TIMEOUT) for job_id in ids]
+        cpu = {role: (tree_cpu_seconds(pid) or 0.0) - cpu_before[role] for role, pid in pids.items()}
     finally:
         await cluster.stop_workers([worker_id])
     ends = [d for d in done if d is not None]
@@ -189,6 +194,7 @@ async def _service_round(
         "jobs": len(ids),
         "elapsed_s": round(elapsed, 2),
         "jobs_per_s": round(len(ids) / elapsed, 1),
+        **{f"{role}_cpu_ms_per_job": round(s * 1000 / len(ids), 1) for role, s in cpu.items()},
         "batches": _batches(await asyncio.to_thread(log.read_text, errors="replace"), set(ids)),
     }
 
@@ -381,13 +387,24 @@ def render(section: dict[str, Any], table: Callable[[list[str], list[list[Any]]]
     service = section.get("service") or {}
     if service:
         rows = [
-            [k, r["jobs"], r["jobs_per_s"], r["elapsed_s"], r.get("batches")]
+            [
+                k,
+                r["jobs"],
+                r["jobs_per_s"],
+                r["elapsed_s"],
+                r.get("server_cpu_ms_per_job"),
+                r.get("worker_cpu_ms_per_job"),
+                r.get("batches"),
+            ]
             for k, r in service.items()
             if isinstance(r, dict)
         ]
         parts += [
             f"   service: one worker, jobs queued then resumed (clip_embedding, tiny stand-in); "
             f"gain {service.get('gain')}",
-            table(["", "jobs", "jobs/s", "seconds", "plugin calls"], rows),
+            table(
+                ["", "jobs", "jobs/s", "seconds", "server CPU ms/job", "worker CPU ms/job", "plugin calls"],
+                rows,
+            ),
         ]
     return parts
