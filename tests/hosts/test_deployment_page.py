@@ -38,7 +38,7 @@ from compute_bench.hosts.hosted import (
     Worker,
 )
 from compute_bench.inputs import Inputs
-from tests.hosts.test_remote_worker import uploads
+from tests.support.uploads import uploads
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 

@@ -11,18 +11,10 @@ from compute.plugins.registry import installed_tasks
 from compute_bench.harness import wait_until
 from compute_bench.hosts.hosted import BIN, FILE_PLANE, SERVER, HostedCompute, Site, Worker, clean_environ
 from compute_bench.inputs import Inputs
-from compute_bench.plugins import PLUGINS, Source
+from compute_bench.plugins import PLUGINS
+from tests.support.uploads import uploads
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
-
-
-def uploads(inputs: Inputs) -> list[tuple[str, dict[str, str], str, bytes, str]]:
-    """One job of each task type, as the benchmark's plugins section submits it."""
-    made = []
-    for plugin in PLUGINS:
-        source = Source(plugin, inputs)
-        made.append((source.task, source.form, source.name, source.content, source.mime))
-    return made
 
 
 def test_every_task_type_runs_on_worker_hosts(site: Site, compute: HostedCompute, inputs: Inputs) -> None:

@@ -25,13 +25,13 @@ from compute.config import Settings
 from compute.plugins.face_detection.task import MODEL, FaceDetectionTask
 from compute.storage import MARKER_NAME
 from compute.worker.job_folder import RemoteFolders, SharedFolders
+from compute_bench.yunet_model import build as build_yunet
+from compute_bench.yunet_model import mark
 from tests.support.images import png_bytes
 from tests.support.inprocess import RunningWorker, Server, WorkerFactory, running_server, uvicorn_serving
 from tests.support.proxy import CutRule, CuttingProxy
 from tests.support.videos import make_video
 from tests.support.waits import wait_for
-from tests.support.yunet_model import build as build_yunet
-from tests.support.yunet_model import mark
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The broker/database matrix is the core suite's business; plugins are about media, tools and
 models, so one backend keeps these tests quick. `models_dir` is a fresh folder per test:
-tests put tiny ONNX models there (tests/support/onnx_models.py) as a deployment would put
+tests put tiny ONNX models there (compute_bench.onnx_models) as a deployment would put
 the real ones.
 """
 

@@ -16,8 +16,10 @@ imported from there (compute_bench.harness, compute_bench.deployment).
 * auth: signing keys and bearer tokens; jobs: jobs stored, put in a state, or run through a route;
 * events: worker events signed as a worker signs them; fakes: `FakeBus` (unit tests), `GatedNoop`;
 * asyncapi_payloads: what the product publishes, checked against the AsyncAPI document;
-* images, photos, embedding_images, exif_samples, hash_samples, videos: test media;
-  onnx_models, yunet_model: tiny ONNX stand-ins for the ML plugins' models;
+* images, photos, embedding_images, exif_samples, hash_samples, videos: test media (the tiny ONNX
+  stand-ins for the ML plugins' models are the benchmark's too: compute_bench.onnx_models and
+  compute_bench.yunet_model);
 * stall: the `test_stall` plugin of the isolation tests; fault_cluster: the fault tests' deployment;
-* proxy: `CuttingProxy`, a TCP link between a worker and the server that breaks on purpose.
+* proxy: `CuttingProxy`, a TCP link between a worker and the server that breaks on purpose;
+* uploads: one job of each task type, as the benchmark submits them (the cross-host tests).
 """

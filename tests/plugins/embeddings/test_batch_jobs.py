@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compute.worker.plugin_process import PluginProcess
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download
 

@@ -20,7 +20,7 @@ from compute.plugins.dino_embedding.task import DinoEmbeddingTask
 from compute.plugins.embedding_task import EmbeddingTask
 from compute.plugins.environment import current
 from compute.plugins.face_embedding.task import FaceEmbeddingTask
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.embedding_images import jpeg_bytes
 
 

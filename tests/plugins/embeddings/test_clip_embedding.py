@@ -12,7 +12,7 @@ from PIL import Image
 from compute.plugins.clip_embedding.algorithm import clip_embedding
 from compute.plugins.clip_embedding.task import ClipEmbeddingTask
 from compute.plugins.models import MODELS
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.embedding_images import CLIP_MEAN, CLIP_STD, decoded, reference_tensor, unit
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job

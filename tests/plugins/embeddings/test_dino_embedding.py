@@ -11,7 +11,7 @@ from PIL import Image
 
 from compute.plugins.dino_embedding.algorithm import dino_embedding
 from compute.plugins.dino_embedding.task import DinoEmbeddingTask
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.embedding_images import IMAGENET_MEAN, IMAGENET_STD, decoded, reference_tensor, unit
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job

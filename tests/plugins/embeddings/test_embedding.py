@@ -10,7 +10,7 @@ from PIL import Image
 
 from compute.plugins import embedding, models
 from compute.plugins.models import MODELS, ModelUnavailable
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.embedding_images import (
     CLIP_MEAN,
     CLIP_STD,

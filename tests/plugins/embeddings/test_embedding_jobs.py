@@ -18,7 +18,7 @@ from compute.plugins.dino_embedding.task import DinoEmbeddingTask
 from compute.plugins.face_embedding.task import FaceEmbeddingTask
 from compute.plugins.plugin_task import PluginTask
 from compute.plugins.registry import UnavailableTasks, load_tasks
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.images import png_header_only
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download

@@ -14,7 +14,7 @@ from skimage import data
 
 from compute.plugins.face_embedding.algorithm import face_embedding, quality_score
 from compute.plugins.face_embedding.task import FaceEmbeddingTask
-from tests.support import onnx_models
+from compute_bench import onnx_models
 from tests.support.embedding_images import decoded, jpeg_bytes, unit
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job

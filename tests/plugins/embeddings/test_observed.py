@@ -16,7 +16,7 @@ from compute import observers
 from compute.plugins import models
 from compute.plugins.models import MODELS
 from compute.plugins.plugin_task import PluginTask, TaskParams
-from tests.support import onnx_models
+from compute_bench import onnx_models
 
 
 class Echo(PluginTask):

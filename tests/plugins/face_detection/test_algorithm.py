@@ -24,7 +24,7 @@ from compute.plugins.face_detection.algorithm import (
     load_bgr,
     suppress,
 )
-from tests.support.yunet_model import build, expected, mark
+from compute_bench.yunet_model import build, expected, mark
 
 #: BGR colours of the dots drawn at the landmarks, in LANDMARK_NAMES order.
 DOT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]

@@ -16,9 +16,9 @@ from PIL import Image
 from skimage import data
 
 from compute.plugins.face_detection.task import MODEL
+from compute_bench.yunet_model import build
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job
-from tests.support.yunet_model import build
 
 LANDMARKS = {"right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left"}
 

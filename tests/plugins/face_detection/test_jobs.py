@@ -15,10 +15,10 @@ from compute.jobs import result_bytes
 from compute.plugins.face_detection.algorithm import ARCFACE_TEMPLATE, LANDMARK_NAMES, TOP_K
 from compute.plugins.face_detection.task import MODEL, TRUNCATED_FIELD, FaceDetectionTask
 from compute.plugins.registry import UnavailableTasks, load_tasks
+from compute_bench.yunet_model import build, expected, mark
 from tests.support.images import png_header_only
 from tests.support.inprocess import Server, WorkerFactory
 from tests.support.jobs import download, run_job
-from tests.support.yunet_model import build, expected, mark
 
 #: BGR colours of the dots drawn at the landmarks, in LANDMARK_NAMES order.
 DOT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]

@@ -1,4 +1,5 @@
-"""A tiny YuNet-shaped ONNX model whose detections a test places by drawing on the image.
+"""A tiny YuNet-shaped ONNX model whose detections a test places by drawing on the image (the
+tests' and the benchmark's stand-in, compute_bench.standins; building it needs the `onnx` package).
 
 It has YuNet 2023mar's input and its 12 outputs with their names and shapes. Each stride reads
 one colour channel: the mean of channel B (stride 8), G (stride 16) or R (stride 32) over a grid
@@ -33,10 +34,14 @@ KPS = tuple(float(v) for v in (ARCFACE_TEMPLATE * FACE_CELLS / CROP_SIZE).reshap
 
 
 def build(
-    fixed: tuple[int, int] | None = None, batchless: bool = False, rename: dict[str, str] | None = None
+    fixed: tuple[int, int] | None = None,
+    batchless: bool = False,
+    rename: dict[str, str] | None = None,
+    score_scale: float = 1.0,
 ) -> bytes:
     """The model as bytes. `fixed`: a static (height, width) input instead of a dynamic one;
-    `batchless`: outputs [N, k] instead of [1, N, k]; `rename`: output names to change."""
+    `batchless`: outputs [N, k] instead of [1, N, k]; `rename`: output names to change;
+    `score_scale`: a cell's score is its channel mean / 255 times this."""
     rename = rename or {}
     height: int | str = fixed[0] if fixed else "height"
     width: int | str = fixed[1] if fixed else "width"
@@ -50,7 +55,7 @@ def build(
     for stride in STRIDES:
         cells: int | str = f"cells_{stride}" if not fixed else (fixed[0] // stride) * (fixed[1] // stride)
         score_w = np.zeros((1, 3, stride, stride), np.float32)
-        score_w[0, CHANNEL[stride]] = 1.0 / (stride * stride * 255.0)
+        score_w[0, CHANNEL[stride]] = score_scale / (stride * stride * 255.0)
         inits.append(numpy_helper.from_array(score_w, f"score_w_{stride}"))
         kernel = [stride, stride]
         nodes.append(

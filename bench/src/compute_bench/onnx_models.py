@@ -1,10 +1,11 @@
 """Tiny ONNX stand-ins for the embedding models, with the real models' input layouts and output shapes.
 
-No real weights are on test machines, so tests write these under the registry's file names in
-`models_dir`. Each model pools the image into a grid of block means and multiplies them by a
-fixed random matrix: the output depends on every part of the image, so a wrong resize, channel
-order, mean/std or layout changes it, and `TinyEmbedder.expected` computes in numpy what the
-graph gives for a tensor, to compare a plugin's output against.
+No real weights are on test machines, so tests (and the benchmark's stand-ins,
+compute_bench.standins) write these under the registry's file names in `models_dir`. Each model
+pools the image into a grid of block means and multiplies them by a fixed random matrix: the
+output depends on every part of the image, so a wrong resize, channel order, mean/std or layout
+changes it, and `TinyEmbedder.expected` computes in numpy what the graph gives for a tensor, to
+compare a plugin's output against.
 """
 
 from __future__ import annotations
