@@ -12,6 +12,7 @@ from compute.config import load_settings
 from compute.db.repository import JobRecord
 from compute.topics import Topics
 from compute.worker.attempt import Attempt
+from compute.worker.batch_run import run_many
 from compute.worker.lanes import Slot, build_lanes, shares
 from compute.worker.results import ResultOutbox
 from compute.worker.runner import JobRunner
@@ -133,7 +134,7 @@ async def test_a_batch_member_cancelled_before_it_starts_is_left_out_of_the_batc
     runner, host = runner_on(bus, takes_batches=True)
     attempts = [Attempt(claimed(job_id), "w1", bus, T) for job_id in ("j1", "j2", "j3")]
     runner.cancel("j2")
-    outcomes = await runner.run_many(attempts)
+    outcomes = await run_many(runner, attempts)
     assert host.batches == [["j1", "j3"]] and host.executed == []
     assert [o.event.value if o else None for o in outcomes] == ["completed", None, "completed"]
     assert events_of(bus, "j2") == [] and events_of(bus, "j1") == ["started", "completed"]
@@ -144,7 +145,7 @@ async def test_jobs_of_a_plugin_that_takes_no_batch_run_one_after_another() -> N
     bus = FakeBus()
     runner, host = runner_on(bus, takes_batches=False)
     attempts = [Attempt(claimed(job_id), "w1", bus, T) for job_id in ("j1", "j2")]
-    outcomes = await runner.run_many(attempts)
+    outcomes = await run_many(runner, attempts)
     assert host.batches == [] and host.executed == ["j1", "j2"]
     assert all(o is not None and o.event.value == "completed" for o in outcomes)
     assert runner.takes_batches is False
@@ -155,7 +156,7 @@ async def test_params_that_do_not_validate_fail_their_own_job_only() -> None:
     runner, host = runner_on(bus, takes_batches=True)
     bad = replace(claimed("j2"), params={"steps": -1})
     attempts = [Attempt(record, "w1", bus, T) for record in (claimed("j1"), bad, claimed("j3"))]
-    outcomes = await runner.run_many(attempts)
+    outcomes = await run_many(runner, attempts)
     assert host.batches == [["j1", "j3"]]
     failed = outcomes[1]
     assert failed is not None and failed.event.value == "failed" and "invalid params" in (failed.error or "")

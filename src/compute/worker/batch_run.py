@@ -49,6 +49,20 @@ class _Member:
         self.started = started
 
 
+async def run_many(runner: JobRunner, attempts: list[Attempt]) -> list[JobEvent | None]:
+    """Execute claims of one task handed over together: as one batch when there are several
+    and the plugin takes batches, else one after another. Each one's outcome, in order."""
+    if len(attempts) > 1 and not runner.releasing:
+        try:
+            runner.takes_batches = await runner.host.batchable(attempts[0].task_type)
+        except PluginCrashed as exc:  # no process to ask: each job fails with the reason
+            log.warning("plugin %s: %s", attempts[0].task_type, exc)
+        else:
+            if runner.takes_batches:
+                return await BatchRun(runner, attempts).run()
+    return [await runner.run(attempt) for attempt in attempts]
+
+
 class BatchRun:
     def __init__(self, runner: JobRunner, attempts: list[Attempt]) -> None:
         self.runner = runner

@@ -11,7 +11,7 @@ short jobs, and the other lanes are not affected at all.
 A task given a batch N (`--batch task=N`, WORKER_BATCH, opt-in, for a task whose model takes a
 batch: the embedding tasks, issue 19) gets a lane of its own too, whose slots each take up to N
 jobs at once: the claim asks for N per free slot, and what it finds is spread evenly over the
-free slots, each slot's share going to its plugin process as one batch (`JobRunner.run_many`).
+free slots, each slot's share going to its plugin process as one batch (`batch_run.run_many`).
 What is queued is taken at once: a lone job never waits for batch-mates.
 """
 

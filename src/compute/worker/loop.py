@@ -29,6 +29,7 @@ from compute.logs import LogLimiter
 from compute.topics import MalformedMessage, Topics, parse_cancel
 from compute.worker.announce import Announcer, new_session
 from compute.worker.attempt import Attempt
+from compute.worker.batch_run import run_many
 from compute.worker.dbretry import DB_ERRORS, Backoff
 from compute.worker.job_folder import JobFolders
 from compute.worker.lanes import Lane, Slot, build_lanes, shares
@@ -262,7 +263,7 @@ class Worker:
 
     async def _run(self, lane: Lane, slot: Slot, attempts: list[Attempt]) -> None:
         try:
-            await slot.runner.run_many(attempts)
+            await run_many(slot.runner, attempts)
             if len(attempts) > 1 and slot.runner.takes_batches is False:
                 log.warning(
                     "%s: its plugin takes no batch (its model's batch is fixed); WORKER_BATCH ignored",

@@ -9,8 +9,8 @@ timeout (worker/plugin_process.py), or a thread of the worker (worker/plugin_thr
 PLUGIN_ISOLATION=thread). Either way the worker's own event loop stays free for MQTT keepalives,
 hints, cancel requests and lease heartbeats while a plugin computes.
 
-Several claims of one task handed over together (`run_many`, WORKER_BATCH) go to the plugin as
-one batch when it takes batches (worker/batch_run.py), one after another when it does not.
+Several claims of one task handed over together (WORKER_BATCH) go through worker/batch_run.py,
+which builds on this module.
 """
 
 from __future__ import annotations
@@ -147,21 +147,6 @@ class JobRunner:
         for job_id, (_, stop) in list(self._running.items()):
             self._released.add(job_id)
             stop()
-
-    async def run_many(self, attempts: list[Attempt]) -> list[JobEvent | None]:
-        """Execute claims of one task handed over together: as one batch when there are several
-        and the plugin takes batches, else one after another. Each one's outcome, in order."""
-        from compute.worker.batch_run import BatchRun  # it builds on this module
-
-        if len(attempts) > 1 and not self.releasing:
-            try:
-                self.takes_batches = await self.host.batchable(attempts[0].task_type)
-            except PluginCrashed as exc:  # no process to ask: each job fails with the reason
-                log.warning("plugin %s: %s", attempts[0].task_type, exc)
-            else:
-                if self.takes_batches:
-                    return await BatchRun(self, attempts).run()
-        return [await self.run(attempt) for attempt in attempts]
 
     async def run(self, attempt: Attempt) -> JobEvent | None:
         """Execute `attempt`; the terminal event goes to the outbox. None when it was cancelled."""
