@@ -11,6 +11,7 @@ from compute.jobs import EventType
 from tests.support.events import signed
 from tests.support.images import png_bytes
 from tests.support.inprocess import Server, running_server
+from tests.support.jobs import set_columns
 from tests.support.mqtt import Message
 
 # The broker plays no part in these answers: one is enough (the database still varies).
@@ -108,6 +109,9 @@ async def test_admin_storage_size_and_cleanup(server: Server) -> None:
     server.services.transitions.apply_events(
         [signed(claimed, EventType.COMPLETED, 1, progress=100, task_output={}, ts=1000)]
     )
+    # completed_at is the database's time of the completion (not the worker's timestamp):
+    # moved back to long ago, so that the cleanup finds it old.
+    set_columns(server, done, completed_at=1000)
     size = (await server.client.get("/admin/jobs/storage/size")).json()
     assert size["job_count"] == 2 and size["total_size"] == 2 * len(png_bytes())
 

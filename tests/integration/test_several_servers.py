@@ -115,7 +115,9 @@ async def test_server_status_stays_online_while_one_server_runs(settings: Settin
 
 
 async def test_one_server_runs_the_sweeps_and_another_takes_over_when_it_stops(settings: Settings) -> None:
-    settings = replace(settings, sweep_lease_seconds=1.5, lease_seconds=4.0)  # lease sweep every 1 s
+    # Lease sweep every 1 s. The sweep lease long enough that a renewal delayed on a loaded
+    # machine does not hand the sweeps over mid-test (a clean stop gives it up at once).
+    settings = replace(settings, sweep_lease_seconds=6.0, lease_seconds=4.0)
     async with contextlib.AsyncExitStack() as everything:
         stacks = [contextlib.AsyncExitStack() for _ in range(2)]
         servers = []
