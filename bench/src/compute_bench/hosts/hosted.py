@@ -162,7 +162,10 @@ class Postgres:
         server = [str(self.bin / "postgres"), "-D", str(self.data)]
         server += [arg for name, value in options.items() for arg in ("-c", f"{name}={value}")]
         self.proc = self.host.spawn(["unshare", "--ipc", *self._as_postgres(*server)], log=self.log)
-        wait_until(lambda: self.host.call(port_answers, self.address, PG_PORT), STARTUP, "PostgreSQL")
+        # The port answers before the cluster accepts connections ("the database system is
+        # starting up" while it replays or checkpoints): wait for pg_isready's "accepting".
+        ready = [str(self.bin / "pg_isready"), "-q", "-h", self.address, "-p", str(PG_PORT)]
+        wait_until(lambda: self.host.run(ready, timeout=10).returncode == 0, STARTUP, "PostgreSQL")
 
     def url(self, user: str, password: str, database: str) -> str:
         return f"postgresql+psycopg://{user}:{password}@{self.address}:{PG_PORT}/{database}"
