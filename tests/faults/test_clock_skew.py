@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from compute_bench.harness import free_port, wait_until
+from compute_bench.harness import wait_until
 from tests.support.databases import PostgresUnavailable, fresh_pg_database
 from tests.support.fault_cluster import FAST, Cluster
 
@@ -39,7 +39,7 @@ def skewed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
                 database_url = stack.enter_context(fresh_pg_database("compute_skew"))
             except PostgresUnavailable as exc:
                 pytest.skip(str(exc))
-        c = Cluster(tmp_path, broker_kind, free_port(), free_port(), database_url, **FAST)
+        c = Cluster(tmp_path, broker_kind, database_url, **FAST)
         stack.callback(c.stop)
         c.start_broker()
         c.migrate()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from compute_bench.harness import free_port, wait_until
+from compute_bench.harness import wait_until
 from tests.support.databases import PostgresUnavailable, fresh_pg_database
 from tests.support.fault_cluster import FAST, Cluster
 from tests.support.images import png_bytes
@@ -38,7 +38,7 @@ def two_servers(tmp_path: Path) -> Iterator[Cluster]:
         except PostgresUnavailable as exc:
             pytest.skip(str(exc))
         settings = {**FAST, "SWEEP_LEASE_SECONDS": str(SWEEP_LEASE), "ORPHAN_GRACE_SECONDS": "10"}
-        c = Cluster(tmp_path, "mosquitto", free_port(), free_port(), database_url, **settings)
+        c = Cluster(tmp_path, "mosquitto", database_url, **settings)
         stack.callback(c.stop)
         c.start_broker()
         c.migrate()
