@@ -46,7 +46,7 @@ from compute_bench.harness import (
 )
 from compute_bench.launch import CLOCK_OFFSET_ENV
 
-__all__ = ["BROKERS", "LAUNCHES", "STARTUP", "Deployment", "DeploymentError"]
+__all__ = ["BIN", "BROKERS", "LAUNCHES", "STARTUP", "Deployment", "DeploymentError"]
 
 #: Deadline for a process to come up. Generous: on a loaded 2-core VM imports alone took 15 s.
 STARTUP = 90.0
@@ -73,12 +73,11 @@ class Deployment:
         database_url: str | None = None,
         http_port: int | None = None,
         settings: Mapping[str, str] | None = None,
-        environ: Mapping[str, str] | None = None,
         server_ids: bool = False,
     ) -> None:
-        """`settings`: environment variables of every process; `environ`: what they start from
-        (default: this process's environment without any Compute setting, scrubbed_environ);
-        `server_ids`: each server's COMPUTE_SERVER_ID is its name (else the product's default)."""
+        """`settings`: environment variables of every process, on top of this process's environment
+        without any Compute setting (scrubbed_environ); `server_ids`: each server's
+        COMPUTE_SERVER_ID is its name (else the product's default)."""
         if launch not in LAUNCHES or broker not in BROKERS:
             raise ValueError(f"launch must be one of {LAUNCHES}, broker one of {BROKERS}")
         self.dir = directory
@@ -92,7 +91,7 @@ class Deployment:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self._database_url = database_url
         self.server_ids = server_ids
-        self.env = dict(scrubbed_environ() if environ is None else environ)
+        self.env = scrubbed_environ()
         self.env.update({"CL_SERVER_DIR": str(self.cl_server), "LOG_LEVEL": "INFO"})
         if broker == "embedded":
             self.env.update({"EMBEDDED_BROKER": embedded_broker, "MQTT_PORT": str(self.broker_port)})
@@ -115,8 +114,10 @@ class Deployment:
     def spawn(
         self, name: str, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        """Any command as `name`, in this deployment's environment unless `env` is given."""
-        return self.processes.spawn(name, cmd, env=self.env if env is None else env, cwd=cwd)
+        """Any command as `name`, in this deployment's environment unless `env` is given, in its
+        folder unless `cwd` is (what a process writes to a relative path stays with the rest)."""
+        env = self.env if env is None else env
+        return self.processes.spawn(name, cmd, env=env, cwd=self.dir if cwd is None else cwd)
 
     def command(self, role: str) -> list[str]:
         """compute-server or compute-worker (`role`: "server" or "worker"), launched as chosen."""
@@ -163,13 +164,15 @@ class Deployment:
         clock_offset: float = 0.0,
         args: Sequence[str] = (),
         cwd: Path | None = None,
+        wrap: Sequence[str] = (),
         timeout: float = STARTUP,
     ) -> str:
         """A compute-server, once it answers and has reached its broker; its base URL.
 
         Port: `port`, else the one `name` had before (a restart), else `http_port` for the first
         server and a free one for the others. `env`: settings of this process only; `args`: more
-        options; `clock_offset`: seconds its wall clock is off, as on another host."""
+        options; `clock_offset`: seconds its wall clock is off, as on another host; `wrap`: a
+        command it runs under (one that sets a resource limit, say)."""
         if port is None:
             known = self.servers.get(name)
             port = int(known[1].rsplit(":", 1)[1]) if known else None
@@ -178,7 +181,7 @@ class Deployment:
         server_id = {"COMPUTE_SERVER_ID": name} if self.server_ids else {}
         proc = self.spawn(
             name,
-            [*self.command("server"), *args, "--host", "127.0.0.1", "--port", str(port)],
+            [*wrap, *self.command("server"), *args, "--host", "127.0.0.1", "--port", str(port)],
             env=self._role_env({**server_id, **(env or {})}, clock_offset),
             cwd=cwd,
         )

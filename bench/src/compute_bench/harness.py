@@ -3,7 +3,8 @@
 Free ports, waits with a deadline, an environment without the caller's Compute settings, the
 launch command (compute_bench.launch, which registers the `bench_noop` plugin first), a broker of
 its own (amqtt or a private Mosquitto, in a process that can be killed), and `Processes`: children
-with their output in log files, all ended at the end.
+with their output in log files, all ended at the end. compute_bench.deployment builds a whole
+deployment (broker, database, servers, workers) on these.
 
 It lives in the benchmark's distribution because both users can import it from there: the tests
 depend on `compute-bench` (dev group), and the benchmark must not import `tests`. The product

@@ -189,13 +189,13 @@ async def _service_round(
     ends = [d for d in done if d is not None]
     assert len(ends) == len(ids), f"{len(ids) - len(ends)} of {len(ids)} jobs not done"
     elapsed = (max(ends) - t0) / 1e9
-    log = cluster.logs / f"{worker_id.rsplit('-', 1)[1]}.log"
+    log = await asyncio.to_thread(cluster.deployment.log, worker_id)
     return {
         "jobs": len(ids),
         "elapsed_s": round(elapsed, 2),
         "jobs_per_s": round(len(ids) / elapsed, 1),
         **{f"{role}_cpu_ms_per_job": round(s * 1000 / len(ids), 1) for role, s in cpu.items()},
-        "batches": _batches(await asyncio.to_thread(log.read_text, errors="replace"), set(ids)),
+        "batches": _batches(log, set(ids)),
     }
 
 
