@@ -1,5 +1,5 @@
-"""End-to-end fixtures: an environment without the caller's Compute settings, and the command
-lines started in it (ended at teardown)."""
+"""End-to-end fixtures: the installed command lines started in a deployment of their own (ended at
+teardown), and its environment (without the caller's Compute settings) for the ones run directly."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from compute_bench.harness import scrubbed_environ
 from tests.support.commands import Commands
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {**scrubbed_environ(), "CL_SERVER_DIR": str(tmp_path / "cl_server"), "LOG_LEVEL": "INFO"}
+def procs(tmp_path: Path) -> Iterator[Commands]:
+    p = Commands(tmp_path)
+    yield p
+    p.stop()
 
 
 @pytest.fixture
-def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Commands]:
-    p = Commands(tmp_path, env)
-    yield p
-    p.stop()
+def env(procs: Commands) -> dict[str, str]:
+    return dict(procs.env)

@@ -22,8 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from compute_bench.harness import free_port
-from tests.support.commands import BIN, Commands, Served
+from tests.support.commands import Commands, Served, start_server
 from tests.support.images import png_bytes
 from tests.support.waits import wait_for
 
@@ -39,23 +38,8 @@ _LIMITED = (
 async def _start(procs: Commands, env: dict[str, str], limit: int | None, **settings: str) -> Served:
     env.update(settings)
     procs.env.update(settings)
-    http_port, mqtt_port = free_port(), free_port()
-    args = [str(BIN / "compute-server"), "--no-auth", "--host", "127.0.0.1", "--port", str(http_port)]
-    args += ["--mqtt-port", str(mqtt_port)]
-    cmd = args if limit is None else [sys.executable, "-c", _LIMITED, str(limit), *args]
-    server = procs.spawn("server", cmd)
-    served = Served(server, http_port, mqtt_port)
-    async with httpx.AsyncClient(base_url=served.base, timeout=5) as client:
-
-        async def healthy() -> bool:
-            assert server.poll() is None, procs.log("server")
-            try:
-                return bool((await client.get("/")).json()["mqtt_connected"])
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
-    return served
+    wrap = () if limit is None else (sys.executable, "-c", _LIMITED, str(limit))
+    return await start_server(procs, "--no-auth", wrap=wrap)
 
 
 @pytest.fixture

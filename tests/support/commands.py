@@ -1,20 +1,19 @@
 """The installed command lines (`compute-migrate`, `compute-server`, `compute-worker`) as a person
-runs them: one at a time to its end, or started in the background with its output in a log file."""
+runs them: one at a time to its end (`run`), or started in the background in a
+compute_bench.deployment.Deployment launched "installed" (`Commands`), its output in a log file."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from compute_bench import harness
-from compute_bench.harness import free_port, server_ready
-from tests.support.waits import wait_for
+from compute_bench.deployment import BIN, Deployment
+from compute_bench.harness import free_port
 
-#: Where `uv sync` installed the command lines (beside the interpreter).
-BIN = Path(sys.executable).parent
+__all__ = ["BIN", "Commands", "Served", "run", "start_server"]
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -24,10 +23,15 @@ def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
     )
 
 
-class Commands(harness.Processes):
-    """Installed command lines started in the background, by name; stop() ends them all."""
+class Commands(Deployment):
+    """A deployment of installed command lines in `directory`, whose flags say where the broker
+    and the database are; `env` is what they run in (a test may change it); stop() ends them."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, launch="installed", broker="none")
 
     def start(self, name: str, *args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """The command line `args` (its name first), started as `name`."""
         return self.spawn(name, [str(BIN / args[0]), *args[1:]], cwd=cwd)
 
 
@@ -43,28 +47,21 @@ class Served:
 
 
 async def start_server(
-    procs: Commands, *flags: str, cwd: Path | None = None, mqtt_port: int | None = None
+    procs: Commands,
+    *flags: str,
+    cwd: Path | None = None,
+    mqtt_port: int | None = None,
+    wrap: Sequence[str] = (),
 ) -> Served:
-    """compute-server on free ports (its embedded broker, or the one on `mqtt_port` with
-    `--mqtt-broker`), once it answers with its bus connected."""
+    """compute-server (under the command `wrap`, if any) on free ports, its embedded broker or the
+    one on `mqtt_port` with `--mqtt-broker`, once it answers with its bus connected."""
     http_port, mqtt_port = free_port(), mqtt_port or free_port()
-    server = procs.start(
-        "server",
-        "compute-server",
-        *flags,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(http_port),
-        "--mqtt-port",
-        str(mqtt_port),
+    await asyncio.to_thread(
+        procs.start_server,
+        port=http_port,
+        args=[*flags, "--mqtt-port", str(mqtt_port)],
         cwd=cwd,
+        wrap=wrap,
+        timeout=60,
     )
-    served = Served(server, http_port, mqtt_port)
-
-    async def healthy() -> bool:
-        assert server.poll() is None, procs.log("server")
-        return await asyncio.to_thread(server_ready, served.base, 5.0)
-
-    await wait_for(healthy, timeout=60, interval=0.1, what="compute-server to answer")
-    return served
+    return Served(procs.server(), http_port, mqtt_port)
