@@ -5,6 +5,7 @@ product methods, so a rename in the product fails them at once instead of leavin
 nothing. Nothing registers in production: an empty list costs one truth test.
 
 * `plugin_runs`: each is entered around one plugin run (`PluginTask.execute`), given the job id;
+  around a batch (`PluginTask.execute_batch`) once per job of it, so each job's run spans the batch;
 * `model_loads`: each is entered around the first load of a model file in this process
   (`plugins/models.py`), given the file's name;
 * `events_applied`: each is called with the outcomes of a batch of worker events once their
@@ -27,9 +28,10 @@ events_applied: list[Callable[[Sequence[Any]], None]] = []
 
 
 @contextlib.contextmanager
-def around(observers: Sequence[Around], key: str) -> Iterator[None]:
-    """Inside every one of `observers`, each given `key`."""
+def around(observers: Sequence[Around], *keys: str) -> Iterator[None]:
+    """Inside every one of `observers`, once for each of `keys`."""
     with contextlib.ExitStack() as stack:
         for observer in observers:
-            stack.enter_context(observer(key))
+            for key in keys:
+                stack.enter_context(observer(key))
         yield

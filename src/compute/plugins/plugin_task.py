@@ -131,7 +131,8 @@ class PluginTask(ComputeModule):  # type: ignore[misc]
         for job, params, progress in jobs:
             assert isinstance(params, self.params)
             batch.append(BatchJob(JobFiles(job.job_id), params, progress))
-        outcomes = await self.run_batch(batch)
+        with observers.around(observers.plugin_runs, *(job.job_id for job, _, _ in jobs)):
+            outcomes = await self.run_batch(batch)
         if len(outcomes) != len(batch):
             raise RuntimeError(f"{self.name}: {len(outcomes)} outcomes for {len(batch)} jobs")
         return [_result(outcome) for outcome in outcomes]

@@ -13,7 +13,7 @@ import socket
 import struct
 import termios
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import uvicorn
 from fastapi import FastAPI
@@ -239,90 +239,64 @@ def _refused(
     return _Refusal(transport, protocol.loop)
 
 
-class _Guarded:
-    """What both protocols add: admission, the header deadline, the send watch."""
+class _Guarded(asyncio.Protocol):
+    """What both protocols add: admission, the header deadline, the send watch.
+
+    Mixed in before uvicorn's protocol class (`class X(_Guarded, H11Protocol)`), so `super()`
+    here reaches uvicorn's methods.
+    """
 
     header_read_timeout: float = 10.0
     send_timeout: float = 30.0
     max_connections: int | None = None
+    transport: asyncio.Transport
 
-
-class HttpToolsWithHeaderDeadline(_Guarded, HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.header_deadline = _HeaderDeadline(self, self.header_read_timeout)
-        self.send_watch = _SendWatch(self, self.send_timeout)
-        self.refusal = _refused(self, transport, self.max_connections)
+        protocol = cast("HttpToolsProtocol | H11Protocol", self)
+        self.header_deadline = _HeaderDeadline(protocol, self.header_read_timeout)
+        self.send_watch = _SendWatch(protocol, self.send_timeout)
+        self.refusal = _refused(protocol, transport, self.max_connections)
         if self.refusal is not None:
             return
         super().connection_made(transport)
         self.header_deadline.arm()
         self.send_watch.start()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]  # uvicorn's; h11's also parses a pipelined request
+        if not self.transport.is_closing():
+            self.header_deadline.arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.refusal is None:
+            super().data_received(data)
+        else:
+            self.refusal.close()  # its request came in: dropped, nothing unread left behind
+
+    def eof_received(self) -> None:
+        if self.refusal is not None:
+            self.refusal.close()
+            return
+        super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.header_deadline.cancel()
+        self.send_watch.stop()
+        if self.refusal is not None:  # refused in connection_made: nothing was set up
+            self.refusal.close()
+            return
+        super().connection_lost(exc)
+
+
+class HttpToolsWithHeaderDeadline(_Guarded, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.header_deadline.cancel()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self.header_deadline.arm()
-
-    def data_received(self, data: bytes) -> None:
-        if self.refusal is None:
-            super().data_received(data)
-        else:
-            self.refusal.close()  # its request came in: dropped, nothing unread left behind
-
-    def eof_received(self) -> None:
-        if self.refusal is not None:
-            self.refusal.close()
-            return
-        super().eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.header_deadline.cancel()
-        self.send_watch.stop()
-        if self.refusal is not None:  # refused in connection_made: nothing was set up
-            self.refusal.close()
-            return
-        super().connection_lost(exc)
-
 
 class H11WithHeaderDeadline(_Guarded, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.header_deadline = _HeaderDeadline(self, self.header_read_timeout)
-        self.send_watch = _SendWatch(self, self.send_timeout)
-        self.refusal = _refused(self, transport, self.max_connections)
-        if self.refusal is not None:
-            return
-        super().connection_made(transport)
-        self.header_deadline.arm()
-        self.send_watch.start()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # also parses a pipelined request that was waiting
-        if not self.transport.is_closing():
-            self.header_deadline.arm()
-
-    def data_received(self, data: bytes) -> None:
-        if self.refusal is None:
-            super().data_received(data)
-        else:
-            self.refusal.close()  # its request came in: dropped, nothing unread left behind
-
-    def eof_received(self) -> None:
-        if self.refusal is not None:
-            self.refusal.close()
-            return
-        super().eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.header_deadline.cancel()
-        self.send_watch.stop()
-        if self.refusal is not None:  # refused in connection_made: nothing was set up
-            self.refusal.close()
-            return
-        super().connection_lost(exc)
+    """h11 has no headers-complete callback: its deadline, when it fires, finds the request
+    with the app and leaves the connection alone (_HeaderDeadline._expired)."""
 
 
 def http_protocol(

@@ -54,6 +54,19 @@ async def test_a_plugin_run_is_observed_around_it(local_env: Path, observing: li
     assert observing == [f"enter {job_id}", f"exit {job_id}"]
 
 
+async def test_a_batch_is_observed_around_it_once_per_job(local_env: Path, observing: list[str]) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    jobs = [(Job(job_id=i, task_type="echo", params={}), TaskParams(), _no_progress) for i in ids]
+    results = await Echo().execute_batch(jobs)
+    inside = [f"enter {ids[0]}", f"enter {ids[1]}"]
+    assert results == [{"status": "ok", "task_output": {"inside": inside}}] * 2
+    assert observing == [*inside, f"exit {ids[1]}", f"exit {ids[0]}"]
+
+
+def _no_progress(percentage: int) -> None:
+    return None
+
+
 def test_the_first_load_of_a_model_file_is_observed(local_env: Path, observing: list[str]) -> None:
     spec = MODELS["clip_embedding"]
     onnx_models.embedder(spec.path(), size=(64, 32), dim=8, grid=4)
