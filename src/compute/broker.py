@@ -139,14 +139,15 @@ class EmbeddedBroker:
         )
 
     async def _start(self) -> None:
-        from amqtt.broker import Broker  # only the embedded mode needs it
-        from amqtt.errors import BrokerError
+        from amqtt.errors import BrokerError  # only the embedded mode needs amqtt
+
+        from compute.amqtt_broker import ClosingBroker
 
         # amqtt reads the password file while it builds its plugins: it need not outlive that.
         with tempfile.TemporaryDirectory(prefix="compute-mqtt-") as private:  # mode 0700
             passwd = Path(private) / "passwd"
             passwd.write_text(_password_line(self._username, self._password))
-            self._broker = Broker(broker_config(self.host, self.port, passwd))
+            self._broker = ClosingBroker(broker_config(self.host, self.port, passwd))
         # A listener that cannot be opened is reported by start_embedded_if_needed in one line;
         # amqtt would log its traceback first.
         quiet = logging.getLogger("amqtt.broker")

@@ -30,9 +30,9 @@ class AmqttBroker:
         self._broker: Any = None
 
     async def start(self) -> AmqttBroker:
-        from amqtt.broker import Broker
+        from compute.amqtt_broker import ClosingBroker
 
-        self._broker = Broker(amqtt_config(self.port))
+        self._broker = ClosingBroker(amqtt_config(self.port))
         await self._broker.start()
         return self
 

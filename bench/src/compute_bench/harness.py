@@ -93,9 +93,9 @@ def amqtt_config(port: int, host: str = "127.0.0.1") -> dict[str, Any]:
 
 _AMQTT_SCRIPT = """
 import asyncio, json, sys
-from amqtt.broker import Broker
+from compute.amqtt_broker import ClosingBroker
 async def main():
-    await Broker(json.loads(sys.argv[1])).start()
+    await ClosingBroker(json.loads(sys.argv[1])).start()
     await asyncio.Event().wait()
 asyncio.run(main())
 """
