@@ -19,6 +19,7 @@ import secrets
 import stat
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,9 +118,12 @@ class EmbeddedBroker:
         self._username = username
         self._password = password
         self._broker: Any = None
-        self._loop, self._thread = loop_thread("mqtt-broker")
+        #: Made at start, not here: a loop made for a broker never started would stay open.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     def _in_broker_loop(self, coro: Any) -> asyncio.Future[Any]:
+        assert self._loop is not None, "start() makes the broker's loop"
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     async def start(self) -> None:
@@ -129,6 +133,7 @@ class EmbeddedBroker:
         # The broker thread wakes for every packet; with the default 5 ms GIL switch interval
         # each wake-up can wait that long behind the HTTP loop, which caps forwarding.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        self._loop, self._thread = loop_thread("mqtt-broker")
         self._thread.start()
         await self._in_broker_loop(self._start())
         log.info(
@@ -166,10 +171,11 @@ class EmbeddedBroker:
             except Exception:  # shutting down anyway
                 log.debug("embedded broker shutdown", exc_info=True)
             self._broker = None
+        if self._loop is None or self._thread is None:
+            return  # never started
+        # The thread closes its loop once run_forever returns (loop_thread).
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._loop.close()
 
 
 def broker_config(host: str, port: int, password_file: Path) -> dict[str, Any]:

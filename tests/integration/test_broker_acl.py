@@ -46,8 +46,8 @@ from compute.plugins.registry import load_tasks
 from compute.ports import port_answers
 from compute.server.app import create_app
 from compute.worker.service import WorkerService
-from compute_bench.harness import free_port, wait_until
-from compute_bench.hosts.hosted import shipped_mosquitto_config
+from compute_bench.harness import Processes, free_port, wait_until
+from compute_bench.hosts.hosted import add_mosquitto_user, shipped_mosquitto_config
 from tests.support.inprocess import Server, running_server
 from tests.support.mqtt import MqttProbe
 from tests.support.waits import wait_for
@@ -93,24 +93,6 @@ def private_config(folder: Path, port: int) -> str:
     return shipped_mosquitto_config(folder, "127.0.0.1", port)
 
 
-def add_user(folder: Path, *args: str, password: str) -> None:
-    env = {
-        **os.environ,
-        "PASSWORD": password,
-        "PASSWD_FILE": str(folder / "compute.passwd"),
-        "ACL_FILE": str(folder / "compute.acl"),
-    }
-    result = subprocess.run(
-        ["sh", str(DEPLOY / "add-user.sh"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
     assert MOSQUITTO is not None
@@ -118,31 +100,27 @@ def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
     folder.mkdir()
     shutil.copyfile(DEPLOY / "compute.acl", folder / "compute.acl")
     passwords = {user: uuid.uuid4().hex for user in ("compute-server", "dashboard", W1, W2)}
-    add_user(folder, "server", password=passwords["compute-server"])
-    add_user(folder, "dashboard", password=passwords["dashboard"])
-    add_user(folder, "worker", W1, password=passwords[W1])
-    add_user(folder, "worker", W2, password=passwords[W2])
+    add_mosquitto_user(folder, "server", password=passwords["compute-server"])
+    add_mosquitto_user(folder, "dashboard", password=passwords["dashboard"])
+    add_mosquitto_user(folder, "worker", W1, password=passwords[W1])
+    add_mosquitto_user(folder, "worker", W2, password=passwords[W2])
     port = free_port()
     (folder / "mosquitto.conf").write_text(private_config(folder, port))
     log = folder / "mosquitto.log"
-    proc = subprocess.Popen(
+    # The with-block closes the stderr pipe; Processes.end stops it (SIGTERM, SIGKILL past 10 s).
+    with subprocess.Popen(
         [MOSQUITTO, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or port_answers("127.0.0.1", port),
-            timeout=20,
-            what="the private Mosquitto to listen",
-        )
-        assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''!r}"
-        yield PrivateMosquitto(port, passwords, log)
-    finally:
-        proc.terminate()
+    ) as proc:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_until(
+                lambda: proc.poll() is not None or port_answers("127.0.0.1", port),
+                timeout=20,
+                what="the private Mosquitto to listen",
+            )
+            assert proc.poll() is None, f"mosquitto exited: {proc.stderr.read() if proc.stderr else ''!r}"
+            yield PrivateMosquitto(port, passwords, log)
+        finally:
+            Processes.end([proc], timeout=10)
 
 
 # -- a bare MQTT 3.1.1 CONNECT, for exact CONNACK codes and for Wills ---------------------------

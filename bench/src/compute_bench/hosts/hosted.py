@@ -230,6 +230,26 @@ def shipped_mosquitto_config(folder: Path, address: str, port: int) -> str:
     return config + f"\nuser {getpass.getuser()}\n"
 
 
+def add_mosquitto_user(folder: Path, *args: str, password: str) -> None:
+    """deploy/mosquitto/add-user.sh `args` (`server`, `dashboard` or `worker <id>`) with `password`,
+    into the password and ACL files in `folder`, as the deployment page has an operator run it."""
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        "PASSWORD": password,
+        "PASSWD_FILE": str(folder / "compute.passwd"),
+        "ACL_FILE": str(folder / "compute.acl"),
+    }
+    done = subprocess.run(
+        ["sh", str(DEPLOY / "add-user.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 class Mosquitto:
     """Mosquitto on `host`, listening on `address`, with deploy/mosquitto's users and ACL."""
 
@@ -247,21 +267,7 @@ class Mosquitto:
         """`add-user.sh server | dashboard | worker <id>`; returns the password it was given."""
         user = {"server": "compute-server", "dashboard": "dashboard"}.get(args[0]) or args[1]
         password = secrets.token_hex(12)
-        env = {
-            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
-            "PASSWORD": password,
-            "PASSWD_FILE": str(self.folder / "compute.passwd"),
-            "ACL_FILE": str(self.folder / "compute.acl"),
-        }
-        done = subprocess.run(
-            ["sh", str(DEPLOY / "add-user.sh"), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        add_mosquitto_user(self.folder, *args, password=password)
         self.passwords[user] = password
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)  # re-reads the password and ACL files
