@@ -29,7 +29,6 @@ from compute_bench.hosts.hosted import (
     BROKER,
     CLIENT,
     DATABASE,
-    FILE_PLANE,
     SERVER,
     SERVER_2,
     SERVICE,
@@ -175,21 +174,8 @@ def compute(
         site.server, BROKER, site.lan.folder_of(site.server) / tag / "mosquitto", tmp_path / "mosquitto.log"
     )
     broker.add_user("server")
-    deployment = HostedCompute(
-        lan=site.lan,
-        server_host=site.server,
-        client=site.client,
-        postgres=site.postgres,
-        broker=broker,
-        database_url=url,
-        logs=tmp_path,
-        settings={**FAST, **getattr(request, "param", {})},
-        tag=tag,
-        models=site.models,
-        # Until the file plane is on main, workers read the server's job folders; after, they
-        # see none of the server host's files and set nothing about it (WORKER_FILES=auto).
-        shared_storage=not FILE_PLANE,
-    )
+    # Workers see none of the server host's files and set nothing about it (WORKER_FILES=auto).
+    deployment = site.deployment(tag, url, tmp_path, broker, {**FAST, **getattr(request, "param", {})})
     try:
         broker.start()
         deployment.start_server()

@@ -29,10 +29,8 @@ from compute_bench.hosts.hosted import (
     BIN,
     BROKER,
     DATABASE,
-    FILE_PLANE,
     ROOT,
     SERVER,
-    HostedCompute,
     Mosquitto,
     Site,
     Worker,
@@ -111,19 +109,7 @@ def test_a_gpu_worker_host_set_up_as_the_deployment_page_says(
     broker = Mosquitto(
         site.server, BROKER, site.lan.folder_of(site.server) / tag / "mosquitto", tmp_path / "mosquitto.log"
     )
-    view = HostedCompute(
-        lan=site.lan,
-        server_host=site.server,
-        client=site.client,
-        postgres=site.postgres,
-        broker=broker,
-        database_url=url,
-        logs=tmp_path,
-        settings={},
-        tag=tag,
-        models=site.models,
-        shared_storage=not FILE_PLANE,
-    )
+    view = site.deployment(tag, url, tmp_path, broker)
     try:
         # The broker users, as the page adds them.
         for line in blocks["broker-users"].splitlines():
@@ -172,10 +158,10 @@ def test_a_gpu_worker_host_set_up_as_the_deployment_page_says(
         assert {r["worker_id"] for r in view.rows()} == {worker_env["WORKER_ID"]}
         for job_id in job_ids:
             view.outputs(job_id)
-        if FILE_PLANE:  # what the page's `journalctl ... | grep "job folders"` shows
-            assert f"job folders: fetched from {worker_env['COMPUTE_SERVER_URL']}" in view.log("worker")
-            seen = site.workers[0].run(["ls", "-A", str(server_dir)])
-            assert seen.returncode != 0 and "No such file" in seen.stderr, seen
+        # What the page's `journalctl ... | grep "job folders"` shows:
+        assert f"job folders: fetched from {worker_env['COMPUTE_SERVER_URL']}" in view.log("worker")
+        seen = site.workers[0].run(["ls", "-A", str(server_dir)])
+        assert seen.returncode != 0 and "No such file" in seen.stderr, seen
     finally:
         view.stop()
         broker.stop()

@@ -17,9 +17,7 @@ from compute_bench.harness import wait_until
 from compute_bench.hosts.hosted import (
     BROKER,
     DATABASE,
-    FILE_PLANE,
     SERVER_2,
-    SEVERAL_SERVERS,
     HostedCompute,
     Site,
     Worker,
@@ -31,9 +29,6 @@ pytestmark = [pytest.mark.hosts, pytest.mark.timeout(600)]
 TASKS = "hls_streaming,media_thumbnail,image_conversion"
 #: Deadlines: they bound waiting on a loaded 2-core machine, they do not measure speed.
 RUN = 180.0
-needs_file_plane = pytest.mark.skipif(
-    not FILE_PLANE, reason="waiting for the file plane (issue 18 items 1-2): workers still share the disk"
-)
 
 
 def start_workers(site: Site, compute: HostedCompute) -> dict[str, Worker]:
@@ -193,22 +188,16 @@ def cut_mid_transfer(site: Site, compute: HostedCompute, task: str, video: bytes
     wait_until(lambda: scratch.is_dir() and not any(scratch.iterdir()), RUN, "the victim's scratch emptied")
 
 
-@needs_file_plane
 def test_worker_host_link_cut_mid_download(site: Site, compute: HostedCompute, long_video: bytes) -> None:
     cut_mid_transfer(site, compute, "media_thumbnail", long_video, direction=0)
 
 
-@needs_file_plane
 def test_worker_host_link_cut_mid_upload(site: Site, compute: HostedCompute, long_video: bytes) -> None:
     """hls_streaming's outputs are many files (playlists, a segment every 2 s per variant): the
     cut leaves some of them sent and some not, and none of them may show."""
     cut_mid_transfer(site, compute, "hls_streaming", long_video, direction=1)
 
 
-@pytest.mark.skipif(
-    not SEVERAL_SERVERS,
-    reason="waiting for several servers (issue 18 item 3): today both share one MQTT client id",
-)
 def test_one_of_two_servers_killed_during_a_burst(site: Site, compute: HostedCompute) -> None:
     """Two servers behind one address share the database, the broker and the job folders; one
     dies (SIGKILL) with a burst half submitted and half run. Every submission the client saw

@@ -9,7 +9,7 @@ import pytest
 
 from compute.plugins.registry import installed_tasks
 from compute_bench.harness import wait_until
-from compute_bench.hosts.hosted import BIN, FILE_PLANE, SERVER, HostedCompute, Site, Worker, clean_environ
+from compute_bench.hosts.hosted import BIN, SERVER, HostedCompute, Site, Worker, clean_environ
 from compute_bench.inputs import Inputs
 from compute_bench.plugins import PLUGINS
 from tests.support.uploads import uploads
@@ -32,10 +32,10 @@ def test_every_task_type_runs_on_worker_hosts(site: Site, compute: HostedCompute
     for job_id in job_ids:
         assert rows[job_id]["worker_id"] in {"host-a-1", "host-b-1"} and rows[job_id]["attempt"] == 1
         compute.outputs(job_id)
-    if FILE_PLANE:  # the worker hosts did it all without seeing a file of the server host
-        for host in site.workers:
-            seen = host.run(["ls", "-A", str(compute.server_dir.parent)])
-            assert seen.returncode != 0 and "No such file" in seen.stderr, seen
+    # The worker hosts did it all without seeing a file of the server host.
+    for host in site.workers:
+        seen = host.run(["ls", "-A", str(compute.server_dir.parent)])
+        assert seen.returncode != 0 and "No such file" in seen.stderr, seen
 
 
 def test_a_worker_host_set_up_as_the_readme_says(
@@ -47,19 +47,7 @@ def test_a_worker_host_set_up_as_the_readme_says(
     addresses and the database's password differ, and auth is off as in every test here."""
     tag, url = database
     server_home, worker_home = (site.lan.folder_of(h) / tag / "home" for h in (site.server, site.workers[0]))
-    view = HostedCompute(
-        lan=site.lan,
-        server_host=site.server,
-        client=site.client,
-        postgres=site.postgres,
-        broker=None,
-        database_url=url,
-        logs=tmp_path,
-        settings={},
-        tag=tag,
-        models=site.models,
-        shared_storage=not FILE_PLANE,
-    )
+    view = site.deployment(tag, url, tmp_path)
     try:
         server_env = {
             **clean_environ(os.environ),

@@ -210,7 +210,6 @@ def deployment(folder: Path) -> Iterator[Bench]:
             database_url=url,
             logs=folder,
             settings={"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"},
-            shared_storage=False,
         )
         compute.start_server()
         yield Bench(lan, server, workers, client, postgres, compute, folder)

@@ -48,11 +48,9 @@ from compute_bench.hosts.netns import Host, Lan
 __all__ = [
     "BROKER",
     "DATABASE",
-    "FILE_PLANE",
     "SERVER",
     "SERVER_2",
     "SERVICE",
-    "SEVERAL_SERVERS",
     "HostedCompute",
     "Mosquitto",
     "Postgres",
@@ -67,14 +65,6 @@ SERVICE = "198.18.0.14"
 WORKER_ADDRESSES = ("198.18.0.21", "198.18.0.22", "198.18.0.23")
 CLIENT = "198.18.0.30"
 HTTP_PORT, MQTT_PORT, PG_PORT = 8002, 1883, 5432
-
-#: Whether this checkout has the file plane (issue 18 items 1-2): workers that do not share the
-#: server's disk fetch inputs and send outputs over HTTP.
-FILE_PLANE = "WORKER_FILES" in variable_names()
-
-#: Whether this checkout runs several servers on one deployment (issue 18 item 3): each with a
-#: broker identity of its own, one at a time running the sweeps.
-SEVERAL_SERVERS = "COMPUTE_SERVER_ID" in variable_names()
 
 BIN = Path(sys.executable).parent
 #: The repository (the benchmark runs from its checkout, where deploy/ is).
@@ -330,6 +320,28 @@ class Site:
     models: Path
     logs: Path
 
+    def deployment(
+        self,
+        tag: str,
+        database_url: str,
+        logs: Path,
+        broker: Mosquitto | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> HostedCompute:
+        """A deployment on this site: its folders named by `tag`, its own database and logs."""
+        return HostedCompute(
+            lan=self.lan,
+            server_host=self.server,
+            client=self.client,
+            postgres=self.postgres,
+            broker=broker,
+            database_url=database_url,
+            logs=logs,
+            settings=settings or {},
+            tag=tag,
+            models=self.models,
+        )
+
 
 @dataclass
 class Worker:
@@ -356,8 +368,9 @@ class HostedCompute:
     tag: str = "compute"
     #: Model files each worker host gets a copy of in its CL_SERVER_DIR/models (stand-ins), if any.
     models: Path | None = None
-    #: False until the file plane lands: workers then read the server's job folders directly.
-    shared_storage: bool = True
+    #: True: workers read the server's job folders (COMPUTE_STORAGE_DIR on a shared disk); by
+    #: default they see none of the server host's files and fetch them (WORKER_FILES=auto).
+    shared_storage: bool = False
     #: Where clients and workers reach the server(s): SERVER, or SERVICE behind a balancer.
     service: str = SERVER
     servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -461,7 +474,7 @@ class HostedCompute:
 
     def prepare_worker_host(self, host: Host, cl_server_dir: Path) -> None:
         """The worker host's CL_SERVER_DIR, with the stand-in models in its default models folder;
-        and, once the file plane is there to fetch the rest, none of the server host's files."""
+        and, unless the storage is shared, none of the server host's files."""
         cl_server_dir.mkdir(parents=True, exist_ok=True)
         if self.models is not None and not (cl_server_dir / "models").exists():
             shutil.copytree(self.models, cl_server_dir / "models")
