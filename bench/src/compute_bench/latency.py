@@ -26,7 +26,7 @@ from typing import Any
 from compute.mosquitto import find_mosquitto
 from compute_bench.client import Submitter
 from compute_bench.cluster import Cluster
-from compute_bench.harness import free_port, port_answers
+from compute_bench.harness import Processes, free_port, port_answers
 from compute_bench.stats import summary
 
 NS_PER_MS = 1_000_000
@@ -85,13 +85,8 @@ class DefaultMosquitto:
         return "127.0.0.1", self.port
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            Processes.end([self.proc], timeout=10)
 
 
 async def sequential(

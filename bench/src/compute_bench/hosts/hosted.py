@@ -42,7 +42,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from compute.config import variable_names
 from compute.ports import port_answers
-from compute_bench.harness import wait_until
+from compute_bench.harness import Processes, wait_until
 from compute_bench.hosts.netns import Host, Lan
 
 __all__ = [
@@ -278,13 +278,8 @@ class Mosquitto:
         return [line for line in text.splitlines() if "already connected, closing old connection" in line]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            Processes.end([self.proc], timeout=10)
 
 
 # -- Compute on the hosts ----------------------------------------------------------------------
@@ -509,10 +504,8 @@ class HostedCompute:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        for worker in self.workers.values():
-            _end(worker.proc)
-        for proc in self.servers.values():
-            _end(proc)
+        Processes.end([worker.proc for worker in self.workers.values()])
+        Processes.end(list(self.servers.values()))
         if self._engine is not None:
             self._engine.dispose()
 
@@ -597,17 +590,6 @@ def check_output(path: str, content: bytes, listed: Mapping[str, int]) -> None:
                 assert str(folder / line) in listed, f"{path} names {line}, which is not in the job's files"
     else:
         assert content, f"{path} is empty"
-
-
-def _end(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _ready(base: str) -> bool:
