@@ -20,12 +20,11 @@ import gmqtt
 import pytest
 from cl_ml_tools import Job
 from gmqtt.mqtt.constants import MQTTv311
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from compute.config import Settings
 from compute.db.repository import JobRepository
-from compute.db.session import make_engine
 from compute.server.flow.workers import NEGATIVE_MAX
 from compute.signing import cancel_signature, confirmation_signature
 from compute.topics import Topics, encode
@@ -227,10 +226,14 @@ async def test_a_forged_cancel_is_ignored_and_a_real_one_still_works(
 
 
 async def test_forged_confirmations_never_make_a_worker_forget_its_result(
-    settings: Settings, start_worker: WorkerFactory, probe: MqttProbe, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    engine: Engine,
+    start_worker: WorkerFactory,
+    probe: MqttProbe,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No server here, so the real `completed` is never confirmed (as when the broker dropped it)."""
-    repo = JobRepository(make_engine(settings.database_url))
+    repo = JobRepository(engine)
     job_id = str(uuid.uuid4())
     repo.add_job(Job(job_id=job_id, task_type=TASK_TYPE, params={}))
     running, plugin = await start_gated(start_worker, wait_idle=False)
@@ -390,9 +393,9 @@ async def test_ghost_workers_never_reach_capabilities(
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # SQLite's write lock
 async def test_a_worker_outlives_a_locked_database_and_then_runs_the_queued_jobs(
-    settings: Settings, start_worker: WorkerFactory, probe: MqttProbe
+    settings: Settings, engine: Engine, start_worker: WorkerFactory, probe: MqttProbe
 ) -> None:
-    repo = JobRepository(make_engine(settings.database_url))
+    repo = JobRepository(engine)
     running, plugin = await start_gated(start_worker)
     worker, outbox = running.worker, running.worker.outbox
     # Wait at most 0.3 s for a lock (instead of seconds), so that this test stays short.

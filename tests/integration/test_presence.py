@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from compute.config import Settings
+from compute.db.worker_sessions import WorkerSessions
 from compute.errors import NotMigrated
 from compute.plugins.registry import load_tasks
 from compute.signing import verify_info
@@ -163,7 +165,7 @@ async def test_retained_queue_summary_counts_queued_jobs(
 
 
 async def test_a_worker_run_registers_its_session_and_signs_its_info(
-    settings: Settings, start_worker: WorkerFactory, probe: MqttProbe
+    settings: Settings, engine: Engine, start_worker: WorkerFactory, probe: MqttProbe
 ) -> None:
     running = await start_worker()
     sessions = running.service.sessions
@@ -184,9 +186,12 @@ async def test_a_worker_run_registers_its_session_and_signs_its_info(
     assert sessions.touch(running.worker.session)  # the heartbeat's statement
 
     await running.shutdown()
-    stopped = sessions.get(running.worker.session)
+    # Read through the test's engine: the worker's was disposed at shutdown, and using it again
+    # would open a pool nobody closes.
+    after = WorkerSessions(engine)
+    stopped = after.get(running.worker.session)
     assert stopped is not None and stopped.stopped_at is not None
-    assert not sessions.touch(running.worker.session)
+    assert not after.touch(running.worker.session)
 
 
 async def test_a_worker_on_a_database_without_worker_sessions_asks_for_compute_migrate(
