@@ -30,6 +30,10 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+#: A transaction left idle this long by a PostgreSQL client is ended by the server (its locks go).
+IDLE_IN_TRANSACTION_MS = 60_000
+
+
 def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine:
     """Create an engine; on SQLite switch on WAL and hand transaction control to us.
 
@@ -46,8 +50,14 @@ def make_engine(url: str, *, wait: float | None = None, **kwargs: Any) -> Engine
             kwargs.setdefault("pool_timeout", wait)
         if wait is not None and make_url(url).get_backend_name() == "postgresql":
             # lock_timeout: a row or table lock held elsewhere; statement_timeout: a server that
-            # accepts but does not answer. Both as startup options, so every connection has them.
-            options = f"-c lock_timeout={wait_ms} -c statement_timeout={max(wait_ms, 30_000)}"
+            # accepts but does not answer; idle_in_transaction_session_timeout: a client whose
+            # link was cut mid-transaction (a worker host gone) would hold its row locks until
+            # the server's TCP keepalive noticed, hours later, and block the rescue of its jobs.
+            # All as startup options, so every connection has them.
+            options = (
+                f"-c lock_timeout={wait_ms} -c statement_timeout={max(wait_ms, 30_000)}"
+                f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+            )
             seconds = max(1, round(wait))
             kwargs.setdefault(
                 "connect_args",
