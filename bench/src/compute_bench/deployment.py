@@ -219,7 +219,7 @@ class Deployment:
     def check_alive(self, names: Sequence[str] | None = None) -> None:
         """DeploymentError, with its log's tail, when a server or worker (of `names`, default all
         not retired) has exited."""
-        procs = {name: proc for name, (proc, _) in self.servers.items()} | self.workers
+        procs = self._processes()
         for name in procs if names is None else names:
             proc = procs[name]
             if name not in self.retired and proc.poll() is not None:
@@ -227,8 +227,11 @@ class Deployment:
 
     def pids(self) -> dict[str, int]:
         """The servers' and workers' process ids, by name, but for those retired."""
-        procs = {name: proc for name, (proc, _) in self.servers.items()} | self.workers
-        return {name: proc.pid for name, proc in procs.items() if name not in self.retired}
+        return {name: proc.pid for name, proc in self._processes().items() if name not in self.retired}
+
+    def _processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        """Every server and worker started, by name."""
+        return {name: proc for name, (proc, _) in self.servers.items()} | self.workers
 
     def stop_workers(self, ids: Sequence[str] | None = None, timeout: float = 20.0) -> None:
         """SIGTERM these workers (default all), as an operator would, and wait for them to exit."""
